@@ -1,0 +1,429 @@
+//! The metadata journal's sector and record format (ours: the 2011 format is lost).
+//!
+//! The journal region is an array of self-contained 512-byte sectors. Within one epoch
+//! sectors are appended from index 0 and never rewritten. A sector is trusted only when its
+//! magic, CRC-32C and epoch all check out, so a torn, stale or foreign sector is skipped.
+//! Records are patches whose replay is monotonic (bitmap bytes are OR-ed in, table entries
+//! only fill EMPTY slots), which makes replay idempotent and independent of which subset
+//! of sectors survived a power cut.
+
+use core::mem::{offset_of, size_of};
+use static_assertions::const_assert_eq;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Bytes per journal sector.
+pub const JOURNAL_SECTOR_SIZE: usize = 512;
+/// `magic` of a journal sector: the bytes `F V D J`.
+pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"FVDJ");
+/// Bytes of a sector available to records.
+pub const RECORD_AREA: usize = JOURNAL_SECTOR_SIZE - size_of::<SectorHeader>();
+/// Record kind: OR these bytes into the bitmap.
+pub const RECORD_BITMAP: u8 = 1;
+/// Record kind: fill these EMPTY table entries.
+pub const RECORD_TABLE: u8 = 2;
+/// Most table entries one sector can carry.
+pub const TABLE_ENTRIES_PER_SECTOR: usize = (RECORD_AREA - size_of::<TableRecordHeader>()) / 4;
+/// Most bitmap bytes one sector can carry.
+pub const BITMAP_BYTES_PER_SECTOR: usize = RECORD_AREA - size_of::<BitmapRecordHeader>();
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// The first 32 bytes of every journal sector.
+#[derive(Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SectorHeader {
+    /// [`JOURNAL_MAGIC`].
+    pub magic: U32,
+    /// CRC-32C (Castagnoli) of bytes 8..512 of the sector.
+    pub crc: U32,
+    /// Must equal the header's `stable_journal_epoch` for the sector to be replayed.
+    pub epoch: U64,
+    /// The sector's index in the journal region (a misplaced copy is refused).
+    pub sequence: U64,
+    /// Bytes of the record area in use.
+    pub used: U16,
+    /// Records in the sector.
+    pub records: U16,
+    /// Zero.
+    pub reserved: U32,
+}
+const_assert_eq!(size_of::<SectorHeader>(), 32);
+const_assert_eq!(offset_of!(SectorHeader, magic), 0);
+const_assert_eq!(offset_of!(SectorHeader, crc), 4);
+const_assert_eq!(offset_of!(SectorHeader, epoch), 8);
+const_assert_eq!(offset_of!(SectorHeader, sequence), 16);
+const_assert_eq!(offset_of!(SectorHeader, used), 24);
+const_assert_eq!(offset_of!(SectorHeader, records), 26);
+const_assert_eq!(offset_of!(SectorHeader, reserved), 28);
+
+/// Header of a bitmap record; `len` bitmap bytes follow.
+#[derive(Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct BitmapRecordHeader {
+    /// [`RECORD_BITMAP`].
+    pub kind: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// Bytes that follow.
+    pub len: U16,
+    /// Byte offset inside the bitmap region of the first byte.
+    pub byte_offset: U64,
+}
+const_assert_eq!(size_of::<BitmapRecordHeader>(), 12);
+const_assert_eq!(offset_of!(BitmapRecordHeader, kind), 0);
+const_assert_eq!(offset_of!(BitmapRecordHeader, len), 2);
+const_assert_eq!(offset_of!(BitmapRecordHeader, byte_offset), 4);
+
+/// Header of a table record; `count` u32 entries follow.
+#[derive(Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct TableRecordHeader {
+    /// [`RECORD_TABLE`].
+    pub kind: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// Entries that follow.
+    pub count: U16,
+    /// Index of the first entry.
+    pub first_entry: U32,
+}
+const_assert_eq!(size_of::<TableRecordHeader>(), 8);
+const_assert_eq!(offset_of!(TableRecordHeader, kind), 0);
+const_assert_eq!(offset_of!(TableRecordHeader, count), 2);
+const_assert_eq!(offset_of!(TableRecordHeader, first_entry), 4);
+
+/// Why a journal sector is not replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SectorError {
+    /// The slice is not exactly one sector.
+    WrongLength,
+    /// No journal magic: never written, or not a journal sector.
+    NoMagic,
+    /// The checksum does not match: torn or corrupted.
+    BadChecksum,
+    /// Written in another epoch: stale.
+    StaleEpoch {
+        /// The sector's epoch.
+        found: u64,
+    },
+    /// The sector claims another position.
+    Misplaced {
+        /// The position it claims.
+        sequence: u64,
+    },
+    /// The record area is malformed (checksum right, content wrong: a bug, not a crash).
+    BadRecord {
+        /// Byte offset of the bad record in the sector.
+        at: usize,
+    },
+}
+
+impl core::fmt::Display for SectorError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            SectorError::WrongLength => write!(f, "journal sector is not 512 bytes"),
+            SectorError::NoMagic => write!(f, "journal sector has no magic"),
+            SectorError::BadChecksum => write!(f, "journal sector checksum mismatch"),
+            SectorError::StaleEpoch { found } => write!(f, "journal sector from epoch {found}"),
+            SectorError::Misplaced { sequence } => {
+                write!(f, "journal sector claims position {sequence}")
+            }
+            SectorError::BadRecord { at } => write!(f, "malformed journal record at byte {at}"),
+        }
+    }
+}
+
+/// One record of a verified sector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// OR `bytes` into the bitmap starting at `byte_offset`.
+    Bitmap {
+        /// Offset in the bitmap region.
+        byte_offset: u64,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// Fill EMPTY table entries from `first_entry` on with `entries` (little-endian u32s).
+    Table {
+        /// Index of the first entry.
+        first_entry: u32,
+        /// The entries' bytes, 4 per entry.
+        entries: &'a [u8],
+    },
+}
+
+/// A sector whose magic, checksum, epoch and position have been verified.
+pub struct VerifiedSector<'a> {
+    records: &'a [u8],
+    count: u16,
+}
+
+impl<'a> VerifiedSector<'a> {
+    /// Verifies `sector` as the one at `position` of a journal in epoch `epoch`.
+    pub fn verify(sector: &'a [u8], epoch: u64, position: u64) -> Result<Self, SectorError> {
+        if sector.len() != JOURNAL_SECTOR_SIZE {
+            return Err(SectorError::WrongLength);
+        }
+        let (header, rest) =
+            SectorHeader::ref_from_prefix(sector).map_err(|_| SectorError::WrongLength)?;
+        if header.magic.get() != JOURNAL_MAGIC {
+            return Err(SectorError::NoMagic);
+        }
+        if CRC32C.checksum(&sector[8..]) != header.crc.get() {
+            return Err(SectorError::BadChecksum);
+        }
+        if header.epoch.get() != epoch {
+            return Err(SectorError::StaleEpoch {
+                found: header.epoch.get(),
+            });
+        }
+        if header.sequence.get() != position {
+            return Err(SectorError::Misplaced {
+                sequence: header.sequence.get(),
+            });
+        }
+        let used = usize::from(header.used.get());
+        if used > RECORD_AREA {
+            return Err(SectorError::BadRecord {
+                at: size_of::<SectorHeader>(),
+            });
+        }
+        let verified = VerifiedSector {
+            records: &rest[..used],
+            count: header.records.get(),
+        };
+        // Walk once so that iteration afterwards cannot fail.
+        let mut seen = 0u16;
+        let mut at = 0;
+        while at < verified.records.len() {
+            let (_, next) = parse_record(verified.records, at).ok_or(SectorError::BadRecord {
+                at: at + size_of::<SectorHeader>(),
+            })?;
+            at = next;
+            seen = seen.wrapping_add(1);
+        }
+        if seen != verified.count {
+            return Err(SectorError::BadRecord {
+                at: size_of::<SectorHeader>(),
+            });
+        }
+        Ok(verified)
+    }
+
+    /// The sector's records in order.
+    pub fn records(&self) -> impl Iterator<Item = Record<'a>> + 'a {
+        let area = self.records;
+        let mut at = 0;
+        core::iter::from_fn(move || {
+            let (record, next) = parse_record(area, at)?;
+            at = next;
+            Some(record)
+        })
+    }
+}
+
+fn parse_record(area: &[u8], at: usize) -> Option<(Record<'_>, usize)> {
+    let rest = area.get(at..)?;
+    match *rest.first()? {
+        RECORD_BITMAP => {
+            let (h, body) = BitmapRecordHeader::ref_from_prefix(rest).ok()?;
+            let len = usize::from(h.len.get());
+            if len == 0 || h.reserved != 0 {
+                return None;
+            }
+            let bytes = body.get(..len)?;
+            Some((
+                Record::Bitmap {
+                    byte_offset: h.byte_offset.get(),
+                    bytes,
+                },
+                at + size_of::<BitmapRecordHeader>() + len,
+            ))
+        }
+        RECORD_TABLE => {
+            let (h, body) = TableRecordHeader::ref_from_prefix(rest).ok()?;
+            let len = usize::from(h.count.get()).checked_mul(4)?;
+            if len == 0 || h.reserved != 0 {
+                return None;
+            }
+            let entries = body.get(..len)?;
+            Some((
+                Record::Table {
+                    first_entry: h.first_entry.get(),
+                    entries,
+                },
+                at + size_of::<TableRecordHeader>() + len,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Builds one journal sector in a caller-owned 512-byte buffer.
+pub struct SectorBuilder<'a> {
+    sector: &'a mut [u8],
+    used: usize,
+    records: u16,
+}
+
+impl<'a> SectorBuilder<'a> {
+    /// Starts an empty sector in `sector` (which must be 512 bytes; returns `None` otherwise).
+    pub fn new(sector: &'a mut [u8]) -> Option<Self> {
+        if sector.len() != JOURNAL_SECTOR_SIZE {
+            return None;
+        }
+        sector.fill(0);
+        Some(SectorBuilder {
+            sector,
+            used: 0,
+            records: 0,
+        })
+    }
+
+    /// Free bytes left in the record area.
+    pub fn free(&self) -> usize {
+        RECORD_AREA - self.used
+    }
+
+    /// True when no record has been added.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    fn area(&mut self) -> &mut [u8] {
+        &mut self.sector[size_of::<SectorHeader>() + self.used..]
+    }
+
+    /// Appends as many of `bytes` (bitmap bytes starting at `byte_offset`) as fit; returns
+    /// how many were taken (0 when not even one fits).
+    pub fn push_bitmap(&mut self, byte_offset: u64, bytes: &[u8]) -> usize {
+        let room = self.free().saturating_sub(size_of::<BitmapRecordHeader>());
+        let take = bytes.len().min(room).min(usize::from(u16::MAX));
+        if take == 0 {
+            return 0;
+        }
+        let header = BitmapRecordHeader {
+            kind: RECORD_BITMAP,
+            reserved: 0,
+            len: U16::new(take as u16),
+            byte_offset: U64::new(byte_offset),
+        };
+        let area = self.area();
+        area[..size_of::<BitmapRecordHeader>()].copy_from_slice(header.as_bytes());
+        area[size_of::<BitmapRecordHeader>()..][..take].copy_from_slice(&bytes[..take]);
+        self.used += size_of::<BitmapRecordHeader>() + take;
+        self.records += 1;
+        take
+    }
+
+    /// Appends as many whole entries of `entries` (little-endian u32s for table indices
+    /// from `first_entry`) as fit; returns how many entries were taken.
+    pub fn push_table(&mut self, first_entry: u32, entries: &[u8]) -> usize {
+        let room = self.free().saturating_sub(size_of::<TableRecordHeader>()) / 4;
+        let take = (entries.len() / 4).min(room);
+        if take == 0 {
+            return 0;
+        }
+        let header = TableRecordHeader {
+            kind: RECORD_TABLE,
+            reserved: 0,
+            count: U16::new(take as u16),
+            first_entry: U32::new(first_entry),
+        };
+        let area = self.area();
+        area[..size_of::<TableRecordHeader>()].copy_from_slice(header.as_bytes());
+        area[size_of::<TableRecordHeader>()..][..take * 4].copy_from_slice(&entries[..take * 4]);
+        self.used += size_of::<TableRecordHeader>() + take * 4;
+        self.records += 1;
+        take
+    }
+
+    /// Seals the sector for position `sequence` of epoch `epoch`.
+    pub fn finish(self, epoch: u64, sequence: u64) {
+        let header = SectorHeader {
+            magic: U32::new(JOURNAL_MAGIC),
+            crc: U32::new(0),
+            epoch: U64::new(epoch),
+            sequence: U64::new(sequence),
+            used: U16::new(self.used as u16),
+            records: U16::new(self.records),
+            reserved: U32::new(0),
+        };
+        self.sector[..size_of::<SectorHeader>()].copy_from_slice(header.as_bytes());
+        let crc = CRC32C.checksum(&self.sector[8..]);
+        self.sector[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(records: impl FnOnce(&mut SectorBuilder)) -> [u8; 512] {
+        let mut sector = [0u8; 512];
+        let mut b = SectorBuilder::new(&mut sector).unwrap();
+        records(&mut b);
+        b.finish(7, 3);
+        sector
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let sector = build(|b| {
+            assert_eq!(b.push_bitmap(40, &[0xff, 0x01]), 2);
+            assert_eq!(b.push_table(9, &[1, 0, 0, 0, 2, 0, 0, 0]), 2);
+        });
+        let v = VerifiedSector::verify(&sector, 7, 3).unwrap();
+        let got: std::vec::Vec<_> = v.records().collect();
+        assert_eq!(
+            got,
+            [
+                Record::Bitmap {
+                    byte_offset: 40,
+                    bytes: &[0xff, 0x01]
+                },
+                Record::Table {
+                    first_entry: 9,
+                    entries: &[1, 0, 0, 0, 2, 0, 0, 0]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_sector_holds_the_advertised_entries() {
+        let entries = [0xAAu8; 4 * 200];
+        let sector = build(|b| assert_eq!(b.push_table(0, &entries), TABLE_ENTRIES_PER_SECTOR));
+        assert!(VerifiedSector::verify(&sector, 7, 3).is_ok());
+        let bytes = [1u8; 600];
+        let sector = build(|b| assert_eq!(b.push_bitmap(0, &bytes), BITMAP_BYTES_PER_SECTOR));
+        assert!(VerifiedSector::verify(&sector, 7, 3).is_ok());
+    }
+
+    #[test]
+    fn torn_stale_and_misplaced_sectors_are_refused() {
+        let sector = build(|b| {
+            b.push_bitmap(0, &[1]);
+        });
+        assert_eq!(
+            VerifiedSector::verify(&sector, 8, 3).err(),
+            Some(SectorError::StaleEpoch { found: 7 })
+        );
+        assert_eq!(
+            VerifiedSector::verify(&sector, 7, 4).err(),
+            Some(SectorError::Misplaced { sequence: 3 })
+        );
+        let mut torn = sector;
+        torn[300] ^= 1;
+        assert_eq!(
+            VerifiedSector::verify(&torn, 7, 3).err(),
+            Some(SectorError::BadChecksum)
+        );
+        assert_eq!(
+            VerifiedSector::verify(&[0u8; 512], 7, 3).err(),
+            Some(SectorError::NoMagic)
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The FVD on-disk format: the header ([`header`]), its validation into an
+//! [`ImageLayout`] ([`validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]) and
+//! the journal ([`journal`]). Types only: no I/O, no allocation.
+
+pub mod bitmap;
+pub mod error;
+pub mod header;
+pub mod journal;
+pub mod table;
+pub mod validate;
+
+pub use error::{HeaderError, RegionKind};
+pub use header::{RawHeader, FVD_MAGIC, FVD_VERSION, RAW_HEADER_LEN};
+pub use validate::{parse, validate, BaseLayout, ImageLayout, Region, TableLayout};

@@ -1,0 +1,1 @@
+//! `fvd-host`: the std host for `fvd-core`.
