@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every check and every test of the project, host and cross targets. Needs the tools that
+# .ci/run installs (rustup targets thumbv7em-none-eabihf and wasm32-unknown-unknown,
+# qemu-utils).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== clippy (host crates)"
+cargo clippy -p fvd-core -p fvd-host --all-targets -- -D warnings
+echo "== clippy (firmware and core for thumbv7em-none-eabihf)"
+cargo clippy -p fvd-core -p fvd-firmware --target thumbv7em-none-eabihf -- -D warnings
+echo "== clippy (wasm and core for wasm32-unknown-unknown)"
+cargo clippy -p fvd-core -p fvd-wasm --target wasm32-unknown-unknown -- -D warnings
+
+echo "== build fvd-core for the embedded and browser targets"
+cargo build -p fvd-core --target thumbv7em-none-eabihf
+cargo build -p fvd-core --target wasm32-unknown-unknown
+
+echo "== host tests"
+cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm
