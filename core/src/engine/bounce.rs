@@ -1,0 +1,90 @@
+//! Bounce blocks: fixed-size slots of engine memory that hold base data on its way into
+//! the image (copy-on-write heads and tails). When every slot is taken the request that
+//! wants one waits; nothing is allocated.
+
+/// At most this many bounce slots exist, whatever the memory.
+pub const MAX_BOUNCE_SLOTS: usize = 64;
+
+/// Hands out slots of `slot_len` bytes from `[base, base + count * slot_len)`.
+#[derive(Debug, Clone, Copy)]
+pub struct BouncePool {
+    base: usize,
+    slot_len: usize,
+    count: usize,
+    free: u64,
+}
+
+impl BouncePool {
+    /// A pool over `len` bytes at `base` cut into slots of `slot_len` bytes.
+    pub fn new(base: usize, len: usize, slot_len: usize) -> Self {
+        let count = if slot_len == 0 {
+            0
+        } else {
+            (len / slot_len).min(MAX_BOUNCE_SLOTS)
+        };
+        let free = if count == 64 {
+            u64::MAX
+        } else {
+            (1u64 << count) - 1
+        };
+        BouncePool {
+            base,
+            slot_len,
+            count,
+            free,
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.count
+    }
+
+    /// Takes a free slot and returns its memory offset.
+    pub fn take(&mut self) -> Option<usize> {
+        if self.free == 0 {
+            return None;
+        }
+        let index = self.free.trailing_zeros() as usize;
+        self.free &= !(1u64 << index);
+        Some(self.base + index * self.slot_len)
+    }
+
+    /// Returns the slot at memory offset `offset`.
+    pub fn give_back(&mut self, offset: usize) {
+        if self.slot_len == 0 || offset < self.base {
+            return;
+        }
+        let index = (offset - self.base) / self.slot_len;
+        if index < self.count {
+            self.free |= 1u64 << index;
+        }
+    }
+
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.free.count_ones() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_handed_out_once_until_returned() {
+        let mut pool = BouncePool::new(1000, 3 * 512 + 100, 512);
+        assert_eq!(pool.capacity(), 3);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        let c = pool.take().unwrap();
+        assert_eq!((a, b, c), (1000, 1512, 2024));
+        assert_eq!(pool.take(), None);
+        pool.give_back(b);
+        assert_eq!(pool.take(), Some(1512));
+        assert_eq!(
+            BouncePool::new(0, 1 << 30, 512).capacity(),
+            MAX_BOUNCE_SLOTS
+        );
+    }
+}

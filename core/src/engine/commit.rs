@@ -1,0 +1,400 @@
+//! Commits: the one place where metadata becomes durable, in the order the crash rules
+//! demand. A guest flush, a cache that needs room, a close and an open all run through
+//! the same steps: flush data, then journal the changed metadata bytes (or, when the
+//! journal is full or the image closes, write the pages back to their regions and move
+//! the journal epoch on through the header), then flush the image.
+
+use super::cache::{PageState, PAGE_BYTES};
+use super::slots::Owner;
+use super::types::*;
+use super::{Engine, HEADER_AREA, SCRATCH_AREA};
+use crate::format::header::{mutable_sectors, RawHeader, FVD_VERSION};
+use crate::format::journal::{SectorBuilder, JOURNAL_SECTOR_SIZE};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::FromBytes;
+
+/// Why a commit runs; decides its steps and what happens at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A guest flush or a cache that needs durable pages.
+    Flush,
+    /// Closing: write everything back and mark the image clean.
+    Close,
+    /// Opening after replay: write the replayed pages back, move the epoch, mark dirty.
+    OpenReplayed,
+    /// Opening a clean image: mark it dirty (in use).
+    OpenClean,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Idle,
+    DataFlush,
+    Journal,
+    JournalFlush,
+    WriteBack,
+    BackFlush,
+    Header,
+    HeaderFlush,
+}
+
+/// The commit machine's state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CommitState {
+    /// Some page needs a commit before it can be evicted.
+    pub(crate) wanted: bool,
+    /// A page write-back failed (reported by the next commit).
+    pub(crate) write_back_failed: Option<IoError>,
+    step: Step,
+    purpose: Purpose,
+    issued: bool,
+    outstanding: u16,
+    started_seq: u64,
+    start_gen: u64,
+    recycling: bool,
+    wrote_journal: bool,
+    batch_sectors: u64,
+    error: Option<IoError>,
+    /// Set when a commit with `Purpose` other than Flush finished: (purpose, error).
+    pub(crate) finished: Option<(Purpose, Option<IoError>)>,
+}
+
+impl CommitState {
+    pub(crate) const IDLE: CommitState = CommitState {
+        wanted: false,
+        write_back_failed: None,
+        step: Step::Idle,
+        purpose: Purpose::Flush,
+        issued: false,
+        outstanding: 0,
+        started_seq: 0,
+        start_gen: 0,
+        recycling: false,
+        wrote_journal: false,
+        batch_sectors: 0,
+        error: None,
+        finished: None,
+    };
+
+    /// True while a commit runs: metadata changes wait until it ends.
+    pub(crate) fn in_window(&self) -> bool {
+        self.step != Step::Idle
+    }
+}
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+    /// Starts a commit for `purpose` (the commit machine must be idle).
+    pub(crate) fn start_commit(&mut self, purpose: Purpose) {
+        let first = match purpose {
+            Purpose::Flush | Purpose::Close => Step::DataFlush,
+            Purpose::OpenReplayed => Step::WriteBack,
+            Purpose::OpenClean => Step::Header,
+        };
+        self.commit = CommitState {
+            step: first,
+            purpose,
+            started_seq: self.next_seq,
+            start_gen: self.change_gen,
+            wanted: false,
+            write_back_failed: None,
+            ..CommitState::IDLE
+        };
+    }
+
+    fn header_mut(&mut self) -> &mut RawHeader {
+        let bytes = &mut self.memory.as_mut()[..crate::format::RAW_HEADER_LEN];
+        RawHeader::mut_from_bytes(bytes).expect("header area is exactly one header")
+    }
+
+    fn emit_commit(&mut self, file: FileId, op: Op) -> bool {
+        if self.commands.emit(Owner::Commit, file, op) {
+            self.commit.outstanding += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn commit_command_done(&mut self, result: Result<(), IoError>) {
+        self.commit.outstanding = self.commit.outstanding.saturating_sub(1);
+        if let Err(error) = result {
+            self.commit.error.get_or_insert(error);
+        }
+    }
+
+    /// Advances the commit machine; true when something changed.
+    pub(crate) fn step_commit(&mut self) -> bool {
+        if self.commit.step == Step::Idle {
+            if self.is_open() && (self.flush_waiting() || self.commit.wanted) {
+                self.start_commit(Purpose::Flush);
+                return true;
+            }
+            return false;
+        }
+        if !self.commit.issued {
+            if !self.issue_step() {
+                return false;
+            }
+            self.commit.issued = true;
+            return true;
+        }
+        let writing_back = self
+            .cache
+            .indices()
+            .any(|i| self.cache.slot(i).state == PageState::WritingBack);
+        if self.commit.outstanding > 0 || (self.commit.step == Step::WriteBack && writing_back) {
+            return false;
+        }
+        if let Some(error) = self.commit.error.or(self.commit.write_back_failed.take()) {
+            if self.commit.step == Step::Journal {
+                self.mark_all_unjournaled();
+            }
+            self.end_commit(Some(error));
+            return true;
+        }
+        self.after_step();
+        true
+    }
+
+    /// Emits the commands of the current step; false when it must wait for command slots.
+    fn issue_step(&mut self) -> bool {
+        let image = FileId::Image;
+        match self.commit.step {
+            Step::Idle => true,
+            Step::DataFlush => {
+                self.commit.start_gen = self.change_gen;
+                self.commands.free() > 0 && self.emit_commit(self.data_file(), Op::Flush)
+            }
+            Step::JournalFlush | Step::BackFlush | Step::HeaderFlush => {
+                self.commands.free() > 0 && self.emit_commit(image, Op::Flush)
+            }
+            Step::Journal => {
+                if !self.cache.any_unjournaled() {
+                    return true;
+                }
+                if self.journal_next + (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64
+                    > self.journal_sectors
+                {
+                    // Not enough room for a full batch: recycle first.
+                    self.commit.recycling = true;
+                    self.commit.step = Step::WriteBack;
+                    return self.issue_step();
+                }
+                if self.commands.free() == 0 {
+                    return false;
+                }
+                let sectors = self.build_journal_batch();
+                let offset = self.layout.and_then(|l| l.journal).map_or(0, |j| j.offset)
+                    + self.journal_next * JOURNAL_SECTOR_SIZE as u64;
+                let op = Op::Write {
+                    offset,
+                    len: sectors as usize * JOURNAL_SECTOR_SIZE,
+                    from: Buffer::Engine {
+                        offset: HEADER_AREA,
+                    },
+                };
+                self.commit.batch_sectors = sectors;
+                self.emit_commit(image, op)
+            }
+            Step::WriteBack => {
+                let dirty: usize = self
+                    .cache
+                    .indices()
+                    .filter(|&i| {
+                        self.cache.slot(i).dirty && self.cache.slot(i).state == PageState::Ready
+                    })
+                    .count();
+                for i in self.cache.indices() {
+                    let s = self.cache.slot(i);
+                    if s.dirty && s.state == PageState::Ready && !self.write_back(i) {
+                        return false;
+                    }
+                }
+                let _ = dirty;
+                true
+            }
+            Step::Header => {
+                let purpose = self.commit.purpose;
+                let recycling = self.commit.recycling;
+                let mut epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
+                if recycling || matches!(purpose, Purpose::Close | Purpose::OpenReplayed) {
+                    epoch = epoch.wrapping_add(1);
+                }
+                if self.commands.free() < 3 {
+                    return false;
+                }
+                let header = self.header_mut();
+                header.stable_journal_epoch = U64::new(epoch);
+                header.clean_shutdown = U32::new(u32::from(purpose == Purpose::Close));
+                if matches!(purpose, Purpose::OpenClean | Purpose::OpenReplayed) {
+                    header.last_open_version = U32::new(FVD_VERSION);
+                }
+                if let Some(layout) = self.layout.as_mut() {
+                    layout.stable_journal_epoch = epoch;
+                    layout.clean_shutdown = purpose == Purpose::Close;
+                }
+                for sector in [
+                    mutable_sectors::VERSION,
+                    mutable_sectors::SHUTDOWN_AND_EPOCH,
+                    mutable_sectors::RELOCATION_AND_PREFETCH,
+                ] {
+                    let at = sector * 512;
+                    self.emit_commit(
+                        image,
+                        Op::Write {
+                            offset: at as u64,
+                            len: 512,
+                            from: Buffer::Engine { offset: at },
+                        },
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// Moves to the next step after the current one's commands completed.
+    fn after_step(&mut self) {
+        self.commit.issued = false;
+        let has_journal = self.journal_sectors > 0;
+        self.commit.step = match self.commit.step {
+            Step::Idle => Step::Idle,
+            Step::DataFlush => {
+                self.durable_gen = self.commit.start_gen;
+                match self.commit.purpose {
+                    Purpose::Flush if has_journal => Step::Journal,
+                    _ => Step::WriteBack,
+                }
+            }
+            Step::Journal => {
+                if self.commit.batch_sectors > 0 {
+                    self.journal_next += self.commit.batch_sectors;
+                    self.commit.batch_sectors = 0;
+                    self.commit.wrote_journal = true;
+                    Step::Journal
+                } else if self.commit.wrote_journal {
+                    Step::JournalFlush
+                } else {
+                    return self.end_commit(None);
+                }
+            }
+            Step::JournalFlush => return self.end_commit(None),
+            Step::WriteBack => {
+                if self.cache.any_dirty() {
+                    Step::WriteBack
+                } else {
+                    Step::BackFlush
+                }
+            }
+            Step::BackFlush => {
+                if self.commit.recycling || self.commit.purpose != Purpose::Flush {
+                    Step::Header
+                } else {
+                    return self.end_commit(None);
+                }
+            }
+            Step::Header => Step::HeaderFlush,
+            Step::HeaderFlush => {
+                self.journal_next = 0;
+                if self.commit.recycling && self.commit.purpose == Purpose::Flush {
+                    self.commit.recycling = false;
+                    Step::Journal
+                } else {
+                    return self.end_commit(None);
+                }
+            }
+        };
+    }
+
+    fn end_commit(&mut self, error: Option<IoError>) {
+        let commit = self.commit;
+        self.commit = CommitState {
+            wanted: commit.wanted && error.is_none(),
+            ..CommitState::IDLE
+        };
+        match commit.purpose {
+            Purpose::Flush => {
+                let result = match error {
+                    Some(e) => Err(RequestError::Io(e)),
+                    None => Ok(Reply::Done),
+                };
+                self.finish_flushes(commit.started_seq, result);
+            }
+            purpose => self.commit.finished = Some((purpose, error)),
+        }
+    }
+
+    /// After a failed journal write nobody knows which bytes reached the disk: journal
+    /// every dirty page whole next time.
+    fn mark_all_unjournaled(&mut self) {
+        for i in self.cache.indices() {
+            let s = self.cache.slot_mut(i);
+            if s.dirty {
+                s.journal_lo = 0;
+                s.journal_hi = PAGE_BYTES as u16;
+            }
+        }
+    }
+
+    /// Packs unjournaled page bytes into journal sectors in the scratch area; returns the
+    /// number of sectors built.
+    fn build_journal_batch(&mut self) -> u64 {
+        let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
+        let cache_base = self.cache.offset(0);
+        let max_sectors = SCRATCH_AREA / JOURNAL_SECTOR_SIZE;
+        let mut built = 0usize;
+        let (front, pages) = self.memory.as_mut().split_at_mut(cache_base);
+        let scratch = &mut front[HEADER_AREA..HEADER_AREA + SCRATCH_AREA];
+        let mut sectors = scratch.chunks_exact_mut(JOURNAL_SECTOR_SIZE);
+        let Some(mut builder) = sectors.next().and_then(SectorBuilder::new) else {
+            return 0;
+        };
+        'pages: for i in self.cache.indices() {
+            let slot = *self.cache.slot(i);
+            if slot.state == PageState::Free || !slot.unjournaled() {
+                continue;
+            }
+            let bytes = &pages[i * PAGE_BYTES..(i + 1) * PAGE_BYTES];
+            let mut lo = usize::from(slot.journal_lo);
+            let hi = usize::from(slot.journal_hi);
+            let page_start = slot.key.index * PAGE_BYTES as u64;
+            while lo < hi {
+                let taken = match slot.key.meta {
+                    super::cache::Meta::Bitmap => {
+                        builder.push_bitmap(page_start + lo as u64, &bytes[lo..hi])
+                    }
+                    super::cache::Meta::Table => {
+                        let (lo4, hi4) = (lo / 4 * 4, hi.div_ceil(4) * 4);
+                        lo = lo4;
+                        builder.push_table(((page_start + lo4 as u64) / 4) as u32, &bytes[lo4..hi4])
+                            * 4
+                    }
+                };
+                if taken == 0 {
+                    builder.finish(epoch, self.journal_next + built as u64);
+                    built += 1;
+                    match sectors.next().and_then(SectorBuilder::new) {
+                        Some(next) if built < max_sectors => builder = next,
+                        _ => {
+                            self.cache.slot_mut(i).journal_lo = lo as u16;
+                            return built as u64;
+                        }
+                    }
+                    continue;
+                }
+                lo += taken;
+            }
+            let s = self.cache.slot_mut(i);
+            s.journal_lo = 0;
+            s.journal_hi = 0;
+            if built >= max_sectors {
+                break 'pages;
+            }
+        }
+        if !builder.is_empty() {
+            builder.finish(epoch, self.journal_next + built as u64);
+            built += 1;
+        }
+        built as u64
+    }
+}

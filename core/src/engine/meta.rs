@@ -1,0 +1,407 @@
+//! Metadata access through the page cache: loading and evicting pages, reading and
+//! setting bitmap bits and table entries, applying journal records, and the mapping
+//! query ("where does guest byte X live?") that reads, `map` and the inspector share.
+
+use super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
+use super::slots::Owner;
+use super::types::{Buffer, Corruption, FileId, IoError, MapRun, Mapping, Op};
+use super::Engine;
+use crate::format::journal::Record;
+use crate::format::table::{TABLE_DIRTY, TABLE_EMPTY};
+use crate::format::{BaseLayout, Region};
+
+/// Why a metadata access cannot finish now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// A page is loading, the cache is full, or no command slot is free: try again later.
+    Wait,
+    /// Loading the page failed.
+    Io(IoError),
+    /// The metadata is corrupt.
+    Corrupt(Corruption),
+}
+
+/// Bitmap bits per page.
+pub const BITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
+/// Table entries per page.
+pub const ENTRIES_PER_PAGE: u64 = PAGE_BYTES as u64 / 4;
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+    /// The base layout while the base is still read (not fully prefetched).
+    pub(crate) fn live_base(&self) -> Option<BaseLayout> {
+        let layout = self.layout.as_ref()?;
+        if layout.base_fully_prefetched {
+            None
+        } else {
+            layout.base
+        }
+    }
+
+    /// The file holding guest data.
+    pub(crate) fn data_file(&self) -> FileId {
+        match self.layout {
+            Some(l) if l.separate_data_file => FileId::Data,
+            _ => FileId::Image,
+        }
+    }
+
+    fn region(&self, meta: Meta) -> Option<Region> {
+        let layout = self.layout.as_ref()?;
+        match meta {
+            Meta::Bitmap => layout.base.map(|b| b.bitmap),
+            Meta::Table => layout.table.map(|t| t.region),
+        }
+    }
+
+    /// The cache slot holding `key`, ready; otherwise starts what brings it in.
+    pub(crate) fn page(&mut self, key: PageKey) -> Result<usize, Stall> {
+        if let Some(slot) = self.cache.ready(key) {
+            return Ok(slot);
+        }
+        if self.cache.find(key).is_some() {
+            return Err(Stall::Wait);
+        }
+        if let Some((failed, error)) = self.page_error {
+            if failed == key {
+                self.page_error = None;
+                return Err(Stall::Io(error));
+            }
+        }
+        let region = self.region(key.meta).ok_or(Stall::Wait)?;
+        match self.cache.victim(self.durable_gen) {
+            Victim::Reuse(slot) => {
+                let offset = region.offset + key.index * PAGE_BYTES as u64;
+                let into = Buffer::Engine {
+                    offset: self.cache.offset(slot),
+                };
+                let op = Op::Read {
+                    offset,
+                    len: PAGE_BYTES,
+                    into,
+                };
+                if self
+                    .commands
+                    .emit(Owner::PageLoad(slot as u16), FileId::Image, op)
+                {
+                    self.cache.start_load(slot, key);
+                }
+            }
+            Victim::WriteBack(slot) => {
+                self.write_back(slot);
+            }
+            Victim::NeedsCommit => self.commit.wanted = true,
+            Victim::Busy => {}
+        }
+        Err(Stall::Wait)
+    }
+
+    /// Starts writing page `slot` back to its region. Returns false when no command slot.
+    pub(crate) fn write_back(&mut self, slot: usize) -> bool {
+        let key = self.cache.slot(slot).key;
+        let Some(region) = self.region(key.meta) else {
+            return false;
+        };
+        let offset = region.offset + key.index * PAGE_BYTES as u64;
+        let from = Buffer::Engine {
+            offset: self.cache.offset(slot),
+        };
+        let op = Op::Write {
+            offset,
+            len: PAGE_BYTES,
+            from,
+        };
+        if self
+            .commands
+            .emit(Owner::PageWriteBack(slot as u16), FileId::Image, op)
+        {
+            self.cache.slot_mut(slot).state = PageState::WritingBack;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn page_loaded(&mut self, slot: usize, result: Result<(), IoError>) {
+        match result {
+            Ok(()) if self.overlay_sectors > 0 => {
+                self.cache.slot_mut(slot).state = PageState::Overlaying
+            }
+            Ok(()) => self.cache.slot_mut(slot).state = PageState::Ready,
+            Err(error) => {
+                self.page_error = Some((self.cache.slot(slot).key, error));
+                self.cache.drop_page(slot);
+            }
+        }
+    }
+
+    pub(crate) fn page_written(&mut self, slot: usize, result: Result<(), IoError>) {
+        let page = self.cache.slot_mut(slot);
+        page.state = PageState::Ready;
+        if result.is_ok() {
+            page.dirty = false;
+            page.journal_lo = 0;
+            page.journal_hi = 0;
+        } else {
+            self.commit.write_back_failed = Some(IoError::Failed);
+        }
+    }
+
+    fn page_bytes(&self, slot: usize) -> &[u8] {
+        let at = self.cache.offset(slot);
+        &self.memory.as_ref()[at..at + PAGE_BYTES]
+    }
+
+    fn page_bytes_mut(&mut self, slot: usize) -> &mut [u8] {
+        let at = self.cache.offset(slot);
+        &mut self.memory.as_mut()[at..at + PAGE_BYTES]
+    }
+
+    /// Bitmap page holding `block`'s bit.
+    pub(crate) fn bitmap_key(block: u64) -> PageKey {
+        PageKey {
+            meta: Meta::Bitmap,
+            index: block / BITS_PER_PAGE,
+        }
+    }
+
+    /// Table page holding `chunk`'s entry.
+    pub(crate) fn table_key(chunk: u64) -> PageKey {
+        PageKey {
+            meta: Meta::Table,
+            index: chunk / ENTRIES_PER_PAGE,
+        }
+    }
+
+    /// Bit of `block` in loaded bitmap page `slot`.
+    pub(crate) fn bit(&self, slot: usize, block: u64) -> bool {
+        let within = (block % BITS_PER_PAGE) as usize;
+        self.page_bytes(slot)[within / 8] & (1 << (within % 8)) != 0
+    }
+
+    /// Sets bits `first..=last` (all in page `slot`) at change generation `generation`.
+    pub(crate) fn set_bits(&mut self, slot: usize, first: u64, last: u64, generation: u64) {
+        let lo = (first % BITS_PER_PAGE) as usize;
+        let hi = (last % BITS_PER_PAGE) as usize;
+        let mut changed = false;
+        {
+            let bytes = self.page_bytes_mut(slot);
+            for bit in lo..=hi {
+                let mask = 1u8 << (bit % 8);
+                if bytes[bit / 8] & mask == 0 {
+                    bytes[bit / 8] |= mask;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.cache
+                .mark_changed(slot, lo / 8, hi / 8 + 1, generation);
+        }
+    }
+
+    /// Raw table entry of `chunk` in loaded table page `slot`.
+    pub(crate) fn entry(&self, slot: usize, chunk: u64) -> u32 {
+        let at = (chunk % ENTRIES_PER_PAGE) as usize * 4;
+        let b = &self.page_bytes(slot)[at..at + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Sets the table entry of `chunk` in page `slot`.
+    pub(crate) fn set_entry(&mut self, slot: usize, chunk: u64, value: u32, generation: u64) {
+        let at = (chunk % ENTRIES_PER_PAGE) as usize * 4;
+        self.page_bytes_mut(slot)[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        self.cache.mark_changed(slot, at, at + 4, generation);
+    }
+
+    /// Decodes a table entry into a physical chunk, or reports it corrupt.
+    pub(crate) fn physical(&self, chunk: u64, entry: u32) -> Result<Option<u64>, Corruption> {
+        if entry == TABLE_EMPTY {
+            return Ok(None);
+        }
+        if entry & TABLE_DIRTY != 0 {
+            return Err(Corruption::BadTableEntry { chunk, entry });
+        }
+        Ok(Some(u64::from(entry)))
+    }
+
+    /// Where the guest bytes from `offset` (at most `max_len` of them) live: one run.
+    pub(crate) fn map_run(&mut self, offset: u64, max_len: u64) -> Result<MapRun, Stall> {
+        let layout = self.layout.ok_or(Stall::Wait)?;
+        let mut len = max_len;
+        if let Some(base) = self.live_base() {
+            if offset < base.size {
+                let bs = layout.block_size;
+                let block = offset / bs;
+                let slot = self.page(Self::bitmap_key(block))?;
+                let local = self.bit(slot, block);
+                let page_end_block = ((block / BITS_PER_PAGE + 1) * BITS_PER_PAGE).min(base.blocks);
+                let mut next = block + 1;
+                while next < page_end_block && self.bit(slot, next) == local {
+                    next += 1;
+                }
+                if !local {
+                    let run_end = (next * bs).min(base.size);
+                    return Ok(MapRun {
+                        offset,
+                        len: len.min(run_end - offset),
+                        mapping: Mapping::Base,
+                    });
+                }
+                len = len.min(next * bs - offset);
+            }
+        }
+        let Some(table) = layout.table else {
+            return Ok(MapRun {
+                offset,
+                len,
+                mapping: Mapping::Data {
+                    offset: layout.data_offset + offset,
+                },
+            });
+        };
+        let cs = table.chunk_size;
+        let chunk = offset / cs;
+        let slot = self.page(Self::table_key(chunk))?;
+        let first = self
+            .physical(chunk, self.entry(slot, chunk))
+            .map_err(Stall::Corrupt)?;
+        let page_end_chunk = ((chunk / ENTRIES_PER_PAGE + 1) * ENTRIES_PER_PAGE).min(table.chunks);
+        let mut next = chunk + 1;
+        while next < page_end_chunk {
+            let entry = self
+                .physical(next, self.entry(slot, next))
+                .map_err(Stall::Corrupt)?;
+            let continues = match (first, entry) {
+                (None, None) => true,
+                (Some(p), Some(q)) => q == p + (next - chunk),
+                _ => false,
+            };
+            if !continues {
+                break;
+            }
+            next += 1;
+        }
+        len = len.min(next * cs - offset);
+        let mapping = match first {
+            None => Mapping::Zero,
+            Some(p) => Mapping::Data {
+                offset: layout.data_offset + p * cs + offset % cs,
+            },
+        };
+        Ok(MapRun {
+            offset,
+            len,
+            mapping,
+        })
+    }
+
+    /// Applies the part of journal `record` that falls in page `slot` (holding `key`).
+    /// Returns whether the page changed.
+    pub(crate) fn apply_record(
+        &mut self,
+        slot: usize,
+        key: PageKey,
+        record: &Record<'_>,
+        sector: u64,
+    ) -> Result<bool, Corruption> {
+        let bad = Corruption::BadJournalRecord { sector };
+        let page_start = key.index * PAGE_BYTES as u64;
+        let page_end = page_start + PAGE_BYTES as u64;
+        let mut changed = false;
+        match (*record, key.meta) {
+            (Record::Bitmap { byte_offset, bytes }, Meta::Bitmap) => {
+                let end = byte_offset + bytes.len() as u64;
+                let lo = byte_offset.max(page_start);
+                let hi = end.min(page_end);
+                let page = self.page_bytes_mut(slot);
+                for at in lo..hi {
+                    let value = bytes[(at - byte_offset) as usize];
+                    let target = &mut page[(at - page_start) as usize];
+                    if *target | value != *target {
+                        *target |= value;
+                        changed = true;
+                    }
+                }
+            }
+            (
+                Record::Table {
+                    first_entry,
+                    entries,
+                },
+                Meta::Table,
+            ) => {
+                let first = u64::from(first_entry) * 4;
+                let end = first + entries.len() as u64;
+                let lo = first.max(page_start);
+                let hi = end.min(page_end);
+                let mut at = lo;
+                while at < hi {
+                    let src = (at - first) as usize;
+                    let value = u32::from_le_bytes([
+                        entries[src],
+                        entries[src + 1],
+                        entries[src + 2],
+                        entries[src + 3],
+                    ]);
+                    let within = (at - page_start) as usize;
+                    let page = self.page_bytes_mut(slot);
+                    let current = u32::from_le_bytes([
+                        page[within],
+                        page[within + 1],
+                        page[within + 2],
+                        page[within + 3],
+                    ]);
+                    if value != TABLE_EMPTY {
+                        if value & TABLE_DIRTY != 0 || (current != TABLE_EMPTY && current != value)
+                        {
+                            return Err(bad);
+                        }
+                        if current == TABLE_EMPTY {
+                            page[within..within + 4].copy_from_slice(&value.to_le_bytes());
+                            changed = true;
+                        }
+                    }
+                    at += 4;
+                }
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+
+    /// The pages a journal record touches, or corruption when it leaves its region.
+    pub(crate) fn record_pages(
+        &self,
+        record: &Record<'_>,
+        sector: u64,
+    ) -> Result<(Meta, u64, u64), Corruption> {
+        let bad = Corruption::BadJournalRecord { sector };
+        let (meta, start, len) = match *record {
+            Record::Bitmap { byte_offset, bytes } => {
+                (Meta::Bitmap, byte_offset, bytes.len() as u64)
+            }
+            Record::Table {
+                first_entry,
+                entries,
+            } => (
+                Meta::Table,
+                u64::from(first_entry) * 4,
+                entries.len() as u64,
+            ),
+        };
+        let region = self.region(meta).ok_or(bad)?;
+        let limit = match (meta, self.layout.and_then(|l| l.table)) {
+            (Meta::Table, Some(table)) => table.chunks * 4,
+            _ => region.len,
+        };
+        let end = start.checked_add(len).ok_or(bad)?;
+        if end > limit || len == 0 {
+            return Err(bad);
+        }
+        Ok((
+            meta,
+            start / PAGE_BYTES as u64,
+            (end - 1) / PAGE_BYTES as u64,
+        ))
+    }
+}

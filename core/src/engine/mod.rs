@@ -1,0 +1,237 @@
+//! The sans-IO engine: the host submits guest requests, polls I/O commands, performs them
+//! on its files and reports their completions; the engine answers with events. It owns
+//! request ordering, copy-on-write, chunk allocation, the metadata cache and the journal.
+//! It never blocks, never allocates and never reads a clock.
+//!
+//! Memory layout (engine memory, handed over by the host):
+//! `[header 8 KiB][journal scratch 4 KiB][metadata cache][bounce slots]`.
+
+mod bounce;
+mod cache;
+mod commit;
+mod meta;
+mod open;
+mod requests;
+mod slots;
+mod types;
+
+pub use cache::PAGE_BYTES;
+pub use types::*;
+
+use crate::format::ImageLayout;
+use bounce::BouncePool;
+use cache::PageCache;
+use commit::CommitState;
+use open::Lifecycle;
+use requests::RequestSlot;
+use slots::{CommandSlots, EventQueue};
+
+/// Requests in flight at once.
+pub const MAX_REQUESTS: usize = 64;
+/// Commands in flight (or waiting to be polled) at once.
+pub const MAX_COMMANDS: usize = 128;
+/// Largest read or write request, bytes (buffers stay addressable on 32-bit hosts).
+pub const MAX_DATA_REQUEST: u64 = 1 << 30;
+/// Bytes of engine memory holding the header.
+pub const HEADER_AREA: usize = 8192;
+/// Bytes of engine memory used to build and read journal sectors.
+pub const SCRATCH_AREA: usize = 4096;
+/// Smallest metadata cache accepted, bytes.
+pub const MIN_CACHE: usize = 4 * PAGE_BYTES;
+/// Free physical-chunk ranges remembered for reuse.
+pub const MAX_FREE_RANGES: usize = 32;
+
+/// How the host opens an image.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Open for writing (otherwise every write request is refused).
+    pub writable: bool,
+    /// Length of the image file.
+    pub image_len: u64,
+    /// Length of the separate data file, when the image names one and the host opened it.
+    pub data_len: Option<u64>,
+    /// The host opened the base image (needed unless the image has no base or is fully prefetched).
+    pub base_available: bool,
+    /// Bytes of engine memory for the metadata cache (the rest after header and scratch is
+    /// bounce space). At least [`MIN_CACHE`].
+    pub cache_bytes: usize,
+    /// Space the host adds with [`Op::SetLength`] reads as zeros (true for files).
+    pub storage_zero_init: bool,
+}
+
+/// The engine. `M` is its memory; `PAGES` bounds the number of cache pages.
+pub struct Engine<M, const PAGES: usize = 256> {
+    memory: M,
+    options: OpenOptions,
+    layout: Option<ImageLayout>,
+    lifecycle: Lifecycle,
+    requests: [RequestSlot; MAX_REQUESTS],
+    request_order: [u16; MAX_REQUESTS],
+    active_requests: usize,
+    next_seq: u64,
+    commands: CommandSlots,
+    events: EventQueue,
+    cache: PageCache<PAGES>,
+    bounce: BouncePool,
+    bounce_area: (usize, usize),
+    /// Incremented by every metadata change.
+    change_gen: u64,
+    /// Changes with a smaller generation have durable data.
+    durable_gen: u64,
+    commit: CommitState,
+    alloc: open::Allocator,
+    journal_next: u64,
+    journal_sectors: u64,
+    /// Valid journal sectors to lay over loaded pages (read-only open of a dirty image).
+    overlay_sectors: u64,
+    /// Valid journal extent found while scanning (read-only open).
+    scan_extent: u64,
+    /// Read-only overlay in progress: (page slot, journal batch, batch loaded).
+    overlay: Option<(u16, u64, bool)>,
+    /// A page load that failed, reported to the next request that wants the page.
+    page_error: Option<(cache::PageKey, IoError)>,
+    /// The one request allowed to keep partial page pins while it waits.
+    page_token: Option<u16>,
+    failed: bool,
+}
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+    /// Starts opening an image: poll commands and feed completions until
+    /// [`Event::Opened`] or [`Event::OpenFailed`].
+    pub fn open(memory: M, options: OpenOptions) -> Self {
+        let mut engine = Engine {
+            memory,
+            options,
+            layout: None,
+            lifecycle: Lifecycle::Start,
+            requests: [RequestSlot::FREE; MAX_REQUESTS],
+            request_order: [0; MAX_REQUESTS],
+            active_requests: 0,
+            next_seq: 1,
+            commands: CommandSlots::new(),
+            events: EventQueue::new(),
+            cache: PageCache::new(0, 0),
+            bounce: BouncePool::new(0, 0, 0),
+            bounce_area: (0, 0),
+            change_gen: 1,
+            durable_gen: 1,
+            commit: CommitState::IDLE,
+            alloc: open::Allocator::EMPTY,
+            journal_next: 0,
+            journal_sectors: 0,
+            overlay_sectors: 0,
+            scan_extent: 0,
+            overlay: None,
+            page_error: None,
+            page_token: None,
+            failed: false,
+        };
+        engine.pump();
+        engine
+    }
+
+    /// The validated layout, once the header has been read.
+    pub fn layout(&self) -> Option<&ImageLayout> {
+        self.layout.as_ref()
+    }
+
+    /// The header bytes as in memory (valid once the header has been read).
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.memory.as_ref()[..crate::format::RAW_HEADER_LEN]
+    }
+
+    /// True once open succeeded and until close starts.
+    pub fn is_open(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::Open)
+    }
+
+    /// Engine memory, for commands whose buffer is [`Buffer::Engine`].
+    pub fn memory(&self) -> &[u8] {
+        self.memory.as_ref()
+    }
+
+    /// Engine memory, mutably: the host fills it for reads into [`Buffer::Engine`].
+    pub fn memory_mut(&mut self) -> &mut [u8] {
+        self.memory.as_mut()
+    }
+
+    /// Submits a guest request. The request's buffer (for reads and writes) must stay
+    /// valid until its [`Event::Completed`].
+    pub fn submit(&mut self, request: Request) -> Result<RequestId, SubmitError> {
+        let id = self.accept(request)?;
+        self.pump();
+        Ok(id)
+    }
+
+    /// The next command to perform, if any.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.pump();
+        self.commands.poll()
+    }
+
+    /// Reports the outcome of command `id`. For reads into engine memory, fill the memory
+    /// first. Unknown or repeated ids are ignored.
+    pub fn complete(&mut self, id: CommandId, result: Result<(), IoError>) {
+        if let Some((owner, op)) = self.commands.finish(id) {
+            self.on_complete(owner, op, result);
+            self.pump();
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// Commands emitted and not yet completed (polled or not).
+    pub fn commands_in_flight(&self) -> usize {
+        self.commands.in_flight()
+    }
+
+    /// Metadata pages the cache holds (valid once the header has been read).
+    pub fn cache_pages(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Copy-on-write bounce slots (valid once the header has been read).
+    pub fn bounce_slots(&self) -> usize {
+        self.bounce.capacity()
+    }
+
+    /// Requests submitted and not yet completed.
+    pub fn requests_in_flight(&self) -> usize {
+        self.active_requests
+    }
+
+    /// Starts closing: new requests are refused; once those in flight finish, metadata is
+    /// written back and the image marked clean; then [`Event::Closed`].
+    pub fn close(&mut self) {
+        self.begin_close();
+        self.pump();
+    }
+
+    fn on_complete(&mut self, owner: slots::Owner, op: Op, result: Result<(), IoError>) {
+        use slots::Owner;
+        match owner {
+            Owner::Request(slot) => self.request_command_done(usize::from(slot), result),
+            Owner::PageLoad(slot) => self.page_loaded(usize::from(slot), result),
+            Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
+            Owner::Commit => self.commit_command_done(result),
+            Owner::Lifecycle => self.lifecycle_done(op, result),
+            Owner::Alloc => self.alloc_done(op, result),
+            Owner::Overlay => self.overlay_done(result),
+        }
+    }
+
+    /// Runs every state machine until none can move.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = self.step_lifecycle();
+            moved |= self.step_commit();
+            moved |= self.step_requests();
+            if !moved {
+                return;
+            }
+        }
+    }
+}

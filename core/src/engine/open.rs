@@ -1,0 +1,785 @@
+//! The image's life around the requests: reading and validating the header, replaying
+//! the journal after an unclean shutdown (or laying it over pages for a read-only open),
+//! scanning the chunk table for the allocation frontier and leaked chunks, the chunk
+//! allocator with storage growth, and closing.
+
+use super::bounce::BouncePool;
+use super::cache::{Meta, PageCache, PageKey, PageState, PAGE_BYTES};
+use super::commit::Purpose;
+use super::meta::{Stall, ENTRIES_PER_PAGE};
+use super::slots::Owner;
+use super::types::*;
+use super::{Engine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
+use crate::format::header::{mutable_sectors, RawHeader};
+use crate::format::journal::{VerifiedSector, JOURNAL_SECTOR_SIZE};
+use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
+use zerocopy::little_endian::U32;
+use zerocopy::FromBytes;
+
+const BATCH_SECTORS: u64 = (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    Start,
+    ReadingHeader,
+    /// Read-write open of a dirty image: apply every valid journal sector.
+    Replay {
+        batch: u64,
+        loaded: bool,
+        issued: bool,
+        sector: u64,
+        record: u16,
+    },
+    /// Read-only open of a dirty image: find how far the valid journal reaches.
+    ScanJournal {
+        batch: u64,
+        issued: bool,
+    },
+    Committing,
+    /// Compact read-write open: find the allocation frontier, then leaked chunks.
+    ScanTable {
+        page: u64,
+        window: Option<u64>,
+    },
+    Open,
+    Closing,
+    CloseCommitting,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pending {
+    None,
+    Growing,
+    MarkingRelocated { flushed: bool, issued: bool },
+}
+
+/// Physical chunk allocation of a compact image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Allocator {
+    /// First physical chunk never referenced.
+    pub(crate) frontier: u64,
+    mapped: u64,
+    free: [(u64, u64); MAX_FREE_RANGES],
+    free_len: usize,
+    storage_len: u64,
+    known_zero_from: u64,
+    pending: Pending,
+    error: Option<IoError>,
+}
+
+impl Allocator {
+    pub(crate) const EMPTY: Allocator = Allocator {
+        frontier: 0,
+        mapped: 0,
+        free: [(0, 0); MAX_FREE_RANGES],
+        free_len: 0,
+        storage_len: 0,
+        known_zero_from: 0,
+        pending: Pending::None,
+        error: None,
+    };
+
+    fn push_free(&mut self, start: u64, end: u64) -> bool {
+        if self.free_len == MAX_FREE_RANGES {
+            return false;
+        }
+        self.free[self.free_len] = (start, end);
+        self.free_len += 1;
+        true
+    }
+}
+
+/// Physical chunks found unreferenced below the frontier and queued for reuse.
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+    /// Leaked chunks found at open and not yet reused.
+    pub fn leaked_chunks(&self) -> u64 {
+        self.alloc.free[..self.alloc.free_len]
+            .iter()
+            .map(|(a, b)| b - a)
+            .sum()
+    }
+
+    fn fail_open(&mut self, error: OpenError) {
+        self.lifecycle = Lifecycle::Done;
+        self.events.push(Event::OpenFailed(error));
+    }
+
+    fn emit_lifecycle(&mut self, file: FileId, op: Op) -> bool {
+        self.commands.emit(Owner::Lifecycle, file, op)
+    }
+
+    pub(crate) fn begin_close(&mut self) {
+        if matches!(self.lifecycle, Lifecycle::Open) {
+            self.lifecycle = Lifecycle::Closing;
+        }
+    }
+
+    pub(crate) fn step_lifecycle(&mut self) -> bool {
+        match self.lifecycle {
+            Lifecycle::Start => {
+                if self.options.image_len < RAW_HEADER_LEN as u64 {
+                    self.fail_open(OpenError::Header(HeaderError::TooShort {
+                        len: self.options.image_len,
+                        needed: RAW_HEADER_LEN as u64,
+                    }));
+                    return true;
+                }
+                let needed = HEADER_AREA + SCRATCH_AREA + MIN_CACHE;
+                let given = self.memory.as_ref().len();
+                if given < needed || self.options.cache_bytes < MIN_CACHE {
+                    self.fail_open(OpenError::MemoryTooSmall { given, needed });
+                    return true;
+                }
+                let op = Op::Read {
+                    offset: 0,
+                    len: RAW_HEADER_LEN,
+                    into: Buffer::Engine { offset: 0 },
+                };
+                if self.emit_lifecycle(FileId::Image, op) {
+                    self.lifecycle = Lifecycle::ReadingHeader;
+                }
+                true
+            }
+            Lifecycle::Replay {
+                batch,
+                loaded: false,
+                issued: false,
+                ..
+            } => {
+                let op = self.journal_batch_read(batch);
+                if self.emit_lifecycle(FileId::Image, op) {
+                    self.lifecycle = Lifecycle::Replay {
+                        batch,
+                        loaded: false,
+                        issued: true,
+                        sector: 0,
+                        record: 0,
+                    };
+                    return true;
+                }
+                false
+            }
+            Lifecycle::Replay { loaded: true, .. } => self.step_replay(),
+            Lifecycle::ScanJournal {
+                batch,
+                issued: false,
+            } => {
+                let op = self.journal_batch_read(batch);
+                if self.emit_lifecycle(FileId::Image, op) {
+                    self.lifecycle = Lifecycle::ScanJournal {
+                        batch,
+                        issued: true,
+                    };
+                    return true;
+                }
+                false
+            }
+            Lifecycle::Committing | Lifecycle::CloseCommitting => match self.commit.finished.take()
+            {
+                Some((purpose, error)) => {
+                    self.commit_finished(purpose, error);
+                    true
+                }
+                None => false,
+            },
+            Lifecycle::ScanTable { page, window } => self.step_scan_table(page, window),
+            Lifecycle::Open => self.step_pending_alloc() | self.step_overlay(),
+            Lifecycle::Closing => {
+                if self.active_requests > 0
+                    || self.commit.in_window()
+                    || self.commands.in_flight() > 0
+                {
+                    return false;
+                }
+                if self.options.writable && !self.failed {
+                    self.start_commit(Purpose::Close);
+                    self.lifecycle = Lifecycle::CloseCommitting;
+                } else {
+                    self.lifecycle = Lifecycle::Done;
+                    self.events.push(Event::Closed { clean: false });
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn commit_finished(&mut self, purpose: Purpose, error: Option<IoError>) {
+        match (purpose, error) {
+            (Purpose::Close, error) => {
+                self.lifecycle = Lifecycle::Done;
+                self.events.push(Event::Closed {
+                    clean: error.is_none(),
+                });
+            }
+            (_, Some(error)) => self.fail_open(OpenError::Io(error)),
+            (_, None) => self.after_open_commit(),
+        }
+    }
+
+    fn journal_batch_read(&self, batch: u64) -> Op {
+        let journal = self.layout.and_then(|l| l.journal).map_or(0, |j| j.offset);
+        let sectors = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
+        Op::Read {
+            offset: journal + batch * SCRATCH_AREA as u64,
+            len: sectors as usize * JOURNAL_SECTOR_SIZE,
+            into: Buffer::Engine {
+                offset: HEADER_AREA,
+            },
+        }
+    }
+
+    pub(crate) fn lifecycle_done(&mut self, op: Op, result: Result<(), IoError>) {
+        if let Err(error) = result {
+            if !matches!(self.lifecycle, Lifecycle::Open | Lifecycle::Closing) {
+                self.fail_open(OpenError::Io(error));
+            }
+            return;
+        }
+        match self.lifecycle {
+            Lifecycle::ReadingHeader => self.header_read(),
+            Lifecycle::Replay { batch, .. } => {
+                self.lifecycle = Lifecycle::Replay {
+                    batch,
+                    loaded: true,
+                    issued: true,
+                    sector: 0,
+                    record: 0,
+                }
+            }
+            Lifecycle::ScanJournal { batch, .. } => self.scan_journal_batch(batch),
+            _ => {
+                let _ = op;
+            }
+        }
+    }
+
+    fn header_read(&mut self) {
+        let image_len = self.options.image_len;
+        let layout = match parse(&self.memory.as_ref()[..RAW_HEADER_LEN], image_len) {
+            Ok((_, layout)) => layout,
+            Err(error) => return self.fail_open(OpenError::Header(error)),
+        };
+        if layout.separate_data_file != self.options.data_len.is_some() {
+            return self.fail_open(OpenError::DataFileMismatch);
+        }
+        let live_base = layout.base.filter(|_| !layout.base_fully_prefetched);
+        if live_base.is_some() && self.options.writable && !self.options.base_available {
+            return self.fail_open(OpenError::BaseMissing);
+        }
+        let has_metadata = layout.base.is_some() || layout.table.is_some();
+        if !layout.clean_shutdown
+            && layout.journal.is_none()
+            && has_metadata
+            && self.options.writable
+        {
+            return self.fail_open(OpenError::DirtyWithoutJournal);
+        }
+        // Carve engine memory: header, scratch, cache, bounce.
+        let total = self.memory.as_ref().len();
+        let cache_base = HEADER_AREA + SCRATCH_AREA;
+        let pages = (self.options.cache_bytes / PAGE_BYTES)
+            .min(PAGES)
+            .min((total - cache_base) / PAGE_BYTES);
+        let bounce_base = cache_base + pages * PAGE_BYTES;
+        let slot_len = if live_base.is_some() {
+            layout.block_size as usize
+        } else {
+            0
+        };
+        let bounce_needed = slot_len.max(0);
+        if pages * PAGE_BYTES < MIN_CACHE || total - bounce_base < bounce_needed {
+            return self.fail_open(OpenError::MemoryTooSmall {
+                given: total,
+                needed: cache_base + MIN_CACHE + bounce_needed,
+            });
+        }
+        self.cache = PageCache::new(cache_base, pages);
+        self.bounce = BouncePool::new(bounce_base, total - bounce_base, slot_len);
+        self.bounce_area = (bounce_base, total - bounce_base);
+        self.journal_sectors = layout
+            .journal
+            .map_or(0, |j| j.len / JOURNAL_SECTOR_SIZE as u64);
+        self.layout = Some(layout);
+
+        let dirty_journal = !layout.clean_shutdown && self.journal_sectors > 0;
+        self.lifecycle = match (self.options.writable, dirty_journal) {
+            (true, true) => Lifecycle::Replay {
+                batch: 0,
+                loaded: false,
+                issued: false,
+                sector: 0,
+                record: 0,
+            },
+            (true, false) => {
+                self.start_commit(Purpose::OpenClean);
+                Lifecycle::Committing
+            }
+            (false, true) => Lifecycle::ScanJournal {
+                batch: 0,
+                issued: false,
+            },
+            (false, false) => {
+                self.events.push(Event::Opened);
+                Lifecycle::Open
+            }
+        };
+    }
+
+    fn batches(&self) -> u64 {
+        self.journal_sectors.div_ceil(BATCH_SECTORS)
+    }
+
+    fn step_replay(&mut self) -> bool {
+        let Lifecycle::Replay {
+            batch,
+            sector,
+            record,
+            ..
+        } = self.lifecycle
+        else {
+            return false;
+        };
+        let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
+        let in_batch = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
+        let mut moved = false;
+        let (mut sector, mut record) = (sector, record);
+        while sector < in_batch {
+            let position = batch * BATCH_SECTORS + sector;
+            let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
+            // Copy the sector out so page accesses can borrow engine memory.
+            let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
+            bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
+            if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
+                for r in verified.records().skip(usize::from(record)) {
+                    match self.apply_record_everywhere(&r, position) {
+                        Ok(()) => {}
+                        Err(Stall::Wait) => {
+                            self.lifecycle = Lifecycle::Replay {
+                                batch,
+                                loaded: true,
+                                issued: true,
+                                sector,
+                                record,
+                            };
+                            return moved;
+                        }
+                        Err(Stall::Io(e)) => {
+                            self.fail_open(OpenError::Io(e));
+                            return true;
+                        }
+                        Err(Stall::Corrupt(c)) => {
+                            self.fail_open(OpenError::Corrupt(c));
+                            return true;
+                        }
+                    }
+                    record += 1;
+                    moved = true;
+                }
+            }
+            sector += 1;
+            record = 0;
+        }
+        if batch + 1 < self.batches() {
+            self.lifecycle = Lifecycle::Replay {
+                batch: batch + 1,
+                loaded: false,
+                issued: false,
+                sector: 0,
+                record: 0,
+            };
+        } else {
+            self.start_commit(Purpose::OpenReplayed);
+            self.lifecycle = Lifecycle::Committing;
+        }
+        true
+    }
+
+    /// Applies `record` to every page it touches (read-write replay).
+    fn apply_record_everywhere(
+        &mut self,
+        record: &crate::format::journal::Record<'_>,
+        sector: u64,
+    ) -> Result<(), Stall> {
+        let (meta, first, last) = self.record_pages(record, sector).map_err(Stall::Corrupt)?;
+        for index in first..=last {
+            let key = PageKey { meta, index };
+            let slot = self.page(key)?;
+            if self
+                .apply_record(slot, key, record, sector)
+                .map_err(Stall::Corrupt)?
+            {
+                let page = self.cache.slot_mut(slot);
+                page.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_journal_batch(&mut self, batch: u64) {
+        let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
+        let in_batch = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
+        let mut last_valid = None;
+        for sector in 0..in_batch {
+            let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
+            let position = batch * BATCH_SECTORS + sector;
+            if VerifiedSector::verify(
+                &self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE],
+                epoch,
+                position,
+            )
+            .is_ok()
+            {
+                last_valid = Some(position);
+            }
+        }
+        if let Some(position) = last_valid {
+            self.scan_extent = position + 1;
+        }
+        if batch + 1 < self.batches() {
+            self.lifecycle = Lifecycle::ScanJournal {
+                batch: batch + 1,
+                issued: false,
+            };
+        } else {
+            self.overlay_sectors = self.scan_extent;
+            self.lifecycle = Lifecycle::Open;
+            self.events.push(Event::Opened);
+        }
+    }
+
+    /// Read-only open of a dirty image: lays the valid journal over one loaded page at a time.
+    fn step_overlay(&mut self) -> bool {
+        let Some(slot) = self
+            .cache
+            .indices()
+            .find(|&i| self.cache.slot(i).state == PageState::Overlaying)
+        else {
+            return false;
+        };
+        match self.overlay {
+            None => {
+                let op = self.journal_batch_read(0);
+                if self.emit_lifecycle_overlay(op) {
+                    self.overlay = Some((slot as u16, 0, false));
+                    return true;
+                }
+                false
+            }
+            Some((_, _, false)) => false,
+            Some((page, batch, true)) => {
+                let page = usize::from(page);
+                let key = self.cache.slot(page).key;
+                let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
+                let in_batch =
+                    (self.overlay_sectors.saturating_sub(batch * BATCH_SECTORS)).min(BATCH_SECTORS);
+                for sector in 0..in_batch {
+                    let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
+                    let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
+                    bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
+                    let position = batch * BATCH_SECTORS + sector;
+                    if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
+                        for record in verified.records() {
+                            // A corrupt record is skipped here; `check` reports it.
+                            let _ = self.apply_record(page, key, &record, position);
+                        }
+                    }
+                }
+                if (batch + 1) * BATCH_SECTORS < self.overlay_sectors {
+                    let op = self.journal_batch_read(batch + 1);
+                    if self.emit_lifecycle_overlay(op) {
+                        self.overlay = Some((page as u16, batch + 1, false));
+                    } else {
+                        self.overlay = Some((page as u16, batch, true));
+                        return false;
+                    }
+                } else {
+                    self.overlay = None;
+                    self.cache.slot_mut(page).state = PageState::Ready;
+                }
+                true
+            }
+        }
+    }
+
+    fn emit_lifecycle_overlay(&mut self, op: Op) -> bool {
+        self.commands.emit(Owner::Overlay, FileId::Image, op)
+    }
+
+    pub(crate) fn overlay_done(&mut self, result: Result<(), IoError>) {
+        if let Some((page, batch, _)) = self.overlay {
+            match result {
+                Ok(()) => self.overlay = Some((page, batch, true)),
+                Err(error) => {
+                    let page = usize::from(page);
+                    self.page_error = Some((self.cache.slot(page).key, error));
+                    self.cache.drop_page(page);
+                    self.overlay = None;
+                }
+            }
+        }
+    }
+
+    fn after_open_commit(&mut self) {
+        match self.layout.and_then(|l| l.table) {
+            Some(_) => {
+                self.lifecycle = Lifecycle::ScanTable {
+                    page: 0,
+                    window: None,
+                }
+            }
+            None => {
+                self.lifecycle = Lifecycle::Open;
+                self.events.push(Event::Opened);
+            }
+        }
+    }
+
+    /// Bits of the leak-scan window (the bounce area, or the scratch area when larger).
+    fn window_area(&self) -> (usize, u64) {
+        let (bounce_base, bounce_len) = self.bounce_area;
+        if bounce_len > SCRATCH_AREA {
+            (bounce_base, bounce_len as u64 * 8)
+        } else {
+            (HEADER_AREA, SCRATCH_AREA as u64 * 8)
+        }
+    }
+
+    fn step_scan_table(&mut self, page: u64, window: Option<u64>) -> bool {
+        let Some(layout) = self.layout else {
+            return false;
+        };
+        let Some(table) = layout.table else {
+            return false;
+        };
+        let pages = table.chunks.div_ceil(ENTRIES_PER_PAGE);
+        let (area, bits) = self.window_area();
+        if page == 0 {
+            if let Some(start) = window {
+                let len = (bits / 8) as usize;
+                self.memory.as_mut()[area..area + len].fill(0);
+                let _ = start;
+            }
+        }
+        let mut page = page;
+        while page < pages {
+            let key = PageKey {
+                meta: Meta::Table,
+                index: page,
+            };
+            let slot = match self.page(key) {
+                Ok(slot) => slot,
+                Err(Stall::Wait) => {
+                    self.lifecycle = Lifecycle::ScanTable { page, window };
+                    return page > 0;
+                }
+                Err(Stall::Io(e)) => {
+                    self.fail_open(OpenError::Io(e));
+                    return true;
+                }
+                Err(Stall::Corrupt(c)) => {
+                    self.fail_open(OpenError::Corrupt(c));
+                    return true;
+                }
+            };
+            let first = page * ENTRIES_PER_PAGE;
+            let last = (first + ENTRIES_PER_PAGE).min(table.chunks);
+            for chunk in first..last {
+                let entry = self.entry(slot, chunk);
+                let p = match self.physical(chunk, entry) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => continue,
+                    Err(c) => {
+                        self.fail_open(OpenError::Corrupt(c));
+                        return true;
+                    }
+                };
+                match window {
+                    None => {
+                        self.alloc.mapped += 1;
+                        self.alloc.frontier = self.alloc.frontier.max(p + 1);
+                    }
+                    Some(start) if p >= start && p < start + bits => {
+                        let bit = (p - start) as usize;
+                        self.memory.as_mut()[area + bit / 8] |= 1 << (bit % 8);
+                    }
+                    Some(_) => {}
+                }
+            }
+            page += 1;
+        }
+        // A pass is complete.
+        let next_window = match window {
+            None => {
+                let storage_len = self.options.data_len.unwrap_or(self.options.image_len);
+                let cs = table.chunk_size;
+                self.alloc.storage_len = storage_len;
+                self.alloc.known_zero_from = if self.options.storage_zero_init {
+                    storage_len.saturating_sub(layout.data_offset).div_ceil(cs)
+                } else {
+                    u64::MAX
+                };
+                (self.alloc.mapped < self.alloc.frontier).then_some(0)
+            }
+            Some(start) => {
+                let end = (start + bits).min(self.alloc.frontier);
+                let mut run: Option<u64> = None;
+                let mut full = false;
+                for p in start..end {
+                    let bit = (p - start) as usize;
+                    let used = self.memory.as_ref()[area + bit / 8] & (1 << (bit % 8)) != 0;
+                    match (used, run) {
+                        (false, None) => run = Some(p),
+                        (true, Some(r)) => {
+                            full |= !self.alloc.push_free(r, p);
+                            run = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(r) = run {
+                    full |= !self.alloc.push_free(r, end);
+                }
+                (!full && end < self.alloc.frontier).then_some(end)
+            }
+        };
+        match next_window {
+            Some(start) => {
+                self.lifecycle = Lifecycle::ScanTable {
+                    page: 0,
+                    window: Some(start),
+                }
+            }
+            None => {
+                self.lifecycle = Lifecycle::Open;
+                self.events.push(Event::Opened);
+            }
+        }
+        true
+    }
+
+    /// Picks a physical chunk for a new allocation: a leaked one first, else the frontier.
+    /// Returns it and whether its unwritten parts must be zeroed.
+    pub(crate) fn allocate_chunk(&mut self) -> Result<(u64, bool), Stall> {
+        if let Some(error) = self.alloc.error.take() {
+            return Err(Stall::Io(error));
+        }
+        if self.alloc.pending != Pending::None {
+            return Err(Stall::Wait);
+        }
+        let Some(layout) = self.layout else {
+            return Err(Stall::Wait);
+        };
+        let Some(table) = layout.table else {
+            return Err(Stall::Wait);
+        };
+        let reused = self.alloc.free_len > 0;
+        let p = if reused {
+            self.alloc.free[0].0
+        } else {
+            self.alloc.frontier
+        };
+        if reused && !layout.chunks_relocated {
+            self.header_mut_alloc().chunks_relocated = U32::new(1);
+            if let Some(l) = self.layout.as_mut() {
+                l.chunks_relocated = true;
+            }
+            self.alloc.pending = Pending::MarkingRelocated {
+                flushed: false,
+                issued: false,
+            };
+            return Err(Stall::Wait);
+        }
+        let cs = table.chunk_size;
+        let end = layout.data_offset + (p + 1) * cs;
+        if end > self.alloc.storage_len {
+            let wanted = (p + 1) * cs;
+            let grown = wanted.div_ceil(table.storage_grow_unit) * table.storage_grow_unit;
+            let len = layout.data_offset + grown;
+            if self
+                .commands
+                .emit(Owner::Alloc, self.data_file(), Op::SetLength { len })
+            {
+                self.alloc.pending = Pending::Growing;
+            }
+            return Err(Stall::Wait);
+        }
+        if reused {
+            let range = &mut self.alloc.free[0];
+            range.0 += 1;
+            if range.0 == range.1 {
+                self.alloc.free.copy_within(1..self.alloc.free_len, 0);
+                self.alloc.free_len -= 1;
+            }
+        } else {
+            self.alloc.frontier += 1;
+        }
+        Ok((p, reused || p < self.alloc.known_zero_from))
+    }
+
+    fn header_mut_alloc(&mut self) -> &mut RawHeader {
+        let bytes = &mut self.memory.as_mut()[..RAW_HEADER_LEN];
+        RawHeader::mut_from_bytes(bytes).expect("header area is exactly one header")
+    }
+
+    fn step_pending_alloc(&mut self) -> bool {
+        if let Pending::MarkingRelocated {
+            flushed,
+            issued: false,
+        } = self.alloc.pending
+        {
+            let at = mutable_sectors::RELOCATION_AND_PREFETCH * 512;
+            let op = if flushed {
+                Op::Flush
+            } else {
+                Op::Write {
+                    offset: at as u64,
+                    len: 512,
+                    from: Buffer::Engine { offset: at },
+                }
+            };
+            if self.commands.emit(Owner::Alloc, FileId::Image, op) {
+                self.alloc.pending = Pending::MarkingRelocated {
+                    flushed,
+                    issued: true,
+                };
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(crate) fn alloc_done(&mut self, op: Op, result: Result<(), IoError>) {
+        match (op, result) {
+            (Op::SetLength { len }, Ok(())) => {
+                self.alloc.storage_len = len;
+                self.alloc.pending = Pending::None;
+            }
+            (Op::SetLength { .. }, Err(error)) => {
+                self.alloc.error = Some(if error == IoError::Failed {
+                    IoError::NoSpace
+                } else {
+                    error
+                });
+                self.alloc.pending = Pending::None;
+            }
+            (Op::Write { .. }, Ok(())) => {
+                self.alloc.pending = Pending::MarkingRelocated {
+                    flushed: true,
+                    issued: false,
+                }
+            }
+            (Op::Flush, Ok(())) => self.alloc.pending = Pending::None,
+            (_, Err(error)) => {
+                // Retry the header update on the next allocation.
+                self.alloc.error = Some(error);
+                self.alloc.pending = Pending::MarkingRelocated {
+                    flushed: false,
+                    issued: false,
+                };
+            }
+            _ => {}
+        }
+    }
+}

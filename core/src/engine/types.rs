@@ -1,0 +1,374 @@
+//! The engine's vocabulary with its hosts: guest requests in, I/O commands out, their
+//! completions back in, and events (request done, image opened or closed) out.
+
+use crate::format::HeaderError;
+use core::fmt;
+
+/// Which file a command targets. The host maps each to a file, a device or a remote
+/// object; the engine never knows which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FileId {
+    /// The image file (header and metadata, and data unless a data file is named).
+    Image,
+    /// The separate data file named in the header.
+    Data,
+    /// The base image, read-only, addressed in its guest bytes. Reads past its end must
+    /// fill zeros; when the base is itself an image the host routes reads through it.
+    Base,
+}
+
+/// Identifies a submitted guest request until its completion event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RequestId {
+    pub(crate) slot: u16,
+    pub(crate) generation: u16,
+}
+
+impl RequestId {
+    /// A small number unique among requests in flight (useful as a host-side index).
+    pub fn slot(self) -> usize {
+        usize::from(self.slot)
+    }
+}
+
+/// Identifies an emitted command until the host completes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CommandId {
+    pub(crate) slot: u16,
+    pub(crate) generation: u16,
+}
+
+/// Memory a command reads from or writes into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Buffer {
+    /// The buffer of guest request `request`, starting `offset` bytes into it. Guest data
+    /// never passes through the engine's memory.
+    Guest {
+        /// The request whose buffer it is.
+        request: RequestId,
+        /// Byte offset into that buffer.
+        offset: usize,
+    },
+    /// Engine memory (metadata pages, bounce blocks): reach it with
+    /// [`super::Engine::memory`] / [`super::Engine::memory_mut`].
+    Engine {
+        /// Byte offset into the engine's memory.
+        offset: usize,
+    },
+}
+
+/// What a command asks the host to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Op {
+    /// Read `len` bytes at `offset` of the file into `into`; bytes past the end of the
+    /// file read as zeros.
+    Read {
+        /// File offset.
+        offset: u64,
+        /// Bytes.
+        len: usize,
+        /// Destination.
+        into: Buffer,
+    },
+    /// Write `len` bytes from `from` at `offset` of the file (extending it if needed).
+    Write {
+        /// File offset.
+        offset: u64,
+        /// Bytes.
+        len: usize,
+        /// Source.
+        from: Buffer,
+    },
+    /// Make `len` bytes at `offset` read as zeros (punching a hole when `unmap` and the
+    /// host can).
+    WriteZeroes {
+        /// File offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// The guest discarded the range: deallocating is welcome.
+        unmap: bool,
+    },
+    /// Fill `len` bytes of `into` with zeros (no file I/O; complete it at once).
+    ZeroBuffer {
+        /// Destination.
+        into: Buffer,
+        /// Bytes.
+        len: usize,
+    },
+    /// Make every completed write to the file durable.
+    Flush,
+    /// Set the file's length to `len` bytes (new bytes read as zeros).
+    SetLength {
+        /// New length.
+        len: u64,
+    },
+}
+
+/// One I/O command for the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Command {
+    /// Pass back to [`super::Engine::complete`].
+    pub id: CommandId,
+    /// The file it targets (unused by [`Op::ZeroBuffer`]).
+    pub file: FileId,
+    /// What to do.
+    pub op: Op,
+}
+
+/// A guest request. Offsets and lengths are bytes and must be multiples of 512.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Request {
+    /// Read into the request's buffer.
+    Read {
+        /// Guest offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Write from the request's buffer.
+    Write {
+        /// Guest offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Make the range read as zeros.
+    WriteZeroes {
+        /// Guest offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// The guest no longer needs the range; it reads as zeros afterwards.
+    Discard {
+        /// Guest offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Complete once every write acknowledged before it is durable.
+    Flush,
+    /// Where does the range starting at `offset` live? Completes with
+    /// [`Reply::Mapping`] for the first run (at most `len` bytes).
+    Map {
+        /// Guest offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+}
+
+/// Where a run of guest bytes lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Mapping {
+    /// Still in the base image at the same guest offset.
+    Base,
+    /// In the data storage at this byte offset.
+    Data {
+        /// Offset in the data storage (the image file or the data file).
+        offset: u64,
+    },
+    /// Reads as zeros without any storage (an unallocated chunk).
+    Zero,
+}
+
+/// A run of guest bytes with one mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MapRun {
+    /// First guest byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Where they are.
+    pub mapping: Mapping,
+}
+
+/// What a successful request returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Reply {
+    /// Done.
+    Done,
+    /// The answer to [`Request::Map`].
+    Mapping(MapRun),
+}
+
+/// An I/O failure the host reports for a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum IoError {
+    /// The operation failed (EIO and friends).
+    Failed,
+    /// The storage is full or cannot grow.
+    NoSpace,
+    /// The host cannot do this operation (e.g. shrink a raw medium).
+    Unsupported,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RequestError {
+    /// A command it depended on failed.
+    Io(IoError),
+    /// Metadata read from the image is corrupt (e.g. a table entry past the storage end).
+    Corrupt(Corruption),
+    /// The engine stopped serving requests after an unrecoverable metadata failure.
+    Failed,
+}
+
+/// A structural problem found in metadata while serving requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Corruption {
+    /// A table entry has the DIRTY bit or points past the largest possible chunk.
+    BadTableEntry {
+        /// Virtual chunk.
+        chunk: u64,
+        /// Raw entry.
+        entry: u32,
+    },
+    /// A journal record names metadata outside its region or contradicts the table.
+    BadJournalRecord {
+        /// Journal sector index.
+        sector: u64,
+    },
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Io(IoError::Failed) => write!(f, "I/O error"),
+            RequestError::Io(IoError::NoSpace) => write!(f, "no space left on the storage"),
+            RequestError::Io(IoError::Unsupported) => {
+                write!(f, "operation not supported by the storage")
+            }
+            RequestError::Corrupt(Corruption::BadTableEntry { chunk, entry }) => {
+                write!(f, "corrupt table entry {entry:#010x} for chunk {chunk}")
+            }
+            RequestError::Corrupt(Corruption::BadJournalRecord { sector }) => {
+                write!(f, "corrupt journal record in sector {sector}")
+            }
+            RequestError::Failed => write!(f, "image failed after an earlier metadata error"),
+        }
+    }
+}
+
+/// Why a request was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SubmitError {
+    /// Every request slot is in use: complete some commands and try again.
+    Busy,
+    /// Offset or length not a multiple of 512, or a zero-length data request.
+    Unaligned,
+    /// The range ends past the virtual disk.
+    OutOfRange,
+    /// A read or write longer than [`super::MAX_DATA_REQUEST`]: split it.
+    TooLarge,
+    /// A write to an image opened read-only.
+    ReadOnly,
+    /// The image is not open (still opening, failed, closing or closed).
+    NotOpen,
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            SubmitError::Busy => "too many requests in flight",
+            SubmitError::Unaligned => "offset and length must be multiples of 512",
+            SubmitError::OutOfRange => "request extends past the end of the disk",
+            SubmitError::TooLarge => "request too large: split it",
+            SubmitError::ReadOnly => "image is opened read-only",
+            SubmitError::NotOpen => "image is not open",
+        };
+        f.write_str(text)
+    }
+}
+
+/// Why an image could not be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum OpenError {
+    /// The header is invalid.
+    Header(HeaderError),
+    /// The engine's memory is too small for this image.
+    MemoryTooSmall {
+        /// Bytes given.
+        given: usize,
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// The image names a data file but the host gave no length for it (or the reverse).
+    DataFileMismatch,
+    /// The image needs its base image but the host opened none.
+    BaseMissing,
+    /// The image is dirty and has no journal: it cannot be opened for writing safely.
+    DirtyWithoutJournal,
+    /// A command failed while opening.
+    Io(IoError),
+    /// Metadata is corrupt.
+    Corrupt(Corruption),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Header(e) => write!(f, "{e}"),
+            OpenError::MemoryTooSmall { given, needed } => {
+                write!(
+                    f,
+                    "engine memory too small: {given} bytes given, {needed} needed"
+                )
+            }
+            OpenError::DataFileMismatch => write!(
+                f,
+                "data file expected by the image and opened by the host differ"
+            ),
+            OpenError::BaseMissing => {
+                write!(f, "the image needs its base image, which is not open")
+            }
+            OpenError::DirtyWithoutJournal => {
+                write!(
+                    f,
+                    "image was not closed cleanly and has no journal to repair it"
+                )
+            }
+            OpenError::Io(_) => write!(f, "I/O error while opening the image"),
+            OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),
+        }
+    }
+}
+
+/// Something the host should know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event {
+    /// The image is open; requests may be submitted.
+    Opened,
+    /// The image could not be opened; the engine is done.
+    OpenFailed(OpenError),
+    /// A request finished; its buffer is the host's again.
+    Completed {
+        /// The request.
+        id: RequestId,
+        /// Its outcome.
+        result: Result<Reply, RequestError>,
+    },
+    /// [`super::Engine::close`] finished: metadata written back, image marked clean (when
+    /// `clean` is true; false when a failure left it dirty for the journal to repair).
+    Closed {
+        /// The image was marked clean.
+        clean: bool,
+    },
+}

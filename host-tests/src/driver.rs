@@ -1,0 +1,363 @@
+//! A synchronous driver for the engine: it owns the engine, the guest buffers and a
+//! [`Storage`], performs commands (in order, or shuffled with injected errors for tests)
+//! and turns the event stream into blocking calls. The CLI and the tests use it; it holds
+//! no format logic.
+
+use crate::storage::Storage;
+use fvd_core::engine::*;
+use std::collections::HashMap;
+use std::io;
+
+/// How to run the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct DriverOptions {
+    /// Open for writing.
+    pub writable: bool,
+    /// Metadata cache bytes.
+    pub cache_bytes: usize,
+    /// Engine memory beyond header, scratch and cache (bounce space).
+    pub bounce_bytes: usize,
+    /// Complete commands in a random order drawn from this seed (else in order).
+    pub shuffle_seed: Option<u64>,
+    /// Per-mille chance that a command fails (after possibly having taken effect).
+    pub error_per_mille: u32,
+    /// Commands allowed in flight before the driver performs one.
+    pub max_pending: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            writable: true,
+            cache_bytes: 256 * PAGE_BYTES,
+            bounce_bytes: 4 << 20,
+            shuffle_seed: None,
+            error_per_mille: 0,
+            max_pending: 1,
+        }
+    }
+}
+
+/// What can go wrong driving an image.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The image could not be opened.
+    #[error("{0}")]
+    Open(OpenError),
+    /// A request was refused.
+    #[error("{0}")]
+    Submit(SubmitError),
+    /// A request failed.
+    #[error("{0}")]
+    Request(RequestError),
+    /// The host's storage failed outside a command.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The engine stopped making progress (a bug).
+    #[error("engine stalled with {0} requests in flight and no command to run")]
+    Stalled(usize),
+}
+
+/// Outcome of a request with its buffer.
+pub type Finished = (Result<Reply, RequestError>, Vec<u8>);
+
+/// Drives one image.
+pub struct Driver<S: Storage> {
+    engine: Engine<Vec<u8>>,
+    /// The files.
+    pub storage: S,
+    buffers: Vec<Option<Vec<u8>>>,
+    results: HashMap<RequestId, Finished>,
+    pending: Vec<Command>,
+    rng: u64,
+    options: DriverOptions,
+    opened: Option<Result<(), OpenError>>,
+    closed: Option<bool>,
+    /// Commands performed.
+    pub commands_run: u64,
+}
+
+fn mem_io(result: io::Result<()>) -> Result<(), IoError> {
+    result.map_err(|e| match e.raw_os_error() {
+        Some(28) => IoError::NoSpace,
+        _ => IoError::Failed,
+    })
+}
+
+impl<S: Storage> Driver<S> {
+    /// Opens the image in `storage`.
+    pub fn open(mut storage: S, options: DriverOptions) -> Result<Self, DriverError> {
+        let image_len = storage.len(FileId::Image)?.unwrap_or(0);
+        let data_len = storage.len(FileId::Data)?;
+        let base_available = storage.len(FileId::Base)?.is_some();
+        let memory =
+            vec![0u8; HEADER_AREA + SCRATCH_AREA + options.cache_bytes + options.bounce_bytes];
+        let engine = Engine::open(
+            memory,
+            OpenOptions {
+                writable: options.writable,
+                image_len,
+                data_len,
+                base_available,
+                cache_bytes: options.cache_bytes,
+                storage_zero_init: true,
+            },
+        );
+        let mut driver = Driver {
+            engine,
+            storage,
+            buffers: vec![None; MAX_REQUESTS],
+            results: HashMap::new(),
+            pending: Vec::new(),
+            rng: options.shuffle_seed.unwrap_or(0) | 1,
+            options,
+            opened: None,
+            closed: None,
+            commands_run: 0,
+        };
+        while driver.opened.is_none() {
+            if !driver.step() {
+                return Err(DriverError::Stalled(0));
+            }
+        }
+        match driver.opened {
+            Some(Err(e)) => Err(DriverError::Open(e)),
+            _ => Ok(driver),
+        }
+    }
+
+    /// The engine (for layout and header queries).
+    pub fn engine(&self) -> &Engine<Vec<u8>> {
+        &self.engine
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Submits `request` with `buffer` (its data for writes, its room for reads),
+    /// performing commands while the engine is busy.
+    pub fn submit(&mut self, request: Request, buffer: Vec<u8>) -> Result<RequestId, DriverError> {
+        loop {
+            match self.engine.submit(request) {
+                Ok(id) => {
+                    self.buffers[id.slot()] = Some(buffer);
+                    return Ok(id);
+                }
+                Err(SubmitError::Busy) => {
+                    if !self.step() {
+                        return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+                    }
+                }
+                Err(e) => return Err(DriverError::Submit(e)),
+            }
+        }
+    }
+
+    /// Performs one command (or collects events); false when there was nothing to do.
+    pub fn step(&mut self) -> bool {
+        let mut did = self.drain_events();
+        while let Some(command) = self.engine.poll_command() {
+            self.pending.push(command);
+            did = true;
+        }
+        if self.pending.is_empty() {
+            return did || self.drain_events();
+        }
+        if self.options.shuffle_seed.is_some()
+            && self.pending.len() < self.options.max_pending
+            && did
+        {
+            return true;
+        }
+        let index = if self.options.shuffle_seed.is_some() {
+            (self.next_random() % self.pending.len() as u64) as usize
+        } else {
+            0
+        };
+        let command = self.pending.swap_remove(index);
+        let mut result = self.perform(&command);
+        if self.options.error_per_mille > 0
+            && self.next_random() % 1000 < u64::from(self.options.error_per_mille)
+        {
+            result = Err(IoError::Failed);
+        }
+        self.commands_run += 1;
+        self.engine.complete(command.id, result);
+        self.drain_events();
+        true
+    }
+
+    fn drain_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(event) = self.engine.poll_event() {
+            any = true;
+            match event {
+                Event::Opened => self.opened = Some(Ok(())),
+                Event::OpenFailed(e) => self.opened = Some(Err(e)),
+                Event::Closed { clean } => self.closed = Some(clean),
+                Event::Completed { id, result } => {
+                    let buffer = self.buffers[id.slot()].take().unwrap_or_default();
+                    self.results.insert(id, (result, buffer));
+                }
+            }
+        }
+        any
+    }
+
+    fn guest(
+        &mut self,
+        request: RequestId,
+        offset: usize,
+        len: usize,
+    ) -> Result<&mut [u8], IoError> {
+        self.buffers
+            .get_mut(request.slot())
+            .and_then(|b| b.as_mut())
+            .and_then(|b| b.get_mut(offset..offset + len))
+            .ok_or(IoError::Failed)
+    }
+
+    fn perform(&mut self, command: &Command) -> Result<(), IoError> {
+        let file = command.file;
+        match command.op {
+            Op::Read { offset, len, into } => {
+                let mut tmp = vec![0u8; len];
+                mem_io(self.storage.read_at(file, offset, &mut tmp))?;
+                self.target(into, len)?.copy_from_slice(&tmp);
+                Ok(())
+            }
+            Op::Write { offset, len, from } => {
+                let data = self.target(from, len)?.to_vec();
+                mem_io(self.storage.write_at(file, offset, &data))
+            }
+            Op::WriteZeroes { offset, len, unmap } => {
+                mem_io(self.storage.write_zeroes(file, offset, len, unmap))
+            }
+            Op::ZeroBuffer { into, len } => {
+                self.target(into, len)?.fill(0);
+                Ok(())
+            }
+            Op::Flush => mem_io(self.storage.flush(file)),
+            Op::SetLength { len } => mem_io(self.storage.set_len(file, len)),
+        }
+    }
+
+    fn target(&mut self, buffer: Buffer, len: usize) -> Result<&mut [u8], IoError> {
+        match buffer {
+            Buffer::Guest { request, offset } => self.guest(request, offset, len),
+            Buffer::Engine { offset } => self
+                .engine
+                .memory_mut()
+                .get_mut(offset..offset + len)
+                .ok_or(IoError::Failed),
+        }
+    }
+
+    /// Performs commands until request `id` finished; returns its outcome and buffer.
+    pub fn wait(&mut self, id: RequestId) -> Result<Finished, DriverError> {
+        loop {
+            if let Some(done) = self.results.remove(&id) {
+                return Ok(done);
+            }
+            if !self.step() {
+                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+            }
+        }
+    }
+
+    /// Takes the outcome of `id` if it already finished.
+    pub fn take_result(&mut self, id: RequestId) -> Option<Finished> {
+        self.results.remove(&id)
+    }
+
+    /// Performs commands until nothing is in flight.
+    pub fn run_until_idle(&mut self) -> Result<(), DriverError> {
+        while self.engine.requests_in_flight() > 0
+            || !self.pending.is_empty()
+            || self.engine.commands_in_flight() > 0
+        {
+            if !self.step() {
+                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, request: Request, buffer: Vec<u8>) -> Result<(Reply, Vec<u8>), DriverError> {
+        let id = self.submit(request, buffer)?;
+        let (result, buffer) = self.wait(id)?;
+        result
+            .map(|reply| (reply, buffer))
+            .map_err(DriverError::Request)
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, DriverError> {
+        Ok(self
+            .run(
+                Request::Read {
+                    offset,
+                    len: len as u64,
+                },
+                vec![0; len],
+            )?
+            .1)
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DriverError> {
+        self.run(
+            Request::Write {
+                offset,
+                len: data.len() as u64,
+            },
+            data.to_vec(),
+        )
+        .map(|_| ())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DriverError> {
+        self.run(Request::WriteZeroes { offset, len }, Vec::new())
+            .map(|_| ())
+    }
+
+    /// Discards `len` bytes at `offset` (they read as zeros afterwards).
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), DriverError> {
+        self.run(Request::Discard { offset, len }, Vec::new())
+            .map(|_| ())
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&mut self) -> Result<(), DriverError> {
+        self.run(Request::Flush, Vec::new()).map(|_| ())
+    }
+
+    /// The mapping of the first run at `offset` (at most `len` bytes).
+    pub fn map(&mut self, offset: u64, len: u64) -> Result<MapRun, DriverError> {
+        match self.run(Request::Map { offset, len }, Vec::new())?.0 {
+            Reply::Mapping(run) => Ok(run),
+            Reply::Done => Ok(MapRun {
+                offset,
+                len: 0,
+                mapping: Mapping::Zero,
+            }),
+        }
+    }
+
+    /// Closes the image; returns the storage and whether it was marked clean.
+    pub fn close(mut self) -> Result<(S, bool), DriverError> {
+        self.run_until_idle()?;
+        self.engine.close();
+        while self.closed.is_none() {
+            if !self.step() {
+                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+            }
+        }
+        Ok((self.storage, self.closed.unwrap_or(false)))
+    }
+}

@@ -1,0 +1,71 @@
+use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_host::driver::{Driver, DriverOptions};
+use fvd_host::memstore::{MemFile, MemStorage};
+use fvd_host::newimage::initial_metadata;
+
+fn storage(options: &CreateOptions, base: Option<Vec<u8>>) -> MemStorage {
+    let header = plan(options).unwrap();
+    MemStorage {
+        image: MemFile::new(initial_metadata(&header)),
+        data: options.data_file.map(|_| MemFile::new(Vec::new())),
+        base: base.map(MemFile::new),
+        writes: 0,
+    }
+}
+
+#[test]
+fn plain_image_round_trip() {
+    let s = storage(
+        &CreateOptions {
+            virtual_size: 1 << 20,
+            ..Default::default()
+        },
+        None,
+    );
+    let mut d = Driver::open(s, DriverOptions::default()).unwrap();
+    d.write(4096, &[0xab; 8192]).unwrap();
+    assert_eq!(d.read(4096, 8192).unwrap(), vec![0xab; 8192]);
+    assert_eq!(d.read(0, 4096).unwrap(), vec![0; 4096]);
+    d.flush().unwrap();
+    let (s, clean) = d.close().unwrap();
+    assert!(clean);
+    let d = Driver::open(s, DriverOptions::default()).unwrap();
+    let _ = d;
+}
+
+#[test]
+fn compact_with_base_cow() {
+    let base: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let opts = CreateOptions {
+        virtual_size: 2 << 20,
+        compact_image: true,
+        chunk_size: Some(64 << 10),
+        block_size: Some(4096),
+        base: Some(BaseSpec {
+            name: b"base.raw",
+            format: b"raw",
+            size: 1 << 20,
+        }),
+        ..Default::default()
+    };
+    let s = storage(&opts, Some(base.clone()));
+    let mut d = Driver::open(s, DriverOptions::default()).unwrap();
+    assert_eq!(d.read(0, 8192).unwrap(), base[..8192]);
+    d.write(1024, &[7; 512]).unwrap();
+    let mut expect = base[..8192].to_vec();
+    expect[1024..1536].fill(7);
+    assert_eq!(d.read(0, 8192).unwrap(), expect);
+    d.write_zeroes(8192, 4096).unwrap();
+    assert_eq!(d.read(8192, 4096).unwrap(), vec![0; 4096]);
+    d.flush().unwrap();
+    d.write(65536 + 512, &[9; 512]).unwrap();
+    let (s, clean) = d.close().unwrap();
+    assert!(clean);
+    let mut d = Driver::open(s, DriverOptions::default()).unwrap();
+    assert_eq!(d.read(0, 8192).unwrap(), expect);
+    assert_eq!(d.read(8192, 4096).unwrap(), vec![0; 4096]);
+    let mut e2 = base[65536..65536 + 4096].to_vec();
+    e2[512..1024].fill(9);
+    assert_eq!(d.read(65536, 4096).unwrap(), e2);
+    assert_eq!(d.read(1 << 20, 4096).unwrap(), vec![0; 4096]);
+}
