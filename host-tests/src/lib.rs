@@ -1,1 +1,6 @@
 //! `fvd-host`: the std host for `fvd-core`.
+
+pub mod driver;
+pub mod memstore;
+pub mod newimage;
+pub mod storage;
