@@ -1,5 +1,6 @@
 //! `fvd-host`: the std host for `fvd-core`.
 
+pub mod cli;
 pub mod driver;
 pub mod memstore;
 pub mod newimage;

@@ -1,0 +1,148 @@
+//! The base (backing) image of a new image: resolving its name against the new image's
+//! directory (qemu-img semantics), finding its format (`-F`, or probed from its first
+//! bytes) and measuring the guest size it provides.
+
+use super::error::CliError;
+use super::image::{has_magic, header_reason, open_host_file, read_at_most};
+use fvd_core::format::{parse, FVD_MAGIC, RAW_HEADER_LEN};
+use std::path::{Path, PathBuf};
+
+/// QED's magic, `QED\0` read as a little-endian u32.
+pub const QED_MAGIC: u32 = u32::from_le_bytes(*b"QED\0");
+
+/// A format a base image may have (the names `base_img_fmt` allows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseFormat {
+    /// A raw disk image: its length is its size.
+    Raw,
+    /// An FVD image: its header gives its size.
+    Fvd,
+    /// A QED image (recognised, not yet readable).
+    Qed,
+}
+
+impl BaseFormat {
+    /// Every base format.
+    pub const ALL: [BaseFormat; 3] = [BaseFormat::Raw, BaseFormat::Fvd, BaseFormat::Qed];
+
+    /// The name stored in `base_img_fmt`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BaseFormat::Raw => "raw",
+            BaseFormat::Fvd => "fvd",
+            BaseFormat::Qed => "qed",
+        }
+    }
+
+    /// Parses a `-F` / `backing_fmt` value.
+    pub fn parse(text: &str) -> Result<Self, CliError> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.name() == text)
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "Unknown backing file format '{text}' (use raw or fvd)"
+                ))
+            })
+    }
+}
+
+/// A base image that has been opened and measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// The name as given, which the new header stores.
+    pub name: PathBuf,
+    /// Where that name leads from the new image's directory.
+    pub path: PathBuf,
+    /// Its format (given or probed).
+    pub format: BaseFormat,
+    /// Its virtual size in bytes.
+    pub size: u64,
+}
+
+/// Where base (or data file) `name` of the image at `image` lives: `name` itself when
+/// absolute, otherwise `name` relative to the directory holding `image`.
+pub fn resolve(image: &Path, name: &Path) -> PathBuf {
+    if name.is_absolute() {
+        return name.to_path_buf();
+    }
+    match image.parent() {
+        Some(dir) => dir.join(name),
+        None => name.to_path_buf(),
+    }
+}
+
+/// Opens base `name` of a new image at `image` and measures it. `format` forces the
+/// format; `None` probes the magic (FVD, QED, otherwise raw).
+pub fn inspect(image: &Path, name: &Path, format: Option<BaseFormat>) -> Result<Base, CliError> {
+    let backing = |err| CliError::Backing(Box::new(err));
+    let path = resolve(image, name);
+    let host = open_host_file(&path).map_err(backing)?;
+    let prefix = read_at_most(&host.file, &path, 0, RAW_HEADER_LEN).map_err(backing)?;
+    let format = format.unwrap_or(if has_magic(&prefix, FVD_MAGIC) {
+        BaseFormat::Fvd
+    } else if has_magic(&prefix, QED_MAGIC) {
+        BaseFormat::Qed
+    } else {
+        BaseFormat::Raw
+    });
+    let size = match format {
+        BaseFormat::Raw => host.len,
+        BaseFormat::Fvd => {
+            parse(&prefix, host.len)
+                .map_err(|err| {
+                    backing(CliError::NotFvd {
+                        path: path.clone(),
+                        reason: header_reason(&err),
+                    })
+                })?
+                .1
+                .virtual_size
+        }
+        BaseFormat::Qed => {
+            return Err(CliError::Invalid(format!(
+                "backing file '{}' is a QED image; QED base images are not supported yet",
+                path.display()
+            )))
+        }
+    };
+    Ok(Base {
+        name: name.to_path_buf(),
+        path,
+        format,
+        size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_names_resolve_against_the_image_directory() {
+        let image = Path::new("/images/vm/disk.fvd");
+        assert_eq!(
+            resolve(image, Path::new("base.raw")),
+            Path::new("/images/vm/base.raw")
+        );
+        assert_eq!(
+            resolve(image, Path::new("../b.raw")),
+            Path::new("/images/vm/../b.raw")
+        );
+        assert_eq!(
+            resolve(image, Path::new("/abs/b.raw")),
+            Path::new("/abs/b.raw")
+        );
+        assert_eq!(
+            resolve(Path::new("disk.fvd"), Path::new("b.raw")),
+            Path::new("b.raw")
+        );
+    }
+
+    #[test]
+    fn formats_parse_by_name() {
+        assert_eq!(BaseFormat::parse("raw").unwrap(), BaseFormat::Raw);
+        assert_eq!(BaseFormat::parse("fvd").unwrap(), BaseFormat::Fvd);
+        assert!(BaseFormat::parse("vmdk").is_err());
+    }
+}

@@ -1,0 +1,518 @@
+//! `fvd-img create`: turns the command line into `fvd_core::geometry::CreateOptions`,
+//! plans the header, writes the image (and an empty data file) without ever leaving a
+//! partial file behind, and prints qemu-img's `Formatting ...` line.
+
+use super::base::{self, Base, BaseFormat};
+use super::error::CliError;
+use super::image_format::ImageFormat;
+use super::options::{help_text, parse_options, OptionKind, OptionSpec, ParsedOptions};
+use super::size::parse_size;
+use super::writer::{stage_empty, stage_image};
+use clap::Args;
+use fvd_core::format::RawHeader;
+use fvd_core::geometry::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
+use fvd_core::units::{checked_round_up, PAGE_SIZE};
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `fvd-img create`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+SIZE is in bytes, or a number with suffix k, M, G, T, P or E (powers of 1024). Without SIZE \
+the image gets the size of its base image.\n\
+FILE is never overwritten unless --force is given; on failure no file is left behind.\n\
+List the -o options with: fvd-img create -f fvd -o help")]
+pub struct CreateArgs {
+    /// Image format to create (fvd)
+    #[arg(short = 'f', value_name = "FMT", default_value = "fvd")]
+    pub format: String,
+    /// Base (backing) image; a relative name is relative to FILE's directory
+    #[arg(short = 'b', value_name = "BASE")]
+    pub backing_file: Option<PathBuf>,
+    /// Format of the base image: raw or fvd (default: probed)
+    #[arg(short = 'F', value_name = "BASE_FMT")]
+    pub backing_format: Option<String>,
+    /// Format options KEY=VAL[,KEY=VAL...], may be repeated; '-o help' lists them
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Replace FILE (and the data file) if it already exists [fvd-img extension]
+    #[arg(long)]
+    pub force: bool,
+    /// Do not print the 'Formatting ...' line
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The image file to create
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Virtual disk size
+    #[arg(value_name = "SIZE")]
+    pub size: Option<String>,
+}
+
+/// The `-o` options of `create -f fvd`.
+pub const FVD_CREATE_OPTIONS: [OptionSpec; 12] = [
+    OptionSpec {
+        name: "backing_file",
+        kind: OptionKind::Str,
+        help: "File name of the base image (same as -b)",
+    },
+    OptionSpec {
+        name: "backing_fmt",
+        kind: OptionKind::Str,
+        help: "Format of the base image: raw or fvd (same as -F; default: probed)",
+    },
+    OptionSpec {
+        name: "compact_image",
+        kind: OptionKind::Bool,
+        help: "Map chunks through a table and allocate storage on demand (default off)",
+    },
+    OptionSpec {
+        name: "block_size",
+        kind: OptionKind::Size,
+        help: "Bytes per bitmap bit, a multiple of 512 (default: keeps the bitmap within 4 MiB)",
+    },
+    OptionSpec {
+        name: "chunk_size",
+        kind: OptionKind::Size,
+        help: "Bytes per table entry of a compact image, rounded up to 4 KiB (default 1 MiB)",
+    },
+    OptionSpec {
+        name: "storage_grow_unit",
+        kind: OptionKind::Size,
+        help: "Bytes a compact image's storage grows by, at least chunk_size (default 100 MiB)",
+    },
+    OptionSpec {
+        name: "journal_size",
+        kind: OptionKind::Size,
+        help:
+            "Metadata journal size, 0 = no journal (default 16 MiB, raised to hold a whole table)",
+    },
+    OptionSpec {
+        name: "copy_on_read",
+        kind: OptionKind::Bool,
+        help: "Copy data read from the base into the image by default (needs a base; default off)",
+    },
+    OptionSpec {
+        name: "prefetch_start_delay",
+        kind: OptionKind::Int,
+        help: "Seconds after open before the whole base is prefetched; <= 0 disables (default -1)",
+    },
+    OptionSpec {
+        name: "data_file",
+        kind: OptionKind::Str,
+        help: "Keep guest data in this separate file, created empty (relative to FILE's directory)",
+    },
+    OptionSpec {
+        name: "data_file_fmt",
+        kind: OptionKind::Str,
+        help: "Format of the data file: raw (default raw)",
+    },
+    OptionSpec {
+        name: "need_zero_init",
+        kind: OptionKind::Bool,
+        help: "Refuse data storage whose never-written areas may not read as zeros (default off)",
+    },
+];
+
+/// Runs `fvd-img create`, writing the `Formatting` line (or the `-o help` listing) to `out`.
+pub fn run(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    match ImageFormat::parse(&args.format)? {
+        ImageFormat::Fvd => create_fvd(args, out),
+    }
+}
+
+/// One of two spellings of the same setting (`-b` and `-o backing_file`): either, or both
+/// when they agree.
+fn one_of<T: PartialEq>(
+    flag: Option<T>,
+    option: Option<T>,
+    flag_name: &str,
+    option_name: &str,
+) -> Result<Option<T>, CliError> {
+    match (flag, option) {
+        (Some(a), Some(b)) if a != b => Err(CliError::Usage(format!(
+            "{flag_name} and -o {option_name} disagree; give only one"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// What `create -f fvd` was asked for, with every argument checked but no file touched.
+#[derive(Debug)]
+struct FvdRequest {
+    file: PathBuf,
+    size: Option<u64>,
+    backing: Option<(PathBuf, Option<BaseFormat>)>,
+    compact_image: bool,
+    block_size: Option<u64>,
+    chunk_size: Option<u64>,
+    storage_grow_unit: Option<u64>,
+    journal_size: Option<u64>,
+    copy_on_read: bool,
+    prefetch_start_delay: i64,
+    data_file: Option<(OsString, String)>,
+    need_zero_init: bool,
+}
+
+impl FvdRequest {
+    fn new(args: &CreateArgs, mut opts: ParsedOptions, file: PathBuf) -> Result<Self, CliError> {
+        let defaults = CreateOptions::default();
+        let backing_name = one_of(
+            args.backing_file.clone(),
+            opts.take_str("backing_file").map(PathBuf::from),
+            "-b",
+            "backing_file",
+        )?;
+        let backing_fmt = one_of(
+            args.backing_format.clone(),
+            opts.take_str("backing_fmt"),
+            "-F",
+            "backing_fmt",
+        )?
+        .map(|name| BaseFormat::parse(&name))
+        .transpose()?;
+        let backing = match (backing_name, backing_fmt) {
+            (Some(name), _) if name.as_os_str().is_empty() => {
+                return Err(CliError::Usage("The backing file name is empty".into()))
+            }
+            (Some(name), format) => Some((name, format)),
+            (None, Some(_)) => {
+                return Err(CliError::Usage(
+                    "A backing format (-F) needs a backing file (-b)".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+
+        let size = args
+            .size
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("Invalid image size specified: {e}")))?;
+        if size.is_none() && backing.is_none() {
+            return Err(CliError::Usage(
+                "Image creation needs a size parameter (or a backing file to take it from)".into(),
+            ));
+        }
+
+        let compact_image = opts
+            .take_bool("compact_image")
+            .unwrap_or(defaults.compact_image);
+        let chunk_size = opts.take_size("chunk_size");
+        let storage_grow_unit = opts.take_size("storage_grow_unit");
+        if !compact_image {
+            for (name, given) in [
+                ("chunk_size", chunk_size.is_some()),
+                ("storage_grow_unit", storage_grow_unit.is_some()),
+            ] {
+                if given {
+                    return Err(CliError::Usage(format!(
+                        "{name} applies only to compact images (add compact_image=on)"
+                    )));
+                }
+            }
+        }
+        let journal_size = opts.take_size("journal_size");
+        if journal_size.is_some_and(|size| size > 0) && !compact_image && backing.is_none() {
+            return Err(CliError::Usage(
+                "journal_size applies only to images with a backing file or compact_image=on \
+                 (a plain image has no metadata to journal)"
+                    .into(),
+            ));
+        }
+
+        let data_name = opts.take_str("data_file");
+        let data_fmt = opts.take_str("data_file_fmt");
+        let data_file = match (data_name, data_fmt) {
+            (Some(name), _) if name.is_empty() => {
+                return Err(CliError::Usage("The data_file name is empty".into()))
+            }
+            (Some(_), Some(fmt)) if fmt != "raw" => {
+                return Err(CliError::Usage(format!(
+                    "Unsupported data_file_fmt '{fmt}': the data file must be raw"
+                )))
+            }
+            (Some(name), _) => Some((OsString::from(name), "raw".to_string())),
+            (None, Some(_)) => {
+                return Err(CliError::Usage("data_file_fmt needs a data_file".into()))
+            }
+            (None, None) => None,
+        };
+
+        let request = FvdRequest {
+            file,
+            size,
+            backing,
+            compact_image,
+            block_size: opts.take_size("block_size").or(defaults.block_size),
+            chunk_size: chunk_size.or(defaults.chunk_size),
+            // The default growth step is never below one chunk (the 2011 rule); `plan`
+            // would refuse its 100 MiB default next to a larger chunk_size.
+            storage_grow_unit: storage_grow_unit
+                .or(defaults.storage_grow_unit)
+                .or_else(|| {
+                    chunk_size
+                        .and_then(|size| checked_round_up(size, PAGE_SIZE))
+                        .filter(|&size| size > DEFAULT_STORAGE_GROW_UNIT)
+                }),
+            journal_size: journal_size.or(defaults.journal_size),
+            copy_on_read: opts
+                .take_bool("copy_on_read")
+                .unwrap_or(defaults.copy_on_read),
+            prefetch_start_delay: opts
+                .take_int("prefetch_start_delay")
+                .unwrap_or(defaults.prefetch_start_delay),
+            data_file,
+            need_zero_init: opts
+                .take_bool("need_zero_init")
+                .unwrap_or(defaults.need_zero_init),
+        };
+        // Every key of FVD_CREATE_OPTIONS is taken above; one that is not would otherwise
+        // be ignored silently.
+        if let Some(key) = opts.values.keys().next() {
+            return Err(CliError::Invalid(format!(
+                "internal error: option '{key}' is not handled"
+            )));
+        }
+        Ok(request)
+    }
+}
+
+/// Refuses to create `path` when something is already there, unless `force` (and even
+/// then never over a directory).
+fn check_target(path: &Path, force: bool) -> Result<(), CliError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(CliError::NotAFile {
+            path: path.to_path_buf(),
+            reason: "Is a directory",
+        }),
+        Ok(_) if !force => Err(CliError::Exists {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CliError::io("create", path, e)),
+    }
+}
+
+/// True when `a` and `b` both exist and are the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn on_off(value: bool) -> &'static str {
+    if value {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// qemu-img's `Formatting 'FILE', fmt=... size=...` line, listing every option in effect.
+fn formatting_line(file: &Path, header: &RawHeader, base: Option<&Base>) -> String {
+    let mut line = format!(
+        "Formatting '{}', fmt=fvd size={}",
+        file.display(),
+        header.virtual_disk_size.get()
+    );
+    if let Some(base) = base {
+        line += &format!(
+            " backing_file={} backing_fmt={}",
+            base.name.display(),
+            base.format.name()
+        );
+    }
+    let compact = header.table_size.get() != 0;
+    line += &format!(" compact_image={}", on_off(compact));
+    if compact {
+        line += &format!(
+            " chunk_size={} storage_grow_unit={}",
+            header.chunk_size.get(),
+            header.storage_grow_unit.get()
+        );
+    }
+    line += &format!(
+        " block_size={} journal_size={} copy_on_read={} prefetch_start_delay={}",
+        header.block_size.get(),
+        header.journal_size.get(),
+        on_off(header.copy_on_read.get() != 0),
+        header.prefetch_start_delay.get()
+    );
+    let data_file = super::image::name_text(&header.data_file);
+    if !data_file.is_empty() {
+        line += &format!(
+            " data_file={} data_file_fmt={}",
+            data_file,
+            super::image::name_text(&header.data_file_fmt)
+        );
+    }
+    line += &format!(
+        " need_zero_init={}",
+        on_off(header.need_zero_init.get() != 0)
+    );
+    line
+}
+
+fn create_fvd(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let opts = parse_options(&args.options, &FVD_CREATE_OPTIONS)?;
+    if opts.help {
+        return out
+            .write_all(help_text("fvd", &FVD_CREATE_OPTIONS).as_bytes())
+            .map_err(CliError::Output);
+    }
+    let file = args
+        .file
+        .clone()
+        .ok_or_else(|| CliError::Usage("Expecting image file name".into()))?;
+    let request = FvdRequest::new(args, opts, file)?;
+    let file = request.file.as_path();
+    check_target(file, args.force)?;
+
+    let base = match &request.backing {
+        Some((name, format)) => {
+            let base = base::inspect(file, name, *format)?;
+            if same_file(&base.path, file) {
+                return Err(CliError::Usage(
+                    "Trying to create an image with the same file name as its backing file".into(),
+                ));
+            }
+            Some(base)
+        }
+        None => None,
+    };
+    // FvdRequest::new has checked that there is a size or a base to take it from.
+    let virtual_size = request
+        .size
+        .or(base.as_ref().map(|base| base.size))
+        .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))?;
+
+    let options = CreateOptions {
+        virtual_size,
+        base: base.as_ref().map(|base| BaseSpec {
+            name: base.name.as_os_str().as_bytes(),
+            format: base.format.name().as_bytes(),
+            size: base.size,
+        }),
+        compact_image: request.compact_image,
+        block_size: request.block_size,
+        chunk_size: request.chunk_size,
+        storage_grow_unit: request.storage_grow_unit,
+        journal_size: request.journal_size,
+        copy_on_read: request.copy_on_read,
+        prefetch_start_delay: request.prefetch_start_delay,
+        data_file: request.data_file.as_ref().map(|(name, _)| name.as_bytes()),
+        data_file_fmt: request
+            .data_file
+            .as_ref()
+            .map_or(&b""[..], |(_, fmt)| fmt.as_bytes()),
+        need_zero_init: request.need_zero_init,
+    };
+    let header = plan(&options).map_err(|e| CliError::Invalid(e.to_string()))?;
+
+    let data_path = match &request.data_file {
+        Some((name, _)) => {
+            let path = base::resolve(file, Path::new(name));
+            check_target(&path, args.force)?;
+            if path == file || same_file(&path, file) {
+                return Err(CliError::Usage(
+                    "The data file and the image must be different files".into(),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+
+    let image = stage_image(file, &header)?;
+    let data = data_path.as_deref().map(stage_empty).transpose()?;
+    if let Some(data) = data {
+        let data_target = data.target().to_path_buf();
+        let existed = std::fs::symlink_metadata(&data_target).is_ok();
+        data.commit(args.force)?;
+        if let Err(err) = image.commit(args.force) {
+            if !existed {
+                let _ = std::fs::remove_file(&data_target);
+            }
+            return Err(err);
+        }
+    } else {
+        image.commit(args.force)?;
+    }
+
+    if !args.quiet {
+        writeln!(out, "{}", formatting_line(file, &header, base.as_ref()))
+            .map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(options: &[&str]) -> CreateArgs {
+        CreateArgs {
+            format: "fvd".into(),
+            backing_file: Some("base.raw".into()),
+            backing_format: Some("raw".into()),
+            options: options.iter().map(|s| s.to_string()).collect(),
+            force: false,
+            quiet: false,
+            file: Some("x.fvd".into()),
+            size: Some("1G".into()),
+        }
+    }
+
+    #[test]
+    fn every_option_is_consumed() {
+        let every = "backing_file=base.raw,backing_fmt=raw,compact_image=on,block_size=4k,\
+                     chunk_size=64k,storage_grow_unit=1M,journal_size=1M,copy_on_read=on,\
+                     prefetch_start_delay=5,data_file=d.raw,data_file_fmt=raw,need_zero_init=on";
+        let a = args(&[every]);
+        let opts = parse_options(&a.options, &FVD_CREATE_OPTIONS).unwrap();
+        assert_eq!(opts.values.len(), FVD_CREATE_OPTIONS.len());
+        let request = FvdRequest::new(&a, opts, "x.fvd".into()).unwrap();
+        assert!(request.compact_image && request.copy_on_read && request.need_zero_init);
+        assert_eq!(request.block_size, Some(4096));
+        assert_eq!(request.chunk_size, Some(65536));
+        assert_eq!(request.storage_grow_unit, Some(1 << 20));
+        assert_eq!(request.journal_size, Some(1 << 20));
+        assert_eq!(request.prefetch_start_delay, 5);
+        assert_eq!(request.size, Some(1 << 30));
+        assert_eq!(
+            request.data_file,
+            Some((OsString::from("d.raw"), "raw".to_string()))
+        );
+        assert_eq!(
+            request.backing,
+            Some((PathBuf::from("base.raw"), Some(BaseFormat::Raw)))
+        );
+    }
+
+    #[test]
+    fn a_large_chunk_raises_the_default_grow_unit() {
+        let a = args(&["compact_image=on,chunk_size=256M"]);
+        let opts = parse_options(&a.options, &FVD_CREATE_OPTIONS).unwrap();
+        let request = FvdRequest::new(&a, opts, "x.fvd".into()).unwrap();
+        assert_eq!(request.storage_grow_unit, Some(256 << 20));
+        let a = args(&["compact_image=on,chunk_size=64k"]);
+        let opts = parse_options(&a.options, &FVD_CREATE_OPTIONS).unwrap();
+        let request = FvdRequest::new(&a, opts, "x.fvd".into()).unwrap();
+        assert_eq!(request.storage_grow_unit, None);
+    }
+
+    #[test]
+    fn conflicting_spellings_are_refused() {
+        let a = args(&["backing_file=other.raw"]);
+        let opts = parse_options(&a.options, &FVD_CREATE_OPTIONS).unwrap();
+        let err = FvdRequest::new(&a, opts, "x.fvd".into()).unwrap_err();
+        assert!(err.to_string().contains("-b and -o backing_file"), "{err}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Why a command failed: one variant per kind of failure, each rendered as the single
+//! line `fvd-img` prints after its `fvd-img: ` prefix (qemu-img's wording where it has one).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Every way an `fvd-img` command can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is malformed or self-contradictory.
+    #[error("{0}")]
+    Usage(String),
+    /// `-f` names a format this tool does not handle.
+    #[error("Unknown file format '{0}'")]
+    UnknownFormat(String),
+    /// A file could not be opened or measured.
+    #[error("Could not open '{}': {}", .path.display(), io_reason(.source))]
+    Open {
+        /// The path as the user gave it (or as resolved for a base/data file).
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A path exists but is not something an image can live in.
+    #[error("Could not open '{}': {reason}", .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        reason: &'static str,
+    },
+    /// The file is not an FVD image, or its header fails validation.
+    #[error("'{}' is not an FVD image: {reason}", .path.display())]
+    NotFvd {
+        /// The file.
+        path: PathBuf,
+        /// Why, usually a `HeaderError` message.
+        reason: String,
+    },
+    /// `create` was asked to write over an existing file without `--force`.
+    #[error("'{}' already exists; use --force to overwrite it", .path.display())]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The create options cannot make an image (a `GeometryError` or an option conflict).
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading or writing a file failed part-way.
+    #[error("Could not {action} '{}': {}", .path.display(), io_reason(.source))]
+    Io {
+        /// What was being done ("write", "read", "create", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// The base image named with `-b` cannot be used.
+    #[error("Could not open backing file: {0}")]
+    Backing(Box<CliError>),
+    /// Printing the result to stdout failed (e.g. a closed pipe).
+    #[error("Could not write output: {}", io_reason(.0))]
+    Output(#[source] io::Error),
+}
+
+impl CliError {
+    /// An [`CliError::Open`] for `path`.
+    pub fn open(path: &Path, source: io::Error) -> Self {
+        CliError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// An [`CliError::Io`] for `path`.
+    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        CliError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The operating system's message for `err` without Rust's ` (os error N)` suffix, so it
+/// reads like qemu-img's `strerror` text ("No such file or directory").
+pub fn io_reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_suffix_is_dropped() {
+        let err = io::Error::from_raw_os_error(2);
+        assert_eq!(io_reason(&err), "No such file or directory");
+        let custom = io::Error::other("short read");
+        assert_eq!(io_reason(&custom), "short read");
+        let open = CliError::open(Path::new("x.img"), io::Error::from_raw_os_error(2));
+        assert_eq!(
+            open.to_string(),
+            "Could not open 'x.img': No such file or directory"
+        );
+    }
+}

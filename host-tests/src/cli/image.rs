@@ -1,0 +1,130 @@
+//! Opening existing files for inspection: refusing what cannot hold an image (directories,
+//! FIFOs, sockets), measuring length and host allocation, reading at offsets, and reading
+//! an FVD header and validating it with `fvd_core::format::parse`.
+
+use super::error::CliError;
+use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// An open file that may hold an image or its data.
+#[derive(Debug)]
+pub struct HostFile {
+    /// The open file (read-only).
+    pub file: File,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Bytes the host file system has allocated for it (`st_blocks * 512`).
+    pub allocated: u64,
+}
+
+/// Opens `path` read-only if it is a regular file or a block device.
+pub fn open_host_file(path: &Path) -> Result<HostFile, CliError> {
+    let meta = std::fs::metadata(path).map_err(|e| CliError::open(path, e))?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return Err(CliError::NotAFile {
+            path: path.to_path_buf(),
+            reason: "Is a directory",
+        });
+    }
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(CliError::NotAFile {
+            path: path.to_path_buf(),
+            reason: "not a regular file or block device",
+        });
+    }
+    let mut file = File::open(path).map_err(|e| CliError::open(path, e))?;
+    let len = if kind.is_file() {
+        meta.len()
+    } else {
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| CliError::open(path, e))?
+    };
+    Ok(HostFile {
+        file,
+        len,
+        allocated: meta.blocks().saturating_mul(512),
+    })
+}
+
+/// Reads up to `len` bytes at `offset`; fewer only at end of file.
+pub fn read_at_most(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, CliError> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let at = offset
+            .checked_add(filled as u64)
+            .ok_or_else(|| CliError::io("read", path, io::Error::other("offset overflows")))?;
+        match file.read_at(&mut buf[filled..], at) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CliError::io("read", path, e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+pub fn read_exact(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<(), CliError> {
+    file.read_exact_at(buf, offset)
+        .map_err(|e| CliError::io("read", path, e))
+}
+
+/// True when `bytes` begins with the little-endian `magic`.
+pub fn has_magic(bytes: &[u8], magic: u32) -> bool {
+    bytes.get(..4) == Some(&magic.to_le_bytes()[..])
+}
+
+/// A header error worded to follow "'FILE' is not an FVD image: ".
+pub fn header_reason(err: &HeaderError) -> String {
+    match *err {
+        HeaderError::BadMagic { found } => {
+            format!("magic is {found:#010x}, expected {FVD_MAGIC:#010x} (\"FVD\\0\")")
+        }
+        ref other => other.to_string(),
+    }
+}
+
+/// Text of a NUL-terminated header name field (lossy for non-UTF-8 bytes).
+pub fn name_text(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// An FVD image whose header passed validation.
+pub struct FvdImage {
+    /// The path it was opened by.
+    pub path: PathBuf,
+    /// The open file.
+    pub host: HostFile,
+    /// Its header.
+    pub header: RawHeader,
+    /// The validated layout.
+    pub layout: ImageLayout,
+}
+
+/// Opens `path` and validates its FVD header.
+pub fn open_fvd(path: &Path) -> Result<FvdImage, CliError> {
+    let host = open_host_file(path)?;
+    let bytes = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
+    let (header, layout) = parse(&bytes, host.len).map_err(|err| CliError::NotFvd {
+        path: path.to_path_buf(),
+        reason: header_reason(&err),
+    })?;
+    Ok(FvdImage {
+        path: path.to_path_buf(),
+        header: header.clone(),
+        host,
+        layout,
+    })
+}

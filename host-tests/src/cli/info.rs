@@ -1,0 +1,447 @@
+//! `fvd-img info`: opens an image read-only, reads its header and metadata regions, and
+//! reports every header field plus the facts derived from them (regions, host allocation,
+//! mapped chunks, bitmap use), as qemu-img-style text or JSON.
+
+use super::base::resolve;
+use super::error::CliError;
+use super::image::{name_text, open_fvd, open_host_file, read_exact, FvdImage};
+use super::image_format::ImageFormat;
+use super::output::{write_json, OutputFormat};
+use super::size::human_size;
+use clap::Args;
+use fvd_core::format::table::TableEntry;
+use fvd_core::format::{RawHeader, FVD_MAGIC};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `fvd-img info`.
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    /// Image format (fvd; default: probed)
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, value_name = "FMT", default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// The image to inspect
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Bytes read per call when scanning the table or bitmap (a multiple of 4).
+const SCAN_CHUNK: u64 = 1 << 20;
+
+/// One format-specific fact: its key (snake_case), its JSON value and its text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    /// Key in `format-specific.data` and in the human listing.
+    pub key: &'static str,
+    /// The JSON value.
+    pub value: Value,
+    /// How the human listing shows it.
+    pub text: String,
+}
+
+impl Field {
+    fn new(key: &'static str, value: impl Into<Value>) -> Self {
+        let value = value.into();
+        let text = match &value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Field { key, value, text }
+    }
+}
+
+/// Where one region of the image lies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// `header`, `bitmap`, `table`, `journal` or `data`.
+    pub name: &'static str,
+    /// `image` or `data_file`: the file holding it.
+    pub file: &'static str,
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes (for `data`: bytes currently stored from `offset` on).
+    pub length: u64,
+}
+
+/// The base image as the header names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackingInfo {
+    /// The name stored in the header.
+    pub name: String,
+    /// The name resolved against the image's directory.
+    pub full_name: String,
+    /// The stored format, if any.
+    pub format: Option<String>,
+}
+
+/// Everything `info` reports about an FVD image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageInfo {
+    /// The image path as given.
+    pub filename: String,
+    /// Guest-visible size.
+    pub virtual_size: u64,
+    /// Bytes the host has allocated for the image file.
+    pub actual_size: u64,
+    /// The image was not closed cleanly.
+    pub dirty: bool,
+    /// Its base image, if any.
+    pub backing: Option<BackingInfo>,
+    /// Every header field, then derived facts, in display order.
+    pub fields: Vec<Field>,
+    /// The regions, in file order of the image, then the data region.
+    pub regions: Vec<RegionInfo>,
+}
+
+/// Runs `fvd-img info`.
+pub fn run(args: &InfoArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let format = args
+        .format
+        .as_deref()
+        .map(ImageFormat::parse)
+        .transpose()?
+        .unwrap_or(ImageFormat::Fvd);
+    let info = match format {
+        ImageFormat::Fvd => gather(&open_fvd(&args.file)?)?,
+    };
+    match args.output {
+        OutputFormat::Human => out
+            .write_all(render_human(&info).as_bytes())
+            .map_err(CliError::Output),
+        OutputFormat::Json => write_json(out, &to_json(&info)),
+    }
+}
+
+/// Counts mapped and invalid entries among the first `chunks` table entries.
+fn scan_table(image: &FvdImage, offset: u64, chunks: u64) -> Result<(u64, u64), CliError> {
+    let (mut mapped, mut invalid) = (0u64, 0u64);
+    let total = chunks.saturating_mul(4);
+    let mut buf = Vec::new();
+    let mut done = 0u64;
+    while done < total {
+        let n = (total - done).min(SCAN_CHUNK);
+        buf.resize(n as usize, 0);
+        read_exact(
+            &image.host.file,
+            &image.path,
+            offset.saturating_add(done),
+            &mut buf,
+        )?;
+        for entry in buf.chunks_exact(4) {
+            match TableEntry::decode(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]])) {
+                TableEntry::Empty => {}
+                TableEntry::Mapped(_) => mapped += 1,
+                TableEntry::Invalid(_) => invalid += 1,
+            }
+        }
+        done += n;
+    }
+    Ok((mapped, invalid))
+}
+
+/// Counts set bits among the first `blocks` bits of the bitmap.
+fn scan_bitmap(image: &FvdImage, offset: u64, blocks: u64) -> Result<u64, CliError> {
+    let total = blocks.div_ceil(8);
+    let mut set = 0u64;
+    let mut buf = Vec::new();
+    let mut done = 0u64;
+    while done < total {
+        let n = (total - done).min(SCAN_CHUNK);
+        buf.resize(n as usize, 0);
+        read_exact(
+            &image.host.file,
+            &image.path,
+            offset.saturating_add(done),
+            &mut buf,
+        )?;
+        if done + n == total && blocks % 8 != 0 {
+            // Bits past the last block are not part of the bitmap.
+            if let Some(last) = buf.last_mut() {
+                *last &= (1u8 << (blocks % 8)) - 1;
+            }
+        }
+        set += buf.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
+        done += n;
+    }
+    Ok(set)
+}
+
+fn flag(value: u32) -> bool {
+    value != 0
+}
+
+/// Every header field, in on-disk order.
+fn header_fields(h: &RawHeader) -> Vec<Field> {
+    let incompatible: Vec<u32> = h
+        .incompatible_features
+        .iter()
+        .enumerate()
+        .flat_map(|(byte, bits)| {
+            (0..8u32)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| byte as u32 * 8 + bit)
+        })
+        .collect();
+    let mut magic = Field::new("magic", h.magic.get());
+    if h.magic.get() == FVD_MAGIC {
+        magic.text = format!("{:#010x} (FVD)", h.magic.get());
+    }
+    let mut incompatible_field = Field::new("incompatible_features", incompatible.clone());
+    if incompatible.is_empty() {
+        incompatible_field.text = "none".into();
+    }
+    vec![
+        magic,
+        Field::new("header_size", h.header_size.get()),
+        Field::new("create_version", h.create_version.get()),
+        Field::new("last_open_version", h.last_open_version.get()),
+        Field::new("virtual_disk_size", h.virtual_disk_size.get()),
+        Field::new("data_offset", h.data_offset.get()),
+        Field::new("data_file", name_text(&h.data_file)),
+        Field::new("data_file_fmt", name_text(&h.data_file_fmt)),
+        Field::new("base_img", name_text(&h.base_img)),
+        Field::new("base_img_fmt", name_text(&h.base_img_fmt)),
+        Field::new("base_img_size", h.base_img_size.get()),
+        Field::new("bitmap_offset", h.bitmap_offset.get()),
+        Field::new("bitmap_size", h.bitmap_size.get()),
+        Field::new("block_size", h.block_size.get()),
+        Field::new("journal_offset", h.journal_offset.get()),
+        Field::new("journal_size", h.journal_size.get()),
+        Field::new("clean_shutdown", flag(h.clean_shutdown.get())),
+        Field::new("stable_journal_epoch", h.stable_journal_epoch.get()),
+        Field::new("journal_buf_size", h.journal_buf_size.get()),
+        Field::new("journal_clean_buf_period", h.journal_clean_buf_period.get()),
+        Field::new("table_offset", h.table_offset.get()),
+        Field::new("table_size", h.table_size.get()),
+        Field::new("chunk_size", h.chunk_size.get()),
+        Field::new("storage_grow_unit", h.storage_grow_unit.get()),
+        Field::new("add_storage_cmd", name_text(&h.add_storage_cmd)),
+        Field::new("chunks_relocated", flag(h.chunks_relocated.get())),
+        Field::new("copy_on_read", flag(h.copy_on_read.get())),
+        Field::new(
+            "max_outstanding_copy_on_read_data",
+            h.max_outstanding_copy_on_read_data.get(),
+        ),
+        Field::new("prefetch_start_delay", h.prefetch_start_delay.get()),
+        Field::new(
+            "base_img_fully_prefetched",
+            flag(h.base_img_fully_prefetched.get()),
+        ),
+        Field::new("num_prefetch_slots", h.num_prefetch_slots.get()),
+        Field::new("bytes_per_prefetch", h.bytes_per_prefetch.get()),
+        Field::new(
+            "prefetch_read_throughput_measure_time",
+            h.prefetch_read_throughput_measure_time.get(),
+        ),
+        Field::new(
+            "prefetch_write_throughput_measure_time",
+            h.prefetch_write_throughput_measure_time.get(),
+        ),
+        Field::new(
+            "prefetch_min_read_throughput",
+            h.prefetch_min_read_throughput.get(),
+        ),
+        Field::new(
+            "prefetch_min_write_throughput",
+            h.prefetch_min_write_throughput.get(),
+        ),
+        Field::new(
+            "prefetch_max_read_throughput",
+            h.prefetch_max_read_throughput.get(),
+        ),
+        Field::new(
+            "prefetch_max_write_throughput",
+            h.prefetch_max_write_throughput.get(),
+        ),
+        Field::new("prefetch_throttle_time", h.prefetch_throttle_time.get()),
+        Field::new("need_zero_init", flag(h.need_zero_init.get())),
+        incompatible_field,
+    ]
+}
+
+/// Reads what `info` reports from an open, validated image (and its data file).
+pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
+    let h = &image.header;
+    let layout = &image.layout;
+    let mut fields = header_fields(h);
+
+    fields.push(Field::new("file_length", image.host.len));
+    fields.push(Field::new("dirty", !layout.clean_shutdown));
+    fields.push(Field::new("compact_image", layout.table.is_some()));
+
+    let mut regions = vec![RegionInfo {
+        name: "header",
+        file: "image",
+        offset: 0,
+        length: layout.header_size,
+    }];
+    if let Some(base) = &layout.base {
+        let in_image = scan_bitmap(image, base.bitmap.offset, base.blocks)?;
+        fields.push(Field::new("base_blocks", base.blocks));
+        fields.push(Field::new("base_blocks_in_image", in_image));
+        regions.push(RegionInfo {
+            name: "bitmap",
+            file: "image",
+            offset: base.bitmap.offset,
+            length: base.bitmap.len,
+        });
+    }
+    if let Some(table) = &layout.table {
+        let (mapped, invalid) = scan_table(image, table.region.offset, table.chunks)?;
+        fields.push(Field::new("chunks", table.chunks));
+        fields.push(Field::new("mapped_chunks", mapped));
+        fields.push(Field::new("invalid_table_entries", invalid));
+        regions.push(RegionInfo {
+            name: "table",
+            file: "image",
+            offset: table.region.offset,
+            length: table.region.len,
+        });
+    }
+    if let Some(journal) = &layout.journal {
+        regions.push(RegionInfo {
+            name: "journal",
+            file: "image",
+            offset: journal.offset,
+            length: journal.len,
+        });
+    }
+    regions.sort_by_key(|region| region.offset);
+
+    let storage_len = if layout.separate_data_file {
+        let name = name_text(&h.data_file);
+        let path = resolve(&image.path, Path::new(&name));
+        let data = open_host_file(&path)?;
+        fields.push(Field::new(
+            "data_file_full_name",
+            path.to_string_lossy().into_owned(),
+        ));
+        fields.push(Field::new("data_file_length", data.len));
+        fields.push(Field::new("data_file_actual_size", data.allocated));
+        data.len
+    } else {
+        image.host.len
+    };
+    regions.push(RegionInfo {
+        name: "data",
+        file: if layout.separate_data_file {
+            "data_file"
+        } else {
+            "image"
+        },
+        offset: layout.data_offset,
+        length: storage_len.saturating_sub(layout.data_offset),
+    });
+
+    let backing = layout.base.map(|_| {
+        let name = name_text(&h.base_img);
+        let format = name_text(&h.base_img_fmt);
+        BackingInfo {
+            full_name: resolve(&image.path, Path::new(&name))
+                .to_string_lossy()
+                .into_owned(),
+            name,
+            format: (!format.is_empty()).then_some(format),
+        }
+    });
+
+    Ok(ImageInfo {
+        filename: image.path.to_string_lossy().into_owned(),
+        virtual_size: layout.virtual_size,
+        actual_size: image.host.allocated,
+        dirty: !layout.clean_shutdown,
+        backing,
+        fields,
+        regions,
+    })
+}
+
+/// The JSON document, with qemu-img's top-level keys.
+pub fn to_json(info: &ImageInfo) -> Value {
+    let mut data = Map::new();
+    for field in &info.fields {
+        data.insert(field.key.to_string(), field.value.clone());
+    }
+    let regions: Vec<Value> = info
+        .regions
+        .iter()
+        .map(|r| json!({"name": r.name, "file": r.file, "offset": r.offset, "length": r.length}))
+        .collect();
+    data.insert("regions".into(), Value::Array(regions));
+
+    let mut top = Map::new();
+    top.insert("filename".into(), info.filename.clone().into());
+    top.insert("format".into(), ImageFormat::Fvd.name().into());
+    top.insert("virtual-size".into(), info.virtual_size.into());
+    top.insert("actual-size".into(), info.actual_size.into());
+    if let Some(backing) = &info.backing {
+        top.insert("backing-filename".into(), backing.name.clone().into());
+        top.insert(
+            "full-backing-filename".into(),
+            backing.full_name.clone().into(),
+        );
+        if let Some(format) = &backing.format {
+            top.insert("backing-filename-format".into(), format.clone().into());
+        }
+    }
+    top.insert("dirty-flag".into(), info.dirty.into());
+    top.insert(
+        "format-specific".into(),
+        json!({"type": ImageFormat::Fvd.name(), "data": Value::Object(data)}),
+    );
+    Value::Object(top)
+}
+
+/// The text listing, laid out like `qemu-img info`.
+pub fn render_human(info: &ImageInfo) -> String {
+    let mut lines = vec![
+        format!("image: {}", info.filename),
+        format!("file format: {}", ImageFormat::Fvd.name()),
+        format!(
+            "virtual size: {} ({} bytes)",
+            human_size(info.virtual_size),
+            info.virtual_size
+        ),
+        format!("disk size: {}", human_size(info.actual_size)),
+    ];
+    if let Some(backing) = &info.backing {
+        if backing.full_name == backing.name {
+            lines.push(format!("backing file: {}", backing.name));
+        } else {
+            lines.push(format!(
+                "backing file: {} (actual path: {})",
+                backing.name, backing.full_name
+            ));
+        }
+        if let Some(format) = &backing.format {
+            lines.push(format!("backing file format: {format}"));
+        }
+    }
+    lines.push("Format specific information:".into());
+    for field in &info.fields {
+        if field.text.is_empty() {
+            lines.push(format!("    {}:", field.key));
+        } else {
+            lines.push(format!("    {}: {}", field.key, field.text));
+        }
+    }
+    lines.push("    regions:".into());
+    for region in &info.regions {
+        let place = if region.file == "image" {
+            String::new()
+        } else {
+            " (in the data file)".into()
+        };
+        lines.push(format!(
+            "        {}: offset {}, length {}{place}",
+            region.name, region.offset, region.length
+        ));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}

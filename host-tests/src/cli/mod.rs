@@ -1,0 +1,151 @@
+//! The `fvd-img` command line: the clap definition of every subcommand, dispatch, and
+//! qemu-img-style failure reporting (one `fvd-img: message` line on stderr, exit status 1,
+//! clap's usage errors included).
+//!
+//! A new subcommand is a module with an `Args` struct and a `run(args, out)` function,
+//! plus one variant in [`Command`] and one arm in [`Command::run`].
+
+pub mod base;
+pub mod create;
+pub mod error;
+pub mod image;
+pub mod image_format;
+pub mod info;
+pub mod options;
+pub mod output;
+pub mod size;
+pub mod writer;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+use error::CliError;
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// The program name used in messages.
+pub const PROGRAM: &str = "fvd-img";
+
+/// Exit status of any failure (qemu-img uses 1 for everything, usage errors included).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// `fvd-img`: create and inspect FVD disk images, with qemu-img's habits.
+#[derive(Parser, Debug)]
+#[command(
+    name = "fvd-img",
+    version,
+    about = "Create and inspect FVD (Fast Virtual Disk) images; the commands and options follow qemu-img"
+)]
+pub struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new image: create [-f fvd] [-b BASE [-F BASE_FMT]] [-o OPTIONS] FILE [SIZE]
+    Create(create::CreateArgs),
+    /// Show an image's header, regions and allocation: info [-f fvd] [--output human|json] FILE
+    Info(info::InfoArgs),
+}
+
+impl Command {
+    /// Runs the subcommand, writing its normal output to `out`.
+    pub fn run(&self, out: &mut dyn Write) -> Result<(), CliError> {
+        match self {
+            Command::Create(args) => create::run(args, out),
+            Command::Info(args) => info::run(args, out),
+        }
+    }
+}
+
+/// The help command to point at: `fvd-img SUBCOMMAND --help` when `args` name one.
+fn help_hint(args: &[OsString]) -> String {
+    let command = <Cli as clap::CommandFactory>::command();
+    let sub = args.iter().skip(1).find_map(|arg| {
+        command
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .find(|name| arg.to_str() == Some(*name))
+    });
+    match sub {
+        Some(name) => format!("{PROGRAM} {name} --help"),
+        None => format!("{PROGRAM} --help"),
+    }
+}
+
+/// Condenses a clap error to one line: its message (without `error: `) and any
+/// continuation lines such as `[possible values: ...]`, but not the usage block or tips.
+fn clap_error_line(err: &clap::Error, hint: &str) -> String {
+    let rendered = err.render().to_string();
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() {
+            if parts.is_empty() {
+                continue;
+            }
+            break;
+        }
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    format!("{} (see '{hint}')", parts.join(" "))
+}
+
+/// Runs `fvd-img` with `args` (program name first). Results go to `out`, the error line
+/// to `err`; returns the exit status.
+pub fn run_with<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    match write!(out, "{}", e.render()) {
+                        Ok(()) => 0,
+                        Err(_) => EXIT_FAILURE,
+                    }
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = writeln!(
+                        err,
+                        "{PROGRAM}: Not enough arguments (see '{}')",
+                        help_hint(&args)
+                    );
+                    EXIT_FAILURE
+                }
+                _ => {
+                    let _ = writeln!(err, "{PROGRAM}: {}", clap_error_line(&e, &help_hint(&args)));
+                    EXIT_FAILURE
+                }
+            };
+        }
+    };
+    let result = cli
+        .command
+        .run(out)
+        .and_then(|()| out.flush().map_err(CliError::Output));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "{PROGRAM}: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// The `fvd-img` program: runs with the process arguments, stdout and stderr.
+pub fn main() -> ExitCode {
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let code = run_with(std::env::args_os(), &mut stdout.lock(), &mut stderr.lock());
+    ExitCode::from(code)
+}

@@ -1,0 +1,160 @@
+//! Writing new files so that a failure leaves nothing behind: each file is built in a
+//! randomly named temporary file beside its target, synced, checked, and only then renamed
+//! into place (refusing to replace an existing file unless told to). Also lays an FVD
+//! image's metadata regions into such a file.
+
+use super::error::CliError;
+use super::image::{header_reason, read_at_most};
+use fvd_core::format::{parse, RawHeader, RAW_HEADER_LEN};
+use fvd_core::geometry::metadata_len;
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tempfile::NamedTempFile;
+
+/// Bytes written per call when filling a region.
+const FILL_CHUNK: usize = 1 << 20;
+
+/// A fully written, synced temporary file waiting to be renamed to its target. Dropping
+/// it removes the temporary file.
+#[derive(Debug)]
+pub struct Staged {
+    temp: NamedTempFile,
+    target: PathBuf,
+}
+
+/// The directory a file at `target` lives in (`.` for a bare name).
+fn parent_dir(target: &Path) -> &Path {
+    match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_beside(target: &Path) -> Result<NamedTempFile, CliError> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| CliError::Usage(format!("'{}' is not a file name", target.display())))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        // Like any newly created file: 0666 less the umask.
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(parent_dir(target))
+        .map_err(|e| CliError::io("create", target, e))
+}
+
+fn write_at(file: &File, target: &Path, bytes: &[u8], offset: u64) -> Result<(), CliError> {
+    file.write_all_at(bytes, offset)
+        .map_err(|e| CliError::io("write", target, e))
+}
+
+/// Fills `len` bytes at `offset` with `byte`.
+fn fill(file: &File, target: &Path, offset: u64, len: u64, byte: u8) -> Result<(), CliError> {
+    let piece = vec![byte; FILL_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(FILL_CHUNK as u64) as usize;
+        let at = offset
+            .checked_add(done)
+            .ok_or_else(|| CliError::io("write", target, io::Error::other("offset overflows")))?;
+        write_at(file, target, &piece[..n], at)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes the image described by `header` into a temporary file beside `target`: the
+/// header padded with zeros to `header_size`, the table filled with EMPTY entries (0xFF
+/// bytes), and the bitmap and journal as zero-reading holes, for a file of
+/// [`metadata_len`] bytes. The file is synced, then read back and validated.
+pub fn stage_image(target: &Path, header: &RawHeader) -> Result<Staged, CliError> {
+    let temp = temp_beside(target)?;
+    let file = temp.as_file();
+
+    let header_size = usize::try_from(header.header_size.get())
+        .unwrap_or(RAW_HEADER_LEN)
+        .max(RAW_HEADER_LEN);
+    let mut head = vec![0u8; header_size];
+    head[..RAW_HEADER_LEN].copy_from_slice(header.bytes());
+    write_at(file, target, &head, 0)?;
+    fill(
+        file,
+        target,
+        header.table_offset.get(),
+        header.table_size.get(),
+        0xFF,
+    )?;
+    let len = metadata_len(header);
+    file.set_len(len)
+        .map_err(|e| CliError::io("write", target, e))?;
+    file.sync_all()
+        .map_err(|e| CliError::io("sync", target, e))?;
+
+    // Self-check: what is on disk must be an image the validator accepts.
+    let reread = File::open(temp.path()).map_err(|e| CliError::io("read", target, e))?;
+    let on_disk_len = reread
+        .metadata()
+        .map_err(|e| CliError::io("read", target, e))?
+        .len();
+    let bytes = read_at_most(&reread, target, 0, RAW_HEADER_LEN)?;
+    if let Err(err) = parse(&bytes, on_disk_len) {
+        return Err(CliError::Invalid(format!(
+            "internal error: the new image fails validation: {}",
+            header_reason(&err)
+        )));
+    }
+    Ok(Staged {
+        temp,
+        target: target.to_path_buf(),
+    })
+}
+
+/// Creates an empty temporary file beside `target` (a new, empty data file).
+pub fn stage_empty(target: &Path) -> Result<Staged, CliError> {
+    let temp = temp_beside(target)?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| CliError::io("sync", target, e))?;
+    Ok(Staged {
+        temp,
+        target: target.to_path_buf(),
+    })
+}
+
+impl Staged {
+    /// Where the file will be renamed to.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Renames the temporary file to its target. Without `overwrite` an existing target
+    /// is an error (checked atomically by the rename itself); either way, on failure the
+    /// temporary file is removed and the target is untouched.
+    pub fn commit(self, overwrite: bool) -> Result<(), CliError> {
+        let Staged { temp, target } = self;
+        let result = if overwrite {
+            temp.persist(&target)
+        } else {
+            temp.persist_noclobber(&target)
+        };
+        if let Err(err) = result {
+            // `err.file` is dropped here, which deletes the temporary file.
+            return Err(if err.error.kind() == io::ErrorKind::AlreadyExists {
+                CliError::Exists { path: target }
+            } else {
+                CliError::io("create", &target, err.error)
+            });
+        }
+        // Make the rename itself durable. The file is complete either way, so a
+        // directory that cannot be synced is not worth failing over.
+        if let Ok(dir) = File::open(parent_dir(&target)) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
