@@ -126,6 +126,11 @@ impl<S: Storage> Driver<S> {
         }
     }
 
+    /// Changes the per-mille chance of injected command failures.
+    pub fn set_error_per_mille(&mut self, per_mille: u32) {
+        self.options.error_per_mille = per_mille;
+    }
+
     /// The engine (for layout and header queries).
     pub fn engine(&self) -> &Engine<Vec<u8>> {
         &self.engine
@@ -180,6 +185,9 @@ impl<S: Storage> Driver<S> {
         };
         let command = self.pending.swap_remove(index);
         let mut result = self.perform(&command);
+        if result.is_err() && std::env::var_os("FVD_DEBUG").is_some() {
+            eprintln!("command failed: {command:?}");
+        }
         if self.options.error_per_mille > 0
             && self.next_random() % 1000 < u64::from(self.options.error_per_mille)
         {

@@ -1,5 +1,6 @@
 //! `fvd-host`: the std host for `fvd-core`.
 
+pub mod chain;
 pub mod cli;
 pub mod driver;
 pub mod memstore;

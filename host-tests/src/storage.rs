@@ -38,3 +38,24 @@ pub fn write_zeroes_by_writing<S: Storage + ?Sized>(
     }
     Ok(())
 }
+
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        (**self).write_at(file, offset, buf)
+    }
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        (**self).write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        (**self).flush(file)
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        (**self).set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        (**self).len(file)
+    }
+}

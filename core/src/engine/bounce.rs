@@ -17,11 +17,7 @@ pub struct BouncePool {
 impl BouncePool {
     /// A pool over `len` bytes at `base` cut into slots of `slot_len` bytes.
     pub fn new(base: usize, len: usize, slot_len: usize) -> Self {
-        let count = if slot_len == 0 {
-            0
-        } else {
-            (len / slot_len).min(MAX_BOUNCE_SLOTS)
-        };
+        let count = len.checked_div(slot_len).unwrap_or(0).min(MAX_BOUNCE_SLOTS);
         let free = if count == 64 {
             u64::MAX
         } else {

@@ -180,7 +180,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop()
+        let event = self.events.pop()?;
+        if let Event::Completed { id, .. } = event {
+            self.completion_polled(id);
+        }
+        Some(event)
     }
 
     /// Commands emitted and not yet completed (polled or not).

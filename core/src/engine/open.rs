@@ -288,7 +288,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         } else {
             0
         };
-        let bounce_needed = slot_len.max(0);
+        let bounce_needed = slot_len;
         if pages * PAGE_BYTES < MIN_CACHE || total - bounce_base < bounce_needed {
             return self.fail_open(OpenError::MemoryTooSmall {
                 given: total,

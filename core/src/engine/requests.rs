@@ -28,6 +28,8 @@ impl Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     Free,
+    /// Finished; the slot is reused once the host polled the completion event.
+    Done,
     Reading,
     Mapping,
     /// Waits for earlier overlapping writes.
@@ -205,7 +207,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         self.release(slot);
         let id = self.id_of(slot);
         self.events.push(Event::Completed { id, result });
-        self.requests[slot].state = State::Free;
+        self.requests[slot].state = State::Done;
         if let Some(pos) = self.request_order[..self.active_requests]
             .iter()
             .position(|&s| usize::from(s) == slot)
@@ -320,7 +322,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             State::Cow => self.step_cow(slot),
             State::Data => self.step_data(slot),
             State::Apply => self.step_apply(slot),
-            State::Flush | State::Free => false,
+            State::Flush | State::Free | State::Done => false,
         }
     }
 
@@ -695,6 +697,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         r.cursor = seg.end;
         r.state = State::Plan;
         true
+    }
+
+    /// The host saw request `id` complete: its slot may be reused.
+    pub(crate) fn completion_polled(&mut self, id: RequestId) {
+        if let Some(r) = self.requests.get_mut(id.slot()) {
+            if r.generation == id.generation && r.state == State::Done {
+                r.state = State::Free;
+            }
+        }
     }
 
     pub(crate) fn request_command_done(&mut self, slot: usize, result: Result<(), IoError>) {
