@@ -159,6 +159,8 @@ impl fmt::Display for GeometryError {
     }
 }
 
+impl core::error::Error for GeometryError {}
+
 /// The block size the 2011 code picks: the smallest power of two from 512 up that keeps
 /// the bitmap for `base_size` bytes at or below [`MODERATE_BITMAP_SIZE`].
 pub fn default_block_size(base_size: u64) -> u64 {

@@ -372,3 +372,7 @@ pub enum Event {
         clean: bool,
     },
 }
+
+impl core::error::Error for RequestError {}
+impl core::error::Error for SubmitError {}
+impl core::error::Error for OpenError {}

@@ -290,3 +290,5 @@ impl fmt::Display for HeaderError {
         }
     }
 }
+
+impl core::error::Error for HeaderError {}

@@ -1,0 +1,307 @@
+//! Real files behind the engine: [`FileStorage`] performs commands with positioned I/O,
+//! `fdatasync` for flush and `fallocate` for write-zeroes; [`open_image`] opens an FVD
+//! image with its data file and its base chain (relative names resolve against the
+//! directory of the image that names them).
+
+use crate::chain::BaseRead;
+use crate::driver::{Driver, DriverError, DriverOptions};
+use crate::storage::{write_zeroes_by_writing, Storage};
+use fvd_core::engine::FileId;
+use fvd_core::format::header::name_field;
+use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Deepest base chain followed.
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+/// Reads `buf.len()` bytes at `offset`, filling zeros past the end of the file.
+pub fn read_full_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                return Ok(());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Makes `len` bytes at `offset` of `file` read as zeros with `fallocate`, punching a hole
+/// when `unmap`. Returns false when the file system cannot do it.
+fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return false;
+    };
+    let mode = if unmap {
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        libc::FALLOC_FL_ZERO_RANGE
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, n) };
+    if rc != 0 {
+        return false;
+    }
+    if unmap {
+        // A punched hole past the end does not extend the file; a write would have.
+        if let Ok(meta) = file.metadata() {
+            if meta.len() < offset + len {
+                return file.set_len(offset + len).is_ok();
+            }
+        }
+    }
+    true
+}
+
+/// A raw file used as a base image.
+pub struct RawBase {
+    file: File,
+    len: u64,
+}
+
+impl RawBase {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(RawBase { file, len })
+    }
+}
+
+impl BaseRead for RawBase {
+    fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_full_at(&self.file, offset, buf)
+    }
+
+    fn base_len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The files of one open image.
+pub struct FileStorage {
+    /// The image file.
+    pub image: File,
+    /// The separate data file.
+    pub data: Option<File>,
+    /// The base image.
+    pub base: Option<Box<dyn BaseRead>>,
+}
+
+impl FileStorage {
+    fn file(&self, file: FileId) -> io::Result<&File> {
+        match file {
+            FileId::Image => Ok(&self.image),
+            FileId::Data => self
+                .data
+                .as_ref()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no data file")),
+            FileId::Base => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the base image is read-only",
+            )),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match file {
+            FileId::Base => match self.base.as_mut() {
+                Some(base) => base.read_base(offset, buf),
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no base image")),
+            },
+            _ => read_full_at(self.file(file)?, offset, buf),
+        }
+    }
+
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file(file)?.write_all_at(buf, offset)
+    }
+
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if fallocate_zero(self.file(file)?, offset, len, unmap) {
+            return Ok(());
+        }
+        write_zeroes_by_writing(self, file, offset, len)
+    }
+
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        self.file(file)?.sync_data()
+    }
+
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.file(file)?.set_len(len)
+    }
+
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        Ok(match file {
+            FileId::Image => Some(self.image.metadata()?.len()),
+            FileId::Data => match &self.data {
+                Some(f) => Some(f.metadata()?.len()),
+                None => None,
+            },
+            FileId::Base => self.base.as_ref().map(|b| b.base_len()),
+        })
+    }
+}
+
+/// Why an image could not be opened from a path.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageOpenError {
+    /// A file could not be opened.
+    #[error("Could not open '{path}': {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The header is not a valid FVD header.
+    #[error("'{path}' is not a valid FVD image: {source}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: HeaderError,
+    },
+    /// The base chain is deeper than [`MAX_CHAIN_DEPTH`] (or loops).
+    #[error("backing chain of '{0}' is too deep (more than {MAX_CHAIN_DEPTH} images) or loops")]
+    ChainTooDeep(PathBuf),
+    /// The engine refused the image.
+    #[error("Could not open '{path}': {source}")]
+    Engine {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: DriverError,
+    },
+}
+
+/// Resolves a name stored in an image header against the directory of `image`.
+pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new(".")).join(name)
+    }
+}
+
+/// True when the file at `path` starts with the FVD magic.
+pub fn is_fvd(path: &Path) -> io::Result<bool> {
+    let file = File::open(path)?;
+    let mut magic = [0u8; 4];
+    read_full_at(&file, 0, &mut magic)?;
+    Ok(u32::from_le_bytes(magic) == FVD_MAGIC)
+}
+
+fn name_of(field: &[u8]) -> Option<String> {
+    name_field(field)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+}
+
+/// Opens the base named by an image's header: a raw file or (by format or magic) an FVD
+/// image, read-only, recursively.
+fn open_base(
+    image: &Path,
+    header: &RawHeader,
+    options: &DriverOptions,
+    depth: usize,
+) -> Result<Option<Box<dyn BaseRead>>, ImageOpenError> {
+    let Some(name) = name_of(&header.base_img) else {
+        return Ok(None);
+    };
+    let path = resolve_relative(image, &name);
+    let format = name_field(&header.base_img_fmt).unwrap_or_default();
+    let io_err = |source| ImageOpenError::Io {
+        path: path.clone(),
+        source,
+    };
+    let fvd = match format {
+        b"fvd" => true,
+        b"raw" => false,
+        _ => is_fvd(&path).map_err(io_err)?,
+    };
+    if fvd {
+        let base_options = DriverOptions {
+            writable: false,
+            shuffle_seed: None,
+            error_per_mille: 0,
+            ..*options
+        };
+        let driver = open_image_at_depth(&path, base_options, depth + 1)?;
+        Ok(Some(Box::new(driver)))
+    } else {
+        Ok(Some(Box::new(RawBase::open(&path).map_err(io_err)?)))
+    }
+}
+
+/// Opens the FVD image at `path` with its data file and base chain.
+pub fn open_image(
+    path: &Path,
+    options: DriverOptions,
+) -> Result<Driver<FileStorage>, ImageOpenError> {
+    open_image_at_depth(path, options, 0)
+}
+
+fn open_image_at_depth(
+    path: &Path,
+    options: DriverOptions,
+    depth: usize,
+) -> Result<Driver<FileStorage>, ImageOpenError> {
+    if depth > MAX_CHAIN_DEPTH {
+        return Err(ImageOpenError::ChainTooDeep(path.to_path_buf()));
+    }
+    let io_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ImageOpenError::Io { path: p, source }
+    };
+    let image = OpenOptions::new()
+        .read(true)
+        .write(options.writable)
+        .open(path)
+        .map_err(io_err(path))?;
+    let meta = image.metadata().map_err(io_err(path))?;
+    if meta.is_dir() {
+        return Err(ImageOpenError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::IsADirectory),
+        });
+    }
+    let mut bytes = vec![0u8; RAW_HEADER_LEN];
+    read_full_at(&image, 0, &mut bytes).map_err(io_err(path))?;
+    let (header, _) = parse(&bytes, meta.len()).map_err(|source| ImageOpenError::Header {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let data = match name_of(&header.data_file) {
+        Some(name) => {
+            let data_path = resolve_relative(path, &name);
+            Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(options.writable)
+                    .open(&data_path)
+                    .map_err(io_err(&data_path))?,
+            )
+        }
+        None => None,
+    };
+    let base = open_base(path, header, &options, depth)?;
+    let storage = FileStorage { image, data, base };
+    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine {
+        path: path.to_path_buf(),
+        source,
+    })
+}
