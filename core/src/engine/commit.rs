@@ -90,6 +90,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             Purpose::OpenReplayed => Step::WriteBack,
             Purpose::OpenClean => Step::Header,
         };
+        self.stats.commits += 1;
         self.commit = CommitState {
             step: first,
             purpose,
@@ -194,6 +195,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     },
                 };
                 self.commit.batch_sectors = sectors;
+                self.stats.journal_sectors += sectors;
+                self.stats.journal_writes += 1;
                 self.emit_commit(image, op)
             }
             Step::WriteBack => {
@@ -298,6 +301,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 self.journal_next = 0;
                 if self.commit.recycling && self.commit.purpose == Purpose::Flush {
                     self.commit.recycling = false;
+                    self.stats.recycles += 1;
                     Step::Journal
                 } else {
                     return self.end_commit(None);

@@ -115,6 +115,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             .emit(Owner::PageWriteBack(slot as u16), FileId::Image, op)
         {
             self.cache.slot_mut(slot).state = PageState::WritingBack;
+            self.stats.page_write_backs += 1;
             true
         } else {
             false

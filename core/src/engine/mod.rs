@@ -41,6 +41,32 @@ pub const MIN_CACHE: usize = 4 * PAGE_BYTES;
 /// Free physical-chunk ranges remembered for reuse.
 pub const MAX_FREE_RANGES: usize = 32;
 
+/// Counters a host can read to see what the engine did (for benchmarks and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Stats {
+    /// Guest write-like requests accepted (write, write-zeroes, discard).
+    pub guest_writes: u64,
+    /// Guest flush requests accepted.
+    pub guest_flushes: u64,
+    /// Journal sectors written.
+    pub journal_sectors: u64,
+    /// Journal write commands.
+    pub journal_writes: u64,
+    /// Commits run (flushes, evictions, close).
+    pub commits: u64,
+    /// Journal recycles (epoch moves while open).
+    pub recycles: u64,
+    /// Metadata pages read.
+    pub page_loads: u64,
+    /// Metadata pages written back to their regions.
+    pub page_write_backs: u64,
+    /// Copy-on-write base reads.
+    pub cow_reads: u64,
+    /// Physical chunks allocated (reused ones included).
+    pub chunks_allocated: u64,
+}
+
 /// How the host opens an image.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
@@ -93,6 +119,7 @@ pub struct Engine<M, const PAGES: usize = 256> {
     /// The one request allowed to keep partial page pins while it waits.
     page_token: Option<u16>,
     failed: bool,
+    stats: Stats,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -125,6 +152,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             page_error: None,
             page_token: None,
             failed: false,
+            stats: Stats::default(),
         };
         engine.pump();
         engine
@@ -190,6 +218,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Commands emitted and not yet completed (polled or not).
     pub fn commands_in_flight(&self) -> usize {
         self.commands.in_flight()
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// Metadata pages the cache holds (valid once the header has been read).

@@ -715,6 +715,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         } else {
             self.alloc.frontier += 1;
         }
+        self.stats.chunks_allocated += 1;
         Ok((p, reused || p < self.alloc.known_zero_from))
     }
 
