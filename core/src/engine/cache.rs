@@ -221,17 +221,11 @@ impl<const N: usize> PageCache<N> {
         s.change_gen = s.change_gen.max(generation);
     }
 
-    /// True when some page still has bytes to journal.
-    pub fn any_unjournaled(&self) -> bool {
+    /// True when some page of `meta` still has bytes to journal.
+    pub fn any_unjournaled_of(&self, meta: Meta) -> bool {
         self.slots[..self.count]
             .iter()
-            .any(|s| s.state != PageState::Free && s.unjournaled())
+            .any(|s| s.state != PageState::Free && s.key.meta == meta && s.unjournaled())
     }
 
-    /// True when some page differs from its region.
-    pub fn any_dirty(&self) -> bool {
-        self.slots[..self.count]
-            .iter()
-            .any(|s| s.state != PageState::Free && s.dirty)
-    }
 }

@@ -3,8 +3,12 @@
 //! the same steps: flush data, then journal the changed metadata bytes (or, when the
 //! journal is full or the image closes, write the pages back to their regions and move
 //! the journal epoch on through the header), then flush the image.
+//!
+//! Table changes always become durable before bitmap changes (a flush between them): a
+//! bitmap bit that says "local" must never reach the disk before the table entry that
+//! maps the block's chunk, or the block would read as zeros after a crash.
 
-use super::cache::{PageState, PAGE_BYTES};
+use super::cache::{Meta, PageState, PAGE_BYTES};
 use super::slots::Owner;
 use super::types::*;
 use super::{Engine, HEADER_AREA, SCRATCH_AREA};
@@ -53,7 +57,12 @@ pub(crate) struct CommitState {
     start_gen: u64,
     recycling: bool,
     wrote_journal: bool,
+    flush_then_journal: bool,
     batch_sectors: u64,
+    /// Which metadata the journal or write-back steps handle now (table first).
+    phase: Meta,
+    /// Journal sectors were written in the current phase.
+    phase_wrote: bool,
     error: Option<IoError>,
     /// Set when a commit with `Purpose` other than Flush finished: (purpose, error).
     pub(crate) finished: Option<(Purpose, Option<IoError>)>,
@@ -71,7 +80,10 @@ impl CommitState {
         start_gen: 0,
         recycling: false,
         wrote_journal: false,
+        flush_then_journal: false,
         batch_sectors: 0,
+        phase: Meta::Table,
+        phase_wrote: false,
         error: None,
         finished: None,
     };
@@ -170,7 +182,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 self.commands.free() > 0 && self.emit_commit(image, Op::Flush)
             }
             Step::Journal => {
-                if !self.cache.any_unjournaled() {
+                let phase = self.commit.phase;
+                if !self.cache.any_unjournaled_of(phase) {
                     return true;
                 }
                 if self.journal_next + (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64
@@ -179,12 +192,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     // Not enough room for a full batch: recycle first.
                     self.commit.recycling = true;
                     self.commit.step = Step::WriteBack;
+                    self.commit.phase = Meta::Table;
                     return self.issue_step();
                 }
                 if self.commands.free() == 0 {
                     return false;
                 }
-                let sectors = self.build_journal_batch();
+                let sectors = self.build_journal_batch(phase);
                 let offset = self.layout.and_then(|l| l.journal).map_or(0, |j| j.offset)
                     + self.journal_next * JOURNAL_SECTOR_SIZE as u64;
                 let op = Op::Write {
@@ -263,7 +277,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         self.commit.step = match self.commit.step {
             Step::Idle => Step::Idle,
             Step::DataFlush => {
-                self.durable_gen = self.commit.start_gen;
+                self.commit.phase = Meta::Table;
                 match self.commit.purpose {
                     Purpose::Flush if has_journal => Step::Journal,
                     _ => Step::WriteBack,
@@ -274,23 +288,47 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     self.journal_next += self.commit.batch_sectors;
                     self.commit.batch_sectors = 0;
                     self.commit.wrote_journal = true;
+                    self.commit.phase_wrote = true;
                     Step::Journal
+                } else if self.commit.phase == Meta::Table {
+                    // Table records must be durable before any bitmap record.
+                    self.commit.phase = Meta::Bitmap;
+                    if core::mem::take(&mut self.commit.phase_wrote) && self.cache.any_unjournaled_of(Meta::Bitmap) {
+                        self.commit.flush_then_journal = true;
+                        Step::JournalFlush
+                    } else {
+                        Step::Journal
+                    }
                 } else if self.commit.wrote_journal {
                     Step::JournalFlush
                 } else {
                     return self.end_commit(None);
                 }
             }
-            Step::JournalFlush => return self.end_commit(None),
+            Step::JournalFlush => {
+                if core::mem::take(&mut self.commit.flush_then_journal) {
+                    Step::Journal
+                } else {
+                    return self.end_commit(None);
+                }
+            }
             Step::WriteBack => {
-                if self.cache.any_dirty() {
+                let phase = self.commit.phase;
+                let left = self.cache.indices().any(|i| {
+                    let s = self.cache.slot(i);
+                    s.dirty && s.key.meta == phase && s.state != PageState::Free
+                });
+                if left {
                     Step::WriteBack
                 } else {
                     Step::BackFlush
                 }
             }
             Step::BackFlush => {
-                if self.commit.recycling || self.commit.purpose != Purpose::Flush {
+                if self.commit.phase == Meta::Table {
+                    self.commit.phase = Meta::Bitmap;
+                    Step::WriteBack
+                } else if self.commit.recycling || self.commit.purpose != Purpose::Flush {
                     Step::Header
                 } else {
                     return self.end_commit(None);
@@ -301,6 +339,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 self.journal_next = 0;
                 if self.commit.recycling && self.commit.purpose == Purpose::Flush {
                     self.commit.recycling = false;
+                    self.commit.phase = Meta::Table;
                     self.stats.recycles += 1;
                     Step::Journal
                 } else {
@@ -312,6 +351,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     fn end_commit(&mut self, error: Option<IoError>) {
         let commit = self.commit;
+        if error.is_none() {
+            // Every change older than the commit is now durable (journal or regions), so
+            // pages holding only such changes may be written back in any order.
+            self.durable_gen = self.durable_gen.max(commit.start_gen);
+        }
         self.commit = CommitState {
             wanted: commit.wanted && error.is_none(),
             ..CommitState::IDLE
@@ -342,7 +386,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     /// Packs unjournaled page bytes into journal sectors in the scratch area; returns the
     /// number of sectors built.
-    fn build_journal_batch(&mut self) -> u64 {
+    fn build_journal_batch(&mut self, phase: Meta) -> u64 {
         let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
         let cache_base = self.cache.offset(0);
         let max_sectors = SCRATCH_AREA / JOURNAL_SECTOR_SIZE;
@@ -355,7 +399,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         'pages: for i in self.cache.indices() {
             let slot = *self.cache.slot(i);
-            if slot.state == PageState::Free || !slot.unjournaled() {
+            if slot.state == PageState::Free || !slot.unjournaled() || slot.key.meta != phase {
                 continue;
             }
             let bytes = &pages[i * PAGE_BYTES..(i + 1) * PAGE_BYTES];
@@ -364,10 +408,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             let page_start = slot.key.index * PAGE_BYTES as u64;
             while lo < hi {
                 let taken = match slot.key.meta {
-                    super::cache::Meta::Bitmap => {
+                    Meta::Bitmap => {
                         builder.push_bitmap(page_start + lo as u64, &bytes[lo..hi])
                     }
-                    super::cache::Meta::Table => {
+                    Meta::Table => {
                         let (lo4, hi4) = (lo / 4 * 4, hi.div_ceil(4) * 4);
                         lo = lo4;
                         builder.push_table(((page_start + lo4 as u64) / 4) as u32, &bytes[lo4..hi4])
