@@ -1077,6 +1077,12 @@ fn bad_tuning_cases() -> Vec<Case> {
             &["prefetch_min_read_throughput"],
         ),
         case(
+            "read minimum raised above the read maximum",
+            plain().u64(off::PREFETCH_MIN_READ_THROUGHPUT, 2_000_000_000),
+            t("prefetch_min_read_throughput", 2_000_000_000),
+            &["prefetch_min_read_throughput"],
+        ),
+        case(
             "write minimum above the write maximum",
             plain().u64(off::PREFETCH_MIN_WRITE_THROUGHPUT, 1_000_000_001),
             t("prefetch_min_write_throughput", 1_000_000_001),
