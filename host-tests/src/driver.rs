@@ -357,6 +357,12 @@ impl<S: Storage> Driver<S> {
         }
     }
 
+    /// Drops the engine without closing, as a power cut or a crash would, and returns
+    /// the storage as it is.
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
     /// Closes the image; returns the storage and whether it was marked clean.
     pub fn close(mut self) -> Result<(S, bool), DriverError> {
         self.run_until_idle()?;
