@@ -6,8 +6,8 @@ use crate::format::header::{
     set_name_field, RawHeader, DEFAULT_HEADER_SIZE, FVD_MAGIC, FVD_VERSION,
 };
 use crate::format::validate::{
-    bitmap_bytes_needed, journal_bytes_needed, table_bytes_needed, MAX_BLOCK_SIZE, MAX_CHUNKS,
-    MAX_CHUNK_SIZE, MAX_VIRTUAL_SIZE,
+    bitmap_bytes_needed, journal_bytes_needed, table_bytes_needed, BASE_FORMATS, DATA_FILE_FORMATS,
+    MAX_BLOCK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_VIRTUAL_SIZE,
 };
 use crate::units::{checked_round_up, is_aligned, PAGE_SIZE, SECTOR_SIZE};
 use core::fmt;
@@ -21,6 +21,8 @@ pub const DEFAULT_STORAGE_GROW_UNIT: u64 = 100 << 20;
 pub const DEFAULT_JOURNAL_SIZE: u64 = 16 << 20;
 /// The default block size keeps the bitmap at or below this many bytes.
 pub const MODERATE_BITMAP_SIZE: u64 = 4 << 20;
+/// Largest journal `create` makes (4 GiB).
+pub const MAX_JOURNAL_SIZE: u64 = 4 << 30;
 /// Default cap on copy-on-read bytes in flight.
 pub const DEFAULT_MAX_OUTSTANDING_COPY_ON_READ: u64 = 2_000_000;
 
@@ -124,6 +126,16 @@ pub enum GeometryError {
         /// The option.
         field: &'static str,
     },
+    /// A format name this implementation cannot use there.
+    UnsupportedFormat {
+        /// The option.
+        field: &'static str,
+    },
+    /// `journal_size` is larger than [`MAX_JOURNAL_SIZE`].
+    JournalTooLarge {
+        /// Requested value.
+        size: u64,
+    },
     /// Prefetch or copy-on-read needs a base image.
     NeedsBase {
         /// The option.
@@ -155,6 +167,12 @@ impl fmt::Display for GeometryError {
                 write!(f, "{field} is too long for the header or contains a NUL byte")
             }
             GeometryError::NeedsBase { option } => write!(f, "{option} needs a base image (-b)"),
+            GeometryError::UnsupportedFormat { field } => {
+                write!(f, "unsupported {field}: bases may be raw, fvd or qed, data files raw")
+            }
+            GeometryError::JournalTooLarge { size } => {
+                write!(f, "journal_size {size} exceeds the maximum {MAX_JOURNAL_SIZE}")
+            }
         }
     }
 }
@@ -241,11 +259,12 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
                 field: "backing file",
             });
         }
-        if !set_name_field(&mut h.base_img_fmt, base.format) {
-            return Err(GeometryError::NameTooLong {
+        if !BASE_FORMATS.contains(&base.format) {
+            return Err(GeometryError::UnsupportedFormat {
                 field: "backing format",
             });
         }
+        set_name_field(&mut h.base_img_fmt, base.format);
         let bitmap = bitmap_bytes_needed(base_size, block_size)
             .ok_or(GeometryError::SizeTooLarge {
                 size: base_size,
@@ -302,7 +321,11 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
         Some(0) => 0,
         _ if !has_metadata => 0,
         requested => {
-            let wanted = round(requested.unwrap_or(DEFAULT_JOURNAL_SIZE), PAGE_SIZE)?;
+            let requested = requested.unwrap_or(DEFAULT_JOURNAL_SIZE);
+            if requested > MAX_JOURNAL_SIZE {
+                return Err(GeometryError::JournalTooLarge { size: requested });
+            }
+            let wanted = round(requested, PAGE_SIZE)?;
             let needed =
                 journal_bytes_needed(chunks).ok_or(GeometryError::TooManyChunks { chunks })?;
             wanted.max(needed)
@@ -319,11 +342,12 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
             if name.is_empty() || !set_name_field(&mut h.data_file, name) {
                 return Err(GeometryError::NameTooLong { field: "data_file" });
             }
-            if !set_name_field(&mut h.data_file_fmt, options.data_file_fmt) {
-                return Err(GeometryError::NameTooLong {
+            if !DATA_FILE_FORMATS.contains(&options.data_file_fmt) {
+                return Err(GeometryError::UnsupportedFormat {
                     field: "data_file_fmt",
                 });
             }
+            set_name_field(&mut h.data_file_fmt, options.data_file_fmt);
             h.data_offset = U64::new(0);
         }
         None => h.data_offset = U64::new(cursor),
@@ -332,13 +356,22 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
 }
 
 /// Bytes `create` writes to the image file: the header and every metadata region
-/// (bitmap zeroed, table filled with EMPTY, journal zeroed).
+/// (bitmap zeroed, table filled with EMPTY, journal zeroed). Saturates on absurd headers.
 pub fn metadata_len(header: &RawHeader) -> u64 {
     [
         u64::from(header.header_size.get()),
-        header.bitmap_offset.get() + header.bitmap_size.get(),
-        header.table_offset.get() + header.table_size.get(),
-        header.journal_offset.get() + header.journal_size.get(),
+        header
+            .bitmap_offset
+            .get()
+            .saturating_add(header.bitmap_size.get()),
+        header
+            .table_offset
+            .get()
+            .saturating_add(header.table_size.get()),
+        header
+            .journal_offset
+            .get()
+            .saturating_add(header.journal_size.get()),
     ]
     .into_iter()
     .max()

@@ -1386,7 +1386,6 @@ fn region_order_is_free_as_long_as_regions_are_disjoint() {
 /// Defends a rule validate.rs does not enforce yet: `bytes_per_prefetch` must be 0 or a
 /// multiple of 512, but `is_aligned(unit.max(512), 512)` lets 1..=511 through.
 #[test]
-#[ignore = "format bug: validate accepts bytes_per_prefetch 1..=511 (see report)"]
 fn bytes_per_prefetch_below_a_sector_is_refused() {
     assert_eq!(
         plain().u64(off::BYTES_PER_PREFETCH, 100).parse(),

@@ -227,5 +227,4 @@ impl<const N: usize> PageCache<N> {
             .iter()
             .any(|s| s.state != PageState::Free && s.key.meta == meta && s.unjournaled())
     }
-
 }

@@ -293,7 +293,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 } else if self.commit.phase == Meta::Table {
                     // Table records must be durable before any bitmap record.
                     self.commit.phase = Meta::Bitmap;
-                    if core::mem::take(&mut self.commit.phase_wrote) && self.cache.any_unjournaled_of(Meta::Bitmap) {
+                    if core::mem::take(&mut self.commit.phase_wrote)
+                        && self.cache.any_unjournaled_of(Meta::Bitmap)
+                    {
                         self.commit.flush_then_journal = true;
                         Step::JournalFlush
                     } else {
@@ -408,9 +410,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             let page_start = slot.key.index * PAGE_BYTES as u64;
             while lo < hi {
                 let taken = match slot.key.meta {
-                    Meta::Bitmap => {
-                        builder.push_bitmap(page_start + lo as u64, &bytes[lo..hi])
-                    }
+                    Meta::Bitmap => builder.push_bitmap(page_start + lo as u64, &bytes[lo..hi]),
                     Meta::Table => {
                         let (lo4, hi4) = (lo / 4 * 4, hi.div_ceil(4) * 4);
                         lo = lo4;

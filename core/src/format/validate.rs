@@ -422,7 +422,7 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
     tuning(
         "bytes_per_prefetch",
         unit,
-        is_aligned(unit.max(SECTOR_SIZE), SECTOR_SIZE)
+        is_aligned(unit, SECTOR_SIZE)
             && unit <= MAX_BYTES_PER_PREFETCH
             && (!prefetch_enabled || unit > 0),
     )?;
