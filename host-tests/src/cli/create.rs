@@ -7,7 +7,7 @@ use super::error::CliError;
 use super::image_format::ImageFormat;
 use super::options::{help_text, parse_options, OptionKind, OptionSpec, ParsedOptions};
 use super::size::parse_size;
-use super::writer::{stage_empty, stage_image};
+use super::writer::{stage_empty, stage_image, Staged};
 use clap::Args;
 use fvd_core::format::RawHeader;
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
@@ -284,7 +284,7 @@ impl FvdRequest {
 
 /// Refuses to create `path` when something is already there, unless `force` (and even
 /// then never over a directory).
-fn check_target(path: &Path, force: bool) -> Result<(), CliError> {
+pub fn check_target(path: &Path, force: bool) -> Result<(), CliError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => Err(CliError::NotAFile {
             path: path.to_path_buf(),
@@ -367,6 +367,62 @@ fn create_fvd(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
             .write_all(help_text("fvd", &FVD_CREATE_OPTIONS).as_bytes())
             .map_err(CliError::Output);
     }
+    let staged = stage_fvd(args, opts)?;
+    let line = staged.formatting_line();
+    staged.commit(args.force)?;
+    if !args.quiet {
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// A new FVD image (and its empty data file) written beside its target but not yet
+/// renamed into place: dropping it removes everything, [`StagedFvd::commit`] publishes it.
+/// `convert` fills the staged files before committing them.
+pub struct StagedFvd {
+    /// The image's path as given.
+    pub file: PathBuf,
+    /// The header written.
+    pub header: RawHeader,
+    /// The base image, if any.
+    pub base: Option<Base>,
+    /// The staged image file.
+    pub image: Staged,
+    /// The staged data file, if the image has one.
+    pub data: Option<Staged>,
+}
+
+impl StagedFvd {
+    /// qemu-img's `Formatting ...` line for this image.
+    pub fn formatting_line(&self) -> String {
+        formatting_line(&self.file, &self.header, self.base.as_ref())
+    }
+
+    /// Renames the staged files into place (the data file first). Without `force` an
+    /// existing file is an error; on failure nothing new is left behind.
+    pub fn commit(self, force: bool) -> Result<(), CliError> {
+        let StagedFvd { image, data, .. } = self;
+        if let Some(data) = data {
+            let data_target = data.target().to_path_buf();
+            let existed = std::fs::symlink_metadata(&data_target).is_ok();
+            data.commit(force)?;
+            if let Err(err) = image.commit(force) {
+                if !existed {
+                    let _ = std::fs::remove_file(&data_target);
+                }
+                return Err(err);
+            }
+        } else {
+            image.commit(force)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `args` and the already parsed `-o` options `opts` (without `help`), plans the
+/// header and writes the new image and data file beside their targets. Nothing is renamed
+/// into place: see [`StagedFvd::commit`].
+pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, CliError> {
     let file = args
         .file
         .clone()
@@ -432,25 +488,13 @@ fn create_fvd(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
 
     let image = stage_image(file, &header)?;
     let data = data_path.as_deref().map(stage_empty).transpose()?;
-    if let Some(data) = data {
-        let data_target = data.target().to_path_buf();
-        let existed = std::fs::symlink_metadata(&data_target).is_ok();
-        data.commit(args.force)?;
-        if let Err(err) = image.commit(args.force) {
-            if !existed {
-                let _ = std::fs::remove_file(&data_target);
-            }
-            return Err(err);
-        }
-    } else {
-        image.commit(args.force)?;
-    }
-
-    if !args.quiet {
-        writeln!(out, "{}", formatting_line(file, &header, base.as_ref()))
-            .map_err(CliError::Output)?;
-    }
-    Ok(())
+    Ok(StagedFvd {
+        file: file.to_path_buf(),
+        header,
+        base,
+        image,
+        data,
+    })
 }
 
 #[cfg(test)]

@@ -64,9 +64,45 @@ pub enum CliError {
     /// Printing the result to stdout failed (e.g. a closed pipe).
     #[error("Could not write output: {}", io_reason(.0))]
     Output(#[source] io::Error),
+    /// An operation on an open image failed (the engine's or the host's reason).
+    #[error("{0}")]
+    Image(String),
+    /// The command has already reported its outcome; exit with this status and print
+    /// nothing more (`io` after a failed command, `compare` on a difference).
+    #[error("exit status {0}")]
+    Exit(u8),
+    /// A failure that exits with a status other than 1 (`compare` uses 2 for errors).
+    #[error("{source}")]
+    WithStatus {
+        /// The exit status.
+        status: u8,
+        /// The failure itself.
+        #[source]
+        source: Box<CliError>,
+    },
 }
 
 impl CliError {
+    /// The exit status this failure ends the program with.
+    pub fn status(&self) -> u8 {
+        match self {
+            CliError::Exit(status) | CliError::WithStatus { status, .. } => *status,
+            _ => super::EXIT_FAILURE,
+        }
+    }
+
+    /// This failure, exiting with `status` instead of 1.
+    pub fn with_status(self, status: u8) -> Self {
+        match self {
+            CliError::Exit(_) => CliError::Exit(status),
+            CliError::WithStatus { source, .. } => CliError::WithStatus { status, source },
+            other => CliError::WithStatus {
+                status,
+                source: Box::new(other),
+            },
+        }
+    }
+
     /// An [`CliError::Open`] for `path`.
     pub fn open(path: &Path, source: io::Error) -> Self {
         CliError::Open {

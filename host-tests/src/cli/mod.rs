@@ -1,16 +1,21 @@
 //! The `fvd-img` command line: the clap definition of every subcommand, dispatch, and
 //! qemu-img-style failure reporting (one `fvd-img: message` line on stderr, exit status 1,
-//! clap's usage errors included).
+//! clap's usage errors included; `compare` exits 2 on errors because 1 means "different").
 //!
 //! A new subcommand is a module with an `Args` struct and a `run(args, out)` function,
 //! plus one variant in [`Command`] and one arm in [`Command::run`].
 
 pub mod base;
+pub mod compare;
+pub mod convert;
 pub mod create;
+pub mod disk;
 pub mod error;
 pub mod image;
 pub mod image_format;
 pub mod info;
+pub mod io;
+pub mod map;
 pub mod options;
 pub mod output;
 pub mod size;
@@ -20,7 +25,7 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use error::CliError;
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 /// The program name used in messages.
@@ -49,28 +54,56 @@ pub enum Command {
     Create(create::CreateArgs),
     /// Show an image's header, regions and allocation: info [-f fvd] [--output human|json] FILE
     Info(info::InfoArgs),
+    /// Run qemu-io style commands on an image: io [-f fmt] [-t cache] [-r] [-c CMD]... FILE
+    Io(io::IoArgs),
+    /// Copy a disk into a new image: convert [-f fmt] [-O fmt] [-o OPTIONS] [-p] SRC DST
+    Convert(convert::ConvertArgs),
+    /// Compare the guest contents of two disks: compare [-f fmt] [-F fmt] [-s] [-q] A B
+    Compare(compare::CompareArgs),
+    /// Show where each run of the guest disk lives: map [-f fmt] [--output human|json] FILE
+    Map(map::MapArgs),
 }
 
 impl Command {
-    /// Runs the subcommand, writing its normal output to `out`.
-    pub fn run(&self, out: &mut dyn Write) -> Result<(), CliError> {
+    /// Runs the subcommand, writing its normal output to `out` and, for commands that go
+    /// on after a failure (`io`), the failure lines to `err`.
+    pub fn run(&self, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
         match self {
             Command::Create(args) => create::run(args, out),
             Command::Info(args) => info::run(args, out),
+            Command::Io(args) => io::run(args, out, err),
+            Command::Convert(args) => convert::run(args, out),
+            Command::Compare(args) => compare::run(args, out),
+            Command::Map(args) => map::run(args, out),
         }
+    }
+}
+
+/// The subcommand `args` name, if any.
+fn subcommand_name(args: &[OsString]) -> Option<String> {
+    let command = <Cli as clap::CommandFactory>::command();
+    args.iter().skip(1).find_map(|arg| {
+        command
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .find(|name| arg.to_str() == Some(*name))
+            .map(str::to_string)
+    })
+}
+
+/// Exit status of a usage error: 1, except for `compare`, where 1 means "different" and
+/// every error exits with 2.
+fn usage_status(args: &[OsString]) -> u8 {
+    if subcommand_name(args).as_deref() == Some("compare") {
+        compare::EXIT_ERROR
+    } else {
+        EXIT_FAILURE
     }
 }
 
 /// The help command to point at: `fvd-img SUBCOMMAND --help` when `args` name one.
 fn help_hint(args: &[OsString]) -> String {
-    let command = <Cli as clap::CommandFactory>::command();
-    let sub = args.iter().skip(1).find_map(|arg| {
-        command
-            .get_subcommands()
-            .map(clap::Command::get_name)
-            .find(|name| arg.to_str() == Some(*name))
-    });
-    match sub {
+    match subcommand_name(args) {
         Some(name) => format!("{PROGRAM} {name} --help"),
         None => format!("{PROGRAM} --help"),
     }
@@ -120,32 +153,37 @@ where
                         "{PROGRAM}: Not enough arguments (see '{}')",
                         help_hint(&args)
                     );
-                    EXIT_FAILURE
+                    usage_status(&args)
                 }
                 _ => {
                     let _ = writeln!(err, "{PROGRAM}: {}", clap_error_line(&e, &help_hint(&args)));
-                    EXIT_FAILURE
+                    usage_status(&args)
                 }
             };
         }
     };
     let result = cli
         .command
-        .run(out)
+        .run(out, err)
         .and_then(|()| out.flush().map_err(CliError::Output));
     match result {
         Ok(()) => 0,
+        Err(CliError::Exit(status)) => {
+            let _ = out.flush();
+            status
+        }
         Err(e) => {
+            let _ = out.flush();
             let _ = writeln!(err, "{PROGRAM}: {e}");
-            EXIT_FAILURE
+            e.status()
         }
     }
 }
 
 /// The `fvd-img` program: runs with the process arguments, stdout and stderr.
 pub fn main() -> ExitCode {
-    let stdout = io::stdout();
-    let stderr = io::stderr();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
     let code = run_with(std::env::args_os(), &mut stdout.lock(), &mut stderr.lock());
     ExitCode::from(code)
 }

@@ -132,6 +132,16 @@ impl Staged {
         &self.target
     }
 
+    /// The temporary file's current path (where it can be filled before the commit).
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// The open temporary file (read-write).
+    pub fn file(&self) -> &File {
+        self.temp.as_file()
+    }
+
     /// Renames the temporary file to its target. Without `overwrite` an existing target
     /// is an error (checked atomically by the rename itself); either way, on failure the
     /// temporary file is removed and the target is untouched.

@@ -1,0 +1,338 @@
+//! `fvd-img convert`: copies the guest contents of a disk (raw, or FVD read through its
+//! base chain) into a new standalone image (raw or FVD). The target is built in temporary
+//! files beside DST, created by `create`'s own code path with the source's size and the
+//! `-o` options, filled, flushed, closed, and only then renamed into place: a failed
+//! convert leaves nothing behind. Runs that read as zeros (unallocated chunks, holes,
+//! all-zero blocks) are not written, so compact and raw targets stay sparse.
+
+use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS};
+use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
+use super::error::CliError;
+use super::options::{help_text, parse_options};
+use super::writer::{stage_empty, Staged};
+use crate::files::FileStorage;
+use clap::Args;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes read from the source at once.
+const COPY_CHUNK: u64 = 2 << 20;
+
+/// Granularity of zero detection: all-zero blocks of this size are not written.
+const ZERO_BLOCK: u64 = 4096;
+
+/// Arguments of `fvd-img convert`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+The result is a standalone image (the source's base chain is read through). DST is never \
+overwritten unless --force is given; on failure nothing is left behind.\n\
+List the -o options with: fvd-img convert -O fvd -o help")]
+pub struct ConvertArgs {
+    /// Format of SRC: fvd or raw (default: probed)
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Format of DST: raw or fvd
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Create options of DST (as for create -f fvd), KEY=VAL[,KEY=VAL...], repeatable
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Show progress
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Print nothing (not even progress)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Replace DST if it already exists [fvd-img extension]
+    #[arg(long)]
+    pub force: bool,
+    /// The disk to copy
+    #[arg(value_name = "SRC")]
+    pub source: Option<PathBuf>,
+    /// The image to create
+    #[arg(value_name = "DST")]
+    pub target: Option<PathBuf>,
+}
+
+/// The staged target files, published by [`Target::commit`].
+enum Target {
+    Fvd(Box<super::create::StagedFvd>),
+    Raw(Staged),
+}
+
+impl Target {
+    fn commit(self, force: bool) -> Result<(), CliError> {
+        match self {
+            Target::Fvd(staged) => (*staged).commit(force),
+            Target::Raw(staged) => staged.commit(force),
+        }
+    }
+}
+
+/// Runs `fvd-img convert`.
+pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let output = DiskFormat::parse(&args.output_format)?;
+    let options = match output {
+        DiskFormat::Fvd => Some(parse_options(&args.options, &FVD_CREATE_OPTIONS)?),
+        DiskFormat::Raw => {
+            let parsed = parse_options(&args.options, &[])?;
+            if parsed.help {
+                return out
+                    .write_all(help_text("raw", &[]).as_bytes())
+                    .map_err(CliError::Output);
+            }
+            None
+        }
+    };
+    if let Some(parsed) = &options {
+        if parsed.help {
+            return out
+                .write_all(help_text("fvd", &FVD_CREATE_OPTIONS).as_bytes())
+                .map_err(CliError::Output);
+        }
+        for key in ["backing_file", "backing_fmt"] {
+            if parsed.values.contains_key(key) {
+                return Err(CliError::Usage(format!(
+                    "-o {key} is not supported by convert: the result is a standalone image"
+                )));
+            }
+        }
+    }
+    let (Some(source), Some(target)) = (&args.source, &args.target) else {
+        return Err(CliError::Usage(
+            "Expecting a source and a target file name".into(),
+        ));
+    };
+
+    let format = DiskFormat::given_or_probed(args.format.as_deref(), source)?;
+    let mut src = Disk::open(source, format, false)?;
+    check_target(target, args.force)?;
+    if same_file(source, target) {
+        return Err(CliError::Usage(format!(
+            "'{}' is the source itself; convert into another file",
+            target.display()
+        )));
+    }
+    let size = src.size();
+
+    let (staged, mut dst) = match options {
+        Some(opts) => {
+            let create = CreateArgs {
+                format: "fvd".into(),
+                backing_file: None,
+                backing_format: None,
+                options: args.options.clone(),
+                force: args.force,
+                quiet: true,
+                file: Some(target.clone()),
+                size: Some(size.to_string()),
+            };
+            let staged = stage_fvd(&create, opts)?;
+            let clone = |staged: &Staged| {
+                staged
+                    .file()
+                    .try_clone()
+                    .map_err(|e| CliError::io("open", staged.target(), e))
+            };
+            let storage = FileStorage {
+                image: clone(&staged.image)?,
+                data: staged.data.as_ref().map(clone).transpose()?,
+                base: None,
+            };
+            let data_path = staged
+                .data
+                .as_ref()
+                .map_or(staged.image.path(), Staged::path)
+                .to_path_buf();
+            let dst = Disk::fvd_over(target, storage, data_path)?;
+            (Target::Fvd(Box::new(staged)), dst)
+        }
+        None => {
+            let staged = stage_empty(target)?;
+            let file = staged
+                .file()
+                .try_clone()
+                .map_err(|e| CliError::io("open", target, e))?;
+            file.set_len(size)
+                .map_err(|e| CliError::io("write", target, e))?;
+            let dst = Disk::raw_over(target, file, size);
+            (Target::Raw(staged), dst)
+        }
+    };
+
+    let mut progress = Progress::new(args.progress && !args.quiet, size);
+    copy(&mut src, &mut dst, &mut progress, out)?;
+    dst.flush()?;
+    dst.close()?;
+    src.close()?;
+    progress.finish(out)?;
+    staged.commit(args.force)
+}
+
+/// True when `a` and `b` both exist and are the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// qemu-img's `-p` progress: `    (12.50/100%)` rewritten in place.
+struct Progress {
+    enabled: bool,
+    total: u64,
+    shown: Option<u64>,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: u64) -> Self {
+        Progress {
+            enabled,
+            total,
+            shown: None,
+        }
+    }
+
+    fn show(&mut self, out: &mut dyn Write, done: u64) -> Result<(), CliError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let hundredths = if self.total == 0 {
+            10_000
+        } else {
+            (u128::from(done) * 10_000 / u128::from(self.total)) as u64
+        };
+        // Print at most every whole percent (and the first time).
+        if self
+            .shown
+            .is_some_and(|shown| hundredths / 100 == shown / 100)
+        {
+            return Ok(());
+        }
+        self.shown = Some(hundredths);
+        write!(
+            out,
+            "    ({}.{:02}/100%)\r",
+            hundredths / 100,
+            hundredths % 100
+        )
+        .and_then(|()| out.flush())
+        .map_err(CliError::Output)
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> Result<(), CliError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.shown != Some(10_000) {
+            self.shown = None;
+            self.show(out, self.total)?;
+        }
+        writeln!(out).map_err(CliError::Output)
+    }
+}
+
+/// Copies every run of `src` that may hold non-zero bytes into `dst`, skipping all-zero
+/// blocks.
+fn copy(
+    src: &mut Disk,
+    dst: &mut Disk,
+    progress: &mut Progress,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let size = src.size();
+    let mut buf = Vec::new();
+    let mut at = 0;
+    progress.show(out, 0)?;
+    while at < size {
+        let run = src.extent(at, size - at).map_err(|e| {
+            context(
+                e,
+                format!(
+                    "error while mapping '{}' at offset {at}",
+                    src.path().display()
+                ),
+            )
+        })?;
+        if run.zero {
+            at += run.length;
+            progress.show(out, at)?;
+            continue;
+        }
+        let run_end = at + run.length;
+        while at < run_end {
+            // Pieces end on COPY_CHUNK boundaries so the zero blocks stay aligned.
+            let piece_end = run_end.min((at / COPY_CHUNK + 1) * COPY_CHUNK);
+            buf.resize((piece_end - at) as usize, 0);
+            src.read(at, &mut buf).map_err(|e| {
+                context(
+                    e,
+                    format!(
+                        "error while reading '{}' at offset {at}",
+                        src.path().display()
+                    ),
+                )
+            })?;
+            write_non_zero(dst, at, &buf).map_err(|e| {
+                context(
+                    e,
+                    format!(
+                        "error while writing '{}' at offset {at}",
+                        dst.path().display()
+                    ),
+                )
+            })?;
+            at = piece_end;
+            progress.show(out, at)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the parts of `bytes` (guest bytes at `offset`) that are not all-zero
+/// [`ZERO_BLOCK`]s, merging neighbouring blocks into one write.
+fn write_non_zero(dst: &mut Disk, offset: u64, bytes: &[u8]) -> Result<(), CliError> {
+    let end = offset + bytes.len() as u64;
+    let mut run_start = None;
+    let mut at = offset;
+    while at < end {
+        let block_end = end.min((at / ZERO_BLOCK + 1) * ZERO_BLOCK);
+        let block = &bytes[(at - offset) as usize..(block_end - offset) as usize];
+        match (is_zero(block), run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                write_run(
+                    dst,
+                    start,
+                    &bytes[(start - offset) as usize..(at - offset) as usize],
+                )?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = block_end;
+    }
+    if let Some(start) = run_start {
+        write_run(dst, start, &bytes[(start - offset) as usize..])?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at `offset`; for FVD targets a partial last sector (the tail of a raw
+/// source whose size is not a sector multiple) is padded with zeros.
+fn write_run(dst: &mut Disk, offset: u64, bytes: &[u8]) -> Result<(), CliError> {
+    let len = bytes.len() as u64;
+    if dst.format() == DiskFormat::Fvd && (offset % SECTOR != 0 || len % SECTOR != 0) {
+        let lo = offset / SECTOR * SECTOR;
+        let hi = ((offset + len).div_ceil(SECTOR) * SECTOR).min(dst.size());
+        let mut padded = vec![0u8; (hi - lo) as usize];
+        if lo < offset {
+            dst.read(lo, &mut padded[..(offset - lo) as usize])?;
+        }
+        let from = (offset - lo) as usize;
+        padded[from..from + bytes.len()].copy_from_slice(bytes);
+        return dst.write(lo, &padded);
+    }
+    dst.write(offset, bytes)
+}

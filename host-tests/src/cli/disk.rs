@@ -1,0 +1,819 @@
+//! Guest disks for the data commands (`io`, `convert`, `compare`, `map`): an FVD image
+//! driven through the engine with its data file and base chain, or a raw file with
+//! positioned I/O. A [`Disk`] reads and writes by guest offset, queues concurrent
+//! requests, and tells where each run of guest bytes lives ([`Extent`]), following the
+//! base chain the way `qemu-img map` follows a backing chain.
+
+use super::error::{io_reason, CliError};
+use super::image::{has_magic, header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use crate::driver::{Driver, DriverError, DriverOptions};
+use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
+use crate::storage::Storage;
+use fvd_core::engine::Mapping;
+use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
+use fvd_core::format::FVD_MAGIC;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The engine's request granularity.
+pub const SECTOR: u64 = 512;
+
+/// Largest piece of a synchronous read or write handed to the engine at once.
+const PIECE: u64 = 16 << 20;
+
+/// The formats the data commands handle (`-f`, `-F`, `-O`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// An FVD image.
+    Fvd,
+    /// A raw disk image: the file's bytes are the guest's.
+    Raw,
+}
+
+impl DiskFormat {
+    /// The name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Fvd => "fvd",
+            DiskFormat::Raw => "raw",
+        }
+    }
+
+    /// Parses a format argument (case-sensitive, like qemu-img).
+    pub fn parse(text: &str) -> Result<Self, CliError> {
+        match text {
+            "fvd" => Ok(DiskFormat::Fvd),
+            "raw" => Ok(DiskFormat::Raw),
+            _ => Err(CliError::UnknownFormat(text.to_string())),
+        }
+    }
+
+    /// FVD when the file starts with the FVD magic, raw otherwise.
+    pub fn probe(path: &Path) -> Result<Self, CliError> {
+        let host = open_host_file(path)?;
+        let magic = read_at_most(&host.file, path, 0, 4)?;
+        Ok(if has_magic(&magic, FVD_MAGIC) {
+            DiskFormat::Fvd
+        } else {
+            DiskFormat::Raw
+        })
+    }
+
+    /// The format `given` on the command line, or probed from `path`.
+    pub fn given_or_probed(given: Option<&str>, path: &Path) -> Result<Self, CliError> {
+        match given {
+            Some(text) => Self::parse(text),
+            None => Self::probe(path),
+        }
+    }
+}
+
+/// What holds a run of guest bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Stored in this image (its data storage, or the raw file).
+    Local,
+    /// Not in this image: served by the base image (any depth).
+    Base,
+    /// Reads as zeros without being stored anywhere (an unallocated chunk, a hole in a
+    /// raw file, or past the end of a base).
+    Zero,
+}
+
+impl ExtentKind {
+    /// The name `map --output json` uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExtentKind::Local => "local",
+            ExtentKind::Base => "base",
+            ExtentKind::Zero => "zero",
+        }
+    }
+}
+
+/// A run of guest bytes with one kind of storage, like one entry of `qemu-img map`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First guest byte.
+    pub start: u64,
+    /// Bytes.
+    pub length: u64,
+    /// What holds them, seen from the top image.
+    pub kind: ExtentKind,
+    /// 0 for the image itself, 1 for its base, 2 for the base's base...
+    pub depth: u32,
+    /// They read as zeros (known without reading them: nothing stored, or stored in a
+    /// hole of the host file).
+    pub zero: bool,
+    /// They are stored as data somewhere.
+    pub data: bool,
+    /// Where in `file` they are, when known.
+    pub offset: Option<u64>,
+    /// The file holding them, when known.
+    pub file: Option<PathBuf>,
+}
+
+impl Extent {
+    /// First byte after the run.
+    pub fn end(&self) -> u64 {
+        self.start + self.length
+    }
+
+    /// True when `next` directly follows this run and has the same properties, with
+    /// contiguous storage offsets.
+    pub fn joins(&self, next: &Extent) -> bool {
+        self.end() == next.start
+            && self.kind == next.kind
+            && self.depth == next.depth
+            && self.zero == next.zero
+            && self.data == next.data
+            && self.file == next.file
+            && match (self.offset, next.offset) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a + self.length == b,
+                _ => false,
+            }
+    }
+
+    fn zeros(start: u64, length: u64, depth: u32) -> Self {
+        Extent {
+            start,
+            length,
+            kind: ExtentKind::Zero,
+            depth,
+            zero: true,
+            data: false,
+            offset: None,
+            file: None,
+        }
+    }
+}
+
+/// Appends `extent` to `list`, merging it into the last entry when it [`Extent::joins`].
+pub fn push_merged(list: &mut Vec<Extent>, extent: Extent) {
+    match list.last_mut() {
+        Some(last) if last.joins(&extent) => last.length += extent.length,
+        _ => list.push(extent),
+    }
+}
+
+/// The base of an FVD image, opened only when an extent needs it.
+enum BaseLink {
+    /// The image has no base (or names none).
+    None,
+    /// Not opened yet.
+    Closed {
+        path: PathBuf,
+        format: Option<DiskFormat>,
+    },
+    /// Open read-only.
+    Open(Box<Disk>),
+}
+
+enum Backend {
+    Fvd {
+        driver: Box<Driver<FileStorage>>,
+        /// The file holding guest data (the image or its data file).
+        data_path: PathBuf,
+        base: BaseLink,
+    },
+    Raw {
+        storage: FileStorage,
+    },
+}
+
+/// A request queued with [`Disk::submit_read`] and friends, until [`Disk::wait`].
+pub struct Pending(PendingState);
+
+enum PendingState {
+    /// Engine requests in flight, in order.
+    Engine(Vec<RequestId>),
+    /// Performed already (raw files): the outcome.
+    Done(Result<Vec<u8>, CliError>),
+}
+
+/// An open guest disk.
+pub struct Disk {
+    path: PathBuf,
+    format: DiskFormat,
+    size: u64,
+    writable: bool,
+    backend: Backend,
+}
+
+fn driver_error(err: DriverError) -> CliError {
+    CliError::Image(err.to_string())
+}
+
+fn host_error(err: io::Error) -> CliError {
+    CliError::Image(io_reason(&err))
+}
+
+/// A failure of `files::open_image`, worded like the CLI's own open errors.
+fn open_error(err: ImageOpenError) -> CliError {
+    match err {
+        ImageOpenError::Io { path, source } => CliError::Open { path, source },
+        ImageOpenError::Header { path, source } => CliError::NotFvd {
+            path,
+            reason: header_reason(&source),
+        },
+        ImageOpenError::Engine { path, source } => {
+            CliError::Image(format!("Could not open '{}': {source}", path.display()))
+        }
+        other => CliError::Image(other.to_string()),
+    }
+}
+
+/// `lseek` with `SEEK_DATA` or `SEEK_HOLE`.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek only reads its integer arguments; the descriptor is owned by `file`.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
+}
+
+/// Whether the `max` bytes of `file` at `offset` start with data or a hole, and how many
+/// bytes the first run covers. File systems that cannot tell report data.
+fn raw_allocation(file: &File, offset: u64, max: u64) -> (u64, bool) {
+    match seek(file, offset, libc::SEEK_DATA) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (max, false),
+        Err(_) => (max, true),
+        Ok(data) if data > offset => ((data - offset).min(max), false),
+        Ok(_) => match seek(file, offset, libc::SEEK_HOLE) {
+            Ok(hole) if hole > offset => ((hole - offset).min(max), true),
+            _ => (max, true),
+        },
+    }
+}
+
+impl Disk {
+    /// Opens `path` as `format`, read-write when `writable`. FVD images come with their
+    /// data file and base chain.
+    pub fn open(path: &Path, format: DiskFormat, writable: bool) -> Result<Disk, CliError> {
+        match format {
+            DiskFormat::Raw => {
+                let host = open_host_file(path)?;
+                let file = if writable {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| CliError::open(path, e))?
+                } else {
+                    host.file
+                };
+                Ok(Disk {
+                    path: path.to_path_buf(),
+                    format,
+                    size: host.len,
+                    writable,
+                    backend: Backend::Raw {
+                        storage: FileStorage {
+                            image: file,
+                            data: None,
+                            base: None,
+                        },
+                    },
+                })
+            }
+            DiskFormat::Fvd => {
+                let image = open_fvd(path)?;
+                let data_path = if image.layout.separate_data_file {
+                    resolve_relative(path, &name_text(&image.header.data_file))
+                } else {
+                    path.to_path_buf()
+                };
+                let base_name = name_text(&image.header.base_img);
+                let base = if image.layout.base.is_some() && !base_name.is_empty() {
+                    BaseLink::Closed {
+                        path: resolve_relative(path, &base_name),
+                        format: DiskFormat::parse(&name_text(&image.header.base_img_fmt)).ok(),
+                    }
+                } else {
+                    BaseLink::None
+                };
+                drop(image);
+                let options = DriverOptions {
+                    writable,
+                    ..DriverOptions::default()
+                };
+                let driver = open_image(path, options).map_err(open_error)?;
+                Ok(Self::from_driver(path, driver, data_path, base, writable))
+            }
+        }
+    }
+
+    fn from_driver(
+        path: &Path,
+        driver: Driver<FileStorage>,
+        data_path: PathBuf,
+        base: BaseLink,
+        writable: bool,
+    ) -> Disk {
+        let size = driver.engine().layout().map_or(0, |l| l.virtual_size);
+        Disk {
+            path: path.to_path_buf(),
+            format: DiskFormat::Fvd,
+            size,
+            writable,
+            backend: Backend::Fvd {
+                driver: Box::new(driver),
+                data_path,
+                base: BaseLink::None,
+            },
+        }
+        .with_base(base)
+    }
+
+    fn with_base(mut self, link: BaseLink) -> Self {
+        if let Backend::Fvd { base, .. } = &mut self.backend {
+            *base = link;
+        }
+        self
+    }
+
+    /// A new FVD image without a base, opened read-write over already open files
+    /// (`convert` fills staged files before renaming them into place). `path` names the
+    /// image in messages; `data_path` is the file holding guest data.
+    pub fn fvd_over(
+        path: &Path,
+        storage: FileStorage,
+        data_path: PathBuf,
+    ) -> Result<Disk, CliError> {
+        let options = DriverOptions {
+            writable: true,
+            ..DriverOptions::default()
+        };
+        let driver = Driver::open(storage, options)
+            .map_err(|e| CliError::Image(format!("Could not open '{}': {e}", path.display())))?;
+        Ok(Self::from_driver(
+            path,
+            driver,
+            data_path,
+            BaseLink::None,
+            true,
+        ))
+    }
+
+    /// A raw disk of `size` bytes over an open, writable `file`.
+    pub fn raw_over(path: &Path, file: File, size: u64) -> Disk {
+        Disk {
+            path: path.to_path_buf(),
+            format: DiskFormat::Raw,
+            size,
+            writable: true,
+            backend: Backend::Raw {
+                storage: FileStorage {
+                    image: file,
+                    data: None,
+                    base: None,
+                },
+            },
+        }
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its format.
+    pub fn format(&self) -> DiskFormat {
+        self.format
+    }
+
+    /// Guest size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Opened for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), CliError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(CliError::Image(
+                "request extends past the end of the disk".into(),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), CliError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(CliError::Image("image is opened read-only".into()))
+        }
+    }
+
+    /// Checks that `len` bytes at `offset` can be read.
+    pub fn check_read(&self, offset: u64, len: u64) -> Result<(), CliError> {
+        self.check_range(offset, len)
+    }
+
+    /// Checks that `len` bytes at `offset` can be written.
+    pub fn check_write(&self, offset: u64, len: u64) -> Result<(), CliError> {
+        self.check_writable()?;
+        self.check_range(offset, len)
+    }
+
+    /// Reads `buf.len()` guest bytes at `offset` (any alignment).
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), CliError> {
+        self.check_range(offset, buf.len() as u64)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => storage
+                .read_at(FileId::Image, offset, buf)
+                .map_err(host_error),
+            Backend::Fvd { driver, .. } => {
+                let end = offset + buf.len() as u64;
+                let mut at = offset;
+                while at < end {
+                    let lo = at / SECTOR * SECTOR;
+                    let hi = (end.div_ceil(SECTOR) * SECTOR).min(lo + PIECE);
+                    let data = driver.read(lo, (hi - lo) as usize).map_err(driver_error)?;
+                    let to = hi.min(end);
+                    buf[(at - offset) as usize..(to - offset) as usize]
+                        .copy_from_slice(&data[(at - lo) as usize..(to - lo) as usize]);
+                    at = to;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `data` at guest `offset` (sector-aligned for FVD images).
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => storage
+                .write_at(FileId::Image, offset, data)
+                .map_err(host_error),
+            Backend::Fvd { driver, .. } => {
+                for (i, piece) in data.chunks(PIECE as usize).enumerate() {
+                    driver
+                        .write(offset + i as u64 * PIECE, piece)
+                        .map_err(driver_error)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes `len` guest bytes at `offset` read as zeros; `discard` lets the storage be
+    /// released (a discard request, a punched hole).
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, discard: bool) -> Result<(), CliError> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => storage
+                .write_zeroes(FileId::Image, offset, len, discard)
+                .map_err(host_error),
+            Backend::Fvd { driver, .. } if discard => {
+                driver.discard(offset, len).map_err(driver_error)
+            }
+            Backend::Fvd { driver, .. } => driver.write_zeroes(offset, len).map_err(driver_error),
+        }
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&mut self) -> Result<(), CliError> {
+        match &mut self.backend {
+            Backend::Raw { storage } => storage.flush(FileId::Image).map_err(host_error),
+            Backend::Fvd { driver, .. } => driver.flush().map_err(driver_error),
+        }
+    }
+
+    /// Queues engine requests covering `len` bytes at `offset`, each with its buffer.
+    fn submit_pieces(
+        driver: &mut Driver<FileStorage>,
+        offset: u64,
+        len: u64,
+        mut make: impl FnMut(u64, u64) -> (Request, Vec<u8>),
+    ) -> Result<Pending, CliError> {
+        let mut ids = Vec::new();
+        let mut at = offset;
+        let end = offset + len;
+        loop {
+            let n = (end - at).min(MAX_DATA_REQUEST);
+            let (request, buffer) = make(at, n);
+            match driver.submit(request, buffer) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    // Let the pieces already queued finish before reporting.
+                    for id in ids {
+                        let _ = driver.wait(id);
+                    }
+                    return Err(driver_error(e));
+                }
+            }
+            at += n;
+            if at >= end {
+                return Ok(Pending(PendingState::Engine(ids)));
+            }
+        }
+    }
+
+    /// Queues a read of `len` bytes at `offset` without waiting for it (raw files are
+    /// read at once).
+    pub fn submit_read(&mut self, offset: u64, len: u64) -> Result<Pending, CliError> {
+        self.check_range(offset, len)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => {
+                let mut buf = vec![0u8; len as usize];
+                let result = storage
+                    .read_at(FileId::Image, offset, &mut buf)
+                    .map(|()| buf)
+                    .map_err(host_error);
+                Ok(Pending(PendingState::Done(result)))
+            }
+            Backend::Fvd { driver, .. } => Self::submit_pieces(driver, offset, len, |at, n| {
+                (Request::Read { offset: at, len: n }, vec![0u8; n as usize])
+            }),
+        }
+    }
+
+    /// Queues a write of `data` at `offset` without waiting for it (raw files are written
+    /// at once).
+    pub fn submit_write(&mut self, offset: u64, data: Vec<u8>) -> Result<Pending, CliError> {
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => {
+                let result = storage
+                    .write_at(FileId::Image, offset, &data)
+                    .map(|()| Vec::new())
+                    .map_err(host_error);
+                Ok(Pending(PendingState::Done(result)))
+            }
+            Backend::Fvd { driver, .. } => {
+                let len = data.len() as u64;
+                Self::submit_pieces(driver, offset, len, |at, n| {
+                    let from = (at - offset) as usize;
+                    (
+                        Request::Write { offset: at, len: n },
+                        data[from..from + n as usize].to_vec(),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Queues a write-zeroes of `len` bytes at `offset` without waiting for it.
+    pub fn submit_write_zeroes(&mut self, offset: u64, len: u64) -> Result<Pending, CliError> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        match &mut self.backend {
+            Backend::Raw { storage } => {
+                let result = storage
+                    .write_zeroes(FileId::Image, offset, len, false)
+                    .map(|()| Vec::new())
+                    .map_err(host_error);
+                Ok(Pending(PendingState::Done(result)))
+            }
+            Backend::Fvd { driver, .. } => driver
+                .submit(Request::WriteZeroes { offset, len }, Vec::new())
+                .map(|id| Pending(PendingState::Engine(vec![id])))
+                .map_err(driver_error),
+        }
+    }
+
+    /// Waits for a queued request; returns the bytes read (empty for writes).
+    pub fn wait(&mut self, pending: Pending) -> Result<Vec<u8>, CliError> {
+        match pending.0 {
+            PendingState::Done(result) => result,
+            PendingState::Engine(ids) => {
+                let Backend::Fvd { driver, .. } = &mut self.backend else {
+                    return Err(CliError::Image(
+                        "internal error: request of another disk".into(),
+                    ));
+                };
+                let mut bytes = Vec::new();
+                let mut failure = None;
+                for id in ids {
+                    match driver.wait(id).map_err(driver_error) {
+                        Ok((Ok(_), buffer)) => bytes.extend_from_slice(&buffer),
+                        Ok((Err(e), _)) => {
+                            failure.get_or_insert(CliError::Image(e.to_string()));
+                        }
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                match failure {
+                    Some(e) => Err(e),
+                    None => Ok(bytes),
+                }
+            }
+        }
+    }
+
+    /// The first run of guest bytes at `offset`, at most `max` bytes long (and never
+    /// empty when `max` is not). Past the end of the disk everything reads as zeros.
+    pub fn extent(&mut self, offset: u64, max: u64) -> Result<Extent, CliError> {
+        if offset >= self.size {
+            return Ok(Extent::zeros(offset, max, 0));
+        }
+        let max = max.min(self.size - offset);
+        let size = self.size;
+        match &mut self.backend {
+            Backend::Raw { storage } => {
+                let (length, data) = raw_allocation(&storage.image, offset, max);
+                Ok(Extent {
+                    start: offset,
+                    length,
+                    kind: if data {
+                        ExtentKind::Local
+                    } else {
+                        ExtentKind::Zero
+                    },
+                    depth: 0,
+                    zero: !data,
+                    data,
+                    offset: Some(offset),
+                    file: Some(self.path.clone()),
+                })
+            }
+            Backend::Fvd {
+                driver,
+                data_path,
+                base,
+            } => {
+                let lo = offset / SECTOR * SECTOR;
+                let hi = ((offset + max).div_ceil(SECTOR) * SECTOR).min(size);
+                let run = driver.map(lo, hi - lo).map_err(driver_error)?;
+                if run.len == 0 || lo + run.len <= offset {
+                    return Err(CliError::Image(format!(
+                        "the engine mapped an empty run at offset {lo}"
+                    )));
+                }
+                let length = (lo + run.len - offset).min(max);
+                match run.mapping {
+                    Mapping::Data { offset: at } => {
+                        // Stored data may sit in a hole of the host file (never written):
+                        // it reads as zeros, which convert and compare need not read.
+                        let stored = at + (offset - lo);
+                        let storage = &driver.storage;
+                        let file = storage.data.as_ref().unwrap_or(&storage.image);
+                        let (length, written) = raw_allocation(file, stored, length);
+                        Ok(Extent {
+                            start: offset,
+                            length,
+                            kind: ExtentKind::Local,
+                            depth: 0,
+                            zero: !written,
+                            data: true,
+                            offset: Some(stored),
+                            file: Some(data_path.clone()),
+                        })
+                    }
+                    Mapping::Zero => Ok(Extent::zeros(offset, length, 0)),
+                    Mapping::Base => {
+                        let mut extent = match Self::base_disk(base)? {
+                            Some(disk) => disk.extent(offset, length)?,
+                            None => Extent {
+                                start: offset,
+                                length,
+                                kind: ExtentKind::Base,
+                                depth: 0,
+                                zero: false,
+                                data: true,
+                                offset: None,
+                                file: None,
+                            },
+                        };
+                        extent.kind = ExtentKind::Base;
+                        extent.depth += 1;
+                        Ok(extent)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every run of `[start, end)`, merged where [`Extent::joins`] allows.
+    pub fn extents(&mut self, start: u64, end: u64) -> Result<Vec<Extent>, CliError> {
+        let mut list = Vec::new();
+        let mut at = start;
+        while at < end {
+            let extent = self.extent(at, end - at)?;
+            at = extent.end();
+            push_merged(&mut list, extent);
+        }
+        Ok(list)
+    }
+
+    /// The base disk of an FVD image, opened read-only on first use.
+    fn base_disk(link: &mut BaseLink) -> Result<Option<&mut Disk>, CliError> {
+        if let BaseLink::Closed { path, format } = link {
+            let format = match format {
+                Some(format) => *format,
+                None => DiskFormat::probe(path)?,
+            };
+            let disk = Disk::open(path, format, false)?;
+            *link = BaseLink::Open(Box::new(disk));
+        }
+        Ok(match link {
+            BaseLink::Open(disk) => Some(disk),
+            _ => None,
+        })
+    }
+
+    /// Closes the disk: an FVD image writes back its metadata and is marked clean; a
+    /// writable raw file is synced.
+    pub fn close(self) -> Result<(), CliError> {
+        match self.backend {
+            Backend::Raw { mut storage } => {
+                if self.writable {
+                    storage.flush(FileId::Image).map_err(host_error)?;
+                }
+                Ok(())
+            }
+            Backend::Fvd { driver, base, .. } => {
+                if let BaseLink::Open(disk) = base {
+                    let _ = disk.close();
+                }
+                let (_, clean) = driver.close().map_err(driver_error)?;
+                if self.writable && !clean {
+                    return Err(CliError::Image(format!(
+                        "'{}' could not be marked clean; it will be repaired from its journal \
+                         when opened next",
+                        self.path.display()
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `err` with `what` (e.g. "error while reading 'a.fvd' at offset 0") in front.
+pub fn context(err: CliError, what: impl std::fmt::Display) -> CliError {
+    match err {
+        CliError::Output(_) | CliError::Exit(_) => err,
+        other => CliError::Image(format!("{what}: {other}")),
+    }
+}
+
+/// True when every byte of `bytes` is zero.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    // OR-folding fixed pieces vectorizes; stopping at the first non-zero piece stays cheap.
+    bytes
+        .chunks(256)
+        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(start: u64, length: u64, kind: ExtentKind, offset: Option<u64>) -> Extent {
+        Extent {
+            start,
+            length,
+            kind,
+            depth: u32::from(kind == ExtentKind::Base),
+            zero: kind == ExtentKind::Zero,
+            data: kind != ExtentKind::Zero,
+            offset,
+            file: None,
+        }
+    }
+
+    #[test]
+    fn runs_merge_only_when_contiguous_and_alike() {
+        let mut list = Vec::new();
+        push_merged(&mut list, extent(0, 512, ExtentKind::Local, Some(8192)));
+        push_merged(&mut list, extent(512, 512, ExtentKind::Local, Some(8704)));
+        push_merged(&mut list, extent(1024, 512, ExtentKind::Local, Some(20000)));
+        push_merged(&mut list, extent(1536, 512, ExtentKind::Zero, None));
+        push_merged(&mut list, extent(2048, 512, ExtentKind::Zero, None));
+        push_merged(&mut list, extent(2560, 512, ExtentKind::Base, None));
+        let summary: Vec<(u64, u64)> = list.iter().map(|e| (e.start, e.length)).collect();
+        assert_eq!(summary, [(0, 1024), (1024, 512), (1536, 1024), (2560, 512)]);
+    }
+
+    #[test]
+    fn formats_parse_and_zero_detection() {
+        assert_eq!(DiskFormat::parse("raw").unwrap(), DiskFormat::Raw);
+        assert_eq!(DiskFormat::parse("fvd").unwrap(), DiskFormat::Fvd);
+        assert!(DiskFormat::parse("qcow2").is_err());
+        assert!(is_zero(&[0; 1000]));
+        let mut bytes = vec![0u8; 1001];
+        bytes[1000] = 1;
+        assert!(!is_zero(&bytes));
+        bytes[1000] = 0;
+        bytes[3] = 1;
+        assert!(!is_zero(&bytes));
+    }
+}
