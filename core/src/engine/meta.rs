@@ -84,6 +84,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     .emit(Owner::PageLoad(slot as u16), FileId::Image, op)
                 {
                     self.cache.start_load(slot, key);
+                    self.stats.page_loads += 1;
                 }
             }
             Victim::WriteBack(slot) => {

@@ -168,6 +168,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             .iter()
             .position(|r| r.state == State::Free)
             .ok_or(SubmitError::Busy)?;
+        match kind {
+            Kind::Write | Kind::Zeroes { .. } => self.stats.guest_writes += 1,
+            Kind::Flush => self.stats.guest_flushes += 1,
+            _ => {}
+        }
         let generation = self.requests[slot].generation.wrapping_add(1);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -581,6 +586,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 {
                     return moved;
                 }
+                self.stats.cow_reads += 1;
                 self.requests[slot].outstanding += 1;
             }
             self.requests[slot].seg.next_part += 1;
