@@ -12,6 +12,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod blocking;
 pub mod engine;
 pub mod format;
 pub mod geometry;

@@ -69,3 +69,61 @@ fn compact_with_base_cow() {
     assert_eq!(d.read(65536, 4096).unwrap(), e2);
     assert_eq!(d.read(1 << 20, 4096).unwrap(), vec![0; 4096]);
 }
+
+fn compact_with_entry(entry: u32) -> MemStorage {
+    let opts = CreateOptions {
+        virtual_size: 8 << 20,
+        compact_image: true,
+        ..Default::default()
+    };
+    let mut s = storage(&opts, None);
+    let table = plan(&opts).unwrap().table_offset.get() as usize;
+    // Chunk 4's entry.
+    s.image.current[table + 16..table + 20].copy_from_slice(&entry.to_le_bytes());
+    s.image.durable = s.image.current.clone();
+    s
+}
+
+#[test]
+fn a_table_entry_past_the_storage_is_reported_corrupt() {
+    use fvd_core::engine::{Corruption, RequestError};
+    use fvd_host::driver::DriverError;
+    let mut d = Driver::open(
+        compact_with_entry(0x7fff_fff0),
+        DriverOptions {
+            writable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = d.read(4 << 20, 4096).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DriverError::Request(RequestError::Corrupt(Corruption::BadTableEntry {
+                chunk: 4,
+                entry: 0x7fff_fff0
+            }))
+        ),
+        "{err:?}"
+    );
+    // Healthy chunks around it still map and read.
+    assert_eq!(d.read(2 << 20, 4096).unwrap(), vec![0; 4096]);
+    let run = d.map(2 << 20, 6 << 20).unwrap();
+    assert_eq!((run.offset, run.len), (2 << 20, 2 << 20));
+}
+
+#[test]
+fn a_dirty_bit_in_a_later_entry_does_not_break_earlier_runs() {
+    let mut d = Driver::open(
+        compact_with_entry(0x8000_0001),
+        DriverOptions {
+            writable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = d.map(2 << 20, 6 << 20).unwrap();
+    assert_eq!(run.len, 2 << 20);
+    assert!(d.read(4 << 20, 512).is_err());
+}

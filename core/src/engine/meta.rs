@@ -223,7 +223,20 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         if entry & TABLE_DIRTY != 0 {
             return Err(Corruption::BadTableEntry { chunk, entry });
         }
-        Ok(Some(u64::from(entry)))
+        // The chunk must lie inside the data storage (allocation grows it first).
+        let p = u64::from(entry);
+        if let Some(layout) = self.layout {
+            let cs = layout.table.map_or(0, |t| t.chunk_size);
+            let storage = self
+                .options
+                .data_len
+                .unwrap_or(self.options.image_len)
+                .max(self.alloc.storage_len);
+            if layout.data_offset + (p + 1) * cs > storage {
+                return Err(Corruption::BadTableEntry { chunk, entry });
+            }
+        }
+        Ok(Some(p))
     }
 
     /// Where the guest bytes from `offset` (at most `max_len` of them) live: one run.
@@ -270,9 +283,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         let page_end_chunk = ((chunk / ENTRIES_PER_PAGE + 1) * ENTRIES_PER_PAGE).min(table.chunks);
         let mut next = chunk + 1;
         while next < page_end_chunk {
-            let entry = self
-                .physical(next, self.entry(slot, next))
-                .map_err(Stall::Corrupt)?;
+            // A corrupt entry further on ends the run; it is reported when reached.
+            let Ok(entry) = self.physical(next, self.entry(slot, next)) else {
+                break;
+            };
             let continues = match (first, entry) {
                 (None, None) => true,
                 (Some(p), Some(q)) => q == p + (next - chunk),

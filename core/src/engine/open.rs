@@ -62,7 +62,7 @@ pub(crate) struct Allocator {
     mapped: u64,
     free: [(u64, u64); MAX_FREE_RANGES],
     free_len: usize,
-    storage_len: u64,
+    pub(crate) storage_len: u64,
     known_zero_from: u64,
     pending: Pending,
     error: Option<IoError>,
@@ -555,13 +555,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         let pages = table.chunks.div_ceil(ENTRIES_PER_PAGE);
         let (area, bits) = self.window_area();
-        if page == 0 {
-            if let Some(start) = window {
-                let len = (bits / 8) as usize;
-                self.memory.as_mut()[area..area + len].fill(0);
-                let _ = start;
-            }
-        }
+        let first_page = page;
         let mut page = page;
         while page < pages {
             let key = PageKey {
@@ -572,7 +566,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 Ok(slot) => slot,
                 Err(Stall::Wait) => {
                     self.lifecycle = Lifecycle::ScanTable { page, window };
-                    return page > 0;
+                    return page > first_page;
                 }
                 Err(Stall::Io(e)) => {
                     self.fail_open(OpenError::Io(e));
@@ -646,6 +640,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         match next_window {
             Some(start) => {
+                // A new window of the leak scan starts with no chunk marked as used.
+                let len = (bits / 8) as usize;
+                self.memory.as_mut()[area..area + len].fill(0);
                 self.lifecycle = Lifecycle::ScanTable {
                     page: 0,
                     window: Some(start),

@@ -1,0 +1,451 @@
+//! A blocking driver for simple hosts and firmware: the same engine, with each command
+//! performed at once on `embedded-io` `Read + Write + Seek` storages (one per file), one
+//! guest request at a time. No second implementation of the format lives here: this is
+//! only the loop that feeds the engine.
+
+use crate::engine::*;
+use embedded_io::{Error as _, ErrorKind, ErrorType, Read, Seek, SeekFrom, Write};
+
+/// A file the image does not have (no data file, no base).
+pub struct NoFile;
+
+impl ErrorType for NoFile {
+    type Error = ErrorKind;
+}
+
+impl Read for NoFile {
+    fn read(&mut self, _: &mut [u8]) -> Result<usize, ErrorKind> {
+        Err(ErrorKind::NotFound)
+    }
+}
+
+impl Write for NoFile {
+    fn write(&mut self, _: &[u8]) -> Result<usize, ErrorKind> {
+        Err(ErrorKind::NotFound)
+    }
+
+    fn flush(&mut self) -> Result<(), ErrorKind> {
+        Err(ErrorKind::NotFound)
+    }
+}
+
+impl Seek for NoFile {
+    fn seek(&mut self, _: SeekFrom) -> Result<u64, ErrorKind> {
+        Err(ErrorKind::NotFound)
+    }
+}
+
+/// What went wrong in a blocking call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockingError {
+    /// The image could not be opened.
+    Open(OpenError),
+    /// The request was refused.
+    Submit(SubmitError),
+    /// The request failed.
+    Request(RequestError),
+    /// The engine waited for nothing (a bug); carries requests in flight.
+    Stalled,
+}
+
+impl core::fmt::Display for BlockingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlockingError::Open(e) => write!(f, "{e}"),
+            BlockingError::Submit(e) => write!(f, "{e}"),
+            BlockingError::Request(e) => write!(f, "{e}"),
+            BlockingError::Stalled => write!(f, "engine stalled"),
+        }
+    }
+}
+
+enum Guest<'a> {
+    None,
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// An image over blocking storages: `I` the image file, `D` the data file, `B` the base.
+pub struct BlockingDisk<M, I, D = NoFile, B = NoFile, const PAGES: usize = 256> {
+    engine: Engine<M, PAGES>,
+    image: I,
+    data: D,
+    base: B,
+    /// The last storage error, for diagnostics.
+    pub last_storage_error: Option<ErrorKind>,
+}
+
+const ZEROS: [u8; 512] = [0; 512];
+
+fn length<F: Seek>(file: &mut F) -> Option<u64> {
+    file.seek(SeekFrom::End(0)).ok()
+}
+
+fn read_at<F: Read + Seek>(file: &mut F, offset: u64, buf: &mut [u8]) -> Result<(), ErrorKind> {
+    file.seek(SeekFrom::Start(offset)).map_err(|e| e.kind())?;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.kind()),
+        }
+    }
+    Ok(())
+}
+
+fn write_at<F: Write + Seek>(file: &mut F, offset: u64, buf: &[u8]) -> Result<(), ErrorKind> {
+    file.seek(SeekFrom::Start(offset)).map_err(|e| e.kind())?;
+    file.write_all(buf).map_err(|e| e.kind())
+}
+
+fn zero_at<F: Write + Seek>(file: &mut F, offset: u64, len: u64) -> Result<(), ErrorKind> {
+    file.seek(SeekFrom::Start(offset)).map_err(|e| e.kind())?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        file.write_all(&ZEROS[..n]).map_err(|e| e.kind())?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn io_error(kind: ErrorKind) -> IoError {
+    match kind {
+        ErrorKind::OutOfMemory | ErrorKind::WriteZero => IoError::NoSpace,
+        ErrorKind::Unsupported => IoError::Unsupported,
+        _ => IoError::Failed,
+    }
+}
+
+impl<M, I, D, B, const PAGES: usize> BlockingDisk<M, I, D, B, PAGES>
+where
+    M: AsRef<[u8]> + AsMut<[u8]>,
+    I: Read + Write + Seek,
+    D: Read + Write + Seek,
+    B: Read + Seek,
+{
+    /// Opens the image. `data` and `base` may be [`NoFile`] when the image has none.
+    pub fn open(
+        memory: M,
+        mut image: I,
+        mut data: D,
+        mut base: B,
+        writable: bool,
+        cache_bytes: usize,
+    ) -> Result<Self, BlockingError> {
+        let options = OpenOptions {
+            writable,
+            image_len: length(&mut image).unwrap_or(0),
+            data_len: length(&mut data),
+            base_available: length(&mut base).is_some(),
+            cache_bytes,
+            storage_zero_init: false,
+        };
+        let engine = Engine::open(memory, options);
+        let mut disk = BlockingDisk {
+            engine,
+            image,
+            data,
+            base,
+            last_storage_error: None,
+        };
+        loop {
+            while let Some(event) = disk.engine.poll_event() {
+                match event {
+                    Event::Opened => return Ok(disk),
+                    Event::OpenFailed(e) => return Err(BlockingError::Open(e)),
+                    _ => {}
+                }
+            }
+            let Some(command) = disk.engine.poll_command() else {
+                return Err(BlockingError::Stalled);
+            };
+            disk.perform(command, &mut Guest::None);
+        }
+    }
+
+    /// The engine (layout, header, statistics).
+    pub fn engine(&self) -> &Engine<M, PAGES> {
+        &self.engine
+    }
+
+    fn perform(&mut self, command: Command, guest: &mut Guest<'_>) {
+        let result = self.run(command, guest).map_err(|kind| {
+            self.last_storage_error = Some(kind);
+            io_error(kind)
+        });
+        self.engine.complete(command.id, result);
+    }
+
+    fn run(&mut self, command: Command, guest: &mut Guest<'_>) -> Result<(), ErrorKind> {
+        let file = command.file;
+        match command.op {
+            Op::Read { offset, len, into } => {
+                let target: &mut [u8] = match (into, guest) {
+                    (Buffer::Engine { offset }, _) => self
+                        .engine
+                        .memory_mut()
+                        .get_mut(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?,
+                    (Buffer::Guest { offset, .. }, Guest::Read(buf)) => buf
+                        .get_mut(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?,
+                    _ => return Err(ErrorKind::InvalidInput),
+                };
+                match file {
+                    FileId::Image => read_at(&mut self.image, offset, target),
+                    FileId::Data => read_at(&mut self.data, offset, target),
+                    FileId::Base => read_at(&mut self.base, offset, target),
+                }
+            }
+            Op::Write { offset, len, from } => {
+                let source: &[u8] = match (from, &*guest) {
+                    (Buffer::Engine { offset }, _) => self
+                        .engine
+                        .memory()
+                        .get(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?,
+                    (Buffer::Guest { offset, .. }, Guest::Write(buf)) => buf
+                        .get(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?,
+                    _ => return Err(ErrorKind::InvalidInput),
+                };
+                match file {
+                    FileId::Image => write_at(&mut self.image, offset, source),
+                    FileId::Data => write_at(&mut self.data, offset, source),
+                    FileId::Base => Err(ErrorKind::PermissionDenied),
+                }
+            }
+            Op::WriteZeroes { offset, len, .. } => match file {
+                FileId::Image => zero_at(&mut self.image, offset, len),
+                FileId::Data => zero_at(&mut self.data, offset, len),
+                FileId::Base => Err(ErrorKind::PermissionDenied),
+            },
+            Op::ZeroBuffer { into, len } => {
+                match (into, guest) {
+                    (Buffer::Guest { offset, .. }, Guest::Read(buf)) => buf
+                        .get_mut(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?
+                        .fill(0),
+                    (Buffer::Engine { offset }, _) => self
+                        .engine
+                        .memory_mut()
+                        .get_mut(offset..offset + len)
+                        .ok_or(ErrorKind::InvalidInput)?
+                        .fill(0),
+                    _ => return Err(ErrorKind::InvalidInput),
+                }
+                Ok(())
+            }
+            Op::Flush => match file {
+                FileId::Image => self.image.flush().map_err(|e| e.kind()),
+                FileId::Data => self.data.flush().map_err(|e| e.kind()),
+                FileId::Base => Ok(()),
+            },
+            // Growing: write one zero byte at the new end (files extend; a fixed medium
+            // fails past its capacity). The engine never shrinks.
+            Op::SetLength { len } => {
+                let current = match file {
+                    FileId::Image => length(&mut self.image),
+                    FileId::Data => length(&mut self.data),
+                    FileId::Base => None,
+                }
+                .ok_or(ErrorKind::Unsupported)?;
+                if len <= current {
+                    return Ok(());
+                }
+                match file {
+                    FileId::Image => write_at(&mut self.image, len - 1, &[0]),
+                    _ => write_at(&mut self.data, len - 1, &[0]),
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, request: Request, mut guest: Guest<'_>) -> Result<Reply, BlockingError> {
+        let id = self.engine.submit(request).map_err(BlockingError::Submit)?;
+        loop {
+            while let Some(event) = self.engine.poll_event() {
+                if let Event::Completed { id: done, result } = event {
+                    if done == id {
+                        return result.map_err(BlockingError::Request);
+                    }
+                }
+            }
+            let Some(command) = self.engine.poll_command() else {
+                return Err(BlockingError::Stalled);
+            };
+            self.perform(command, &mut guest);
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both multiples of 512).
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockingError> {
+        let len = buf.len() as u64;
+        self.request(Request::Read { offset, len }, Guest::Read(buf))
+            .map(|_| ())
+    }
+
+    /// Writes `buf` at `offset` (both multiples of 512).
+    pub fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), BlockingError> {
+        let len = buf.len() as u64;
+        self.request(Request::Write { offset, len }, Guest::Write(buf))
+            .map(|_| ())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), BlockingError> {
+        self.request(Request::WriteZeroes { offset, len }, Guest::None)
+            .map(|_| ())
+    }
+
+    /// Discards `len` bytes at `offset` (they read as zeros afterwards).
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockingError> {
+        self.request(Request::Discard { offset, len }, Guest::None)
+            .map(|_| ())
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&mut self) -> Result<(), BlockingError> {
+        self.request(Request::Flush, Guest::None).map(|_| ())
+    }
+
+    /// Where the run at `offset` lives.
+    pub fn map(&mut self, offset: u64, len: u64) -> Result<MapRun, BlockingError> {
+        match self.request(Request::Map { offset, len }, Guest::None)? {
+            Reply::Mapping(run) => Ok(run),
+            Reply::Done => Ok(MapRun {
+                offset,
+                len: 0,
+                mapping: Mapping::Zero,
+            }),
+        }
+    }
+
+    /// Closes the image (metadata written back, marked clean); returns the storages and
+    /// whether the image was marked clean.
+    pub fn close(mut self) -> Result<(I, D, B, bool), BlockingError> {
+        self.engine.close();
+        loop {
+            while let Some(event) = self.engine.poll_event() {
+                if let Event::Closed { clean } = event {
+                    return Ok((self.image, self.data, self.base, clean));
+                }
+            }
+            let Some(command) = self.engine.poll_command() else {
+                return Err(BlockingError::Stalled);
+            };
+            self.perform(command, &mut Guest::None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{metadata_len, plan, BaseSpec, CreateOptions};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A growable in-memory file with a cursor.
+    struct MemFile {
+        bytes: Vec<u8>,
+        at: usize,
+    }
+
+    impl ErrorType for MemFile {
+        type Error = ErrorKind;
+    }
+    impl Read for MemFile {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
+            let n = buf.len().min(self.bytes.len().saturating_sub(self.at));
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+    impl Write for MemFile {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
+            if self.bytes.len() < self.at + buf.len() {
+                self.bytes.resize(self.at + buf.len(), 0);
+            }
+            self.bytes[self.at..self.at + buf.len()].copy_from_slice(buf);
+            self.at += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> Result<(), ErrorKind> {
+            Ok(())
+        }
+    }
+    impl Seek for MemFile {
+        fn seek(&mut self, pos: SeekFrom) -> Result<u64, ErrorKind> {
+            self.at = match pos {
+                SeekFrom::Start(n) => n as usize,
+                SeekFrom::End(n) => (self.bytes.len() as i64 + n) as usize,
+                SeekFrom::Current(n) => (self.at as i64 + n) as usize,
+            };
+            Ok(self.at as u64)
+        }
+    }
+
+    fn new_image(options: &CreateOptions) -> MemFile {
+        let header = plan(options).unwrap();
+        let mut bytes = vec![0u8; metadata_len(&header) as usize];
+        bytes[..header.bytes().len()].copy_from_slice(header.bytes());
+        let t = header.table_offset.get() as usize;
+        bytes[t..t + header.table_size.get() as usize].fill(0xff);
+        MemFile { bytes, at: 0 }
+    }
+
+    #[test]
+    fn blocking_disk_copies_on_write_and_survives_reopen() {
+        let base: Vec<u8> = (0..256 * 1024).map(|i| (i / 512) as u8).collect();
+        let options = CreateOptions {
+            virtual_size: 512 * 1024,
+            compact_image: true,
+            chunk_size: Some(16384),
+            block_size: Some(4096),
+            journal_size: Some(8192),
+            base: Some(BaseSpec {
+                name: b"base",
+                format: b"raw",
+                size: base.len() as u64,
+            }),
+            ..Default::default()
+        };
+        let memory = vec![0u8; 64 * 1024];
+        let image = new_image(&options);
+        let base_file = MemFile {
+            bytes: base.clone(),
+            at: 0,
+        };
+        let mut disk: BlockingDisk<_, _, NoFile, _> =
+            BlockingDisk::open(memory, image, NoFile, base_file, true, 4096).unwrap();
+        disk.write(1024, &[0xee; 1024]).unwrap();
+        disk.discard(8192, 4096).unwrap();
+        disk.flush().unwrap();
+        let mut buf = vec![0u8; 16384];
+        disk.read(0, &mut buf).unwrap();
+        let mut expected = base[..16384].to_vec();
+        expected[1024..2048].fill(0xee);
+        expected[8192..12288].fill(0);
+        assert_eq!(buf, expected);
+        let (image, _, base_file, clean) = disk.close().unwrap();
+        assert!(clean);
+        let mut disk: BlockingDisk<_, _, NoFile, _> =
+            BlockingDisk::open(vec![0u8; 64 * 1024], image, NoFile, base_file, false, 4096)
+                .unwrap();
+        let mut again = vec![0u8; 16384];
+        disk.read(0, &mut again).unwrap();
+        assert_eq!(again, expected);
+        assert_eq!(
+            disk.write(0, &[0; 512]),
+            Err(BlockingError::Submit(SubmitError::ReadOnly))
+        );
+    }
+}
