@@ -6,6 +6,7 @@
 //! plus one variant in [`Command`] and one arm in [`Command::run`].
 
 pub mod base;
+pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod create;
@@ -19,6 +20,7 @@ pub mod map;
 pub mod options;
 pub mod output;
 pub mod size;
+pub mod update;
 pub mod writer;
 
 use clap::error::ErrorKind;
@@ -62,6 +64,10 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Show where each run of the guest disk lives: map [-f fmt] [--output human|json] FILE
     Map(map::MapArgs),
+    /// Check an image's metadata, and repair it: check [-f fvd] [-r leaks|all] [--output human|json] FILE
+    Check(check::CheckArgs),
+    /// Rewrite header fields in place: update [-f fvd] FILE KEY=VAL...
+    Update(update::UpdateArgs),
 }
 
 impl Command {
@@ -75,6 +81,8 @@ impl Command {
             Command::Convert(args) => convert::run(args, out),
             Command::Compare(args) => compare::run(args, out),
             Command::Map(args) => map::run(args, out),
+            Command::Check(args) => check::run(args, out),
+            Command::Update(args) => update::run(args, out),
         }
     }
 }

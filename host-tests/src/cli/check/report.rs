@@ -1,0 +1,178 @@
+//! How `check` prints what it found: text laid out like qemu-img check's, and JSON with
+//! qemu-img's keys plus this tool's own.
+
+use super::analysis::Analysis;
+use super::repair::Outcome;
+use crate::cli::image_format::ImageFormat;
+use serde_json::{json, Map, Value};
+use std::fmt::Write;
+
+/// The lines naming each problem and leak, then the notes about the image's state.
+fn findings(a: &Analysis, text: &mut String) {
+    for problem in &a.problems {
+        let _ = writeln!(text, "ERROR {problem}");
+    }
+    if let Some(table) = &a.table {
+        for &(start, end) in &table.leaks {
+            if end - start == 1 {
+                let _ = writeln!(text, "Leaked chunk {start}: no table entry maps it");
+            } else {
+                let _ = writeln!(
+                    text,
+                    "Leaked chunks {start}-{}: no table entry maps them",
+                    end - 1
+                );
+            }
+        }
+    }
+    if a.dirty && a.journal.sectors > 0 {
+        let _ = writeln!(
+            text,
+            "Image is dirty; journal has {} records to replay (checked with them applied)",
+            a.journal.records
+        );
+    } else if a.dirty {
+        let _ = writeln!(
+            text,
+            "Image is dirty (not closed cleanly); journal has no records to replay"
+        );
+    }
+    if let Some(bitmap) = &a.bitmap {
+        let _ = writeln!(
+            text,
+            "Bitmap: {} block(s) in the image, {} still in the base",
+            bitmap.in_image, bitmap.in_base
+        );
+    }
+}
+
+/// The closing summary. After a repair, remaining leaks are those the engine reuses.
+fn summary(a: &Analysis, repaired: bool, text: &mut String) {
+    let corruptions = a.problems.len();
+    let leaks = a.leaks();
+    if corruptions == 0 && leaks == 0 {
+        text.push_str("No errors were found on the image.\n");
+    }
+    if corruptions > 0 {
+        let _ = writeln!(
+            text,
+            "\n{corruptions} errors were found on the image.\n\
+             Data may be corrupted, or further writes to the image may corrupt it."
+        );
+    }
+    if leaks > 0 && repaired {
+        let _ = writeln!(
+            text,
+            "\n{leaks} leaked clusters will be reused by the next writes.\n\
+             They lie below mapped chunks, so they cannot be released from the data storage."
+        );
+    } else if leaks > 0 {
+        let _ = writeln!(
+            text,
+            "\n{leaks} leaked clusters were found on the image.\n\
+             This means waste of disk space, but no harm to data."
+        );
+    }
+    if a.total_clusters != 0 && a.allocated_clusters != 0 {
+        let percent = |n: u64| n as f64 * 100.0 / a.total_clusters as f64;
+        let _ = writeln!(
+            text,
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, 0.00% compressed clusters",
+            a.allocated_clusters,
+            a.total_clusters,
+            percent(a.allocated_clusters),
+            percent(a.fragmented_clusters)
+        );
+    }
+    if a.image_end_offset != 0 {
+        let _ = writeln!(text, "Image end offset: {}", a.image_end_offset);
+    }
+}
+
+/// The text report of a plain check.
+pub fn human(a: &Analysis) -> String {
+    let mut text = String::new();
+    findings(a, &mut text);
+    summary(a, false, &mut text);
+    text
+}
+
+/// The text report of a repair: what the first pass found, what was done, and the check of
+/// the repaired image. When nothing was written, the one check is reported once.
+pub fn human_repair(first: &Analysis, outcome: &Outcome, last: &Analysis) -> String {
+    let mut text = String::new();
+    if let Some(refused) = &outcome.refused {
+        findings(first, &mut text);
+        let _ = writeln!(text, "{refused}");
+        summary(first, false, &mut text);
+        return text;
+    }
+    if !outcome.lines.is_empty() {
+        findings(first, &mut text);
+        for line in &outcome.lines {
+            let _ = writeln!(text, "{line}");
+        }
+        if outcome.corruptions_fixed > 0 || outcome.leaks_fixed > 0 {
+            let _ = write!(
+                text,
+                "The following inconsistencies were found and repaired:\n\n    \
+                 {} leaked clusters\n    {} corruptions\n\n",
+                outcome.leaks_fixed, outcome.corruptions_fixed
+            );
+        }
+        text.push_str("Double checking the fixed image now...\n");
+    }
+    findings(last, &mut text);
+    summary(last, true, &mut text);
+    text
+}
+
+/// The JSON report of the (last) check, with the repair's counts when there was one.
+pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
+    let mut top = Map::new();
+    top.insert("filename".into(), filename.into());
+    top.insert("format".into(), ImageFormat::Fvd.name().into());
+    top.insert("check-errors".into(), 0.into());
+    top.insert("image-end-offset".into(), a.image_end_offset.into());
+    top.insert("total-clusters".into(), a.total_clusters.into());
+    top.insert("allocated-clusters".into(), a.allocated_clusters.into());
+    top.insert("fragmented-clusters".into(), a.fragmented_clusters.into());
+    top.insert("corruptions".into(), (a.problems.len() as u64).into());
+    top.insert("leaks".into(), a.leaks().into());
+    top.insert(
+        "corruptions-fixed".into(),
+        outcome.map_or(0, |o| o.corruptions_fixed).into(),
+    );
+    top.insert(
+        "leaks-fixed".into(),
+        outcome.map_or(0, |o| o.leaks_fixed).into(),
+    );
+    top.insert("dirty".into(), a.dirty.into());
+    top.insert("journal-records".into(), a.journal.records.into());
+    top.insert("journal-sectors".into(), a.journal.sectors.into());
+    let findings: Vec<Value> = a
+        .problems
+        .iter()
+        .map(|p| json!({"kind": p.kind(), "message": p.to_string()}))
+        .collect();
+    top.insert("findings".into(), Value::Array(findings));
+    let leaks: Vec<Value> = a
+        .table
+        .iter()
+        .flat_map(|t| t.leaks.iter())
+        .map(|&(start, end)| json!({"start": start, "count": end - start}))
+        .collect();
+    top.insert("leaked-chunks".into(), Value::Array(leaks));
+    if let Some(bitmap) = &a.bitmap {
+        top.insert("blocks-in-image".into(), bitmap.in_image.into());
+        top.insert("blocks-in-base".into(), bitmap.in_base.into());
+    }
+    if let Some(outcome) = outcome {
+        let lines: Vec<Value> = outcome.lines.iter().map(|l| l.as_str().into()).collect();
+        top.insert("repairs".into(), Value::Array(lines));
+        if let Some(refused) = &outcome.refused {
+            top.insert("repair-refused".into(), refused.as_str().into());
+        }
+    }
+    Value::Object(top)
+}
