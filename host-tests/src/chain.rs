@@ -12,6 +12,11 @@ pub trait BaseRead {
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Guest size in bytes.
     fn base_len(&self) -> u64;
+    /// The file behind a raw base, so a host may read it from other threads (positioned
+    /// reads past its end fill zeros); `None` for bases that are themselves images.
+    fn raw_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 impl<S: Storage> BaseRead for Driver<S> {

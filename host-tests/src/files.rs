@@ -37,7 +37,7 @@ pub fn read_full_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> 
 
 /// Makes `len` bytes at `offset` of `file` read as zeros with `fallocate`, punching a hole
 /// when `unmap`. Returns false when the file system cannot do it.
-fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
+pub fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
     let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
         return false;
     };
@@ -62,6 +62,23 @@ fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
     true
 }
 
+/// Makes `len` bytes at `offset` of `file` read as zeros: `fallocate` when the file system
+/// can, plain writes of zeros otherwise.
+pub fn write_zeroes_at(file: &File, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    if fallocate_zero(file, offset, len, unmap) {
+        return Ok(());
+    }
+    const ZERO_CHUNK: usize = 1 << 20;
+    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&ZEROS[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// A raw file used as a base image.
 pub struct RawBase {
     file: File,
@@ -84,6 +101,10 @@ impl BaseRead for RawBase {
 
     fn base_len(&self) -> u64 {
         self.len
+    }
+
+    fn raw_file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 }
 
@@ -255,11 +276,29 @@ pub fn open_image(
     open_image_at_depth(path, options, 0)
 }
 
+/// Opens the files of the FVD image at `path` (image, data file, base chain) without
+/// starting an engine on them: for hosts that run the engine themselves.
+pub fn open_storage(path: &Path, options: DriverOptions) -> Result<FileStorage, ImageOpenError> {
+    open_files_at_depth(path, &options, 0)
+}
+
 fn open_image_at_depth(
     path: &Path,
     options: DriverOptions,
     depth: usize,
 ) -> Result<Driver<FileStorage>, ImageOpenError> {
+    let storage = open_files_at_depth(path, &options, depth)?;
+    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn open_files_at_depth(
+    path: &Path,
+    options: &DriverOptions,
+    depth: usize,
+) -> Result<FileStorage, ImageOpenError> {
     if depth > MAX_CHAIN_DEPTH {
         return Err(ImageOpenError::ChainTooDeep(path.to_path_buf()));
     }
@@ -298,10 +337,6 @@ fn open_image_at_depth(
         }
         None => None,
     };
-    let base = open_base(path, header, &options, depth)?;
-    let storage = FileStorage { image, data, base };
-    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine {
-        path: path.to_path_buf(),
-        source,
-    })
+    let base = open_base(path, header, options, depth)?;
+    Ok(FileStorage { image, data, base })
 }

@@ -3,7 +3,9 @@
 pub mod chain;
 pub mod cli;
 pub mod driver;
+pub mod executor;
 pub mod files;
 pub mod memstore;
 pub mod newimage;
 pub mod storage;
+pub mod workload;

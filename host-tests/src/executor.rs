@@ -1,0 +1,1144 @@
+//! A concurrent executor: the engine stays on the calling thread (it is not `Sync` and
+//! needs no locks) while a small pool of worker threads performs its commands on real
+//! files with positioned I/O, many in flight at once.
+//!
+//! The calling thread runs one loop: submit the caller's requests, poll the engine's
+//! commands and hand each to the pool over a job queue, take completions from a channel
+//! and report them to the engine, collect the engine's completion events. Commands that
+//! need no file (zeroing a buffer) and base reads through a chained image are served on
+//! the calling thread at once; base reads of a raw base go to the pool like any other read.
+//!
+//! Buffers. Each guest request's buffer belongs to the executor until the request
+//! completes and lives in an `Arc<Mutex<Vec<u8>>>` ([`GuestBuffers::Shared`]): a worker
+//! locks it for the duration of its `pread`/`pwrite`, so the bytes move once, between the
+//! page cache and the caller's buffer. Commands of one request address disjoint ranges,
+//! so the lock is uncontended unless one request has several commands in flight (a read
+//! that spans base, data and zeros), which then take turns; the lock makes this safe even
+//! if ranges overlapped, and every range is bounds-checked. The alternative,
+//! [`GuestBuffers::Copy`], copies each command's bytes through a pooled bounce vector on
+//! the calling thread (out before a write, in after a read); it is kept for comparison.
+//! Engine memory (metadata pages, copy-on-write bounce blocks) is always copied: out into
+//! the job for writes, back in on completion for reads.
+//!
+//! The raw mode ([`Executor::open_raw`]) runs the same pool and the same buffers over a
+//! plain file without an engine, so benchmarks compare like with like.
+
+use crate::chain::BaseRead;
+use crate::driver::DriverOptions;
+use crate::files::{self, read_full_at, write_zeroes_at, ImageOpenError};
+use fvd_core::engine::{
+    Buffer, Command, CommandId, Engine, Event, FileId, IoError, Op, OpenError, OpenOptions, Reply,
+    Request, RequestError, RequestId, Stats, SubmitError, HEADER_AREA, MAX_REQUESTS, PAGE_BYTES,
+    SCRATCH_AREA,
+};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// How guest buffers reach the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestBuffers {
+    /// Workers lock the request's buffer and read or write it in place (no copy).
+    Shared,
+    /// Bytes are copied between the request's buffer and a per-command vector on the
+    /// calling thread.
+    Copy,
+}
+
+/// How to run an executor.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutorOptions {
+    /// Worker threads performing file I/O.
+    pub workers: usize,
+    /// Open for writing.
+    pub writable: bool,
+    /// Metadata cache bytes.
+    pub cache_bytes: usize,
+    /// Engine memory beyond header, scratch and cache (copy-on-write bounce space).
+    pub bounce_bytes: usize,
+    /// How guest buffers reach the workers.
+    pub guest_buffers: GuestBuffers,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        ExecutorOptions {
+            workers: 4,
+            writable: true,
+            cache_bytes: 256 * PAGE_BYTES,
+            bounce_bytes: 4 << 20,
+            guest_buffers: GuestBuffers::Shared,
+        }
+    }
+}
+
+/// What can go wrong running an executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The image's files could not be opened.
+    #[error(transparent)]
+    Open(#[from] Box<ImageOpenError>),
+    /// The engine refused the image.
+    #[error("Could not open '{path}': {source}")]
+    Engine {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: OpenError,
+    },
+    /// A request was refused.
+    #[error("{0}")]
+    Submit(#[from] SubmitError),
+    /// A request failed.
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    /// A file operation outside a command failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The engine stopped making progress (a bug).
+    #[error("engine stalled with {0} requests in flight and no command to run")]
+    Stalled(usize),
+    /// A read or write buffer whose length differs from the request's.
+    #[error("a request of {len} bytes came with a buffer of {buffer} bytes")]
+    BufferLength {
+        /// Request length.
+        len: u64,
+        /// Buffer length.
+        buffer: usize,
+    },
+    /// The worker threads are gone.
+    #[error("the I/O worker threads stopped")]
+    WorkersGone,
+}
+
+/// Names a submitted request until its [`Completion`] is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The request.
+    pub ticket: Ticket,
+    /// Its outcome.
+    pub result: Result<Reply, RequestError>,
+    /// Its buffer: the data read, or the data written (for reuse); empty otherwise.
+    pub data: Vec<u8>,
+}
+
+type SharedBuf = Arc<Mutex<Vec<u8>>>;
+
+fn lock(buf: &SharedBuf) -> MutexGuard<'_, Vec<u8>> {
+    buf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Which file a job runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Image,
+    Data,
+    Base,
+}
+
+/// Where a read's bytes go on the worker.
+enum Dest {
+    /// Into this request buffer at this offset.
+    Guest(SharedBuf, usize),
+    /// Into this (pooled) vector, handed back with the completion.
+    Owned(Vec<u8>),
+}
+
+/// Where a write's bytes come from on the worker.
+enum Src {
+    Guest(SharedBuf, usize),
+    Owned(Vec<u8>),
+}
+
+enum Work {
+    Read { offset: u64, len: usize, into: Dest },
+    Write { offset: u64, len: usize, from: Src },
+    WriteZeroes { offset: u64, len: u64, unmap: bool },
+    Flush,
+    SetLength { len: u64 },
+}
+
+/// Who waits for a job.
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    Command(CommandId),
+    Raw(u64),
+}
+
+/// Where returned bytes land on the calling thread.
+#[derive(Clone, Copy, Debug)]
+enum Landing {
+    None,
+    Engine(usize),
+    Guest(RequestId, usize),
+}
+
+struct Job {
+    token: Token,
+    target: Target,
+    work: Work,
+    landing: Landing,
+}
+
+struct Done {
+    token: Token,
+    result: Result<(), IoError>,
+    /// A vector the job owned (bytes read, or a spent write source for the pool).
+    data: Option<Vec<u8>>,
+    landing: Landing,
+}
+
+/// The files the workers use.
+struct Files {
+    image: File,
+    data: Option<File>,
+    base: Option<File>,
+}
+
+impl Files {
+    fn get(&self, target: Target) -> Option<&File> {
+        match target {
+            Target::Image => Some(&self.image),
+            Target::Data => self.data.as_ref(),
+            Target::Base => self.base.as_ref(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting on the condition variable.
+    idle: usize,
+    closed: bool,
+}
+
+/// The job queue the workers share.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+impl JobQueue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `jobs`, waking only as many idle workers as there are jobs (a busy worker
+    /// takes the next job without a wake-up, which saves a futex call per job).
+    fn push_all(&self, jobs: &mut Vec<Job>) {
+        let n = jobs.len();
+        if n == 0 {
+            return;
+        }
+        let idle = {
+            let mut state = self.state();
+            state.jobs.extend(jobs.drain(..));
+            state.idle
+        };
+        if n >= idle && idle > 1 {
+            self.ready.notify_all();
+        } else {
+            for _ in 0..n.min(idle) {
+                self.ready.notify_one();
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.state();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle += 1;
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.idle -= 1;
+        }
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+fn io_error(error: io::Error) -> IoError {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => IoError::NoSpace,
+        _ => IoError::Failed,
+    }
+}
+
+fn io_result(result: io::Result<()>) -> Result<(), IoError> {
+    result.map_err(io_error)
+}
+
+/// Performs one job; returns its outcome and the vector it owned, if any.
+fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done {
+    let mut data = None;
+    let result = match files.get(target) {
+        None => Err(IoError::Failed),
+        Some(file) => match work {
+            Work::Read { offset, len, into } => match into {
+                Dest::Guest(buf, at) => {
+                    let mut guard = lock(&buf);
+                    match guard.get_mut(at..at.saturating_add(len)) {
+                        Some(slice) => io_result(read_full_at(file, offset, slice)),
+                        None => Err(IoError::Failed),
+                    }
+                }
+                Dest::Owned(mut v) => {
+                    v.clear();
+                    v.resize(len, 0);
+                    let r = io_result(read_full_at(file, offset, &mut v));
+                    data = Some(v);
+                    r
+                }
+            },
+            Work::Write { offset, len, from } => match from {
+                Src::Guest(buf, at) => {
+                    let guard = lock(&buf);
+                    match guard.get(at..at.saturating_add(len)) {
+                        Some(slice) => io_result(file.write_all_at(slice, offset)),
+                        None => Err(IoError::Failed),
+                    }
+                }
+                Src::Owned(v) => {
+                    let r = match v.get(..len) {
+                        Some(slice) => io_result(file.write_all_at(slice, offset)),
+                        None => Err(IoError::Failed),
+                    };
+                    data = Some(v);
+                    r
+                }
+            },
+            Work::WriteZeroes { offset, len, unmap } => {
+                io_result(write_zeroes_at(file, offset, len, unmap))
+            }
+            Work::Flush => {
+                let r = io_result(file.sync_data());
+                syncs.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+            Work::SetLength { len } => io_result(file.set_len(len)),
+        },
+    };
+    Done {
+        token: Token::Raw(0),
+        result,
+        data,
+        landing: Landing::None,
+    }
+}
+
+fn worker(files: Arc<Files>, queue: Arc<JobQueue>, done: Sender<Done>, syncs: Arc<AtomicU64>) {
+    while let Some(job) = queue.pop() {
+        let Job {
+            token,
+            target,
+            work,
+            landing,
+        } = job;
+        // `work` (and with it any clone of a request buffer) is consumed here, so the
+        // calling thread owns the buffer alone again once it sees the completion.
+        let mut finished = perform(&files, target, work, &syncs);
+        finished.token = token;
+        finished.landing = landing;
+        if done.send(finished).is_err() {
+            return;
+        }
+    }
+}
+
+/// The worker threads with their queues.
+struct Pool {
+    queue: Arc<JobQueue>,
+    done: Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+    syncs: Arc<AtomicU64>,
+    batch: Vec<Job>,
+    /// Jobs handed out and not yet completed.
+    outstanding: usize,
+    /// Spare vectors for engine-memory and copied guest bytes.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Pool {
+    fn start(files: Files, workers: usize) -> Pool {
+        let files = Arc::new(files);
+        let queue = Arc::new(JobQueue::default());
+        let syncs = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let workers = (0..workers.max(1))
+            .map(|i| {
+                let (files, queue, tx, syncs) =
+                    (files.clone(), queue.clone(), tx.clone(), syncs.clone());
+                std::thread::Builder::new()
+                    .name(format!("fvd-io-{i}"))
+                    .spawn(move || worker(files, queue, tx, syncs))
+                    .expect("spawn an I/O worker thread")
+            })
+            .collect();
+        Pool {
+            queue,
+            done: rx,
+            workers,
+            syncs,
+            batch: Vec::new(),
+            outstanding: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, job: Job) {
+        self.outstanding += 1;
+        self.batch.push(job);
+    }
+
+    fn send_batch(&mut self) {
+        self.queue.push_all(&mut self.batch);
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn give_back(&mut self, mut v: Vec<u8>) {
+        if self.spare.len() < 256 {
+            v.clear();
+            self.spare.push(v);
+        }
+    }
+
+    /// Waits for at least one completion (when `block`) and returns every one available.
+    fn collect(&mut self, block: bool, into: &mut Vec<Done>) -> Result<(), ExecutorError> {
+        if block && self.outstanding > 0 && into.is_empty() {
+            let done = self.done.recv().map_err(|_| ExecutorError::WorkersGone)?;
+            into.push(done);
+        }
+        while let Ok(done) = self.done.try_recv() {
+            into.push(done);
+        }
+        self.outstanding -= into.len().min(self.outstanding);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        self.queue.close();
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct ReqSlot {
+    ticket: Ticket,
+    buf: SharedBuf,
+}
+
+fn take_buffer(buf: SharedBuf) -> Vec<u8> {
+    match Arc::try_unwrap(buf) {
+        Ok(mutex) => mutex
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        // Unreachable: workers drop their clones before reporting; copy to be safe.
+        Err(shared) => lock(&shared).clone(),
+    }
+}
+
+struct FvdState {
+    engine: Box<Engine<Vec<u8>>>,
+    /// A base that is itself an image: served on the calling thread.
+    chain: Option<Box<dyn BaseRead>>,
+    requests: Vec<Option<ReqSlot>>,
+    opened: Option<Result<(), OpenError>>,
+    closed: Option<bool>,
+}
+
+enum Mode {
+    Fvd(FvdState),
+    Raw {
+        len: u64,
+        requests: HashMap<u64, ReqSlot>,
+    },
+}
+
+/// Runs an FVD image (or a raw file) with many requests in flight. See the module docs.
+pub struct Executor {
+    mode: Mode,
+    pool: Pool,
+    options: ExecutorOptions,
+    finished: VecDeque<Completion>,
+    next_ticket: u64,
+    in_flight: usize,
+    done_scratch: Vec<Done>,
+    closed: bool,
+}
+
+impl Executor {
+    /// Opens the FVD image at `path` with its data file and base chain.
+    pub fn open(path: &Path, options: ExecutorOptions) -> Result<Executor, ExecutorError> {
+        let driver_options = DriverOptions {
+            writable: options.writable,
+            cache_bytes: options.cache_bytes,
+            bounce_bytes: options.bounce_bytes,
+            ..DriverOptions::default()
+        };
+        let storage = files::open_storage(path, driver_options).map_err(Box::new)?;
+        let image_len = storage.image.metadata()?.len();
+        let data_len = match &storage.data {
+            Some(f) => Some(f.metadata()?.len()),
+            None => None,
+        };
+        let base_available = storage.base.is_some();
+        let raw_base = match storage.base.as_ref().and_then(|b| b.raw_file()) {
+            Some(file) => Some(file.try_clone()?),
+            None => None,
+        };
+        let chain = if raw_base.is_some() {
+            None
+        } else {
+            storage.base
+        };
+        let files = Files {
+            image: storage.image,
+            data: storage.data,
+            base: raw_base,
+        };
+        let memory =
+            vec![0u8; HEADER_AREA + SCRATCH_AREA + options.cache_bytes + options.bounce_bytes];
+        let engine = Box::new(Engine::open(
+            memory,
+            OpenOptions {
+                writable: options.writable,
+                image_len,
+                data_len,
+                base_available,
+                cache_bytes: options.cache_bytes,
+                storage_zero_init: true,
+            },
+        ));
+        let mut executor = Executor {
+            mode: Mode::Fvd(FvdState {
+                engine,
+                chain,
+                requests: (0..MAX_REQUESTS).map(|_| None).collect(),
+                opened: None,
+                closed: None,
+            }),
+            pool: Pool::start(files, options.workers),
+            options,
+            finished: VecDeque::new(),
+            next_ticket: 0,
+            in_flight: 0,
+            done_scratch: Vec::new(),
+            closed: false,
+        };
+        loop {
+            match executor.fvd().and_then(|f| f.opened) {
+                Some(Ok(())) => return Ok(executor),
+                Some(Err(source)) => {
+                    return Err(ExecutorError::Engine {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+                None => executor.turn()?,
+            }
+        }
+    }
+
+    /// Opens the plain file at `path` with no engine: requests become `pread`/`pwrite`
+    /// on the same worker pool (reads past the end fill zeros; writes extend the file).
+    pub fn open_raw(path: &Path, options: ExecutorOptions) -> Result<Executor, ExecutorError> {
+        let image = FsOpenOptions::new()
+            .read(true)
+            .write(options.writable)
+            .open(path)?;
+        let len = image.metadata()?.len();
+        let files = Files {
+            image,
+            data: None,
+            base: None,
+        };
+        Ok(Executor {
+            mode: Mode::Raw {
+                len,
+                requests: HashMap::new(),
+            },
+            pool: Pool::start(files, options.workers),
+            options,
+            finished: VecDeque::new(),
+            next_ticket: 0,
+            in_flight: 0,
+            done_scratch: Vec::new(),
+            closed: false,
+        })
+    }
+
+    fn fvd(&self) -> Option<&FvdState> {
+        match &self.mode {
+            Mode::Fvd(f) => Some(f),
+            Mode::Raw { .. } => None,
+        }
+    }
+
+    /// The engine (None in raw mode).
+    pub fn engine(&self) -> Option<&Engine<Vec<u8>>> {
+        self.fvd().map(|f| &*f.engine)
+    }
+
+    /// What the engine did so far (None in raw mode).
+    pub fn stats(&self) -> Option<Stats> {
+        self.engine().map(|e| e.stats())
+    }
+
+    /// `fdatasync` calls the workers made.
+    pub fn syncs(&self) -> u64 {
+        self.pool.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The guest-visible size (the file's length at open in raw mode).
+    pub fn size(&self) -> u64 {
+        match &self.mode {
+            Mode::Fvd(f) => f.engine.layout().map_or(0, |l| l.virtual_size),
+            Mode::Raw { len, .. } => *len,
+        }
+    }
+
+    /// Requests submitted whose completion has not been collected yet by the executor.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &ExecutorOptions {
+        &self.options
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn submit_read(&mut self, offset: u64, len: usize) -> Result<Ticket, ExecutorError> {
+        self.submit_read_into(offset, vec![0; len])
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf` (returned in the completion).
+    pub fn submit_read_into(&mut self, offset: u64, buf: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        let len = buf.len() as u64;
+        self.submit(Request::Read { offset, len }, buf)
+    }
+
+    /// Writes `data` at `offset` (returned in the completion for reuse).
+    pub fn submit_write(&mut self, offset: u64, data: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        let len = data.len() as u64;
+        self.submit(Request::Write { offset, len }, data)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros.
+    pub fn submit_write_zeroes(&mut self, offset: u64, len: u64) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::WriteZeroes { offset, len }, Vec::new())
+    }
+
+    /// Discards `len` bytes at `offset` (they read as zeros afterwards).
+    pub fn submit_discard(&mut self, offset: u64, len: u64) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::Discard { offset, len }, Vec::new())
+    }
+
+    /// Makes every write completed before it durable.
+    pub fn submit_flush(&mut self) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::Flush, Vec::new())
+    }
+
+    /// Submits `request` with its buffer. Blocks (performing commands) only while every
+    /// engine request slot is taken.
+    pub fn submit(&mut self, request: Request, buffer: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        if self.closed {
+            return Err(ExecutorError::Submit(SubmitError::NotOpen));
+        }
+        let ticket = Ticket(self.next_ticket);
+        if let Request::Read { len, .. } | Request::Write { len, .. } = request {
+            if buffer.len() as u64 != len {
+                return Err(ExecutorError::BufferLength {
+                    len,
+                    buffer: buffer.len(),
+                });
+            }
+        }
+        match &mut self.mode {
+            Mode::Fvd(_) => loop {
+                let Mode::Fvd(f) = &mut self.mode else {
+                    unreachable!()
+                };
+                match f.engine.submit(request) {
+                    Ok(id) => {
+                        f.requests[id.slot()] = Some(ReqSlot {
+                            ticket,
+                            buf: Arc::new(Mutex::new(buffer)),
+                        });
+                        break;
+                    }
+                    Err(SubmitError::Busy) => self.turn()?,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+            Mode::Raw { requests, .. } => {
+                let (target, work, buf) = raw_work(request, buffer, self.options.writable)?;
+                requests.insert(ticket.0, ReqSlot { ticket, buf });
+                self.pool.push(Job {
+                    token: Token::Raw(ticket.0),
+                    target,
+                    work,
+                    landing: Landing::None,
+                });
+            }
+        }
+        self.next_ticket += 1;
+        self.in_flight += 1;
+        self.dispatch();
+        Ok(ticket)
+    }
+
+    /// Hands every command the engine has to the pool (serving the synchronous ones at
+    /// once) and collects the engine's events.
+    fn dispatch(&mut self) {
+        if let Mode::Fvd(f) = &mut self.mode {
+            loop {
+                // Only a command served at once (zeroing, a chained base read) can make
+                // the engine emit more; otherwise one pass suffices (each poll pumps).
+                let mut served_at_once = false;
+                while let Some(command) = f.engine.poll_command() {
+                    served_at_once |=
+                        start_command(f, &mut self.pool, self.options.guest_buffers, command);
+                }
+                drain_events(f, &mut self.finished);
+                if !served_at_once {
+                    break;
+                }
+            }
+        }
+        self.pool.send_batch();
+    }
+
+    /// One round: wait for at least one completion, report all that arrived, dispatch.
+    fn turn(&mut self) -> Result<(), ExecutorError> {
+        if self.pool.outstanding == 0 {
+            self.dispatch();
+            if self.pool.outstanding == 0 {
+                let stuck = match &self.mode {
+                    Mode::Fvd(f) => f.opened.is_none() || f.engine.requests_in_flight() > 0,
+                    Mode::Raw { .. } => false,
+                };
+                if stuck || self.in_flight > self.finished.len() {
+                    return Err(ExecutorError::Stalled(self.in_flight));
+                }
+                return Ok(());
+            }
+        }
+        let mut done = std::mem::take(&mut self.done_scratch);
+        self.pool.collect(true, &mut done)?;
+        for d in done.drain(..) {
+            self.finish_job(d);
+        }
+        self.done_scratch = done;
+        self.dispatch();
+        Ok(())
+    }
+
+    fn finish_job(&mut self, done: Done) {
+        let Done {
+            token,
+            mut result,
+            data,
+            landing,
+        } = done;
+        match (&mut self.mode, token) {
+            (Mode::Fvd(f), Token::Command(id)) => {
+                if let Some(bytes) = data {
+                    if result.is_ok() {
+                        result = land(f, landing, &bytes);
+                    }
+                    self.pool.give_back(bytes);
+                }
+                f.engine.complete(id, result);
+            }
+            (Mode::Raw { requests, .. }, Token::Raw(key)) => {
+                if let Some(slot) = requests.remove(&key) {
+                    self.finished.push_back(Completion {
+                        ticket: slot.ticket,
+                        result: result.map(|()| Reply::Done).map_err(RequestError::Io),
+                        data: take_buffer(slot.buf),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every completion collected so far, after waiting for at least one when some
+    /// request is in flight and none has been collected.
+    pub fn wait_some(&mut self) -> Result<Vec<Completion>, ExecutorError> {
+        while self.finished.is_empty() && self.in_flight > 0 {
+            self.turn()?;
+        }
+        self.in_flight -= self.finished.len();
+        Ok(self.finished.drain(..).collect())
+    }
+
+    /// Waits for every request in flight; returns their completions in completion order.
+    pub fn wait_all(&mut self) -> Result<Vec<Completion>, ExecutorError> {
+        while self.in_flight > self.finished.len() {
+            self.turn()?;
+        }
+        self.in_flight = 0;
+        Ok(self.finished.drain(..).collect())
+    }
+
+    /// Waits for request `ticket` and returns its completion (others stay collected).
+    pub fn wait(&mut self, ticket: Ticket) -> Result<Completion, ExecutorError> {
+        loop {
+            if let Some(i) = self.finished.iter().position(|c| c.ticket == ticket) {
+                self.in_flight -= 1;
+                return Ok(self.finished.remove(i).expect("index found above"));
+            }
+            if self.in_flight <= self.finished.len() {
+                return Err(ExecutorError::Stalled(self.in_flight));
+            }
+            self.turn()?;
+        }
+    }
+
+    fn run(&mut self, request: Request, buffer: Vec<u8>) -> Result<Vec<u8>, ExecutorError> {
+        let ticket = self.submit(request, buffer)?;
+        let done = self.wait(ticket)?;
+        done.result?;
+        Ok(done.data)
+    }
+
+    /// Reads `len` bytes at `offset` and waits for them.
+    pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, ExecutorError> {
+        self.run(
+            Request::Read {
+                offset,
+                len: len as u64,
+            },
+            vec![0; len],
+        )
+    }
+
+    /// Writes `data` at `offset` and waits for it.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ExecutorError> {
+        let len = data.len() as u64;
+        self.run(Request::Write { offset, len }, data.to_vec())
+            .map(drop)
+    }
+
+    /// Makes every completed write durable and waits for it.
+    pub fn flush(&mut self) -> Result<(), ExecutorError> {
+        self.run(Request::Flush, Vec::new()).map(drop)
+    }
+
+    /// Waits for every request, closes the image (metadata written back, marked clean)
+    /// and stops the workers. Returns whether the image was marked clean (always true in
+    /// raw mode, after a final `fdatasync` when writable).
+    pub fn close(mut self) -> Result<bool, ExecutorError> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<bool, ExecutorError> {
+        if self.closed {
+            return Ok(true);
+        }
+        self.wait_all()?;
+        self.closed = true;
+        let clean = match &mut self.mode {
+            Mode::Fvd(f) => {
+                f.engine.close();
+                loop {
+                    if let Mode::Fvd(f) = &self.mode {
+                        if let Some(clean) = f.closed {
+                            break clean;
+                        }
+                    }
+                    self.turn()?;
+                    if self.pool.outstanding == 0 {
+                        self.dispatch();
+                        let Mode::Fvd(f) = &self.mode else {
+                            unreachable!()
+                        };
+                        if f.closed.is_none() && self.pool.outstanding == 0 {
+                            return Err(ExecutorError::Stalled(0));
+                        }
+                    }
+                }
+            }
+            Mode::Raw { .. } => {
+                if self.options.writable {
+                    self.pool.push(Job {
+                        token: Token::Raw(u64::MAX),
+                        target: Target::Image,
+                        work: Work::Flush,
+                        landing: Landing::None,
+                    });
+                    self.pool.send_batch();
+                    while self.pool.outstanding > 0 {
+                        self.turn()?;
+                    }
+                }
+                true
+            }
+        };
+        self.pool.stop();
+        Ok(clean)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Best effort: an executor dropped without `close` still closes its image.
+        let _ = self.close_inner();
+        self.pool.stop();
+    }
+}
+
+/// The job for a raw-mode request.
+fn raw_work(
+    request: Request,
+    buffer: Vec<u8>,
+    writable: bool,
+) -> Result<(Target, Work, SharedBuf), ExecutorError> {
+    let writes = !matches!(request, Request::Read { .. } | Request::Flush);
+    if writes && !writable {
+        return Err(SubmitError::ReadOnly.into());
+    }
+    let work = |buf: &SharedBuf| match request {
+        Request::Read { offset, len } => Ok(Work::Read {
+            offset,
+            len: len as usize,
+            into: Dest::Guest(buf.clone(), 0),
+        }),
+        Request::Write { offset, len } => Ok(Work::Write {
+            offset,
+            len: len as usize,
+            from: Src::Guest(buf.clone(), 0),
+        }),
+        Request::WriteZeroes { offset, len } => Ok(Work::WriteZeroes {
+            offset,
+            len,
+            unmap: false,
+        }),
+        Request::Discard { offset, len } => Ok(Work::WriteZeroes {
+            offset,
+            len,
+            unmap: true,
+        }),
+        Request::Flush => Ok(Work::Flush),
+        Request::Map { .. } => Err(ExecutorError::Submit(SubmitError::NotOpen)),
+    };
+    let buf = Arc::new(Mutex::new(buffer));
+    let work = work(&buf)?;
+    Ok((Target::Image, work, buf))
+}
+
+/// Copies bytes a worker returned to where they belong.
+fn land(f: &mut FvdState, landing: Landing, bytes: &[u8]) -> Result<(), IoError> {
+    match landing {
+        Landing::None => Ok(()),
+        Landing::Engine(at) => copy_into(f.engine.memory_mut(), at, bytes),
+        Landing::Guest(request, at) => match guest_buf(f, request) {
+            Some(buf) => copy_into(&mut lock(&buf), at, bytes),
+            None => Err(IoError::Failed),
+        },
+    }
+}
+
+fn copy_into(memory: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), IoError> {
+    memory
+        .get_mut(at..at.saturating_add(bytes.len()))
+        .ok_or(IoError::Failed)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+fn guest_buf(f: &FvdState, request: RequestId) -> Option<SharedBuf> {
+    f.requests
+        .get(request.slot())
+        .and_then(|s| s.as_ref())
+        .map(|s| s.buf.clone())
+}
+
+/// Starts one engine command: on the pool, or at once when it needs no file (then
+/// returns true).
+fn start_command(f: &mut FvdState, pool: &mut Pool, mode: GuestBuffers, command: Command) -> bool {
+    let Command { id, file, op } = command;
+    let target = match file {
+        FileId::Image => Target::Image,
+        FileId::Data => Target::Data,
+        FileId::Base => Target::Base,
+    };
+    let mut landing = Landing::None;
+    let work = match op {
+        Op::ZeroBuffer { into, len } => {
+            let result = match into {
+                Buffer::Engine { offset } => zero(f.engine.memory_mut(), offset, len),
+                Buffer::Guest { request, offset } => match guest_buf(f, request) {
+                    Some(buf) => zero(&mut lock(&buf), offset, len),
+                    None => Err(IoError::Failed),
+                },
+            };
+            f.engine.complete(id, result);
+            return true;
+        }
+        Op::Read { offset, len, into } if target == Target::Base && f.chain.is_some() => {
+            let result = chain_read(f, offset, len, into);
+            f.engine.complete(id, result);
+            return true;
+        }
+        Op::Read { offset, len, into } => {
+            let into = match into {
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => match (mode, guest_buf(f, request)) {
+                    (GuestBuffers::Shared, Some(buf)) => Dest::Guest(buf, at),
+                    (GuestBuffers::Copy, Some(_)) => {
+                        landing = Landing::Guest(request, at);
+                        Dest::Owned(pool.spare())
+                    }
+                    (_, None) => {
+                        f.engine.complete(id, Err(IoError::Failed));
+                        return true;
+                    }
+                },
+                Buffer::Engine { offset: at } => {
+                    landing = Landing::Engine(at);
+                    Dest::Owned(pool.spare())
+                }
+            };
+            Work::Read { offset, len, into }
+        }
+        Op::Write { offset, len, from } => {
+            let from = match from {
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => match (mode, guest_buf(f, request)) {
+                    (GuestBuffers::Shared, Some(buf)) => Src::Guest(buf, at),
+                    (GuestBuffers::Copy, Some(buf)) => {
+                        let mut v = pool.spare();
+                        match lock(&buf).get(at..at.saturating_add(len)) {
+                            Some(bytes) => v.extend_from_slice(bytes),
+                            None => {
+                                f.engine.complete(id, Err(IoError::Failed));
+                                return true;
+                            }
+                        }
+                        Src::Owned(v)
+                    }
+                    (_, None) => {
+                        f.engine.complete(id, Err(IoError::Failed));
+                        return true;
+                    }
+                },
+                Buffer::Engine { offset: at } => {
+                    let mut v = pool.spare();
+                    match f.engine.memory().get(at..at.saturating_add(len)) {
+                        Some(bytes) => v.extend_from_slice(bytes),
+                        None => {
+                            f.engine.complete(id, Err(IoError::Failed));
+                            return true;
+                        }
+                    }
+                    Src::Owned(v)
+                }
+            };
+            Work::Write { offset, len, from }
+        }
+        Op::WriteZeroes { offset, len, unmap } => Work::WriteZeroes { offset, len, unmap },
+        Op::Flush => Work::Flush,
+        Op::SetLength { len } => Work::SetLength { len },
+    };
+    pool.push(Job {
+        token: Token::Command(id),
+        target,
+        work,
+        landing,
+    });
+    false
+}
+
+fn zero(memory: &mut [u8], at: usize, len: usize) -> Result<(), IoError> {
+    memory
+        .get_mut(at..at.saturating_add(len))
+        .ok_or(IoError::Failed)?
+        .fill(0);
+    Ok(())
+}
+
+/// A base read through a chained image, on the calling thread.
+fn chain_read(f: &mut FvdState, offset: u64, len: usize, into: Buffer) -> Result<(), IoError> {
+    let guest = match into {
+        Buffer::Guest {
+            request,
+            offset: at,
+        } => Some((guest_buf(f, request).ok_or(IoError::Failed)?, at)),
+        Buffer::Engine { .. } => None,
+    };
+    let chain = f.chain.as_mut().ok_or(IoError::Failed)?;
+    match (into, guest) {
+        (_, Some((buf, at))) => {
+            let mut guard = lock(&buf);
+            let slice = guard
+                .get_mut(at..at.saturating_add(len))
+                .ok_or(IoError::Failed)?;
+            io_result(chain.read_base(offset, slice))
+        }
+        (Buffer::Engine { offset: at }, None) => {
+            let slice = f
+                .engine
+                .memory_mut()
+                .get_mut(at..at.saturating_add(len))
+                .ok_or(IoError::Failed)?;
+            io_result(chain.read_base(offset, slice))
+        }
+        (Buffer::Guest { .. }, None) => Err(IoError::Failed),
+    }
+}
+
+/// Turns the engine's events into completions.
+fn drain_events(f: &mut FvdState, finished: &mut VecDeque<Completion>) {
+    while let Some(event) = f.engine.poll_event() {
+        match event {
+            Event::Opened => f.opened = Some(Ok(())),
+            Event::OpenFailed(e) => f.opened = Some(Err(e)),
+            Event::Closed { clean } => f.closed = Some(clean),
+            Event::Completed { id, result } => {
+                if let Some(slot) = f.requests.get_mut(id.slot()).and_then(Option::take) {
+                    finished.push_back(Completion {
+                        ticket: slot.ticket,
+                        result,
+                        data: take_buffer(slot.buf),
+                    });
+                }
+            }
+        }
+    }
+}
