@@ -1,6 +1,5 @@
 //! `fvd-wasm`: the browser host for `fvd-core`. Until the browser issue lands it only
 //! proves that the engine builds for `wasm32-unknown-unknown`.
-#![no_std]
 #![forbid(unsafe_code)]
 
 /// Length of the FVD header this build understands (a link-time proof that the core is in).
