@@ -131,6 +131,12 @@ impl<S: Storage> Driver<S> {
         self.options.error_per_mille = per_mille;
     }
 
+    /// Passes the host's clock (ms) to the engine and performs what it starts.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), DriverError> {
+        self.engine.handle_timeout(now_ms);
+        self.run_until_idle()
+    }
+
     /// The engine (for layout and header queries).
     pub fn engine(&self) -> &Engine<Vec<u8>> {
         &self.engine

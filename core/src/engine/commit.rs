@@ -214,27 +214,26 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 self.emit_commit(image, op)
             }
             Step::WriteBack => {
-                let dirty: usize = self
-                    .cache
-                    .indices()
-                    .filter(|&i| {
-                        self.cache.slot(i).dirty && self.cache.slot(i).state == PageState::Ready
-                    })
-                    .count();
+                let phase = self.commit.phase;
                 for i in self.cache.indices() {
                     let s = self.cache.slot(i);
-                    if s.dirty && s.state == PageState::Ready && !self.write_back(i) {
+                    if s.dirty
+                        && s.state == PageState::Ready
+                        && s.key.meta == phase
+                        && !self.write_back(i)
+                    {
                         return false;
                     }
                 }
-                let _ = dirty;
                 true
             }
             Step::Header => {
                 let purpose = self.commit.purpose;
                 let recycling = self.commit.recycling;
                 let mut epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
-                if recycling || matches!(purpose, Purpose::Close | Purpose::OpenReplayed) {
+                // Every read-write open starts a new epoch, so journal sectors left by any earlier
+                // session (even of an image forced clean by hand) can never be replayed.
+                if recycling || purpose != Purpose::Flush {
                     epoch = epoch.wrapping_add(1);
                 }
                 if self.commands.free() < 3 {
@@ -357,6 +356,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             // Every change older than the commit is now durable (journal or regions), so
             // pages holding only such changes may be written back in any order.
             self.durable_gen = self.durable_gen.max(commit.start_gen);
+            // Nothing changes during a commit, so everything made before it is committed.
+            self.dirty_since_ms = None;
         }
         self.commit = CommitState {
             wanted: commit.wanted && error.is_none(),

@@ -120,6 +120,12 @@ pub struct Engine<M, const PAGES: usize = 256> {
     page_token: Option<u16>,
     failed: bool,
     stats: Stats,
+    /// The host's clock, ms, as last given to [`Engine::handle_timeout`].
+    now_ms: u64,
+    /// When the oldest metadata change not yet committed was made.
+    dirty_since_ms: Option<u64>,
+    /// The header's `journal_clean_buf_period`: longest time metadata stays uncommitted (0 = until flush).
+    clean_period_ms: u64,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -153,6 +159,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             page_token: None,
             failed: false,
             stats: Stats::default(),
+            now_ms: 0,
+            dirty_since_ms: None,
+            clean_period_ms: 0,
         };
         engine.pump();
         engine
@@ -238,6 +247,28 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Requests submitted and not yet completed.
     pub fn requests_in_flight(&self) -> usize {
         self.active_requests
+    }
+
+    /// When the host should call [`Engine::handle_timeout`] next (its clock, ms), if ever.
+    /// Used for the header's `journal_clean_buf_period`: metadata changes are committed
+    /// at the latest that long after they were made, even without a guest flush.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match (self.dirty_since_ms, self.clean_period_ms) {
+            (Some(since), period) if period > 0 => Some(since.saturating_add(period)),
+            _ => None,
+        }
+    }
+
+    /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self
+            .poll_timeout()
+            .is_some_and(|deadline| self.now_ms >= deadline)
+        {
+            self.commit.wanted = true;
+        }
+        self.pump();
     }
 
     /// Starts closing: new requests are refused; once those in flight finish, metadata is

@@ -268,6 +268,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         if live_base.is_some() && self.options.writable && !self.options.base_available {
             return self.fail_open(OpenError::BaseMissing);
         }
+        self.clean_period_ms = self.header_bytes_raw().journal_clean_buf_period.get();
         let has_metadata = layout.base.is_some() || layout.table.is_some();
         if !layout.clean_shutdown
             && layout.journal.is_none()
@@ -714,6 +715,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
         self.stats.chunks_allocated += 1;
         Ok((p, reused || p < self.alloc.known_zero_from))
+    }
+
+    fn header_bytes_raw(&self) -> &RawHeader {
+        RawHeader::ref_from_bytes(&self.memory.as_ref()[..RAW_HEADER_LEN])
+            .expect("header area is exactly one header")
     }
 
     fn header_mut_alloc(&mut self) -> &mut RawHeader {

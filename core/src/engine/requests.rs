@@ -689,6 +689,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             return false;
         }
         let seg = self.requests[slot].seg;
+        if seg.bits.is_some() || seg.alloc.is_some() {
+            self.dirty_since_ms.get_or_insert(self.now_ms);
+        }
         let generation = self.change_gen;
         self.change_gen += 1;
         let [bitmap_page, table_page] = self.requests[slot].pins;
