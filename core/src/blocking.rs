@@ -145,6 +145,7 @@ where
             base_available: length(&mut base).is_some(),
             cache_bytes,
             storage_zero_init: false,
+            copy_on_read: None,
         };
         let engine = Engine::open(memory, options);
         let mut disk = BlockingDisk {
@@ -239,6 +240,41 @@ where
                         .ok_or(ErrorKind::InvalidInput)?
                         .fill(0),
                     _ => return Err(ErrorKind::InvalidInput),
+                }
+                Ok(())
+            }
+            Op::Copy { from, into, len } => {
+                let mut chunk = [0u8; 512];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(chunk.len());
+                    let src = match (from, &*guest) {
+                        (Buffer::Engine { offset }, _) => {
+                            self.engine.memory().get(offset + done..offset + done + n)
+                        }
+                        (Buffer::Guest { offset, .. }, Guest::Write(buf)) => {
+                            buf.get(offset + done..offset + done + n)
+                        }
+                        (Buffer::Guest { offset, .. }, Guest::Read(buf)) => {
+                            buf.get(offset + done..offset + done + n)
+                        }
+                        _ => None,
+                    }
+                    .ok_or(ErrorKind::InvalidInput)?;
+                    chunk[..n].copy_from_slice(src);
+                    let dst = match (into, &mut *guest) {
+                        (Buffer::Engine { offset }, _) => self
+                            .engine
+                            .memory_mut()
+                            .get_mut(offset + done..offset + done + n),
+                        (Buffer::Guest { offset, .. }, Guest::Read(buf)) => {
+                            buf.get_mut(offset + done..offset + done + n)
+                        }
+                        _ => None,
+                    }
+                    .ok_or(ErrorKind::InvalidInput)?;
+                    dst.copy_from_slice(&chunk[..n]);
+                    done += n;
                 }
                 Ok(())
             }

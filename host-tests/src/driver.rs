@@ -23,6 +23,8 @@ pub struct DriverOptions {
     pub error_per_mille: u32,
     /// Commands allowed in flight before the driver performs one.
     pub max_pending: usize,
+    /// Copy-on-read override (`None`: the header's default).
+    pub copy_on_read: Option<bool>,
 }
 
 impl Default for DriverOptions {
@@ -34,6 +36,7 @@ impl Default for DriverOptions {
             shuffle_seed: None,
             error_per_mille: 0,
             max_pending: 1,
+            copy_on_read: None,
         }
     }
 }
@@ -101,6 +104,7 @@ impl<S: Storage> Driver<S> {
                 base_available,
                 cache_bytes: options.cache_bytes,
                 storage_zero_init: true,
+                copy_on_read: options.copy_on_read,
             },
         );
         let mut driver = Driver {
@@ -253,6 +257,11 @@ impl<S: Storage> Driver<S> {
             }
             Op::ZeroBuffer { into, len } => {
                 self.target(into, len)?.fill(0);
+                Ok(())
+            }
+            Op::Copy { from, into, len } => {
+                let data = self.target(from, len)?.to_vec();
+                self.target(into, len)?.copy_from_slice(&data);
                 Ok(())
             }
             Op::Flush => mem_io(self.storage.flush(file)),

@@ -536,6 +536,7 @@ impl Executor {
                 base_available,
                 cache_bytes: options.cache_bytes,
                 storage_zero_init: true,
+                copy_on_read: None,
             },
         ));
         let mut executor = Executor {
@@ -1003,6 +1004,28 @@ fn start_command(f: &mut FvdState, pool: &mut Pool, mode: GuestBuffers, command:
                     Some(buf) => zero(&mut lock(&buf), offset, len),
                     None => Err(IoError::Failed),
                 },
+            };
+            f.engine.complete(id, result);
+            return true;
+        }
+        Op::Copy { from, into, len } => {
+            let read = |f: &mut FvdState, b: Buffer| -> Option<Vec<u8>> {
+                match b {
+                    Buffer::Engine { offset } => f.engine.memory().get(offset..offset + len).map(<[u8]>::to_vec),
+                    Buffer::Guest { request, offset } => {
+                        guest_buf(f, request).and_then(|buf| lock(&buf).get(offset..offset + len).map(<[u8]>::to_vec))
+                    }
+                }
+            };
+            let result = match read(f, from) {
+                Some(data) => {
+                    let landing = match into {
+                        Buffer::Engine { offset } => Landing::Engine(offset),
+                        Buffer::Guest { request, offset } => Landing::Guest(request, offset),
+                    };
+                    land(f, landing, &data)
+                }
+                None => Err(IoError::Failed),
             };
             f.engine.complete(id, result);
             return true;

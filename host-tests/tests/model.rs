@@ -252,6 +252,7 @@ struct Case {
     errors: u32,
     batches: Vec<Vec<Op>>,
     virtual_size: u64,
+    copy_on_read: bool,
 }
 
 fn run_case(case: Case) -> Result<(), TestCaseError> {
@@ -264,6 +265,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
         errors,
         batches,
         virtual_size,
+        copy_on_read,
     } = case;
 
     let (storage, initial) = build(kind, virtual_size, block);
@@ -272,6 +274,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
         shuffle_seed: Some(seed),
         max_pending,
         error_per_mille: errors,
+        copy_on_read: Some(copy_on_read),
         ..Default::default()
     };
     let mut model = Model::new(&initial);
@@ -480,10 +483,18 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         any::<u64>(),
         1usize..24,
         errors,
-        virtual_size,
+        (virtual_size, any::<bool>()),
     )
         .prop_flat_map(
-            |(kind, block, cache_pages, seed, max_pending, errors, virtual_size)| {
+            |(
+                kind,
+                block,
+                cache_pages,
+                seed,
+                max_pending,
+                errors,
+                (virtual_size, copy_on_read),
+            )| {
                 let ops = prop::collection::vec(
                     prop::collection::vec(op_strategy(virtual_size / 512), 1..8),
                     1..10,
@@ -497,6 +508,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     errors,
                     batches,
                     virtual_size,
+                    copy_on_read,
                 })
             },
         )

@@ -9,6 +9,7 @@
 mod bounce;
 mod cache;
 mod commit;
+mod fill;
 mod meta;
 mod open;
 mod requests;
@@ -65,6 +66,12 @@ pub struct Stats {
     pub cow_reads: u64,
     /// Physical chunks allocated (reused ones included).
     pub chunks_allocated: u64,
+    /// Copy-on-read fills started.
+    pub cor_fills: u64,
+    /// Copy-on-read fills that wrote their block into the image.
+    pub cor_fills_done: u64,
+    /// Copy-on-read fills dropped because a guest write reached the block first.
+    pub cor_fills_cancelled: u64,
 }
 
 /// How the host opens an image.
@@ -83,6 +90,9 @@ pub struct OpenOptions {
     pub cache_bytes: usize,
     /// Space the host adds with [`Op::SetLength`] reads as zeros (true for files).
     pub storage_zero_init: bool,
+    /// Copy-on-read: `None` follows the header's `copy_on_read`. Only a writable image
+    /// with a base that is still read copies on read.
+    pub copy_on_read: Option<bool>,
 }
 
 /// The engine. `M` is its memory; `PAGES` bounds the number of cache pages.
@@ -126,6 +136,12 @@ pub struct Engine<M, const PAGES: usize = 256> {
     dirty_since_ms: Option<u64>,
     /// The header's `journal_clean_buf_period`: longest time metadata stays uncommitted (0 = until flush).
     clean_period_ms: u64,
+    /// Copy-on-read is active for this open.
+    copy_on_read: bool,
+    /// Most copy-on-read bytes in flight.
+    cor_cap: u64,
+    /// Copy-on-read bytes in flight.
+    fill_bytes: u64,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -162,6 +178,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             now_ms: 0,
             dirty_since_ms: None,
             clean_period_ms: 0,
+            copy_on_read: false,
+            cor_cap: 0,
+            fill_bytes: 0,
         };
         engine.pump();
         engine
@@ -242,6 +261,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Copy-on-write bounce slots (valid once the header has been read).
     pub fn bounce_slots(&self) -> usize {
         self.bounce.capacity()
+    }
+
+    /// True when copy-on-read is active for this open.
+    pub fn copy_on_read(&self) -> bool {
+        self.copy_on_read
     }
 
     /// Requests submitted and not yet completed.

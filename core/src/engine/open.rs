@@ -269,6 +269,21 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             return self.fail_open(OpenError::BaseMissing);
         }
         self.clean_period_ms = self.header_bytes_raw().journal_clean_buf_period.get();
+        self.copy_on_read = self.options.copy_on_read.unwrap_or(layout.copy_on_read)
+            && self.options.writable
+            && self.options.base_available
+            && !layout.base_fully_prefetched
+            && layout.base.is_some();
+        // As in 2011: a cap below two blocks would starve copy-on-read; use one block then.
+        let cap = self
+            .header_bytes_raw()
+            .max_outstanding_copy_on_read_data
+            .get();
+        self.cor_cap = if cap < 2 * layout.block_size {
+            layout.block_size
+        } else {
+            cap
+        };
         let has_metadata = layout.base.is_some() || layout.table.is_some();
         if !layout.clean_shutdown
             && layout.journal.is_none()

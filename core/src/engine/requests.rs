@@ -14,14 +14,18 @@ use crate::units::SECTOR_SIZE;
 pub(crate) enum Kind {
     Read,
     Write,
-    Zeroes { unmap: bool },
+    Zeroes {
+        unmap: bool,
+    },
     Flush,
     Map,
+    /// A copy-on-read fill (internal: no completion event).
+    Fill,
 }
 
 impl Kind {
-    fn writes(self) -> bool {
-        matches!(self, Kind::Write | Kind::Zeroes { .. })
+    pub(crate) fn writes(self) -> bool {
+        matches!(self, Kind::Write | Kind::Zeroes { .. } | Kind::Fill)
     }
 }
 
@@ -44,6 +48,8 @@ pub(crate) enum State {
     Apply,
     /// Waits for a commit that starts after it.
     Flush,
+    /// A copy-on-read fill reads its block from the base.
+    FillRead,
 }
 
 /// A piece of a block copied from the base through a bounce slot.
@@ -57,8 +63,8 @@ pub(crate) struct CowPart {
 /// The part of a write being carried out now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Segment {
-    start: u64,
-    end: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
     /// Data-storage offset of guest byte `origin_guest`; guest bytes map linearly from it.
     origin_guest: u64,
     origin_phys: u64,
@@ -102,14 +108,15 @@ pub(crate) struct RequestSlot {
     pub(crate) seq: u64,
     pub(crate) kind: Kind,
     pub(crate) state: State,
-    start: u64,
-    end: u64,
-    cursor: u64,
-    outstanding: u16,
-    error: Option<RequestError>,
-    seg: Segment,
-    pins: [Option<u16>; 2],
-    claim: Option<u64>,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) cursor: u64,
+    pub(crate) outstanding: u16,
+    pub(crate) error: Option<RequestError>,
+    pub(crate) seg: Segment,
+    pub(crate) pins: [Option<u16>; 2],
+    pub(crate) claim: Option<u64>,
+    pub(crate) fill: super::fill::FillInfo,
 }
 
 impl RequestSlot {
@@ -126,6 +133,7 @@ impl RequestSlot {
         seg: Segment::NONE,
         pins: [None; 2],
         claim: None,
+        fill: super::fill::FillInfo::NONE,
     };
 
     fn lock_range(&self, unit: u64) -> (u64, u64) {
@@ -180,8 +188,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             Kind::Read => State::Reading,
             Kind::Map => State::Mapping,
             Kind::Flush => State::Flush,
-            Kind::Write | Kind::Zeroes { .. } => State::Blocked,
+            Kind::Write | Kind::Zeroes { .. } | Kind::Fill => State::Blocked,
         };
+        if kind.writes() {
+            self.cancel_fills(start, end);
+        }
         self.requests[slot] = RequestSlot {
             generation,
             seq,
@@ -210,9 +221,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Completes request `slot` with `result` and frees it.
     pub(crate) fn finish(&mut self, slot: usize, result: Result<Reply, RequestError>) {
         self.release(slot);
-        let id = self.id_of(slot);
-        self.events.push(Event::Completed { id, result });
-        self.requests[slot].state = State::Done;
+        if self.requests[slot].kind == Kind::Fill {
+            self.fill_finished(slot, result.is_ok());
+            self.requests[slot].state = State::Free;
+        } else {
+            let id = self.id_of(slot);
+            self.events.push(Event::Completed { id, result });
+            self.requests[slot].state = State::Done;
+        }
         if let Some(pos) = self.request_order[..self.active_requests]
             .iter()
             .position(|&s| usize::from(s) == slot)
@@ -223,7 +239,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
     }
 
-    fn release(&mut self, slot: usize) {
+    pub(crate) fn release(&mut self, slot: usize) {
         let r = &mut self.requests[slot];
         let pins = core::mem::take(&mut r.pins);
         let seg = core::mem::replace(&mut r.seg, Segment::NONE);
@@ -319,7 +335,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             self.finish(slot, Err(RequestError::Failed));
             return true;
         }
+        let r = &self.requests[slot];
+        if r.kind == Kind::Fill
+            && r.fill.cancelled
+            && r.outstanding == 0
+            && matches!(r.state, State::Blocked | State::Plan)
+        {
+            self.finish(slot, Err(RequestError::Failed));
+            return true;
+        }
         match self.requests[slot].state {
+            State::FillRead => self.step_fill_read(slot),
             State::Reading => self.step_read(slot),
             State::Mapping => self.step_map(slot),
             State::Blocked => self.step_blocked(slot),
@@ -396,6 +422,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     continue;
                 }
             };
+            if run.mapping == Mapping::Base && self.copy_on_read {
+                if let Some(taken) = self.start_fill(slot, run.offset, run.len) {
+                    let r = &mut self.requests[slot];
+                    r.cursor += taken;
+                    r.outstanding += 1;
+                    moved = true;
+                    continue;
+                }
+            }
             let into = Buffer::Guest {
                 request: self.id_of(slot),
                 offset: (run.offset - r.start) as usize,
@@ -435,7 +470,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             .any(|&other| {
                 let o = &self.requests[usize::from(other)];
                 let (olo, ohi) = o.lock_range(unit);
-                o.seq < me.seq && o.kind.writes() && olo < hi && lo < ohi
+                o.seq < me.seq && o.kind.writes() && !o.fill.cancelled && olo < hi && lo < ohi
             });
         if blocked {
             return false;
@@ -449,6 +484,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         if r.cursor >= r.end {
             self.finish(slot, Ok(Reply::Done));
             return true;
+        }
+        if r.kind == Kind::Fill {
+            match self.fill_still_wanted(slot) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.finish(slot, Err(RequestError::Failed));
+                    return true;
+                }
+                Err(stall) => return stall != Stall::Wait && self.fail_fill(slot),
+            }
         }
         match self.plan_segment(slot) {
             Ok(()) => {
@@ -639,6 +684,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             let len = seg.end - seg.start;
             let op = match r.kind {
                 Kind::Zeroes { unmap } => Op::WriteZeroes { offset, len, unmap },
+                Kind::Fill => Op::Write {
+                    offset,
+                    len: len as usize,
+                    from: Buffer::Engine {
+                        offset: r.fill.bounce + (seg.start - r.start) as usize,
+                    },
+                },
                 _ => Op::Write {
                     offset,
                     len: len as usize,

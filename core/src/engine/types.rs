@@ -101,6 +101,16 @@ pub enum Op {
         /// Bytes.
         len: usize,
     },
+    /// Copy `len` bytes from `from` to `into` (no file I/O; complete it at once). Used to
+    /// hand base data read for copy-on-read to the guest read that wanted it.
+    Copy {
+        /// Source.
+        from: Buffer,
+        /// Destination.
+        into: Buffer,
+        /// Bytes.
+        len: usize,
+    },
     /// Make every completed write to the file durable.
     Flush,
     /// Set the file's length to `len` bytes (new bytes read as zeros).
