@@ -146,6 +146,7 @@ where
             cache_bytes,
             storage_zero_init: false,
             copy_on_read: None,
+            prefetch: PrefetchMode::Off,
         };
         let engine = Engine::open(memory, options);
         let mut disk = BlockingDisk {

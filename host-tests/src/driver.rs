@@ -25,6 +25,8 @@ pub struct DriverOptions {
     pub max_pending: usize,
     /// Copy-on-read override (`None`: the header's default).
     pub copy_on_read: Option<bool>,
+    /// Whole-image prefetch (runs only while the host passes time in).
+    pub prefetch: PrefetchMode,
 }
 
 impl Default for DriverOptions {
@@ -37,6 +39,7 @@ impl Default for DriverOptions {
             error_per_mille: 0,
             max_pending: 1,
             copy_on_read: None,
+            prefetch: PrefetchMode::Off,
         }
     }
 }
@@ -105,6 +108,7 @@ impl<S: Storage> Driver<S> {
                 cache_bytes: options.cache_bytes,
                 storage_zero_init: true,
                 copy_on_read: options.copy_on_read,
+                prefetch: options.prefetch,
             },
         );
         let mut driver = Driver {
@@ -139,6 +143,12 @@ impl<S: Storage> Driver<S> {
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), DriverError> {
         self.engine.handle_timeout(now_ms);
         self.run_until_idle()
+    }
+
+    /// Passes the host's clock (ms) to the engine without performing anything (a host that
+    /// is busy elsewhere).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.engine.handle_timeout(now_ms);
     }
 
     /// The engine (for layout and header queries).

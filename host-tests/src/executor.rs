@@ -537,6 +537,7 @@ impl Executor {
                 cache_bytes: options.cache_bytes,
                 storage_zero_init: true,
                 copy_on_read: None,
+                prefetch: fvd_core::engine::PrefetchMode::Off,
             },
         ));
         let mut executor = Executor {

@@ -128,6 +128,7 @@ impl Manual {
             cache_bytes: 64 * 512,
             storage_zero_init: true,
             copy_on_read: Some(true),
+            prefetch: PrefetchMode::Off,
         };
         let engine = Engine::open(
             vec![0u8; HEADER_AREA + SCRATCH_AREA + 64 * 512 + (1 << 20)],

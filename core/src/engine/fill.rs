@@ -14,6 +14,17 @@ use super::slots::Owner;
 use super::types::*;
 use super::{Engine, MAX_REQUESTS};
 
+/// What became of an attempt to start a fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FillStart {
+    /// Started; carries the bytes of the requested run it covers.
+    Started(u64),
+    /// A write touches the block (or the base is gone): it will not come from the base.
+    Busy,
+    /// No memory, slot or budget now: try again later.
+    NoRoom,
+}
+
 /// The guest read waiting for part of a fill's block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Reader {
@@ -32,6 +43,8 @@ pub(crate) struct FillInfo {
     /// Memory offset of the bounce slot holding the block.
     pub(crate) bounce: usize,
     reader: Option<Reader>,
+    /// Started by whole-image prefetch (no reader).
+    pub(crate) prefetch: bool,
     copy_issued: bool,
     /// A guest write reached the block before the fill started writing.
     pub(crate) cancelled: bool,
@@ -41,6 +54,7 @@ impl FillInfo {
     pub(crate) const NONE: FillInfo = FillInfo {
         bounce: 0,
         reader: None,
+        prefetch: false,
         copy_issued: false,
         cancelled: false,
     };
@@ -49,19 +63,24 @@ impl FillInfo {
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Tries to serve the base run `[offset, offset + len)` of read `reader` through a fill
     /// of the block holding `offset`. Returns the bytes of the run it took on.
-    pub(crate) fn start_fill(&mut self, reader: usize, offset: u64, len: u64) -> Option<u64> {
-        let layout = self.layout?;
-        let base = self.live_base()?;
+    pub(crate) fn start_fill(&mut self, reader: Option<usize>, offset: u64, len: u64) -> FillStart {
+        let (Some(layout), Some(base)) = (self.layout, self.live_base()) else {
+            return FillStart::Busy;
+        };
         let bs = layout.block_size;
         let block_start = offset / bs * bs;
         let block_end = (block_start + bs).min(base.size);
         let piece = (offset + len).min(block_end) - offset;
         let bytes = block_end - block_start;
-        if self.fill_bytes + bytes > self.cor_cap || self.commands.free() < 2 {
-            return None;
-        }
-        if self.active_requests + self.events.len() + 1 >= MAX_REQUESTS {
-            return None;
+        let over_cap = match reader {
+            Some(_) => self.fill_bytes + bytes > self.cor_cap,
+            None => !self.prefetch.has_room(bytes),
+        };
+        if over_cap
+            || self.commands.free() < 2
+            || self.active_requests + self.events.len() + 1 >= MAX_REQUESTS
+        {
+            return FillStart::NoRoom;
         }
         // Never while a write (or another fill) touches the block.
         let busy = self.request_order[..self.active_requests].iter().any(|&o| {
@@ -72,10 +91,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 && block_start < r.end.div_ceil(bs) * bs
         });
         if busy {
-            return None;
+            return FillStart::Busy;
         }
-        let slot = self.requests.iter().position(|r| r.state == State::Free)?;
-        let bounce = self.bounce.take()?;
+        let Some(slot) = self.requests.iter().position(|r| r.state == State::Free) else {
+            return FillStart::NoRoom;
+        };
+        let Some(bounce) = self.bounce.take() else {
+            return FillStart::NoRoom;
+        };
         let op = Op::Read {
             offset: block_start,
             len: bytes as usize,
@@ -86,11 +109,20 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             .emit(Owner::Request(slot as u16), FileId::Base, op)
         {
             self.bounce.give_back(bounce);
-            return None;
+            return FillStart::NoRoom;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let reader_slot = &self.requests[reader];
+        let reader = reader.map(|reader| {
+            let reader_slot = &self.requests[reader];
+            Reader {
+                slot: reader as u16,
+                generation: reader_slot.generation,
+                guest_offset: (offset - reader_slot.start) as usize,
+                delta: (offset - block_start) as usize,
+                len: piece as usize,
+            }
+        });
         self.requests[slot] = RequestSlot {
             generation: self.requests[slot].generation.wrapping_add(1),
             seq,
@@ -102,13 +134,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             outstanding: 1,
             fill: FillInfo {
                 bounce,
-                reader: Some(Reader {
-                    slot: reader as u16,
-                    generation: reader_slot.generation,
-                    guest_offset: (offset - reader_slot.start) as usize,
-                    delta: (offset - block_start) as usize,
-                    len: piece as usize,
-                }),
+                reader,
+                prefetch: reader.is_none(),
                 copy_issued: false,
                 cancelled: false,
             },
@@ -116,9 +143,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         self.request_order[self.active_requests] = slot as u16;
         self.active_requests += 1;
-        self.fill_bytes += bytes;
-        self.stats.cor_fills += 1;
-        Some(piece)
+        match reader {
+            Some(_) => {
+                self.fill_bytes += bytes;
+                self.stats.cor_fills += 1;
+            }
+            None => self.prefetch.started(bytes),
+        }
+        FillStart::Started(piece)
     }
 
     /// Base read, then the reader's copy; then the fill becomes a write (or ends).
@@ -216,9 +248,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     pub(crate) fn fill_finished(&mut self, slot: usize, wrote: bool) {
         let r = self.requests[slot];
         self.bounce.give_back(r.fill.bounce);
-        self.fill_bytes = self.fill_bytes.saturating_sub(r.end - r.start);
-        if wrote {
-            self.stats.cor_fills_done += 1;
+        if r.fill.prefetch {
+            self.prefetch.finished(r.end - r.start, wrote);
+            if wrote {
+                self.stats.prefetched_blocks += 1;
+            }
+        } else {
+            self.fill_bytes = self.fill_bytes.saturating_sub(r.end - r.start);
+            if wrote {
+                self.stats.cor_fills_done += 1;
+            }
         }
         if let Some(pos) = self.request_order[..self.active_requests]
             .iter()

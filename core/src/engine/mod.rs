@@ -12,11 +12,13 @@ mod commit;
 mod fill;
 mod meta;
 mod open;
+mod prefetch;
 mod requests;
 mod slots;
 mod types;
 
 pub use cache::PAGE_BYTES;
+pub use prefetch::{PrefetchMode, PrefetchProgress, PrefetchState};
 pub use types::*;
 
 use crate::format::ImageLayout;
@@ -72,6 +74,8 @@ pub struct Stats {
     pub cor_fills_done: u64,
     /// Copy-on-read fills dropped because a guest write reached the block first.
     pub cor_fills_cancelled: u64,
+    /// Blocks copied in by whole-image prefetch.
+    pub prefetched_blocks: u64,
 }
 
 /// How the host opens an image.
@@ -93,6 +97,8 @@ pub struct OpenOptions {
     /// Copy-on-read: `None` follows the header's `copy_on_read`. Only a writable image
     /// with a base that is still read copies on read.
     pub copy_on_read: Option<bool>,
+    /// Whole-image prefetch.
+    pub prefetch: PrefetchMode,
 }
 
 /// The engine. `M` is its memory; `PAGES` bounds the number of cache pages.
@@ -142,6 +148,7 @@ pub struct Engine<M, const PAGES: usize = 256> {
     cor_cap: u64,
     /// Copy-on-read bytes in flight.
     fill_bytes: u64,
+    prefetch: prefetch::Prefetch,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -181,6 +188,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             copy_on_read: false,
             cor_cap: 0,
             fill_bytes: 0,
+            prefetch: prefetch::Prefetch::OFF,
         };
         engine.pump();
         engine
@@ -277,20 +285,31 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Used for the header's `journal_clean_buf_period`: metadata changes are committed
     /// at the latest that long after they were made, even without a guest flush.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match (self.dirty_since_ms, self.clean_period_ms) {
+        let clean = match (self.dirty_since_ms, self.clean_period_ms) {
             (Some(since), period) if period > 0 => Some(since.saturating_add(period)),
             _ => None,
+        };
+        let prefetch = if self.is_open() {
+            self.prefetch.deadline()
+        } else {
+            None
+        };
+        match (clean, prefetch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        if self
-            .poll_timeout()
-            .is_some_and(|deadline| self.now_ms >= deadline)
-        {
+        let clean_due = matches!((self.dirty_since_ms, self.clean_period_ms),
+            (Some(since), period) if period > 0 && self.now_ms >= since.saturating_add(period));
+        if clean_due {
             self.commit.wanted = true;
+        }
+        if self.is_open() {
+            self.prefetch.on_time(self.now_ms);
         }
         self.pump();
     }
@@ -312,6 +331,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             Owner::Lifecycle => self.lifecycle_done(op, result),
             Owner::Alloc => self.alloc_done(op, result),
             Owner::Overlay => self.overlay_done(result),
+            Owner::Prefetch => self.prefetch_done(result),
         }
     }
 

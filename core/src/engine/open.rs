@@ -184,7 +184,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 None => false,
             },
             Lifecycle::ScanTable { page, window } => self.step_scan_table(page, window),
-            Lifecycle::Open => self.step_pending_alloc() | self.step_overlay(),
+            Lifecycle::Open => {
+                self.step_pending_alloc() | self.step_overlay() | self.step_prefetch()
+            }
             Lifecycle::Closing => {
                 if self.active_requests > 0
                     || self.commit.in_window()
@@ -274,6 +276,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             && self.options.base_available
             && !layout.base_fully_prefetched
             && layout.base.is_some();
+        if self.options.writable
+            && self.options.base_available
+            && layout.base.is_some()
+            && !layout.base_fully_prefetched
+        {
+            self.prefetch = super::prefetch::Prefetch::configure(
+                self.header_bytes_raw(),
+                layout.block_size,
+                self.options.prefetch,
+            );
+        }
         // As in 2011: a cap below two blocks would starve copy-on-read; use one block then.
         let cap = self
             .header_bytes_raw()

@@ -423,7 +423,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 }
             };
             if run.mapping == Mapping::Base && self.copy_on_read {
-                if let Some(taken) = self.start_fill(slot, run.offset, run.len) {
+                if let super::fill::FillStart::Started(taken) =
+                    self.start_fill(Some(slot), run.offset, run.len)
+                {
                     let r = &mut self.requests[slot];
                     r.cursor += taken;
                     r.outstanding += 1;

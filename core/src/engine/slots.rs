@@ -21,6 +21,8 @@ pub enum Owner {
     Alloc,
     /// Journal reads laid over pages of a read-only dirty image.
     Overlay,
+    /// Marking the header fully prefetched.
+    Prefetch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
