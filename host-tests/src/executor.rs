@@ -1012,10 +1012,13 @@ fn start_command(f: &mut FvdState, pool: &mut Pool, mode: GuestBuffers, command:
         Op::Copy { from, into, len } => {
             let read = |f: &mut FvdState, b: Buffer| -> Option<Vec<u8>> {
                 match b {
-                    Buffer::Engine { offset } => f.engine.memory().get(offset..offset + len).map(<[u8]>::to_vec),
-                    Buffer::Guest { request, offset } => {
-                        guest_buf(f, request).and_then(|buf| lock(&buf).get(offset..offset + len).map(<[u8]>::to_vec))
-                    }
+                    Buffer::Engine { offset } => f
+                        .engine
+                        .memory()
+                        .get(offset..offset + len)
+                        .map(<[u8]>::to_vec),
+                    Buffer::Guest { request, offset } => guest_buf(f, request)
+                        .and_then(|buf| lock(&buf).get(offset..offset + len).map(<[u8]>::to_vec)),
                 }
             };
             let result = match read(f, from) {

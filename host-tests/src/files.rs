@@ -233,7 +233,8 @@ fn name_of(field: &[u8]) -> Option<String> {
 }
 
 /// Opens the base named by an image's header: a raw file or (by format or magic) an FVD
-/// image, read-only, recursively.
+/// image, read-only, recursively. A fully prefetched image never reads its base, which
+/// need not exist any more (FORMAT.md §7): it is not opened.
 fn open_base(
     image: &Path,
     header: &RawHeader,
@@ -243,6 +244,9 @@ fn open_base(
     let Some(name) = name_of(&header.base_img) else {
         return Ok(None);
     };
+    if header.base_img_fully_prefetched.get() == 1 {
+        return Ok(None);
+    }
     let path = resolve_relative(image, &name);
     let format = name_field(&header.base_img_fmt).unwrap_or_default();
     let io_err = |source| ImageOpenError::Io {

@@ -19,6 +19,7 @@ pub mod io;
 pub mod map;
 pub mod options;
 pub mod output;
+pub mod prefetch;
 pub mod size;
 pub mod update;
 pub mod writer;
@@ -68,6 +69,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Rewrite header fields in place: update [-f fvd] FILE KEY=VAL...
     Update(update::UpdateArgs),
+    /// Copy every base block into the image now: prefetch [-r RATE] [-q] FILE
+    Prefetch(prefetch::PrefetchArgs),
 }
 
 impl Command {
@@ -83,6 +86,7 @@ impl Command {
             Command::Map(args) => map::run(args, out),
             Command::Check(args) => check::run(args, out),
             Command::Update(args) => update::run(args, out),
+            Command::Prefetch(args) => prefetch::run(args, out),
         }
     }
 }

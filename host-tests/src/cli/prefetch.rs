@@ -1,0 +1,120 @@
+//! `fvd-img prefetch`: copy every block still in the base into the image now, with the
+//! engine's adaptive prefetch, a progress bar and an optional rate limit; afterwards the
+//! image no longer needs its base. Time for the engine comes from a monotonic clock.
+
+use super::error::CliError;
+use super::size::{human_size, parse_size};
+use crate::driver::DriverOptions;
+use crate::files::open_image;
+use clap::Args;
+use fvd_core::engine::{PrefetchMode, PrefetchState};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Arguments of `fvd-img prefetch`.
+#[derive(Args, Debug, Clone)]
+pub struct PrefetchArgs {
+    /// Format of FILE (only fvd)
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Most bytes per second read from the base (size suffixes: 10M = 10 MiB/s)
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    pub rate: Option<String>,
+    /// No progress bar or summary
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// The image
+    pub file: PathBuf,
+}
+
+/// Runs `fvd-img prefetch`.
+pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(format) = args.format.as_deref().filter(|f| *f != "fvd") {
+        return Err(CliError::Usage(format!(
+            "prefetch works on fvd images, not '{format}'"
+        )));
+    }
+    let max_read_kib_s = match &args.rate {
+        Some(rate) => {
+            let bytes = parse_size(rate)
+                .map_err(|e| CliError::Usage(format!("invalid rate '{rate}': {e}")))?;
+            if bytes < 1024 {
+                return Err(CliError::Usage(format!("rate '{rate}' is below 1 KiB/s")));
+            }
+            Some(bytes / 1024)
+        }
+        None => None,
+    };
+    let options = DriverOptions {
+        prefetch: PrefetchMode::Now { max_read_kib_s },
+        ..DriverOptions::default()
+    };
+    let mut driver = open_image(&args.file, options).map_err(|e| CliError::Image(e.to_string()))?;
+    let progress = driver.engine().prefetch_progress();
+    if progress.state == PrefetchState::Off {
+        let prefetched = driver
+            .engine()
+            .layout()
+            .is_some_and(|l| l.base_fully_prefetched);
+        driver.close().map_err(|e| CliError::Image(e.to_string()))?;
+        if prefetched {
+            if !args.quiet {
+                writeln!(out, "Image is already fully prefetched.").map_err(CliError::Output)?;
+            }
+            return Ok(());
+        }
+        return Err(CliError::Image(format!(
+            "'{}' has no base image to prefetch",
+            args.file.display()
+        )));
+    }
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(progress.blocks);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let start = Instant::now();
+    loop {
+        let now = start.elapsed().as_millis() as u64;
+        driver
+            .handle_timeout(now)
+            .map_err(|e| CliError::Image(format!("prefetch failed: {e}")))?;
+        let progress = driver.engine().prefetch_progress();
+        bar.set_position(progress.cursor.min(progress.blocks));
+        bar.set_message(format!("{:?}", progress.state).to_lowercase());
+        match progress.state {
+            PrefetchState::Done => break,
+            PrefetchState::Off => {
+                return Err(CliError::Image(
+                    "prefetch stopped after an I/O error".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        // Sleep until the engine wants time again (a rate window or a back-off pause).
+        if let Some(deadline) = driver.engine().poll_timeout() {
+            let wait = deadline.saturating_sub(start.elapsed().as_millis() as u64);
+            std::thread::sleep(Duration::from_millis(wait.clamp(1, 200)));
+        }
+    }
+    bar.finish_and_clear();
+    let copied = driver.engine().stats().prefetched_blocks;
+    let block = driver.engine().layout().map_or(0, |l| l.block_size);
+    driver.close().map_err(|e| CliError::Image(e.to_string()))?;
+    if !args.quiet {
+        writeln!(
+            out,
+            "Prefetched {copied} blocks ({}) in {:.1} s; the image no longer needs its base.",
+            human_size(copied * block),
+            start.elapsed().as_secs_f64()
+        )
+        .map_err(CliError::Output)?;
+    }
+    Ok(())
+}
