@@ -6,7 +6,7 @@
 //! which overlays it) and must hold every write acknowledged before the last completed
 //! flush, and nothing but old or new data anywhere else.
 
-use fvd_core::engine::{Request, RequestId};
+use fvd_core::engine::{PrefetchMode, Request, RequestId};
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
 use fvd_host::driver::{Driver, DriverOptions};
 use fvd_host::memstore::{MemFile, MemStorage};
@@ -17,6 +17,10 @@ const SECTOR: usize = 512;
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
+    Read {
+        sector: u64,
+        sectors: u64,
+    },
     Write {
         sector: u64,
         sectors: u64,
@@ -34,6 +38,8 @@ struct Scenario {
     base: Option<Vec<u8>>,
     batches: Vec<Vec<Op>>,
     cache_pages: usize,
+    /// Copy-on-read and whole-image prefetch run alongside the workload.
+    background_copies: bool,
 }
 
 fn fill(pattern: u8, sectors: u64) -> Vec<u8> {
@@ -53,9 +59,20 @@ fn fresh(s: &Scenario) -> MemStorage {
 }
 
 fn driver_options(s: &Scenario, writable: bool) -> DriverOptions {
+    let (copy_on_read, prefetch) = match (s.background_copies, writable) {
+        (true, true) => (
+            Some(true),
+            PrefetchMode::Now {
+                max_read_kib_s: Some(64),
+            },
+        ),
+        _ => (Some(false), PrefetchMode::Off),
+    };
     DriverOptions {
         writable,
         cache_bytes: s.cache_pages * 512,
+        copy_on_read,
+        prefetch,
         ..Default::default()
     }
 }
@@ -75,7 +92,9 @@ fn run(s: &Scenario, cut: Option<u64>) -> (MemStorage, Vec<Trace>, u64) {
     let start = driver.commands_run;
     let mut trace: Vec<Trace> = Vec::new();
     let reached = |d: &Driver<MemStorage>| cut.is_some_and(|c| d.commands_run - start >= c);
-    'batches: for batch in &s.batches {
+    'batches: for (round, batch) in s.batches.iter().enumerate() {
+        // Time passes between batches: prefetch (capped) copies a little each time.
+        driver.tick(round as u64 * 100);
         let mut ids: Vec<(usize, RequestId)> = Vec::new();
         for op in batch {
             let (request, buffer) = match *op {
@@ -98,6 +117,13 @@ fn run(s: &Scenario, cut: Option<u64>) -> (MemStorage, Vec<Trace>, u64) {
                     Vec::new(),
                 ),
                 Op::Flush => (Request::Flush, Vec::new()),
+                Op::Read { sector, sectors } => (
+                    Request::Read {
+                        offset: sector * 512,
+                        len: sectors * 512,
+                    },
+                    vec![0; sectors as usize * SECTOR],
+                ),
             };
             let id = driver.submit(request, buffer).unwrap();
             trace.push(Trace {
@@ -124,6 +150,13 @@ fn run(s: &Scenario, cut: Option<u64>) -> (MemStorage, Vec<Trace>, u64) {
         }
     }
     let total = driver.commands_run - start;
+    if s.background_copies && cut.is_none() {
+        let stats = driver.engine().stats();
+        assert!(
+            stats.cor_fills_done > 0 && stats.prefetched_blocks > 0,
+            "copy-on-read and prefetch must run: {stats:?}"
+        );
+    }
     (driver.into_storage(), trace, total)
 }
 
@@ -152,7 +185,7 @@ fn allowed(s: &Scenario, trace: &[Trace]) -> Vec<HashSet<Vec<u8>>> {
             pattern,
         } => Some((sector, fill(pattern, sectors))),
         Op::Zeroes { sector, sectors } => Some((sector, vec![0; sectors as usize * SECTOR])),
-        Op::Flush => None,
+        Op::Flush | Op::Read { .. } => None,
     };
     for t in trace.iter().filter(|t| certain(t)) {
         if let Some((sector, data)) = data_of(&t.op) {
@@ -306,7 +339,14 @@ fn workload(seed: u64, sectors: u64, batches: usize) -> Vec<Vec<Op>> {
             let len = 1 + next(4) as usize;
             (0..len)
                 .map(|_| match next(10) {
-                    0 | 1 => Op::Flush,
+                    0 => Op::Flush,
+                    1 => {
+                        let sector = next(sectors - 1);
+                        Op::Read {
+                            sector,
+                            sectors: 1 + next((sectors - sector).min(40)),
+                        }
+                    }
                     2 => {
                         let sector = next(sectors - 1);
                         Op::Zeroes {
@@ -354,8 +394,34 @@ fn flushed_writes_survive_a_cut_at_every_command_of_a_compact_cow_image() {
         base: Some(base(700 * 1024)),
         batches: workload(7, MIB / 512, 14),
         cache_pages: 4,
+        background_copies: false,
     };
     sweep(&s, 1);
+}
+
+#[test]
+fn flushed_writes_survive_cuts_while_copy_on_read_and_prefetch_run() {
+    let s = Scenario {
+        options: CreateOptions {
+            virtual_size: MIB,
+            compact_image: true,
+            chunk_size: Some(16384),
+            storage_grow_unit: Some(65536),
+            block_size: Some(4096),
+            journal_size: Some(8192),
+            base: Some(BaseSpec {
+                name: b"base",
+                format: b"raw",
+                size: 900 * 1024,
+            }),
+            ..Default::default()
+        },
+        base: Some(base(900 * 1024)),
+        batches: workload(5, MIB / 512, 12),
+        cache_pages: 6,
+        background_copies: true,
+    };
+    sweep(&s, 3);
 }
 
 #[test]
@@ -373,6 +439,7 @@ fn flushed_writes_survive_a_cut_at_every_command_of_a_compact_image_with_a_data_
         base: None,
         batches: workload(11, MIB / 512, 12),
         cache_pages: 4,
+        background_copies: false,
     };
     sweep(&s, 1);
 }
@@ -393,6 +460,7 @@ fn flushed_writes_survive_a_cut_at_every_command_of_a_cow_image() {
         base: Some(base(MIB as usize)),
         batches: workload(3, MIB / 512, 8),
         cache_pages: 64,
+        background_copies: false,
     };
     sweep(&s, 1);
 }
@@ -417,6 +485,7 @@ fn flushed_writes_survive_cuts_in_a_long_workload() {
         base: Some(base(2 * MIB as usize)),
         batches: workload(99, 2 * MIB / 512, 80),
         cache_pages: 6,
+        background_copies: false,
     };
     sweep(&s, 37);
 }
