@@ -7,6 +7,7 @@ use super::error::CliError;
 use super::image_format::ImageFormat;
 use super::options::{help_text, parse_options, OptionKind, OptionSpec, ParsedOptions};
 use super::size::parse_size;
+use super::sparse;
 use super::writer::{stage_empty, stage_image, Staged};
 use clap::Args;
 use fvd_core::format::RawHeader;
@@ -53,7 +54,7 @@ pub struct CreateArgs {
 }
 
 /// The `-o` options of `create -f fvd`.
-pub const FVD_CREATE_OPTIONS: [OptionSpec; 12] = [
+pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
     OptionSpec {
         name: "backing_file",
         kind: OptionKind::Str,
@@ -115,6 +116,12 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 12] = [
         kind: OptionKind::Bool,
         help: "Refuse data storage whose never-written areas may not read as zeros (default off)",
     },
+    OptionSpec {
+        name: "detect_sparse_hole",
+        kind: OptionKind::Bool,
+        help: "Scan the base and mark its all-zero blocks as in the image, so they are never \
+               read from the base (needs a base; sets need_zero_init; default off)",
+    },
 ];
 
 /// Runs `fvd-img create`, writing the `Formatting` line (or the `-o help` listing) to `out`.
@@ -155,6 +162,7 @@ struct FvdRequest {
     prefetch_start_delay: i64,
     data_file: Option<(OsString, String)>,
     need_zero_init: bool,
+    detect_sparse_hole: bool,
 }
 
 impl FvdRequest {
@@ -243,6 +251,25 @@ impl FvdRequest {
             (None, None) => None,
         };
 
+        // Zero detection marks base blocks local without writing them: they must read as
+        // zeros from never-written storage, which is what need_zero_init promises.
+        let detect_sparse_hole = opts.take_bool("detect_sparse_hole").unwrap_or(false);
+        let need_zero_init = opts.take_bool("need_zero_init");
+        if detect_sparse_hole {
+            if backing.is_none() {
+                return Err(CliError::Usage(
+                    "detect_sparse_hole needs a backing file (-b)".into(),
+                ));
+            }
+            if need_zero_init == Some(false) {
+                return Err(CliError::Usage(
+                    "detect_sparse_hole=on needs need_zero_init=on (blocks found to be zero \
+                     are read from never-written storage)"
+                        .into(),
+                ));
+            }
+        }
+
         let request = FvdRequest {
             file,
             size,
@@ -267,9 +294,8 @@ impl FvdRequest {
                 .take_int("prefetch_start_delay")
                 .unwrap_or(defaults.prefetch_start_delay),
             data_file,
-            need_zero_init: opts
-                .take_bool("need_zero_init")
-                .unwrap_or(defaults.need_zero_init),
+            need_zero_init: detect_sparse_hole || need_zero_init.unwrap_or(defaults.need_zero_init),
+            detect_sparse_hole,
         };
         // Every key of FVD_CREATE_OPTIONS is taken above; one that is not would otherwise
         // be ignored silently.
@@ -390,12 +416,19 @@ pub struct StagedFvd {
     pub image: Staged,
     /// The staged data file, if the image has one.
     pub data: Option<Staged>,
+    /// The base's all-zero blocks were marked as in the image.
+    pub detect_sparse_hole: bool,
 }
 
 impl StagedFvd {
     /// qemu-img's `Formatting ...` line for this image.
     pub fn formatting_line(&self) -> String {
-        formatting_line(&self.file, &self.header, self.base.as_ref())
+        let line = formatting_line(&self.file, &self.header, self.base.as_ref());
+        if self.detect_sparse_hole {
+            line + " detect_sparse_hole=on"
+        } else {
+            line
+        }
     }
 
     /// Renames the staged files into place (the data file first). Without `force` an
@@ -487,6 +520,11 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
     };
 
     let image = stage_image(file, &header)?;
+    if let (true, Some(base)) = (request.detect_sparse_hole, &base) {
+        let bitmap =
+            sparse::zero_blocks(base, header.base_img_size.get(), header.block_size.get())?;
+        sparse::write_bitmap(image.file(), file, header.bitmap_offset.get(), &bitmap)?;
+    }
     let data = data_path.as_deref().map(stage_empty).transpose()?;
     Ok(StagedFvd {
         file: file.to_path_buf(),
@@ -494,6 +532,7 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
         base,
         image,
         data,
+        detect_sparse_hole: request.detect_sparse_hole,
     })
 }
 
@@ -518,12 +557,14 @@ mod tests {
     fn every_option_is_consumed() {
         let every = "backing_file=base.raw,backing_fmt=raw,compact_image=on,block_size=4k,\
                      chunk_size=64k,storage_grow_unit=1M,journal_size=1M,copy_on_read=on,\
-                     prefetch_start_delay=5,data_file=d.raw,data_file_fmt=raw,need_zero_init=on";
+                     prefetch_start_delay=5,data_file=d.raw,data_file_fmt=raw,need_zero_init=on,\
+                     detect_sparse_hole=on";
         let a = args(&[every]);
         let opts = parse_options(&a.options, &FVD_CREATE_OPTIONS).unwrap();
         assert_eq!(opts.values.len(), FVD_CREATE_OPTIONS.len());
         let request = FvdRequest::new(&a, opts, "x.fvd".into()).unwrap();
         assert!(request.compact_image && request.copy_on_read && request.need_zero_init);
+        assert!(request.detect_sparse_hole);
         assert_eq!(request.block_size, Some(4096));
         assert_eq!(request.chunk_size, Some(65536));
         assert_eq!(request.storage_grow_unit, Some(1 << 20));

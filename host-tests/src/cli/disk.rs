@@ -212,7 +212,7 @@ fn host_error(err: io::Error) -> CliError {
 }
 
 /// A failure of `files::open_image`, worded like the CLI's own open errors.
-fn open_error(err: ImageOpenError) -> CliError {
+pub fn open_error(err: ImageOpenError) -> CliError {
     match err {
         ImageOpenError::Io { path, source } => CliError::Open { path, source },
         ImageOpenError::Header { path, source } => CliError::NotFvd {
@@ -240,7 +240,7 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
 
 /// Whether the `max` bytes of `file` at `offset` start with data or a hole, and how many
 /// bytes the first run covers. File systems that cannot tell report data.
-fn raw_allocation(file: &File, offset: u64, max: u64) -> (u64, bool) {
+pub fn raw_allocation(file: &File, offset: u64, max: u64) -> (u64, bool) {
     match seek(file, offset, libc::SEEK_DATA) {
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (max, false),
         Err(_) => (max, true),
@@ -256,6 +256,17 @@ impl Disk {
     /// Opens `path` as `format`, read-write when `writable`. FVD images come with their
     /// data file and base chain.
     pub fn open(path: &Path, format: DiskFormat, writable: bool) -> Result<Disk, CliError> {
+        Self::open_with(path, format, writable, None)
+    }
+
+    /// [`Disk::open`] with a copy-on-read override for an FVD image (`None`: the header's
+    /// default; raw files ignore it).
+    pub fn open_with(
+        path: &Path,
+        format: DiskFormat,
+        writable: bool,
+        copy_on_read: Option<bool>,
+    ) -> Result<Disk, CliError> {
         match format {
             DiskFormat::Raw => {
                 let host = open_host_file(path)?;
@@ -301,6 +312,7 @@ impl Disk {
                 drop(image);
                 let options = DriverOptions {
                     writable,
+                    copy_on_read,
                     ..DriverOptions::default()
                 };
                 let driver = open_image(path, options).map_err(open_error)?;

@@ -50,6 +50,19 @@ pub struct IoArgs {
     /// Open read-only
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
+    /// Copy data read from the base image into the image (default: the image's
+    /// copy_on_read setting; needs a writable FVD image with a base)
+    #[arg(
+        short = 'C',
+        long = "cor",
+        alias = "copy-on-read",
+        conflicts_with = "no_cor"
+    )]
+    pub cor: bool,
+    /// Do not copy data read from the base image into the image, whatever the image's
+    /// copy_on_read setting
+    #[arg(long = "no-cor")]
+    pub no_cor: bool,
     /// Command to run (repeatable, run in order)
     #[arg(
         short = 'c',
@@ -72,7 +85,12 @@ const IO_PIECE: u64 = 16 << 20;
 /// Runs `fvd-img io`.
 pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     let format = DiskFormat::given_or_probed(args.format.as_deref(), &args.file)?;
-    let disk = Disk::open(&args.file, format, !args.read_only)?;
+    let copy_on_read = match (args.cor, args.no_cor) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let disk = Disk::open_with(&args.file, format, !args.read_only, copy_on_read)?;
     let mut session = Session {
         disk,
         write_through: args.cache != CacheMode::Writeback,

@@ -7,6 +7,7 @@
 
 pub mod base;
 pub mod check;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
@@ -20,7 +21,9 @@ pub mod map;
 pub mod options;
 pub mod output;
 pub mod prefetch;
+pub mod rebase;
 pub mod size;
+pub mod sparse;
 pub mod update;
 pub mod writer;
 
@@ -57,7 +60,7 @@ pub enum Command {
     Create(create::CreateArgs),
     /// Show an image's header, regions and allocation: info [-f fvd] [--output human|json] FILE
     Info(info::InfoArgs),
-    /// Run qemu-io style commands on an image: io [-f fmt] [-t cache] [-r] [-c CMD]... FILE
+    /// Run qemu-io style commands on an image: io [-f fmt] [-t cache] [-r] [--cor|--no-cor] [-c CMD]... FILE
     Io(io::IoArgs),
     /// Copy a disk into a new image: convert [-f fmt] [-O fmt] [-o OPTIONS] [-p] SRC DST
     Convert(convert::ConvertArgs),
@@ -71,6 +74,10 @@ pub enum Command {
     Update(update::UpdateArgs),
     /// Copy every base block into the image now: prefetch [-r RATE] [-q] FILE
     Prefetch(prefetch::PrefetchArgs),
+    /// Write an image's own data into its base image: commit [-f fvd] [-q] FILE
+    Commit(commit::CommitArgs),
+    /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
+    Rebase(rebase::RebaseArgs),
 }
 
 impl Command {
@@ -87,6 +94,8 @@ impl Command {
             Command::Check(args) => check::run(args, out),
             Command::Update(args) => update::run(args, out),
             Command::Prefetch(args) => prefetch::run(args, out),
+            Command::Commit(args) => commit::run(args, out),
+            Command::Rebase(args) => rebase::run(args, out),
         }
     }
 }

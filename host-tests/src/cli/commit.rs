@@ -1,0 +1,281 @@
+//! `fvd-img commit [-f fvd] [-q] [-d] FILE`: writes every run of guest bytes FILE holds
+//! itself into its base image at the same offsets, like `qemu-img commit`. Runs the engine
+//! maps as data are read through FILE and written to the base; runs that read as zeros
+//! without storage (unallocated chunks, which hide the base) write zeros; runs still in
+//! the base are skipped.
+//!
+//! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
+//! qemu-img grows it) or an FVD image (opened read-write with its own chain and written
+//! through its engine; it cannot grow, so a FILE larger than it is refused before
+//! anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
+//! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
+//! qemu-img compatibility and changes nothing. FILE's guest view is the same afterwards,
+//! since every byte the commit changed in the base is one FILE does not read from it.
+
+use super::base::{self, BaseFormat};
+use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
+use super::error::CliError;
+use super::image::{name_text, open_fvd};
+use crate::chain::BaseRead;
+use crate::driver::{Driver, DriverOptions};
+use crate::files::{open_image, open_storage, write_zeroes_at, FileStorage};
+use clap::Args;
+use fvd_core::engine::Mapping;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `fvd-img commit`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Writes the data FILE holds itself into its base image. A raw base smaller than FILE grows \
+to FILE's size; an FVD base cannot grow, so committing a larger FILE into one is refused. \
+FILE is kept unchanged (-d is accepted and changes nothing).")]
+pub struct CommitArgs {
+    /// Format of FILE: fvd (default: probed)
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Do not print 'Image committed.'
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Do not empty FILE afterwards (always the case for FVD images)
+    #[arg(short = 'd', long = "drop")]
+    pub drop: bool,
+    /// The image to commit
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Bytes read through FILE and written to the base at a time.
+const PIECE: u64 = 4 << 20;
+
+/// Bytes of zeros written to an FVD base per request.
+const ZERO_PIECE: u64 = 64 << 20;
+
+/// A base that refuses reads: FILE is read only where it holds the data itself, so its
+/// own copy of the base (which the commit is changing) must never be consulted.
+struct Detached {
+    len: u64,
+}
+
+impl BaseRead for Detached {
+    fn read_base(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
+        Err(io::Error::other(
+            "internal error: commit read the base through the image",
+        ))
+    }
+
+    fn base_len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The base being written.
+enum Target {
+    Raw { file: File, path: PathBuf },
+    Fvd(Box<Driver<FileStorage>>),
+}
+
+fn image_error(err: impl std::fmt::Display) -> CliError {
+    CliError::Image(err.to_string())
+}
+
+impl Target {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
+        match self {
+            Target::Raw { file, path } => file
+                .write_all_at(data, offset)
+                .map_err(|e| CliError::io("write", path, e)),
+            Target::Fvd(driver) => driver.write(offset, data).map_err(image_error),
+        }
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<(), CliError> {
+        match self {
+            Target::Raw { file, path } => write_zeroes_at(file, offset, len, false)
+                .map_err(|e| CliError::io("write", path, e)),
+            Target::Fvd(driver) => {
+                let mut at = offset;
+                while at < offset + len {
+                    let n = (offset + len - at).min(ZERO_PIECE);
+                    driver.write_zeroes(at, n).map_err(image_error)?;
+                    at += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every write durable and closes the base.
+    fn finish(self, name: &Path) -> Result<(), CliError> {
+        match self {
+            Target::Raw { file, path } => {
+                file.sync_all().map_err(|e| CliError::io("sync", &path, e))
+            }
+            Target::Fvd(mut driver) => {
+                driver.flush().map_err(image_error)?;
+                let (_, clean) = driver.close().map_err(image_error)?;
+                if clean {
+                    Ok(())
+                } else {
+                    Err(CliError::Image(format!(
+                        "'{}' could not be marked clean; it will be repaired from its journal \
+                         when opened next",
+                        name.display()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Opens FILE read-only with its data file but without its base (see [`Detached`]).
+fn open_detached(path: &Path, base_len: u64) -> Result<Driver<FileStorage>, CliError> {
+    let options = DriverOptions {
+        writable: false,
+        copy_on_read: Some(false),
+        ..DriverOptions::default()
+    };
+    let mut storage = open_storage(path, options).map_err(open_error)?;
+    storage.base = Some(Box::new(Detached { len: base_len }));
+    Driver::open(storage, options)
+        .map_err(|e| CliError::Image(format!("Could not open '{}': {e}", path.display())))
+}
+
+/// Copies `len` guest bytes at `offset`, stored at `stored` of FILE's data storage, into
+/// the base. Holes of the host file and all-zero pieces are written as zeros.
+fn copy_run(
+    top: &mut Driver<FileStorage>,
+    target: &mut Target,
+    offset: u64,
+    len: u64,
+    stored: u64,
+) -> Result<(), CliError> {
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        let storage = &top.storage;
+        let file = storage.data.as_ref().unwrap_or(&storage.image);
+        let (run, written) = raw_allocation(file, stored + (at - offset), end - at);
+        // Holes start and end on file-system blocks; keep requests sector-aligned (a
+        // hole shorter than a sector is simply copied).
+        let run = run.min(end - at);
+        let run = if run == end - at {
+            run
+        } else {
+            run / SECTOR * SECTOR
+        };
+        if !written && run > 0 {
+            target.zero(at, run)?;
+            at += run;
+            continue;
+        }
+        let run_end = at + run.max(SECTOR).min(end - at);
+        while at < run_end {
+            let n = (run_end - at).min(PIECE);
+            let data = top.read(at, n as usize).map_err(image_error)?;
+            if is_zero(&data) {
+                target.zero(at, n)?;
+            } else {
+                target.write(at, &data)?;
+            }
+            at += n;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `fvd-img commit`.
+pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let path = args.file.as_path();
+    let no_base = || CliError::Image("Image does not have a backing file".into());
+    match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
+        DiskFormat::Raw => return Err(no_base()),
+        DiskFormat::Fvd => {}
+    }
+    let image = open_fvd(path)?;
+    let Some(base_layout) = image.layout.base else {
+        return Err(no_base());
+    };
+    let size = image.layout.virtual_size;
+    let name = name_text(&image.header.base_img);
+    let format_name = name_text(&image.header.base_img_fmt);
+    drop(image);
+    let format = match format_name.as_str() {
+        "" => None,
+        other => Some(BaseFormat::parse(other)?),
+    };
+    let base = base::inspect(path, Path::new(&name), format)?;
+    if base.format == BaseFormat::Fvd && size > base.size {
+        return Err(CliError::Invalid(format!(
+            "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and an FVD base \
+             image cannot grow",
+            path.display(),
+            base.path.display(),
+            base.size
+        )));
+    }
+
+    let mut top = open_detached(path, base_layout.size)?;
+    let mut target = match base.format {
+        BaseFormat::Raw => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&base.path)
+                .map_err(|e| CliError::open(&base.path, e))?;
+            if size > base.size {
+                // qemu-img commit grows a smaller base to the image's size.
+                file.set_len(size)
+                    .map_err(|e| CliError::io("resize", &base.path, e))?;
+            }
+            Target::Raw {
+                file,
+                path: base.path.clone(),
+            }
+        }
+        BaseFormat::Fvd => {
+            let options = DriverOptions {
+                writable: true,
+                copy_on_read: Some(false),
+                ..DriverOptions::default()
+            };
+            Target::Fvd(Box::new(
+                open_image(&base.path, options).map_err(open_error)?,
+            ))
+        }
+        // base::inspect refuses QED bases.
+        BaseFormat::Qed => return Err(no_base()),
+    };
+
+    let what = format!(
+        "Could not commit '{}' into '{}'",
+        path.display(),
+        base.path.display()
+    );
+    let mut at = 0;
+    while at < size {
+        let run = top
+            .map(at, size - at)
+            .map_err(|e| context(image_error(e), &what))?;
+        if run.len == 0 {
+            return Err(CliError::Image(format!(
+                "{what}: the engine mapped an empty run at offset {at}"
+            )));
+        }
+        match run.mapping {
+            Mapping::Base => {}
+            Mapping::Zero => target.zero(at, run.len).map_err(|e| context(e, &what))?,
+            Mapping::Data { offset } => copy_run(&mut top, &mut target, at, run.len, offset)
+                .map_err(|e| context(e, &what))?,
+        }
+        at += run.len;
+    }
+    target.finish(&base.path)?;
+    top.close().map_err(image_error)?;
+    if !args.quiet {
+        writeln!(out, "Image committed.").map_err(CliError::Output)?;
+    }
+    Ok(())
+}
