@@ -259,6 +259,8 @@ pub struct Measured {
     pub caller_cpu: Duration,
     /// CPU time of the whole process (caller and workers).
     pub process_cpu: Duration,
+    /// Wall time of the final flush (included in `elapsed`).
+    pub final_flush: Duration,
 }
 
 fn cpu_time(clock: libc::clockid_t) -> Duration {
@@ -339,14 +341,17 @@ pub fn run(executor: &mut Executor, workload: &Workload) -> Result<Measured, Exe
     for done in executor.wait_all()? {
         done.result?;
     }
+    let flush_start = Instant::now();
     if workload.write && workload.flush_at_end {
         executor.flush()?;
     }
+    let final_flush = flush_start.elapsed();
     Ok(Measured {
         elapsed: start.elapsed(),
         bytes: (workload.count * workload.block) as u64,
         requests: workload.count as u64,
         caller_cpu: thread_cpu().saturating_sub(thread0),
         process_cpu: process_cpu().saturating_sub(process0),
+        final_flush,
     })
 }

@@ -61,6 +61,9 @@ struct Args {
     /// Only these workloads (comma separated names like rand-read-4k)
     #[arg(long)]
     only: Option<String>,
+    /// Only these contenders (comma separated: raw, fvd-plain, fvd-compact, qcow2, qed)
+    #[arg(long)]
+    contenders: Option<String>,
     /// Keep the images in DIR and reuse them on the next run (for profiling)
     #[arg(long)]
     keep: bool,
@@ -215,10 +218,19 @@ enum Kind {
     },
 }
 
-/// Throughput (MiB/s) and, for the executor, CPU per request (calling thread, process) ns.
-fn measure(args: &Args, c: &Contender, spec: &Spec) -> Result<(f64, Option<(f64, f64)>), BoxError> {
+/// CPU per request (calling thread, process) in ns and the final flush's share of the time.
+type Breakdown = (f64, f64, f64);
+
+/// Throughput (MiB/s) and, for the executor, where the time went.
+fn measure(args: &Args, c: &Contender, spec: &Spec) -> Result<(f64, Option<Breakdown>), BoxError> {
     let size = args.size_mib << 20;
     let count = (args.run_mib << 20) / spec.block;
+    if spec.write {
+        // Start every write run with no dirty data from earlier runs (untimed), so one
+        // contender's write-back does not land in another's final fdatasync.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
     let bytes = (count * spec.block) as f64 / (1 << 20) as f64;
     match &c.kind {
         Kind::Executor {
@@ -247,6 +259,7 @@ fn measure(args: &Args, c: &Contender, spec: &Spec) -> Result<(f64, Option<(f64,
                 Some((
                     measured.caller_ns_per_request(),
                     measured.process_ns_per_request(),
+                    measured.final_flush.as_secs_f64() / measured.elapsed.as_secs_f64(),
                 )),
             ))
         }
@@ -406,6 +419,10 @@ fn main() -> Result<(), BoxError> {
             });
         }
     }
+    if let Some(keep) = &args.contenders {
+        let names: Vec<&str> = keep.split(',').collect();
+        contenders.retain(|c| names.contains(&c.name.as_str()));
+    }
     // Keep the fill data from competing for write-back with the runs.
     for entry in std::fs::read_dir(&work_dir)? {
         let path = entry?.path();
@@ -463,21 +480,32 @@ fn main() -> Result<(), BoxError> {
         let mut figures = vec![Vec::new(); contenders.len()];
         let mut caller = vec![Vec::new(); contenders.len()];
         let mut process = vec![Vec::new(); contenders.len()];
-        for _ in 0..args.reps {
-            for (i, c) in contenders.iter().enumerate() {
+        let mut sync_share = vec![Vec::new(); contenders.len()];
+        for rep in 0..args.reps {
+            // Rotate the order per repetition so no contender always runs first.
+            for k in 0..contenders.len() {
+                let i = (k + rep) % contenders.len();
+                let c = &contenders[i];
                 let (mib_s, cpu) = measure(&args, c, spec)?;
                 figures[i].push(mib_s);
-                if let Some((c, p)) = cpu {
+                if let Some((c, p, s)) = cpu {
                     caller[i].push(c);
                     process[i].push(p);
+                    sync_share[i].push(s);
                 }
             }
         }
         let figures: Vec<f64> = figures.into_iter().map(median).collect();
         write!(cpu_table, "{:<14}", spec.name())?;
-        for (c, p) in caller.into_iter().zip(process) {
+        for ((c, p), s) in caller.into_iter().zip(process).zip(sync_share) {
             if !c.is_empty() {
-                write!(cpu_table, " {:>8.0} {:>8.0}", median(c), median(p))?;
+                write!(
+                    cpu_table,
+                    " {:>7.0} {:>7.0} {:>5.0}",
+                    median(c),
+                    median(p),
+                    median(s) * 100.0
+                )?;
             }
         }
         writeln!(cpu_table)?;
@@ -495,19 +523,19 @@ fn main() -> Result<(), BoxError> {
     }
     write!(
         out,
-        "\nCPU per request, ns (median): calling thread (submit, engine, completions) and whole process\n{:<14}",
+        "\nWhere the time goes (medians): CPU ns per request on the calling thread (submit, engine,\ncompletions) and in the whole process, and % of the wall time spent in the final fdatasync\n{:<14}",
         "workload"
     )?;
     for c in &contenders {
         if matches!(c.kind, Kind::Executor { .. }) {
-            write!(out, " {:>17}", c.name)?;
+            write!(out, " {:>21}", c.name)?;
         }
     }
     writeln!(out)?;
     write!(out, "{:<14}", "")?;
     for c in &contenders {
         if matches!(c.kind, Kind::Executor { .. }) {
-            write!(out, " {:>8} {:>8}", "caller", "total")?;
+            write!(out, " {:>7} {:>7} {:>5}", "caller", "total", "sync%")?;
         }
     }
     writeln!(out)?;
