@@ -24,9 +24,9 @@
 //! if ranges overlapped, and every range is bounds-checked. The alternative,
 //! [`GuestBuffers::Copy`], copies each command's bytes through a pooled vector on the
 //! calling thread (out before a write, in after a read); it is kept for comparison and
-//! measured slower (BENCHMARKS.md: about 2 µs more calling-thread CPU per 64 KiB request
-//! and a quarter less read throughput), because the copies land on the one thread every
-//! request already passes through. Engine memory (metadata pages, copy-on-write bounce
+//! measured slower (BENCHMARKS.md: at 64 KiB about 1 µs more calling-thread CPU per
+//! request and 13-28 % less read throughput; no difference at 4 KiB), because the copies
+//! land on the one thread every request already passes through. Engine memory (metadata pages, copy-on-write bounce
 //! blocks) is always copied: out into the job for writes, back in on completion for reads.
 //!
 //! The raw mode ([`Executor::open_raw`]) runs the same pool and the same buffers over a
