@@ -480,6 +480,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     /// Read-only open of a dirty image: lays the valid journal over one loaded page at a time.
     fn step_overlay(&mut self) -> bool {
+        if self.overlay_sectors == 0 {
+            return false;
+        }
         let Some(slot) = self
             .cache
             .indices()

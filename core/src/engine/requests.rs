@@ -715,6 +715,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     fn step_data(&mut self, slot: usize) -> bool {
         let mut moved = false;
+        // Everything emitted: only completions can move it on.
+        if usize::from(self.requests[slot].seg.next_part) >= 5
+            && self.requests[slot].outstanding > 0
+        {
+            return false;
+        }
         let seg = self.requests[slot].seg;
         let parts = self.data_parts(slot, &seg);
         while usize::from(self.requests[slot].seg.next_part) < parts.len() {

@@ -31,7 +31,10 @@ impl BaseRead for SlowBase {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn pass(driver: &mut Driver<fvd_host::files::FileStorage>, size: u64) -> Duration {
@@ -46,18 +49,41 @@ fn pass(driver: &mut Driver<fvd_host::files::FileStorage>, size: u64) -> Duratio
     start.elapsed()
 }
 
-fn run(dir: &Path, size_mib: u64, latency: Duration, copy_on_read: bool) -> (Duration, Duration, u64) {
+fn run(
+    dir: &Path,
+    size_mib: u64,
+    latency: Duration,
+    copy_on_read: bool,
+) -> (Duration, Duration, u64) {
     let image = dir.join(if copy_on_read { "cor.fvd" } else { "plain.fvd" });
     let _ = std::fs::remove_file(&image);
     let status = Command::new(std::env::current_exe().unwrap().with_file_name("fvd-img"))
-        .args(["create", "-q", "-f", "fvd", "-b", "base.raw", "-F", "raw", "-o", "block_size=65536"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "fvd",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "-o",
+            "block_size=65536",
+        ])
         .arg(&image)
         .status()
         .expect("fvd-img create");
     assert!(status.success());
-    let options = DriverOptions { copy_on_read: Some(copy_on_read), ..DriverOptions::default() };
+    let options = DriverOptions {
+        copy_on_read: Some(copy_on_read),
+        ..DriverOptions::default()
+    };
     let mut storage = open_storage(&image, options).expect("open");
-    storage.base = Some(Box::new(SlowBase { inner: RawBase::open(&dir.join("base.raw")).unwrap(), latency, requests: 0 }));
+    storage.base = Some(Box::new(SlowBase {
+        inner: RawBase::open(&dir.join("base.raw")).unwrap(),
+        latency,
+        requests: 0,
+    }));
     let mut driver = Driver::open(storage, options).expect("open");
     let size = size_mib << 20;
     let first = pass(&mut driver, size);
@@ -69,26 +95,43 @@ fn run(dir: &Path, size_mib: u64, latency: Duration, copy_on_read: bool) -> (Dur
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let size_mib: u64 = arg(&args, "--size-mib").and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let latency = Duration::from_micros(arg(&args, "--latency-us").and_then(|s| s.parse().ok()).unwrap_or(200));
-    let dir = arg(&args, "--dir").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("fvd-cor-bench"));
+    let size_mib: u64 = arg(&args, "--size-mib")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let latency = Duration::from_micros(
+        arg(&args, "--latency-us")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200),
+    );
+    let dir = arg(&args, "--dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("fvd-cor-bench"));
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.raw");
     if std::fs::metadata(&base).map(|m| m.len()).unwrap_or(0) != size_mib << 20 {
         let mut f = std::fs::File::create(&base).unwrap();
-        let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
         for _ in 0..size_mib {
             f.write_all(&chunk).unwrap();
         }
         f.sync_all().unwrap();
     }
     println!("cold CoW image of {size_mib} MiB over a raw base with {} us added per base request, 64 KiB blocks, 1 MiB sequential reads", latency.as_micros());
-    println!("{:<20} {:>12} {:>12} {:>10} {:>10}", "mode", "pass 1 (s)", "pass 2 (s)", "speedup", "fills");
+    println!(
+        "{:<20} {:>12} {:>12} {:>10} {:>10}",
+        "mode", "pass 1 (s)", "pass 2 (s)", "speedup", "fills"
+    );
     for copy_on_read in [false, true] {
         let (first, second, fills) = run(&dir, size_mib, latency, copy_on_read);
         println!(
             "{:<20} {:>12.2} {:>12.2} {:>9.1}x {:>10}",
-            if copy_on_read { "copy-on-read" } else { "no copy-on-read" },
+            if copy_on_read {
+                "copy-on-read"
+            } else {
+                "no copy-on-read"
+            },
             first.as_secs_f64(),
             second.as_secs_f64(),
             first.as_secs_f64() / second.as_secs_f64(),
