@@ -310,3 +310,108 @@ fn prefetch_progress_survives_a_restart() {
     );
     assert_eq!(d.read(0, SIZE as usize).unwrap(), base_bytes());
 }
+
+/// A base behind a slow link: every read costs latency plus its bytes at a bandwidth, on
+/// a clock the test passes to the engine; foreground guest I/O shares the same link.
+struct ThrottledBase {
+    inner: Counting,
+    clock_us: u64,
+    latency_us: u64,
+    bytes_per_ms: u64,
+}
+
+impl ThrottledBase {
+    fn charge(&mut self, bytes: usize) {
+        self.clock_us += self.latency_us + bytes as u64 * 1000 / self.bytes_per_ms;
+    }
+}
+
+impl Storage for ThrottledBase {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.charge(buf.len());
+        self.inner.read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.charge(buf.len());
+        self.inner.write_at(file, offset, buf)
+    }
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.inner.write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        self.inner.flush(file)
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.inner.set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        self.inner.len(file)
+    }
+}
+
+#[test]
+fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_guest() {
+    // A 20 MiB/s link with 2 ms latency; prefetch capped at 4 MiB/s by the header.
+    let mut inner = image(false, 4096);
+    // Back off below 2 MiB/s (header offset 3300: prefetch_min_read_throughput, KiB/s).
+    inner.inner.image.current[3300..3308].copy_from_slice(&2048u64.to_le_bytes());
+    inner.inner.image.durable = inner.inner.image.current.clone();
+    let storage = ThrottledBase {
+        inner,
+        clock_us: 0,
+        latency_us: 2000,
+        bytes_per_ms: 20 * 1024,
+    };
+    let mut d = Driver::open(storage, now_options()).unwrap();
+    let mut model = base_bytes();
+    let mut paused_under_load = false;
+    let mut round = 0u64;
+    while d.engine().prefetch_progress().state != PrefetchState::Done {
+        let now = d.storage.clock_us / 1000;
+        d.handle_timeout(now).unwrap();
+        if (10..120).contains(&round) {
+            paused_under_load |= d.engine().prefetch_progress().state == PrefetchState::Paused;
+        }
+        // Idle links still let time pass.
+        d.storage.clock_us += 1000;
+        // A burst of foreground writes for a while: they take the link's time, so
+        // prefetch's measured throughput drops and it may pause.
+        if (10..70).contains(&round) {
+            let at = (round * 7919 % (SIZE / 65536)) * 65536;
+            let data = vec![round as u8; 65536];
+            d.write(at, &data).unwrap();
+            model[at as usize..at as usize + 65536].copy_from_slice(&data);
+            // A heavy foreground load: 300 ms of the link per round.
+            d.storage.clock_us += 300_000;
+            paused_under_load |= d.engine().prefetch_progress().state == PrefetchState::Paused;
+        }
+        round += 1;
+        assert!(
+            round < 200_000,
+            "prefetch did not finish: {:?}",
+            d.engine().prefetch_progress()
+        );
+    }
+    let elapsed_s = d.storage.clock_us as f64 / 1e6;
+    let prefetch_bytes = d.engine().stats().prefetched_blocks * BLOCK;
+    let rate_kib_s = prefetch_bytes as f64 / 1024.0 / elapsed_s;
+    assert!(
+        rate_kib_s <= 4096.0 * 1.1,
+        "prefetch averaged {rate_kib_s:.0} KiB/s over a 4096 KiB/s cap"
+    );
+    assert!(
+        paused_under_load,
+        "prefetch never backed off under the foreground load"
+    );
+    let (mut storage, _) = d.close().unwrap();
+    storage.inner.inner.base = None;
+    let mut d = Driver::open(
+        storage,
+        DriverOptions {
+            writable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(d.read(0, SIZE as usize).unwrap(), model);
+}
