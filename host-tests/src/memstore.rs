@@ -175,3 +175,57 @@ impl Storage for MemStorage {
         })
     }
 }
+
+/// The storages a power cut can leave behind.
+pub fn survivors(storage: &MemStorage, seed: u64) -> Vec<(String, MemStorage)> {
+    let mut out = Vec::new();
+    let with = |image: Vec<u8>, data: Option<Vec<u8>>| MemStorage {
+        image: MemFile::new(image),
+        data: data.map(MemFile::new),
+        base: storage.base.clone(),
+        writes: 0,
+    };
+    let data_none = storage.data.as_ref().map(|d| d.after_cut(|_, _| false));
+    let data_all = storage.data.as_ref().map(|d| d.after_cut(|_, _| true));
+    out.push((
+        "nothing pending survived".into(),
+        with(storage.image.after_cut(|_, _| false), data_none.clone()),
+    ));
+    out.push((
+        "everything pending survived".into(),
+        with(storage.image.after_cut(|_, _| true), data_all.clone()),
+    ));
+    let pending = storage.image.pending.len();
+    // Every prefix for short pending lists; evenly spaced prefixes for long ones.
+    let stride = pending.div_ceil(10).max(1);
+    for prefix in (0..pending).step_by(stride) {
+        for torn in [0usize, 1] {
+            let image = storage
+                .image
+                .after_cut(|i, sector| i < prefix || (i == prefix && sector < torn));
+            out.push((
+                format!("image prefix {prefix} torn at sector {torn}, data all"),
+                with(image.clone(), data_all.clone()),
+            ));
+            if storage.data.is_some() {
+                out.push((
+                    format!("image prefix {prefix} torn at sector {torn}, data none"),
+                    with(image, data_none.clone()),
+                ));
+            }
+        }
+    }
+    let mut rng = seed | 1;
+    let mut coin = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % 2 == 0
+    };
+    for n in 0..4 {
+        let image = storage.image.after_cut(|_, _| coin());
+        let data = storage.data.as_ref().map(|d| d.after_cut(|_, _| coin()));
+        out.push((format!("random subset {n}"), with(image, data)));
+    }
+    out
+}
