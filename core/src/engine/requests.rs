@@ -336,6 +336,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             return true;
         }
         let r = &self.requests[slot];
+        // Requests that only wait for their commands' completions: nothing to do (the
+        // common case on every pump, so decided without copying the slot).
+        let only_waiting = r.outstanding > 0
+            && match r.state {
+                State::Reading => r.cursor == r.end || r.error.is_some(),
+                State::Cow => r.seg.next_part >= 2,
+                State::Data => r.seg.next_part >= 5,
+                State::FillRead => true,
+                _ => false,
+            };
+        if only_waiting {
+            return false;
+        }
         if r.kind == Kind::Fill
             && r.fill.cancelled
             && r.outstanding == 0
