@@ -3,7 +3,10 @@
 //! user would (the real binary in scratch directories) and checked against a model of the
 //! guest disk, `fvd-img compare` and `map`, and the files' bytes.
 
-use fvd_core::format::{parse, RawHeader};
+mod common;
+
+use common::{create_fvd, fails, header_of, header_str, info_data, map_json, ok, scratch};
+use fvd_core::format::RawHeader;
 use fvd_host::driver::DriverOptions;
 use fvd_host::files::open_image;
 use serde_json::Value;
@@ -11,69 +14,8 @@ use std::fs;
 use std::mem::offset_of;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
-use tempfile::TempDir;
 
 const K: u64 = 1024;
-
-/// What one run of the tool did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `fvd-img ARGS` in `cwd`.
-fn fvd_img(cwd: &Path, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_fvd-img"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run fvd-img");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs and requires success with nothing on stderr.
-fn ok(cwd: &Path, args: &[&str]) -> Run {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 0, "fvd-img {args:?} failed: {run:?}");
-    assert!(
-        run.stderr.is_empty(),
-        "fvd-img {args:?} wrote stderr: {run:?}"
-    );
-    run
-}
-
-/// Runs and requires exit status 1 with exactly one stderr line `fvd-img: ...` and nothing
-/// on stdout; returns that line.
-fn fails(cwd: &Path, args: &[&str]) -> String {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 1, "fvd-img {args:?} should fail: {run:?}");
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "fvd-img {args:?}: want one stderr line: {run:?}"
-    );
-    assert!(lines[0].starts_with("fvd-img: "), "{run:?}");
-    assert!(run.stdout.is_empty(), "{run:?}");
-    lines[0].to_string()
-}
-
-fn scratch() -> TempDir {
-    tempfile::tempdir().unwrap()
-}
-
-fn create(dir: &Path, args: &[&str]) {
-    let mut all = vec!["create", "-q", "-f", "fvd"];
-    all.extend_from_slice(args);
-    ok(dir, &all);
-}
 
 /// Deterministic bytes that differ from block to block and from seed to seed.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -127,14 +69,6 @@ fn identical(dir: &Path, a: &str, b: &str) {
     assert_eq!(run.stdout, "Images are identical.\n", "{a} vs {b}");
 }
 
-fn map_json(dir: &Path, image: &str) -> Vec<Value> {
-    let run = ok(dir, &["map", "--output", "json", image]);
-    match serde_json::from_str(&run.stdout) {
-        Ok(Value::Array(list)) => list,
-        other => panic!("map JSON is not a list: {other:?}\n{}", run.stdout),
-    }
-}
-
 /// The `kind` of the map run holding guest byte `offset`.
 fn kind_at(map: &[Value], offset: u64) -> String {
     map.iter()
@@ -144,22 +78,6 @@ fn kind_at(map: &[Value], offset: u64) -> String {
         })
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("no run at {offset}: {map:?}"))
-}
-
-fn info_data(dir: &Path, image: &str) -> Value {
-    let run = ok(dir, &["info", "--output", "json", image]);
-    let info: Value = serde_json::from_str(&run.stdout).unwrap();
-    info["format-specific"]["data"].clone()
-}
-
-fn header(path: &Path) -> RawHeader {
-    let bytes = fs::read(path).unwrap();
-    parse(&bytes, bytes.len() as u64).unwrap().0.clone()
-}
-
-fn name(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap();
-    String::from_utf8(field[..end].to_vec()).unwrap()
 }
 
 /// One guest change applied both to an image (through the engine) and to the model.
@@ -222,7 +140,7 @@ fn io_cor_and_no_cor_override_the_header() {
         ("off", Some("-C"), true),
     ] {
         let _ = fs::remove_file(d.join("top.fvd"));
-        create(
+        create_fvd(
             d,
             &[
                 "-b",
@@ -260,7 +178,7 @@ fn io_cor_and_no_cor_override_the_header() {
     assert!(line.contains("--no-cor"), "{line}");
     // Read-only opens never copy, whatever the flag.
     let _ = fs::remove_file(d.join("top.fvd"));
-    create(d, &["-b", "base.raw", "-o", "block_size=64k", "top.fvd"]);
+    create_fvd(d, &["-b", "base.raw", "-o", "block_size=64k", "top.fvd"]);
     ok(d, &["io", "-r", "--cor", "-c", "read 0 64k", "top.fvd"]);
     assert_eq!(kind_at(&map_json(d, "top.fvd"), 0), "base");
 }
@@ -276,7 +194,7 @@ fn commit_writes_the_overlay_into_a_smaller_raw_base_and_grows_it() {
         if compact {
             options += ",compact_image=on,chunk_size=64k";
         }
-        create(
+        create_fvd(
             d,
             &[
                 "-b", "base.raw", "-F", "raw", "-o", &options, "top.fvd", "2M",
@@ -311,7 +229,7 @@ fn commit_into_an_fvd_base_of_a_two_deep_chain() {
     let dir = scratch();
     let d = dir.path();
     let base = raw_base(&d.join("base.raw"), 64 * K, 32, 20, |i| i % 4 == 1);
-    create(
+    create_fvd(
         d,
         &[
             "-b",
@@ -323,7 +241,7 @@ fn commit_into_an_fvd_base_of_a_two_deep_chain() {
             "mid.fvd",
         ],
     );
-    create(
+    create_fvd(
         d,
         &[
             "-b",
@@ -366,15 +284,15 @@ fn commit_into_an_fvd_base_of_a_two_deep_chain() {
 fn commit_refuses_images_without_a_base_and_fvd_bases_that_cannot_grow() {
     let dir = scratch();
     let d = dir.path();
-    create(d, &["plain.fvd", "1M"]);
+    create_fvd(d, &["plain.fvd", "1M"]);
     let line = fails(d, &["commit", "plain.fvd"]);
     assert_eq!(line, "fvd-img: Image does not have a backing file");
     fs::write(d.join("disk.raw"), vec![1u8; 4096]).unwrap();
     let line = fails(d, &["commit", "disk.raw"]);
     assert_eq!(line, "fvd-img: Image does not have a backing file");
 
-    create(d, &["small.fvd", "1M"]);
-    create(d, &["-b", "small.fvd", "top.fvd", "2M"]);
+    create_fvd(d, &["small.fvd", "1M"]);
+    create_fvd(d, &["-b", "small.fvd", "top.fvd", "2M"]);
     ok(d, &["io", "-c", "write -P 7 0 64k", "top.fvd"]);
     let before = fs::read(d.join("small.fvd")).unwrap();
     let line = fails(d, &["commit", "top.fvd"]);
@@ -386,7 +304,7 @@ fn commit_refuses_images_without_a_base_and_fvd_bases_that_cannot_grow() {
 
     // A missing base is an open error.
     fs::write(d.join("gone.raw"), vec![3u8; 1 << 20]).unwrap();
-    create(d, &["-b", "gone.raw", "-F", "raw", "orphan.fvd"]);
+    create_fvd(d, &["-b", "gone.raw", "-F", "raw", "orphan.fvd"]);
     fs::remove_file(d.join("gone.raw")).unwrap();
     let line = fails(d, &["commit", "orphan.fvd"]);
     assert!(line.contains("gone.raw"), "{line}");
@@ -397,7 +315,7 @@ fn unsafe_rebase_rewrites_only_the_name() {
     let dir = scratch();
     let d = dir.path();
     raw_base(&d.join("base.raw"), 64 * K, 16, 30, |_| false);
-    create(d, &["-b", "base.raw", "-F", "raw", "top.fvd"]);
+    create_fvd(d, &["-b", "base.raw", "-F", "raw", "top.fvd"]);
     ok(d, &["io", "-c", "write -P 0x5a 100k 20k", "top.fvd"]);
     let before_guest = guest(d, "top.fvd");
     let before = fs::read(d.join("top.fvd")).unwrap();
@@ -410,9 +328,9 @@ fn unsafe_rebase_rewrites_only_the_name() {
     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
         assert!(a == b || names.contains(&i), "byte {i} changed");
     }
-    let h = header(&d.join("top.fvd"));
-    assert_eq!(name(&h.base_img), "moved.raw");
-    assert_eq!(name(&h.base_img_fmt), "raw");
+    let h = header_of(&d.join("top.fvd")).0;
+    assert_eq!(header_str(&h.base_img), "moved.raw");
+    assert_eq!(header_str(&h.base_img_fmt), "raw");
     assert_eq!(guest(d, "top.fvd"), before_guest);
 
     // -F names the format; without it, it is probed.
@@ -452,7 +370,7 @@ fn unsafe_rebase_rewrites_only_the_name() {
         assert!(line.contains(needle), "{args:?}: {line}");
         assert_eq!(fs::read(d.join("top.fvd")).unwrap(), after, "{args:?}");
     }
-    create(d, &["plain.fvd", "1M"]);
+    create_fvd(d, &["plain.fvd", "1M"]);
     let line = fails(d, &["rebase", "-u", "-b", "moved.raw", "plain.fvd"]);
     assert!(line.contains("has no base image"), "{line}");
 }
@@ -479,7 +397,7 @@ fn safe_rebase_keeps_the_guest_content() {
     let larger = fs::read(d.join("larger.raw")).unwrap();
     base.extend_from_slice(&larger[1 << 20..(1 << 20) + 1024]);
     fs::write(d.join("base.raw"), &base).unwrap();
-    create(d, &["-b", "larger.raw", "mid-base.raw.fvd", "3M"]);
+    create_fvd(d, &["-b", "larger.raw", "mid-base.raw.fvd", "3M"]);
     ok(d, &["io", "-c", "write -P 0x21 1M 64k", "mid-base.raw.fvd"]);
 
     for compact in [false, true] {
@@ -488,7 +406,7 @@ fn safe_rebase_keeps_the_guest_content() {
         if compact {
             options += ",compact_image=on,chunk_size=64k";
         }
-        create(
+        create_fvd(
             d,
             &[
                 "-b", "base.raw", "-F", "raw", "-o", &options, "top.fvd", "2M",
@@ -520,8 +438,8 @@ fn safe_rebase_keeps_the_guest_content() {
             let run = ok(d, &args);
             assert!(run.stdout.is_empty());
             identical(d, "model.raw", "top.fvd");
-            let h = header(&d.join("top.fvd"));
-            assert_eq!(name(&h.base_img), new);
+            let h = header_of(&d.join("top.fvd")).0;
+            assert_eq!(header_str(&h.base_img), new);
             let new_size = fs::metadata(d.join(new)).unwrap().len();
             let new_size = if new.ends_with(".fvd") {
                 3 << 20
@@ -553,7 +471,7 @@ fn rebase_onto_nothing_makes_the_image_independent_of_its_base() {
         } else {
             "block_size=64k"
         };
-        create(d, &["-b", "base.raw", "-o", options, "top.fvd"]);
+        create_fvd(d, &["-b", "base.raw", "-o", options, "top.fvd"]);
         let mut model = base.clone();
         apply(&d.join("top.fvd"), &mut model, &overlay_changes(500)[..5]);
         let before = guest(d, "top.fvd");
@@ -596,19 +514,25 @@ fn relative_names_resolve_against_the_image_directory() {
     fs::create_dir(&images).unwrap();
     let base = raw_base(&images.join("base.raw"), 64 * K, 8, 60, |_| false);
     // Created from the image directory with a bare base name, used from elsewhere.
-    create(&images, &["-b", "base.raw", "-F", "raw", "top.fvd"]);
+    create_fvd(&images, &["-b", "base.raw", "-F", "raw", "top.fvd"]);
     ok(root, &["io", "-c", "write -P 0x66 0 64k", "vm/top.fvd"]);
     let mut model = base.clone();
     model[..64 * K as usize].fill(0x66);
 
     let other = raw_base(&images.join("other.raw"), 64 * K, 8, 61, |_| false);
     ok(root, &["rebase", "-b", "other.raw", "vm/top.fvd"]);
-    assert_eq!(name(&header(&images.join("top.fvd")).base_img), "other.raw");
+    assert_eq!(
+        header_str(&header_of(&images.join("top.fvd")).0.base_img),
+        "other.raw"
+    );
     assert_eq!(guest(root, "vm/top.fvd"), model);
 
     fs::copy(images.join("other.raw"), images.join("copy.raw")).unwrap();
     ok(root, &["rebase", "-u", "-b", "copy.raw", "vm/top.fvd"]);
-    assert_eq!(name(&header(&images.join("top.fvd")).base_img), "copy.raw");
+    assert_eq!(
+        header_str(&header_of(&images.join("top.fvd")).0.base_img),
+        "copy.raw"
+    );
     assert_eq!(guest(root, "vm/top.fvd"), model);
     // A name that only exists relative to the working directory is not found.
     fs::write(root.join("cwd-only.raw"), &other).unwrap();
@@ -646,7 +570,7 @@ fn detect_sparse_hole_marks_zero_blocks_as_local() {
             ],
         );
         assert!(run.stdout.contains("detect_sparse_hole=on"), "{run:?}");
-        assert_eq!(header(&d.join("top.fvd")).need_zero_init.get(), 1);
+        assert_eq!(header_of(&d.join("top.fvd")).0.need_zero_init.get(), 1);
 
         let map = map_json(d, "top.fvd");
         let local = if compact { "zero" } else { "local" };
@@ -690,7 +614,7 @@ fn detect_sparse_hole_over_an_fvd_base_and_its_refusals() {
     let d = dir.path();
     // An FVD base whose guest view has zeros in unwritten, written-zero and base places.
     let base = raw_base(&d.join("base.raw"), 64 * K, 8, 80, |i| i == 1);
-    create(
+    create_fvd(
         d,
         &["-b", "base.raw", "-o", "block_size=64k", "mid.fvd", "1M"],
     );
@@ -709,7 +633,7 @@ fn detect_sparse_hole_over_an_fvd_base_and_its_refusals() {
     model.resize(1 << 20, 0);
     model[128 * K as usize..192 * K as usize].fill(0);
     model[256 * K as usize..320 * K as usize].fill(9);
-    create(
+    create_fvd(
         d,
         &[
             "-b",

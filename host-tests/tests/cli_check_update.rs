@@ -2,61 +2,22 @@
 //! `fvd-img create`, filled through the library (the engine), damaged by hand on disk, then
 //! checked, repaired and re-read through the library.
 
+mod common;
+
+use common::{compact, create, fails, header_of, header_str, info_data, scratch, status};
 use fvd_core::format::journal::SectorBuilder;
 use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
-use fvd_core::format::{parse, ImageLayout, RawHeader};
 use fvd_host::driver::DriverOptions;
 use fvd_host::files::open_image;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-use tempfile::TempDir;
 
 const CHUNK: u64 = 64 << 10;
 
-/// What one run of the tool did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn fvd_img(cwd: &Path, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_fvd-img"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run fvd-img");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs and requires exit status `code` with nothing on stderr.
-fn status(cwd: &Path, args: &[&str], code: i32) -> Run {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, code, "fvd-img {args:?}: {run:#?}");
-    assert!(run.stderr.is_empty(), "fvd-img {args:?}: {run:#?}");
-    run
-}
-
-/// Runs and requires a qemu-img-style failure: status 1, nothing on stdout, one stderr
-/// line `fvd-img: ...`. Returns that line.
-fn fails(cwd: &Path, args: &[&str]) -> String {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 1, "fvd-img {args:?} should fail: {run:#?}");
-    assert!(run.stdout.is_empty(), "fvd-img {args:?}: {run:#?}");
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "fvd-img {args:?}: {run:#?}");
-    assert!(lines[0].starts_with("fvd-img: "), "{run:#?}");
-    lines[0].to_string()
-}
-
+/// `fvd-img check --output json ARGS`, required to exit `code` with nothing on stderr; its
+/// report.
 fn check_json(cwd: &Path, args: &[&str], code: i32) -> Value {
     let mut all = vec!["check", "--output", "json"];
     all.extend_from_slice(args);
@@ -64,33 +25,7 @@ fn check_json(cwd: &Path, args: &[&str], code: i32) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", run.stdout))
 }
 
-fn info_data(cwd: &Path, file: &str) -> Value {
-    let run = status(cwd, &["info", "--output", "json", file], 0);
-    let info: Value = serde_json::from_str(&run.stdout).unwrap();
-    info["format-specific"]["data"].clone()
-}
-
-fn scratch() -> TempDir {
-    tempfile::tempdir().unwrap()
-}
-
-fn create(dir: &Path, args: &[&str]) {
-    let mut all = vec!["create", "-q"];
-    all.extend_from_slice(args);
-    status(dir, &all, 0);
-}
-
-/// A compact image with 64 KiB chunks.
-fn compact(dir: &Path, name: &str, size: &str) {
-    create(dir, &["-o", "compact_image=on,chunk_size=64k", name, size]);
-}
-
-fn layout(path: &Path) -> (RawHeader, ImageLayout) {
-    let bytes = fs::read(path).unwrap();
-    let (raw, layout) = parse(&bytes, bytes.len() as u64).unwrap();
-    (raw.clone(), layout)
-}
-
+/// Deterministic data for `seed`: each 512-byte sector differs from the next.
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_mul(31).wrapping_add((i / 512) as u8))
@@ -117,8 +52,9 @@ fn read(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     d.read(offset, len).unwrap()
 }
 
+/// Table entry `chunk`, read from the file.
 fn entry(path: &Path, chunk: u64) -> u32 {
-    let (_, l) = layout(path);
+    let (_, l, _) = header_of(path);
     let mut b = [0u8; 4];
     let f = fs::File::open(path).unwrap();
     f.read_exact_at(&mut b, l.table.unwrap().region.offset + chunk * 4)
@@ -126,8 +62,9 @@ fn entry(path: &Path, chunk: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Overwrites table entry `chunk` in the file.
 fn set_entry(path: &Path, chunk: u64, value: u32) {
-    let (_, l) = layout(path);
+    let (_, l, _) = header_of(path);
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(
         &value.to_le_bytes(),
@@ -136,18 +73,20 @@ fn set_entry(path: &Path, chunk: u64, value: u32) {
     .unwrap();
 }
 
+/// Writes `bytes` at `offset` of the file at `path`.
 fn poke(path: &Path, offset: u64, bytes: &[u8]) {
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
 }
 
+/// Sets the header's `clean_shutdown` field on disk.
 fn set_clean(path: &Path, clean: bool) {
     poke(path, 2160, &u32::from(clean).to_le_bytes());
 }
 
 /// Writes journal sector `position` of the current epoch holding one table record.
 fn journal_table_record(path: &Path, position: u64, first_entry: u32, values: &[u32]) {
-    let (_, l) = layout(path);
+    let (_, l, _) = header_of(path);
     let mut sector = [0u8; 512];
     let mut builder = SectorBuilder::new(&mut sector).unwrap();
     let entries: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -156,10 +95,12 @@ fn journal_table_record(path: &Path, position: u64, first_entry: u32, values: &[
     poke(path, l.journal.unwrap().offset + position * 512, &sector);
 }
 
+/// The length of the file at `path`.
 fn storage_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
 
+/// The `kind` of each finding of a check report.
 fn kinds(report: &Value) -> Vec<String> {
     report["findings"]
         .as_array()
@@ -326,7 +267,7 @@ fn json_report_has_qemu_img_keys() {
     ] {
         assert!(report.get(key).is_some(), "missing {key}: {report}");
     }
-    let (_, l) = layout(&d.join("c.fvd"));
+    let (_, l, _) = header_of(&d.join("c.fvd"));
     assert_eq!(report["filename"], "c.fvd");
     assert_eq!(report["format"], "fvd");
     assert_eq!(report["total-clusters"], 16);
@@ -403,7 +344,7 @@ fn table_entry_past_the_storage_is_corruption_and_repairable() {
         run.stdout.ends_with(&format!(
             "No errors were found on the image.\n2/16 = 12.50% allocated, 0.00% fragmented, \
          0.00% compressed clusters\nImage end offset: {}\n",
-            layout(&path).1.data_offset + 2 * CHUNK
+            header_of(&path).1.data_offset + 2 * CHUNK
         )),
         "{}",
         run.stdout
@@ -459,7 +400,10 @@ fn duplicate_mapping_names_both_chunks_and_repair_keeps_the_first() {
     assert_eq!(read(&path, CHUNK, 4096), pattern(2, 4096));
     assert_eq!(read(&path, 2 * CHUNK, 4096), vec![0; 4096]);
     // Physical chunk 2 lay past the new frontier: the storage now ends after chunk 1.
-    assert_eq!(storage_len(&path), layout(&path).1.data_offset + 2 * CHUNK);
+    assert_eq!(
+        storage_len(&path),
+        header_of(&path).1.data_offset + 2 * CHUNK
+    );
     status(d, &["check", "c.fvd"], 0);
 }
 
@@ -519,7 +463,7 @@ fn stray_bitmap_bits_are_corruption_and_blocks_are_counted() {
         run.stdout
     );
 
-    let bitmap = layout(&path).1.base.unwrap().bitmap.offset;
+    let bitmap = header_of(&path).1.base.unwrap().bitmap.offset;
     let mut byte = [0u8; 1];
     fs::File::open(&path)
         .unwrap()
@@ -629,7 +573,7 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
         &path,
         &[(0, 1, 4096), (CHUNK, 2, 4096), (2 * CHUNK, 3, 4096)],
     );
-    let data_offset = layout(&path).1.data_offset;
+    let data_offset = header_of(&path).1.data_offset;
     // The storage grew by a whole storage_grow_unit (100 MiB, sparse).
     assert!(storage_len(&path) > data_offset + 3 * CHUNK);
     set_entry(&path, 0, TABLE_EMPTY);
@@ -754,7 +698,7 @@ fn dirty_image_checks_clean_with_a_note_and_repair_replays_it() {
         (20 * CHUNK, 3, 8192),
     ];
     crash_after_flush(&path, &writes);
-    let (h, _) = layout(&path);
+    let (h, _, _) = header_of(&path);
     assert_eq!(h.clean_shutdown.get(), 0);
     // The mappings are only in the journal so far.
     assert_eq!(entry(&path, 0), TABLE_EMPTY);
@@ -799,7 +743,7 @@ fn dirty_image_checks_clean_with_a_note_and_repair_replays_it() {
     assert_eq!(report["journal-records"], 0);
     assert_eq!(info_data(d, "c.fvd")["clean_shutdown"], true);
 
-    let (_, l) = layout(&path);
+    let (_, l, _) = header_of(&path);
     let ours = fs::read(&path).unwrap();
     let engine = fs::read(d.join("engine.fvd")).unwrap();
     for region in [l.table.unwrap().region, l.base.unwrap().bitmap] {
@@ -946,11 +890,8 @@ fn update_round_trips_every_field_through_info() {
 
 /// `info` needs the data file; this reads the header fields without it.
 fn info_data_no_data_file(dir: &Path, file: &str) -> Value {
-    let (h, _) = layout(&dir.join(file));
-    let name = |field: &[u8]| {
-        let end = field.iter().position(|&b| b == 0).unwrap();
-        Value::from(String::from_utf8(field[..end].to_vec()).unwrap())
-    };
+    let (h, _, _) = header_of(&dir.join(file));
+    let name = |field: &[u8]| Value::from(header_str(field));
     serde_json::json!({
         "copy_on_read": h.copy_on_read.get() == 1,
         "need_zero_init": h.need_zero_init.get() == 1,

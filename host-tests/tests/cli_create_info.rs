@@ -1,104 +1,12 @@
 //! `fvd-img create` and `fvd-img info`, driven as a user would: the real binary, run in
 //! scratch directories, its files read back with `fvd_core::format::parse`.
 
-use fvd_core::format::{parse, ImageLayout, RawHeader};
+mod common;
+
+use common::{fails, header_of, header_str, info_json, listing, ok, scratch, sparse_file};
 use fvd_core::geometry::metadata_len;
-use serde_json::Value;
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::Command;
-use tempfile::TempDir;
-
-/// What one run of the tool did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `fvd-img ARGS` with `cwd` as the working directory.
-fn fvd_img(cwd: &Path, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_fvd-img"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run fvd-img");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs and requires success.
-fn ok(cwd: &Path, args: &[&str]) -> Run {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 0, "fvd-img {args:?} failed: {run:?}");
-    assert!(
-        run.stderr.is_empty(),
-        "fvd-img {args:?} wrote stderr: {run:?}"
-    );
-    run
-}
-
-/// Runs and requires qemu-img-style failure: status 1, nothing on stdout, exactly one
-/// stderr line `fvd-img: ...`. Returns that line.
-fn fails(cwd: &Path, args: &[&str]) -> String {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 1, "fvd-img {args:?} should fail with 1: {run:?}");
-    assert!(
-        run.stdout.is_empty(),
-        "fvd-img {args:?} wrote stdout: {run:?}"
-    );
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "fvd-img {args:?}: want one stderr line: {run:?}"
-    );
-    assert!(
-        lines[0].starts_with("fvd-img: ") && lines[0].len() > "fvd-img: ".len(),
-        "fvd-img {args:?}: {run:?}"
-    );
-    lines[0].to_string()
-}
-
-/// The header and layout of the image at `path`, checked by the core validator.
-fn header_of(path: &Path) -> (RawHeader, ImageLayout, u64) {
-    let bytes = fs::read(path).unwrap();
-    let len = bytes.len() as u64;
-    let (raw, layout) =
-        parse(&bytes, len).unwrap_or_else(|e| panic!("{} does not validate: {e}", path.display()));
-    (raw.clone(), layout, len)
-}
-
-fn name(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap();
-    String::from_utf8(field[..end].to_vec()).unwrap()
-}
-
-fn info_json(cwd: &Path, file: &str) -> Value {
-    let run = ok(cwd, &["info", "--output", "json", file]);
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", run.stdout))
-}
-
-fn listing(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn sparse_file(path: &Path, len: u64) {
-    fs::File::create(path).unwrap().set_len(len).unwrap();
-}
-
-fn scratch() -> TempDir {
-    tempfile::tempdir().unwrap()
-}
 
 #[test]
 fn plain_image_header_and_length() {
@@ -118,8 +26,8 @@ fn plain_image_header_and_length() {
     assert_eq!(h.header_size.get(), 8192);
     assert_eq!(h.clean_shutdown.get(), 1);
     assert_eq!(h.data_offset.get(), 8192);
-    assert_eq!(name(&h.base_img), "");
-    assert_eq!(name(&h.data_file), "");
+    assert_eq!(header_str(&h.base_img), "");
+    assert_eq!(header_str(&h.data_file), "");
     assert!(layout.base.is_none() && layout.table.is_none() && layout.journal.is_none());
     assert_eq!(len, 8192);
     assert_eq!(len, metadata_len(&h));
@@ -193,8 +101,8 @@ fn raw_base_gives_size_and_bitmap() {
 
     let (h, layout, len) = header_of(&dir.path().join("ov.fvd"));
     assert_eq!(h.virtual_disk_size.get(), 100 << 20);
-    assert_eq!(name(&h.base_img), "base.raw");
-    assert_eq!(name(&h.base_img_fmt), "raw");
+    assert_eq!(header_str(&h.base_img), "base.raw");
+    assert_eq!(header_str(&h.base_img_fmt), "raw");
     assert_eq!(h.base_img_size.get(), 100 << 20);
     let base = layout.base.expect("base layout");
     assert_eq!(base.bitmap.offset, 8192);
@@ -241,7 +149,7 @@ fn fvd_base_is_probed_and_measured_by_its_header() {
     let (h, _, _) = header_of(&dir.path().join("ov.fvd"));
     assert_eq!(h.virtual_disk_size.get(), 2 << 30);
     assert_eq!(h.base_img_size.get(), 2 << 30);
-    assert_eq!(name(&h.base_img_fmt), "fvd");
+    assert_eq!(header_str(&h.base_img_fmt), "fvd");
 
     // -F fvd says the same explicitly; -F raw forces the file length (8192 bytes).
     ok(
@@ -256,7 +164,7 @@ fn fvd_base_is_probed_and_measured_by_its_header() {
     );
     let (h, _, _) = header_of(&dir.path().join("ov3.fvd"));
     assert_eq!(h.virtual_disk_size.get(), 8192);
-    assert_eq!(name(&h.base_img_fmt), "raw");
+    assert_eq!(header_str(&h.base_img_fmt), "raw");
 
     // -F fvd on a raw file is refused.
     sparse_file(&dir.path().join("r.raw"), 1 << 20);
@@ -282,8 +190,8 @@ fn backing_options_are_aliases_of_b_and_capital_f() {
         ],
     );
     let (h, _, _) = header_of(&dir.path().join("o.fvd"));
-    assert_eq!(name(&h.base_img), "base.img");
-    assert_eq!(name(&h.base_img_fmt), "raw");
+    assert_eq!(header_str(&h.base_img), "base.img");
+    assert_eq!(header_str(&h.base_img_fmt), "raw");
     assert_eq!(h.virtual_disk_size.get(), 4 << 20);
 }
 
@@ -390,8 +298,8 @@ fn separate_data_file_is_created_empty() {
     );
     let (h, layout, len) = header_of(&dir.path().join("d.fvd"));
     assert!(layout.separate_data_file);
-    assert_eq!(name(&h.data_file), "guest.raw");
-    assert_eq!(name(&h.data_file_fmt), "raw");
+    assert_eq!(header_str(&h.data_file), "guest.raw");
+    assert_eq!(header_str(&h.data_file_fmt), "raw");
     assert_eq!(h.data_offset.get(), 0);
     assert_eq!(len, 8192);
     assert_eq!(fs::metadata(dir.path().join("guest.raw")).unwrap().len(), 0);
@@ -900,7 +808,7 @@ fn relative_base_resolves_against_the_image_directory() {
 
     ok(dir.path(), &["create", "-b", "base.raw", "images/ov.fvd"]);
     let (h, _, _) = header_of(&images.join("ov.fvd"));
-    assert_eq!(name(&h.base_img), "base.raw");
+    assert_eq!(header_str(&h.base_img), "base.raw");
     assert_eq!(h.virtual_disk_size.get(), 3 << 20);
 
     let info = info_json(dir.path(), "images/ov.fvd");
@@ -923,7 +831,7 @@ fn relative_base_resolves_against_the_image_directory() {
         &["create", "-b", abs.to_str().unwrap(), "images/abs.fvd"],
     );
     let (h, _, _) = header_of(&images.join("abs.fvd"));
-    assert_eq!(name(&h.base_img), abs.to_str().unwrap());
+    assert_eq!(header_str(&h.base_img), abs.to_str().unwrap());
     assert_eq!(h.virtual_disk_size.get(), 1 << 20);
 }
 

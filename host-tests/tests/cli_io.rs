@@ -3,71 +3,17 @@
 //! and by QEMU's own qemu-img and qemu-io (which must be installed: a missing tool fails
 //! the interop tests).
 
+mod common;
+
+use common::{
+    compact, create, create_fvd, fails_with, fvd_img, info_data, info_json, listing, map_json, ok,
+    run_tool, scratch, sparse_file, Run,
+};
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use tempfile::TempDir;
-
-/// What one run of a tool did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_tool(program: &str, cwd: &Path, args: &[&str]) -> Run {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (it must be installed): {e}"));
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs `fvd-img ARGS` in `cwd`.
-fn fvd_img(cwd: &Path, args: &[&str]) -> Run {
-    run_tool(env!("CARGO_BIN_EXE_fvd-img"), cwd, args)
-}
-
-/// Runs and requires success with nothing on stderr.
-fn ok(cwd: &Path, args: &[&str]) -> Run {
-    let run = fvd_img(cwd, args);
-    assert_eq!(run.code, 0, "fvd-img {args:?} failed: {run:?}");
-    assert!(
-        run.stderr.is_empty(),
-        "fvd-img {args:?} wrote stderr: {run:?}"
-    );
-    run
-}
-
-/// Runs and requires exit status `code` with exactly one stderr line `fvd-img: ...`;
-/// returns that line.
-fn fails_with(cwd: &Path, code: i32, args: &[&str]) -> String {
-    let run = fvd_img(cwd, args);
-    assert_eq!(
-        run.code, code,
-        "fvd-img {args:?} should exit {code}: {run:?}"
-    );
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "fvd-img {args:?}: want one stderr line: {run:?}"
-    );
-    assert!(
-        lines[0].starts_with("fvd-img: ") && lines[0].len() > "fvd-img: ".len(),
-        "{run:?}"
-    );
-    lines[0].to_string()
-}
 
 /// `fvd-img io` with each of `commands` as a `-c`, before `file`.
 fn io_args<'a>(pre: &[&'a str], commands: &[&'a str], file: &'a str) -> Vec<&'a str> {
@@ -86,67 +32,26 @@ fn io_ok(cwd: &Path, pre: &[&str], commands: &[&str], file: &str) -> Run {
     ok(cwd, &io_args(pre, commands, file))
 }
 
-fn scratch() -> TempDir {
-    tempfile::tempdir().unwrap()
-}
-
-fn sparse_file(path: &Path, len: u64) {
-    fs::File::create(path).unwrap().set_len(len).unwrap();
-}
-
 /// Writes `len` bytes of `byte` at `offset` of the raw file at `path`.
 fn poke(path: &Path, offset: u64, len: usize, byte: u8) {
     let file = fs::OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(&vec![byte; len], offset).unwrap();
 }
 
-fn info_json(cwd: &Path, file: &str) -> Value {
-    let run = ok(cwd, &["info", "--output", "json", file]);
-    serde_json::from_str(&run.stdout).unwrap()
-}
-
 fn mapped_chunks(cwd: &Path, file: &str) -> u64 {
-    info_json(cwd, file)["format-specific"]["data"]["mapped_chunks"]
+    info_data(cwd, file)["mapped_chunks"]
         .as_u64()
         .expect("mapped_chunks")
-}
-
-fn map_json(cwd: &Path, file: &str) -> Vec<Value> {
-    let run = ok(cwd, &["map", "--output", "json", file]);
-    match serde_json::from_str(&run.stdout) {
-        Ok(Value::Array(list)) => list,
-        other => panic!("map JSON is not a list: {other:?}\n{}", run.stdout),
-    }
-}
-
-fn listing(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 /// Creates FVD images of each kind the io tests run on: plain, compact, and a copy-on-write
 /// image over a zero raw base. Returns their names.
 fn each_kind(dir: &Path, size: &str) -> Vec<&'static str> {
-    ok(dir, &["create", "-q", "-f", "fvd", "plain.fvd", size]);
-    ok(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-o",
-            "compact_image=on,chunk_size=64k",
-            "compact.fvd",
-            size,
-        ],
-    );
+    create_fvd(dir, &["plain.fvd", size]);
+    compact(dir, "compact.fvd", size);
     let bytes = fvd_core_size(size);
     sparse_file(&dir.join("zero.raw"), bytes);
-    ok(
-        dir,
-        &["create", "-q", "-b", "zero.raw", "-F", "raw", "cow.fvd"],
-    );
+    create(dir, &["-b", "zero.raw", "-F", "raw", "cow.fvd"]);
     vec!["plain.fvd", "compact.fvd", "cow.fvd"]
 }
 
@@ -208,7 +113,7 @@ fn io_writes_and_reads_patterns_like_qemu_io() {
 #[test]
 fn pattern_mismatch_is_reported_and_the_status_is_1_but_commands_go_on() {
     let dir = scratch();
-    ok(dir.path(), &["create", "-q", "-f", "fvd", "t.fvd", "1M"]);
+    create_fvd(dir.path(), &["t.fvd", "1M"]);
     let run = fvd_img(
         dir.path(),
         &io_args(
@@ -239,7 +144,7 @@ fn pattern_mismatch_is_reported_and_the_status_is_1_but_commands_go_on() {
 #[test]
 fn verbose_read_dumps_hex_like_qemu_io() {
     let dir = scratch();
-    ok(dir.path(), &["create", "-q", "-f", "fvd", "t.fvd", "1M"]);
+    create_fvd(dir.path(), &["t.fvd", "1M"]);
     io_ok(
         dir.path(),
         &[],
@@ -306,17 +211,7 @@ fn overlapping_aio_writes_complete_in_order_and_the_last_submitted_wins() {
 #[test]
 fn more_aio_requests_than_the_engine_has_slots() {
     let dir = scratch();
-    ok(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-o",
-            "compact_image=on,chunk_size=64k",
-            "c.fvd",
-            "16M",
-        ],
-    );
+    compact(dir.path(), "c.fvd", "16M");
     // 100 writes to the same block and 100 to distinct chunks, all queued at once.
     let mut commands: Vec<String> = (0..100)
         .map(|i| format!("aio_write -q -P {} 0 4k", i + 1))
@@ -368,10 +263,7 @@ fn discard_over_a_base_reads_zeros_not_the_base() {
     let dir = scratch();
     sparse_file(&dir.path().join("base.raw"), 1 << 20);
     poke(&dir.path().join("base.raw"), 0, 1 << 20, 0x11);
-    ok(
-        dir.path(),
-        &["create", "-q", "-b", "base.raw", "-F", "raw", "ov.fvd"],
-    );
+    create(dir.path(), &["-b", "base.raw", "-F", "raw", "ov.fvd"]);
     io_ok(
         dir.path(),
         &[],
@@ -398,7 +290,7 @@ fn discard_over_a_base_reads_zeros_not_the_base() {
 #[test]
 fn read_only_refuses_writes_and_the_status_is_1() {
     let dir = scratch();
-    ok(dir.path(), &["create", "-q", "-f", "fvd", "t.fvd", "1M"]);
+    create_fvd(dir.path(), &["t.fvd", "1M"]);
     io_ok(dir.path(), &[], &["write -P 5 0 4k"], "t.fvd");
     let before = fs::read(dir.path().join("t.fvd")).unwrap();
     for command in [
@@ -427,7 +319,7 @@ fn read_only_refuses_writes_and_the_status_is_1() {
 #[test]
 fn io_errors_are_one_clear_line_each() {
     let dir = scratch();
-    ok(dir.path(), &["create", "-q", "-f", "fvd", "t.fvd", "1M"]);
+    create_fvd(dir.path(), &["t.fvd", "1M"]);
     for (command, needle) in [
         (
             "read 1000 512",
@@ -481,7 +373,7 @@ fn raw_files_probed_or_forced_and_commands_from_stdin() {
     assert_eq!(bytes.len(), 1 << 20);
 
     // An FVD image forced to raw is its file's bytes.
-    ok(dir.path(), &["create", "-q", "-f", "fvd", "t.fvd", "1M"]);
+    create_fvd(dir.path(), &["t.fvd", "1M"]);
     let run = io_ok(dir.path(), &["-f", "raw", "-r"], &["read -v 0 16"], "t.fvd");
     assert!(
         run.stdout.starts_with("00000000:  46 56 44 00 "),
@@ -588,17 +480,7 @@ fn convert_raw_to_fvd_plain_and_compact_and_back() {
 fn convert_keeps_compact_images_sparse() {
     let dir = scratch();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "create",
-            "-q",
-            "-o",
-            "compact_image=on,chunk_size=64k",
-            "src.fvd",
-            "32M",
-        ],
-    );
+    compact(d, "src.fvd", "32M");
     io_ok(
         d,
         &[],
@@ -670,23 +552,9 @@ fn convert_reads_through_the_base_chain_into_a_standalone_image() {
     let dir = scratch();
     let d = dir.path();
     patterned_raw(&d.join("base.raw"));
-    ok(
-        d,
-        &["create", "-q", "-b", "base.raw", "-F", "raw", "mid.fvd"],
-    );
+    create(d, &["-b", "base.raw", "-F", "raw", "mid.fvd"]);
     io_ok(d, &[], &["write -P 0x55 32k 64k"], "mid.fvd");
-    ok(
-        d,
-        &[
-            "create",
-            "-q",
-            "-b",
-            "mid.fvd",
-            "-o",
-            "compact_image=on",
-            "top.fvd",
-        ],
-    );
+    create(d, &["-b", "mid.fvd", "-o", "compact_image=on", "top.fvd"]);
     io_ok(d, &[], &["write -P 0x66 10M 4k"], "top.fvd");
     ok(d, &["convert", "top.fvd", "flat.raw"]);
     let mut expected = fs::read(d.join("base.raw")).unwrap();
@@ -731,10 +599,7 @@ fn convert_refuses_existing_targets_and_leaves_nothing_on_failure() {
     ok(d, &["compare", "taken.fvd", "src.raw"]);
 
     // A source whose table turns out corrupt half-way: no target, no temporary file.
-    ok(
-        d,
-        &["create", "-q", "-o", "compact_image=on", "bad.fvd", "8M"],
-    );
+    create(d, &["-o", "compact_image=on", "bad.fvd", "8M"]);
     io_ok(d, &[], &["write -P 9 0 2M", "write -P 8 4M 1M"], "bad.fvd");
     let table = info_json(d, "bad.fvd")["format-specific"]["data"]["table_offset"]
         .as_u64()
@@ -847,10 +712,7 @@ fn compare_disks_of_different_sizes() {
     let d = dir.path();
     sparse_file(&d.join("small.raw"), 1 << 20);
     poke(&d.join("small.raw"), 0, 4096, 1);
-    ok(
-        d,
-        &["create", "-q", "-o", "compact_image=on", "big.fvd", "3M"],
-    );
+    create(d, &["-o", "compact_image=on", "big.fvd", "3M"]);
     io_ok(d, &[], &["write -P 1 0 4k", "write -z 2M 4k"], "big.fvd");
 
     for (a, b) in [("small.raw", "big.fvd"), ("big.fvd", "small.raw")] {
@@ -883,10 +745,7 @@ fn map_of_a_cow_image_over_a_raw_base() {
     let d = dir.path();
     sparse_file(&d.join("base.raw"), 4 << 20);
     poke(&d.join("base.raw"), 0, 1 << 20, 0x11);
-    ok(
-        d,
-        &["create", "-q", "-b", "base.raw", "-F", "raw", "ov.fvd"],
-    );
+    create(d, &["-b", "base.raw", "-F", "raw", "ov.fvd"]);
     io_ok(
         d,
         &[],
@@ -988,17 +847,7 @@ fn map_of_a_cow_image_over_a_raw_base() {
 fn map_of_compact_images_shows_zero_runs_and_merges() {
     let dir = scratch();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "create",
-            "-q",
-            "-o",
-            "compact_image=on,chunk_size=64k",
-            "c.fvd",
-            "1M",
-        ],
-    );
+    compact(d, "c.fvd", "1M");
     io_ok(d, &[], &["write 0 128k", "write 512k 64k"], "c.fvd");
     let map = map_json(d, "c.fvd");
     let summary: Vec<(u64, u64, &str)> = map
@@ -1104,17 +953,7 @@ fn qemu_io_written_raw_converts_to_fvd_and_compares_identical() {
 fn fvd_converted_to_raw_is_identical_for_qemu_img_compare() {
     let dir = scratch();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "create",
-            "-q",
-            "-o",
-            "compact_image=on,chunk_size=64k",
-            "v.fvd",
-            "16M",
-        ],
-    );
+    compact(d, "v.fvd", "16M");
     io_ok(
         d,
         &[],
