@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{compact, create, fails, header_of, header_str, info_data, scratch, status};
+use common::{
+    assert_contains, compact, create, fails, header_of, header_str, info_data, scratch, status,
+};
 use fvd_core::format::journal::SectorBuilder;
 use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
 use fvd_host::driver::DriverOptions;
@@ -312,34 +314,23 @@ fn table_entry_past_the_storage_is_corruption_and_repairable() {
     write(&path, &[(0, 1, CHUNK as usize), (CHUNK, 2, 4096)]);
     set_entry(&path, 2, 5000);
     let run = status(d, &["check", "c.fvd"], 2);
-    assert!(
-        run.stdout
-            .contains("ERROR chunk 2 maps to physical chunk 5000")
-            && run.stdout.contains("past the end of the data storage"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains(
-            "\n1 errors were found on the image.\n\
-             Data may be corrupted, or further writes to the image may corrupt it.\n"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "ERROR chunk 2 maps to physical chunk 5000");
+    assert_contains(&run.stdout, "past the end of the data storage");
+    assert_contains(
+        &run.stdout,
+        "\n1 errors were found on the image.\n\
+             Data may be corrupted, or further writes to the image may corrupt it.\n",
     );
     let report = check_json(d, &["c.fvd"], 2);
     assert_eq!(report["corruptions"], 1);
     assert_eq!(kinds(&report), ["table-entry-beyond-storage"]);
 
     let run = status(d, &["check", "-r", "all", "c.fvd"], 0);
-    assert!(
-        run.stdout.contains(
-            "Repairing chunk 2: unmapped, its data is lost (chunk 2 maps to physical chunk 5000"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "Repairing chunk 2: unmapped, its data is lost (chunk 2 maps to physical chunk 5000",
     );
-    assert!(run.stdout.contains("    1 corruptions\n"), "{}", run.stdout);
+    assert_contains(&run.stdout, "    1 corruptions\n");
     assert!(
         run.stdout.ends_with(&format!(
             "No errors were found on the image.\n2/16 = 12.50% allocated, 0.00% fragmented, \
@@ -372,11 +363,9 @@ fn duplicate_mapping_names_both_chunks_and_repair_keeps_the_first() {
     );
     set_entry(&path, 2, 0);
     let run = status(d, &["check", "c.fvd"], 2);
-    assert!(
-        run.stdout
-            .contains("ERROR chunks 0 and 2 both map to physical chunk 0"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "ERROR chunks 0 and 2 both map to physical chunk 0",
     );
     let report = check_json(d, &["c.fvd"], 2);
     assert_eq!(kinds(&report), ["table-entry-duplicate"]);
@@ -384,11 +373,9 @@ fn duplicate_mapping_names_both_chunks_and_repair_keeps_the_first() {
     // -r leaks does not touch an image with errors.
     let before = fs::read(&path).unwrap();
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 2);
-    assert!(
-        run.stdout
-            .contains("Leaks were not repaired because the image has errors"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "Leaks were not repaired because the image has errors",
     );
     assert_eq!(fs::read(&path).unwrap(), before);
 
@@ -416,11 +403,9 @@ fn dirty_bit_in_a_table_entry_is_corruption() {
     write(&path, &[(0, 1, 4096), (CHUNK, 2, 4096)]);
     set_entry(&path, 1, TABLE_DIRTY | 1);
     let run = status(d, &["check", "c.fvd"], 2);
-    assert!(
-        run.stdout
-            .contains("ERROR chunk 1: table entry 0x80000001 has the DIRTY bit (bit 31) set"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "ERROR chunk 1: table entry 0x80000001 has the DIRTY bit (bit 31) set",
     );
     // The engine refuses the image; check -r all makes it usable again.
     assert!(open_image(&path, DriverOptions::default()).is_err());
@@ -456,11 +441,9 @@ fn stray_bitmap_bits_are_corruption_and_blocks_are_counted() {
     assert_eq!(report["blocks-in-image"], 2);
     assert_eq!(report["blocks-in-base"], 8);
     let run = status(d, &["check", "b.fvd"], 0);
-    assert!(
-        run.stdout
-            .contains("Bitmap: 2 block(s) in the image, 8 still in the base"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "Bitmap: 2 block(s) in the image, 8 still in the base",
     );
 
     let bitmap = header_of(&path).1.base.unwrap().bitmap.offset;
@@ -472,11 +455,9 @@ fn stray_bitmap_bits_are_corruption_and_blocks_are_counted() {
     poke(&path, bitmap + 1, &[byte[0] | 0b0001_0000]); // bit 12
     poke(&path, bitmap + 100, &[0x01]); // bit 800
     let run = status(d, &["check", "b.fvd"], 2);
-    assert!(
-        run.stdout
-            .contains("ERROR bitmap has 2 bit(s) set past its last block 9 (first: bit 12)"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "ERROR bitmap has 2 bit(s) set past its last block 9 (first: bit 12)",
     );
     assert_eq!(
         kinds(&check_json(d, &["b.fvd"], 2)),
@@ -504,18 +485,13 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
     set_clean(&path, false);
     journal_table_record(&path, 0, 16, &[3]);
     let run = status(d, &["check", "c.fvd"], 2);
-    assert!(
-        run.stdout.contains(
-            "ERROR journal sector 0 record 0 is out of range: table entries 16..17 of 16 chunks"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "ERROR journal sector 0 record 0 is out of range: table entries 16..17 of 16 chunks",
     );
-    assert!(
-        run.stdout
-            .contains("Image is dirty; journal has 1 records to replay"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "Image is dirty; journal has 1 records to replay",
     );
     // The engine refuses to replay it.
     assert!(open_image(&path, DriverOptions::default()).is_err());
@@ -526,13 +502,7 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
     journal_table_record(&path, 0, 2, &[2]);
     journal_table_record(&path, 1, 0, &[7]);
     let run = status(d, &["check", "c.fvd"], 2);
-    assert!(
-        run.stdout.contains(
-            "ERROR journal sector 1 record 0 maps chunk 0 to physical chunk 7, but the table maps it to 0"
-        ),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "ERROR journal sector 1 record 0 maps chunk 0 to physical chunk 7, but the table maps it to 0");
     let report = check_json(d, &["c.fvd"], 2);
     assert_eq!(kinds(&report), ["journal-record-conflict"]);
     assert_eq!(report["journal-records"], 2);
@@ -540,12 +510,8 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
 
     // -r all replays the good record, drops the bad one and marks the image clean.
     let run = status(d, &["check", "-r", "all", "c.fvd"], 0);
-    assert!(
-        run.stdout.contains("Replaying 1 journal record(s)"),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stdout.contains("dropped the record"), "{}", run.stdout);
+    assert_contains(&run.stdout, "Replaying 1 journal record(s)");
+    assert_contains(&run.stdout, "dropped the record");
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["dirty"], false);
     assert_eq!(report["journal-records"], 0);
@@ -579,19 +545,11 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     set_entry(&path, 0, TABLE_EMPTY);
 
     let run = status(d, &["check", "c.fvd"], 3);
-    assert!(
-        run.stdout
-            .contains("Leaked chunk 0: no table entry maps it\n"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains(
-            "\n1 leaked clusters were found on the image.\n\
-             This means waste of disk space, but no harm to data.\n"
-        ),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "Leaked chunk 0: no table entry maps it\n");
+    assert_contains(
+        &run.stdout,
+        "\n1 leaked clusters were found on the image.\n\
+             This means waste of disk space, but no harm to data.\n",
     );
     let report = check_json(d, &["c.fvd"], 3);
     assert_eq!(report["leaks"], 1);
@@ -600,12 +558,10 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
 
     // -r leaks releases the unused tail; the leak below mapped chunks stays, reusable.
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
-    assert!(run.stdout.contains("Released "), "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("\n1 leaked clusters will be reused by the next writes.\n"),
-        "{}",
-        run.stdout
+    assert_contains(&run.stdout, "Released ");
+    assert_contains(
+        &run.stdout,
+        "\n1 leaked clusters will be reused by the next writes.\n",
     );
     assert_eq!(storage_len(&path), data_offset + 3 * CHUNK);
     status(d, &["check", "c.fvd"], 3);
@@ -704,17 +660,9 @@ fn dirty_image_checks_clean_with_a_note_and_repair_replays_it() {
     assert_eq!(entry(&path, 0), TABLE_EMPTY);
 
     let run = status(d, &["check", "c.fvd"], 0);
-    assert!(
-        run.stdout.contains("No errors were found on the image."),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("Image is dirty; journal has ")
-            && run.stdout.contains(" records to replay"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_contains(&run.stdout, "Image is dirty; journal has ");
+    assert_contains(&run.stdout, " records to replay");
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["dirty"], true);
     assert!(report["journal-records"].as_u64().unwrap() >= 2, "{report}");
@@ -732,12 +680,8 @@ fn dirty_image_checks_clean_with_a_note_and_repair_replays_it() {
     assert!(clean);
 
     let run = status(d, &["check", "-r", "all", "c.fvd"], 0);
-    assert!(run.stdout.contains("Replaying "), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("Marked the image clean"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "Replaying ");
+    assert_contains(&run.stdout, "Marked the image clean");
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["dirty"], false);
     assert_eq!(report["journal-records"], 0);
@@ -800,7 +744,7 @@ fn dirty_image_without_journal_is_an_error_that_repair_clears() {
     create(d, &["p.fvd", "1M"]);
     set_clean(&d.join("p.fvd"), false);
     let run = status(d, &["check", "p.fvd"], 0);
-    assert!(run.stdout.contains("Image is dirty"), "{}", run.stdout);
+    assert_contains(&run.stdout, "Image is dirty");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -982,7 +926,7 @@ fn update_can_force_the_clean_flag_and_check_sees_it() {
     status(d, &["update", "c.fvd", "clean_shutdown=off"], 0);
     assert_eq!(info_data(d, "c.fvd")["dirty"], true);
     let run = status(d, &["check", "c.fvd"], 0);
-    assert!(run.stdout.contains("Image is dirty"), "{}", run.stdout);
+    assert_contains(&run.stdout, "Image is dirty");
     status(d, &["update", "c.fvd", "clean_shutdown=on"], 0);
     assert_eq!(info_data(d, "c.fvd")["dirty"], false);
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{fails, header_of, header_str, info_json, listing, ok, scratch, sparse_file};
+use common::{
+    assert_contains, fails, header_of, header_str, info_json, listing, ok, scratch, sparse_file,
+};
 use fvd_core::geometry::metadata_len;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -18,7 +20,7 @@ fn plain_image_header_and_length() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains(" compact_image=off"), "{}", run.stdout);
+    assert_contains(&run.stdout, " compact_image=off");
     assert_eq!(run.stdout.lines().count(), 1);
 
     let (h, layout, len) = header_of(&dir.path().join("plain.fvd"));
@@ -92,11 +94,9 @@ fn raw_base_gives_size_and_bitmap() {
         dir.path(),
         &["create", "-f", "fvd", "-b", "base.raw", "ov.fvd"],
     );
-    assert!(
-        run.stdout
-            .contains("size=104857600 backing_file=base.raw backing_fmt=raw"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "size=104857600 backing_file=base.raw backing_fmt=raw",
     );
 
     let (h, layout, len) = header_of(&dir.path().join("ov.fvd"));
@@ -267,7 +267,7 @@ fn journal_size_zero_means_no_journal() {
             "1G",
         ],
     );
-    assert!(run.stdout.contains(" journal_size=0 "), "{}", run.stdout);
+    assert_contains(&run.stdout, " journal_size=0 ");
     let (h, layout, len) = header_of(&dir.path().join("nj.fvd"));
     assert!(layout.journal.is_none());
     assert_eq!(h.journal_size.get(), 0);
@@ -290,12 +290,7 @@ fn separate_data_file_is_created_empty() {
             "1G",
         ],
     );
-    assert!(
-        run.stdout
-            .contains(" data_file=guest.raw data_file_fmt=raw"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, " data_file=guest.raw data_file_fmt=raw");
     let (h, layout, len) = header_of(&dir.path().join("d.fvd"));
     assert!(layout.separate_data_file);
     assert_eq!(header_str(&h.data_file), "guest.raw");

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    compact, create, create_fvd, fails_with, fvd_img, info_data, info_json, listing, map_json, ok,
-    run_tool, scratch, sparse_file, Run,
+    assert_contains, compact, create, create_fvd, fails_with, fvd_img, info_data, info_json,
+    listing, map_json, ok, run_tool, scratch, sparse_file, Run,
 };
 use serde_json::Value;
 use std::fs;
@@ -245,11 +245,9 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
             ],
             image,
         );
-        assert!(
-            run.stdout
-                .contains("discard 65536/65536 bytes at offset 65536\n64 KiB, 1 ops; "),
-            "{}",
-            run.stdout
+        assert_contains(
+            &run.stdout,
+            "discard 65536/65536 bytes at offset 65536\n64 KiB, 1 ops; ",
         );
         assert!(run
             .stdout
@@ -657,7 +655,7 @@ fn convert_refuses_existing_targets_and_leaves_nothing_on_failure() {
     }
     assert!(!d.join("x").exists());
     let run = ok(d, &["convert", "-O", "fvd", "-o", "help"]);
-    assert!(run.stdout.contains("compact_image="), "{}", run.stdout);
+    assert_contains(&run.stdout, "compact_image=");
 }
 
 #[test]

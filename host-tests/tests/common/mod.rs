@@ -167,3 +167,8 @@ pub fn header_str(field: &[u8]) -> String {
     let end = field.iter().position(|&b| b == 0).unwrap();
     String::from_utf8(field[..end].to_vec()).unwrap()
 }
+
+/// Requires `text` (a tool's output) to contain `needle`, showing the whole text if not.
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "want {needle:?} in:\n{text}");
+}
