@@ -149,6 +149,8 @@ pub struct Engine<M, const PAGES: usize = 256> {
     /// Copy-on-read bytes in flight.
     fill_bytes: u64,
     prefetch: prefetch::Prefetch,
+    /// Flush requests waiting for a commit.
+    flushes_waiting: usize,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -189,6 +191,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             cor_cap: 0,
             fill_bytes: 0,
             prefetch: prefetch::Prefetch::OFF,
+            flushes_waiting: 0,
         };
         engine.pump();
         engine

@@ -178,7 +178,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             .ok_or(SubmitError::Busy)?;
         match kind {
             Kind::Write | Kind::Zeroes { .. } => self.stats.guest_writes += 1,
-            Kind::Flush => self.stats.guest_flushes += 1,
+            Kind::Flush => {
+                self.stats.guest_flushes += 1;
+                self.flushes_waiting += 1;
+            }
             _ => {}
         }
         let generation = self.requests[slot].generation.wrapping_add(1);
@@ -221,6 +224,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Completes request `slot` with `result` and frees it.
     pub(crate) fn finish(&mut self, slot: usize, result: Result<Reply, RequestError>) {
         self.release(slot);
+        if self.requests[slot].state == State::Flush {
+            self.flushes_waiting -= 1;
+        }
         if self.requests[slot].kind == Kind::Fill {
             self.fill_finished(slot, result.is_ok());
             self.requests[slot].state = State::Free;
@@ -814,8 +820,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     /// True when some flush request waits for a commit.
     pub(crate) fn flush_waiting(&self) -> bool {
-        self.request_order[..self.active_requests]
-            .iter()
-            .any(|&s| self.requests[usize::from(s)].state == State::Flush)
+        self.flushes_waiting > 0
     }
 }
