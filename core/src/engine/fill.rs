@@ -143,6 +143,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         self.request_order[self.active_requests] = slot as u16;
         self.active_requests += 1;
+        self.awake[slot] = true;
         match reader {
             Some(_) => {
                 self.fill_bytes += bytes;
@@ -188,6 +189,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
         // The reader's part is delivered (or failed): release the reader.
         if let Some(reader) = self.requests[slot].fill.reader.take() {
+            self.awake[usize::from(reader.slot)] = true;
             let waiting = &mut self.requests[usize::from(reader.slot)];
             if waiting.generation == reader.generation {
                 waiting.outstanding = waiting.outstanding.saturating_sub(1);

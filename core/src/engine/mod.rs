@@ -151,6 +151,14 @@ pub struct Engine<M, const PAGES: usize = 256> {
     prefetch: prefetch::Prefetch,
     /// Flush requests waiting for a commit.
     flushes_waiting: usize,
+    /// Requests something happened to since they last could not move (a ready list: a
+    /// pump steps only these, unless `wake_all`).
+    awake: [bool; MAX_REQUESTS],
+    /// Something every waiting request may care about happened (a page arrived, a commit
+    /// ended, a write finished, memory or command slots were freed).
+    wake_all: bool,
+    /// The safety-net full pass already ran since the last movement.
+    swept: bool,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
@@ -192,6 +200,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             fill_bytes: 0,
             prefetch: prefetch::Prefetch::OFF,
             flushes_waiting: 0,
+            awake: [false; MAX_REQUESTS],
+            wake_all: true,
+            swept: false,
         };
         engine.pump();
         engine
@@ -305,6 +316,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
 
     /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.wake_all = true;
         self.now_ms = self.now_ms.max(now_ms);
         let clean_due = matches!((self.dirty_since_ms, self.clean_period_ms),
             (Some(since), period) if period > 0 && self.now_ms >= since.saturating_add(period));
@@ -320,21 +332,38 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Starts closing: new requests are refused; once those in flight finish, metadata is
     /// written back and the image marked clean; then [`Event::Closed`].
     pub fn close(&mut self) {
+        self.wake_all = true;
         self.begin_close();
         self.pump();
     }
 
     fn on_complete(&mut self, owner: slots::Owner, op: Op, result: Result<(), IoError>) {
         use slots::Owner;
+        // A freed command slot matters to whoever could not emit.
+        if self.commands.take_starved() {
+            self.wake_all = true;
+        }
         match owner {
-            Owner::Request(slot) => self.request_command_done(usize::from(slot), result),
-            Owner::PageLoad(slot) => self.page_loaded(usize::from(slot), result),
-            Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
-            Owner::Commit => self.commit_command_done(result),
-            Owner::Lifecycle => self.lifecycle_done(op, result),
-            Owner::Alloc => self.alloc_done(op, result),
-            Owner::Overlay => self.overlay_done(result),
-            Owner::Prefetch => self.prefetch_done(result),
+            Owner::Request(slot) => {
+                self.awake[usize::from(slot)] = true;
+                self.request_command_done(usize::from(slot), result)
+            }
+            Owner::PageLoad(slot) => {
+                self.wake_all = true;
+                self.page_loaded(usize::from(slot), result)
+            }
+            other => {
+                self.wake_all = true;
+                match other {
+                    Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
+                    Owner::Commit => self.commit_command_done(result),
+                    Owner::Lifecycle => self.lifecycle_done(op, result),
+                    Owner::Alloc => self.alloc_done(op, result),
+                    Owner::Overlay => self.overlay_done(result),
+                    Owner::Prefetch => self.prefetch_done(result),
+                    Owner::Request(_) | Owner::PageLoad(_) => {}
+                }
+            }
         }
     }
 
@@ -342,11 +371,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut moved = self.step_lifecycle();
-            moved |= self.step_commit();
+            if moved {
+                self.wake_all = true;
+            }
+            if self.step_commit() {
+                self.wake_all = true;
+                moved = true;
+            }
             moved |= self.step_requests();
             if !moved {
+                // Safety net: requests waiting with nothing in flight must get a full look.
+                if self.active_requests > 0 && self.commands.in_flight() == 0 && !self.swept {
+                    self.swept = true;
+                    self.wake_all = true;
+                    continue;
+                }
                 return;
             }
+            self.swept = false;
         }
     }
 }

@@ -208,6 +208,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         };
         self.request_order[self.active_requests] = slot as u16;
         self.active_requests += 1;
+        self.awake[slot] = true;
         Ok(RequestId {
             slot: slot as u16,
             generation,
@@ -224,6 +225,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     /// Completes request `slot` with `result` and frees it.
     pub(crate) fn finish(&mut self, slot: usize, result: Result<Reply, RequestError>) {
         self.release(slot);
+        if self.requests[slot].kind.writes() {
+            // Later writes, claims, bounce slots and fills may be waiting for this one.
+            self.wake_all = true;
+        }
         if self.requests[slot].state == State::Flush {
             self.flushes_waiting -= 1;
         }
@@ -249,16 +254,21 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         let r = &mut self.requests[slot];
         let pins = core::mem::take(&mut r.pins);
         let seg = core::mem::replace(&mut r.seg, Segment::NONE);
-        r.claim = None;
+        if r.claim.take().is_some() || pins.iter().any(Option::is_some) {
+            // A chunk claim or pinned pages others may be waiting for.
+            self.wake_all = true;
+        }
         for page in pins.into_iter().flatten() {
             let page = self.cache.slot_mut(usize::from(page));
             page.pins = page.pins.saturating_sub(1);
         }
         for part in [seg.head, seg.tail].into_iter().flatten() {
             self.bounce.give_back(part.bounce);
+            self.wake_all = true;
         }
         if self.page_token == Some(slot as u16) {
             self.page_token = None;
+            self.wake_all = true;
         }
     }
 
@@ -294,6 +304,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
         if self.page_token == Some(slot as u16) {
             self.page_token = None;
+            self.wake_all = true;
         }
         Ok(got)
     }
@@ -320,12 +331,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     }
 
     pub(crate) fn step_requests(&mut self) -> bool {
+        let all = core::mem::take(&mut self.wake_all);
         let mut moved = false;
         let mut i = 0;
         while i < self.active_requests {
             let slot = usize::from(self.request_order[i]);
             let before = self.active_requests;
-            moved |= self.step_request(slot);
+            if all || self.awake[slot] {
+                let progressed = self.step_request(slot);
+                // A request that moved may move again; one that could not sleeps until
+                // something wakes it.
+                self.awake[slot] = progressed;
+                moved |= progressed;
+            }
             if self.active_requests == before {
                 i += 1;
             }

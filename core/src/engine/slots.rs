@@ -48,6 +48,7 @@ pub struct CommandSlots {
     head: usize,
     queued: usize,
     in_flight: usize,
+    starved: bool,
 }
 
 impl CommandSlots {
@@ -64,7 +65,13 @@ impl CommandSlots {
             head: 0,
             queued: 0,
             in_flight: 0,
+            starved: false,
         }
+    }
+
+    /// True (once) when an emit failed for want of a slot since the last call.
+    pub fn take_starved(&mut self) -> bool {
+        core::mem::take(&mut self.starved)
     }
 
     /// Free slots.
@@ -80,6 +87,7 @@ impl CommandSlots {
     /// Emits a command; `false` when every slot is taken.
     pub fn emit(&mut self, owner: Owner, file: FileId, op: Op) -> bool {
         let Some(index) = self.slots.iter().position(|s| s.state == SlotState::Free) else {
+            self.starved = true;
             return false;
         };
         let slot = &mut self.slots[index];
