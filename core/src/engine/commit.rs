@@ -12,10 +12,9 @@ use super::cache::{Meta, PageState, PAGE_BYTES};
 use super::slots::Owner;
 use super::types::*;
 use super::{Engine, HEADER_AREA, SCRATCH_AREA};
-use crate::format::header::{mutable_sectors, RawHeader, FVD_VERSION};
+use crate::format::header::{mutable_sectors, FVD_VERSION};
 use crate::format::journal::{SectorBuilder, JOURNAL_SECTOR_SIZE};
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::FromBytes;
 
 /// Why a commit runs; decides its steps and what happens at its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,11 +111,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             write_back_failed: None,
             ..CommitState::IDLE
         };
-    }
-
-    fn header_mut(&mut self) -> &mut RawHeader {
-        let bytes = &mut self.memory.as_mut()[..crate::format::RAW_HEADER_LEN];
-        RawHeader::mut_from_bytes(bytes).expect("header area is exactly one header")
     }
 
     fn emit_commit(&mut self, file: FileId, op: Op) -> bool {

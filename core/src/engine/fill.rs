@@ -246,7 +246,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         true
     }
 
-    /// Bookkeeping when fill `slot` ends.
+    /// Bookkeeping when fill `slot` ends (called by `finish`, which also takes it out of
+    /// the request order).
     pub(crate) fn fill_finished(&mut self, slot: usize, wrote: bool) {
         let r = self.requests[slot];
         self.bounce.give_back(r.fill.bounce);
@@ -260,14 +261,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             if wrote {
                 self.stats.cor_fills_done += 1;
             }
-        }
-        if let Some(pos) = self.request_order[..self.active_requests]
-            .iter()
-            .position(|&s| usize::from(s) == slot)
-        {
-            self.request_order
-                .copy_within(pos + 1..self.active_requests, pos);
-            self.active_requests -= 1;
         }
     }
 }

@@ -28,6 +28,7 @@ use commit::CommitState;
 use open::Lifecycle;
 use requests::RequestSlot;
 use slots::{CommandSlots, EventQueue};
+use zerocopy::FromBytes;
 
 /// Requests in flight at once.
 pub const MAX_REQUESTS: usize = 64;
@@ -213,6 +214,22 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         self.layout.as_ref()
     }
 
+    /// The header as in memory (valid once the header has been read).
+    pub(crate) fn header(&self) -> &crate::format::RawHeader {
+        crate::format::RawHeader::ref_from_bytes(
+            &self.memory.as_ref()[..crate::format::RAW_HEADER_LEN],
+        )
+        .expect("header area is exactly one header")
+    }
+
+    /// The header as in memory, to update the fields the engine rewrites at runtime.
+    pub(crate) fn header_mut(&mut self) -> &mut crate::format::RawHeader {
+        crate::format::RawHeader::mut_from_bytes(
+            &mut self.memory.as_mut()[..crate::format::RAW_HEADER_LEN],
+        )
+        .expect("header area is exactly one header")
+    }
+
     /// The header bytes as in memory (valid once the header has been read).
     pub fn header_bytes(&self) -> &[u8] {
         &self.memory.as_ref()[..crate::format::RAW_HEADER_LEN]
@@ -357,7 +374,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 match other {
                     Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
                     Owner::Commit => self.commit_command_done(result),
-                    Owner::Lifecycle => self.lifecycle_done(op, result),
+                    Owner::Lifecycle => self.lifecycle_done(result),
                     Owner::Alloc => self.alloc_done(op, result),
                     Owner::Overlay => self.overlay_done(result),
                     Owner::Prefetch => self.prefetch_done(result),

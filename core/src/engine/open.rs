@@ -10,11 +10,10 @@ use super::meta::{Stall, ENTRIES_PER_PAGE};
 use super::slots::Owner;
 use super::types::*;
 use super::{Engine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
-use crate::format::header::{mutable_sectors, RawHeader};
+use crate::format::header::mutable_sectors;
 use crate::format::journal::{VerifiedSector, JOURNAL_SECTOR_SIZE};
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
-use zerocopy::FromBytes;
 
 const BATCH_SECTORS: u64 = (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64;
 
@@ -232,7 +231,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
     }
 
-    pub(crate) fn lifecycle_done(&mut self, op: Op, result: Result<(), IoError>) {
+    pub(crate) fn lifecycle_done(&mut self, result: Result<(), IoError>) {
         if let Err(error) = result {
             if !matches!(self.lifecycle, Lifecycle::Open | Lifecycle::Closing) {
                 self.fail_open(OpenError::Io(error));
@@ -251,9 +250,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 }
             }
             Lifecycle::ScanJournal { batch, .. } => self.scan_journal_batch(batch),
-            _ => {
-                let _ = op;
-            }
+            _ => {}
         }
     }
 
@@ -270,7 +267,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         if live_base.is_some() && self.options.writable && !self.options.base_available {
             return self.fail_open(OpenError::BaseMissing);
         }
-        self.clean_period_ms = self.header_bytes_raw().journal_clean_buf_period.get();
+        self.clean_period_ms = self.header().journal_clean_buf_period.get();
         self.copy_on_read = self.options.copy_on_read.unwrap_or(layout.copy_on_read)
             && self.options.writable
             && self.options.base_available
@@ -282,16 +279,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             && !layout.base_fully_prefetched
         {
             self.prefetch = super::prefetch::Prefetch::configure(
-                self.header_bytes_raw(),
+                self.header(),
                 layout.block_size,
                 self.options.prefetch,
             );
         }
         // As in 2011: a cap below two blocks would starve copy-on-read; use one block then.
-        let cap = self
-            .header_bytes_raw()
-            .max_outstanding_copy_on_read_data
-            .get();
+        let cap = self.header().max_outstanding_copy_on_read_data.get();
         self.cor_cap = if cap < 2 * layout.block_size {
             layout.block_size
         } else {
@@ -710,7 +704,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             self.alloc.frontier
         };
         if reused && !layout.chunks_relocated {
-            self.header_mut_alloc().chunks_relocated = U32::new(1);
+            self.header_mut().chunks_relocated = U32::new(1);
             if let Some(l) = self.layout.as_mut() {
                 l.chunks_relocated = true;
             }
@@ -746,16 +740,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
         self.stats.chunks_allocated += 1;
         Ok((p, reused || p < self.alloc.known_zero_from))
-    }
-
-    fn header_bytes_raw(&self) -> &RawHeader {
-        RawHeader::ref_from_bytes(&self.memory.as_ref()[..RAW_HEADER_LEN])
-            .expect("header area is exactly one header")
-    }
-
-    fn header_mut_alloc(&mut self) -> &mut RawHeader {
-        let bytes = &mut self.memory.as_mut()[..RAW_HEADER_LEN];
-        RawHeader::mut_from_bytes(bytes).expect("header area is exactly one header")
     }
 
     fn step_pending_alloc(&mut self) -> bool {

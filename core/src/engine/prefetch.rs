@@ -14,9 +14,7 @@ use super::slots::Owner;
 use super::types::*;
 use super::Engine;
 use crate::format::header::{mutable_sectors, RawHeader};
-use crate::format::RAW_HEADER_LEN;
 use zerocopy::little_endian::U32;
-use zerocopy::FromBytes;
 
 /// How an open treats whole-image prefetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -396,8 +394,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     self.prefetch.finish_step = 0;
                     return true;
                 }
-                let header = RawHeader::mut_from_bytes(&mut self.memory.as_mut()[..RAW_HEADER_LEN])
-                    .expect("header area is exactly one header");
+                let header = self.header_mut();
                 header.base_img_fully_prefetched = U32::new(1);
                 let at = mutable_sectors::RELOCATION_AND_PREFETCH * 512;
                 let op = Op::Write {
