@@ -1,7 +1,7 @@
 //! Real files behind the engine: [`FileStorage`] performs commands with positioned I/O,
-//! `fdatasync` for flush and `fallocate` for write-zeroes; [`open_image`] opens an FVD
-//! image with its data file and its base chain (relative names resolve against the
-//! directory of the image that names them).
+//! `fdatasync` for flush and `fallocate` for write-zeroes; [`open_image`] opens an FVD or
+//! QED image with its data file (FVD only) and its base chain (relative names resolve
+//! against the directory of the image that names them). The format is told by the magic.
 
 use crate::chain::BaseRead;
 use crate::driver::{Driver, DriverError, DriverOptions};
@@ -9,6 +9,7 @@ use crate::storage::{write_zeroes_by_writing, Storage};
 use fvd_core::engine::FileId;
 use fvd_core::format::header::name_field;
 use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::qed::{QedHeaderError, QED_MAGIC};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -195,6 +196,14 @@ pub enum ImageOpenError {
         /// Why.
         source: HeaderError,
     },
+    /// The header is not a valid QED header.
+    #[error("'{path}' is not a valid QED image: {source}")]
+    QedHeader {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: QedHeaderError,
+    },
     /// The base chain is deeper than [`MAX_CHAIN_DEPTH`] (or loops).
     #[error("backing chain of '{0}' is too deep (more than {MAX_CHAIN_DEPTH} images) or loops")]
     ChainTooDeep(PathBuf),
@@ -220,10 +229,22 @@ pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
 
 /// True when the file at `path` starts with the FVD magic.
 pub fn is_fvd(path: &Path) -> io::Result<bool> {
+    Ok(magic_of(path)? == FVD_MAGIC)
+}
+
+/// True when the file at `path` starts with the FVD or the QED magic: an image the
+/// engine opens, rather than a raw file.
+pub fn is_image(path: &Path) -> io::Result<bool> {
+    let magic = magic_of(path)?;
+    Ok(magic == FVD_MAGIC || magic == QED_MAGIC)
+}
+
+/// The first four bytes of the file at `path` as a little-endian u32 (zeros past its end).
+fn magic_of(path: &Path) -> io::Result<u32> {
     let file = File::open(path)?;
     let mut magic = [0u8; 4];
     read_full_at(&file, 0, &mut magic)?;
-    Ok(u32::from_le_bytes(magic) == FVD_MAGIC)
+    Ok(u32::from_le_bytes(magic))
 }
 
 fn name_of(field: &[u8]) -> Option<String> {
@@ -232,9 +253,8 @@ fn name_of(field: &[u8]) -> Option<String> {
         .map(|n| String::from_utf8_lossy(n).into_owned())
 }
 
-/// Opens the base named by an image's header: a raw file or (by format or magic) an FVD
-/// image, read-only, recursively. A fully prefetched image never reads its base, which
-/// need not exist any more (FORMAT.md §7): it is not opened.
+/// Opens the base named by an FVD image's header. A fully prefetched image never reads its
+/// base, which need not exist any more (FORMAT.md §7): it is not opened.
 fn open_base(
     image: &Path,
     header: &RawHeader,
@@ -247,18 +267,30 @@ fn open_base(
     if header.base_img_fully_prefetched.get() == 1 {
         return Ok(None);
     }
-    let path = resolve_relative(image, &name);
     let format = name_field(&header.base_img_fmt).unwrap_or_default();
+    open_base_named(image, &name, format, options, depth).map(Some)
+}
+
+/// Opens base `name` of `image` read-only: a raw file, or (by `format` — `fvd`, `qed`,
+/// `raw` — or, when that is empty or unknown, by magic) an FVD or QED image, recursively.
+fn open_base_named(
+    image: &Path,
+    name: &str,
+    format: &[u8],
+    options: &DriverOptions,
+    depth: usize,
+) -> Result<Box<dyn BaseRead>, ImageOpenError> {
+    let path = resolve_relative(image, name);
     let io_err = |source| ImageOpenError::Io {
         path: path.clone(),
         source,
     };
-    let fvd = match format {
-        b"fvd" => true,
+    let engine_image = match format {
+        b"fvd" | b"qed" => true,
         b"raw" => false,
-        _ => is_fvd(&path).map_err(io_err)?,
+        _ => is_image(&path).map_err(io_err)?,
     };
-    if fvd {
+    if engine_image {
         let base_options = DriverOptions {
             writable: false,
             shuffle_seed: None,
@@ -266,13 +298,53 @@ fn open_base(
             ..*options
         };
         let driver = open_image_at_depth(&path, base_options, depth + 1)?;
-        Ok(Some(Box::new(driver)))
+        Ok(Box::new(driver))
     } else {
-        Ok(Some(Box::new(RawBase::open(&path).map_err(io_err)?)))
+        Ok(Box::new(RawBase::open(&path).map_err(io_err)?))
     }
 }
 
-/// Opens the FVD image at `path` with its data file and base chain.
+/// The files of the QED image `image` at `path`, whose first bytes are `bytes`: the image
+/// itself and its backing file (raw when the header says so, otherwise probed). A QED
+/// image has no data file.
+fn open_qed_files(
+    path: &Path,
+    image: File,
+    bytes: &[u8],
+    file_len: u64,
+    options: &DriverOptions,
+    depth: usize,
+) -> Result<FileStorage, ImageOpenError> {
+    let (_, layout) =
+        fvd_core::qed::parse(bytes, file_len).map_err(|source| ImageOpenError::QedHeader {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let base = match layout.backing {
+        Some(backing) => {
+            // Validation placed the name inside the header area, inside the file, at most
+            // 4095 bytes after byte 64: read the file up to its end.
+            let end = usize::try_from(backing.name.end()).unwrap_or(usize::MAX);
+            let mut area = vec![0u8; end];
+            read_full_at(&image, 0, &mut area).map_err(|source| ImageOpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let name = layout.backing_name(&area).unwrap_or_default();
+            let name = String::from_utf8_lossy(name).into_owned();
+            let format: &[u8] = if backing.raw { b"raw" } else { b"" };
+            Some(open_base_named(path, &name, format, options, depth)?)
+        }
+        None => None,
+    };
+    Ok(FileStorage {
+        image,
+        data: None,
+        base,
+    })
+}
+
+/// Opens the FVD or QED image at `path` with its data file and base chain.
 pub fn open_image(
     path: &Path,
     options: DriverOptions,
@@ -280,7 +352,7 @@ pub fn open_image(
     open_image_at_depth(path, options, 0)
 }
 
-/// Opens the files of the FVD image at `path` (image, data file, base chain) without
+/// Opens the files of the FVD or QED image at `path` (image, data file, base chain) without
 /// starting an engine on them: for hosts that run the engine themselves.
 pub fn open_storage(path: &Path, options: DriverOptions) -> Result<FileStorage, ImageOpenError> {
     open_files_at_depth(path, &options, 0)
@@ -324,6 +396,9 @@ fn open_files_at_depth(
     }
     let mut bytes = vec![0u8; RAW_HEADER_LEN];
     read_full_at(&image, 0, &mut bytes).map_err(io_err(path))?;
+    if fvd_core::qed::probe(&bytes) {
+        return open_qed_files(path, image, &bytes, meta.len(), options, depth);
+    }
     let (header, _) = parse(&bytes, meta.len()).map_err(|source| ImageOpenError::Header {
         path: path.to_path_buf(),
         source,

@@ -4,11 +4,10 @@
 
 use super::error::CliError;
 use super::image::{has_magic, header_reason, open_host_file, read_at_most};
+use super::qed::qed_header_reason;
 use fvd_core::format::{parse, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::qed::QED_MAGIC;
 use std::path::{Path, PathBuf};
-
-/// QED's magic, `QED\0` read as a little-endian u32.
-pub const QED_MAGIC: u32 = u32::from_le_bytes(*b"QED\0");
 
 /// A format a base image may have (the names `base_img_fmt` allows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +16,7 @@ pub enum BaseFormat {
     Raw,
     /// An FVD image: its header gives its size.
     Fvd,
-    /// A QED image (recognised, not yet readable).
+    /// A QED image: its header gives its size.
     Qed,
 }
 
@@ -41,7 +40,7 @@ impl BaseFormat {
             .find(|format| format.name() == text)
             .ok_or_else(|| {
                 CliError::Usage(format!(
-                    "Unknown backing file format '{text}' (use raw or fvd)"
+                    "Unknown backing file format '{text}' (use raw, fvd or qed)"
                 ))
             })
     }
@@ -100,10 +99,15 @@ pub fn inspect(image: &Path, name: &Path, format: Option<BaseFormat>) -> Result<
                 .virtual_size
         }
         BaseFormat::Qed => {
-            return Err(CliError::Invalid(format!(
-                "backing file '{}' is a QED image; QED base images are not supported yet",
-                path.display()
-            )))
+            fvd_core::qed::parse(&prefix, host.len)
+                .map_err(|err| {
+                    backing(CliError::NotQed {
+                        path: path.clone(),
+                        reason: qed_header_reason(&err),
+                    })
+                })?
+                .1
+                .image_size
         }
     };
     Ok(Base {
@@ -143,6 +147,7 @@ mod tests {
     fn formats_parse_by_name() {
         assert_eq!(BaseFormat::parse("raw").unwrap(), BaseFormat::Raw);
         assert_eq!(BaseFormat::parse("fvd").unwrap(), BaseFormat::Fvd);
+        assert_eq!(BaseFormat::parse("qed").unwrap(), BaseFormat::Qed);
         assert!(BaseFormat::parse("vmdk").is_err());
     }
 }

@@ -192,6 +192,12 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let no_base = || CliError::Image("Image does not have a backing file".into());
     match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
         DiskFormat::Raw => return Err(no_base()),
+        DiskFormat::Qed => {
+            return Err(CliError::Invalid(format!(
+                "'{}' is a QED image; commit supports FVD images only",
+                path.display()
+            )))
+        }
         DiskFormat::Fvd => {}
     }
     let image = open_fvd(path)?;

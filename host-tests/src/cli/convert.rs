@@ -75,6 +75,11 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let output = DiskFormat::parse(&args.output_format)?;
     let options = match output {
         DiskFormat::Fvd => Some(parse_options(&args.options, &FVD_CREATE_OPTIONS)?),
+        DiskFormat::Qed => {
+            return Err(CliError::Usage(
+                "convert -O qed is not supported yet".into(),
+            ))
+        }
         DiskFormat::Raw => {
             let parsed = parse_options(&args.options, &[])?;
             if parsed.help {
@@ -323,7 +328,7 @@ fn write_non_zero(dst: &mut Disk, offset: u64, bytes: &[u8]) -> Result<(), CliEr
 /// source whose size is not a sector multiple) is padded with zeros.
 fn write_run(dst: &mut Disk, offset: u64, bytes: &[u8]) -> Result<(), CliError> {
     let len = bytes.len() as u64;
-    if dst.format() == DiskFormat::Fvd && (offset % SECTOR != 0 || len % SECTOR != 0) {
+    if dst.format().is_image() && (offset % SECTOR != 0 || len % SECTOR != 0) {
         let lo = offset / SECTOR * SECTOR;
         let hi = ((offset + len).div_ceil(SECTOR) * SECTOR).min(dst.size());
         let mut padded = vec![0u8; (hi - lo) as usize];

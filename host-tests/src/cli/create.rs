@@ -1,17 +1,20 @@
-//! `fvd-img create`: turns the command line into `fvd_core::geometry::CreateOptions`,
-//! plans the header, writes the image (and an empty data file) without ever leaving a
-//! partial file behind, and prints qemu-img's `Formatting ...` line.
+//! `fvd-img create`: turns the command line into `fvd_core::geometry::CreateOptions` (FVD)
+//! or `fvd_core::qed::QedCreateOptions` (QED), plans the header, writes the image (and an
+//! FVD image's empty data file) without ever leaving a partial file behind, and prints
+//! qemu-img's `Formatting ...` line.
 
 use super::base::{self, Base, BaseFormat};
 use super::error::CliError;
 use super::image_format::ImageFormat;
 use super::options::{help_text, parse_options, OptionKind, OptionSpec, ParsedOptions};
+use super::qed::stage_qed;
 use super::size::parse_size;
 use super::sparse;
 use super::writer::{stage_empty, stage_image, Staged};
 use clap::Args;
 use fvd_core::format::RawHeader;
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
+use fvd_core::qed::{plan as qed_plan, QedBacking, QedCreateOptions};
 use fvd_core::units::{checked_round_up, PAGE_SIZE};
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -25,15 +28,15 @@ use std::path::{Path, PathBuf};
 SIZE is in bytes, or a number with suffix k, M, G, T, P or E (powers of 1024). Without SIZE \
 the image gets the size of its base image.\n\
 FILE is never overwritten unless --force is given; on failure no file is left behind.\n\
-List the -o options with: fvd-img create -f fvd -o help")]
+List the -o options with: fvd-img create -f fvd -o help (or -f qed)")]
 pub struct CreateArgs {
-    /// Image format to create (fvd)
+    /// Image format to create (fvd or qed)
     #[arg(short = 'f', value_name = "FMT", default_value = "fvd")]
     pub format: String,
     /// Base (backing) image; a relative name is relative to FILE's directory
     #[arg(short = 'b', value_name = "BASE")]
     pub backing_file: Option<PathBuf>,
-    /// Format of the base image: raw or fvd (default: probed)
+    /// Format of the base image: raw, fvd or qed (default: probed)
     #[arg(short = 'F', value_name = "BASE_FMT")]
     pub backing_format: Option<String>,
     /// Format options KEY=VAL[,KEY=VAL...], may be repeated; '-o help' lists them
@@ -124,10 +127,40 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
     },
 ];
 
+/// The `-o` options of `create -f qed` (qemu-img's, less its host-file ones).
+pub const QED_CREATE_OPTIONS: [OptionSpec; 5] = [
+    OptionSpec {
+        name: "backing_file",
+        kind: OptionKind::Str,
+        help: "File name of a base image (same as -b)",
+    },
+    OptionSpec {
+        name: "backing_fmt",
+        kind: OptionKind::Str,
+        help: "Image format of the base image: raw, fvd or qed (same as -F; default: probed)",
+    },
+    OptionSpec {
+        name: "cluster_size",
+        kind: OptionKind::Size,
+        help: "Cluster size (in bytes): a power of two from 4k to 64M (default 64k)",
+    },
+    OptionSpec {
+        name: "table_size",
+        kind: OptionKind::Size,
+        help: "L1/L2 table size (in clusters): a power of two from 1 to 16 (default 4)",
+    },
+    OptionSpec {
+        name: "size",
+        kind: OptionKind::Size,
+        help: "Virtual disk size (same as SIZE)",
+    },
+];
+
 /// Runs `fvd-img create`, writing the `Formatting` line (or the `-o help` listing) to `out`.
 pub fn run(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     match ImageFormat::parse(&args.format)? {
         ImageFormat::Fvd => create_fvd(args, out),
+        ImageFormat::Qed => create_qed(args, out),
     }
 }
 
@@ -395,6 +428,142 @@ fn create_fvd(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let staged = stage_fvd(args, opts)?;
     let line = staged.formatting_line();
+    staged.commit(args.force)?;
+    if !args.quiet {
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// What `create -f qed` was asked for, with every argument checked but no file touched.
+#[derive(Debug)]
+struct QedRequest {
+    file: PathBuf,
+    size: Option<u64>,
+    backing: Option<(PathBuf, Option<BaseFormat>)>,
+    cluster_size: u64,
+    table_size: u64,
+    table_size_given: bool,
+}
+
+impl QedRequest {
+    fn new(args: &CreateArgs, mut opts: ParsedOptions) -> Result<Self, CliError> {
+        let file = args
+            .file
+            .clone()
+            .ok_or_else(|| CliError::Usage("Expecting image file name".into()))?;
+        let backing_name = one_of(
+            args.backing_file.clone(),
+            opts.take_str("backing_file").map(PathBuf::from),
+            "-b",
+            "backing_file",
+        )?;
+        let backing_fmt = one_of(
+            args.backing_format.clone(),
+            opts.take_str("backing_fmt"),
+            "-F",
+            "backing_fmt",
+        )?
+        .map(|name| BaseFormat::parse(&name))
+        .transpose()?;
+        let backing = match (backing_name, backing_fmt) {
+            (Some(name), _) if name.as_os_str().is_empty() => {
+                return Err(CliError::Usage("The backing file name is empty".into()))
+            }
+            (Some(name), format) => Some((name, format)),
+            (None, Some(_)) => {
+                return Err(CliError::Usage(
+                    "A backing format (-F) needs a backing file (-b)".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        let size = args
+            .size
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("Invalid image size specified: {e}")))?;
+        let size = one_of(size, opts.take_size("size"), "SIZE", "size")?;
+        if size.is_none() && backing.is_none() {
+            return Err(CliError::Usage(
+                "Image creation needs a size parameter (or a backing file to take it from)".into(),
+            ));
+        }
+        let defaults = QedCreateOptions::default();
+        let table_size = opts.take_size("table_size");
+        let request = QedRequest {
+            file,
+            size,
+            backing,
+            cluster_size: opts
+                .take_size("cluster_size")
+                .unwrap_or(defaults.cluster_size),
+            table_size: table_size.unwrap_or(defaults.table_size),
+            table_size_given: table_size.is_some(),
+        };
+        if let Some(key) = opts.values.keys().next() {
+            return Err(CliError::Invalid(format!(
+                "internal error: option '{key}' is not handled"
+            )));
+        }
+        Ok(request)
+    }
+}
+
+fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let opts = parse_options(&args.options, &QED_CREATE_OPTIONS)?;
+    if opts.help {
+        return out
+            .write_all(help_text("qed", &QED_CREATE_OPTIONS).as_bytes())
+            .map_err(CliError::Output);
+    }
+    let request = QedRequest::new(args, opts)?;
+    let file = request.file.as_path();
+    check_target(file, args.force)?;
+    let base = match &request.backing {
+        Some((name, format)) => {
+            let base = base::inspect(file, name, *format)?;
+            if same_file(&base.path, file) {
+                return Err(CliError::Usage(
+                    "Trying to create an image with the same file name as its backing file".into(),
+                ));
+            }
+            Some(base)
+        }
+        None => None,
+    };
+    let size = request
+        .size
+        .or(base.as_ref().map(|base| base.size))
+        .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))?;
+    let options = QedCreateOptions {
+        size,
+        cluster_size: request.cluster_size,
+        table_size: request.table_size,
+        backing: base.as_ref().map(|base| QedBacking {
+            name: base.name.as_os_str().as_bytes(),
+            format: base.format.name().as_bytes(),
+        }),
+    };
+    let plan = qed_plan(&options).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let staged = stage_qed(file, &plan)?;
+    let mut line = format!(
+        "Formatting '{}', fmt=qed size={}",
+        file.display(),
+        plan.header.image_size.get()
+    );
+    if let Some(base) = &base {
+        line += &format!(
+            " backing_file={} backing_fmt={}",
+            base.name.display(),
+            base.format.name()
+        );
+    }
+    line += &format!(" cluster_size={}", plan.header.cluster_size.get());
+    if request.table_size_given {
+        line += &format!(" table_size={}", plan.header.table_size.get());
+    }
     staged.commit(args.force)?;
     if !args.quiet {
         writeln!(out, "{line}").map_err(CliError::Output)?;

@@ -1,17 +1,19 @@
-//! Guest disks for the data commands (`io`, `convert`, `compare`, `map`): an FVD image
-//! driven through the engine with its data file and base chain, or a raw file with
+//! Guest disks for the data commands (`io`, `convert`, `compare`, `map`): an FVD or QED
+//! image driven through the engine with its data file and base chain, or a raw file with
 //! positioned I/O. A [`Disk`] reads and writes by guest offset, queues concurrent
 //! requests, and tells where each run of guest bytes lives ([`Extent`]), following the
 //! base chain the way `qemu-img map` follows a backing chain.
 
 use super::error::{io_reason, CliError};
 use super::image::{has_magic, header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use super::qed::open_qed;
 use crate::driver::{Driver, DriverError, DriverOptions};
 use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
 use crate::storage::Storage;
 use fvd_core::engine::Mapping;
 use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
 use fvd_core::format::FVD_MAGIC;
+use fvd_core::qed::QED_MAGIC;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -28,6 +30,8 @@ const PIECE: u64 = 16 << 20;
 pub enum DiskFormat {
     /// An FVD image.
     Fvd,
+    /// A QED image, driven through the same engine as FVD.
+    Qed,
     /// A raw disk image: the file's bytes are the guest's.
     Raw,
 }
@@ -37,6 +41,7 @@ impl DiskFormat {
     pub const fn name(self) -> &'static str {
         match self {
             DiskFormat::Fvd => "fvd",
+            DiskFormat::Qed => "qed",
             DiskFormat::Raw => "raw",
         }
     }
@@ -45,20 +50,29 @@ impl DiskFormat {
     pub fn parse(text: &str) -> Result<Self, CliError> {
         match text {
             "fvd" => Ok(DiskFormat::Fvd),
+            "qed" => Ok(DiskFormat::Qed),
             "raw" => Ok(DiskFormat::Raw),
             _ => Err(CliError::UnknownFormat(text.to_string())),
         }
     }
 
-    /// FVD when the file starts with the FVD magic, raw otherwise.
+    /// FVD or QED when the file starts with that format's magic, raw otherwise.
     pub fn probe(path: &Path) -> Result<Self, CliError> {
         let host = open_host_file(path)?;
         let magic = read_at_most(&host.file, path, 0, 4)?;
         Ok(if has_magic(&magic, FVD_MAGIC) {
             DiskFormat::Fvd
+        } else if has_magic(&magic, QED_MAGIC) {
+            DiskFormat::Qed
         } else {
             DiskFormat::Raw
         })
+    }
+
+    /// True for the formats whose guest data goes through the engine (sector-granular
+    /// requests), false for raw files.
+    pub const fn is_image(self) -> bool {
+        !matches!(self, DiskFormat::Raw)
     }
 
     /// The format `given` on the command line, or probed from `path`.
@@ -219,6 +233,10 @@ pub fn open_error(err: ImageOpenError) -> CliError {
             path,
             reason: header_reason(&source),
         },
+        ImageOpenError::QedHeader { path, source } => CliError::NotQed {
+            path,
+            reason: super::qed::qed_header_reason(&source),
+        },
         ImageOpenError::Engine { path, source } => {
             CliError::Image(format!("Could not open '{}': {source}", path.display()))
         }
@@ -317,6 +335,30 @@ impl Disk {
                 };
                 let driver = open_image(path, options).map_err(open_error)?;
                 Ok(Self::from_driver(path, driver, data_path, base, writable))
+            }
+            DiskFormat::Qed => {
+                // The header tells the size and the backing file; the engine (which probes
+                // the magic itself) does the rest, exactly as for FVD.
+                let image = open_qed(path)?;
+                let size = image.layout.image_size;
+                let base = match image.backing_text() {
+                    Some(name) => BaseLink::Closed {
+                        path: resolve_relative(path, &name),
+                        format: image.backing_format().map(|_| DiskFormat::Raw),
+                    },
+                    None => BaseLink::None,
+                };
+                drop(image);
+                let options = DriverOptions {
+                    writable,
+                    copy_on_read,
+                    ..DriverOptions::default()
+                };
+                let driver = open_image(path, options).map_err(open_error)?;
+                let mut disk = Self::from_driver(path, driver, path.to_path_buf(), base, writable);
+                disk.format = DiskFormat::Qed;
+                disk.size = size;
+                Ok(disk)
             }
         }
     }
@@ -819,6 +861,7 @@ mod tests {
     fn formats_parse_and_zero_detection() {
         assert_eq!(DiskFormat::parse("raw").unwrap(), DiskFormat::Raw);
         assert_eq!(DiskFormat::parse("fvd").unwrap(), DiskFormat::Fvd);
+        assert_eq!(DiskFormat::parse("qed").unwrap(), DiskFormat::Qed);
         assert!(DiskFormat::parse("qcow2").is_err());
         assert!(is_zero(&[0; 1000]));
         let mut bytes = vec![0u8; 1001];

@@ -38,6 +38,14 @@ pub enum CliError {
         /// Why, usually a `HeaderError` message.
         reason: String,
     },
+    /// The file is not a QED image, or its QED header fails validation.
+    #[error("'{}' is not a valid QED image: {reason}", .path.display())]
+    NotQed {
+        /// The file.
+        path: PathBuf,
+        /// Why, usually a `QedHeaderError` message.
+        reason: String,
+    },
     /// `create` was asked to write over an existing file without `--force`.
     #[error("'{}' already exists; use --force to overwrite it", .path.display())]
     Exists {

@@ -1,23 +1,31 @@
-//! The image formats `fvd-img` can create and inspect (`-f`), by their qemu-img names.
+//! The image formats `fvd-img` can create, inspect and check (`-f`), by their qemu-img
+//! names, and probing a file's format by its magic.
 //! Adding a format means adding a variant here and an arm in each subcommand's dispatch.
 
 use super::error::CliError;
+use super::image::{has_magic, open_host_file, read_at_most};
+use fvd_core::format::FVD_MAGIC;
+use fvd_core::qed::QED_MAGIC;
+use std::path::Path;
 
 /// A format `-f` may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageFormat {
     /// Fast Virtual Disk.
     Fvd,
+    /// QEMU Enhanced Disk.
+    Qed,
 }
 
 impl ImageFormat {
     /// Every supported format.
-    pub const ALL: [ImageFormat; 1] = [ImageFormat::Fvd];
+    pub const ALL: [ImageFormat; 2] = [ImageFormat::Fvd, ImageFormat::Qed];
 
     /// The name qemu-img and the header use.
     pub const fn name(self) -> &'static str {
         match self {
             ImageFormat::Fvd => "fvd",
+            ImageFormat::Qed => "qed",
         }
     }
 
@@ -27,6 +35,28 @@ impl ImageFormat {
             .into_iter()
             .find(|format| format.name() == text)
             .ok_or_else(|| CliError::UnknownFormat(text.to_string()))
+    }
+
+    /// The format whose magic `path` starts with, if any.
+    pub fn probe(path: &Path) -> Result<Option<Self>, CliError> {
+        let host = open_host_file(path)?;
+        let magic = read_at_most(&host.file, path, 0, 4)?;
+        Ok(if has_magic(&magic, FVD_MAGIC) {
+            Some(ImageFormat::Fvd)
+        } else if has_magic(&magic, QED_MAGIC) {
+            Some(ImageFormat::Qed)
+        } else {
+            None
+        })
+    }
+
+    /// The format `given` with `-f`, or probed from `path`'s magic. A file with neither
+    /// magic is taken as FVD, so that the header check explains what is wrong with it.
+    pub fn given_or_probed(given: Option<&str>, path: &Path) -> Result<Self, CliError> {
+        match given {
+            Some(text) => Self::parse(text),
+            None => Ok(Self::probe(path)?.unwrap_or(ImageFormat::Fvd)),
+        }
     }
 }
 
@@ -41,6 +71,7 @@ mod tests {
             ImageFormat::parse("qcow2").unwrap_err().to_string(),
             "Unknown file format 'qcow2'"
         );
+        assert_eq!(ImageFormat::parse("qed").unwrap(), ImageFormat::Qed);
         assert!(ImageFormat::parse("FVD").is_err());
     }
 }

@@ -1,16 +1,19 @@
-//! `fvd-img info`: opens an image read-only, reads its header and metadata regions, and
-//! reports every header field plus the facts derived from them (regions, host allocation,
-//! mapped chunks, bitmap use), as qemu-img-style text or JSON.
+//! `fvd-img info`: opens an image read-only (FVD or QED, probed by magic unless `-f` names
+//! it), reads its header and metadata regions, and reports every header field plus the
+//! facts derived from them (regions, host allocation, mapped chunks or clusters, bitmap
+//! use), as qemu-img-style text or JSON.
 
 use super::base::resolve;
 use super::error::CliError;
 use super::image::{name_text, open_fvd, open_host_file, read_exact, FvdImage};
 use super::image_format::ImageFormat;
 use super::output::{write_json, OutputFormat};
+use super::qed::{open_qed, read_table, QedImage};
 use super::size::human_size;
 use clap::Args;
 use fvd_core::format::table::TableEntry;
 use fvd_core::format::{RawHeader, FVD_MAGIC};
+use fvd_core::qed::{features as qed_features, L1Entry, L2Entry, QedHeader, QED_MAGIC};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 /// Arguments of `fvd-img info`.
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
-    /// Image format (fvd; default: probed)
+    /// Image format (fvd or qed; default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Output format
@@ -78,11 +81,15 @@ pub struct BackingInfo {
     pub format: Option<String>,
 }
 
-/// Everything `info` reports about an FVD image.
+/// Everything `info` reports about an image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageInfo {
     /// The image path as given.
     pub filename: String,
+    /// Its format.
+    pub format: ImageFormat,
+    /// Bytes per cluster, for formats that have clusters (QED).
+    pub cluster_size: Option<u64>,
     /// Guest-visible size.
     pub virtual_size: u64,
     /// Bytes the host has allocated for the image file.
@@ -99,14 +106,10 @@ pub struct ImageInfo {
 
 /// Runs `fvd-img info`.
 pub fn run(args: &InfoArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let format = args
-        .format
-        .as_deref()
-        .map(ImageFormat::parse)
-        .transpose()?
-        .unwrap_or(ImageFormat::Fvd);
+    let format = ImageFormat::given_or_probed(args.format.as_deref(), &args.file)?;
     let info = match format {
         ImageFormat::Fvd => gather(&open_fvd(&args.file)?)?,
+        ImageFormat::Qed => gather_qed(&open_qed(&args.file)?)?,
     };
     match args.output {
         OutputFormat::Human => out
@@ -351,9 +354,133 @@ pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
 
     Ok(ImageInfo {
         filename: image.path.to_string_lossy().into_owned(),
+        format: ImageFormat::Fvd,
+        cluster_size: None,
         virtual_size: layout.virtual_size,
         actual_size: image.host.allocated,
         dirty: !layout.clean_shutdown,
+        backing,
+        fields,
+        regions,
+    })
+}
+
+/// Every QED header field, in on-disk order.
+fn qed_header_fields(h: &QedHeader) -> Vec<Field> {
+    let features = h.features.get();
+    let mut magic = Field::new("magic", h.magic.get());
+    if h.magic.get() == QED_MAGIC {
+        magic.text = format!("{:#010x} (QED)", h.magic.get());
+    }
+    let hex = |key, value: u64| {
+        let mut field = Field::new(key, value);
+        field.text = format!("{value:#x}");
+        field
+    };
+    let mut feature_field = hex("features", features);
+    let names: Vec<&str> = [
+        (qed_features::BACKING_FILE, "backing_file"),
+        (qed_features::NEED_CHECK, "need_check"),
+        (
+            qed_features::BACKING_FORMAT_NO_PROBE,
+            "backing_format_no_probe",
+        ),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| features & bit != 0)
+    .map(|(_, name)| name)
+    .collect();
+    if !names.is_empty() {
+        feature_field.text = format!("{features:#x} ({})", names.join(", "));
+    }
+    vec![
+        magic,
+        Field::new("cluster_size", h.cluster_size.get()),
+        Field::new("table_size", h.table_size.get()),
+        Field::new("header_size", h.header_size.get()),
+        feature_field,
+        hex("compat_features", h.compat_features.get()),
+        hex("autoclear_features", h.autoclear_features.get()),
+        Field::new("l1_table_offset", h.l1_table_offset.get()),
+        Field::new("image_size", h.image_size.get()),
+        Field::new("backing_filename_offset", h.backing_filename_offset.get()),
+        Field::new("backing_filename_size", h.backing_filename_size.get()),
+    ]
+}
+
+/// Counts of the L1 and L2 entries of a QED image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct QedCounts {
+    l2_tables: u64,
+    data_clusters: u64,
+    zero_clusters: u64,
+    invalid_entries: u64,
+}
+
+/// Walks the L1 table and every L2 table it names that lies inside the file.
+fn count_qed(image: &QedImage) -> Result<QedCounts, CliError> {
+    let layout = &image.layout;
+    let mut counts = QedCounts::default();
+    for raw in read_table(image, layout.l1_table.offset)? {
+        match layout.decode_l1(raw) {
+            L1Entry::Unallocated => continue,
+            L1Entry::Table(offset) if layout.table_in_file(offset, image.host.len) => {
+                counts.l2_tables += 1;
+                for raw in read_table(image, offset)? {
+                    match layout.decode_l2(raw) {
+                        L2Entry::Unallocated => {}
+                        L2Entry::Zero => counts.zero_clusters += 1,
+                        L2Entry::Cluster(_) => counts.data_clusters += 1,
+                        L2Entry::Invalid(_) => counts.invalid_entries += 1,
+                    }
+                }
+            }
+            _ => counts.invalid_entries += 1,
+        }
+    }
+    Ok(counts)
+}
+
+/// Reads what `info` reports from an open, validated QED image.
+pub fn gather_qed(image: &QedImage) -> Result<ImageInfo, CliError> {
+    let layout = &image.layout;
+    let mut fields = qed_header_fields(&image.header);
+    let counts = count_qed(image)?;
+    fields.push(Field::new("file_length", image.host.len));
+    fields.push(Field::new("need_check", layout.need_check));
+    fields.push(Field::new("table_entries", layout.table_entries));
+    fields.push(Field::new("l2_tables", counts.l2_tables));
+    fields.push(Field::new("data_clusters", counts.data_clusters));
+    fields.push(Field::new("zero_clusters", counts.zero_clusters));
+    fields.push(Field::new("invalid_table_entries", counts.invalid_entries));
+    let regions = vec![
+        RegionInfo {
+            name: "header",
+            file: "image",
+            offset: 0,
+            length: layout.header_len,
+        },
+        RegionInfo {
+            name: "l1_table",
+            file: "image",
+            offset: layout.l1_table.offset,
+            length: layout.l1_table.len,
+        },
+    ];
+    let backing = image.backing_text().map(|name| BackingInfo {
+        full_name: resolve(&image.path, Path::new(&name))
+            .to_string_lossy()
+            .into_owned(),
+        name,
+        format: image.backing_format().map(str::to_string),
+    });
+    Ok(ImageInfo {
+        filename: image.path.to_string_lossy().into_owned(),
+        format: ImageFormat::Qed,
+        cluster_size: Some(layout.cluster_size),
+        virtual_size: layout.image_size,
+        actual_size: image.host.allocated,
+        dirty: layout.need_check,
         backing,
         fields,
         regions,
@@ -375,9 +502,12 @@ pub fn to_json(info: &ImageInfo) -> Value {
 
     let mut top = Map::new();
     top.insert("filename".into(), info.filename.clone().into());
-    top.insert("format".into(), ImageFormat::Fvd.name().into());
+    top.insert("format".into(), info.format.name().into());
     top.insert("virtual-size".into(), info.virtual_size.into());
     top.insert("actual-size".into(), info.actual_size.into());
+    if let Some(cluster_size) = info.cluster_size {
+        top.insert("cluster-size".into(), cluster_size.into());
+    }
     if let Some(backing) = &info.backing {
         top.insert("backing-filename".into(), backing.name.clone().into());
         top.insert(
@@ -391,7 +521,7 @@ pub fn to_json(info: &ImageInfo) -> Value {
     top.insert("dirty-flag".into(), info.dirty.into());
     top.insert(
         "format-specific".into(),
-        json!({"type": ImageFormat::Fvd.name(), "data": Value::Object(data)}),
+        json!({"type": info.format.name(), "data": Value::Object(data)}),
     );
     Value::Object(top)
 }
@@ -400,7 +530,7 @@ pub fn to_json(info: &ImageInfo) -> Value {
 pub fn render_human(info: &ImageInfo) -> String {
     let mut lines = vec![
         format!("image: {}", info.filename),
-        format!("file format: {}", ImageFormat::Fvd.name()),
+        format!("file format: {}", info.format.name()),
         format!(
             "virtual size: {} ({} bytes)",
             human_size(info.virtual_size),
@@ -408,6 +538,9 @@ pub fn render_human(info: &ImageInfo) -> String {
         ),
         format!("disk size: {}", human_size(info.actual_size)),
     ];
+    if let Some(cluster_size) = info.cluster_size {
+        lines.push(format!("cluster_size: {cluster_size}"));
+    }
     if let Some(backing) = &info.backing {
         if backing.full_name == backing.name {
             lines.push(format!("backing file: {}", backing.name));

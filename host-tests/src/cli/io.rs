@@ -378,7 +378,7 @@ impl Session<'_> {
 
     /// Checks that OFF and LEN suit the disk: sector multiples for FVD images.
     fn check_alignment(&self, cmd: &str, offset: u64, len: u64) -> Result<(), String> {
-        if self.disk.format() == DiskFormat::Fvd {
+        if self.disk.format().is_image() {
             for (what, value) in [("offset", offset), ("length", len)] {
                 if value % SECTOR != 0 {
                     return Err(format!(

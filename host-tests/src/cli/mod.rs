@@ -21,6 +21,7 @@ pub mod map;
 pub mod options;
 pub mod output;
 pub mod prefetch;
+pub mod qed;
 pub mod rebase;
 pub mod size;
 pub mod sparse;

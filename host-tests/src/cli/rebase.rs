@@ -23,6 +23,7 @@ use super::base::{self, Base, BaseFormat};
 use super::disk::{open_error, Disk, DiskFormat};
 use super::error::CliError;
 use super::image::{header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use super::qed::open_qed;
 use crate::driver::{Driver, DriverOptions};
 use crate::files::{open_image, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
 use clap::Args;
@@ -217,6 +218,23 @@ fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
                 new.name.display()
             )));
         }
+        if format == BaseFormat::Qed {
+            let image = open_qed(&path)?;
+            let Some(name) = image.backing_text() else {
+                return Ok(());
+            };
+            let next = resolve_relative(&path, &name);
+            format = match image.backing_format() {
+                Some(_) => BaseFormat::Raw,
+                None => match DiskFormat::probe(&next) {
+                    Ok(DiskFormat::Fvd) => BaseFormat::Fvd,
+                    Ok(DiskFormat::Qed) => BaseFormat::Qed,
+                    _ => BaseFormat::Raw,
+                },
+            };
+            path = next;
+            continue;
+        }
         if format != BaseFormat::Fvd {
             return Ok(());
         }
@@ -229,6 +247,7 @@ fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
         format = match name_text(&image.header.base_img_fmt).as_str() {
             "" => match DiskFormat::probe(&next) {
                 Ok(DiskFormat::Fvd) => BaseFormat::Fvd,
+                Ok(DiskFormat::Qed) => BaseFormat::Qed,
                 _ => BaseFormat::Raw,
             },
             other => BaseFormat::parse(other)?,
@@ -365,10 +384,11 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
     match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
         DiskFormat::Fvd => {}
-        DiskFormat::Raw => {
+        DiskFormat::Raw | DiskFormat::Qed => {
             return Err(CliError::Invalid(format!(
-                "'{}' is a raw image; only FVD images can be rebased",
-                path.display()
+                "'{}' is a {} image; only FVD images can be rebased",
+                path.display(),
+                DiskFormat::probe(path).map_or("raw", |f| f.name())
             )))
         }
     }
@@ -465,7 +485,8 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     let mut top = open_top(path)?;
     let disk_format = match new.format {
         BaseFormat::Fvd => DiskFormat::Fvd,
-        _ => DiskFormat::Raw,
+        BaseFormat::Qed => DiskFormat::Qed,
+        BaseFormat::Raw => DiskFormat::Raw,
     };
     let disk = Disk::open(&new.path, disk_format, false)?;
     let mut fresh = NewBase {

@@ -37,7 +37,8 @@ pub fn zero_blocks(base: &Base, range: u64, block_size: u64) -> Result<Vec<u8>, 
     };
     let format = match base.format {
         BaseFormat::Fvd => DiskFormat::Fvd,
-        _ => DiskFormat::Raw,
+        BaseFormat::Qed => DiskFormat::Qed,
+        BaseFormat::Raw => DiskFormat::Raw,
     };
     let mut disk = Disk::open(&base.path, format, false)?;
     // Past the base's end everything reads as zeros.

@@ -288,6 +288,11 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(format) = &args.format {
         match ImageFormat::parse(format)? {
             ImageFormat::Fvd => {}
+            ImageFormat::Qed => {
+                return Err(CliError::Usage(
+                    "update rewrites FVD header fields; it does not support QED images".into(),
+                ))
+            }
         }
     }
     let settings = parse_settings(&args.settings)?;

@@ -1,6 +1,6 @@
-//! `fvd-img check`: a structural check of an FVD image with qemu-img check's exit statuses
-//! (0 clean, 1 the check could not be completed, 2 corruption found, 3 only leaked chunks
-//! found) and, with `-r`, repairs.
+//! `fvd-img check`: a structural check of an FVD or QED image with qemu-img check's exit
+//! statuses (0 clean, 1 the check could not be completed, 2 corruption found, 3 only leaked
+//! chunks found) and, with `-r`, repairs. QED images are handled by [`qed`].
 //!
 //! The metadata is read straight from the files with std I/O ([`load`]), never through
 //! the engine, so images the engine refuses can still be checked. A dirty image is checked
@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod load;
+pub mod qed;
 pub mod repair;
 pub mod report;
 pub mod scan;
@@ -45,7 +46,7 @@ Leaked chunks are physical chunks below the highest mapped one that no table ent
 the engine reuses them for new writes. After -r, leaks that cannot be released are reported \
 but do not set status 3.")]
 pub struct CheckArgs {
-    /// Image format (fvd; default: probed)
+    /// Image format (fvd or qed; default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Repair: 'leaks' (replay and release unused storage) or 'all' (also corruptions)
@@ -62,12 +63,11 @@ pub struct CheckArgs {
 /// Runs `fvd-img check`. The report goes to `out`; an exit status other than 0 comes back
 /// as [`CliError::Exit`] after the report is written.
 pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    if let Some(format) = &args.format {
-        match ImageFormat::parse(format)? {
-            ImageFormat::Fvd => {}
-        }
-    }
     let path = args.file.as_path();
+    match ImageFormat::given_or_probed(args.format.as_deref(), path)? {
+        ImageFormat::Fvd => {}
+        ImageFormat::Qed => return qed::run(path, args.repair, args.output, out),
+    }
     if args.repair.is_some() {
         // Refuse before reading anything, so a read-only image is never half-repaired.
         repair::open_writable(path, "image")?;
