@@ -57,9 +57,9 @@ pub struct Cli {
 /// Every subcommand.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a new image: create [-f fvd] [-b BASE [-F BASE_FMT]] [-o OPTIONS] FILE [SIZE]
+    /// Create a new image: create [-f fvd|qed] [-b BASE [-F BASE_FMT]] [-o OPTIONS] FILE [SIZE]
     Create(create::CreateArgs),
-    /// Show an image's header, regions and allocation: info [-f fvd] [--output human|json] FILE
+    /// Show an image's header, regions and allocation: info [-f fvd|qed] [--output human|json] FILE
     Info(info::InfoArgs),
     /// Run qemu-io style commands on an image: io [-f fmt] [-t cache] [-r] [--cor|--no-cor] [-c CMD]... FILE
     Io(io::IoArgs),
@@ -69,7 +69,7 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Show where each run of the guest disk lives: map [-f fmt] [--output human|json] FILE
     Map(map::MapArgs),
-    /// Check an image's metadata, and repair it: check [-f fvd] [-r leaks|all] [--output human|json] FILE
+    /// Check an image's metadata, and repair it: check [-f fvd|qed] [-r leaks|all] [--output human|json] FILE
     Check(check::CheckArgs),
     /// Rewrite header fields in place: update [-f fvd] FILE KEY=VAL...
     Update(update::UpdateArgs),

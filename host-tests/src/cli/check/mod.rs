@@ -44,7 +44,9 @@ Exit status: 0 no problems, 1 the check could not be completed, 2 corruptions fo
 3 leaked chunks found (and no corruptions).\n\
 Leaked chunks are physical chunks below the highest mapped one that no table entry maps; \
 the engine reuses them for new writes. After -r, leaks that cannot be released are reported \
-but do not set status 3.")]
+but do not set status 3.\n\
+QED images: leaked clusters are clusters of the file nothing references; -r truncates those \
+at the end of the file away, and those before used clusters still set status 3.")]
 pub struct CheckArgs {
     /// Image format (fvd or qed; default: probed)
     #[arg(short = 'f', value_name = "FMT")]

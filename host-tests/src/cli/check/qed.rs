@@ -662,3 +662,81 @@ pub fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fvd_core::qed::{plan, QedCreateOptions};
+
+    const CS: u64 = 64 << 10;
+
+    /// A 4 MiB default-geometry image in a temporary file: header, L1 table at 64 KiB,
+    /// an L2 table at 0x50000 (four clusters) named by L1 entry 0, and one data cluster
+    /// at 0x90000 mapped by L2 entry 0. `l2_extra` are more (index, value) L2 entries.
+    fn image(l2_extra: &[(u64, u64)]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.qed");
+        let options = QedCreateOptions {
+            size: 4 << 20,
+            ..QedCreateOptions::default()
+        };
+        let plan = plan(&options).unwrap();
+        let mut bytes = vec![0u8; 0xa0000];
+        plan.write_header_area(&mut bytes[..CS as usize]).unwrap();
+        let mut put = |at: u64, value: u64| {
+            bytes[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        put(CS, 0x50000);
+        put(0x50000, 0x90000);
+        for &(index, value) in l2_extra {
+            put(0x50000 + index * 8, value);
+        }
+        fs_write(&path, &bytes);
+        (dir, path)
+    }
+
+    fn fs_write(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_clean_image_has_no_findings() {
+        let (_dir, path) = image(&[(3, 1)]);
+        let a = analyze(&open_qed(&path).unwrap()).unwrap();
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert!(a.leaks.is_empty());
+        assert_eq!(a.allocated_clusters, 1, "the zero marker is not allocated");
+        assert_eq!(a.total_clusters, 64);
+        assert_eq!(a.image_end_offset, 0xa0000);
+    }
+
+    #[test]
+    fn a_data_cluster_inside_an_l2_table_is_blamed_on_the_data_entry() {
+        // L2 entry 1 points into the L2 table itself; the table (listed first) is kept.
+        let (_dir, path) = image(&[(1, 0x60000)]);
+        let a = analyze(&open_qed(&path).unwrap()).unwrap();
+        assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
+        let problem = a.problems[0];
+        assert_eq!(problem.fault, Fault::Overlap(Owner::L2Table { l1: 0 }));
+        assert_eq!(problem.entry_at, 0x50008);
+        assert_eq!(problem.kind(), "data-cluster-overlap");
+        assert_eq!(
+            problem.to_string(),
+            "L2 entry 1 of L1 entry 0 (guest offset 65536, 0x60000): the data cluster \
+             overlaps the L2 table of L1 entry 0"
+        );
+        // Fragmentation counts every allocated entry, like qemu-img.
+        assert_eq!((a.allocated_clusters, a.fragmented_clusters), (2, 1));
+    }
+
+    #[test]
+    fn unreferenced_clusters_are_leaks_in_runs() {
+        // Drop the data cluster: 0x90000 leaks, at the end of the file.
+        let (_dir, path) = image(&[(0, 0)]);
+        let a = analyze(&open_qed(&path).unwrap()).unwrap();
+        assert!(a.problems.is_empty());
+        assert_eq!(a.leaks, [(9, 10)]);
+        assert_eq!(a.leaked(), 1);
+        assert_eq!(a.image_end_offset, 0x90000);
+    }
+}
