@@ -5,6 +5,7 @@
 
 use fvd_core::engine::{Reply, Request, RequestError};
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_core::qed::{QedBacking, QedCreateOptions};
 use fvd_host::chain::Chained;
 use fvd_host::driver::{Driver, DriverOptions};
 use fvd_host::memstore::{MemFile, MemStorage};
@@ -22,6 +23,10 @@ enum Kind {
     CompactBase,
     DataFile,
     Chain,
+    /// QED without a backing file.
+    Qed,
+    /// QED over a raw backing file.
+    QedBase,
 }
 
 #[derive(Clone, Debug)]
@@ -107,7 +112,45 @@ fn base_bytes(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A new QED image in memory: cluster size from `block` (4 KiB at least), one- or
+/// two-cluster tables so that small disks still span several L2 tables.
+fn build_qed(with_base: bool, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8>) {
+    let cluster_size = block.next_power_of_two().max(4096);
+    let table_size = if block % 1024 == 0 { 2 } else { 1 };
+    let base_len = (virtual_size * 3 / 4) as usize + 1000;
+    let plan = fvd_core::qed::plan(&QedCreateOptions {
+        size: virtual_size,
+        cluster_size,
+        table_size,
+        backing: with_base.then_some(QedBacking {
+            name: b"base",
+            format: b"raw",
+        }),
+    })
+    .unwrap();
+    let mut image = vec![0u8; plan.file_len as usize];
+    plan.write_header_area(&mut image).unwrap();
+    let mut expected = vec![0u8; virtual_size as usize];
+    let mut base = None;
+    if with_base {
+        let bytes = base_bytes(base_len, 0x5a);
+        let copy = base_len.min(virtual_size as usize);
+        expected[..copy].copy_from_slice(&bytes[..copy]);
+        base = Some(MemFile::new(bytes));
+    }
+    let storage = MemStorage {
+        image: MemFile::new(image),
+        data: None,
+        base,
+        writes: 0,
+    };
+    (Box::new(storage), expected)
+}
+
 fn build(kind: Kind, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8>) {
+    if matches!(kind, Kind::Qed | Kind::QedBase) {
+        return build_qed(kind == Kind::QedBase, virtual_size, block);
+    }
     let chunk = (block * 4).div_ceil(4096) * 4096;
     let chunk = if chunk % block == 0 { chunk } else { block * 8 };
     let chunk = (chunk.max(4096) / block).max(1) * block;
@@ -146,6 +189,7 @@ fn build(kind: Kind, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8
         },
         Kind::Base | Kind::Chain => with_base(false),
         Kind::CompactBase => with_base(true),
+        Kind::Qed | Kind::QedBase => unreachable!("built by build_qed"),
         Kind::DataFile => CreateOptions {
             virtual_size,
             data_file: Some(b"data"),
@@ -457,11 +501,17 @@ fn kind_strategy() -> impl Strategy<Value = Kind> {
         Just(Kind::Base),
         Just(Kind::CompactBase),
         Just(Kind::DataFile),
-        Just(Kind::Chain)
+        Just(Kind::Chain),
+        Just(Kind::Qed),
+        Just(Kind::QedBase)
     ]
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
+    cases_of(kind_strategy())
+}
+
+fn cases_of(kinds: impl Strategy<Value = Kind>) -> impl Strategy<Value = Case> {
     let virtual_size = prop_oneof![
         Just(1u64 << 20),
         Just(3u64 << 20),
@@ -477,7 +527,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
     let cache = prop_oneof![Just(4usize), Just(6), Just(64)];
     let errors = prop_oneof![3 => Just(0u32), 1 => Just(30u32)];
     (
-        kind_strategy(),
+        kinds,
         block,
         cache,
         any::<u64>(),
@@ -519,6 +569,13 @@ proptest! {
 
     #[test]
     fn every_image_kind_behaves_like_a_flat_disk(case in case_strategy()) {
+        run_case(case)?;
+    }
+
+    #[test]
+    fn qed_images_behave_like_a_flat_disk(
+        case in cases_of(prop_oneof![Just(Kind::Qed), Just(Kind::QedBase)])
+    ) {
         run_case(case)?;
     }
 }

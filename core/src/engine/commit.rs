@@ -11,7 +11,7 @@
 use super::cache::{Meta, PageState, PAGE_BYTES};
 use super::slots::Owner;
 use super::types::*;
-use super::{Engine, HEADER_AREA, SCRATCH_AREA};
+use super::{FvdEngine, HEADER_AREA, SCRATCH_AREA};
 use crate::format::header::{mutable_sectors, FVD_VERSION};
 use crate::format::journal::{SectorBuilder, JOURNAL_SECTOR_SIZE};
 use zerocopy::little_endian::{U32, U64};
@@ -93,7 +93,7 @@ impl CommitState {
     }
 }
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Starts a commit for `purpose` (the commit machine must be idle).
     pub(crate) fn start_commit(&mut self, purpose: Purpose) {
         let first = match purpose {

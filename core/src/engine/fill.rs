@@ -12,7 +12,7 @@ use super::meta::Stall;
 use super::requests::{Kind, RequestSlot, State};
 use super::slots::Owner;
 use super::types::*;
-use super::{Engine, MAX_REQUESTS};
+use super::{FvdEngine, MAX_REQUESTS};
 
 /// What became of an attempt to start a fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl FillInfo {
     };
 }
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Tries to serve the base run `[offset, offset + len)` of read `reader` through a fill
     /// of the block holding `offset`. Returns the bytes of the run it took on.
     pub(crate) fn start_fill(&mut self, reader: Option<usize>, offset: u64, len: u64) -> FillStart {

@@ -5,7 +5,7 @@
 use super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::slots::Owner;
 use super::types::{Buffer, Corruption, FileId, IoError, MapRun, Mapping, Op};
-use super::Engine;
+use super::FvdEngine;
 use crate::format::journal::Record;
 use crate::format::table::{TABLE_DIRTY, TABLE_EMPTY};
 use crate::format::{BaseLayout, Region};
@@ -26,7 +26,7 @@ pub const BITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
 /// Table entries per page.
 pub const ENTRIES_PER_PAGE: u64 = PAGE_BYTES as u64 / 4;
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// The base layout while the base is still read (not fully prefetched).
     pub(crate) fn live_base(&self) -> Option<BaseLayout> {
         let layout = self.layout.as_ref()?;

@@ -6,6 +6,7 @@
 //! Memory layout (engine memory, handed over by the host):
 //! `[header 8 KiB][journal scratch 4 KiB][metadata cache][bounce slots]`.
 
+mod any;
 mod bounce;
 mod cache;
 mod commit;
@@ -13,12 +14,15 @@ mod fill;
 mod meta;
 mod open;
 mod prefetch;
+pub mod qed;
 mod requests;
 mod slots;
 mod types;
 
+pub use any::{Engine, ImageFormat};
 pub use cache::PAGE_BYTES;
 pub use prefetch::{PrefetchMode, PrefetchProgress, PrefetchState};
+pub use qed::{QedEngine, QUIET_MS};
 pub use types::*;
 
 use crate::format::ImageLayout;
@@ -102,8 +106,9 @@ pub struct OpenOptions {
     pub prefetch: PrefetchMode,
 }
 
-/// The engine. `M` is its memory; `PAGES` bounds the number of cache pages.
-pub struct Engine<M, const PAGES: usize = 256> {
+/// The FVD engine. `M` is its memory; `PAGES` bounds the number of cache pages. Hosts
+/// normally use [`Engine`], which picks the format from the image's magic.
+pub struct FvdEngine<M, const PAGES: usize = 256> {
     memory: M,
     options: OpenOptions,
     layout: Option<ImageLayout>,
@@ -162,11 +167,11 @@ pub struct Engine<M, const PAGES: usize = 256> {
     swept: bool,
 }
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Starts opening an image: poll commands and feed completions until
     /// [`Event::Opened`] or [`Event::OpenFailed`].
     pub fn open(memory: M, options: OpenOptions) -> Self {
-        let mut engine = Engine {
+        let mut engine = FvdEngine {
             memory,
             options,
             layout: None,

@@ -9,7 +9,7 @@ use super::commit::Purpose;
 use super::meta::{Stall, ENTRIES_PER_PAGE};
 use super::slots::Owner;
 use super::types::*;
-use super::{Engine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
+use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
 use crate::format::journal::{VerifiedSector, JOURNAL_SECTOR_SIZE};
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
@@ -90,7 +90,7 @@ impl Allocator {
 }
 
 /// Physical chunks found unreferenced below the frontier and queued for reuse.
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Leaked chunks found at open and not yet reused.
     pub fn leaked_chunks(&self) -> u64 {
         self.alloc.free[..self.alloc.free_len]

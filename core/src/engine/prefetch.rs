@@ -12,7 +12,7 @@ use super::fill::FillStart;
 use super::meta::Stall;
 use super::slots::Owner;
 use super::types::*;
-use super::Engine;
+use super::FvdEngine;
 use crate::format::header::{mutable_sectors, RawHeader};
 use zerocopy::little_endian::U32;
 
@@ -33,10 +33,11 @@ pub enum PrefetchMode {
 }
 
 /// Where prefetch is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PrefetchState {
     /// Not enabled (or disabled after an I/O error).
+    #[default]
     Off,
     /// Waiting for its start time.
     Waiting,
@@ -51,7 +52,7 @@ pub enum PrefetchState {
 }
 
 /// Progress, for hosts that show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PrefetchProgress {
     /// The state.
@@ -297,7 +298,7 @@ impl Prefetch {
     }
 }
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Prefetch progress.
     pub fn prefetch_progress(&self) -> PrefetchProgress {
         PrefetchProgress {

@@ -7,7 +7,7 @@ use super::cache::PageKey;
 use super::meta::{Stall, BITS_PER_PAGE};
 use super::slots::Owner;
 use super::types::*;
-use super::{Engine, MAX_DATA_REQUEST, MAX_REQUESTS};
+use super::{FvdEngine, MAX_DATA_REQUEST, MAX_REQUESTS};
 use crate::units::SECTOR_SIZE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +141,7 @@ impl RequestSlot {
     }
 }
 
-impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn accept(&mut self, request: Request) -> Result<RequestId, SubmitError> {
         let layout = match (self.is_open(), self.layout) {
             (true, Some(layout)) if !self.failed => layout,

@@ -2,6 +2,7 @@
 //! completions back in, and events (request done, image opened or closed) out.
 
 use crate::format::HeaderError;
+use crate::qed::QedHeaderError;
 use core::fmt;
 
 /// Which file a command targets. The host maps each to a file, a device or a remote
@@ -253,6 +254,20 @@ pub enum Corruption {
         /// Journal sector index.
         sector: u64,
     },
+    /// A QED L1 entry is misaligned, the zero marker, or points outside the file.
+    BadL1Entry {
+        /// L1 index.
+        index: u64,
+        /// Raw entry.
+        entry: u64,
+    },
+    /// A QED L2 entry is misaligned or points outside the file.
+    BadL2Entry {
+        /// Guest offset of the cluster it maps.
+        offset: u64,
+        /// Raw entry.
+        entry: u64,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -268,6 +283,15 @@ impl fmt::Display for RequestError {
             }
             RequestError::Corrupt(Corruption::BadJournalRecord { sector }) => {
                 write!(f, "corrupt journal record in sector {sector}")
+            }
+            RequestError::Corrupt(Corruption::BadL1Entry { index, entry }) => {
+                write!(f, "corrupt L1 table entry {index}: {entry:#x}")
+            }
+            RequestError::Corrupt(Corruption::BadL2Entry { offset, entry }) => {
+                write!(
+                    f,
+                    "corrupt L2 table entry {entry:#x} for the cluster at guest offset {offset}"
+                )
             }
             RequestError::Failed => write!(f, "image failed after an earlier metadata error"),
         }
@@ -312,6 +336,8 @@ impl fmt::Display for SubmitError {
 pub enum OpenError {
     /// The header is invalid.
     Header(HeaderError),
+    /// The QED header is invalid.
+    QedHeader(QedHeaderError),
     /// The engine's memory is too small for this image.
     MemoryTooSmall {
         /// Bytes given.
@@ -335,6 +361,7 @@ impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpenError::Header(e) => write!(f, "{e}"),
+            OpenError::QedHeader(e) => write!(f, "{e}"),
             OpenError::MemoryTooSmall { given, needed } => {
                 write!(
                     f,

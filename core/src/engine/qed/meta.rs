@@ -1,0 +1,299 @@
+//! QED metadata through the page cache: L1 and L2 entries read and changed in 512-byte
+//! pages keyed by their file offset, the lookup that turns a guest offset into a run of
+//! clusters with one meaning, and file growth for new clusters and tables.
+
+use super::super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
+use super::super::slots::Owner;
+use super::super::types::{Buffer, Corruption, FileId, IoError, Op};
+use super::lifecycle::offset_valid;
+use super::QedEngine;
+use crate::qed::table::ENTRY_SIZE;
+use crate::qed::{L1Entry, L2Entry};
+
+/// Why a metadata access cannot finish now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stall {
+    /// A page is loading, the cache is full, or no command slot is free: try again later.
+    Wait,
+    /// Loading the page failed.
+    Io(IoError),
+    /// The metadata is corrupt.
+    Corrupt(Corruption),
+}
+
+/// What a run of guest clusters holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ExtentKind {
+    /// Allocated: the run's first byte is at this file offset, the rest follows.
+    Data(u64),
+    /// The zero-cluster marker.
+    Zero,
+    /// Never written: the backing file's bytes (zeros without one).
+    Unallocated,
+}
+
+/// A run of guest bytes with one meaning, from the lookup offset to `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Extent {
+    pub(super) kind: ExtentKind,
+    pub(super) end: u64,
+    /// File offset of the L2 table mapping the run (`None`: not allocated yet).
+    pub(super) table: Option<u64>,
+}
+
+const ENTRIES_PER_PAGE: u64 = PAGE_BYTES as u64 / ENTRY_SIZE;
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
+    fn key(file_offset: u64) -> PageKey {
+        PageKey {
+            meta: Meta::Table,
+            index: file_offset / PAGE_BYTES as u64,
+        }
+    }
+
+    /// The cache slot holding the page with file byte `file_offset`, ready; otherwise
+    /// starts what brings it in.
+    pub(super) fn page_at(&mut self, file_offset: u64) -> Result<usize, Stall> {
+        let key = Self::key(file_offset);
+        if let Some(slot) = self.cache.ready(key) {
+            return Ok(slot);
+        }
+        if self.cache.find(key).is_some() {
+            return Err(Stall::Wait);
+        }
+        if let Some((failed, error)) = self.page_error {
+            if failed == key {
+                self.page_error = None;
+                return Err(Stall::Io(error));
+            }
+        }
+        match self.cache.victim(self.durable_gen) {
+            Victim::Reuse(slot) => {
+                let op = Op::Read {
+                    offset: key.index * PAGE_BYTES as u64,
+                    len: PAGE_BYTES,
+                    into: Buffer::Engine {
+                        offset: self.cache.offset(slot),
+                    },
+                };
+                if self
+                    .commands
+                    .emit(Owner::PageLoad(slot as u16), FileId::Image, op)
+                {
+                    self.cache.start_load(slot, key);
+                    self.stats.page_loads += 1;
+                }
+            }
+            Victim::WriteBack(slot) => {
+                self.write_back(slot);
+            }
+            Victim::NeedsCommit => self.commit.wanted = true,
+            Victim::Busy => {}
+        }
+        Err(Stall::Wait)
+    }
+
+    /// Starts writing page `slot` back in place. False when no command slot is free.
+    pub(super) fn write_back(&mut self, slot: usize) -> bool {
+        let key = self.cache.slot(slot).key;
+        let op = Op::Write {
+            offset: key.index * PAGE_BYTES as u64,
+            len: PAGE_BYTES,
+            from: Buffer::Engine {
+                offset: self.cache.offset(slot),
+            },
+        };
+        if self
+            .commands
+            .emit(Owner::PageWriteBack(slot as u16), FileId::Image, op)
+        {
+            self.cache.slot_mut(slot).state = PageState::WritingBack;
+            self.stats.page_write_backs += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn page_loaded(&mut self, slot: usize, result: Result<(), IoError>) {
+        match result {
+            Ok(()) => self.cache.slot_mut(slot).state = PageState::Ready,
+            Err(error) => {
+                self.page_error = Some((self.cache.slot(slot).key, error));
+                self.cache.drop_page(slot);
+            }
+        }
+    }
+
+    pub(super) fn page_written(&mut self, slot: usize, result: Result<(), IoError>) {
+        let page = self.cache.slot_mut(slot);
+        page.state = PageState::Ready;
+        match result {
+            Ok(()) => {
+                self.meta_unflushed = true;
+                let page = self.cache.slot_mut(slot);
+                page.dirty = false;
+                page.journal_lo = 0;
+                page.journal_hi = 0;
+            }
+            Err(error) => {
+                self.commit.error.get_or_insert(error);
+            }
+        }
+    }
+
+    /// The raw table entry at file offset `at` (8-byte aligned).
+    pub(super) fn entry_at(&mut self, at: u64) -> Result<u64, Stall> {
+        let slot = self.page_at(at)?;
+        Ok(self.entry_in(slot, at))
+    }
+
+    fn entry_in(&self, slot: usize, at: u64) -> u64 {
+        let within = (at % PAGE_BYTES as u64) as usize;
+        let base = self.cache.offset(slot) + within;
+        let mut le = [0u8; 8];
+        le.copy_from_slice(&self.memory.as_ref()[base..base + 8]);
+        u64::from_le_bytes(le)
+    }
+
+    /// Sets the raw table entry at file offset `at`, as a change of the current generation.
+    pub(super) fn set_entry_at(&mut self, at: u64, raw: u64) -> Result<(), Stall> {
+        let slot = self.page_at(at)?;
+        if self.commit_must_write(slot) {
+            // The running commit must write this page as it was; a newer change (whose
+            // data may not be durable yet) waits until it has.
+            return Err(Stall::Wait);
+        }
+        let within = (at % PAGE_BYTES as u64) as usize;
+        let base = self.cache.offset(slot) + within;
+        self.memory.as_mut()[base..base + 8].copy_from_slice(&raw.to_le_bytes());
+        self.cache
+            .mark_changed(slot, within, within + 8, self.change_gen);
+        self.last_change_ms = self.now_ms;
+        Ok(())
+    }
+
+    /// File offset of the L1 entry for L1 index `index`.
+    pub(super) fn l1_entry_offset(&self, index: u64) -> u64 {
+        let l1 = self.layout.map_or(0, |l| l.l1_table.offset);
+        l1 + index * ENTRY_SIZE
+    }
+
+    /// The L2 table of L1 index `index`: `None` when not allocated, corruption when the
+    /// entry is invalid or points outside the file.
+    pub(super) fn l2_table(&mut self, index: u64) -> Result<Option<u64>, Stall> {
+        let layout = self.layout.ok_or(Stall::Wait)?;
+        let raw = self.entry_at(self.l1_entry_offset(index))?;
+        match layout.decode_l1(raw) {
+            L1Entry::Unallocated => Ok(None),
+            L1Entry::Table(t)
+                if offset_valid(t, layout.cluster_size, layout.header_len, self.file_len) =>
+            {
+                Ok(Some(t))
+            }
+            _ => Err(Stall::Corrupt(Corruption::BadL1Entry { index, entry: raw })),
+        }
+    }
+
+    /// What the guest bytes from `offset` up to at most `limit` hold: one run.
+    pub(super) fn extent(&mut self, offset: u64, limit: u64) -> Result<Extent, Stall> {
+        let layout = self.layout.ok_or(Stall::Wait)?;
+        let cs = layout.cluster_size;
+        let entries = layout.table_entries;
+        let index = layout
+            .index(offset)
+            .ok_or(Stall::Corrupt(Corruption::BadL1Entry {
+                index: u64::MAX,
+                entry: 0,
+            }))?;
+        // Guest bytes one L2 table maps; the product fits (validated maximum image size).
+        let span = entries.saturating_mul(cs);
+        let table_start = index.l1.saturating_mul(span);
+        let Some(table) = self.l2_table(index.l1)? else {
+            return Ok(Extent {
+                kind: ExtentKind::Unallocated,
+                end: limit.min(table_start.saturating_add(span)),
+                table: None,
+            });
+        };
+        let slot = self.page_at(table + index.l2 * ENTRY_SIZE)?;
+        let decode = |engine: &Self, l2: u64| -> Result<ExtentKind, Corruption> {
+            let raw = engine.entry_in(slot, table + l2 * ENTRY_SIZE);
+            match layout.decode_l2(raw) {
+                L2Entry::Unallocated => Ok(ExtentKind::Unallocated),
+                L2Entry::Zero => Ok(ExtentKind::Zero),
+                L2Entry::Cluster(p) if offset_valid(p, cs, layout.header_len, engine.file_len) => {
+                    Ok(ExtentKind::Data(p))
+                }
+                _ => Err(Corruption::BadL2Entry {
+                    offset: table_start + l2 * cs,
+                    entry: raw,
+                }),
+            }
+        };
+        let first = decode(self, index.l2).map_err(Stall::Corrupt)?;
+        let page_end = ((index.l2 / ENTRIES_PER_PAGE + 1) * ENTRIES_PER_PAGE).min(entries);
+        let mut next = index.l2 + 1;
+        while next < page_end && table_start + next * cs < limit {
+            let continues = match (first, decode(self, next)) {
+                (ExtentKind::Data(p), Ok(ExtentKind::Data(q))) => q == p + (next - index.l2) * cs,
+                (a, Ok(b)) => a == b && !matches!(a, ExtentKind::Data(_)),
+                // A corrupt entry further on ends the run; it is reported when reached.
+                (_, Err(_)) => false,
+            };
+            if !continues {
+                break;
+            }
+            next += 1;
+        }
+        let kind = match first {
+            ExtentKind::Data(p) => ExtentKind::Data(p + index.in_cluster),
+            other => other,
+        };
+        Ok(Extent {
+            kind,
+            end: limit.min(table_start + next * cs),
+            table: Some(table),
+        })
+    }
+
+    /// True once the file reaches `end` bytes; otherwise starts growing it to cover every
+    /// allocation handed out so far.
+    pub(super) fn file_reaches(&mut self, end: u64) -> bool {
+        if self.file_len >= end {
+            return true;
+        }
+        if !self.growing {
+            let op = Op::SetLength {
+                len: self.alloc_end,
+            };
+            if self.commands.emit(Owner::Alloc, FileId::Image, op) {
+                self.growing = true;
+            }
+        }
+        false
+    }
+
+    /// Hands out `len` bytes (a multiple of the cluster size) at the end of the file.
+    pub(super) fn claim(&mut self, len: u64) -> Option<u64> {
+        let at = self.alloc_end;
+        self.alloc_end = at.checked_add(len)?;
+        Some(at)
+    }
+
+    pub(super) fn grown(&mut self, op: Op, result: Result<(), IoError>) {
+        self.growing = false;
+        match (op, result) {
+            (Op::SetLength { len }, Ok(())) => self.file_len = self.file_len.max(len),
+            (_, Err(error)) => {
+                // Requests waiting for this growth fail; later ones try again.
+                for r in self.requests.iter_mut() {
+                    if r.waits_for_growth() {
+                        r.error.get_or_insert(super::RequestError::Io(error));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

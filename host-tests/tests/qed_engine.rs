@@ -1,0 +1,261 @@
+//! The QED engine's own rules, pinned one by one: the zero-cluster marker never lets
+//! backing data reappear (QEMU's QED does let it), the need-check bit's life (set before
+//! the first metadata change, cleared after a quiet period or at close), the open-time
+//! check and repair of an image left marked need-check, feature bits, and the file layout
+//! (clusters and L2 tables appended at the end of the file).
+
+use fvd_core::engine::{Corruption, ImageFormat, Mapping, RequestError, QUIET_MS};
+use fvd_core::qed::{QedBacking, QedCreateOptions, QedHeader};
+use fvd_host::driver::{Driver, DriverError, DriverOptions};
+use fvd_host::memstore::{MemFile, MemStorage};
+
+const CLUSTER: u64 = 64 << 10;
+const FEATURES_AT: usize = 16;
+const NEED_CHECK: u64 = 1 << 1;
+
+fn base_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i / 512) as u8 ^ 0xa5).collect()
+}
+
+fn image(size: u64, backing: bool) -> Vec<u8> {
+    let plan = fvd_core::qed::plan(&QedCreateOptions {
+        size,
+        backing: backing.then_some(QedBacking {
+            name: b"base",
+            format: b"raw",
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut bytes = vec![0u8; plan.file_len as usize];
+    plan.write_header_area(&mut bytes).unwrap();
+    bytes
+}
+
+fn storage(size: u64, base_len: Option<usize>) -> MemStorage {
+    MemStorage {
+        image: MemFile::new(image(size, base_len.is_some())),
+        data: None,
+        base: base_len.map(|n| MemFile::new(base_bytes(n))),
+        writes: 0,
+    }
+}
+
+fn open(storage: MemStorage, writable: bool) -> Driver<MemStorage> {
+    Driver::open(
+        storage,
+        DriverOptions {
+            writable,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn features(storage: &MemStorage) -> u64 {
+    u64::from_le_bytes(
+        storage.image.current[FEATURES_AT..FEATURES_AT + 8]
+            .try_into()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn the_engine_probes_qed_by_its_magic() {
+    let driver = open(storage(1 << 20, None), false);
+    assert_eq!(driver.engine().format(), Some(ImageFormat::Qed));
+    assert_eq!(driver.engine().virtual_size(), Some(1 << 20));
+}
+
+#[test]
+fn a_partial_write_into_a_zero_cluster_leaves_the_rest_zero_not_backing_data() {
+    let mut d = open(storage(1 << 20, Some(1 << 20)), true);
+    // Whole clusters zeroed over a backing file become zero clusters (no data).
+    d.write_zeroes(0, 2 * CLUSTER).unwrap();
+    assert_eq!(d.map(0, 2 * CLUSTER).unwrap().mapping, Mapping::Zero);
+    // QEMU 7.2..10 reads backing data around this write afterwards; we must read zeros.
+    d.write(4096, &[0x28; 512]).unwrap();
+    let data = d.read(0, 2 * CLUSTER as usize).unwrap();
+    assert!(data[..4096].iter().all(|&b| b == 0));
+    assert!(data[4096..4608].iter().all(|&b| b == 0x28));
+    assert!(data[4608..].iter().all(|&b| b == 0));
+    // The same after close and reopen.
+    let (s, clean) = d.close().unwrap();
+    assert!(clean);
+    let mut d = open(s, false);
+    let again = d.read(0, 2 * CLUSTER as usize).unwrap();
+    assert_eq!(again, data);
+}
+
+#[test]
+fn a_partial_write_over_backing_data_copies_the_rest_of_the_cluster() {
+    let mut d = open(storage(1 << 20, Some(1 << 20)), true);
+    d.write(CLUSTER + 512, &[0x77; 1024]).unwrap();
+    let data = d.read(CLUSTER, CLUSTER as usize).unwrap();
+    let base = base_bytes(2 * CLUSTER as usize);
+    assert_eq!(data[..512], base[CLUSTER as usize..][..512]);
+    assert!(data[512..1536].iter().all(|&b| b == 0x77));
+    assert_eq!(data[1536..], base[CLUSTER as usize + 1536..]);
+    // Write-zeroes of part of a cluster still in the backing file keeps the rest.
+    d.write_zeroes(3 * CLUSTER + 4096, 4096).unwrap();
+    let data = d.read(3 * CLUSTER, CLUSTER as usize).unwrap();
+    assert_eq!(
+        data[..4096],
+        base_bytes(4 * CLUSTER as usize)[3 * CLUSTER as usize..][..4096]
+    );
+    assert!(data[4096..8192].iter().all(|&b| b == 0));
+    // Past the backing file's end, unallocated clusters read as zeros.
+    let mut short = open(storage(1 << 20, Some(1000)), false);
+    let tail = short.read(0, 4096).unwrap();
+    assert_eq!(tail[..1000], base_bytes(1000)[..]);
+    assert!(tail[1000..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn clusters_and_tables_are_appended_at_the_end_of_the_file() {
+    let s = storage(8 << 20, None);
+    let start = s.image.current.len() as u64;
+    let mut d = open(s, true);
+    d.write(5 * CLUSTER, &[1; 4096]).unwrap();
+    d.write(2 * CLUSTER, &[2; 4096]).unwrap();
+    let first = d.map(5 * CLUSTER, CLUSTER).unwrap();
+    let second = d.map(2 * CLUSTER, CLUSTER).unwrap();
+    // One L2 table (4 clusters) first, then the data clusters in allocation order.
+    let table_len = 4 * CLUSTER;
+    assert_eq!(
+        first.mapping,
+        Mapping::Data {
+            offset: start + table_len
+        }
+    );
+    assert_eq!(
+        second.mapping,
+        Mapping::Data {
+            offset: start + table_len + CLUSTER
+        }
+    );
+    let (s, _) = d.close().unwrap();
+    assert_eq!(
+        s.image.current.len() as u64,
+        start + table_len + 2 * CLUSTER
+    );
+}
+
+#[test]
+fn need_check_is_set_before_the_first_change_and_cleared_after_a_quiet_period() {
+    let mut d = open(storage(1 << 20, None), true);
+    assert_eq!(features(&d.storage) & NEED_CHECK, 0);
+    d.read(0, 4096).unwrap();
+    assert_eq!(features(&d.storage) & NEED_CHECK, 0, "a read sets nothing");
+    d.write(0, &[9; 4096]).unwrap();
+    assert_ne!(features(&d.storage) & NEED_CHECK, 0);
+    assert_ne!(
+        d.storage.image.durable[FEATURES_AT] & NEED_CHECK as u8,
+        0,
+        "the bit is flushed before the first change goes out"
+    );
+    d.flush().unwrap();
+    let deadline = d
+        .engine()
+        .poll_timeout()
+        .expect("a deadline to clear need-check");
+    d.handle_timeout(deadline - 1).unwrap();
+    assert_ne!(
+        features(&d.storage) & NEED_CHECK,
+        0,
+        "not before the quiet period"
+    );
+    d.handle_timeout(deadline).unwrap();
+    assert_eq!(features(&d.storage) & NEED_CHECK, 0);
+    assert!(deadline >= QUIET_MS);
+    // Set again by the next change, cleared again by close.
+    d.write(CLUSTER, &[3; 512]).unwrap();
+    assert_ne!(features(&d.storage) & NEED_CHECK, 0);
+    let (s, clean) = d.close().unwrap();
+    assert!(clean);
+    assert_eq!(features(&s) & NEED_CHECK, 0);
+    assert_eq!(s.image.durable, s.image.current, "close flushed everything");
+}
+
+/// A closed image with one valid cluster and one L2 entry pointing past the end of the
+/// file, marked need-check.
+fn damaged() -> (MemStorage, u64) {
+    let mut d = open(storage(1 << 20, None), true);
+    d.write(0, &[0x42; 4096]).unwrap();
+    d.write(CLUSTER, &[0x43; 4096]).unwrap();
+    let Mapping::Data { offset } = d.map(CLUSTER, CLUSTER).unwrap().mapping else {
+        panic!("cluster 1 is allocated");
+    };
+    let (mut s, _) = d.close().unwrap();
+    // Find the L2 entry holding `offset` and point it far past the end.
+    let bytes = &mut s.image.current;
+    let at = (0..bytes.len() - 8)
+        .step_by(8)
+        .find(|&i| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap()) == offset)
+        .unwrap();
+    bytes[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let features = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) | NEED_CHECK;
+    bytes[16..24].copy_from_slice(&features.to_le_bytes());
+    s.image = MemFile::new(s.image.current.clone());
+    (s, offset)
+}
+
+#[test]
+fn a_read_only_open_of_a_need_check_image_reports_the_bad_entry_when_read() {
+    let (s, _) = damaged();
+    let mut d = open(s, false);
+    assert_eq!(d.read(0, 4096).unwrap(), vec![0x42; 4096]);
+    match d.read(CLUSTER, 4096) {
+        Err(DriverError::Request(RequestError::Corrupt(Corruption::BadL2Entry {
+            offset,
+            entry,
+        }))) => {
+            assert_eq!(offset, CLUSTER);
+            assert_eq!(entry, 1 << 40);
+        }
+        other => panic!("expected a corrupt-entry error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_writable_open_of_a_need_check_image_repairs_it_and_clears_the_bit() {
+    let (s, _) = damaged();
+    let d = open(s, true);
+    assert_eq!(d.engine().qed().unwrap().repaired_entries(), 1);
+    let mut d = d;
+    assert_eq!(d.read(0, 4096).unwrap(), vec![0x42; 4096]);
+    // The bad entry became unallocated: zeros (no backing file).
+    assert_eq!(d.read(CLUSTER, 4096).unwrap(), vec![0; 4096]);
+    let (s, clean) = d.close().unwrap();
+    assert!(clean);
+    assert_eq!(features(&s) & NEED_CHECK, 0);
+    let d = open(s, true);
+    assert_eq!(d.engine().qed().unwrap().repaired_entries(), 0);
+}
+
+#[test]
+fn unknown_feature_bits_are_refused_or_cleared_as_the_spec_says() {
+    // An unknown incompatible feature: refused.
+    let mut s = storage(1 << 20, None);
+    s.image.current[FEATURES_AT + 1] |= 0x80;
+    s.image = MemFile::new(s.image.current.clone());
+    match Driver::open(s, DriverOptions::default()) {
+        Err(DriverError::Open(e)) => assert!(e.to_string().contains("feature"), "{e}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // An unknown auto-clear bit: cleared by a writable open, kept by a read-only one.
+    let mut s = storage(1 << 20, None);
+    s.image.current[32] = 0x10;
+    s.image = MemFile::new(s.image.current.clone());
+    let d = open(s.clone(), false);
+    assert_eq!(d.into_storage().image.current[32], 0x10);
+    let d = open(s, true);
+    let s = d.into_storage();
+    assert_eq!(s.image.current[32], 0);
+    let header = QedHeader::view(&s.image.durable).unwrap();
+    assert_eq!(
+        header.autoclear_features.get(),
+        0,
+        "the cleared header is durable"
+    );
+}
