@@ -1289,3 +1289,36 @@ fn header_struct_matches_the_hand_written_offsets() {
     assert!(QedHeader::view(&bytes[..63]).is_none());
     assert_eq!(QedHeader::zeroed().bytes(), &[0u8; 64][..]);
 }
+
+#[test]
+fn copy_on_read_is_the_rfc_compat_bit_and_needs_a_backing_file() {
+    let mut bare = plan(&QedCreateOptions {
+        size: 1 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        bare.set_copy_on_read(),
+        Err(QedCreateError::CopyOnReadWithoutBacking)
+    );
+    assert_eq!(bare.header.compat_features.get(), 0);
+    let mut with_base = plan(&QedCreateOptions {
+        size: 1 << 20,
+        backing: Some(QedBacking {
+            name: b"base.raw",
+            format: b"raw",
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    with_base.set_copy_on_read().unwrap();
+    assert_eq!(
+        with_base.header.compat_features.get(),
+        fvd_core::qed::features::COMPAT_COPY_ON_READ
+    );
+    // A known compatible bit: validation accepts it and reports it.
+    let mut bytes = vec![0u8; with_base.file_len as usize];
+    with_base.write_header_area(&mut bytes).unwrap();
+    let (_, layout) = fvd_core::qed::parse(&bytes, bytes.len() as u64).unwrap();
+    assert_eq!(layout.compat_features, 1);
+}

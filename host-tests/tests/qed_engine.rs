@@ -259,3 +259,173 @@ fn unknown_feature_bits_are_refused_or_cleared_as_the_spec_says() {
         "the cleared header is durable"
     );
 }
+
+/// Performs `command` on `storage`, with guest buffers in `buffers` (by request slot).
+fn perform(
+    engine: &mut fvd_core::engine::Engine<Vec<u8>>,
+    storage: &mut MemStorage,
+    buffers: &mut [Vec<u8>],
+    command: fvd_core::engine::Command,
+) {
+    use fvd_core::engine::{Buffer, Op};
+    use fvd_host::storage::Storage;
+    let file = command.file;
+    match command.op {
+        Op::Read { offset, len, into } => {
+            let mut data = vec![0u8; len];
+            storage.read_at(file, offset, &mut data).unwrap();
+            match into {
+                Buffer::Engine { offset: at } => {
+                    engine.memory_mut()[at..at + len].copy_from_slice(&data)
+                }
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => buffers[request.slot()][at..at + len].copy_from_slice(&data),
+            }
+        }
+        Op::Write { offset, len, from } => {
+            let data = match from {
+                Buffer::Engine { offset: at } => engine.memory()[at..at + len].to_vec(),
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => buffers[request.slot()][at..at + len].to_vec(),
+            };
+            storage.write_at(file, offset, &data).unwrap();
+        }
+        Op::ZeroBuffer { into, len } => {
+            if let Buffer::Guest {
+                request,
+                offset: at,
+            } = into
+            {
+                buffers[request.slot()][at..at + len].fill(0);
+            }
+        }
+        Op::WriteZeroes { offset, len, unmap } => {
+            storage.write_zeroes(file, offset, len, unmap).unwrap()
+        }
+        Op::Flush => storage.flush(file).unwrap(),
+        Op::SetLength { len } => storage.set_len(file, len).unwrap(),
+        Op::Copy { .. } => unreachable!("the QED engine copies nothing"),
+    }
+    engine.complete(command.id, Ok(()));
+}
+
+/// The interleaving of seed 004 on QED: a guest read starts a copy-on-read fill; while
+/// the fill's backing read is in flight, a guest write to another sector of the same
+/// cluster completes; then the fill's read lands. The fill must not write the cluster.
+#[test]
+fn a_copy_on_read_fill_never_overwrites_a_newer_guest_write() {
+    use fvd_core::engine::{
+        Engine, Event, FileId, Op, OpenOptions, PrefetchMode, Request, HEADER_AREA, SCRATCH_AREA,
+    };
+    let mut storage = storage(1 << 20, Some(1 << 20));
+    let memory = vec![0u8; HEADER_AREA + SCRATCH_AREA + 64 * 512 + (1 << 20)];
+    let image_len = storage.image.current.len() as u64;
+    let mut engine: Engine<Vec<u8>> = Engine::open(
+        memory,
+        OpenOptions {
+            writable: true,
+            image_len,
+            data_len: None,
+            base_available: true,
+            cache_bytes: 64 * 512,
+            storage_zero_init: true,
+            copy_on_read: Some(true),
+            prefetch: PrefetchMode::Off,
+        },
+    );
+    let mut buffers = vec![Vec::new(); 64];
+    let mut run = |engine: &mut Engine<Vec<u8>>,
+                   storage: &mut MemStorage,
+                   buffers: &mut Vec<Vec<u8>>,
+                   hold: &mut Vec<fvd_core::engine::Command>| {
+        while let Some(c) = engine.poll_command() {
+            // Hold the fill's read of the whole cluster from the backing file.
+            let fill_read = c.file == FileId::Base
+                && matches!(c.op, Op::Read { len, into: fvd_core::engine::Buffer::Engine { .. }, .. } if len as u64 == CLUSTER);
+            if fill_read {
+                hold.push(c);
+            } else {
+                perform(engine, storage, buffers, c);
+            }
+        }
+    };
+    let mut held = Vec::new();
+    run(&mut engine, &mut storage, &mut buffers, &mut held);
+    assert_eq!(engine.poll_event(), Some(Event::Opened));
+    assert!(engine.copy_on_read());
+    let read = engine
+        .submit(Request::Read {
+            offset: 0,
+            len: 512,
+        })
+        .unwrap();
+    buffers[read.slot()] = vec![0; 512];
+    run(&mut engine, &mut storage, &mut buffers, &mut held);
+    assert_eq!(held.len(), 1, "the fill's backing read is in flight");
+    let write = engine
+        .submit(Request::Write {
+            offset: 4096,
+            len: 512,
+        })
+        .unwrap();
+    buffers[write.slot()] = vec![0xee; 512];
+    run(&mut engine, &mut storage, &mut buffers, &mut held);
+    let mut completed = Vec::new();
+    while let Some(e) = engine.poll_event() {
+        completed.push(e);
+    }
+    assert_eq!(
+        completed.len(),
+        2,
+        "read and write completed: {completed:?}"
+    );
+    // Now the fill's read lands; whatever it does next must keep the guest's data.
+    for c in held.drain(..) {
+        perform(&mut engine, &mut storage, &mut buffers, c);
+    }
+    run(&mut engine, &mut storage, &mut buffers, &mut held);
+    assert_eq!(engine.stats().cor_fills_done, 0);
+    assert_eq!(engine.stats().cor_fills_cancelled, 1);
+    engine.close();
+    run(&mut engine, &mut storage, &mut buffers, &mut held);
+    let mut d = open(storage, false);
+    let data = d.read(0, CLUSTER as usize).unwrap();
+    let base = base_bytes(CLUSTER as usize);
+    assert_eq!(data[..4096], base[..4096]);
+    assert_eq!(data[4096..4608], [0xee; 512]);
+    assert_eq!(data[4608..], base[4608..]);
+}
+
+#[test]
+fn copy_on_read_follows_the_header_bit_unless_overridden() {
+    let mut s = storage(1 << 20, Some(1 << 20));
+    // Compatible feature bit 0: copy on read by default (the 2011 RFC's flag).
+    s.image.current[24] |= 1;
+    s.image = MemFile::new(s.image.current.clone());
+    let mut d = open(s.clone(), true);
+    assert!(d.engine().copy_on_read());
+    d.read(0, 4096).unwrap();
+    // The fill runs in the background after the read completed.
+    d.run_until_idle().unwrap();
+    assert!(matches!(
+        d.map(0, CLUSTER).unwrap().mapping,
+        Mapping::Data { .. }
+    ));
+    assert_eq!(d.engine().stats().cor_fills_done, 1);
+    let off = Driver::open(
+        s,
+        DriverOptions {
+            copy_on_read: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!off.engine().copy_on_read());
+    // Read-only opens never copy.
+    let plain = open(storage(1 << 20, Some(1 << 20)), false);
+    assert!(!plain.engine().copy_on_read());
+}

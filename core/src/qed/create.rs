@@ -74,6 +74,8 @@ pub enum QedCreateError {
     BackingNameEmpty,
     /// The backing file name contains a NUL byte.
     BackingNameHasNul,
+    /// Copy-on-read was asked for an image without a backing file.
+    CopyOnReadWithoutBacking,
     /// The backing file name does not fit the header cluster, or exceeds what readers accept.
     BackingNameTooLong {
         /// Its length.
@@ -100,6 +102,9 @@ impl fmt::Display for QedCreateError {
                 "QED image size {size} is too large: this cluster size and table size address at most {max} bytes"
             ),
             BackingNameEmpty => write!(f, "the QED backing file name is empty"),
+            CopyOnReadWithoutBacking => {
+                write!(f, "QED copy-on-read needs a backing file (-b)")
+            }
             BackingNameHasNul => write!(f, "the QED backing file name contains a NUL byte"),
             BackingNameTooLong { len, max } => write!(
                 f,
@@ -127,6 +132,17 @@ pub struct QedPlan<'a> {
 }
 
 impl QedPlan<'_> {
+    /// Marks the image to copy on read by default (`-o copy_on_read`, the compatible
+    /// feature bit of the 2011 RFC); only an image with a backing file can.
+    pub fn set_copy_on_read(&mut self) -> Result<(), QedCreateError> {
+        if self.header.features.get() & features::BACKING_FILE == 0 {
+            return Err(QedCreateError::CopyOnReadWithoutBacking);
+        }
+        let bits = self.header.compat_features.get() | features::COMPAT_COPY_ON_READ;
+        self.header.compat_features = U64::new(bits);
+        Ok(())
+    }
+
     /// Bytes of the header area that are not zero padding: header plus name.
     pub const fn header_used_len(&self) -> usize {
         QED_HEADER_LEN + self.backing_name.len()

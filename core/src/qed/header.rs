@@ -20,9 +20,12 @@ pub mod features {
     pub const BACKING_FORMAT_NO_PROBE: u64 = 1 << 2;
     /// Every incompatible feature bit this implementation understands.
     pub const KNOWN_INCOMPATIBLE: u64 = BACKING_FILE | NEED_CHECK | BACKING_FORMAT_NO_PROBE;
-    /// Every compatible feature bit this implementation understands (none are defined;
-    /// unknown ones are ignored).
-    pub const KNOWN_COMPAT: u64 = 0;
+    /// Compatible feature: copy on read by default (the 2011 RFC's `QED_CF_COPY_ON_READ`;
+    /// readers that do not know it simply do not copy).
+    pub const COMPAT_COPY_ON_READ: u64 = 1 << 0;
+    /// Every compatible feature bit this implementation understands (unknown ones are
+    /// ignored).
+    pub const KNOWN_COMPAT: u64 = COMPAT_COPY_ON_READ;
     /// Every auto-clear feature bit this implementation understands (none are defined; a
     /// writer clears the unknown ones).
     pub const KNOWN_AUTOCLEAR: u64 = 0;

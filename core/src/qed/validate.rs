@@ -56,7 +56,8 @@ pub struct QedLayout {
     pub need_check: bool,
     /// The `features` field (only known bits).
     pub features: u64,
-    /// The `compat_features` field; none are defined, unknown bits are ignored.
+    /// The `compat_features` field (bit 0: copy on read by default); unknown bits are
+    /// ignored.
     pub compat_features: u64,
     /// Auto-clear bits this version does not know: a writer clears them (see
     /// [`QedHeader::clear_unknown_autoclear`]) before it changes the image.

@@ -255,7 +255,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         let backing = layout.backing.is_some();
         self.copy_on_read = options.writable
             && backing
-            && options.copy_on_read.unwrap_or(false)
+            && options
+                .copy_on_read
+                .unwrap_or(layout.compat_features & features::COMPAT_COPY_ON_READ != 0)
             && self.bounce_len >= cs;
         // Copy-on-read fills may hold up to a quarter of the bounce slots.
         self.cor_cap = (self.bounce.capacity() as u64 / 4).max(1) * cs;
