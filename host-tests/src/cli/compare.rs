@@ -24,10 +24,10 @@ const COMPARE_CHUNK: u64 = 2 << 20;
 #[command(after_help = "\
 Exit status: 0 if the disks are identical, 1 if they differ, 2 on error.")]
 pub struct CompareArgs {
-    /// Format of the first disk: fvd or raw (default: probed)
+    /// Format of the first disk: fvd, qed or raw (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format_a: Option<String>,
-    /// Format of the second disk: fvd or raw (default: probed)
+    /// Format of the second disk: fvd, qed or raw (default: probed)
     #[arg(short = 'F', value_name = "FMT")]
     pub format_b: Option<String>,
     /// Strict mode: disks of different sizes differ

@@ -1,17 +1,21 @@
-//! `fvd-img convert`: copies the guest contents of a disk (raw, or FVD read through its
-//! base chain) into a new standalone image (raw or FVD). The target is built in temporary
-//! files beside DST, created by `create`'s own code path with the source's size and the
-//! `-o` options, filled, flushed, closed, and only then renamed into place: a failed
-//! convert leaves nothing behind. Runs that read as zeros (unallocated chunks, holes,
-//! all-zero blocks) are not written, so compact and raw targets stay sparse.
+//! `fvd-img convert`: copies the guest contents of a disk (raw, or FVD or QED read through
+//! its base chain) into a new standalone image (raw, FVD or QED). The target is built in
+//! temporary files beside DST, created by `create`'s own code path with the source's size
+//! and the `-o` options (a QED target from `fvd_core::qed::plan`, as `create -f qed`),
+//! filled through the engine, flushed, closed, and only then renamed into place: a failed
+//! convert leaves nothing behind. Runs that read as zeros (unallocated chunks, zero
+//! clusters, holes, all-zero blocks) are not written, so compact, QED and raw targets stay
+//! sparse, as with `qemu-img convert`.
 
-use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS};
+use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS, QED_CREATE_OPTIONS};
 use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
 use super::error::CliError;
-use super::options::{help_text, parse_options};
+use super::options::{help_text, parse_options, ParsedOptions};
+use super::qed::stage_qed;
 use super::writer::{stage_empty, Staged};
 use crate::files::FileStorage;
 use clap::Args;
+use fvd_core::qed::{plan as qed_plan, QedCreateOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,15 +31,16 @@ const ZERO_BLOCK: u64 = 4096;
 #[command(after_help = "\
 The result is a standalone image (the source's base chain is read through). DST is never \
 overwritten unless --force is given; on failure nothing is left behind.\n\
-List the -o options with: fvd-img convert -O fvd -o help")]
+List the -o options with: fvd-img convert -O fvd -o help (or -O qed)")]
 pub struct ConvertArgs {
-    /// Format of SRC: fvd or raw (default: probed)
+    /// Format of SRC: fvd, qed or raw (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
-    /// Format of DST: raw or fvd
+    /// Format of DST: raw, fvd or qed
     #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
     pub output_format: String,
-    /// Create options of DST (as for create -f fvd), KEY=VAL[,KEY=VAL...], repeatable
+    /// Create options of DST (as for create -f fvd or -f qed), KEY=VAL[,KEY=VAL...],
+    /// repeatable
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Show progress
@@ -58,52 +63,78 @@ pub struct ConvertArgs {
 /// The staged target files, published by [`Target::commit`].
 enum Target {
     Fvd(Box<super::create::StagedFvd>),
-    Raw(Staged),
+    /// A QED image or a raw file: one file.
+    File(Staged),
 }
 
 impl Target {
     fn commit(self, force: bool) -> Result<(), CliError> {
         match self {
             Target::Fvd(staged) => (*staged).commit(force),
-            Target::Raw(staged) => staged.commit(force),
+            Target::File(staged) => staged.commit(force),
         }
     }
+}
+
+/// The `-o` options checked against the target format's list.
+enum TargetOptions {
+    Fvd(ParsedOptions),
+    Qed(ParsedOptions),
+    Raw,
+}
+
+/// The QED geometry `-o` asks for (qemu-img's defaults otherwise).
+fn qed_geometry(mut opts: ParsedOptions, size: u64) -> QedCreateOptions<'static> {
+    let defaults = QedCreateOptions::default();
+    QedCreateOptions {
+        size,
+        cluster_size: opts
+            .take_size("cluster_size")
+            .unwrap_or(defaults.cluster_size),
+        table_size: opts.take_size("table_size").unwrap_or(defaults.table_size),
+        backing: None,
+    }
+}
+
+/// Clones an open staged file's handle for the engine.
+fn clone_file(staged: &Staged) -> Result<std::fs::File, CliError> {
+    staged
+        .file()
+        .try_clone()
+        .map_err(|e| CliError::io("open", staged.target(), e))
 }
 
 /// Runs `fvd-img convert`.
 pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let output = DiskFormat::parse(&args.output_format)?;
-    let options = match output {
-        DiskFormat::Fvd => Some(parse_options(&args.options, &FVD_CREATE_OPTIONS)?),
-        DiskFormat::Qed => {
-            return Err(CliError::Usage(
-                "convert -O qed is not supported yet".into(),
-            ))
-        }
-        DiskFormat::Raw => {
-            let parsed = parse_options(&args.options, &[])?;
-            if parsed.help {
-                return out
-                    .write_all(help_text("raw", &[]).as_bytes())
-                    .map_err(CliError::Output);
-            }
-            None
-        }
+    let specs: &[_] = match output {
+        DiskFormat::Fvd => &FVD_CREATE_OPTIONS,
+        DiskFormat::Qed => &QED_CREATE_OPTIONS,
+        DiskFormat::Raw => &[],
     };
-    if let Some(parsed) = &options {
-        if parsed.help {
-            return out
-                .write_all(help_text("fvd", &FVD_CREATE_OPTIONS).as_bytes())
-                .map_err(CliError::Output);
-        }
-        for key in ["backing_file", "backing_fmt"] {
-            if parsed.values.contains_key(key) {
-                return Err(CliError::Usage(format!(
-                    "-o {key} is not supported by convert: the result is a standalone image"
-                )));
-            }
+    let parsed = parse_options(&args.options, specs)?;
+    if parsed.help {
+        return out
+            .write_all(help_text(output.name(), specs).as_bytes())
+            .map_err(CliError::Output);
+    }
+    for key in ["backing_file", "backing_fmt"] {
+        if parsed.values.contains_key(key) {
+            return Err(CliError::Usage(format!(
+                "-o {key} is not supported by convert: the result is a standalone image"
+            )));
         }
     }
+    if parsed.values.contains_key("size") {
+        return Err(CliError::Usage(
+            "-o size is not supported by convert: the result has the source's size".into(),
+        ));
+    }
+    let options = match output {
+        DiskFormat::Fvd => TargetOptions::Fvd(parsed),
+        DiskFormat::Qed => TargetOptions::Qed(parsed),
+        DiskFormat::Raw => TargetOptions::Raw,
+    };
     let (Some(source), Some(target)) = (&args.source, &args.target) else {
         return Err(CliError::Usage(
             "Expecting a source and a target file name".into(),
@@ -122,7 +153,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let size = src.size();
 
     let (staged, mut dst) = match options {
-        Some(opts) => {
+        TargetOptions::Fvd(opts) => {
             let create = CreateArgs {
                 format: "fvd".into(),
                 backing_file: None,
@@ -134,15 +165,9 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 size: Some(size.to_string()),
             };
             let staged = stage_fvd(&create, opts)?;
-            let clone = |staged: &Staged| {
-                staged
-                    .file()
-                    .try_clone()
-                    .map_err(|e| CliError::io("open", staged.target(), e))
-            };
             let storage = FileStorage {
-                image: clone(&staged.image)?,
-                data: staged.data.as_ref().map(clone).transpose()?,
+                image: clone_file(&staged.image)?,
+                data: staged.data.as_ref().map(clone_file).transpose()?,
                 base: None,
             };
             let data_path = staged
@@ -150,10 +175,22 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 .as_ref()
                 .map_or(staged.image.path(), Staged::path)
                 .to_path_buf();
-            let dst = Disk::fvd_over(target, storage, data_path)?;
+            let dst = Disk::image_over(target, storage, data_path)?;
             (Target::Fvd(Box::new(staged)), dst)
         }
-        None => {
+        TargetOptions::Qed(opts) => {
+            let plan = qed_plan(&qed_geometry(opts, size))
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let staged = stage_qed(target, &plan)?;
+            let storage = FileStorage {
+                image: clone_file(&staged)?,
+                data: None,
+                base: None,
+            };
+            let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
+            (Target::File(staged), dst)
+        }
+        TargetOptions::Raw => {
             let staged = stage_empty(target)?;
             let file = staged
                 .file()
@@ -162,7 +199,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
             file.set_len(size)
                 .map_err(|e| CliError::io("write", target, e))?;
             let dst = Disk::raw_over(target, file, size);
-            (Target::Raw(staged), dst)
+            (Target::File(staged), dst)
         }
     };
 

@@ -10,8 +10,8 @@ use super::qed::open_qed;
 use crate::driver::{Driver, DriverError, DriverOptions};
 use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
 use crate::storage::Storage;
-use fvd_core::engine::Mapping;
 use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
+use fvd_core::engine::{ImageFormat as EngineFormat, Mapping};
 use fvd_core::format::FVD_MAGIC;
 use fvd_core::qed::QED_MAGIC;
 use std::fs::{File, OpenOptions};
@@ -356,7 +356,6 @@ impl Disk {
                 };
                 let driver = open_image(path, options).map_err(open_error)?;
                 let mut disk = Self::from_driver(path, driver, path.to_path_buf(), base, writable);
-                disk.format = DiskFormat::Qed;
                 disk.size = size;
                 Ok(disk)
             }
@@ -370,10 +369,14 @@ impl Disk {
         base: BaseLink,
         writable: bool,
     ) -> Disk {
-        let size = driver.engine().layout().map_or(0, |l| l.virtual_size);
+        let size = driver.engine().virtual_size().unwrap_or(0);
+        let format = match driver.engine().format() {
+            Some(EngineFormat::Qed) => DiskFormat::Qed,
+            _ => DiskFormat::Fvd,
+        };
         Disk {
             path: path.to_path_buf(),
-            format: DiskFormat::Fvd,
+            format,
             size,
             writable,
             backend: Backend::Fvd {
@@ -392,10 +395,11 @@ impl Disk {
         self
     }
 
-    /// A new FVD image without a base, opened read-write over already open files
-    /// (`convert` fills staged files before renaming them into place). `path` names the
-    /// image in messages; `data_path` is the file holding guest data.
-    pub fn fvd_over(
+    /// A new FVD or QED image (the engine probes the magic) without a base, opened
+    /// read-write over already open files (`convert` fills staged files before renaming
+    /// them into place). `path` names the image in messages; `data_path` is the file
+    /// holding guest data.
+    pub fn image_over(
         path: &Path,
         storage: FileStorage,
         data_path: PathBuf,
@@ -714,12 +718,18 @@ impl Disk {
                 let length = (lo + run.len - offset).min(max);
                 match run.mapping {
                     Mapping::Data { offset: at } => {
-                        // Stored data may sit in a hole of the host file (never written):
-                        // it reads as zeros, which convert and compare need not read.
+                        // Stored FVD data may sit in a hole of the host file (never
+                        // written): it reads as zeros, which convert and compare need not
+                        // read. An allocated QED cluster is data as a whole, as `qemu-img
+                        // map` shows it (QEMU does not look into the host file for QED).
                         let stored = at + (offset - lo);
                         let storage = &driver.storage;
                         let file = storage.data.as_ref().unwrap_or(&storage.image);
-                        let (length, written) = raw_allocation(file, stored, length);
+                        let (length, written) = if self.format == DiskFormat::Qed {
+                            (length, true)
+                        } else {
+                            raw_allocation(file, stored, length)
+                        };
                         Ok(Extent {
                             start: offset,
                             length,
@@ -734,6 +744,11 @@ impl Disk {
                     Mapping::Zero => Ok(Extent::zeros(offset, length, 0)),
                     Mapping::Base => {
                         let mut extent = match Self::base_disk(base)? {
+                            // Past the end of a shorter base: zeros of this image, as
+                            // `qemu-img map` shows them (depth 0).
+                            Some(disk) if offset >= disk.size() => {
+                                return Ok(Extent::zeros(offset, length, 0));
+                            }
                             Some(disk) => disk.extent(offset, length)?,
                             None => Extent {
                                 start: offset,

@@ -1,5 +1,5 @@
-//! `fvd-img io`: qemu-io's command language over an FVD image or a raw file. Each `-c`
-//! command (or, without `-c`, each line of standard input) runs in order; a failing
+//! `fvd-img io`: qemu-io's command language over an FVD or QED image or a raw file. Each
+//! `-c` command (or, without `-c`, each line of standard input) runs in order; a failing
 //! command is reported and the next one runs, and the exit status is 1 if anything failed
 //! (a pattern mismatch included), like qemu-io. `aio_read` and `aio_write` queue
 //! requests in the engine without waiting; `aio_flush` (or the end of the commands)
@@ -29,7 +29,7 @@ pub enum CacheMode {
 /// Arguments of `fvd-img io`.
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
-Commands (qemu-io syntax; OFF and LEN take suffixes k, M, G...; FVD images need multiples of 512):
+Commands (qemu-io syntax; OFF and LEN take suffixes k, M, G...; FVD and QED images need multiples of 512):
   read [-P PAT] [-v] [-q] OFF LEN        read, verify every byte is PAT, hex-dump
   write [-P PAT | -z] [-q] OFF LEN       write PAT (default 0xcd) or zeros
   discard [-q] OFF LEN                   discard (reads back as zeros)
@@ -41,7 +41,7 @@ Commands (qemu-io syntax; OFF and LEN take suffixes k, M, G...; FVD images need 
   help, quit
 Without -c, commands are read from standard input. The exit status is 1 when any command failed.")]
 pub struct IoArgs {
-    /// Format of FILE: fvd or raw (default: probed)
+    /// Format of FILE: fvd, qed or raw (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Cache mode: none (flush after every write) or writeback

@@ -3,7 +3,8 @@
 //! with the same properties and contiguous storage are merged. The JSON output has
 //! qemu-img's keys (one object per line, as qemu-img prints them) plus `kind`:
 //! `local` (in this image), `base` (still in a base image) or `zero` (reads as zeros,
-//! nothing stored).
+//! nothing stored, past the end of a shorter base included). A QED image's allocated
+//! clusters are `local` data and its zero clusters `zero`, as `qemu-img map` shows them.
 
 use super::disk::{context, Disk, DiskFormat, Extent};
 use super::error::CliError;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 /// Arguments of `fvd-img map`.
 #[derive(Args, Debug, Clone)]
 pub struct MapArgs {
-    /// Format of FILE: fvd or raw (default: probed)
+    /// Format of FILE: fvd, qed or raw (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Output format
