@@ -22,7 +22,7 @@ pub trait BaseRead {
 impl<S: Storage> BaseRead for Driver<S> {
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         buf.fill(0);
-        let size = self.engine().layout().map_or(0, |l| l.virtual_size);
+        let size = self.engine().virtual_size().unwrap_or(0);
         if offset >= size {
             return Ok(());
         }
@@ -44,7 +44,7 @@ impl<S: Storage> BaseRead for Driver<S> {
     }
 
     fn base_len(&self) -> u64 {
-        self.engine().layout().map_or(0, |l| l.virtual_size)
+        self.engine().virtual_size().unwrap_or(0)
     }
 }
 

@@ -659,7 +659,7 @@ impl Executor {
     /// The guest-visible size (the file's length at open in raw mode).
     pub fn size(&self) -> u64 {
         match &self.mode {
-            Mode::Fvd(f) => f.engine.layout().map_or(0, |l| l.virtual_size),
+            Mode::Fvd(f) => f.engine.virtual_size().unwrap_or(0),
             Mode::Raw { len, .. } => *len,
         }
     }

@@ -22,11 +22,19 @@ pub enum Subject {
     Compact,
     /// A plain FVD image over a raw base of the same size; the image starts empty.
     Cow,
+    /// A QED image (qemu-img's default geometry) run by our engine, fully written.
+    Qed,
 }
 
 impl Subject {
     /// Every subject.
-    pub const ALL: [Subject; 4] = [Subject::Raw, Subject::Plain, Subject::Compact, Subject::Cow];
+    pub const ALL: [Subject; 5] = [
+        Subject::Raw,
+        Subject::Plain,
+        Subject::Compact,
+        Subject::Cow,
+        Subject::Qed,
+    ];
 
     /// Short name.
     pub fn name(self) -> &'static str {
@@ -35,8 +43,22 @@ impl Subject {
             Subject::Plain => "fvd-plain",
             Subject::Compact => "fvd-compact",
             Subject::Cow => "fvd-cow",
+            Subject::Qed => "fvd-qed",
         }
     }
+}
+
+/// Writes a new QED image of `size` bytes at `path` with qemu-img's default geometry.
+pub fn create_qed(path: &Path, size: u64) -> io::Result<()> {
+    let plan = fvd_core::qed::plan(&fvd_core::qed::QedCreateOptions {
+        size,
+        ..Default::default()
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut bytes = vec![0u8; plan.file_len as usize];
+    plan.write_header_area(&mut bytes)
+        .ok_or_else(|| io::Error::other("QED header area too small"))?;
+    std::fs::write(path, bytes)
 }
 
 /// Writes a new FVD image described by `options` at `path` (metadata only; data grows).
@@ -112,6 +134,12 @@ pub fn prepare(dir: &Path, subject: Subject, size: u64) -> Result<PathBuf, Execu
                     ..Default::default()
                 },
             )?;
+            let mut executor = Executor::open(&image, options)?;
+            fill(&mut executor, 1)?;
+            executor.close()?;
+        }
+        Subject::Qed => {
+            create_qed(&image, size)?;
             let mut executor = Executor::open(&image, options)?;
             fill(&mut executor, 1)?;
             executor.close()?;

@@ -684,3 +684,75 @@ fn qed_images_open_with_their_backing_file_and_no_data_file() {
         "is not a valid QED image: invalid QED table size 3",
     );
 }
+
+/// Data clusters `fvd-img map` reports (runs with `data: true`), in bytes.
+fn mapped_data(dir: &Path, file: &str) -> u64 {
+    common::map_json(dir, file)
+        .iter()
+        .filter(|run| run["data"] == Value::Bool(true) && run["depth"] == 0)
+        .map(|run| run["length"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn copy_on_read_is_a_create_option_that_io_can_override() {
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("base.raw"), vec![0x5au8; 1 << 20]).unwrap();
+    // Needs a backing file.
+    let msg = fails(
+        d,
+        &[
+            "create",
+            "-f",
+            "qed",
+            "-o",
+            "copy_on_read=on",
+            "x.qed",
+            "1M",
+        ],
+    );
+    assert_contains(&msg, "backing file");
+    create_qed(
+        d,
+        &[
+            "-o",
+            "copy_on_read=on",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "cor.qed",
+        ],
+    );
+    let header = fs::read(d.join("cor.qed")).unwrap();
+    let compat = u64::from_le_bytes(header[24..32].try_into().unwrap());
+    assert_eq!(compat, features::COMPAT_COPY_ON_READ);
+    // qemu-img ignores the compatible bit and finds the image clean.
+    assert_eq!(qemu_img(d, &["check", "-f", "qed", "cor.qed"]).code, 0);
+    fs::copy(d.join("cor.qed"), d.join("off.qed")).unwrap();
+    // The header's default copies what is read; --no-cor does not.
+    ok(d, &["io", "-c", "read -P 0x5a 0 128k", "cor.qed"]);
+    assert_eq!(mapped_data(d, "cor.qed"), 128 << 10);
+    ok(
+        d,
+        &["io", "--no-cor", "-c", "read -P 0x5a 0 128k", "off.qed"],
+    );
+    assert_eq!(mapped_data(d, "off.qed"), 0);
+    // --cor on an image without the bit copies too.
+    create_qed(d, &["-b", "base.raw", "-F", "raw", "plain.qed"]);
+    ok(
+        d,
+        &["io", "--cor", "-c", "read -P 0x5a 64k 64k", "plain.qed"],
+    );
+    assert_eq!(mapped_data(d, "plain.qed"), 64 << 10);
+    assert_eq!(qemu_img(d, &["check", "-f", "qed", "cor.qed"]).code, 0);
+    assert_eq!(
+        qemu_img(
+            d,
+            &["compare", "-f", "qed", "-F", "raw", "cor.qed", "base.raw"]
+        )
+        .code,
+        0
+    );
+}

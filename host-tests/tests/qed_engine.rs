@@ -338,10 +338,10 @@ fn a_copy_on_read_fill_never_overwrites_a_newer_guest_write() {
         },
     );
     let mut buffers = vec![Vec::new(); 64];
-    let mut run = |engine: &mut Engine<Vec<u8>>,
-                   storage: &mut MemStorage,
-                   buffers: &mut Vec<Vec<u8>>,
-                   hold: &mut Vec<fvd_core::engine::Command>| {
+    let run = |engine: &mut Engine<Vec<u8>>,
+               storage: &mut MemStorage,
+               buffers: &mut Vec<Vec<u8>>,
+               hold: &mut Vec<fvd_core::engine::Command>| {
         while let Some(c) = engine.poll_command() {
             // Hold the fill's read of the whole cluster from the backing file.
             let fill_read = c.file == FileId::Base

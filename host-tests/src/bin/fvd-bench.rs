@@ -61,7 +61,7 @@ struct Args {
     /// Only these workloads (comma separated names like rand-read-4k)
     #[arg(long)]
     only: Option<String>,
-    /// Only these contenders (comma separated: raw, fvd-plain, fvd-compact, qcow2, qed)
+    /// Only these contenders (comma separated: raw, fvd-plain, fvd-compact, fvd-qed, qcow2, qed)
     #[arg(long)]
     contenders: Option<String>,
     /// Keep the images in DIR and reuse them on the next run (for profiling)
@@ -367,7 +367,7 @@ fn main() -> Result<(), BoxError> {
         work_dir.display()
     );
     let mut contenders = Vec::new();
-    for subject in [Subject::Raw, Subject::Plain, Subject::Compact] {
+    for subject in [Subject::Raw, Subject::Plain, Subject::Compact, Subject::Qed] {
         let made = work_dir.join(format!("{}.img", subject.name()));
         let path = if args.keep && made.exists() {
             made

@@ -128,7 +128,7 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
 ];
 
 /// The `-o` options of `create -f qed` (qemu-img's, less its host-file ones).
-pub const QED_CREATE_OPTIONS: [OptionSpec; 5] = [
+pub const QED_CREATE_OPTIONS: [OptionSpec; 6] = [
     OptionSpec {
         name: "backing_file",
         kind: OptionKind::Str,
@@ -148,6 +148,13 @@ pub const QED_CREATE_OPTIONS: [OptionSpec; 5] = [
         name: "table_size",
         kind: OptionKind::Size,
         help: "L1/L2 table size (in clusters): a power of two from 1 to 16 (default 4)",
+    },
+    OptionSpec {
+        name: "copy_on_read",
+        kind: OptionKind::Bool,
+        help: "Copy data read from the base into the image by default (needs a base; the \
+               2011 RFC's compatible feature bit; fvd-img io --cor/--no-cor overrides; \
+               default off)",
     },
     OptionSpec {
         name: "size",
@@ -444,6 +451,7 @@ struct QedRequest {
     cluster_size: u64,
     table_size: u64,
     table_size_given: bool,
+    copy_on_read: bool,
 }
 
 impl QedRequest {
@@ -501,6 +509,7 @@ impl QedRequest {
                 .unwrap_or(defaults.cluster_size),
             table_size: table_size.unwrap_or(defaults.table_size),
             table_size_given: table_size.is_some(),
+            copy_on_read: opts.take_bool("copy_on_read").unwrap_or(false),
         };
         if let Some(key) = opts.values.keys().next() {
             return Err(CliError::Invalid(format!(
@@ -546,7 +555,11 @@ fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
             format: base.format.name().as_bytes(),
         }),
     };
-    let plan = qed_plan(&options).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let mut plan = qed_plan(&options).map_err(|e| CliError::Invalid(e.to_string()))?;
+    if request.copy_on_read {
+        plan.set_copy_on_read()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
     let staged = stage_qed(file, &plan)?;
     let mut line = format!(
         "Formatting '{}', fmt=qed size={}",
@@ -563,6 +576,9 @@ fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     line += &format!(" cluster_size={}", plan.header.cluster_size.get());
     if request.table_size_given {
         line += &format!(" table_size={}", plan.header.table_size.get());
+    }
+    if request.copy_on_read {
+        line += " copy_on_read=on";
     }
     staged.commit(args.force)?;
     if !args.quiet {

@@ -357,8 +357,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     pub(super) fn step_requests(&mut self) -> bool {
         let mut moved = false;
+        let mut left = self.active;
         for slot in 0..MAX_REQUESTS {
+            if left == 0 {
+                break;
+            }
             if self.requests[slot].active() {
+                left -= 1;
                 moved |= self.step_request(slot);
             }
         }
@@ -415,21 +420,46 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
     }
 
-    /// True while an earlier write touching one of this write's clusters is unfinished.
-    /// Fills still reading are not waited for: this write cancelled them.
+    /// True while an earlier write must finish first: one whose bytes overlap this one's
+    /// (later submitted wins), or one touching a cluster of this write that is not yet
+    /// allocated (its allocation must not race ours). Allocated clusters stay allocated,
+    /// so writes to different bytes of them run side by side. Fills still reading are
+    /// not waited for: this write cancelled them.
     fn blocked(&mut self, slot: usize) -> bool {
         let cs = self.layout.map_or(1, |l| l.cluster_size);
         let me = self.requests[slot];
         let (lo, hi) = (me.start / cs * cs, me.end.div_ceil(cs) * cs);
-        self.requests.iter().enumerate().any(|(i, o)| {
-            i != slot
-                && o.active()
-                && o.kind.writes()
-                && o.seq < me.seq
-                && o.start / cs * cs < hi
-                && lo < o.end.div_ceil(cs) * cs
-                && !(o.kind == Kind::Fill && o.state == State::FillRead && o.cancelled)
-        })
+        for i in 0..MAX_REQUESTS {
+            let o = self.requests[i];
+            let earlier = i != slot && o.active() && o.kind.writes() && o.seq < me.seq;
+            if !earlier || (o.kind == Kind::Fill && o.state == State::FillRead && o.cancelled) {
+                continue;
+            }
+            if o.start < me.end && me.start < o.end {
+                return true;
+            }
+            let (olo, ohi) = (o.start / cs * cs, o.end.div_ceil(cs) * cs);
+            if olo < hi && lo < ohi && !self.all_allocated(lo.max(olo), hi.min(ohi)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True when every cluster of `[start, end)` is allocated (false while unknown).
+    fn all_allocated(&mut self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        while at < end {
+            match self.extent(at, end) {
+                Ok(Extent {
+                    kind: ExtentKind::Data(_),
+                    end: next,
+                    ..
+                }) => at = next,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Records a metadata problem on the request; true when it must stop.
