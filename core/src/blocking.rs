@@ -485,4 +485,52 @@ mod tests {
             Err(BlockingError::Submit(SubmitError::ReadOnly))
         );
     }
+
+    #[test]
+    fn blocking_disk_serves_qed_images_too() {
+        use crate::qed::{plan as qed_plan, QedBacking, QedCreateOptions};
+        let base: Vec<u8> = (0..64 * 1024).map(|i| (i / 512) as u8 ^ 0x33).collect();
+        let plan = qed_plan(&QedCreateOptions {
+            size: 256 * 1024,
+            cluster_size: 4096,
+            table_size: 1,
+            backing: Some(QedBacking {
+                name: b"base",
+                format: b"raw",
+            }),
+        })
+        .unwrap();
+        let mut bytes = vec![0u8; plan.file_len as usize];
+        plan.write_header_area(&mut bytes).unwrap();
+        let image = MemFile { bytes, at: 0 };
+        let base_file = MemFile {
+            bytes: base.clone(),
+            at: 0,
+        };
+        let mut disk: BlockingDisk<_, _, NoFile, _> =
+            BlockingDisk::open(vec![0u8; 64 * 1024], image, NoFile, base_file, true, 4096).unwrap();
+        assert_eq!(
+            disk.engine().format(),
+            Some(crate::engine::ImageFormat::Qed)
+        );
+        disk.write(1024, &[0xee; 1024]).unwrap();
+        disk.write_zeroes(8192, 8192).unwrap();
+        disk.write(9216, &[0x11; 512]).unwrap();
+        disk.flush().unwrap();
+        let mut expected = base[..32768].to_vec();
+        expected[1024..2048].fill(0xee);
+        expected[8192..16384].fill(0);
+        expected[9216..9728].fill(0x11);
+        let mut buf = vec![0u8; 32768];
+        disk.read(0, &mut buf).unwrap();
+        assert_eq!(buf, expected);
+        let (image, _, base_file, clean) = disk.close().unwrap();
+        assert!(clean);
+        let mut disk: BlockingDisk<_, _, NoFile, _> =
+            BlockingDisk::open(vec![0u8; 64 * 1024], image, NoFile, base_file, false, 4096)
+                .unwrap();
+        let mut again = vec![0u8; 32768];
+        disk.read(0, &mut again).unwrap();
+        assert_eq!(again, expected);
+    }
 }
