@@ -11,6 +11,7 @@ mod bounce;
 mod cache;
 mod commit;
 mod fill;
+mod guest;
 mod meta;
 mod open;
 mod prefetch;

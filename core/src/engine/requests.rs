@@ -4,30 +4,14 @@
 //! zero-filled gaps, metadata applied only after the data landed).
 
 use super::cache::PageKey;
+use super::guest;
 use super::meta::{Stall, BITS_PER_PAGE};
 use super::slots::Owner;
 use super::types::*;
-use super::{FvdEngine, MAX_DATA_REQUEST, MAX_REQUESTS};
+use super::{FvdEngine, MAX_REQUESTS};
 use crate::units::SECTOR_SIZE;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Read,
-    Write,
-    Zeroes {
-        unmap: bool,
-    },
-    Flush,
-    Map,
-    /// A copy-on-read fill (internal: no completion event).
-    Fill,
-}
-
-impl Kind {
-    pub(crate) fn writes(self) -> bool {
-        matches!(self, Kind::Write | Kind::Zeroes { .. } | Kind::Fill)
-    }
-}
+pub(crate) use super::guest::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -147,27 +131,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             (true, Some(layout)) if !self.failed => layout,
             _ => return Err(SubmitError::NotOpen),
         };
-        let (kind, start, len) = match request {
-            Request::Read { offset, len } => (Kind::Read, offset, len),
-            Request::Write { offset, len } => (Kind::Write, offset, len),
-            Request::WriteZeroes { offset, len } => (Kind::Zeroes { unmap: false }, offset, len),
-            Request::Discard { offset, len } => (Kind::Zeroes { unmap: true }, offset, len),
-            Request::Flush => (Kind::Flush, 0, 0),
-            Request::Map { offset, len } => (Kind::Map, offset, len),
-        };
-        if kind.writes() && !self.options.writable {
-            return Err(SubmitError::ReadOnly);
-        }
-        if start % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
-            return Err(SubmitError::Unaligned);
-        }
-        if matches!(kind, Kind::Read | Kind::Write) && len > MAX_DATA_REQUEST {
-            return Err(SubmitError::TooLarge);
-        }
-        let end = start.checked_add(len).ok_or(SubmitError::OutOfRange)?;
-        if end > layout.virtual_size {
-            return Err(SubmitError::OutOfRange);
-        }
+        let (kind, start, end) = guest::check(request, self.options.writable, layout.virtual_size)?;
         if self.active_requests + self.events.len() >= MAX_REQUESTS {
             return Err(SubmitError::Busy);
         }

@@ -11,28 +11,10 @@ use super::meta::{Extent, ExtentKind, Stall};
 use super::QedEngine;
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
-use crate::engine::{MAX_DATA_REQUEST, MAX_REQUESTS};
+use crate::engine::MAX_REQUESTS;
 use crate::qed::table::{ENTRY_SIZE, UNALLOCATED, ZERO_CLUSTER};
-use crate::units::SECTOR_SIZE;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
-    Read,
-    Write,
-    Zeroes {
-        unmap: bool,
-    },
-    Flush,
-    Map,
-    /// A copy-on-read fill (internal: no completion event).
-    Fill,
-}
-
-impl Kind {
-    fn writes(self) -> bool {
-        matches!(self, Kind::Write | Kind::Zeroes { .. } | Kind::Fill)
-    }
-}
+use crate::engine::guest::{self, Kind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {
@@ -199,27 +181,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             (true, Some(layout)) if !self.failed => layout,
             _ => return Err(SubmitError::NotOpen),
         };
-        let (kind, start, len) = match request {
-            Request::Read { offset, len } => (Kind::Read, offset, len),
-            Request::Write { offset, len } => (Kind::Write, offset, len),
-            Request::WriteZeroes { offset, len } => (Kind::Zeroes { unmap: false }, offset, len),
-            Request::Discard { offset, len } => (Kind::Zeroes { unmap: true }, offset, len),
-            Request::Flush => (Kind::Flush, 0, 0),
-            Request::Map { offset, len } => (Kind::Map, offset, len),
-        };
-        if kind.writes() && !self.options.writable {
-            return Err(SubmitError::ReadOnly);
-        }
-        if start % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
-            return Err(SubmitError::Unaligned);
-        }
-        if matches!(kind, Kind::Read | Kind::Write) && len > MAX_DATA_REQUEST {
-            return Err(SubmitError::TooLarge);
-        }
-        let end = start.checked_add(len).ok_or(SubmitError::OutOfRange)?;
-        if end > layout.image_size {
-            return Err(SubmitError::OutOfRange);
-        }
+        let (kind, start, end) = guest::check(request, self.options.writable, layout.image_size)?;
         let slot = self.free_slot().ok_or(SubmitError::Busy)?;
         let state = match kind {
             Kind::Read => State::Reading,
