@@ -3,7 +3,7 @@
 //! files with positioned I/O, many in flight at once.
 //!
 //! The calling thread runs one loop: submit the caller's requests, poll the engine's
-//! commands and queue each for the pool, take completions from a channel and report them
+//! commands and queue each for the pool, take the finished jobs and report them
 //! to the engine, collect the engine's completion events, and give the engine the time
 //! (for the header's `journal_clean_buf_period`). Commands that need no file (zeroing or
 //! copying a buffer) and base reads through a chained image are served on the calling
@@ -11,9 +11,13 @@
 //!
 //! Costs on the calling thread are kept per batch rather than per command: the jobs of
 //! consecutive submissions (or of one batch of completions) go to the shared queue under
-//! one lock, waking only as many workers as are idle; the engine is polled only when it
-//! has commands waiting (`commands_in_flight` exceeds those polled), since every poll
-//! runs its state machines.
+//! one lock with at most one wake-up (a woken worker that sees more jobs and sleeping
+//! workers passes the wake-up on, so the futex calls land on the workers, not on the one
+//! thread every request passes through); a worker hands back its result and takes its
+//! next job in one critical section, and wakes the calling thread only if it sleeps,
+//! which then takes every finished job at once. The engine is polled only when it has
+//! commands waiting (`commands_in_flight` exceeds those polled), since every poll runs
+//! its state machines.
 //!
 //! Buffers. Each guest request's buffer belongs to the executor until the request
 //! completes and lives in an `Arc<Mutex<Vec<u8>>>` ([`GuestBuffers::Shared`]): a worker
@@ -47,7 +51,6 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -227,69 +230,63 @@ impl Files {
 }
 
 #[derive(Default)]
-struct QueueState {
+struct PoolState {
+    /// Jobs not yet taken by a worker.
     jobs: VecDeque<Job>,
-    /// Workers waiting on the condition variable.
+    /// Jobs finished and not yet taken by the calling thread.
+    done: Vec<Done>,
+    /// Workers waiting for jobs.
     idle: usize,
+    /// An idle worker was notified and has not run yet.
+    wake_pending: bool,
+    /// Whether the calling thread sleeps waiting for finished jobs.
+    caller_waits: bool,
+    /// Workers still running.
+    alive: usize,
     closed: bool,
 }
 
-/// The job queue the workers share.
+/// What the calling thread and the workers share: the job queue and the finished jobs,
+/// under one lock, so a worker hands back a result and takes its next job in one
+/// critical section.
 #[derive(Default)]
-struct JobQueue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
+struct Shared {
+    state: Mutex<PoolState>,
+    /// Idle workers wait here.
+    work: Condvar,
+    /// The calling thread waits here.
+    finished: Condvar,
+    syncs: AtomicU64,
 }
 
-impl JobQueue {
-    fn state(&self) -> MutexGuard<'_, QueueState> {
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, PoolState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `jobs`, waking only as many idle workers as there are jobs (a busy worker
-    /// takes the next job without a wake-up, which saves a futex call per job).
+    /// Queues `jobs` and wakes one idle worker, unless a wake-up is already on its way:
+    /// busy workers take queued jobs without a wake-up, and a worker that takes a job
+    /// while more wait and others sleep passes the wake-up on, so the calling thread
+    /// makes at most one futex call per batch.
     fn push_all(&self, jobs: &mut Vec<Job>) {
-        let n = jobs.len();
-        if n == 0 {
+        if jobs.is_empty() {
             return;
         }
-        let idle = {
-            let mut state = self.state();
-            state.jobs.extend(jobs.drain(..));
-            state.idle
-        };
-        if n >= idle && idle > 1 {
-            self.ready.notify_all();
-        } else {
-            for _ in 0..n.min(idle) {
-                self.ready.notify_one();
-            }
-        }
-    }
-
-    fn pop(&self) -> Option<Job> {
         let mut state = self.state();
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                return Some(job);
-            }
-            if state.closed {
-                return None;
-            }
-            state.idle += 1;
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            state.idle -= 1;
+        state.jobs.extend(jobs.drain(..));
+        let wake = state.idle > 0 && !state.wake_pending;
+        state.wake_pending |= wake;
+        drop(state);
+        if wake {
+            self.work.notify_one();
         }
     }
 
     fn close(&self) {
         self.state().closed = true;
-        self.ready.notify_all();
+        self.work.notify_all();
     }
 }
 
@@ -362,31 +359,77 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
     }
 }
 
-fn worker(files: Arc<Files>, queue: Arc<JobQueue>, done: Sender<Done>, syncs: Arc<AtomicU64>) {
-    while let Some(job) = queue.pop() {
-        let Job {
+fn worker(files: Arc<Files>, shared: Arc<Shared>) {
+    /// Counts the worker out however it ends, so the calling thread never waits for a
+    /// worker that is gone.
+    struct Exit<'a>(&'a Shared);
+    impl Drop for Exit<'_> {
+        fn drop(&mut self) {
+            self.0.state().alive -= 1;
+            self.0.finished.notify_all();
+        }
+    }
+    let _exit = Exit(&shared);
+    let mut finished: Option<Done> = None;
+    loop {
+        let mut state = shared.state();
+        // Hand back the last result and take the next job in one critical section; wake
+        // the calling thread only if it sleeps (it takes every finished job at once).
+        let mut wake_caller = false;
+        if let Some(done) = finished.take() {
+            state.done.push(done);
+            wake_caller = std::mem::take(&mut state.caller_waits);
+        }
+        let job = loop {
+            if let Some(job) = state.jobs.pop_front() {
+                break Some(job);
+            }
+            if state.closed {
+                break None;
+            }
+            if std::mem::take(&mut wake_caller) {
+                shared.finished.notify_one();
+            }
+            state.idle += 1;
+            state = shared
+                .work
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.idle -= 1;
+            state.wake_pending = false;
+        };
+        // Pass the wake-up on while jobs wait and workers sleep.
+        let pass_on = !state.jobs.is_empty() && state.idle > 0 && !state.wake_pending;
+        state.wake_pending |= pass_on;
+        drop(state);
+        if wake_caller {
+            shared.finished.notify_one();
+        }
+        if pass_on {
+            shared.work.notify_one();
+        }
+        let Some(Job {
             token,
             target,
             work,
             landing,
-        } = job;
+        }) = job
+        else {
+            return;
+        };
         // `work` (and with it any clone of a request buffer) is consumed here, so the
         // calling thread owns the buffer alone again once it sees the completion.
-        let mut finished = perform(&files, target, work, &syncs);
-        finished.token = token;
-        finished.landing = landing;
-        if done.send(finished).is_err() {
-            return;
-        }
+        let mut done = perform(&files, target, work, &shared.syncs);
+        done.token = token;
+        done.landing = landing;
+        finished = Some(done);
     }
 }
 
 /// The worker threads with their queues.
 struct Pool {
-    queue: Arc<JobQueue>,
-    done: Receiver<Done>,
+    shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    syncs: Arc<AtomicU64>,
     batch: Vec<Job>,
     /// Jobs handed out and not yet completed.
     outstanding: usize,
@@ -397,28 +440,29 @@ struct Pool {
 impl Pool {
     fn start(files: Files, workers: usize) -> Pool {
         let files = Arc::new(files);
-        let queue = Arc::new(JobQueue::default());
-        let syncs = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel();
-        let workers = (0..workers.max(1))
+        let shared = Arc::new(Shared::default());
+        let n = workers.max(1);
+        shared.state().alive = n;
+        let workers = (0..n)
             .map(|i| {
-                let (files, queue, tx, syncs) =
-                    (files.clone(), queue.clone(), tx.clone(), syncs.clone());
+                let (files, shared) = (files.clone(), shared.clone());
                 std::thread::Builder::new()
                     .name(format!("fvd-io-{i}"))
-                    .spawn(move || worker(files, queue, tx, syncs))
+                    .spawn(move || worker(files, shared))
                     .expect("spawn an I/O worker thread")
             })
             .collect();
         Pool {
-            queue,
-            done: rx,
+            shared,
             workers,
-            syncs,
             batch: Vec::new(),
             outstanding: 0,
             spare: Vec::new(),
         }
+    }
+
+    fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     fn push(&mut self, job: Job) {
@@ -427,7 +471,7 @@ impl Pool {
     }
 
     fn send_batch(&mut self) {
-        self.queue.push_all(&mut self.batch);
+        self.shared.push_all(&mut self.batch);
     }
 
     fn spare(&mut self) -> Vec<u8> {
@@ -441,34 +485,50 @@ impl Pool {
         }
     }
 
-    /// Waits for at least one completion (when `block`, for at most `limit` if given) and
-    /// returns every one available.
+    /// Waits for a finished job (for at most `limit` if given) when some are outstanding
+    /// and none is ready, then moves every finished job to `into`.
     fn collect(
         &mut self,
-        block: bool,
         limit: Option<Duration>,
         into: &mut Vec<Done>,
     ) -> Result<(), ExecutorError> {
-        if block && self.outstanding > 0 && into.is_empty() {
-            let done = match limit {
-                None => Some(self.done.recv().map_err(|_| ExecutorError::WorkersGone)?),
-                Some(limit) => match self.done.recv_timeout(limit) {
-                    Ok(done) => Some(done),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return Err(ExecutorError::WorkersGone),
-                },
-            };
-            into.extend(done);
+        let mut state = self.shared.state();
+        if self.outstanding > 0 && state.done.is_empty() {
+            let deadline = limit.map(|limit| Instant::now() + limit);
+            while state.done.is_empty() {
+                if state.alive == 0 {
+                    return Err(ExecutorError::WorkersGone);
+                }
+                state.caller_waits = true;
+                state = match deadline {
+                    None => self
+                        .shared
+                        .finished
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                    Some(deadline) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        self.shared
+                            .finished
+                            .wait_timeout(state, deadline - now)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0
+                    }
+                };
+            }
+            state.caller_waits = false;
         }
-        while let Ok(done) = self.done.try_recv() {
-            into.push(done);
-        }
+        into.append(&mut state.done);
+        drop(state);
         self.outstanding -= into.len().min(self.outstanding);
         Ok(())
     }
 
     fn stop(&mut self) {
-        self.queue.close();
+        self.shared.close();
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
@@ -653,7 +713,7 @@ impl Executor {
 
     /// `fdatasync` calls the workers made.
     pub fn syncs(&self) -> u64 {
-        self.pool.syncs.load(Ordering::Relaxed)
+        self.pool.syncs()
     }
 
     /// The guest-visible size (the file's length at open in raw mode).
@@ -802,7 +862,7 @@ impl Executor {
             .and_then(|e| e.poll_timeout())
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms()).max(1)));
         let mut done = std::mem::take(&mut self.done_scratch);
-        self.pool.collect(true, limit, &mut done)?;
+        self.pool.collect(limit, &mut done)?;
         for d in done.drain(..) {
             self.finish_job(d);
         }
