@@ -81,6 +81,9 @@ pub struct Driver<S: Storage> {
     closed: Option<bool>,
     /// Commands performed.
     pub commands_run: u64,
+    /// Stop (report a stall) once this many commands ran: tests use it to turn a runaway
+    /// engine into a failure instead of a hang.
+    command_limit: Option<u64>,
 }
 
 fn mem_io(result: io::Result<()>) -> Result<(), IoError> {
@@ -122,6 +125,7 @@ impl<S: Storage> Driver<S> {
             opened: None,
             closed: None,
             commands_run: 0,
+            command_limit: None,
         };
         while driver.opened.is_none() {
             if !driver.step() {
@@ -132,6 +136,11 @@ impl<S: Storage> Driver<S> {
             Some(Err(e)) => Err(DriverError::Open(e)),
             _ => Ok(driver),
         }
+    }
+
+    /// Reports a stall instead of running more than `max` commands in total.
+    pub fn limit_commands(&mut self, max: u64) {
+        self.command_limit = Some(max);
     }
 
     /// Changes the per-mille chance of injected command failures.
@@ -184,6 +193,12 @@ impl<S: Storage> Driver<S> {
 
     /// Performs one command (or collects events); false when there was nothing to do.
     pub fn step(&mut self) -> bool {
+        if self
+            .command_limit
+            .is_some_and(|max| self.commands_run >= max)
+        {
+            return false;
+        }
         let mut did = self.drain_events();
         while let Some(command) = self.engine.poll_command() {
             self.pending.push(command);

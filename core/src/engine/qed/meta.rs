@@ -69,6 +69,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
+                self.unreserve_slot(slot);
                 let op = Op::Read {
                     offset: key.index * PAGE_BYTES as u64,
                     len: PAGE_BYTES,
@@ -82,6 +83,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 {
                     self.cache.start_load(slot, key);
                     self.stats.page_loads += 1;
+                    if let Some(request) = self.stepping {
+                        // Kept from eviction until the request that wants it steps again.
+                        self.cache.slot_mut(slot).pins = 1;
+                        self.reserved[slot] = Some(request);
+                    }
                 }
             }
             Victim::WriteBack(slot) => {
@@ -121,6 +127,22 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             Err(error) => {
                 self.page_error = Some((self.cache.slot(slot).key, error));
                 self.cache.drop_page(slot);
+                self.reserved[slot] = None;
+            }
+        }
+    }
+
+    fn unreserve_slot(&mut self, slot: usize) {
+        if self.reserved[slot].take().is_some() {
+            self.cache.slot_mut(slot).pins = 0;
+        }
+    }
+
+    /// Releases the pages reserved for request `request` (it has stepped or finished).
+    pub(super) fn unreserve(&mut self, request: usize) {
+        for slot in self.cache.indices() {
+            if self.reserved[slot] == Some(request as u16) {
+                self.unreserve_slot(slot);
             }
         }
     }
@@ -170,6 +192,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         self.cache
             .mark_changed(slot, within, within + 8, self.change_gen);
         self.last_change_ms = self.now_ms;
+        if let Some(layout) = self.layout {
+            let l1 = layout.l1_table;
+            if at >= l1.offset && at < l1.offset + l1.len {
+                self.remember_l1((at - l1.offset) / ENTRY_SIZE, raw);
+            }
+        }
         Ok(())
     }
 
@@ -183,7 +211,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// entry is invalid or points outside the file.
     pub(super) fn l2_table(&mut self, index: u64) -> Result<Option<u64>, Stall> {
         let layout = self.layout.ok_or(Stall::Wait)?;
-        let raw = self.entry_at(self.l1_entry_offset(index))?;
+        let memo = self.l1_memo[index as usize % self.l1_memo.len()];
+        let raw = match memo {
+            Some((i, raw)) if i == index => raw,
+            _ => {
+                let raw = self.entry_at(self.l1_entry_offset(index))?;
+                self.remember_l1(index, raw);
+                raw
+            }
+        };
         match layout.decode_l1(raw) {
             L1Entry::Unallocated => Ok(None),
             L1Entry::Table(t)
@@ -193,6 +229,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             }
             _ => Err(Stall::Corrupt(Corruption::BadL1Entry { index, entry: raw })),
         }
+    }
+
+    fn remember_l1(&mut self, index: u64, raw: u64) {
+        let n = self.l1_memo.len();
+        self.l1_memo[index as usize % n] = Some((index, raw));
     }
 
     /// What the guest bytes from `offset` up to at most `limit` hold: one run.

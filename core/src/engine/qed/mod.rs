@@ -29,6 +29,9 @@ use crate::qed::QedLayout;
 use lifecycle::{CommitState, HeaderState, Phase};
 use requests::{Req, State};
 
+/// L1 entries remembered outside the page cache.
+const L1_MEMO: usize = 8;
+
 /// How long (ms of the host's clock) metadata must stay unchanged before the need-check
 /// bit is cleared (QEMU's 5 seconds).
 pub const QUIET_MS: u64 = 5000;
@@ -49,6 +52,14 @@ pub struct QedEngine<M, const PAGES: usize = 256> {
     bounce: BouncePool,
     /// Bytes of one bounce slot.
     bounce_len: u64,
+    /// L1 entries last read or set, by index modulo the memo size: a request then needs
+    /// only its L2 page resident, so a small cache does not thrash between the two.
+    l1_memo: [Option<(u64, u64)>; L1_MEMO],
+    /// The request being stepped: pages it starts loading are reserved for it until its
+    /// next step, so requests stepped before it cannot evict them first.
+    stepping: Option<u16>,
+    /// Cache slot → request a loaded page is reserved for.
+    reserved: [Option<u16>; PAGES],
     /// A page load that failed, reported to the next request that wants the page.
     page_error: Option<(super::cache::PageKey, IoError)>,
     /// File length as far as completed growth goes.
@@ -100,6 +111,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             cache: PageCache::new(0, 0),
             bounce: BouncePool::new(0, 0, 0),
             bounce_len: 0,
+            l1_memo: [None; L1_MEMO],
+            stepping: None,
+            reserved: [None; PAGES],
             page_error: None,
             file_len: options.image_len,
             alloc_end: 0,

@@ -251,6 +251,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     }
 
     pub(super) fn finish(&mut self, slot: usize, result: Result<Reply, RequestError>) {
+        self.unreserve(slot);
         if let Some(offset) = self.requests[slot].bounce.take() {
             self.bounce.give_back(offset);
         }
@@ -326,7 +327,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             }
             if self.requests[slot].active() {
                 left -= 1;
+                self.stepping = Some(slot as u16);
+                self.unreserve(slot);
                 moved |= self.step_request(slot);
+                self.stepping = None;
             }
         }
         moved
