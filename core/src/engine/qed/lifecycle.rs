@@ -441,8 +441,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 if !self.options.writable || !matches!(self.phase, Phase::Open | Phase::Closing) {
                     return false;
                 }
-                let waiting = self.requests.iter().any(|r| r.state == State::NeedCheck);
-                if waiting && !self.need_check_on_disk {
+                if self.need_check_wanted && !self.need_check_on_disk {
+                    self.need_check_wanted = false;
                     self.header = HeaderState::Write {
                         set: true,
                         issued: false,

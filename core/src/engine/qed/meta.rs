@@ -87,6 +87,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                         // Kept from eviction until the request that wants it steps again.
                         self.cache.slot_mut(slot).pins = 1;
                         self.reserved[slot] = Some(request);
+                        self.reserving |= 1 << request;
                     }
                 }
             }
@@ -140,6 +141,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     /// Releases the pages reserved for request `request` (it has stepped or finished).
     pub(super) fn unreserve(&mut self, request: usize) {
+        let bit = 1u64 << request;
+        if self.reserving & bit == 0 {
+            return;
+        }
+        self.reserving &= !bit;
         for slot in self.cache.indices() {
             if self.reserved[slot] == Some(request as u16) {
                 self.unreserve_slot(slot);

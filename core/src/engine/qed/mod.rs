@@ -29,6 +29,9 @@ use crate::qed::QedLayout;
 use lifecycle::{CommitState, HeaderState, Phase};
 use requests::{Req, State};
 
+// `reserving` keeps one bit per request slot.
+static_assertions::const_assert!(MAX_REQUESTS <= 64);
+
 /// L1 entries remembered outside the page cache.
 const L1_MEMO: usize = 8;
 
@@ -81,6 +84,10 @@ pub struct QedEngine<M, const PAGES: usize = 256> {
     header: HeaderState,
     /// The need-check bit as on disk (or being written).
     need_check_on_disk: bool,
+    /// A request entered the need-check gate since the bit was last set.
+    need_check_wanted: bool,
+    /// Requests holding reserved pages (bit per request slot).
+    reserving: u64,
     /// Open-time check: next L1 index, next L2 entry, entries repaired.
     check: lifecycle::Check,
     stats: Stats,
@@ -125,6 +132,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             meta_unflushed: false,
             header: HeaderState::Idle,
             need_check_on_disk: false,
+            need_check_wanted: false,
+            reserving: 0,
             check: lifecycle::Check::START,
             stats: Stats::default(),
             now_ms: 0,

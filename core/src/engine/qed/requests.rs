@@ -634,6 +634,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 return true;
             }
         };
+        if next == State::NeedCheck {
+            self.need_check_wanted = true;
+        }
         let req = &mut self.requests[slot];
         req.seg = seg;
         req.state = next;
