@@ -25,6 +25,8 @@ pub const MODERATE_BITMAP_SIZE: u64 = 4 << 20;
 pub const MAX_JOURNAL_SIZE: u64 = 4 << 30;
 /// Default cap on copy-on-read bytes in flight.
 pub const DEFAULT_MAX_OUTSTANDING_COPY_ON_READ: u64 = 2_000_000;
+/// Guest data in the image file starts at a multiple of this (a 64 KiB page-cache folio).
+pub const DATA_ALIGNMENT: u64 = 64 << 10;
 
 /// The base image an image is created over.
 #[derive(Clone, Copy, Debug)]
@@ -350,7 +352,10 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
             set_name_field(&mut h.data_file_fmt, options.data_file_fmt);
             h.data_offset = U64::new(0);
         }
-        None => h.data_offset = U64::new(cursor),
+        // Guest data starts on a 64 KiB boundary: reads and writes of aligned guest
+        // ranges then fall on whole large page-cache folios of the host (measured: 64 KiB
+        // reads 0.84-0.91x raw at 8 KiB alignment, 0.95x at 64 KiB; BENCHMARKS.md).
+        None => h.data_offset = U64::new(round(cursor, DATA_ALIGNMENT)?),
     }
     Ok(h)
 }
@@ -400,7 +405,11 @@ mod tests {
         .unwrap();
         assert_eq!(h.virtual_disk_size.get(), 1024);
         assert_eq!(h.journal_size.get(), 0);
-        assert_eq!(h.data_offset.get(), 8192);
+        assert_eq!(
+            h.data_offset.get(),
+            DATA_ALIGNMENT,
+            "data starts on a 64 KiB boundary"
+        );
         let layout = validate(&h, metadata_len(&h)).unwrap();
         assert!(layout.base.is_none() && layout.table.is_none() && layout.journal.is_none());
     }

@@ -21,6 +21,11 @@ const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 
 /// The header area as `create` writes it: the header padded with zeros to `header_size`.
+/// Where `create` puts guest data after metadata ending at `end`: the next 64 KiB boundary.
+fn aligned(end: u64) -> u64 {
+    end.div_ceil(fvd_core::geometry::DATA_ALIGNMENT) * fvd_core::geometry::DATA_ALIGNMENT
+}
+
 fn header_area(h: &RawHeader) -> Vec<u8> {
     let mut bytes = h.bytes().to_vec();
     bytes.resize(h.header_size.get() as usize, 0);
@@ -91,7 +96,7 @@ fn plan_and_check(options: &CreateOptions<'_>) -> (RawHeader, ImageLayout) {
         }
         None => {
             assert!(!layout.separate_data_file);
-            assert_eq!(layout.data_offset, layout.metadata_end);
+            assert_eq!(layout.data_offset, aligned(layout.metadata_end));
         }
     }
 
@@ -277,7 +282,7 @@ fn plain_image_is_a_header_and_data() {
         virtual_size: GIB,
         ..Default::default()
     });
-    assert_eq!(l.data_offset, 8192);
+    assert_eq!(l.data_offset, 65_536);
     assert_eq!(l.metadata_end, 8192);
     assert_eq!(l.block_size, 512);
     assert!(l.base.is_none() && l.table.is_none() && l.journal.is_none());
@@ -312,8 +317,8 @@ fn compact_1gib_with_1mib_chunks() {
     assert_eq!(t.chunk_size, MIB);
     assert_eq!(t.storage_grow_unit, 100 * MIB);
     assert_eq!(l.journal, Some(region(12288, 16 * MIB)));
-    assert_eq!(l.data_offset, 12288 + 16 * MIB);
-    assert_eq!(l.data_offset, 16_789_504);
+    assert_eq!(l.data_offset, aligned(12288 + 16 * MIB));
+    assert_eq!(l.data_offset, 16_842_752);
     assert_eq!(metadata_len(&h), 16_789_504);
     assert!(l.base.is_none());
 }
@@ -332,7 +337,7 @@ fn compact_1tib_with_64kib_chunks_raises_a_small_journal() {
     assert_eq!(t.region, region(8192, 64 * MIB));
     // ceil(16777216 / 118) = 142180 sectors = 72796160 bytes, rounded up to 4096.
     assert_eq!(l.journal, Some(region(8192 + 64 * MIB, 72_798_208)));
-    assert_eq!(l.data_offset, 8192 + 64 * MIB + 72_798_208);
+    assert_eq!(l.data_offset, aligned(8192 + 64 * MIB + 72_798_208));
 }
 
 #[test]
@@ -348,7 +353,7 @@ fn base_10gib_uses_512_byte_blocks_and_a_2_5mib_bitmap() {
     assert_eq!(b.blocks, 20_971_520);
     assert_eq!(b.bitmap, region(8192, 2_621_440));
     assert_eq!(l.journal, Some(region(8192 + 2_621_440, 16 * MIB)));
-    assert_eq!(l.data_offset, 19_406_848);
+    assert_eq!(l.data_offset, 19_464_192);
     assert_eq!(h.bytes_per_prefetch.get(), MIB);
 }
 
@@ -406,7 +411,7 @@ fn compact_over_a_base() {
     let t = l.table.unwrap();
     assert_eq!(t.region, region(139_264, 4096));
     assert_eq!(l.journal, Some(region(143_360, 16 * MIB)));
-    assert_eq!(l.data_offset, 143_360 + 16 * MIB);
+    assert_eq!(l.data_offset, aligned(143_360 + 16 * MIB));
 }
 
 #[test]
@@ -439,7 +444,7 @@ fn journal_size_zero_disables_the_journal() {
         ..Default::default()
     });
     assert!(l.journal.is_none());
-    assert_eq!(l.data_offset, 8192 + 262_144);
+    assert_eq!(l.data_offset, aligned(8192 + 262_144));
     let (_, l) = plan_and_check(&CreateOptions {
         virtual_size: GIB,
         compact_image: true,
@@ -447,7 +452,7 @@ fn journal_size_zero_disables_the_journal() {
         ..Default::default()
     });
     assert!(l.journal.is_none());
-    assert_eq!(l.data_offset, 12288);
+    assert_eq!(l.data_offset, 65_536);
 }
 
 #[test]
@@ -720,7 +725,7 @@ fn golden_bytes_compact_1gib() {
         defaults(512),
         &[
             (16, u64le(GIB)),
-            (24, u64le(16_789_504)),
+            (24, u64le(16_842_752)),
             (2144, u64le(12288)),
             (2152, u64le(16 * MIB)),
             (2188, u64le(8192)),
@@ -753,7 +758,7 @@ fn golden_bytes_plain_1gib() {
     .unwrap();
     let want = golden(
         defaults(512),
-        &[(16, u64le(GIB)), (24, u64le(8192)), (3260, i64le(-1))],
+        &[(16, u64le(GIB)), (24, u64le(65_536)), (3260, i64le(-1))],
     );
     assert_same_bytes(h.bytes(), &want);
 }
@@ -780,7 +785,7 @@ fn golden_bytes_base_with_copy_on_read_and_prefetch() {
         defaults(64 * KIB),
         &[
             (16, u64le(10 * GIB)),
-            (24, u64le(8192 + 20480 + 16 * MIB)),
+            (24, u64le(aligned(8192 + 20480 + 16 * MIB))),
             (1072, b"../images/base.qed".to_vec()),
             (2096, b"qed".to_vec()),
             (2112, u64le(10 * GIB - 512)),

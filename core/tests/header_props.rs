@@ -362,7 +362,8 @@ proptest! {
                 if layout.separate_data_file {
                     prop_assert_eq!(layout.data_offset, 0);
                 } else {
-                    prop_assert_eq!(layout.data_offset, layout.metadata_end);
+                    let unit = fvd_core::geometry::DATA_ALIGNMENT;
+                    prop_assert_eq!(layout.data_offset, layout.metadata_end.div_ceil(unit) * unit);
                 }
                 prop_assert_eq!(layout.base.is_some(), options.base.is_some());
                 prop_assert_eq!(layout.table.is_some(), options.compact_image);

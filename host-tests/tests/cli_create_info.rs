@@ -27,7 +27,8 @@ fn plain_image_header_and_length() {
     assert_eq!(h.virtual_disk_size.get(), 10 << 30);
     assert_eq!(h.header_size.get(), 8192);
     assert_eq!(h.clean_shutdown.get(), 1);
-    assert_eq!(h.data_offset.get(), 8192);
+    // Guest data starts on a 64 KiB boundary (large page-cache folios).
+    assert_eq!(h.data_offset.get(), 65536);
     assert_eq!(header_str(&h.base_img), "");
     assert_eq!(header_str(&h.data_file), "");
     assert!(layout.base.is_none() && layout.table.is_none() && layout.journal.is_none());
@@ -58,7 +59,7 @@ fn compact_image_has_table_of_empty_entries_and_journal() {
     let journal = layout.journal.expect("compact image has a journal");
     assert_eq!(journal.len, 16 << 20);
     assert_eq!(len, metadata_len(&h));
-    assert_eq!(h.data_offset.get(), len);
+    assert_eq!(h.data_offset.get(), len.div_ceil(65536) * 65536);
 
     let bytes = fs::read(&path).unwrap();
     let t = table.region;
@@ -475,7 +476,7 @@ fn info_json_has_qemu_img_keys_and_every_header_field() {
         data["regions"],
         serde_json::json!([
             {"name": "header", "file": "image", "offset": 0, "length": 8192},
-            {"name": "data", "file": "image", "offset": 8192, "length": 0},
+            {"name": "data", "file": "image", "offset": 65536, "length": 0},
         ])
     );
     // Pretty-printed with a four-space indent, like qemu-img.
