@@ -254,12 +254,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     /// When the host should call [`QedEngine::handle_timeout`] next (its clock, ms): the
     /// end of the quiet period after which the need-check bit is cleared.
+    /// Once that time has been handed in, what remains (a commit, the header write) is
+    /// driven by completions, so a passed deadline is not reported again.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.need_check_on_disk && self.phase == Phase::Open {
-            Some(self.last_change_ms.saturating_add(QUIET_MS))
-        } else {
-            None
-        }
+        let deadline = self.last_change_ms.saturating_add(QUIET_MS);
+        let waiting = self.need_check_on_disk && self.phase == Phase::Open;
+        (waiting && deadline > self.now_ms).then_some(deadline)
     }
 
     /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
