@@ -359,7 +359,7 @@ where
             Reply::Done => Ok(MapRun {
                 offset,
                 len: 0,
-                mapping: Mapping::Zero,
+                mapping: Mapping::Unallocated,
             }),
         }
     }

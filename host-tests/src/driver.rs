@@ -392,7 +392,7 @@ impl<S: Storage> Driver<S> {
             Reply::Done => Ok(MapRun {
                 offset,
                 len: 0,
-                mapping: Mapping::Zero,
+                mapping: Mapping::Unallocated,
             }),
         }
     }

@@ -862,16 +862,23 @@ fn map_of_compact_images_shows_zero_runs_and_merges() {
         summary,
         [
             (0, 128 << 10, "local"),
-            (128 << 10, 384 << 10, "zero"),
+            (128 << 10, 384 << 10, "unallocated"),
             (512 << 10, 64 << 10, "local"),
-            (576 << 10, 448 << 10, "zero"),
+            (576 << 10, 448 << 10, "unallocated"),
         ]
     );
     assert!(map[1].get("offset").is_none());
+    // Never-written chunks of an image without a base: zeros, and not present (as
+    // qemu-img map says of unallocated clusters).
     assert_eq!(
-        (map[1]["zero"].as_bool(), map[1]["data"].as_bool()),
-        (Some(true), Some(false))
+        (
+            map[1]["zero"].as_bool(),
+            map[1]["data"].as_bool(),
+            map[1]["present"].as_bool()
+        ),
+        (Some(true), Some(false), Some(false))
     );
+    assert_eq!(map[0]["present"].as_bool(), Some(true));
     let run = ok(
         d,
         &[

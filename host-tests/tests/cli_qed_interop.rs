@@ -346,27 +346,27 @@ fn images_qemu_io_wrote_read_right_and_stay_clean_after_our_writes() {
 }
 
 /// A `map --output json` list reduced to what both tools must agree on: runs of equal
-/// (data, zero, depth), merged where neighbours agree, as (start, length, data, zero,
-/// depth). Offsets and `present` are left out (a run's offset splits qemu's runs where
-/// storage is not contiguous; our engine does not tell a zero cluster from an
-/// unallocated one without a backing file, which `present` would need).
-fn classification(list: &[Value]) -> Vec<(u64, u64, bool, bool, u64)> {
-    let mut runs: Vec<(u64, u64, bool, bool, u64)> = Vec::new();
+/// (data, zero, depth, present), merged where neighbours agree, as (start, length,
+/// (data, zero, depth, present)). Offsets are left out: a run's offset splits qemu's runs
+/// where storage is not contiguous.
+/// (data, zero, depth, present) of one run.
+type RunClass = (bool, bool, u64, bool);
+
+fn classification(list: &[Value]) -> Vec<(u64, u64, RunClass)> {
+    let mut runs: Vec<(u64, u64, RunClass)> = Vec::new();
     for entry in list {
         let run = (
             entry["start"].as_u64().unwrap(),
             entry["length"].as_u64().unwrap(),
-            entry["data"].as_bool().unwrap(),
-            entry["zero"].as_bool().unwrap(),
-            entry["depth"].as_u64().unwrap(),
+            (
+                entry["data"].as_bool().unwrap(),
+                entry["zero"].as_bool().unwrap(),
+                entry["depth"].as_u64().unwrap(),
+                entry["present"].as_bool().unwrap(),
+            ),
         );
         match runs.last_mut() {
-            Some(last)
-                if last.0 + last.1 == run.0
-                    && (last.2, last.3, last.4) == (run.2, run.3, run.4) =>
-            {
-                last.1 += run.1;
-            }
+            Some(last) if last.0 + last.1 == run.0 && last.2 == run.2 => last.1 += run.1,
             _ => runs.push(run),
         }
     }

@@ -298,8 +298,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             next += 1;
         }
         len = len.min(next * cs - offset);
+        // An unallocated chunk over the base masks it (its blocks were marked local):
+        // zeros like a zero marker. Without a base below, nothing is there at all.
+        let over_base = self.live_base().is_some_and(|b| offset < b.size);
         let mapping = match first {
-            None => Mapping::Zero,
+            None if over_base => Mapping::Zero,
+            None => Mapping::Unallocated,
             Some(p) => Mapping::Data {
                 offset: layout.data_offset + p * cs + offset % cs,
             },

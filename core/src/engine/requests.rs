@@ -374,7 +374,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 Ok(Reply::Mapping(MapRun {
                     offset: r.start,
                     len: 0,
-                    mapping: Mapping::Zero,
+                    mapping: Mapping::Unallocated,
                 })),
             );
             return true;
@@ -449,7 +449,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     },
                 ),
                 Mapping::Data { offset } => (self.data_file(), Op::Read { offset, len, into }),
-                Mapping::Zero => (FileId::Image, Op::ZeroBuffer { into, len }),
+                Mapping::Zero | Mapping::Unallocated => {
+                    (FileId::Image, Op::ZeroBuffer { into, len })
+                }
             };
             if !self.commands.emit(Owner::Request(slot as u16), file, op) {
                 return moved;

@@ -188,8 +188,11 @@ pub enum Mapping {
         /// Offset in the data storage (the image file or the data file).
         offset: u64,
     },
-    /// Reads as zeros without any storage (an unallocated chunk).
+    /// Reads as zeros by a zero marker (a QED zero cluster), whatever a base holds.
     Zero,
+    /// Reads as zeros because nothing was ever stored and no base lies below (an
+    /// unallocated chunk or cluster); `qemu-img map` calls such runs not present.
+    Unallocated,
 }
 
 /// A run of guest bytes with one mapping.

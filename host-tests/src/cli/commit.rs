@@ -272,7 +272,9 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
         match run.mapping {
             Mapping::Base => {}
-            Mapping::Zero => target.zero(at, run.len).map_err(|e| context(e, &what))?,
+            Mapping::Zero | Mapping::Unallocated => {
+                target.zero(at, run.len).map_err(|e| context(e, &what))?
+            }
             Mapping::Data { offset } => copy_run(&mut top, &mut target, at, run.len, offset)
                 .map_err(|e| context(e, &what))?,
         }

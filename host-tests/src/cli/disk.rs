@@ -91,9 +91,12 @@ pub enum ExtentKind {
     Local,
     /// Not in this image: served by the base image (any depth).
     Base,
-    /// Reads as zeros without being stored anywhere (an unallocated chunk, a hole in a
-    /// raw file, or past the end of a base).
+    /// Reads as zeros without being stored anywhere (a zero cluster, a hole in a raw
+    /// file, or past the end of a base).
     Zero,
+    /// Reads as zeros because nothing was ever stored and no base lies below (an
+    /// unallocated chunk or cluster): what `qemu-img map` reports as not present.
+    Unallocated,
 }
 
 impl ExtentKind {
@@ -103,6 +106,7 @@ impl ExtentKind {
             ExtentKind::Local => "local",
             ExtentKind::Base => "base",
             ExtentKind::Zero => "zero",
+            ExtentKind::Unallocated => "unallocated",
         }
     }
 }
@@ -742,12 +746,20 @@ impl Disk {
                         })
                     }
                     Mapping::Zero => Ok(Extent::zeros(offset, length, 0)),
+                    Mapping::Unallocated => Ok(Extent {
+                        kind: ExtentKind::Unallocated,
+                        ..Extent::zeros(offset, length, 0)
+                    }),
                     Mapping::Base => {
                         let mut extent = match Self::base_disk(base)? {
-                            // Past the end of a shorter base: zeros of this image, as
-                            // `qemu-img map` shows them (depth 0).
+                            // Past the end of a shorter base: zeros, nothing stored
+                            // anywhere, as `qemu-img map` shows them (depth 0, not
+                            // present).
                             Some(disk) if offset >= disk.size() => {
-                                return Ok(Extent::zeros(offset, length, 0));
+                                return Ok(Extent {
+                                    kind: ExtentKind::Unallocated,
+                                    ..Extent::zeros(offset, length, 0)
+                                });
                             }
                             Some(disk) => disk.extent(offset, length)?,
                             None => Extent {

@@ -6,7 +6,7 @@
 //! nothing stored, past the end of a shorter base included). A QED image's allocated
 //! clusters are `local` data and its zero clusters `zero`, as `qemu-img map` shows them.
 
-use super::disk::{context, Disk, DiskFormat, Extent};
+use super::disk::{context, Disk, DiskFormat, Extent, ExtentKind};
 use super::error::CliError;
 use super::output::OutputFormat;
 use super::size::parse_size;
@@ -67,7 +67,7 @@ pub fn extent_fields(extent: &Extent) -> Vec<(&'static str, Value)> {
         ("start", Value::from(extent.start)),
         ("length", extent.length.into()),
         ("depth", extent.depth.into()),
-        ("present", true.into()),
+        ("present", (extent.kind != ExtentKind::Unallocated).into()),
         ("zero", extent.zero.into()),
         ("data", extent.data.into()),
         ("compressed", false.into()),

@@ -531,7 +531,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 let mapping = match ext.kind {
                     ExtentKind::Data(p) => Mapping::Data { offset: p },
                     ExtentKind::Unallocated if backing => Mapping::Base,
-                    _ => Mapping::Zero,
+                    ExtentKind::Unallocated => Mapping::Unallocated,
+                    ExtentKind::Zero => Mapping::Zero,
                 };
                 let run = MapRun {
                     offset: r.start,
