@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_contains, fails, fvd_img, ok, run_tool, scratch, status, Run};
+use common::{assert_contains, fails, fvd_img, ok, qemu_img, scratch, status, Run};
 use fvd_core::qed::features;
 use serde_json::Value;
 use std::fs;
@@ -14,20 +14,8 @@ use std::path::Path;
 
 const K64: u64 = 64 << 10;
 
-fn qemu_img(dir: &Path, args: &[&str]) -> Run {
-    run_tool("qemu-img", dir, args)
-}
-
 fn qemu_io(dir: &Path, file: &str, commands: &[&str]) {
-    let mut args = vec!["-f", "qed"];
-    for command in commands {
-        args.push("-c");
-        args.push(command);
-    }
-    args.push(file);
-    let run = run_tool("qemu-io", dir, &args);
-    assert_eq!(run.code, 0, "qemu-io {args:?}: {run:?}");
-    assert!(!run.stdout.contains("failed"), "qemu-io {args:?}: {run:?}");
+    common::qemu_io_qed(dir, file, commands);
 }
 
 /// `qemu-img create -q -f qed ARGS`, required to succeed.

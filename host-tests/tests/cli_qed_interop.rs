@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{fvd_img, ok, run_tool, scratch, Run};
+use common::{fvd_img, ok, qemu_img, scratch, Run};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -27,10 +27,6 @@ const BASE_HOLE: (u64, u64) = (M, M + 512 * K);
 /// The geometries both tools handle: (cluster_size, table_size).
 const GEOMETRIES: [(&str, &str); 3] = [("4k", "2"), ("64k", "4"), ("1M", "16")];
 
-fn qemu_img(dir: &Path, args: &[&str]) -> Run {
-    run_tool("qemu-img", dir, args)
-}
-
 /// `qemu-img ARGS`, required to exit `code`.
 fn qemu_img_status(dir: &Path, args: &[&str], code: i32) -> Run {
     let run = qemu_img(dir, args);
@@ -38,20 +34,8 @@ fn qemu_img_status(dir: &Path, args: &[&str], code: i32) -> Run {
     run
 }
 
-/// `qemu-io -f qed -c ... FILE`, required to succeed (pattern checks included).
 fn qemu_io(dir: &Path, file: &str, commands: &[String]) {
-    let mut args = vec!["-f", "qed"];
-    for command in commands {
-        args.push("-c");
-        args.push(command);
-    }
-    args.push(file);
-    let run = run_tool("qemu-io", dir, &args);
-    assert_eq!(run.code, 0, "qemu-io {args:?}: {run:#?}");
-    assert!(
-        !run.stdout.contains("failed") && !run.stderr.contains("failed"),
-        "qemu-io {args:?}: {run:#?}"
-    );
+    common::qemu_io_qed(dir, file, commands);
 }
 
 /// `fvd-img io [-f qed] -c ... FILE`, required to succeed with nothing on stderr.

@@ -225,7 +225,10 @@ fn terabyte_workload(image: SparseFile) {
         // Left marked need-check: the open scanned the whole L1 table (512 pages) and
         // every L2 table through the eight pages, and found nothing to repair.
         let loads = driver.engine().stats().page_loads;
-        assert!(loads > 512 + 100 * 512, "the check scanned every table: {loads} loads");
+        assert!(
+            loads > 512 + 100 * 512,
+            "the check scanned every table: {loads} loads"
+        );
         assert_eq!(qed.repaired_entries(), 0);
     }
     let (storage, clean) = driver.close().unwrap();

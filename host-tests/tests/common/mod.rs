@@ -172,3 +172,25 @@ pub fn header_str(field: &[u8]) -> String {
 pub fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "want {needle:?} in:\n{text}");
 }
+
+/// `qemu-img ARGS` in `cwd`.
+pub fn qemu_img(cwd: &Path, args: &[&str]) -> Run {
+    run_tool("qemu-img", cwd, args)
+}
+
+/// `qemu-io -f qed -c CMD... FILE` in `cwd`, required to succeed with no failed command
+/// (pattern checks included).
+pub fn qemu_io_qed<S: AsRef<str>>(cwd: &Path, file: &str, commands: &[S]) {
+    let mut args = vec!["-f", "qed"];
+    for command in commands {
+        args.push("-c");
+        args.push(command.as_ref());
+    }
+    args.push(file);
+    let run = run_tool("qemu-io", cwd, &args);
+    assert_eq!(run.code, 0, "qemu-io {args:?}: {run:#?}");
+    assert!(
+        !run.stdout.contains("failed") && !run.stderr.contains("failed"),
+        "qemu-io {args:?}: {run:#?}"
+    );
+}
