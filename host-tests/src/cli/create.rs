@@ -205,42 +205,52 @@ struct FvdRequest {
     detect_sparse_hole: bool,
 }
 
+/// `-b`/`-o backing_file` and `-F`/`-o backing_fmt`, checked (the same for every format).
+fn requested_backing(
+    args: &CreateArgs,
+    opts: &mut ParsedOptions,
+) -> Result<Option<(PathBuf, Option<BaseFormat>)>, CliError> {
+    let backing_name = one_of(
+        args.backing_file.clone(),
+        opts.take_str("backing_file").map(PathBuf::from),
+        "-b",
+        "backing_file",
+    )?;
+    let backing_fmt = one_of(
+        args.backing_format.clone(),
+        opts.take_str("backing_fmt"),
+        "-F",
+        "backing_fmt",
+    )?
+    .map(|name| BaseFormat::parse(&name))
+    .transpose()?;
+    match (backing_name, backing_fmt) {
+        (Some(name), _) if name.as_os_str().is_empty() => {
+            Err(CliError::Usage("The backing file name is empty".into()))
+        }
+        (Some(name), format) => Ok(Some((name, format))),
+        (None, Some(_)) => Err(CliError::Usage(
+            "A backing format (-F) needs a backing file (-b)".into(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The SIZE argument, parsed with qemu-img's suffixes.
+fn requested_size(args: &CreateArgs) -> Result<Option<u64>, CliError> {
+    args.size
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("Invalid image size specified: {e}")))
+}
+
 impl FvdRequest {
     fn new(args: &CreateArgs, mut opts: ParsedOptions, file: PathBuf) -> Result<Self, CliError> {
         let defaults = CreateOptions::default();
-        let backing_name = one_of(
-            args.backing_file.clone(),
-            opts.take_str("backing_file").map(PathBuf::from),
-            "-b",
-            "backing_file",
-        )?;
-        let backing_fmt = one_of(
-            args.backing_format.clone(),
-            opts.take_str("backing_fmt"),
-            "-F",
-            "backing_fmt",
-        )?
-        .map(|name| BaseFormat::parse(&name))
-        .transpose()?;
-        let backing = match (backing_name, backing_fmt) {
-            (Some(name), _) if name.as_os_str().is_empty() => {
-                return Err(CliError::Usage("The backing file name is empty".into()))
-            }
-            (Some(name), format) => Some((name, format)),
-            (None, Some(_)) => {
-                return Err(CliError::Usage(
-                    "A backing format (-F) needs a backing file (-b)".into(),
-                ))
-            }
-            (None, None) => None,
-        };
+        let backing = requested_backing(args, &mut opts)?;
 
-        let size = args
-            .size
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(|e| CliError::Usage(format!("Invalid image size specified: {e}")))?;
+        let size = requested_size(args)?;
         if size.is_none() && backing.is_none() {
             return Err(CliError::Usage(
                 "Image creation needs a size parameter (or a backing file to take it from)".into(),
@@ -460,38 +470,8 @@ impl QedRequest {
             .file
             .clone()
             .ok_or_else(|| CliError::Usage("Expecting image file name".into()))?;
-        let backing_name = one_of(
-            args.backing_file.clone(),
-            opts.take_str("backing_file").map(PathBuf::from),
-            "-b",
-            "backing_file",
-        )?;
-        let backing_fmt = one_of(
-            args.backing_format.clone(),
-            opts.take_str("backing_fmt"),
-            "-F",
-            "backing_fmt",
-        )?
-        .map(|name| BaseFormat::parse(&name))
-        .transpose()?;
-        let backing = match (backing_name, backing_fmt) {
-            (Some(name), _) if name.as_os_str().is_empty() => {
-                return Err(CliError::Usage("The backing file name is empty".into()))
-            }
-            (Some(name), format) => Some((name, format)),
-            (None, Some(_)) => {
-                return Err(CliError::Usage(
-                    "A backing format (-F) needs a backing file (-b)".into(),
-                ))
-            }
-            (None, None) => None,
-        };
-        let size = args
-            .size
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(|e| CliError::Usage(format!("Invalid image size specified: {e}")))?;
+        let backing = requested_backing(args, &mut opts)?;
+        let size = requested_size(args)?;
         let size = one_of(size, opts.take_size("size"), "SIZE", "size")?;
         if size.is_none() && backing.is_none() {
             return Err(CliError::Usage(
