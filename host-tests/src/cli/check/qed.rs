@@ -20,13 +20,14 @@
 //! past its last used cluster, and only then is the need-check bit cleared (flushed).
 
 use super::repair::open_writable;
+use super::report::{qemu_check_object, CheckCounts};
 use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
 use crate::cli::output::{write_json, OutputFormat};
 use crate::cli::qed::{open_qed, read_table, QedImage};
 use fvd_core::qed::{features, table, L1Entry, L2Entry, QedLayout};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::Write;
@@ -574,25 +575,17 @@ pub fn human_repair(first: &QedAnalysis, outcome: &QedOutcome, last: &QedAnalysi
 /// The JSON report of the (last) check, with qemu-img's keys and this tool's own, and the
 /// repair's counts when there was one.
 pub fn json(filename: &str, a: &QedAnalysis, outcome: Option<&QedOutcome>) -> Value {
-    let mut top = Map::new();
-    top.insert("filename".into(), filename.into());
-    top.insert("format".into(), ImageFormat::Qed.name().into());
-    top.insert("check-errors".into(), 0.into());
-    top.insert("image-end-offset".into(), a.image_end_offset.into());
-    top.insert("total-clusters".into(), a.total_clusters.into());
-    top.insert("allocated-clusters".into(), a.allocated_clusters.into());
-    top.insert("fragmented-clusters".into(), a.fragmented_clusters.into());
-    top.insert("corruptions".into(), (a.problems.len() as u64).into());
-    top.insert("leaks".into(), a.leaked().into());
-    top.insert(
-        "corruptions-fixed".into(),
-        outcome.map_or(0, |o| o.corruptions_fixed).into(),
-    );
-    top.insert(
-        "leaks-fixed".into(),
-        outcome.map_or(0, |o| o.leaks_fixed).into(),
-    );
-    top.insert("dirty".into(), a.need_check.into());
+    let counts = CheckCounts {
+        image_end_offset: a.image_end_offset,
+        total_clusters: a.total_clusters,
+        allocated_clusters: a.allocated_clusters,
+        fragmented_clusters: a.fragmented_clusters,
+        corruptions: a.problems.len() as u64,
+        leaks: a.leaked(),
+        fixed: outcome.map(|o| (o.corruptions_fixed, o.leaks_fixed)),
+        dirty: a.need_check,
+    };
+    let mut top = qemu_check_object(filename, ImageFormat::Qed, &counts);
     let findings: Vec<Value> = a
         .problems
         .iter()

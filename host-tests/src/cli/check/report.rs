@@ -127,27 +127,62 @@ pub fn human_repair(first: &Analysis, outcome: &Outcome, last: &Analysis) -> Str
     text
 }
 
-/// The JSON report of the (last) check, with the repair's counts when there was one.
-pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
+/// The counts every check report carries under qemu-img's names.
+pub struct CheckCounts {
+    /// End of the last used cluster or chunk.
+    pub image_end_offset: u64,
+    /// Clusters (or chunks) of the virtual disk.
+    pub total_clusters: u64,
+    /// Of those, the allocated ones.
+    pub allocated_clusters: u64,
+    /// Of those, the ones not stored right after their predecessor.
+    pub fragmented_clusters: u64,
+    /// Corruptions found.
+    pub corruptions: u64,
+    /// Leaked clusters (or chunks) found.
+    pub leaks: u64,
+    /// Corruptions and leaks the repair fixed.
+    pub fixed: Option<(u64, u64)>,
+    /// The image was not closed cleanly.
+    pub dirty: bool,
+}
+
+/// The JSON object `qemu-img check --output json` starts with, for `format`.
+pub fn qemu_check_object(
+    filename: &str,
+    format: ImageFormat,
+    c: &CheckCounts,
+) -> Map<String, Value> {
+    let (corruptions_fixed, leaks_fixed) = c.fixed.unwrap_or((0, 0));
     let mut top = Map::new();
     top.insert("filename".into(), filename.into());
-    top.insert("format".into(), ImageFormat::Fvd.name().into());
+    top.insert("format".into(), format.name().into());
     top.insert("check-errors".into(), 0.into());
-    top.insert("image-end-offset".into(), a.image_end_offset.into());
-    top.insert("total-clusters".into(), a.total_clusters.into());
-    top.insert("allocated-clusters".into(), a.allocated_clusters.into());
-    top.insert("fragmented-clusters".into(), a.fragmented_clusters.into());
-    top.insert("corruptions".into(), (a.problems.len() as u64).into());
-    top.insert("leaks".into(), a.leaks().into());
-    top.insert(
-        "corruptions-fixed".into(),
-        outcome.map_or(0, |o| o.corruptions_fixed).into(),
-    );
-    top.insert(
-        "leaks-fixed".into(),
-        outcome.map_or(0, |o| o.leaks_fixed).into(),
-    );
-    top.insert("dirty".into(), a.dirty.into());
+    top.insert("image-end-offset".into(), c.image_end_offset.into());
+    top.insert("total-clusters".into(), c.total_clusters.into());
+    top.insert("allocated-clusters".into(), c.allocated_clusters.into());
+    top.insert("fragmented-clusters".into(), c.fragmented_clusters.into());
+    top.insert("corruptions".into(), c.corruptions.into());
+    top.insert("leaks".into(), c.leaks.into());
+    top.insert("corruptions-fixed".into(), corruptions_fixed.into());
+    top.insert("leaks-fixed".into(), leaks_fixed.into());
+    top.insert("dirty".into(), c.dirty.into());
+    top
+}
+
+/// The JSON report of the (last) check, with the repair's counts when there was one.
+pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
+    let counts = CheckCounts {
+        image_end_offset: a.image_end_offset,
+        total_clusters: a.total_clusters,
+        allocated_clusters: a.allocated_clusters,
+        fragmented_clusters: a.fragmented_clusters,
+        corruptions: a.problems.len() as u64,
+        leaks: a.leaks(),
+        fixed: outcome.map(|o| (o.corruptions_fixed, o.leaks_fixed)),
+        dirty: a.dirty,
+    };
+    let mut top = qemu_check_object(filename, ImageFormat::Fvd, &counts);
     top.insert("journal-records".into(), a.journal.records.into());
     top.insert("journal-sectors".into(), a.journal.sectors.into());
     let findings: Vec<Value> = a
