@@ -236,6 +236,30 @@ fn requested_backing(
     }
 }
 
+/// The base named for a new image `file`, inspected (format probed when not given, size
+/// read); an image may not be its own base.
+fn inspect_backing(
+    file: &Path,
+    backing: &Option<(PathBuf, Option<BaseFormat>)>,
+) -> Result<Option<Base>, CliError> {
+    let Some((name, format)) = backing else {
+        return Ok(None);
+    };
+    let base = base::inspect(file, name, *format)?;
+    if same_file(&base.path, file) {
+        return Err(CliError::Usage(
+            "Trying to create an image with the same file name as its backing file".into(),
+        ));
+    }
+    Ok(Some(base))
+}
+
+/// The SIZE given, or else the base's size (qemu-img's default).
+fn size_or_backing(size: Option<u64>, base: Option<&Base>) -> Result<u64, CliError> {
+    size.or(base.map(|base| base.size))
+        .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))
+}
+
 /// The SIZE argument, parsed with qemu-img's suffixes.
 fn requested_size(args: &CreateArgs) -> Result<Option<u64>, CliError> {
     args.size
@@ -510,22 +534,8 @@ fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let request = QedRequest::new(args, opts)?;
     let file = request.file.as_path();
     check_target(file, args.force)?;
-    let base = match &request.backing {
-        Some((name, format)) => {
-            let base = base::inspect(file, name, *format)?;
-            if same_file(&base.path, file) {
-                return Err(CliError::Usage(
-                    "Trying to create an image with the same file name as its backing file".into(),
-                ));
-            }
-            Some(base)
-        }
-        None => None,
-    };
-    let size = request
-        .size
-        .or(base.as_ref().map(|base| base.size))
-        .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))?;
+    let base = inspect_backing(file, &request.backing)?;
+    let size = size_or_backing(request.size, base.as_ref())?;
     let options = QedCreateOptions {
         size,
         cluster_size: request.cluster_size,
@@ -629,23 +639,9 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
     let file = request.file.as_path();
     check_target(file, args.force)?;
 
-    let base = match &request.backing {
-        Some((name, format)) => {
-            let base = base::inspect(file, name, *format)?;
-            if same_file(&base.path, file) {
-                return Err(CliError::Usage(
-                    "Trying to create an image with the same file name as its backing file".into(),
-                ));
-            }
-            Some(base)
-        }
-        None => None,
-    };
+    let base = inspect_backing(file, &request.backing)?;
     // FvdRequest::new has checked that there is a size or a base to take it from.
-    let virtual_size = request
-        .size
-        .or(base.as_ref().map(|base| base.size))
-        .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))?;
+    let virtual_size = size_or_backing(request.size, base.as_ref())?;
 
     let options = CreateOptions {
         virtual_size,

@@ -20,7 +20,7 @@
 //! past its last used cluster, and only then is the need-check bit cleared (flushed).
 
 use super::repair::open_writable;
-use super::report::{qemu_check_object, CheckCounts};
+use super::report::{qemu_check_object, repairs_done, CheckCounts};
 use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
@@ -549,18 +549,12 @@ pub fn human_repair(first: &QedAnalysis, outcome: &QedOutcome, last: &QedAnalysi
     }
     if !outcome.lines.is_empty() {
         findings(first, &mut text);
-        for line in &outcome.lines {
-            let _ = writeln!(text, "{line}");
-        }
-        if outcome.corruptions_fixed > 0 || outcome.leaks_fixed > 0 {
-            let _ = write!(
-                text,
-                "The following inconsistencies were found and repaired:\n\n    \
-                 {} leaked clusters\n    {} corruptions\n\n",
-                outcome.leaks_fixed, outcome.corruptions_fixed
-            );
-        }
-        text.push_str("Double checking the fixed image now...\n");
+        repairs_done(
+            &outcome.lines,
+            outcome.corruptions_fixed,
+            outcome.leaks_fixed,
+            &mut text,
+        );
     }
     findings(last, &mut text);
     if !last.leaks.is_empty() && outcome.refused.is_none() {

@@ -109,22 +109,31 @@ pub fn human_repair(first: &Analysis, outcome: &Outcome, last: &Analysis) -> Str
     }
     if !outcome.lines.is_empty() {
         findings(first, &mut text);
-        for line in &outcome.lines {
-            let _ = writeln!(text, "{line}");
-        }
-        if outcome.corruptions_fixed > 0 || outcome.leaks_fixed > 0 {
-            let _ = write!(
-                text,
-                "The following inconsistencies were found and repaired:\n\n    \
-                 {} leaked clusters\n    {} corruptions\n\n",
-                outcome.leaks_fixed, outcome.corruptions_fixed
-            );
-        }
-        text.push_str("Double checking the fixed image now...\n");
+        repairs_done(
+            &outcome.lines,
+            outcome.corruptions_fixed,
+            outcome.leaks_fixed,
+            &mut text,
+        );
     }
     findings(last, &mut text);
     summary(last, true, &mut text);
     text
+}
+
+/// What a repair did, in qemu-img's words, followed by the announcement of the second check.
+pub fn repairs_done(lines: &[String], corruptions_fixed: u64, leaks_fixed: u64, text: &mut String) {
+    for line in lines {
+        let _ = writeln!(text, "{line}");
+    }
+    if corruptions_fixed > 0 || leaks_fixed > 0 {
+        let _ = write!(
+            text,
+            "The following inconsistencies were found and repaired:\n\n    \
+             {leaks_fixed} leaked clusters\n    {corruptions_fixed} corruptions\n\n"
+        );
+    }
+    text.push_str("Double checking the fixed image now...\n");
 }
 
 /// The counts every check report carries under qemu-img's names.
