@@ -1,7 +1,23 @@
 //! The metadata page cache: bitmap and table pages of [`PAGE_BYTES`] bytes held in engine
 //! memory, with the bookkeeping that keeps the crash rules: which bytes changed since the
 //! last journal commit, whether the page differs from its region on disk, and the change
-//! generation that says whether the data behind a change is already durable.
+//! generation that says whether the data behind a change is already durable; and the
+//! page loads and write-backs both format engines emit (each names the file offset).
+
+use super::slots::{CommandSlots, Owner};
+use super::types::{Buffer, Corruption, FileId, IoError, Op};
+use super::Stats;
+
+/// Why a metadata access cannot finish now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// A page is loading, the cache is full, or no command slot is free: try again later.
+    Wait,
+    /// Loading the page failed.
+    Io(IoError),
+    /// The metadata is corrupt.
+    Corrupt(Corruption),
+}
 
 /// Bytes per metadata page (one sector: a page write-back is atomic).
 pub const PAGE_BYTES: usize = 512;
@@ -188,6 +204,78 @@ impl<const N: usize> PageCache<N> {
             (None, None) if needs_commit => Victim::NeedsCommit,
             _ => Victim::Busy,
         }
+    }
+
+    /// The slot holding `key` ready for use (`Some`), or `None` when it must be loaded;
+    /// a load in flight is [`Stall::Wait`], and a load of `key` that failed is reported
+    /// once from `page_error`.
+    pub fn lookup(
+        &mut self,
+        key: PageKey,
+        page_error: &mut Option<(PageKey, IoError)>,
+    ) -> Result<Option<usize>, Stall> {
+        if let Some(slot) = self.ready(key) {
+            return Ok(Some(slot));
+        }
+        if self.find(key).is_some() {
+            return Err(Stall::Wait);
+        }
+        match *page_error {
+            Some((failed, error)) if failed == key => {
+                *page_error = None;
+                Err(Stall::Io(error))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Emits the read of `key` (at `file_offset` of the image) into free slot `slot` and
+    /// starts its load. False when no command slot is free.
+    pub fn emit_load(
+        &mut self,
+        slot: usize,
+        key: PageKey,
+        file_offset: u64,
+        commands: &mut CommandSlots,
+        stats: &mut Stats,
+    ) -> bool {
+        let op = Op::Read {
+            offset: file_offset,
+            len: PAGE_BYTES,
+            into: Buffer::Engine {
+                offset: self.offset(slot),
+            },
+        };
+        if !commands.emit(Owner::PageLoad(slot as u16), FileId::Image, op) {
+            return false;
+        }
+        self.start_load(slot, key);
+        stats.page_loads += 1;
+        true
+    }
+
+    /// Emits the write of page `slot` to `file_offset` of the image and marks it writing
+    /// back. False when no command slot is free.
+    pub fn emit_write_back(
+        &mut self,
+        slot: usize,
+        file_offset: u64,
+        commands: &mut CommandSlots,
+        stats: &mut Stats,
+    ) -> bool {
+        let op = Op::Write {
+            offset: file_offset,
+            len: PAGE_BYTES,
+            from: Buffer::Engine {
+                offset: self.offset(slot),
+            },
+        };
+        if !commands.emit(Owner::PageWriteBack(slot as u16), FileId::Image, op) {
+            return false;
+        }
+        self.slots[slot].state = PageState::WritingBack;
+        stats.page_write_backs += 1;
+        true
     }
 
     /// Starts loading `key` into `slot`.

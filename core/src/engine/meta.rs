@@ -2,24 +2,13 @@
 //! setting bitmap bits and table entries, applying journal records, and the mapping
 //! query ("where does guest byte X live?") that reads, `map` and the inspector share.
 
+pub use super::cache::Stall;
 use super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
-use super::slots::Owner;
-use super::types::{Buffer, Corruption, FileId, IoError, MapRun, Mapping, Op};
+use super::types::{Corruption, FileId, IoError, MapRun, Mapping};
 use super::FvdEngine;
 use crate::format::journal::Record;
 use crate::format::table::{TABLE_DIRTY, TABLE_EMPTY};
 use crate::format::{BaseLayout, Region};
-
-/// Why a metadata access cannot finish now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stall {
-    /// A page is loading, the cache is full, or no command slot is free: try again later.
-    Wait,
-    /// Loading the page failed.
-    Io(IoError),
-    /// The metadata is corrupt.
-    Corrupt(Corruption),
-}
 
 /// Bitmap bits per page.
 pub const BITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
@@ -55,37 +44,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     /// The cache slot holding `key`, ready; otherwise starts what brings it in.
     pub(crate) fn page(&mut self, key: PageKey) -> Result<usize, Stall> {
-        if let Some(slot) = self.cache.ready(key) {
+        if let Some(slot) = self.cache.lookup(key, &mut self.page_error)? {
             return Ok(slot);
-        }
-        if self.cache.find(key).is_some() {
-            return Err(Stall::Wait);
-        }
-        if let Some((failed, error)) = self.page_error {
-            if failed == key {
-                self.page_error = None;
-                return Err(Stall::Io(error));
-            }
         }
         let region = self.region(key.meta).ok_or(Stall::Wait)?;
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
                 let offset = region.offset + key.index * PAGE_BYTES as u64;
-                let into = Buffer::Engine {
-                    offset: self.cache.offset(slot),
-                };
-                let op = Op::Read {
-                    offset,
-                    len: PAGE_BYTES,
-                    into,
-                };
-                if self
-                    .commands
-                    .emit(Owner::PageLoad(slot as u16), FileId::Image, op)
-                {
-                    self.cache.start_load(slot, key);
-                    self.stats.page_loads += 1;
-                }
+                self.cache
+                    .emit_load(slot, key, offset, &mut self.commands, &mut self.stats);
             }
             Victim::WriteBack(slot) => {
                 self.write_back(slot);
@@ -103,24 +70,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             return false;
         };
         let offset = region.offset + key.index * PAGE_BYTES as u64;
-        let from = Buffer::Engine {
-            offset: self.cache.offset(slot),
-        };
-        let op = Op::Write {
-            offset,
-            len: PAGE_BYTES,
-            from,
-        };
-        if self
-            .commands
-            .emit(Owner::PageWriteBack(slot as u16), FileId::Image, op)
-        {
-            self.cache.slot_mut(slot).state = PageState::WritingBack;
-            self.stats.page_write_backs += 1;
-            true
-        } else {
-            false
-        }
+        self.cache
+            .emit_write_back(slot, offset, &mut self.commands, &mut self.stats)
     }
 
     pub(crate) fn page_loaded(&mut self, slot: usize, result: Result<(), IoError>) {

@@ -2,24 +2,14 @@
 //! pages keyed by their file offset, the lookup that turns a guest offset into a run of
 //! clusters with one meaning, and file growth for new clusters and tables.
 
+pub(super) use super::super::cache::Stall;
 use super::super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::super::slots::Owner;
-use super::super::types::{Buffer, Corruption, FileId, IoError, Op};
+use super::super::types::{Corruption, FileId, IoError, Op};
 use super::lifecycle::offset_valid;
 use super::QedEngine;
 use crate::qed::table::ENTRY_SIZE;
 use crate::qed::{L1Entry, L2Entry};
-
-/// Why a metadata access cannot finish now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stall {
-    /// A page is loading, the cache is full, or no command slot is free: try again later.
-    Wait,
-    /// Loading the page failed.
-    Io(IoError),
-    /// The metadata is corrupt.
-    Corrupt(Corruption),
-}
 
 /// What a run of guest clusters holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,34 +45,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// starts what brings it in.
     pub(super) fn page_at(&mut self, file_offset: u64) -> Result<usize, Stall> {
         let key = Self::key(file_offset);
-        if let Some(slot) = self.cache.ready(key) {
+        if let Some(slot) = self.cache.lookup(key, &mut self.page_error)? {
             return Ok(slot);
-        }
-        if self.cache.find(key).is_some() {
-            return Err(Stall::Wait);
-        }
-        if let Some((failed, error)) = self.page_error {
-            if failed == key {
-                self.page_error = None;
-                return Err(Stall::Io(error));
-            }
         }
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
                 self.unreserve_slot(slot);
-                let op = Op::Read {
-                    offset: key.index * PAGE_BYTES as u64,
-                    len: PAGE_BYTES,
-                    into: Buffer::Engine {
-                        offset: self.cache.offset(slot),
-                    },
-                };
+                let offset = key.index * PAGE_BYTES as u64;
                 if self
-                    .commands
-                    .emit(Owner::PageLoad(slot as u16), FileId::Image, op)
+                    .cache
+                    .emit_load(slot, key, offset, &mut self.commands, &mut self.stats)
                 {
-                    self.cache.start_load(slot, key);
-                    self.stats.page_loads += 1;
                     if let Some(request) = self.stepping {
                         // Kept from eviction until the request that wants it steps again.
                         self.cache.slot_mut(slot).pins = 1;
@@ -102,24 +75,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     /// Starts writing page `slot` back in place. False when no command slot is free.
     pub(super) fn write_back(&mut self, slot: usize) -> bool {
-        let key = self.cache.slot(slot).key;
-        let op = Op::Write {
-            offset: key.index * PAGE_BYTES as u64,
-            len: PAGE_BYTES,
-            from: Buffer::Engine {
-                offset: self.cache.offset(slot),
-            },
-        };
-        if self
-            .commands
-            .emit(Owner::PageWriteBack(slot as u16), FileId::Image, op)
-        {
-            self.cache.slot_mut(slot).state = PageState::WritingBack;
-            self.stats.page_write_backs += 1;
-            true
-        } else {
-            false
-        }
+        let offset = self.cache.slot(slot).key.index * PAGE_BYTES as u64;
+        self.cache
+            .emit_write_back(slot, offset, &mut self.commands, &mut self.stats)
     }
 
     pub(super) fn page_loaded(&mut self, slot: usize, result: Result<(), IoError>) {
