@@ -114,6 +114,22 @@ fn zero_at<F: Write + Seek>(file: &mut F, offset: u64, len: u64) -> Result<(), E
     Ok(())
 }
 
+/// The `len` bytes of `buffer` a command fills: engine memory, or the buffer of the guest
+/// read being served.
+fn writable_buffer<'a, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize>(
+    engine: &'a mut Engine<M, PAGES>,
+    guest: &'a mut Guest<'_>,
+    buffer: Buffer,
+    len: usize,
+) -> Result<&'a mut [u8], ErrorKind> {
+    let bytes = match (buffer, guest) {
+        (Buffer::Engine { offset }, _) => engine.memory_mut().get_mut(offset..offset + len),
+        (Buffer::Guest { offset, .. }, Guest::Read(buf)) => buf.get_mut(offset..offset + len),
+        _ => None,
+    };
+    bytes.ok_or(ErrorKind::InvalidInput)
+}
+
 fn io_error(kind: ErrorKind) -> IoError {
     match kind {
         ErrorKind::OutOfMemory | ErrorKind::WriteZero => IoError::NoSpace,
@@ -188,17 +204,7 @@ where
         let file = command.file;
         match command.op {
             Op::Read { offset, len, into } => {
-                let target: &mut [u8] = match (into, guest) {
-                    (Buffer::Engine { offset }, _) => self
-                        .engine
-                        .memory_mut()
-                        .get_mut(offset..offset + len)
-                        .ok_or(ErrorKind::InvalidInput)?,
-                    (Buffer::Guest { offset, .. }, Guest::Read(buf)) => buf
-                        .get_mut(offset..offset + len)
-                        .ok_or(ErrorKind::InvalidInput)?,
-                    _ => return Err(ErrorKind::InvalidInput),
-                };
+                let target = writable_buffer(&mut self.engine, guest, into, len)?;
                 match file {
                     FileId::Image => read_at(&mut self.image, offset, target),
                     FileId::Data => read_at(&mut self.data, offset, target),
@@ -229,19 +235,7 @@ where
                 FileId::Base => Err(ErrorKind::PermissionDenied),
             },
             Op::ZeroBuffer { into, len } => {
-                match (into, guest) {
-                    (Buffer::Guest { offset, .. }, Guest::Read(buf)) => buf
-                        .get_mut(offset..offset + len)
-                        .ok_or(ErrorKind::InvalidInput)?
-                        .fill(0),
-                    (Buffer::Engine { offset }, _) => self
-                        .engine
-                        .memory_mut()
-                        .get_mut(offset..offset + len)
-                        .ok_or(ErrorKind::InvalidInput)?
-                        .fill(0),
-                    _ => return Err(ErrorKind::InvalidInput),
-                }
+                writable_buffer(&mut self.engine, guest, into, len)?.fill(0);
                 Ok(())
             }
             Op::Copy { from, into, len } => {
