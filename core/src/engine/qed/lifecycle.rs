@@ -137,7 +137,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     fn fail_open(&mut self, error: OpenError) {
         self.events.push(Event::OpenFailed(error));
         self.phase = Phase::Closed;
-        self.failed = true;
     }
 
     fn opened(&mut self) {

@@ -97,8 +97,6 @@ pub struct QedEngine<M, const PAGES: usize = 256> {
     copy_on_read: bool,
     cor_cap: u64,
     fill_bytes: u64,
-    /// An unrecoverable failure: requests are refused.
-    failed: bool,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
@@ -141,7 +139,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             copy_on_read: false,
             cor_cap: 0,
             fill_bytes: 0,
-            failed: false,
         };
         engine.pump();
         engine

@@ -178,7 +178,7 @@ impl Req {
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     pub(super) fn accept(&mut self, request: Request) -> Result<RequestId, SubmitError> {
         let layout = match (self.is_open(), self.layout) {
-            (true, Some(layout)) if !self.failed => layout,
+            (true, Some(layout)) => layout,
             _ => return Err(SubmitError::NotOpen),
         };
         let (kind, start, end) = guest::check(request, self.options.writable, layout.image_size)?;
