@@ -7,7 +7,7 @@ use crate::format::header::{
 };
 use crate::format::validate::{
     bitmap_bytes_needed, journal_bytes_needed, table_bytes_needed, BASE_FORMATS, DATA_FILE_FORMATS,
-    MAX_BLOCK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_VIRTUAL_SIZE,
+    MAX_BLOCK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_STORAGE_GROW_UNIT, MAX_VIRTUAL_SIZE,
 };
 use crate::units::{checked_round_up, is_aligned, PAGE_SIZE, SECTOR_SIZE};
 use core::fmt;
@@ -116,7 +116,7 @@ pub enum GeometryError {
         /// Chunks needed.
         chunks: u64,
     },
-    /// `storage_grow_unit` is smaller than a chunk.
+    /// `storage_grow_unit` is smaller than a chunk or larger than [`MAX_STORAGE_GROW_UNIT`].
     BadStorageGrowUnit {
         /// Requested value.
         unit: u64,
@@ -163,7 +163,10 @@ impl fmt::Display for GeometryError {
                 write!(f, "image needs {chunks} chunks, more than {MAX_CHUNKS}: use a larger chunk_size")
             }
             GeometryError::BadStorageGrowUnit { unit, chunk_size } => {
-                write!(f, "storage_grow_unit {unit} is smaller than chunk_size {chunk_size}")
+                write!(
+                    f,
+                    "invalid storage_grow_unit {unit}: must be at least chunk_size {chunk_size} and at most {MAX_STORAGE_GROW_UNIT} (1 TiB)"
+                )
             }
             GeometryError::NameTooLong { field } => {
                 write!(f, "{field} is too long for the header or contains a NUL byte")
@@ -302,7 +305,7 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
                 .unwrap_or(DEFAULT_STORAGE_GROW_UNIT),
             SECTOR_SIZE,
         )?;
-        if grow < chunk_size {
+        if grow < chunk_size || grow > MAX_STORAGE_GROW_UNIT {
             return Err(GeometryError::BadStorageGrowUnit {
                 unit: grow,
                 chunk_size,

@@ -662,6 +662,11 @@ fn bad_storage_grow_unit_cases() -> Vec<Case> {
         ("smaller than a chunk", 4096),
         ("zero", 0),
         ("not a multiple of 512", MIB + 1),
+        ("above 1 TiB", (1 << 40) + 512),
+        (
+            "near 2^64 (wraps the grown storage length)",
+            18_446_744_073_709_494_272,
+        ),
     ]
     .into_iter()
     .map(|(what, unit)| {
@@ -960,6 +965,39 @@ fn region_beyond_file_cases() -> Vec<Case> {
     ]
 }
 
+fn data_beyond_addressable_cases() -> Vec<Case> {
+    let max = i64::MAX as u64;
+    vec![
+        case(
+            "plain image data ending past 2^63 - 1",
+            plain().u64(off::DATA_OFFSET, max - 4095),
+            HeaderError::DataBeyondAddressable {
+                offset: max - 4095,
+                max,
+            },
+            &["data_offset"],
+        ),
+        case(
+            "compact: the last physical chunk would wrap onto the header",
+            compact().u64(off::DATA_OFFSET, 0u64.wrapping_sub(0x7FFF_FFFF * MIB)),
+            HeaderError::DataBeyondAddressable {
+                offset: 0u64.wrapping_sub(0x7FFF_FFFF * MIB),
+                max,
+            },
+            &["data_offset"],
+        ),
+        case(
+            "compact: one growth step past the last chunk exceeds 2^63 - 1",
+            compact().u64(off::DATA_OFFSET, max - (1 << 31) * MIB - 4095),
+            HeaderError::DataBeyondAddressable {
+                offset: max - (1 << 31) * MIB - 4095,
+                max,
+            },
+            &["data_offset"],
+        ),
+    ]
+}
+
 fn bad_data_offset_cases() -> Vec<Case> {
     vec![
         case(
@@ -1154,6 +1192,10 @@ fn too_many_chunks() {
     check(too_many_chunks_cases());
 }
 #[test]
+fn data_beyond_addressable() {
+    check(data_beyond_addressable_cases());
+}
+#[test]
 fn bad_storage_grow_unit() {
     check(bad_storage_grow_unit_cases());
 }
@@ -1215,6 +1257,7 @@ fn all_cases() -> Vec<Case> {
         region_overlap_cases,
         region_beyond_file_cases,
         bad_data_offset_cases,
+        data_beyond_addressable_cases,
         bad_tuning_cases,
     ]
     .into_iter()
@@ -1266,12 +1309,13 @@ fn every_variant_is_covered() {
             HeaderError::RegionOverlap { .. } => "RegionOverlap",
             HeaderError::RegionBeyondFile { .. } => "RegionBeyondFile",
             HeaderError::BadDataOffset { .. } => "BadDataOffset",
+            HeaderError::DataBeyondAddressable { .. } => "DataBeyondAddressable",
             HeaderError::BadTuning { .. } => "BadTuning",
         })
         .collect();
     variants.sort_unstable();
     variants.dedup();
-    assert_eq!(variants.len(), 24);
+    assert_eq!(variants.len(), 25);
 }
 
 // ---- what readers must accept --------------------------------------------------------

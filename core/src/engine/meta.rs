@@ -177,13 +177,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         // The chunk must lie inside the data storage (allocation grows it first).
         let p = u64::from(entry);
         if let Some(layout) = self.layout {
-            let cs = layout.table.map_or(0, |t| t.chunk_size);
             let storage = self
                 .options
                 .data_len
                 .unwrap_or(self.options.image_len)
                 .max(self.alloc.storage_len);
-            if layout.data_offset + (p + 1) * cs > storage {
+            if !layout.chunk_in_storage(p, storage) {
                 return Err(Corruption::BadTableEntry { chunk, entry });
             }
         }
@@ -256,7 +255,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             None if over_base => Mapping::Zero,
             None => Mapping::Unallocated,
             Some(p) => Mapping::Data {
-                offset: layout.data_offset + p * cs + offset % cs,
+                offset: layout
+                    .chunk_offset(p)
+                    .and_then(|start| start.checked_add(offset % cs))
+                    .ok_or(Stall::Corrupt(Corruption::BadTableEntry {
+                        chunk,
+                        entry: self.entry(slot, chunk),
+                    }))?,
             },
         };
         Ok(MapRun {

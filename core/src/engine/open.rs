@@ -694,9 +694,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let Some(layout) = self.layout else {
             return Err(Stall::Wait);
         };
-        let Some(table) = layout.table else {
+        if layout.table.is_none() {
             return Err(Stall::Wait);
-        };
+        }
         let reused = self.alloc.free_len > 0;
         let p = if reused {
             self.alloc.free[0].0
@@ -714,12 +714,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             };
             return Err(Stall::Wait);
         }
-        let cs = table.chunk_size;
-        let end = layout.data_offset + (p + 1) * cs;
+        // Physical chunks are 31-bit: past the last one, the storage is full.
+        let (Some(end), Some(len)) = (layout.chunk_end(p), layout.grown_storage_len(p)) else {
+            return Err(Stall::Io(IoError::NoSpace));
+        };
         if end > self.alloc.storage_len {
-            let wanted = (p + 1) * cs;
-            let grown = wanted.div_ceil(table.storage_grow_unit) * table.storage_grow_unit;
-            let len = layout.data_offset + grown;
             if self
                 .commands
                 .emit(Owner::Alloc, self.data_file(), Op::SetLength { len })

@@ -571,11 +571,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 let chunk = s / cs;
                 seg.chunk_size = cs;
                 seg.origin_guest = chunk * cs;
-                match self
-                    .physical(chunk, self.entry(page, chunk))
-                    .map_err(Stall::Corrupt)?
-                {
-                    Some(p) => seg.origin_phys = layout.data_offset + p * cs,
+                let entry = self.entry(page, chunk);
+                let bad_entry = Stall::Corrupt(Corruption::BadTableEntry { chunk, entry });
+                match self.physical(chunk, entry).map_err(Stall::Corrupt)? {
+                    Some(p) => seg.origin_phys = layout.chunk_offset(p).ok_or(bad_entry)?,
                     None if zero_write && bounce_needed == 0 => {
                         // An unallocated chunk already reads as zeros: only the bitmap changes.
                         seg.write_body = false;
@@ -596,7 +595,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                                 return Err(stall);
                             }
                         };
-                        seg.origin_phys = layout.data_offset + p * cs;
+                        // The allocator hands out only chunks a table entry can name.
+                        let Some(origin) = layout.chunk_offset(p) else {
+                            self.unpin(slot);
+                            return Err(Stall::Io(IoError::NoSpace));
+                        };
+                        seg.origin_phys = origin;
                         seg.alloc = Some((chunk, p));
                         seg.zero_gaps = zero_gaps;
                         self.requests[slot].claim = Some(chunk);
@@ -762,7 +766,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             self.set_bits(usize::from(page), first, last, generation);
         }
         if let (Some((chunk, p)), Some(page)) = (seg.alloc, table_page) {
-            self.set_entry(usize::from(page), chunk, p as u32, generation);
+            // `allocate_chunk` never hands out a chunk above MAX_PHYSICAL_CHUNK, so the
+            // entry never carries the reserved bit 31.
+            match u32::try_from(p) {
+                Ok(entry) if u64::from(entry) <= crate::format::validate::MAX_PHYSICAL_CHUNK => {
+                    self.set_entry(usize::from(page), chunk, entry, generation)
+                }
+                _ => {
+                    self.finish(slot, Err(RequestError::Io(IoError::NoSpace)));
+                    return true;
+                }
+            }
         }
         self.release(slot);
         let r = &mut self.requests[slot];

@@ -188,6 +188,15 @@ pub enum HeaderError {
         /// The first byte after the metadata (0 with a separate data file).
         metadata_end: u64,
     },
+    /// Guest data could reach past the largest addressable storage length: `data_offset`
+    /// plus the virtual size (plain images) or plus every physical chunk and one growth
+    /// step (compact images) exceeds 2^63 - 1.
+    DataBeyondAddressable {
+        /// The value found.
+        offset: u64,
+        /// The largest storage length allowed.
+        max: u64,
+    },
     /// A prefetch or copy-on-read tuning field is out of range.
     BadTuning {
         /// The field.
@@ -254,7 +263,7 @@ impl fmt::Display for HeaderError {
             ),
             BadStorageGrowUnit { unit, chunk_size } => write!(
                 f,
-                "invalid storage_grow_unit {unit}: must be a multiple of 512 and at least chunk_size {chunk_size}"
+                "invalid storage_grow_unit {unit}: must be a multiple of 512, at least chunk_size {chunk_size} and at most 1 TiB"
             ),
             RegionUnaligned { region, offset, size } => write!(
                 f,
@@ -285,6 +294,10 @@ impl fmt::Display for HeaderError {
             BadDataOffset { offset, metadata_end } => write!(
                 f,
                 "invalid data_offset {offset}: must be 4096-aligned and not below the metadata end {metadata_end}"
+            ),
+            DataBeyondAddressable { offset, max } => write!(
+                f,
+                "invalid data_offset {offset}: guest data could reach past {max} bytes, the largest storage length"
             ),
             BadTuning { field, value } => write!(f, "invalid {field} {value}: out of range"),
         }

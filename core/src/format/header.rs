@@ -204,6 +204,12 @@ impl RawHeader {
         Self::ref_from_prefix(bytes).ok().map(|(header, _)| header)
     }
 
+    /// Views the first [`RAW_HEADER_LEN`] bytes of `bytes` as a header to change in place
+    /// (for tools that rewrite fields), or `None` if `bytes` is shorter than that.
+    pub fn view_mut(bytes: &mut [u8]) -> Option<&mut Self> {
+        Self::mut_from_prefix(bytes).ok().map(|(header, _)| header)
+    }
+
     /// The header's bytes as they are stored on disk.
     pub fn bytes(&self) -> &[u8] {
         self.as_bytes()

@@ -14,6 +14,13 @@ pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 /// Most chunks a table may have: physical chunk indices are 31-bit.
 pub const MAX_CHUNKS: u64 = 0x7FFF_FFFF;
+/// Largest physical chunk index a table entry may name (entries are 31-bit).
+pub const MAX_PHYSICAL_CHUNK: u64 = 0x7FFF_FFFF;
+/// Largest `storage_grow_unit` accepted (1 TiB).
+pub const MAX_STORAGE_GROW_UNIT: u64 = 1 << 40;
+/// Largest length any data storage may reach: file offsets are signed 64-bit on every
+/// host, so no byte of guest data may lie at or past 2^63 - 1.
+pub const MAX_STORAGE_LEN: u64 = i64::MAX as u64;
 /// Largest `header_size` accepted (1 MiB).
 pub const MAX_HEADER_SIZE: u64 = 1 << 20;
 /// Largest `num_prefetch_slots` accepted.
@@ -105,6 +112,39 @@ pub struct ImageLayout {
     pub base_fully_prefetched: bool,
     /// Never-written data storage must read as zeros.
     pub need_zero_init: bool,
+}
+
+impl ImageLayout {
+    /// Where physical chunk `p` of a compact image starts in the data storage; `None` for
+    /// an image without a table or a `p` no table entry can name. Validation guarantees no
+    /// overflow for any valid `p`; the arithmetic is checked regardless.
+    pub fn chunk_offset(&self, p: u64) -> Option<u64> {
+        let table = self.table?;
+        if p > MAX_PHYSICAL_CHUNK {
+            return None;
+        }
+        p.checked_mul(table.chunk_size)?
+            .checked_add(self.data_offset)
+    }
+
+    /// One past the last byte of physical chunk `p` in the data storage.
+    pub fn chunk_end(&self, p: u64) -> Option<u64> {
+        self.chunk_offset(p)?.checked_add(self.table?.chunk_size)
+    }
+
+    /// True when physical chunk `p` lies wholly inside a data storage of `storage_len`
+    /// bytes: the rule every table entry must pass before it is used (FORMAT.md §8).
+    pub fn chunk_in_storage(&self, p: u64, storage_len: u64) -> bool {
+        self.chunk_end(p).is_some_and(|end| end <= storage_len)
+    }
+
+    /// The length the data storage grows to so that physical chunk `p` fits: the data
+    /// offset plus `(p + 1) * chunk_size` rounded up to `storage_grow_unit` (FORMAT.md §8).
+    pub fn grown_storage_len(&self, p: u64) -> Option<u64> {
+        let table = self.table?;
+        let need = self.chunk_end(p)?.checked_sub(self.data_offset)?;
+        checked_round_up(need, table.storage_grow_unit)?.checked_add(self.data_offset)
+    }
 }
 
 fn boolean(field: &'static str, value: u32) -> Result<bool, HeaderError> {
@@ -341,7 +381,7 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
                 table_bytes_needed(virtual_size, chunk_size),
             )?;
             let unit = raw.storage_grow_unit.get();
-            if unit < chunk_size || !is_aligned(unit, SECTOR_SIZE) {
+            if unit < chunk_size || !is_aligned(unit, SECTOR_SIZE) || unit > MAX_STORAGE_GROW_UNIT {
                 return Err(HeaderError::BadStorageGrowUnit { unit, chunk_size });
             }
             Some(TableLayout {
@@ -407,6 +447,21 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
         return Err(HeaderError::BadDataOffset {
             offset: data_offset,
             metadata_end: data_floor,
+        });
+    }
+    // The farthest byte guest data can ever reach must be addressable, so that no offset
+    // computed from a table entry or a growth step can wrap around onto the metadata.
+    let data_reach = match table {
+        Some(t) => (MAX_PHYSICAL_CHUNK + 1)
+            .checked_mul(t.chunk_size)
+            .and_then(|end| end.checked_add(t.storage_grow_unit)),
+        None => Some(virtual_size),
+    };
+    let data_end = data_reach.and_then(|reach| data_offset.checked_add(reach));
+    if data_end.is_none_or(|end| end > MAX_STORAGE_LEN) {
+        return Err(HeaderError::DataBeyondAddressable {
+            offset: data_offset,
+            max: MAX_STORAGE_LEN,
         });
     }
 

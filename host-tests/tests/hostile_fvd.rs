@@ -1,0 +1,172 @@
+//! FVD images crafted to make offsets wrap, chunks repeat or the allocator run off the end
+//! of the table: each must be refused with a typed error, or served without touching a
+//! byte the guest did not ask to change (the hostile-input issue, bugs 1 and 4).
+
+mod common;
+
+use common::*;
+use fvd_core::format::{parse, ImageLayout, RawHeader};
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Rewrites the header of the FVD image at `path` through `change`.
+fn patch_header(path: &Path, change: impl FnOnce(&mut RawHeader)) {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut bytes = vec![0u8; fvd_core::format::RAW_HEADER_LEN];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    let header = RawHeader::view_mut(&mut bytes).unwrap();
+    change(header);
+    file.write_all_at(&bytes, 0).unwrap();
+}
+
+/// The validated layout of the FVD image at `path` (reads only its header, so it works on
+/// huge sparse files).
+fn layout_of(path: &Path) -> ImageLayout {
+    let file = fs::File::open(path).unwrap();
+    let mut bytes = vec![0u8; fvd_core::format::RAW_HEADER_LEN];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    parse(&bytes, file.metadata().unwrap().len()).unwrap().1
+}
+
+/// Writes table entry `chunk` of the compact FVD image at `path`.
+fn set_table_entry(path: &Path, chunk: u64, value: u32) {
+    let table = layout_of(path).table.unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&value.to_le_bytes(), table.region.offset + 4 * chunk)
+        .unwrap();
+}
+
+#[test]
+fn a_storage_grow_unit_above_one_tebibyte_is_refused_by_create() {
+    let dir = scratch();
+    let err = fails(
+        dir.path(),
+        &[
+            "create",
+            "-f",
+            "fvd",
+            "-o",
+            "compact_image=on,journal_size=4k,storage_grow_unit=18446744073709494272",
+            "c",
+            "64M",
+        ],
+    );
+    assert_contains(&err, "storage_grow_unit");
+    assert!(!dir.path().join("c").exists());
+}
+
+#[test]
+fn a_header_whose_grow_unit_wraps_the_storage_length_is_refused_and_left_untouched() {
+    let dir = scratch();
+    create_fvd(
+        dir.path(),
+        &["-o", "compact_image=on,journal_size=4k", "c", "64M"],
+    );
+    let image = dir.path().join("c");
+    patch_header(&image, |h| {
+        h.storage_grow_unit.set(18_446_744_073_709_494_272);
+    });
+    let before = fs::read(&image).unwrap();
+    let err = fails(dir.path(), &["io", "-c", "write -P 0xab 0 4k", "c"]);
+    assert_contains(&err, "storage_grow_unit");
+    assert_eq!(
+        fs::read(&image).unwrap(),
+        before,
+        "a refused image must not change"
+    );
+}
+
+#[test]
+fn a_data_offset_that_lets_a_chunk_wrap_onto_the_header_is_refused() {
+    let dir = scratch();
+    create_fvd(
+        dir.path(),
+        &["-o", "compact_image=on,chunk_size=1M", "c", "64M"],
+    );
+    let image = dir.path().join("c");
+    // data_offset + 0x7FFFFFFF * 1 MiB wraps to 0: entry 0x7FFFFFFF would map the header.
+    let wrap = 0u64.wrapping_sub(0x7FFF_FFFF * (1 << 20));
+    set_table_entry(&image, 0, 0x7FFF_FFFF);
+    patch_header(&image, |h| h.data_offset.set(wrap));
+    let before = fs::read(&image).unwrap();
+    for command in ["read 0 4k", "write -P 0xab 0 4k"] {
+        let err = fails(dir.path(), &["io", "-c", command, "c"]);
+        assert_contains(&err, "data_offset");
+    }
+    let err = fails(dir.path(), &["check", "c"]);
+    assert_contains(&err, "data_offset");
+    assert_eq!(
+        fs::read(&image).unwrap(),
+        before,
+        "a refused image must not change"
+    );
+}
+
+#[test]
+fn chunks_allocated_over_a_table_naming_the_last_physical_chunk_never_carry_bit_31() {
+    let dir = scratch();
+    create_fvd(
+        dir.path(),
+        &[
+            "-o",
+            "compact_image=on,chunk_size=4k,storage_grow_unit=4k,journal_size=0",
+            "c",
+            "1M",
+        ],
+    );
+    let image = dir.path().join("c");
+    let layout = layout_of(&image);
+    // Chunk 0 holds the last physical chunk an entry can name (0x7FFFFFFF); the sparse
+    // storage ends right after it, so every chunk below is a leaked one.
+    let last = 0x7FFF_FFFFu64;
+    set_table_entry(&image, 0, last as u32);
+    let end = layout.chunk_end(last).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(end)
+        .unwrap();
+    ok(dir.path(), &["io", "-c", "write -P 0x5a 0 4k", "c"]);
+    for chunk in 1..5u64 {
+        let command = format!("write -P {chunk} {}k 4k", chunk * 4);
+        ok(dir.path(), &["io", "-c", &command, "c"]);
+    }
+    let mut reads = vec!["read -P 0x5a 0 4k".to_string()];
+    reads.extend((1..5u64).map(|chunk| format!("read -P {chunk} {}k 4k", chunk * 4)));
+    reads.push("read -P 0 20k 4k".to_string());
+    let mut args = vec!["io"];
+    for read in &reads {
+        args.extend(["-c", read.as_str()]);
+    }
+    args.push("c");
+    ok(dir.path(), &args);
+    let after = layout_of(&image);
+    assert_eq!(after.data_offset, layout.data_offset);
+    assert_eq!(
+        fs::metadata(&image).unwrap().len(),
+        end,
+        "the storage did not grow"
+    );
+    // Every entry is EMPTY or a distinct physical chunk without bit 31.
+    let table = after.table.unwrap();
+    let mut entries = vec![0u8; 4 * table.chunks as usize];
+    fs::File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut entries, table.region.offset)
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in entries.chunks(4) {
+        let value = u32::from_le_bytes(entry.try_into().unwrap());
+        if value != u32::MAX {
+            assert_eq!(value & 0x8000_0000, 0, "entry {value:#x}");
+            assert!(seen.insert(value), "physical chunk {value:#x} mapped twice");
+        }
+    }
+    assert_eq!(seen.len(), 5);
+}
