@@ -76,10 +76,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     pub(crate) fn page_loaded(&mut self, slot: usize, result: Result<(), IoError>) {
         match result {
-            Ok(()) if self.overlay_sectors > 0 => {
-                self.cache.slot_mut(slot).state = PageState::Overlaying
+            Ok(()) => {
+                let state = self.loaded_page_state(self.cache.slot(slot).key);
+                self.cache.slot_mut(slot).state = state;
             }
-            Ok(()) => self.cache.slot_mut(slot).state = PageState::Ready,
             Err(error) => {
                 self.page_error = Some((self.cache.slot(slot).key, error));
                 self.cache.drop_page(slot);

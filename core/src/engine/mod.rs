@@ -14,6 +14,7 @@ mod fill;
 mod guest;
 mod meta;
 mod open;
+mod overlay;
 mod prefetch;
 pub mod qed;
 mod requests;
@@ -131,12 +132,10 @@ pub struct FvdEngine<M, const PAGES: usize = 256> {
     alloc: open::Allocator,
     journal_next: u64,
     journal_sectors: u64,
-    /// Valid journal sectors to lay over loaded pages (read-only open of a dirty image).
-    overlay_sectors: u64,
-    /// Valid journal extent found while scanning (read-only open).
-    scan_extent: u64,
-    /// Read-only overlay in progress: (page slot, journal batch, batch loaded).
-    overlay: Option<(u16, u64, bool)>,
+    /// Highest epoch of an intact journal sector of another epoch seen by the replay.
+    journal_epoch_seen: u64,
+    /// The journal laid over loaded pages (read-only open of a dirty image).
+    overlay: overlay::JournalOverlay,
     /// A page load that failed, reported to the next request that wants the page.
     page_error: Option<(cache::PageKey, IoError)>,
     /// The one request allowed to keep partial page pins while it waits.
@@ -192,9 +191,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             alloc: open::Allocator::EMPTY,
             journal_next: 0,
             journal_sectors: 0,
-            overlay_sectors: 0,
-            scan_extent: 0,
-            overlay: None,
+            journal_epoch_seen: 0,
+            overlay: overlay::JournalOverlay::NONE,
             page_error: None,
             page_token: None,
             failed: false,

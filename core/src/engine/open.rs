@@ -4,18 +4,18 @@
 //! allocator with storage growth, and closing.
 
 use super::bounce::BouncePool;
-use super::cache::{Meta, PageCache, PageKey, PageState, PAGE_BYTES};
+use super::cache::{Meta, PageCache, PageKey, PAGE_BYTES};
 use super::commit::Purpose;
 use super::meta::{Stall, ENTRIES_PER_PAGE};
 use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
-use crate::format::journal::{VerifiedSector, JOURNAL_SECTOR_SIZE};
+use crate::format::journal::{SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE};
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
 
-const BATCH_SECTORS: u64 = (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64;
+pub(crate) const BATCH_SECTORS: u64 = (SCRATCH_AREA / JOURNAL_SECTOR_SIZE) as u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lifecycle {
@@ -219,7 +219,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         }
     }
 
-    fn journal_batch_read(&self, batch: u64) -> Op {
+    pub(crate) fn journal_batch_read(&self, batch: u64) -> Op {
         let journal = self.layout.and_then(|l| l.journal).map_or(0, |j| j.offset);
         let sectors = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
         Op::Read {
@@ -319,8 +319,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             });
         }
         self.cache = PageCache::new(cache_base, pages);
-        self.bounce = BouncePool::new(bounce_base, total - bounce_base, slot_len);
         self.bounce_area = (bounce_base, total - bounce_base);
+        if self.options.writable {
+            self.bounce = BouncePool::new(bounce_base, total - bounce_base, slot_len);
+        } else {
+            // A read-only open never copies on write or fills: the bounce area holds the
+            // journal overlay's touched-page filter instead.
+            self.overlay
+                .use_filter_area(bounce_base, total - bounce_base, self.memory.as_mut());
+        }
         self.journal_sectors = layout
             .journal
             .map_or(0, |j| j.len / JOURNAL_SECTOR_SIZE as u64);
@@ -350,7 +357,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
     }
 
-    fn batches(&self) -> u64 {
+    pub(crate) fn batches(&self) -> u64 {
         self.journal_sectors.div_ceil(BATCH_SECTORS)
     }
 
@@ -374,7 +381,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             // Copy the sector out so page accesses can borrow engine memory.
             let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
             bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
-            if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
+            let verified = VerifiedSector::verify(&bytes, epoch, position);
+            if let Err(SectorError::StaleEpoch { found }) = verified {
+                // Intact, of another epoch: the next epoch must lie above it.
+                self.journal_epoch_seen = self.journal_epoch_seen.max(found);
+            }
+            if let Ok(verified) = verified {
                 for r in verified.records().skip(usize::from(record)) {
                     match self.apply_record_everywhere(&r, position) {
                         Ok(()) => {}
@@ -438,113 +450,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
         }
         Ok(())
-    }
-
-    fn scan_journal_batch(&mut self, batch: u64) {
-        let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
-        let in_batch = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
-        let mut last_valid = None;
-        for sector in 0..in_batch {
-            let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
-            let position = batch * BATCH_SECTORS + sector;
-            if VerifiedSector::verify(
-                &self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE],
-                epoch,
-                position,
-            )
-            .is_ok()
-            {
-                last_valid = Some(position);
-            }
-        }
-        if let Some(position) = last_valid {
-            self.scan_extent = position + 1;
-        }
-        if batch + 1 < self.batches() {
-            self.lifecycle = Lifecycle::ScanJournal {
-                batch: batch + 1,
-                issued: false,
-            };
-        } else {
-            self.overlay_sectors = self.scan_extent;
-            self.lifecycle = Lifecycle::Open;
-            self.events.push(Event::Opened);
-        }
-    }
-
-    /// Read-only open of a dirty image: lays the valid journal over one loaded page at a time.
-    fn step_overlay(&mut self) -> bool {
-        if self.overlay_sectors == 0 {
-            return false;
-        }
-        let Some(slot) = self
-            .cache
-            .indices()
-            .find(|&i| self.cache.slot(i).state == PageState::Overlaying)
-        else {
-            return false;
-        };
-        match self.overlay {
-            None => {
-                let op = self.journal_batch_read(0);
-                if self.emit_lifecycle_overlay(op) {
-                    self.overlay = Some((slot as u16, 0, false));
-                    return true;
-                }
-                false
-            }
-            Some((_, _, false)) => false,
-            Some((page, batch, true)) => {
-                let page = usize::from(page);
-                let key = self.cache.slot(page).key;
-                let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
-                let in_batch =
-                    (self.overlay_sectors.saturating_sub(batch * BATCH_SECTORS)).min(BATCH_SECTORS);
-                for sector in 0..in_batch {
-                    let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
-                    let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
-                    bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
-                    let position = batch * BATCH_SECTORS + sector;
-                    if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
-                        for record in verified.records() {
-                            // A corrupt record is skipped here; `check` reports it.
-                            let _ = self.apply_record(page, key, &record, position);
-                        }
-                    }
-                }
-                if (batch + 1) * BATCH_SECTORS < self.overlay_sectors {
-                    let op = self.journal_batch_read(batch + 1);
-                    if self.emit_lifecycle_overlay(op) {
-                        self.overlay = Some((page as u16, batch + 1, false));
-                    } else {
-                        self.overlay = Some((page as u16, batch, true));
-                        return false;
-                    }
-                } else {
-                    self.overlay = None;
-                    self.cache.slot_mut(page).state = PageState::Ready;
-                }
-                true
-            }
-        }
-    }
-
-    fn emit_lifecycle_overlay(&mut self, op: Op) -> bool {
-        self.commands.emit(Owner::Overlay, FileId::Image, op)
-    }
-
-    pub(crate) fn overlay_done(&mut self, result: Result<(), IoError>) {
-        if let Some((page, batch, _)) = self.overlay {
-            match result {
-                Ok(()) => self.overlay = Some((page, batch, true)),
-                Err(error) => {
-                    let page = usize::from(page);
-                    self.page_error = Some((self.cache.slot(page).key, error));
-                    self.cache.drop_page(page);
-                    self.overlay = None;
-                }
-            }
-        }
     }
 
     fn after_open_commit(&mut self) {
