@@ -965,6 +965,25 @@ fn region_beyond_file_cases() -> Vec<Case> {
     ]
 }
 
+fn bad_journal_epoch_cases() -> Vec<Case> {
+    vec![
+        case(
+            "one above 2^63",
+            compact().u64(off::STABLE_JOURNAL_EPOCH, (1 << 63) + 1),
+            HeaderError::BadJournalEpoch {
+                epoch: (1 << 63) + 1,
+            },
+            &["stable_journal_epoch"],
+        ),
+        case(
+            "the largest u64 (moving on would wrap to 0)",
+            plain().u64(off::STABLE_JOURNAL_EPOCH, u64::MAX),
+            HeaderError::BadJournalEpoch { epoch: u64::MAX },
+            &["stable_journal_epoch"],
+        ),
+    ]
+}
+
 fn data_beyond_addressable_cases() -> Vec<Case> {
     let max = i64::MAX as u64;
     vec![
@@ -1192,6 +1211,10 @@ fn too_many_chunks() {
     check(too_many_chunks_cases());
 }
 #[test]
+fn bad_journal_epoch() {
+    check(bad_journal_epoch_cases());
+}
+#[test]
 fn data_beyond_addressable() {
     check(data_beyond_addressable_cases());
 }
@@ -1258,6 +1281,7 @@ fn all_cases() -> Vec<Case> {
         region_beyond_file_cases,
         bad_data_offset_cases,
         data_beyond_addressable_cases,
+        bad_journal_epoch_cases,
         bad_tuning_cases,
     ]
     .into_iter()
@@ -1310,12 +1334,13 @@ fn every_variant_is_covered() {
             HeaderError::RegionBeyondFile { .. } => "RegionBeyondFile",
             HeaderError::BadDataOffset { .. } => "BadDataOffset",
             HeaderError::DataBeyondAddressable { .. } => "DataBeyondAddressable",
+            HeaderError::BadJournalEpoch { .. } => "BadJournalEpoch",
             HeaderError::BadTuning { .. } => "BadTuning",
         })
         .collect();
     variants.sort_unstable();
     variants.dedup();
-    assert_eq!(variants.len(), 25);
+    assert_eq!(variants.len(), 26);
 }
 
 // ---- what readers must accept --------------------------------------------------------
@@ -1352,7 +1377,7 @@ fn hints_and_runtime_fields_take_any_value() {
         .u64(off::JOURNAL_BUF_SIZE, u64::MAX)
         .u64(off::JOURNAL_CLEAN_BUF_PERIOD, u64::MAX)
         .put(off::ADD_STORAGE_CMD, b"builtin:lvextend\0")
-        .u64(off::STABLE_JOURNAL_EPOCH, u64::MAX)
+        .u64(off::STABLE_JOURNAL_EPOCH, 1 << 63)
         .u32(off::CLEAN_SHUTDOWN, 0)
         .u32(off::CHUNKS_RELOCATED, 1)
         .u64(off::MAX_OUTSTANDING_COPY_ON_READ_DATA, 0)

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use fvd_core::format::journal::SectorBuilder;
 use fvd_core::format::{parse, ImageLayout, RawHeader};
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -169,4 +170,90 @@ fn chunks_allocated_over_a_table_naming_the_last_physical_chunk_never_carry_bit_
         }
     }
     assert_eq!(seen.len(), 5);
+}
+
+/// Writes `sector` into journal position `position` of the FVD image at `path`.
+fn plant_journal_sector(path: &Path, position: u64, sector: &[u8]) {
+    let journal = layout_of(path).journal.unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(sector, journal.offset + 512 * position)
+        .unwrap();
+}
+
+/// A well-formed journal sector of `epoch` at `position` whose one table record maps
+/// virtual chunk `chunk` onto physical chunk `physical`.
+fn table_sector(epoch: u64, position: u64, chunk: u32, physical: u32) -> Vec<u8> {
+    let mut sector = vec![0u8; 512];
+    let mut builder = SectorBuilder::new(&mut sector).unwrap();
+    assert_eq!(builder.push_table(chunk, &physical.to_le_bytes()), 1);
+    builder.finish(epoch, position);
+    sector
+}
+
+#[test]
+fn repair_never_makes_a_sector_of_a_future_epoch_current() {
+    let dir = scratch();
+    create_fvd(
+        dir.path(),
+        &[
+            "-o",
+            "compact_image=on,chunk_size=64k,journal_size=64k",
+            "c",
+            "16M",
+        ],
+    );
+    let image = dir.path().join("c");
+    ok(dir.path(), &["io", "-c", "write -P 0x11 0 64k", "c"]);
+    let stable = layout_of(&image).stable_journal_epoch;
+    // A dirty image whose journal holds one intact sector of the epoch after the current
+    // one: it maps chunk 1 onto chunk 0's physical chunk.
+    patch_header(&image, |h| h.clean_shutdown.set(0));
+    plant_journal_sector(&image, 0, &table_sector(stable + 1, 0, 1, 0));
+    let before = ok(dir.path(), &["check", "c"]);
+    ok(dir.path(), &["check", "-r", "all", "c"]);
+    let after = ok(dir.path(), &["check", "c"]);
+    assert_eq!(after.code, before.code);
+    let repaired = layout_of(&image);
+    assert!(repaired.clean_shutdown);
+    assert!(
+        repaired.stable_journal_epoch > stable + 1,
+        "moved past the planted sector"
+    );
+    // Chunk 1 still reads as zeros and chunk 0 keeps its data, after a write to chunk 1.
+    ok(dir.path(), &["io", "-c", "read -P 0 64k 64k", "c"]);
+    ok(dir.path(), &["io", "-c", "write -P 0x22 64k 4k", "c"]);
+    ok(
+        dir.path(),
+        &[
+            "io",
+            "-c",
+            "read -P 0x11 0 64k",
+            "-c",
+            "read -P 0x22 64k 4k",
+            "c",
+        ],
+    );
+}
+
+#[test]
+fn replay_moves_the_epoch_past_every_intact_sector() {
+    let dir = scratch();
+    create_fvd(
+        dir.path(),
+        &[
+            "-o",
+            "compact_image=on,chunk_size=64k,journal_size=64k",
+            "c",
+            "16M",
+        ],
+    );
+    let image = dir.path().join("c");
+    ok(dir.path(), &["io", "-c", "write -P 0x11 0 64k", "c"]);
+    let stable = layout_of(&image).stable_journal_epoch;
+    patch_header(&image, |h| h.clean_shutdown.set(0));
+    plant_journal_sector(&image, 5, &table_sector(stable + 3, 5, 1, 0));
+    // A writable open replays (nothing current) and moves the epoch beyond stable + 3.
+    ok(dir.path(), &["io", "-c", "read -P 0x11 0 64k", "c"]);
+    assert!(layout_of(&image).stable_journal_epoch > stable + 3);
+    ok(dir.path(), &["io", "-c", "read -P 0 64k 64k", "c"]);
 }

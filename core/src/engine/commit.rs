@@ -13,7 +13,7 @@ use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, HEADER_AREA, SCRATCH_AREA};
 use crate::format::header::{mutable_sectors, FVD_VERSION};
-use crate::format::journal::{SectorBuilder, JOURNAL_SECTOR_SIZE};
+use crate::format::journal::{next_epoch, SectorBuilder, JOURNAL_SECTOR_SIZE};
 use zerocopy::little_endian::{U32, U64};
 
 /// Why a commit runs; decides its steps and what happens at its end.
@@ -227,8 +227,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 let mut epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
                 // Every read-write open starts a new epoch, so journal sectors left by any earlier
                 // session (even of an image forced clean by hand) can never be replayed.
+                // The new epoch also lies above every intact sector the replay saw, so no
+                // sector already in the journal becomes current.
                 if recycling || purpose != Purpose::Flush {
-                    epoch = epoch.wrapping_add(1);
+                    epoch = next_epoch(epoch, self.journal_epoch_seen);
                 }
                 if self.commands.free() < 3 {
                     return false;

@@ -197,6 +197,11 @@ pub enum HeaderError {
         /// The largest storage length allowed.
         max: u64,
     },
+    /// `stable_journal_epoch` is above 2^63, leaving no room to move it on.
+    BadJournalEpoch {
+        /// The value found.
+        epoch: u64,
+    },
     /// A prefetch or copy-on-read tuning field is out of range.
     BadTuning {
         /// The field.
@@ -298,6 +303,10 @@ impl fmt::Display for HeaderError {
             DataBeyondAddressable { offset, max } => write!(
                 f,
                 "invalid data_offset {offset}: guest data could reach past {max} bytes, the largest storage length"
+            ),
+            BadJournalEpoch { epoch } => write!(
+                f,
+                "invalid stable_journal_epoch {epoch}: must be at most 2^63"
             ),
             BadTuning { field, value } => write!(f, "invalid {field} {value}: out of range"),
         }

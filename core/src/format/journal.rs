@@ -29,6 +29,26 @@ pub const BITMAP_BYTES_PER_SECTOR: usize = RECORD_AREA - size_of::<BitmapRecordH
 
 const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
+/// Largest `stable_journal_epoch` a header may hold (validation refuses more).
+pub const MAX_JOURNAL_EPOCH: u64 = 1 << 63;
+/// Sector epochs above this are ignored when choosing the next epoch: no header can ever
+/// reach them through [`next_epoch`] before validation refuses it.
+const HIGHEST_HONOURED_SECTOR_EPOCH: u64 = 1 << 62;
+
+/// The epoch a writer moves to from `stable` when the journal holds intact sectors of
+/// epochs up to `highest_seen` (of any epoch, see [`SectorHeader::intact_epoch`]): above
+/// both, so that no sector already on disk can become current by the move (a repaired or
+/// reopened image never replays records nobody wrote in its current epoch). `stable` is
+/// at most [`MAX_JOURNAL_EPOCH`] (validated), so this never overflows.
+pub const fn next_epoch(stable: u64, highest_seen: u64) -> u64 {
+    let floor = if highest_seen <= HIGHEST_HONOURED_SECTOR_EPOCH && highest_seen > stable {
+        highest_seen
+    } else {
+        stable
+    };
+    floor.saturating_add(1)
+}
+
 /// The first 32 bytes of every journal sector.
 #[derive(Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -56,6 +76,20 @@ const_assert_eq!(offset_of!(SectorHeader, sequence), 16);
 const_assert_eq!(offset_of!(SectorHeader, used), 24);
 const_assert_eq!(offset_of!(SectorHeader, records), 26);
 const_assert_eq!(offset_of!(SectorHeader, reserved), 28);
+
+impl SectorHeader {
+    /// The epoch of `sector` when it is an intact journal sector (magic and checksum
+    /// right), whatever its epoch and position; `None` for a torn, foreign or unwritten one.
+    pub fn intact_epoch(sector: &[u8]) -> Option<u64> {
+        if sector.len() != JOURNAL_SECTOR_SIZE {
+            return None;
+        }
+        let (header, _) = SectorHeader::ref_from_prefix(sector).ok()?;
+        let intact = header.magic.get() == JOURNAL_MAGIC
+            && CRC32C.checksum(sector.get(8..)?) == header.crc.get();
+        intact.then(|| header.epoch.get())
+    }
+}
 
 /// Header of a bitmap record; `len` bitmap bytes follow.
 #[derive(Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

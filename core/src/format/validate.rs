@@ -465,6 +465,13 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
         });
     }
 
+    let stable_journal_epoch = raw.stable_journal_epoch.get();
+    if stable_journal_epoch > super::journal::MAX_JOURNAL_EPOCH {
+        return Err(HeaderError::BadJournalEpoch {
+            epoch: stable_journal_epoch,
+        });
+    }
+
     // Copy-on-read and prefetch tuning.
     let prefetch_enabled = raw.prefetch_start_delay.get() > 0;
     let slots = u64::from(raw.num_prefetch_slots.get());
@@ -519,7 +526,7 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
         journal,
         table,
         metadata_end,
-        stable_journal_epoch: raw.stable_journal_epoch.get(),
+        stable_journal_epoch,
         clean_shutdown,
         copy_on_read,
         chunks_relocated,

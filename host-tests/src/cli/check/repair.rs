@@ -17,6 +17,7 @@ use super::scan::{clear_stray_bits, scan_bitmap, scan_table, unmap, Problem};
 use super::RepairMode;
 use crate::cli::error::CliError;
 use fvd_core::format::header::mutable_sectors;
+use fvd_core::format::journal::{next_epoch, SectorHeader, JOURNAL_SECTOR_SIZE};
 use fvd_core::format::RawHeader;
 use fvd_core::units::PAGE_SIZE;
 use std::fs::{File, OpenOptions};
@@ -232,7 +233,15 @@ pub fn repair(image: &Loaded, first: &Analysis, mode: RepairMode) -> Result<Outc
 
     let file = open_writable(path, "image")?;
     let mut header = image.header.bytes().to_vec();
-    let epoch = layout.stable_journal_epoch.wrapping_add(1);
+    // The new epoch lies above every intact sector in the journal, so moving on never
+    // makes a sector current that the old epoch ignored.
+    let highest_seen = image
+        .journal
+        .chunks_exact(JOURNAL_SECTOR_SIZE)
+        .filter_map(SectorHeader::intact_epoch)
+        .max()
+        .unwrap_or(0);
+    let epoch = next_epoch(layout.stable_journal_epoch, highest_seen);
     // 1. Replay.
     write_metadata(&file, image, &image.disk, &replayed)?;
     // 2. Dirty, with a new epoch: the journal is now stale.
