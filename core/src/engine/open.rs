@@ -35,10 +35,13 @@ pub(crate) enum Lifecycle {
         issued: bool,
     },
     Committing,
-    /// Compact read-write open: find the allocation frontier, then leaked chunks.
+    /// Compact read-write open: find the allocation frontier, shared and leaked chunks.
+    /// A clean image is scanned before the open commit (`then_commit`), so an image the
+    /// scan refuses is left untouched; after a replay, the scan follows the commit.
     ScanTable {
         page: u64,
-        window: Option<u64>,
+        window: u64,
+        then_commit: bool,
     },
     Open,
     Closing,
@@ -182,7 +185,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 }
                 None => false,
             },
-            Lifecycle::ScanTable { page, window } => self.step_scan_table(page, window),
+            Lifecycle::ScanTable {
+                page,
+                window,
+                then_commit,
+            } => self.step_scan_table(page, window, then_commit),
             Lifecycle::Open => {
                 self.step_pending_alloc() | self.step_overlay() | self.step_prefetch()
             }
@@ -215,7 +222,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 });
             }
             (_, Some(error)) => self.fail_open(OpenError::Io(error)),
-            (_, None) => self.after_open_commit(),
+            (purpose, None) => self.after_open_commit(purpose),
         }
     }
 
@@ -342,6 +349,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 sector: 0,
                 record: 0,
             },
+            (true, false) if layout.table.is_some() => Lifecycle::ScanTable {
+                page: 0,
+                window: 0,
+                then_commit: true,
+            },
             (true, false) => {
                 self.start_commit(Purpose::OpenClean);
                 Lifecycle::Committing
@@ -452,18 +464,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         Ok(())
     }
 
-    fn after_open_commit(&mut self) {
-        match self.layout.and_then(|l| l.table) {
-            Some(_) => {
-                self.lifecycle = Lifecycle::ScanTable {
-                    page: 0,
-                    window: None,
-                }
-            }
-            None => {
-                self.lifecycle = Lifecycle::Open;
-                self.events.push(Event::Opened);
-            }
+    fn after_open_commit(&mut self, purpose: Purpose) {
+        if purpose == Purpose::OpenReplayed && self.layout.and_then(|l| l.table).is_some() {
+            self.lifecycle = Lifecycle::ScanTable {
+                page: 0,
+                window: 0,
+                then_commit: false,
+            };
+        } else {
+            self.lifecycle = Lifecycle::Open;
+            self.events.push(Event::Opened);
         }
     }
 
@@ -477,7 +487,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         }
     }
 
-    fn step_scan_table(&mut self, page: u64, window: Option<u64>) -> bool {
+    /// One step of the open-time table scan. Pass `window` marks the physical chunks
+    /// `[window, window + bits)` that entries name in a bitmap in engine memory: a chunk
+    /// named twice is corruption (a write to one guest chunk would change the other), and
+    /// an unnamed chunk below the frontier is a leak, queued for reuse. The first pass
+    /// (window 0) also finds the frontier; further windows run only when the frontier
+    /// lies beyond the first, so most images need one pass.
+    fn step_scan_table(&mut self, page: u64, window: u64, then_commit: bool) -> bool {
         let Some(layout) = self.layout else {
             return false;
         };
@@ -486,6 +502,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
         let pages = table.chunks.div_ceil(ENTRIES_PER_PAGE);
         let (area, bits) = self.window_area();
+        if page == 0 {
+            // A window starts with no chunk marked as used.
+            let len = (bits / 8) as usize;
+            self.memory.as_mut()[area..area + len].fill(0);
+        }
         let first_page = page;
         let mut page = page;
         while page < pages {
@@ -496,7 +517,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let slot = match self.page(key) {
                 Ok(slot) => slot,
                 Err(Stall::Wait) => {
-                    self.lifecycle = Lifecycle::ScanTable { page, window };
+                    self.lifecycle = Lifecycle::ScanTable {
+                        page,
+                        window,
+                        then_commit,
+                    };
                     return page > first_page;
                 }
                 Err(Stall::Io(e)) => {
@@ -520,71 +545,85 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                         return true;
                     }
                 };
-                match window {
-                    None => {
-                        self.alloc.mapped += 1;
-                        self.alloc.frontier = self.alloc.frontier.max(p + 1);
+                if window == 0 {
+                    self.alloc.mapped += 1;
+                    self.alloc.frontier = self.alloc.frontier.max(p + 1);
+                }
+                if p >= window && p - window < bits {
+                    let bit = (p - window) as usize;
+                    let byte = &mut self.memory.as_mut()[area + bit / 8];
+                    let mask = 1u8 << (bit % 8);
+                    if *byte & mask != 0 {
+                        self.fail_open(OpenError::Corrupt(Corruption::SharedChunk {
+                            chunk,
+                            physical: p,
+                        }));
+                        return true;
                     }
-                    Some(start) if p >= start && p < start + bits => {
-                        let bit = (p - start) as usize;
-                        self.memory.as_mut()[area + bit / 8] |= 1 << (bit % 8);
-                    }
-                    Some(_) => {}
+                    *byte |= mask;
                 }
             }
             page += 1;
         }
         // A pass is complete.
-        let next_window = match window {
-            None => {
-                let storage_len = self.options.data_len.unwrap_or(self.options.image_len);
-                let cs = table.chunk_size;
-                self.alloc.storage_len = storage_len;
-                self.alloc.known_zero_from = if self.options.storage_zero_init {
-                    storage_len.saturating_sub(layout.data_offset).div_ceil(cs)
-                } else {
-                    u64::MAX
-                };
-                (self.alloc.mapped < self.alloc.frontier).then_some(0)
-            }
-            Some(start) => {
-                let end = (start + bits).min(self.alloc.frontier);
-                let mut run: Option<u64> = None;
-                let mut full = false;
-                for p in start..end {
-                    let bit = (p - start) as usize;
-                    let used = self.memory.as_ref()[area + bit / 8] & (1 << (bit % 8)) != 0;
-                    match (used, run) {
-                        (false, None) => run = Some(p),
-                        (true, Some(r)) => {
-                            full |= !self.alloc.push_free(r, p);
-                            run = None;
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(r) = run {
-                    full |= !self.alloc.push_free(r, end);
-                }
-                (!full && end < self.alloc.frontier).then_some(end)
-            }
-        };
-        match next_window {
-            Some(start) => {
-                // A new window of the leak scan starts with no chunk marked as used.
-                let len = (bits / 8) as usize;
-                self.memory.as_mut()[area..area + len].fill(0);
-                self.lifecycle = Lifecycle::ScanTable {
-                    page: 0,
-                    window: Some(start),
-                }
-            }
-            None => {
-                self.lifecycle = Lifecycle::Open;
-                self.events.push(Event::Opened);
-            }
+        if window == 0 {
+            let storage_len = self.options.data_len.unwrap_or(self.options.image_len);
+            self.alloc.storage_len = storage_len;
+            self.alloc.known_zero_from = if self.options.storage_zero_init {
+                storage_len
+                    .saturating_sub(layout.data_offset)
+                    .div_ceil(table.chunk_size)
+            } else {
+                u64::MAX
+            };
+        }
+        let end = window.saturating_add(bits).min(self.alloc.frontier);
+        self.queue_leaks(area, window, end);
+        if end < self.alloc.frontier {
+            self.lifecycle = Lifecycle::ScanTable {
+                page: 0,
+                window: end,
+                then_commit,
+            };
+        } else if then_commit {
+            self.start_commit(Purpose::OpenClean);
+            self.lifecycle = Lifecycle::Committing;
+        } else {
+            self.lifecycle = Lifecycle::Open;
+            self.events.push(Event::Opened);
         }
         true
+    }
+
+    /// Queues the runs of physical chunks in `[start, end)` whose bit in the window bitmap
+    /// at `area` (bit 0 = chunk `start`) is clear, while the free list has room.
+    fn queue_leaks(&mut self, area: usize, start: u64, end: u64) {
+        let mut run: Option<u64> = None;
+        let mut p = start;
+        while p < end {
+            let bit = (p - start) as usize;
+            let byte = self.memory.as_ref()[area + bit / 8];
+            // Whole bytes that do not end or start a run are skipped at once.
+            if bit % 8 == 0 && end - p >= 8 && byte == if run.is_some() { 0 } else { 0xFF } {
+                p += 8;
+                continue;
+            }
+            let used = byte & (1 << (bit % 8)) != 0;
+            match (used, run) {
+                (false, None) => run = Some(p),
+                (true, Some(r)) => {
+                    if !self.alloc.push_free(r, p) {
+                        return;
+                    }
+                    run = None;
+                }
+                _ => {}
+            }
+            p += 1;
+        }
+        if let Some(r) = run {
+            self.alloc.push_free(r, end);
+        }
     }
 
     /// Picks a physical chunk for a new allocation: a leaked one first, else the frontier.

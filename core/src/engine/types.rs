@@ -252,6 +252,14 @@ pub enum Corruption {
         /// Raw entry.
         entry: u32,
     },
+    /// Two table entries name the same physical chunk (found by a writable open, which
+    /// then refuses the image: a write to one guest chunk would change the other).
+    SharedChunk {
+        /// The second virtual chunk found naming it.
+        chunk: u64,
+        /// The physical chunk.
+        physical: u64,
+    },
     /// A journal record names metadata outside its region or contradicts the table.
     BadJournalRecord {
         /// Journal sector index.
@@ -284,6 +292,10 @@ impl fmt::Display for RequestError {
             RequestError::Corrupt(Corruption::BadTableEntry { chunk, entry }) => {
                 write!(f, "corrupt table entry {entry:#010x} for chunk {chunk}")
             }
+            RequestError::Corrupt(Corruption::SharedChunk { chunk, physical }) => write!(
+                f,
+                "physical chunk {physical} is mapped by chunk {chunk} and by another chunk (run 'check -r all')"
+            ),
             RequestError::Corrupt(Corruption::BadJournalRecord { sector }) => {
                 write!(f, "corrupt journal record in sector {sector}")
             }
