@@ -93,6 +93,17 @@ impl QedLayout {
         self.span_in_file(offset, self.table_len, file_len)
     }
 
+    /// True when an entry naming `offset` (a table or cluster of `len` bytes) would be
+    /// valid in a longer file: aligned, after the header, but not wholly inside a file of
+    /// `file_len` bytes. A crash can leave such an entry (QEMU writes a new cluster and
+    /// its entry without a flush between them); no writer ever produces a misaligned one
+    /// or one inside the header.
+    pub const fn beyond_file(&self, offset: u64, len: u64, file_len: u64) -> bool {
+        is_aligned(offset, self.cluster_size)
+            && offset >= self.header_len
+            && !self.span_in_file(offset, len, file_len)
+    }
+
     const fn span_in_file(&self, offset: u64, len: u64, file_len: u64) -> bool {
         is_aligned(offset, self.cluster_size)
             && offset >= self.header_len

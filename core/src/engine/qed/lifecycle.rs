@@ -4,7 +4,9 @@
 
 use super::super::cache::PageState;
 use super::super::slots::Owner;
-use super::super::types::{Buffer, Event, FileId, IoError, Op, OpenError, Reply, RequestError};
+use super::super::types::{
+    Buffer, Corruption, Event, FileId, IoError, Op, OpenError, Reply, RequestError,
+};
 use super::super::{HEADER_AREA, MIN_CACHE, SCRATCH_AREA};
 use super::meta::Stall;
 use super::requests::State;
@@ -118,13 +120,6 @@ impl CommitState {
         error: None,
         close_failed: false,
     };
-}
-
-/// True when `offset` can be a table or cluster of an image whose header area ends at
-/// `header_len` in a file of `file_len` bytes (QEMU's rule: aligned, after the header,
-/// starting inside the file; bytes past the end read as zeros).
-pub(super) fn offset_valid(offset: u64, cluster_size: u64, header_len: u64, file_len: u64) -> bool {
-    cluster_size != 0 && offset % cluster_size == 0 && offset >= header_len && offset < file_len
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
@@ -287,12 +282,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
     }
 
-    /// Scans one L1 entry or one page of L2 entries, resetting invalid ones.
+    /// Scans one L1 entry or one page of L2 entries. An entry naming a table or cluster
+    /// past the end of the file (what a crash can leave, QEMU's or ours) is reset to
+    /// unallocated, as `qemu-img check -r` does, with the same rule the engine and
+    /// `check` apply (`QedLayout::table_in_file`, `cluster_in_file`). An entry no writer
+    /// produces (misaligned, inside the header) means the table is not what it claims to
+    /// be — perhaps guest data an L1 entry points at — so nothing in it is changed: the
+    /// writable open is refused and `check -r all`, which sees every cluster's use,
+    /// repairs the image.
     fn step_check(&mut self) -> bool {
         let Some(layout) = self.layout else {
             return false;
         };
-        let (cs, header_len, file_len) = (layout.cluster_size, layout.header_len, self.file_len);
+        let (cs, file_len) = (layout.cluster_size, self.file_len);
         if self.check.l1 >= layout.table_entries {
             self.phase = Phase::CheckDone;
             return true;
@@ -319,16 +321,23 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 };
                 match layout.decode_l1(raw) {
                     L1Entry::Unallocated => {}
-                    L1Entry::Table(t) if offset_valid(t, cs, header_len, file_len) => {
+                    L1Entry::Table(t) if layout.table_in_file(t, file_len) => {
                         self.check.table = Some(t);
                         self.check.l2 = 0;
                         return true;
                     }
-                    _ => {
+                    L1Entry::Table(t) if layout.beyond_file(t, layout.table_len, file_len) => {
                         if let Err(stall) = self.set_entry_at(at, 0) {
                             return stalled(self, stall);
                         }
                         self.check.repaired += 1;
+                    }
+                    _ => {
+                        let bad = Corruption::BadL1Entry {
+                            index: self.check.l1,
+                            entry: raw,
+                        };
+                        return stalled(self, Stall::Corrupt(bad));
                     }
                 }
                 self.check.l1 += 1;
@@ -348,8 +357,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     };
                     let valid = match layout.decode_l2(raw) {
                         L2Entry::Unallocated | L2Entry::Zero => true,
-                        L2Entry::Cluster(p) => offset_valid(p, cs, header_len, file_len),
-                        L2Entry::Invalid(_) => false,
+                        L2Entry::Cluster(p) if layout.cluster_in_file(p, file_len) => true,
+                        L2Entry::Cluster(p) if layout.beyond_file(p, cs, file_len) => false,
+                        _ => {
+                            let span = layout.table_entries.saturating_mul(cs);
+                            let bad = Corruption::BadL2Entry {
+                                offset: self.check.l1.saturating_mul(span).saturating_add(l2 * cs),
+                                entry: raw,
+                            };
+                            return stalled(self, Stall::Corrupt(bad));
+                        }
                     };
                     if !valid {
                         // The page is resident: setting cannot stall.

@@ -6,7 +6,6 @@ pub(super) use super::super::cache::Stall;
 use super::super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::super::slots::Owner;
 use super::super::types::{Corruption, FileId, IoError, Op};
-use super::lifecycle::offset_valid;
 use super::QedEngine;
 use crate::qed::table::ENTRY_SIZE;
 use crate::qed::{L1Entry, L2Entry};
@@ -186,11 +185,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         };
         match layout.decode_l1(raw) {
             L1Entry::Unallocated => Ok(None),
-            L1Entry::Table(t)
-                if offset_valid(t, layout.cluster_size, layout.header_len, self.file_len) =>
-            {
-                Ok(Some(t))
-            }
+            L1Entry::Table(t) if layout.table_in_file(t, self.file_len) => Ok(Some(t)),
             _ => Err(Stall::Corrupt(Corruption::BadL1Entry { index, entry: raw })),
         }
     }
@@ -227,7 +222,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             match layout.decode_l2(raw) {
                 L2Entry::Unallocated => Ok(ExtentKind::Unallocated),
                 L2Entry::Zero => Ok(ExtentKind::Zero),
-                L2Entry::Cluster(p) if offset_valid(p, cs, layout.header_len, engine.file_len) => {
+                L2Entry::Cluster(p) if layout.cluster_in_file(p, engine.file_len) => {
                     Ok(ExtentKind::Data(p))
                 }
                 _ => Err(Corruption::BadL2Entry {

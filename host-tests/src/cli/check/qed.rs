@@ -97,6 +97,9 @@ pub enum Fault {
     PastEnd,
     /// Its clusters are already used by something else.
     Overlap(Owner),
+    /// The L2 table it names holds this many entries no writer produces (misaligned or
+    /// inside the header): whatever lies there is not a table, perhaps guest data.
+    NotATable(u64),
 }
 
 /// One corruption: a table entry that must not be followed.
@@ -129,6 +132,7 @@ impl QedProblem {
             (Place::L2 { .. }, Fault::InHeader) => "l2-entry-in-header",
             (Place::L2 { .. }, Fault::PastEnd) => "l2-entry-past-end",
             (Place::L2 { .. }, Fault::Overlap(_)) => "data-cluster-overlap",
+            (_, Fault::NotATable(_)) => "l1-entry-not-a-table",
         }
     }
 }
@@ -163,6 +167,10 @@ impl fmt::Display for QedProblem {
                 self.file_len
             ),
             Fault::Overlap(owner) => write!(f, "{what} overlaps {owner}"),
+            Fault::NotATable(bad) => write!(
+                f,
+                "{what} holds {bad} entries no writer produces (misaligned or inside the header): it is not a table"
+            ),
         }
     }
 }
@@ -222,24 +230,30 @@ impl ClusterMap {
 }
 
 /// Checks a data cluster or table offset `value` (already known to be aligned and
-/// non-zero): inside the file after the header area. Tables must lie wholly inside the
-/// file; a data cluster need only start inside it (its tail reads as zeros).
-fn placement(
-    layout: &QedLayout,
-    value: u64,
-    len: u64,
-    file_len: u64,
-    whole: bool,
-) -> Option<Fault> {
+/// non-zero) with the rules the engine uses (`QedLayout::table_in_file`,
+/// `cluster_in_file`, as QEMU's): after the header area and wholly inside the file.
+fn placement(layout: &QedLayout, value: u64, table: bool, file_len: u64) -> Option<Fault> {
     if value < layout.header_len {
         return Some(Fault::InHeader);
     }
-    let fits = if whole {
-        value.checked_add(len).is_some_and(|end| end <= file_len)
+    let fits = if table {
+        layout.table_in_file(value, file_len)
     } else {
-        value < file_len
+        layout.cluster_in_file(value, file_len)
     };
     (!fits).then_some(Fault::PastEnd)
+}
+
+/// Entries of an L2 table that no writer produces: misaligned, or inside the header.
+fn garbage_entries(layout: &QedLayout, table: &[u64]) -> u64 {
+    table
+        .iter()
+        .filter(|&&raw| match layout.decode_l2(raw) {
+            L2Entry::Invalid(_) => true,
+            L2Entry::Cluster(data) => data < layout.header_len,
+            L2Entry::Unallocated | L2Entry::Zero => false,
+        })
+        .count() as u64
 }
 
 /// Checks the QED image `image`.
@@ -285,7 +299,7 @@ pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
             }
             L1Entry::Table(offset) => offset,
         };
-        if let Some(fault) = placement(layout, offset, layout.table_len, file_len, true) {
+        if let Some(fault) = placement(layout, offset, true, file_len) {
             problems.push(problem(place, raw, entry_at, fault));
             continue;
         }
@@ -294,10 +308,45 @@ pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
             problems.push(problem(place, raw, entry_at, Fault::Overlap(other)));
             continue;
         }
-        tables.push((l1_index, offset));
-    }
-    for (l1_index, offset) in tables {
         let l2 = read_table(image, offset)?;
+        let garbage = garbage_entries(layout, &l2);
+        tables.push((l1_index, offset, l2, garbage, raw, entry_at));
+    }
+    // A "table" that holds entries no writer produces and that another table's data
+    // cluster lies in is that data (an L1 entry pointed at guest data): the L1 entry is
+    // the fault, and a repair drops it instead of zeroing the data as table entries.
+    let mut bogus = std::collections::BTreeSet::new();
+    for (l1_index, _, l2, _, _, _) in &tables {
+        for &raw in l2 {
+            let L2Entry::Cluster(data) = layout.decode_l2(raw) else {
+                continue;
+            };
+            if let Some(Some(Owner::L2Table { l1 })) = map.owners.get((data / cs) as usize) {
+                let suspect = tables.iter().find(|t| t.0 == *l1);
+                if *l1 != *l1_index && suspect.is_some_and(|t| t.3 > 0) {
+                    bogus.insert(*l1);
+                }
+            }
+        }
+    }
+    tables.retain(|(l1_index, offset, _, garbage, raw, entry_at)| {
+        if !bogus.contains(l1_index) {
+            return true;
+        }
+        let place = Place::L1 { index: *l1_index };
+        problems.push(problem(place, *raw, *entry_at, Fault::NotATable(*garbage)));
+        let first = (offset / cs) as usize;
+        for owner in map
+            .owners
+            .iter_mut()
+            .skip(first)
+            .take(table_clusters as usize)
+        {
+            *owner = None;
+        }
+        false
+    });
+    for (l1_index, offset, l2, _, _, _) in tables {
         let mut last = 0u64;
         for (l2_index, &raw) in l2.iter().enumerate() {
             let l2_index = l2_index as u64;
@@ -317,12 +366,10 @@ pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
             };
             let entry_at = offset + l2_index * table::ENTRY_SIZE;
             let fault = match layout.decode_l2(raw) {
-                L2Entry::Cluster(data) => {
-                    placement(layout, data, cs, file_len, false).or_else(|| {
-                        map.claim(data / cs, 1, Owner::Data { guest })
-                            .map(Fault::Overlap)
-                    })
-                }
+                L2Entry::Cluster(data) => placement(layout, data, false, file_len).or_else(|| {
+                    map.claim(data / cs, 1, Owner::Data { guest })
+                        .map(Fault::Overlap)
+                }),
                 _ => Some(Fault::Misaligned),
             };
             if let Some(fault) = fault {
