@@ -2,6 +2,20 @@
 //! placed, every default filled in), following the 2011 defaults unless told otherwise.
 //! `create` writes what this returns; nothing here touches a file.
 
+// Every number here may come from an untrusted file or command line: arithmetic is
+// checked, casts are fallible and slices are taken with `get`.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 use crate::format::header::{
     set_name_field, RawHeader, DEFAULT_HEADER_SIZE, FVD_MAGIC, FVD_VERSION,
 };
@@ -184,12 +198,17 @@ impl fmt::Display for GeometryError {
 
 impl core::error::Error for GeometryError {}
 
+/// [`DEFAULT_HEADER_SIZE`] as the header's u32 field.
+#[allow(clippy::cast_possible_truncation)] // 8192: checked at compile time below.
+const HEADER_SIZE_FIELD: u32 = DEFAULT_HEADER_SIZE as u32;
+const _: () = assert!(HEADER_SIZE_FIELD as u64 == DEFAULT_HEADER_SIZE);
+
 /// The block size the 2011 code picks: the smallest power of two from 512 up that keeps
 /// the bitmap for `base_size` bytes at or below [`MODERATE_BITMAP_SIZE`].
 pub fn default_block_size(base_size: u64) -> u64 {
     let mut block = SECTOR_SIZE;
     while block < MAX_BLOCK_SIZE && base_size.div_ceil(block).div_ceil(8) > MODERATE_BITMAP_SIZE {
-        block *= 2;
+        block = block.saturating_mul(2);
     }
     block
 }
@@ -237,7 +256,7 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
 
     let mut h = RawHeader::zeroed();
     h.magic = U32::new(FVD_MAGIC);
-    h.header_size = U32::new(DEFAULT_HEADER_SIZE as u32);
+    h.header_size = U32::new(HEADER_SIZE_FIELD);
     h.create_version = U32::new(FVD_VERSION);
     h.last_open_version = U32::new(FVD_VERSION);
     h.virtual_disk_size = U64::new(virtual_size);
@@ -279,7 +298,12 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
         h.base_img_size = U64::new(base_size);
         h.bitmap_offset = U64::new(cursor);
         h.bitmap_size = U64::new(bitmap);
-        cursor += bitmap;
+        cursor = cursor
+            .checked_add(bitmap)
+            .ok_or(GeometryError::SizeTooLarge {
+                size: virtual_size,
+                max: MAX_VIRTUAL_SIZE,
+            })?;
     }
 
     let mut chunks = 0;
@@ -318,7 +342,12 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
         h.table_size = U64::new(table);
         h.chunk_size = U64::new(chunk_size);
         h.storage_grow_unit = U64::new(grow);
-        cursor += table;
+        cursor = cursor
+            .checked_add(table)
+            .ok_or(GeometryError::SizeTooLarge {
+                size: virtual_size,
+                max: MAX_VIRTUAL_SIZE,
+            })?;
     }
 
     let has_metadata = options.base.is_some() || options.compact_image;
@@ -339,7 +368,12 @@ pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
     if journal > 0 {
         h.journal_offset = U64::new(cursor);
         h.journal_size = U64::new(journal);
-        cursor += journal;
+        cursor = cursor
+            .checked_add(journal)
+            .ok_or(GeometryError::SizeTooLarge {
+                size: virtual_size,
+                max: MAX_VIRTUAL_SIZE,
+            })?;
     }
 
     match options.data_file {

@@ -1,6 +1,20 @@
 //! Small numeric helpers shared by the format and the engine: sector size, alignment and
 //! checked rounding. Everything here is total: overflow is reported, never wrapped.
 
+// Every number here may come from an untrusted file or command line: arithmetic is
+// checked, casts are fallible and slices are taken with `get`.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 /// Bytes in a sector, the unit of every guest request and of journal commits.
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -9,28 +23,26 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// Rounds `value` up to a multiple of `unit` (`unit > 0`), or `None` on overflow.
 pub const fn checked_round_up(value: u64, unit: u64) -> Option<u64> {
-    if unit == 0 {
-        return None;
-    }
-    let rem = value % unit;
-    if rem == 0 {
-        Some(value)
-    } else {
-        value.checked_add(unit - rem)
+    match value.checked_rem(unit) {
+        None => None,
+        Some(0) => Some(value),
+        // rem < unit, so the subtraction cannot wrap.
+        Some(rem) => value.checked_add(unit.saturating_sub(rem)),
     }
 }
 
 /// `ceil(value / unit)` for `unit > 0`; `None` when `unit` is zero.
 pub const fn div_ceil(value: u64, unit: u64) -> Option<u64> {
-    if unit == 0 {
-        return None;
+    match (value.checked_div(unit), value.checked_rem(unit)) {
+        // value / unit < u64::MAX whenever unit > 1, and unit == 1 leaves no remainder.
+        (Some(whole), Some(rem)) => Some(whole.saturating_add((rem != 0) as u64)),
+        _ => None,
     }
-    Some(value / unit + (value % unit != 0) as u64)
 }
 
 /// True when `value` is a multiple of `unit` (`unit > 0`).
 pub const fn is_aligned(value: u64, unit: u64) -> bool {
-    unit != 0 && value % unit == 0
+    matches!(value.checked_rem(unit), Some(0))
 }
 
 #[cfg(test)]

@@ -185,11 +185,11 @@ pub mod mutable_sectors {
 }
 const_assert_eq!(
     mutable_sectors::SHUTDOWN_AND_EPOCH,
-    (offset_of!(RawHeader, stable_journal_epoch) + 7) / 512
+    offset_of!(RawHeader, stable_journal_epoch).saturating_add(7) / 512
 );
 const_assert_eq!(
     mutable_sectors::RELOCATION_AND_PREFETCH,
-    (offset_of!(RawHeader, base_img_fully_prefetched) + 3) / 512
+    offset_of!(RawHeader, base_img_fully_prefetched).saturating_add(3) / 512
 );
 
 impl RawHeader {
@@ -218,7 +218,10 @@ impl RawHeader {
 
 /// Reads a NUL-terminated name field. Returns `None` when the field has no NUL (invalid).
 pub fn name_field(field: &[u8]) -> Option<&[u8]> {
-    field.iter().position(|&b| b == 0).map(|end| &field[..end])
+    field
+        .iter()
+        .position(|&b| b == 0)
+        .and_then(|end| field.get(..end))
 }
 
 /// Stores `value` into a name field, NUL-padded. Returns `false` (and leaves the field
@@ -228,6 +231,11 @@ pub fn set_name_field(field: &mut [u8], value: &[u8]) -> bool {
         return false;
     }
     field.fill(0);
-    field[..value.len()].copy_from_slice(value);
-    true
+    match field.get_mut(..value.len()) {
+        Some(head) => {
+            head.copy_from_slice(value);
+            true
+        }
+        None => false,
+    }
 }

@@ -205,7 +205,7 @@ impl<'a> VerifiedSector<'a> {
         if header.magic.get() != JOURNAL_MAGIC {
             return Err(SectorError::NoMagic);
         }
-        if CRC32C.checksum(&sector[8..]) != header.crc.get() {
+        if CRC32C.checksum(sector.get(8..).unwrap_or_default()) != header.crc.get() {
             return Err(SectorError::BadChecksum);
         }
         if header.epoch.get() != epoch {
@@ -225,7 +225,7 @@ impl<'a> VerifiedSector<'a> {
             });
         }
         let verified = VerifiedSector {
-            records: &rest[..used],
+            records: rest.get(..used).ok_or(SectorError::WrongLength)?,
             count: header.records.get(),
         };
         // Walk once so that iteration afterwards cannot fail.
@@ -233,7 +233,7 @@ impl<'a> VerifiedSector<'a> {
         let mut at = 0;
         while at < verified.records.len() {
             let (_, next) = parse_record(verified.records, at).ok_or(SectorError::BadRecord {
-                at: at + size_of::<SectorHeader>(),
+                at: at.saturating_add(size_of::<SectorHeader>()),
             })?;
             at = next;
             seen = seen.wrapping_add(1);
@@ -273,7 +273,8 @@ fn parse_record(area: &[u8], at: usize) -> Option<(Record<'_>, usize)> {
                     byte_offset: h.byte_offset.get(),
                     bytes,
                 },
-                at + size_of::<BitmapRecordHeader>() + len,
+                at.checked_add(size_of::<BitmapRecordHeader>())?
+                    .checked_add(len)?,
             ))
         }
         RECORD_TABLE => {
@@ -288,7 +289,8 @@ fn parse_record(area: &[u8], at: usize) -> Option<(Record<'_>, usize)> {
                     first_entry: h.first_entry.get(),
                     entries,
                 },
-                at + size_of::<TableRecordHeader>() + len,
+                at.checked_add(size_of::<TableRecordHeader>())?
+                    .checked_add(len)?,
             ))
         }
         _ => None,
@@ -318,7 +320,7 @@ impl<'a> SectorBuilder<'a> {
 
     /// Free bytes left in the record area.
     pub fn free(&self) -> usize {
-        RECORD_AREA - self.used
+        RECORD_AREA.saturating_sub(self.used)
     }
 
     /// True when no record has been added.
@@ -326,8 +328,30 @@ impl<'a> SectorBuilder<'a> {
         self.records == 0
     }
 
-    fn area(&mut self) -> &mut [u8] {
-        &mut self.sector[size_of::<SectorHeader>() + self.used..]
+    /// Appends one record (`header` then `body`) to the record area; false when it does
+    /// not fit (the sector is left as it was).
+    fn append(&mut self, header: &[u8], body: &[u8]) -> bool {
+        let Some(start) = size_of::<SectorHeader>().checked_add(self.used) else {
+            return false;
+        };
+        let Some(len) = header.len().checked_add(body.len()) else {
+            return false;
+        };
+        let Some(records) = self.records.checked_add(1) else {
+            return false;
+        };
+        let Some(slot) = start
+            .checked_add(len)
+            .and_then(|end| self.sector.get_mut(start..end))
+        else {
+            return false;
+        };
+        let (head, tail) = slot.split_at_mut(header.len());
+        head.copy_from_slice(header);
+        tail.copy_from_slice(body);
+        self.used = self.used.saturating_add(len);
+        self.records = records;
+        true
     }
 
     /// Appends as many of `bytes` (bitmap bytes starting at `byte_offset`) as fit; returns
@@ -335,21 +359,23 @@ impl<'a> SectorBuilder<'a> {
     pub fn push_bitmap(&mut self, byte_offset: u64, bytes: &[u8]) -> usize {
         let room = self.free().saturating_sub(size_of::<BitmapRecordHeader>());
         let take = bytes.len().min(room).min(usize::from(u16::MAX));
+        let (Ok(len), Some(body)) = (u16::try_from(take), bytes.get(..take)) else {
+            return 0;
+        };
         if take == 0 {
             return 0;
         }
         let header = BitmapRecordHeader {
             kind: RECORD_BITMAP,
             reserved: 0,
-            len: U16::new(take as u16),
+            len: U16::new(len),
             byte_offset: U64::new(byte_offset),
         };
-        let area = self.area();
-        area[..size_of::<BitmapRecordHeader>()].copy_from_slice(header.as_bytes());
-        area[size_of::<BitmapRecordHeader>()..][..take].copy_from_slice(&bytes[..take]);
-        self.used += size_of::<BitmapRecordHeader>() + take;
-        self.records += 1;
-        take
+        if self.append(header.as_bytes(), body) {
+            take
+        } else {
+            0
+        }
     }
 
     /// Appends as many whole entries of `entries` (little-endian u32s for table indices
@@ -357,21 +383,24 @@ impl<'a> SectorBuilder<'a> {
     pub fn push_table(&mut self, first_entry: u32, entries: &[u8]) -> usize {
         let room = self.free().saturating_sub(size_of::<TableRecordHeader>()) / 4;
         let take = (entries.len() / 4).min(room);
+        let body = take.checked_mul(4).and_then(|len| entries.get(..len));
+        let (Ok(count), Some(body)) = (u16::try_from(take), body) else {
+            return 0;
+        };
         if take == 0 {
             return 0;
         }
         let header = TableRecordHeader {
             kind: RECORD_TABLE,
             reserved: 0,
-            count: U16::new(take as u16),
+            count: U16::new(count),
             first_entry: U32::new(first_entry),
         };
-        let area = self.area();
-        area[..size_of::<TableRecordHeader>()].copy_from_slice(header.as_bytes());
-        area[size_of::<TableRecordHeader>()..][..take * 4].copy_from_slice(&entries[..take * 4]);
-        self.used += size_of::<TableRecordHeader>() + take * 4;
-        self.records += 1;
-        take
+        if self.append(header.as_bytes(), body) {
+            take
+        } else {
+            0
+        }
     }
 
     /// Seals the sector for position `sequence` of epoch `epoch`.
@@ -381,13 +410,18 @@ impl<'a> SectorBuilder<'a> {
             crc: U32::new(0),
             epoch: U64::new(epoch),
             sequence: U64::new(sequence),
-            used: U16::new(self.used as u16),
+            // At most RECORD_AREA (480) bytes are ever used.
+            used: U16::new(u16::try_from(self.used).unwrap_or(u16::MAX)),
             records: U16::new(self.records),
             reserved: U32::new(0),
         };
-        self.sector[..size_of::<SectorHeader>()].copy_from_slice(header.as_bytes());
-        let crc = CRC32C.checksum(&self.sector[8..]);
-        self.sector[4..8].copy_from_slice(&crc.to_le_bytes());
+        if let Some(head) = self.sector.get_mut(..size_of::<SectorHeader>()) {
+            head.copy_from_slice(header.as_bytes());
+        }
+        let crc = CRC32C.checksum(self.sector.get(8..).unwrap_or_default());
+        if let Some(field) = self.sector.get_mut(4..8) {
+            field.copy_from_slice(&crc.to_le_bytes());
+        }
     }
 }
 

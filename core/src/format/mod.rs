@@ -2,6 +2,20 @@
 //! [`ImageLayout`] ([`validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]) and
 //! the journal ([`journal`]). Types only: no I/O, no allocation.
 
+// Every number here may come from an untrusted file: arithmetic is checked, casts are
+// fallible and slices are taken with `get`, so nothing can wrap, truncate or panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 pub mod bitmap;
 pub mod error;
 pub mod header;

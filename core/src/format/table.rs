@@ -35,9 +35,7 @@ impl TableEntry {
     pub fn read(table_bytes: &[u8], index: usize) -> Option<Self> {
         let at = index.checked_mul(4)?;
         let raw = table_bytes.get(at..at.checked_add(4)?)?;
-        Some(Self::decode(u32::from_le_bytes([
-            raw[0], raw[1], raw[2], raw[3],
-        ])))
+        Some(Self::decode(u32::from_le_bytes(raw.try_into().ok()?)))
     }
 
     /// The raw on-disk value.

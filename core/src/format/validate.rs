@@ -45,9 +45,10 @@ pub struct Region {
 }
 
 impl Region {
-    /// One past the last byte (never overflows for a validated region).
+    /// One past the last byte (never overflows for a validated region; saturates for
+    /// one built by hand).
     pub const fn end(&self) -> u64 {
-        self.offset + self.len
+        self.offset.saturating_add(self.len)
     }
 }
 
@@ -280,7 +281,11 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
         .enumerate()
         .find(|(_, b)| **b != 0)
     {
-        let bit = byte as u32 * 8 + value.trailing_zeros();
+        // The array has 4096 bytes: the bit index fits a u32.
+        let bit = u32::try_from(byte)
+            .unwrap_or(u32::MAX / 8)
+            .saturating_mul(8)
+            .saturating_add(value.trailing_zeros());
         return Err(HeaderError::UnknownIncompatibleFeature { bit });
     }
 
@@ -425,7 +430,7 @@ pub fn validate(raw: &RawHeader, file_len: u64) -> Result<ImageLayout, HeaderErr
                 file_len,
             });
         }
-        for (kind_b, b) in &regions[i + 1..] {
+        for (kind_b, b) in regions.iter().skip(i.saturating_add(1)) {
             if let Some(b) = b {
                 if a.offset < b.end() && b.offset < a.end() {
                     return Err(HeaderError::RegionOverlap {

@@ -13,6 +13,10 @@ use crate::units::{checked_round_up, SECTOR_SIZE};
 use core::fmt;
 use zerocopy::little_endian::{U32, U64};
 
+/// Where `qemu-img create` puts the backing name: right after the 64-byte header.
+const NAME_OFFSET: u32 = 64;
+const _: () = assert!(NAME_OFFSET as usize == QED_HEADER_LEN);
+
 /// The backing file an image is created over.
 #[derive(Clone, Copy, Debug)]
 pub struct QedBacking<'a> {
@@ -145,7 +149,7 @@ impl QedPlan<'_> {
 
     /// Bytes of the header area that are not zero padding: header plus name.
     pub const fn header_used_len(&self) -> usize {
-        QED_HEADER_LEN + self.backing_name.len()
+        QED_HEADER_LEN.saturating_add(self.backing_name.len())
     }
 
     /// Writes the start of the header area into `out`: the header, the backing name, then
@@ -184,7 +188,7 @@ pub fn plan<'a>(options: &QedCreateOptions<'a>) -> Result<QedPlan<'a>, QedCreate
         return Err(QedCreateError::BadTableSize { size: table_size });
     }
     // Bounded above: 64 MiB × 16 clusters.
-    let table_len = cluster_size * table_size;
+    let table_len = cluster_size.saturating_mul(table_size);
     let max = table::max_image_size(cluster_size, table_size);
     let size = checked_round_up(options.size, SECTOR_SIZE)
         .filter(|size| max.is_none_or(|max| *size <= max))
@@ -196,8 +200,13 @@ pub fn plan<'a>(options: &QedCreateOptions<'a>) -> Result<QedPlan<'a>, QedCreate
     let mut header = QedHeader::zeroed();
     header.magic = U32::new(QED_MAGIC);
     // The range checks above make these conversions lossless.
-    header.cluster_size = U32::new(cluster_size as u32);
-    header.table_size = U32::new(table_size as u32);
+    let (Ok(cluster_size32), Ok(table_size32)) =
+        (u32::try_from(cluster_size), u32::try_from(table_size))
+    else {
+        return Err(QedCreateError::BadClusterSize { size: cluster_size });
+    };
+    header.cluster_size = U32::new(cluster_size32);
+    header.table_size = U32::new(table_size32);
     header.header_size = U32::new(1);
     header.l1_table_offset = U64::new(cluster_size);
     header.image_size = U64::new(size);
@@ -211,18 +220,21 @@ pub fn plan<'a>(options: &QedCreateOptions<'a>) -> Result<QedPlan<'a>, QedCreate
         if name.contains(&0) {
             return Err(QedCreateError::BackingNameHasNul);
         }
-        let max_name = (cluster_size - QED_HEADER_LEN as u64).min(u64::from(MAX_BACKING_NAME_LEN));
+        let max_name = cluster_size
+            .saturating_sub(QED_HEADER_LEN as u64)
+            .min(u64::from(MAX_BACKING_NAME_LEN));
         let len = name.len() as u64;
-        if len > max_name {
+        let stored_len = u32::try_from(len).ok().filter(|_| len <= max_name);
+        let Some(stored_len) = stored_len else {
             return Err(QedCreateError::BackingNameTooLong { len, max: max_name });
-        }
+        };
         let mut bits = features::BACKING_FILE;
         if backing.format == b"raw" {
             bits |= features::BACKING_FORMAT_NO_PROBE;
         }
         header.features = U64::new(bits);
-        header.backing_filename_offset = U32::new(QED_HEADER_LEN as u32);
-        header.backing_filename_size = U32::new(len as u32);
+        header.backing_filename_offset = U32::new(NAME_OFFSET);
+        header.backing_filename_size = U32::new(stored_len);
         backing_name = name;
     }
 
@@ -234,6 +246,6 @@ pub fn plan<'a>(options: &QedCreateOptions<'a>) -> Result<QedPlan<'a>, QedCreate
             offset: cluster_size,
             len: table_len,
         },
-        file_len: cluster_size + table_len,
+        file_len: cluster_size.saturating_add(table_len),
     })
 }

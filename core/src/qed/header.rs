@@ -95,7 +95,7 @@ const_assert_eq!(offset_of!(QedHeader, backing_filename_offset), 56);
 const_assert_eq!(offset_of!(QedHeader, backing_filename_size), 60);
 // The whole header lies in the first sector, so rewriting it (the need-check bit, cleared
 // auto-clear bits) is a single atomic sector write.
-const_assert_eq!((QED_HEADER_LEN - 1) / 512, 0);
+const_assert_eq!(QED_HEADER_LEN.saturating_sub(1) / 512, 0);
 
 impl QedHeader {
     /// A header with every byte zero.

@@ -7,6 +7,20 @@
 //! 64-byte header first), the L1 table, then L2 tables and data clusters appended as they
 //! are allocated. docs/interop/qed_spec in the QEMU tree is the reference.
 
+// Every number here may come from an untrusted file: arithmetic is checked, casts are
+// fallible and slices are taken with `get`, so nothing can wrap, truncate or panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
 pub mod create;
 pub mod error;
 pub mod header;

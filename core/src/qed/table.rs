@@ -11,6 +11,9 @@
 
 /// Bytes per table entry.
 pub const ENTRY_SIZE: u64 = 8;
+/// [`ENTRY_SIZE`] as a slice length.
+const ENTRY_BYTES: usize = 8;
+const _: () = assert!(ENTRY_BYTES as u64 == ENTRY_SIZE);
 /// Entry value of an unallocated L2 table or data cluster.
 pub const UNALLOCATED: u64 = 0;
 /// L2 entry value of a zero cluster.
@@ -90,23 +93,21 @@ impl L2Entry {
 }
 
 const fn is_cluster_aligned(offset: u64, cluster_size: u64) -> bool {
-    cluster_size != 0 && offset % cluster_size == 0
+    matches!(offset.checked_rem(cluster_size), Some(0))
 }
 
 /// Reads raw entry `index` from a slice of table bytes (`None` when out of the slice).
 pub fn read_entry(table_bytes: &[u8], index: u64) -> Option<u64> {
     let at = usize::try_from(index.checked_mul(ENTRY_SIZE)?).ok()?;
-    let raw = table_bytes.get(at..at.checked_add(ENTRY_SIZE as usize)?)?;
-    let mut le = [0u8; 8];
-    le.copy_from_slice(raw);
-    Some(u64::from_le_bytes(le))
+    let raw = table_bytes.get(at..at.checked_add(ENTRY_BYTES)?)?;
+    Some(u64::from_le_bytes(raw.try_into().ok()?))
 }
 
 /// Stores raw entry `index` into a slice of table bytes; `None` (nothing written) when out
 /// of the slice.
 pub fn write_entry(table_bytes: &mut [u8], index: u64, raw: u64) -> Option<()> {
     let at = usize::try_from(index.checked_mul(ENTRY_SIZE)?).ok()?;
-    let end = at.checked_add(ENTRY_SIZE as usize)?;
+    let end = at.checked_add(ENTRY_BYTES)?;
     table_bytes
         .get_mut(at..end)?
         .copy_from_slice(&raw.to_le_bytes());
@@ -148,30 +149,28 @@ pub const fn max_image_size(cluster_size: u64, table_size: u64) -> Option<u64> {
 
 /// Byte offset of `guest_offset` inside its data cluster. `None` for a zero `cluster_size`.
 pub const fn offset_in_cluster(guest_offset: u64, cluster_size: u64) -> Option<u64> {
-    if cluster_size == 0 {
-        None
-    } else {
-        Some(guest_offset % cluster_size)
-    }
+    guest_offset.checked_rem(cluster_size)
 }
 
 /// Index of `guest_offset`'s entry in its L2 table (`entries` per table). `None` for zero
 /// sizes.
 pub const fn l2_index(guest_offset: u64, cluster_size: u64, entries: u64) -> Option<u64> {
-    if cluster_size == 0 || entries == 0 {
-        None
-    } else {
-        Some((guest_offset / cluster_size) % entries)
+    match guest_offset.checked_div(cluster_size) {
+        Some(cluster) => cluster.checked_rem(entries),
+        None => None,
     }
 }
 
 /// Index of `guest_offset`'s entry in the L1 table (`entries` per table). `None` for zero
 /// sizes and for offsets beyond what the L1 table addresses (index `>= entries`).
 pub const fn l1_index(guest_offset: u64, cluster_size: u64, entries: u64) -> Option<u64> {
-    if cluster_size == 0 || entries == 0 {
-        return None;
-    }
-    let index = guest_offset / cluster_size / entries;
+    let index = match guest_offset.checked_div(cluster_size) {
+        Some(cluster) => match cluster.checked_div(entries) {
+            Some(index) => index,
+            None => return None,
+        },
+        None => return None,
+    };
     if index < entries {
         Some(index)
     } else {

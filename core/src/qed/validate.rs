@@ -108,7 +108,7 @@ impl QedLayout {
         is_aligned(offset, self.cluster_size)
             && offset >= self.header_len
             && offset <= file_len
-            && len <= file_len - offset
+            && len <= file_len.saturating_sub(offset)
     }
 
     /// The backing file name, sliced from the first bytes of the file (at least the
@@ -154,12 +154,12 @@ pub fn validate(raw: &QedHeader, file_len: u64) -> Result<QedLayout, QedHeaderEr
     }
     let table_size = u64::from(table_size32);
     // Both factors are at most 2^26 and 2^4: none of these products overflow.
-    let table_len = cluster_size * table_size;
+    let table_len = cluster_size.saturating_mul(table_size);
     let table_entries = table_len / table::ENTRY_SIZE;
 
     let header_clusters = raw.header_size.get();
     // u32 × u32 always fits in u64.
-    let header_len = u64::from(header_clusters) * cluster_size;
+    let header_len = u64::from(header_clusters).saturating_mul(cluster_size);
     if header_clusters == 0 || header_len > u64::from(u32::MAX) {
         return Err(QedHeaderError::BadHeaderSize {
             clusters: header_clusters,
@@ -199,7 +199,7 @@ pub fn validate(raw: &QedHeader, file_len: u64) -> Result<QedLayout, QedHeaderEr
             header_len,
         });
     }
-    if l1_offset > file_len || table_len > file_len - l1_offset {
+    if l1_offset > file_len || table_len > file_len.saturating_sub(l1_offset) {
         return Err(QedHeaderError::L1TableBeyondFile {
             offset: l1_offset,
             len: table_len,
@@ -219,7 +219,7 @@ pub fn validate(raw: &QedHeader, file_len: u64) -> Result<QedLayout, QedHeaderEr
                 max: MAX_BACKING_NAME_LEN,
             });
         }
-        let end = u64::from(name_offset) + u64::from(name_size);
+        let end = u64::from(name_offset).saturating_add(u64::from(name_size));
         if u64::from(name_offset) < QED_HEADER_LEN as u64 || end > header_len {
             return Err(QedHeaderError::BackingNameOutsideHeader {
                 offset: name_offset,
