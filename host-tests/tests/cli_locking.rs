@@ -89,6 +89,31 @@ fn refused_as_in_use(cwd: &Path, args: &[&str], file: &str) -> String {
     line
 }
 
+/// The access modes (`O_RDONLY`, `O_RDWR`, ...) of the descriptors process `pid` has
+/// open on the file at `path`, from /proc/PID/fdinfo.
+fn access_modes(pid: u32, path: &Path) -> Vec<i32> {
+    let target = path.canonicalize().unwrap();
+    let mut modes = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        if fs::read_link(entry.path()).ok().as_deref() != Some(target.as_path()) {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap();
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .map(|octal| i32::from_str_radix(octal.trim(), 8).unwrap())
+            .unwrap();
+        modes.push(flags & libc::O_ACCMODE);
+    }
+    modes
+}
+
 /// Requires the file at `path` to hold exactly `before`.
 fn unchanged(path: &Path, before: &[u8]) {
     let now = fs::read(path).unwrap();
@@ -209,6 +234,8 @@ fn force_share_reads_an_image_another_process_writes() {
     ok(d, &["map", "--force-share", "a.fvd"]);
     ok(d, &["convert", "-U", "-O", "raw", "a.fvd", "copy.raw"]);
     status(d, &["compare", "-U", "-q", "a.fvd", "zero.fvd"], 1);
+    // Measuring a base for a new overlay shares everything too, as in qemu-img create.
+    ok(d, &["create", "-q", "-b", "a.fvd", "-F", "fvd", "over.fvd"]);
     // -U never writes.
     for args in [
         &["io", "-U", "-c", "read 0 4k", "a.fvd"][..],
@@ -228,8 +255,26 @@ fn bases_and_data_files_are_locked_shared_with_their_image() {
     create_fvd(d, &["-b", "base.raw", "-F", "raw", "other.fvd", "1M"]);
     create_fvd(d, &["-o", "data_file=split.data", "split.fvd", "1M"]);
     let base_before = fs::read(d.join("base.raw")).unwrap();
-    let _top = fvd_img_holds(d, &[], "top.fvd");
-    let _split = fvd_img_holds(d, &[], "split.fvd");
+    let top = fvd_img_holds(d, &[], "top.fvd");
+    let split = fvd_img_holds(d, &[], "split.fvd");
+    // What the writers opened: the base read-only, the data file read-write.
+    let base_modes = access_modes(top.child.id(), &d.join("base.raw"));
+    assert!(!base_modes.is_empty());
+    assert!(
+        base_modes.iter().all(|&m| m == libc::O_RDONLY),
+        "{base_modes:?}"
+    );
+    let data_modes = access_modes(split.child.id(), &d.join("split.data"));
+    assert!(data_modes.contains(&libc::O_RDWR), "{data_modes:?}");
+    // What they lock: the base shared (read, refusing writers), the data file as the
+    // image.
+    let observe = |name: &str| others_hold(&fs::File::open(d.join(name)).unwrap()).unwrap();
+    let base_locks = observe("base.raw");
+    assert_eq!(base_locks.perm, Perms::CONSISTENT_READ);
+    assert!(base_locks
+        .refused
+        .contains(Perms::WRITE.union(Perms::RESIZE)));
+    assert!(observe("split.data").perm.contains(Perms::WRITE));
     // Nobody may write a base under a running overlay: neither qemu-io nor fvd-img.
     let run = run_tool(
         "qemu-io",

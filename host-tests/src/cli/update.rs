@@ -1,7 +1,9 @@
 //! `fvd-img update FILE KEY=VAL...`: rewrites header fields in place, like the 2011
 //! `qemu-img update`. Every setting is parsed and applied to a copy of the header first;
 //! the result must pass `fvd_core::format::validate`, and only then is the whole header
-//! written with one positioned write and flushed. Any error leaves the file untouched.
+//! written with one positioned write and flushed. Any error leaves the file untouched. A
+//! `base_img` or `data_file` that is the image itself, or one file named as both, is
+//! refused (by device and inode); the image stays locked for writing throughout.
 
 use super::error::CliError;
 use super::image::{chain_of, has_magic, header_reason, open_host_file_as, read_at_most};
