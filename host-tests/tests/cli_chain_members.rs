@@ -201,3 +201,29 @@ fn rebase_and_create_refuse_a_base_that_is_the_data_file() {
     assert_contains(&line, "is the backing file 'base.raw'");
     assert!(contents(d) == before);
 }
+
+#[test]
+fn chain_members_must_be_distinct_files_for_qed_backing_files() {
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("base.raw"), vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink("base.raw", d.join("link")).unwrap();
+    let run = qemu_img(
+        d,
+        &[
+            "create", "-q", "-f", "qed", "-b", "link", "-F", "raw", "a.qed", "1M",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    // The name stays; the file it leads to becomes the image itself.
+    fs::remove_file(d.join("link")).unwrap();
+    std::os::unix::fs::symlink("a.qed", d.join("link")).unwrap();
+    all_refused(
+        d,
+        &[
+            &["io", "-c", "write 0 512", "a.qed"],
+            &["convert", "-O", "raw", "a.qed", "out.raw"],
+        ],
+        "'link' (the base of 'a.qed') is the same file as 'a.qed' (the image)",
+    );
+}
