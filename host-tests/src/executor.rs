@@ -40,6 +40,7 @@
 use crate::chain::BaseRead;
 use crate::driver::DriverOptions;
 use crate::files::{self, read_full_at, write_zeroes_at, ImageOpenError};
+use crate::lock::{FileLock, Usage};
 use fvd_core::engine::{
     Buffer, Command, CommandId, Engine, Event, FileId, IoError, Op, OpenError, OpenOptions, Reply,
     Request, RequestError, RequestId, Stats, SubmitError, HEADER_AREA, MAX_REQUESTS, PAGE_BYTES,
@@ -554,6 +555,10 @@ struct FvdState {
     engine: Box<Engine<Vec<u8>>>,
     /// A base that is itself an image: served on the calling thread.
     chain: Option<Box<dyn BaseRead>>,
+    /// A raw base, kept open for its lock (the workers read a clone of its file).
+    _raw_base_owner: Option<Box<dyn BaseRead>>,
+    /// The locks on the image and data file.
+    _held: files::Held,
     requests: Vec<Option<ReqSlot>>,
     opened: Option<Result<(), OpenError>>,
     closed: Option<bool>,
@@ -568,6 +573,8 @@ enum Mode {
     Raw {
         len: u64,
         requests: HashMap<u64, ReqSlot>,
+        /// The file's lock, held while it is open.
+        _lock: FileLock,
     },
 }
 
@@ -606,11 +613,14 @@ impl Executor {
             Some(file) => Some(file.try_clone()?),
             None => None,
         };
-        let chain = if raw_base.is_some() {
-            None
+        // A raw base's owner stays open (it holds the base's lock); its reads go to the
+        // pool through the clone.
+        let (chain, raw_base_owner) = if raw_base.is_some() {
+            (None, storage.base)
         } else {
-            storage.base
+            (storage.base, None)
         };
+        let held = storage.held;
         let files = Files {
             image: storage.image,
             data: storage.data,
@@ -635,6 +645,8 @@ impl Executor {
             mode: Mode::Fvd(FvdState {
                 engine,
                 chain,
+                _raw_base_owner: raw_base_owner,
+                _held: held,
                 requests: (0..MAX_REQUESTS).map(|_| None).collect(),
                 opened: None,
                 closed: None,
@@ -671,6 +683,13 @@ impl Executor {
             .read(true)
             .write(options.writable)
             .open(path)?;
+        let usage = if options.writable {
+            Usage::RAW_WRITE
+        } else {
+            Usage::RAW_READ
+        };
+        let lock = FileLock::acquire(&image, path, usage)
+            .map_err(|e| Box::new(ImageOpenError::Gate(e.into())))?;
         let len = image.metadata()?.len();
         let files = Files {
             image,
@@ -681,6 +700,7 @@ impl Executor {
             mode: Mode::Raw {
                 len,
                 requests: HashMap::new(),
+                _lock: lock,
             },
             pool: Pool::start(files, options.workers),
             options,

@@ -1,16 +1,21 @@
 //! Real files behind the engine: [`FileStorage`] performs commands with positioned I/O,
 //! `fdatasync` for flush and `fallocate` for write-zeroes; [`open_image`] opens an FVD or
-//! QED image with its data file (FVD only) and its base chain (relative names resolve
-//! against the directory of the image that names them). The format is told by the magic.
+//! QED image with its data file (FVD only) and its base chain. The image is locked for its
+//! use ([`crate::lock`]); every file a header names is opened through the open gate
+//! ([`crate::gate`]: relative names resolve against the directory of the image that names
+//! them, and every file of the chain must be a different file). The format is told by the
+//! magic.
 
 use crate::chain::BaseRead;
 use crate::driver::{Driver, DriverError, DriverOptions};
+use crate::gate::{self, Access, Chain, GateError, OpenGate, Opened};
+use crate::lock::{FileLock, Usage};
 use crate::storage::{write_zeroes_by_writing, Storage};
 use fvd_core::engine::FileId;
 use fvd_core::format::header::name_field;
 use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::qed::{QedHeaderError, QED_MAGIC};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -84,14 +89,24 @@ pub fn write_zeroes_at(file: &File, offset: u64, len: u64, unmap: bool) -> io::R
 pub struct RawBase {
     file: File,
     len: u64,
+    /// Held while the base is open.
+    _lock: FileLock,
 }
 
 impl RawBase {
-    /// Opens `path` read-only.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
-        Ok(RawBase { file, len })
+    /// Opens `path`, a file the user named, read-only as a base (locked like one).
+    pub fn open(path: &Path) -> Result<Self, GateError> {
+        let opened = gate::open_image_file(&mut Chain::default(), path, false, Usage::READ)?;
+        Ok(Self::over(opened))
+    }
+
+    /// A base over a file the gate has opened.
+    fn over(opened: Opened) -> Self {
+        RawBase {
+            file: opened.file,
+            len: opened.len,
+            _lock: opened.lock,
+        }
     }
 }
 
@@ -109,6 +124,15 @@ impl BaseRead for RawBase {
     }
 }
 
+/// What an open image holds besides its files: their locks, and the files of its chain.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Locks on the image and its data file (a base holds its own).
+    pub locks: Vec<FileLock>,
+    /// Every file of the chain as opened (filled in for the image the user named).
+    pub chain: Chain,
+}
+
 /// The files of one open image.
 pub struct FileStorage {
     /// The image file.
@@ -117,6 +141,8 @@ pub struct FileStorage {
     pub data: Option<File>,
     /// The base image.
     pub base: Option<Box<dyn BaseRead>>,
+    /// The locks and chain of the files above, held while they are open.
+    pub held: Held,
 }
 
 impl FileStorage {
@@ -204,7 +230,7 @@ pub enum ImageOpenError {
         /// Why.
         source: QedHeaderError,
     },
-    /// The base chain is deeper than [`MAX_CHAIN_DEPTH`] (or loops).
+    /// The base chain is deeper than [`MAX_CHAIN_DEPTH`].
     #[error("backing chain of '{0}' is too deep (more than {MAX_CHAIN_DEPTH} images) or loops")]
     ChainTooDeep(PathBuf),
     /// The engine refused the image.
@@ -215,35 +241,21 @@ pub enum ImageOpenError {
         /// Why.
         source: DriverError,
     },
+    /// The open gate refused a file (a file named by a header, the same file twice in a
+    /// chain, a lock held by another process).
+    #[error(transparent)]
+    Gate(#[from] GateError),
 }
 
 /// Resolves a name stored in an image header against the directory of `image`.
 pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
-    let name = Path::new(name);
-    if name.is_absolute() {
-        name.to_path_buf()
-    } else {
-        image.parent().unwrap_or(Path::new(".")).join(name)
-    }
+    gate::resolve(image, name)
 }
 
-/// True when the file at `path` starts with the FVD magic.
-pub fn is_fvd(path: &Path) -> io::Result<bool> {
-    Ok(magic_of(path)? == FVD_MAGIC)
-}
-
-/// True when the file at `path` starts with the FVD or the QED magic: an image the
-/// engine opens, rather than a raw file.
-pub fn is_image(path: &Path) -> io::Result<bool> {
-    let magic = magic_of(path)?;
-    Ok(magic == FVD_MAGIC || magic == QED_MAGIC)
-}
-
-/// The first four bytes of the file at `path` as a little-endian u32 (zeros past its end).
-fn magic_of(path: &Path) -> io::Result<u32> {
-    let file = File::open(path)?;
+/// The first four bytes of `file` as a little-endian u32 (zeros past its end).
+fn magic_of(file: &File) -> io::Result<u32> {
     let mut magic = [0u8; 4];
-    read_full_at(&file, 0, &mut magic)?;
+    read_full_at(file, 0, &mut magic)?;
     Ok(u32::from_le_bytes(magic))
 }
 
@@ -253,9 +265,16 @@ fn name_of(field: &[u8]) -> Option<String> {
         .map(|n| String::from_utf8_lossy(n).into_owned())
 }
 
+/// How one open walks a chain: the caller's gate and the files met so far.
+struct Walk<'a> {
+    gate: &'a OpenGate,
+    chain: Chain,
+}
+
 /// Opens the base named by an FVD image's header. A fully prefetched image never reads its
 /// base, which need not exist any more (FORMAT.md §7): it is not opened.
 fn open_base(
+    walk: &mut Walk<'_>,
     image: &Path,
     header: &RawHeader,
     options: &DriverOptions,
@@ -268,27 +287,34 @@ fn open_base(
         return Ok(None);
     }
     let format = name_field(&header.base_img_fmt).unwrap_or_default();
-    open_base_named(image, &name, format, options, depth).map(Some)
+    open_base_named(walk, image, &name, format, options, depth).map(Some)
 }
 
-/// Opens base `name` of `image` read-only: a raw file, or (by `format` — `fvd`, `qed`,
-/// `raw` — or, when that is empty or unknown, by magic) an FVD or QED image, recursively.
+/// Opens base `name` of `image` read-only through the gate: a raw file, or (by `format` —
+/// `fvd`, `qed`, `raw` — or, when that is empty or unknown, by magic) an FVD or QED image,
+/// recursively.
 fn open_base_named(
+    walk: &mut Walk<'_>,
     image: &Path,
     name: &str,
     format: &[u8],
     options: &DriverOptions,
     depth: usize,
 ) -> Result<Box<dyn BaseRead>, ImageOpenError> {
-    let path = resolve_relative(image, name);
-    let io_err = |source| ImageOpenError::Io {
-        path: path.clone(),
-        source,
-    };
+    if depth >= MAX_CHAIN_DEPTH {
+        return Err(ImageOpenError::ChainTooDeep(image.to_path_buf()));
+    }
+    let opened = gate::open_named(walk.gate, &mut walk.chain, image, name, false, Access::Read)?;
     let engine_image = match format {
         b"fvd" | b"qed" => true,
         b"raw" => false,
-        _ => is_image(&path).map_err(io_err)?,
+        _ => {
+            let magic = magic_of(&opened.file).map_err(|source| ImageOpenError::Io {
+                path: opened.path.clone(),
+                source,
+            })?;
+            magic == FVD_MAGIC || magic == QED_MAGIC
+        }
     };
     if engine_image {
         let base_options = DriverOptions {
@@ -297,125 +323,170 @@ fn open_base_named(
             error_per_mille: 0,
             ..*options
         };
-        let driver = open_image_at_depth(&path, base_options, depth + 1)?;
+        let path = opened.path.clone();
+        let storage = open_files(walk, opened, &base_options, depth + 1)?;
+        let driver = Driver::open(storage, base_options)
+            .map_err(|source| ImageOpenError::Engine { path, source })?;
         Ok(Box::new(driver))
     } else {
-        Ok(Box::new(RawBase::open(&path).map_err(io_err)?))
+        Ok(Box::new(RawBase::over(opened)))
     }
 }
 
-/// The files of the QED image `image` at `path`, whose first bytes are `bytes`: the image
-/// itself and its backing file (raw when the header says so, otherwise probed). A QED
-/// image has no data file.
-fn open_qed_files(
+/// The backing file of the QED image at `path` (raw when the header says so, otherwise
+/// probed), whose first bytes are `bytes`. A QED image has no data file.
+fn open_qed_base(
+    walk: &mut Walk<'_>,
     path: &Path,
-    image: File,
+    image: &File,
     bytes: &[u8],
     file_len: u64,
     options: &DriverOptions,
     depth: usize,
-) -> Result<FileStorage, ImageOpenError> {
+) -> Result<Option<Box<dyn BaseRead>>, ImageOpenError> {
     let (_, layout) =
         fvd_core::qed::parse(bytes, file_len).map_err(|source| ImageOpenError::QedHeader {
             path: path.to_path_buf(),
             source,
         })?;
-    let base = match layout.backing {
-        Some(backing) => {
-            // Validation placed the name inside the header area, inside the file, at most
-            // 4095 bytes after byte 64: read the file up to its end.
-            let end = usize::try_from(backing.name.end()).unwrap_or(usize::MAX);
-            let mut area = vec![0u8; end];
-            read_full_at(&image, 0, &mut area).map_err(|source| ImageOpenError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let name = layout.backing_name(&area).unwrap_or_default();
-            let name = String::from_utf8_lossy(name).into_owned();
-            let format: &[u8] = if backing.raw { b"raw" } else { b"" };
-            Some(open_base_named(path, &name, format, options, depth)?)
-        }
-        None => None,
+    let Some(backing) = layout.backing else {
+        return Ok(None);
     };
-    Ok(FileStorage {
-        image,
-        data: None,
-        base,
-    })
+    // Validation placed the name inside the header area, inside the file, at most 4095
+    // bytes after byte 64: read the file up to its end.
+    let end = usize::try_from(backing.name.end()).unwrap_or(usize::MAX);
+    let mut area = vec![0u8; end];
+    read_full_at(image, 0, &mut area).map_err(|source| ImageOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = layout.backing_name(&area).unwrap_or_default();
+    let name = String::from_utf8_lossy(name).into_owned();
+    let format: &[u8] = if backing.raw { b"raw" } else { b"" };
+    open_base_named(walk, path, &name, format, options, depth).map(Some)
 }
 
-/// Opens the FVD or QED image at `path` with its data file and base chain.
+/// Opens the FVD or QED image at `path` with its data file and base chain, with the
+/// default [`OpenGate`] (no external data file, nothing force-shared).
 pub fn open_image(
     path: &Path,
     options: DriverOptions,
 ) -> Result<Driver<FileStorage>, ImageOpenError> {
-    open_image_at_depth(path, options, 0)
+    open_image_with(path, options, &OpenGate::default())
 }
 
-/// Opens the files of the FVD or QED image at `path` (image, data file, base chain) without
-/// starting an engine on them: for hosts that run the engine themselves.
-pub fn open_storage(path: &Path, options: DriverOptions) -> Result<FileStorage, ImageOpenError> {
-    open_files_at_depth(path, &options, 0)
-}
-
-fn open_image_at_depth(
+/// Opens the FVD or QED image at `path` with its data file and base chain; every file
+/// its headers name goes through `gate`.
+pub fn open_image_with(
     path: &Path,
     options: DriverOptions,
-    depth: usize,
+    gate: &OpenGate,
 ) -> Result<Driver<FileStorage>, ImageOpenError> {
-    let storage = open_files_at_depth(path, &options, depth)?;
+    let storage = open_storage_with(path, options, gate)?;
     Driver::open(storage, options).map_err(|source| ImageOpenError::Engine {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn open_files_at_depth(
+/// Opens the files of the FVD or QED image at `path` (image, data file, base chain) without
+/// starting an engine on them: for hosts that run the engine themselves.
+pub fn open_storage(path: &Path, options: DriverOptions) -> Result<FileStorage, ImageOpenError> {
+    open_storage_with(path, options, &OpenGate::default())
+}
+
+/// [`open_storage`] with every file the headers name going through `gate`.
+pub fn open_storage_with(
     path: &Path,
+    options: DriverOptions,
+    gate: &OpenGate,
+) -> Result<FileStorage, ImageOpenError> {
+    let mut walk = Walk {
+        gate,
+        chain: Chain::default(),
+    };
+    let usage = gate.image_usage(options.writable)?;
+    let image = gate::open_image_file(&mut walk.chain, path, options.writable, usage)?;
+    let mut storage = open_files(&mut walk, image, &options, 0)?;
+    storage.held.chain = walk.chain;
+    Ok(storage)
+}
+
+/// Opens, through `gate`, the FVD or QED image `opened` already is (a base `commit` writes
+/// into, opened with [`gate::open_named`]) with its data file and base chain, `chain`
+/// holding the files it must differ from.
+pub fn open_opened_image(
+    opened: Opened,
+    options: DriverOptions,
+    gate: &OpenGate,
+    chain: Chain,
+) -> Result<Driver<FileStorage>, ImageOpenError> {
+    let path = opened.path.clone();
+    let mut walk = Walk { gate, chain };
+    let mut storage = open_files(&mut walk, opened, &options, 0)?;
+    storage.held.chain = walk.chain;
+    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine { path, source })
+}
+
+/// The files of the image `opened` (at chain depth `depth`): its header says which data
+/// file and base to open.
+fn open_files(
+    walk: &mut Walk<'_>,
+    opened: Opened,
     options: &DriverOptions,
     depth: usize,
 ) -> Result<FileStorage, ImageOpenError> {
-    if depth > MAX_CHAIN_DEPTH {
-        return Err(ImageOpenError::ChainTooDeep(path.to_path_buf()));
-    }
-    let io_err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ImageOpenError::Io { path: p, source }
-    };
-    let image = OpenOptions::new()
-        .read(true)
-        .write(options.writable)
-        .open(path)
-        .map_err(io_err(path))?;
-    let meta = image.metadata().map_err(io_err(path))?;
-    if meta.is_dir() {
-        return Err(ImageOpenError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::IsADirectory),
+    let Opened {
+        file: image,
+        path,
+        len,
+        lock,
+        ..
+    } = opened;
+    let path = path.as_path();
+    let mut bytes = vec![0u8; RAW_HEADER_LEN];
+    read_full_at(&image, 0, &mut bytes).map_err(|source| ImageOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut locks = vec![lock];
+    if fvd_core::qed::probe(&bytes) {
+        let base = open_qed_base(walk, path, &image, &bytes, len, options, depth)?;
+        return Ok(FileStorage {
+            image,
+            data: None,
+            base,
+            held: Held {
+                locks,
+                chain: Chain::default(),
+            },
         });
     }
-    let mut bytes = vec![0u8; RAW_HEADER_LEN];
-    read_full_at(&image, 0, &mut bytes).map_err(io_err(path))?;
-    if fvd_core::qed::probe(&bytes) {
-        return open_qed_files(path, image, &bytes, meta.len(), options, depth);
-    }
-    let (header, _) = parse(&bytes, meta.len()).map_err(|source| ImageOpenError::Header {
+    let (header, _) = parse(&bytes, len).map_err(|source| ImageOpenError::Header {
         path: path.to_path_buf(),
         source,
     })?;
     let data = match name_of(&header.data_file) {
         Some(name) => {
-            let data_path = resolve_relative(path, &name);
-            Some(
-                OpenOptions::new()
-                    .read(true)
-                    .write(options.writable)
-                    .open(&data_path)
-                    .map_err(io_err(&data_path))?,
-            )
+            let access = if options.writable {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            let opened = gate::open_named(walk.gate, &mut walk.chain, path, &name, true, access)?;
+            locks.push(opened.lock);
+            Some(opened.file)
         }
         None => None,
     };
-    let base = open_base(path, header, options, depth)?;
-    Ok(FileStorage { image, data, base })
+    let base = open_base(walk, path, header, options, depth)?;
+    Ok(FileStorage {
+        image,
+        data,
+        base,
+        held: Held {
+            locks,
+            chain: Chain::default(),
+        },
+    })
 }

@@ -5,6 +5,8 @@ pub mod cli;
 pub mod driver;
 pub mod executor;
 pub mod files;
+pub mod gate;
+pub mod lock;
 pub mod memstore;
 pub mod newimage;
 pub mod storage;

@@ -207,7 +207,15 @@ fn commit_writes_the_overlay_into_a_smaller_raw_base_and_grows_it() {
         let top_bytes = fs::read(d.join("top.fvd")).unwrap();
 
         let run = ok(d, &["commit", "top.fvd"]);
-        assert_eq!(run.stdout, "Image committed.\n");
+        // The base file the header chose is named before it is written.
+        let real = fs::canonicalize(d.join("base.raw")).unwrap();
+        assert_eq!(
+            run.stdout,
+            format!(
+                "Committing into base file '{}'\nImage committed.\n",
+                real.display()
+            )
+        );
         assert_eq!(
             fs::read(d.join("base.raw")).unwrap(),
             model,

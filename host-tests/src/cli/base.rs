@@ -3,8 +3,9 @@
 //! bytes) and measuring the guest size it provides.
 
 use super::error::CliError;
-use super::image::{has_magic, header_reason, open_host_file, read_at_most};
+use super::image::{has_magic, header_reason, open_host_file_as, read_at_most};
 use super::qed::qed_header_reason;
+use crate::lock::Usage;
 use fvd_core::format::{parse, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::qed::QED_MAGIC;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,8 @@ pub fn resolve(image: &Path, name: &Path) -> PathBuf {
 pub fn inspect(image: &Path, name: &Path, format: Option<BaseFormat>) -> Result<Base, CliError> {
     let backing = |err| CliError::Backing(Box::new(err));
     let path = resolve(image, name);
-    let host = open_host_file(&path).map_err(backing)?;
+    // Only the size is read: like qemu-img create, sharing everything (-U).
+    let host = open_host_file_as(&path, Usage::FORCE_SHARE).map_err(backing)?;
     let prefix = read_at_most(&host.file, &path, 0, RAW_HEADER_LEN).map_err(backing)?;
     let format = format.unwrap_or(if has_magic(&prefix, FVD_MAGIC) {
         BaseFormat::Fvd

@@ -11,17 +11,24 @@
 //! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
 //! qemu-img compatibility and changes nothing. FILE's guest view is the same afterwards,
 //! since every byte the commit changed in the base is one FILE does not read from it.
+//!
+//! The base is a file FILE's header chose: it is opened through the open gate (a regular
+//! file, neither FILE nor its data file, locked for writing) and, unless `-q`, its real
+//! path is printed before anything is written to it.
 
 use super::base::{self, BaseFormat};
 use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
 use super::error::CliError;
 use super::image::{name_text, open_fvd};
+use super::open_flags::{self, ExternalData, ForceShare};
 use crate::chain::BaseRead;
 use crate::driver::{Driver, DriverOptions};
-use crate::files::{open_image, open_storage, write_zeroes_at, FileStorage};
+use crate::files::{open_opened_image, open_storage_with, write_zeroes_at, FileStorage};
+use crate::gate::{self, Access, Chain, OpenGate, Opened, Role};
+use crate::lock::FileLock;
 use clap::Args;
 use fvd_core::engine::Mapping;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +49,8 @@ pub struct CommitArgs {
     /// Do not empty FILE afterwards (always the case for FVD images)
     #[arg(short = 'd', long = "drop")]
     pub drop: bool,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The image to commit
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -73,7 +82,11 @@ impl BaseRead for Detached {
 
 /// The base being written.
 enum Target {
-    Raw { file: File, path: PathBuf },
+    Raw {
+        file: File,
+        path: PathBuf,
+        _lock: FileLock,
+    },
     Fvd(Box<Driver<FileStorage>>),
 }
 
@@ -84,7 +97,7 @@ fn image_error(err: impl std::fmt::Display) -> CliError {
 impl Target {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => file
+            Target::Raw { file, path, .. } => file
                 .write_all_at(data, offset)
                 .map_err(|e| CliError::io("write", path, e)),
             Target::Fvd(driver) => driver.write(offset, data).map_err(image_error),
@@ -93,7 +106,7 @@ impl Target {
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => write_zeroes_at(file, offset, len, false)
+            Target::Raw { file, path, .. } => write_zeroes_at(file, offset, len, false)
                 .map_err(|e| CliError::io("write", path, e)),
             Target::Fvd(driver) => {
                 let mut at = offset;
@@ -110,7 +123,7 @@ impl Target {
     /// Makes every write durable and closes the base.
     fn finish(self, name: &Path) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => {
+            Target::Raw { file, path, .. } => {
                 file.sync_all().map_err(|e| CliError::io("sync", &path, e))
             }
             Target::Fvd(mut driver) => {
@@ -130,17 +143,30 @@ impl Target {
     }
 }
 
-/// Opens FILE read-only with its data file but without its base (see [`Detached`]).
-fn open_detached(path: &Path, base_len: u64) -> Result<Driver<FileStorage>, CliError> {
+/// Opens FILE read-only with its data file but without its base (see [`Detached`]), its
+/// chain checked through `gate`; also returns the files the base must differ from (FILE
+/// and its data file).
+fn open_detached(
+    path: &Path,
+    base_len: u64,
+    gate: &OpenGate,
+) -> Result<(Driver<FileStorage>, Chain), CliError> {
     let options = DriverOptions {
         writable: false,
         copy_on_read: Some(false),
         ..DriverOptions::default()
     };
-    let mut storage = open_storage(path, options).map_err(open_error)?;
+    let mut storage = open_storage_with(path, options, gate).map_err(open_error)?;
+    let mut own = Chain::default();
+    for member in storage.held.chain.members() {
+        if member.role == Role::Image || member.role == Role::DataFile(path.to_path_buf()) {
+            own.admit(member.clone())?;
+        }
+    }
     storage.base = Some(Box::new(Detached { len: base_len }));
-    Driver::open(storage, options)
-        .map_err(|e| CliError::Image(format!("Could not open '{}': {e}", path.display())))
+    let driver = Driver::open(storage, options)
+        .map_err(|e| CliError::Image(format!("Could not open '{}': {e}", path.display())))?;
+    Ok((driver, own))
 }
 
 /// Copies `len` guest bytes at `offset`, stored at `stored` of FILE's data storage, into
@@ -212,6 +238,12 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         "" => None,
         other => Some(BaseFormat::parse(other)?),
     };
+    let gate = open_flags::gate(ForceShare::default(), args.external);
+    let (mut top, own) = open_detached(path, base_layout.size, &gate)?;
+    // The base, through the gate: a regular file, not FILE nor its data file, and no
+    // other process using it.
+    let mut chain = own;
+    let opened = gate::open_named(&gate, &mut chain, path, &name, false, Access::Write)?;
     let base = base::inspect(path, Path::new(&name), format)?;
     if base.format == BaseFormat::Fvd && size > base.size {
         return Err(CliError::Invalid(format!(
@@ -223,14 +255,16 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         )));
     }
 
-    let mut top = open_detached(path, base_layout.size)?;
+    if !args.quiet {
+        // The header chose this file: say which one is about to change.
+        let real = std::fs::canonicalize(&opened.path).unwrap_or_else(|_| opened.path.clone());
+        writeln!(out, "Committing into base file '{}'", real.display())
+            .map_err(CliError::Output)?;
+        out.flush().map_err(CliError::Output)?;
+    }
     let mut target = match base.format {
         BaseFormat::Raw => {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&base.path)
-                .map_err(|e| CliError::open(&base.path, e))?;
+            let Opened { file, lock, .. } = opened;
             if size > base.size {
                 // qemu-img commit grows a smaller base to the image's size.
                 file.set_len(size)
@@ -239,6 +273,7 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Target::Raw {
                 file,
                 path: base.path.clone(),
+                _lock: lock,
             }
         }
         BaseFormat::Fvd => {
@@ -248,7 +283,7 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 ..DriverOptions::default()
             };
             Target::Fvd(Box::new(
-                open_image(&base.path, options).map_err(open_error)?,
+                open_opened_image(opened, options, &gate, chain).map_err(open_error)?,
             ))
         }
         // base::inspect refuses QED bases.

@@ -7,6 +7,7 @@
 
 use super::disk::{context, is_zero, Disk, DiskFormat, Extent, SECTOR};
 use super::error::CliError;
+use super::open_flags::{self, ExternalData, ForceShare};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub struct CompareArgs {
     /// Print nothing; only the exit status tells
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub share: ForceShare,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The first disk
     #[arg(value_name = "FILE1")]
     pub a: PathBuf,
@@ -63,8 +68,9 @@ fn say(out: &mut dyn Write, quiet: bool, line: &str) -> Result<(), CliError> {
 fn compare(args: &CompareArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let format_a = DiskFormat::given_or_probed(args.format_a.as_deref(), &args.a)?;
     let format_b = DiskFormat::given_or_probed(args.format_b.as_deref(), &args.b)?;
-    let mut a = Disk::open(&args.a, format_a, false)?;
-    let mut b = Disk::open(&args.b, format_b, false)?;
+    let gate = open_flags::gate(args.share, args.external);
+    let mut a = Disk::open_gated(&args.a, format_a, false, None, gate)?;
+    let mut b = Disk::open_gated(&args.b, format_b, false, None, gate)?;
     let (size_a, size_b) = (a.size(), b.size());
     let differ = |out: &mut dyn Write, line: &str| {
         say(out, args.quiet, line)?;

@@ -10,10 +10,12 @@
 use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS, QED_CREATE_OPTIONS};
 use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
 use super::error::CliError;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::options::{help_text, parse_options, ParsedOptions};
 use super::qed::stage_qed;
 use super::writer::{stage_empty, Staged};
 use crate::files::FileStorage;
+use crate::gate::OpenGate;
 use clap::Args;
 use fvd_core::qed::{plan as qed_plan, QedCreateOptions};
 use std::io::Write;
@@ -52,6 +54,10 @@ pub struct ConvertArgs {
     /// Replace DST if it already exists [fvd-img extension]
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub share: ForceShare,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The disk to copy
     #[arg(value_name = "SRC")]
     pub source: Option<PathBuf>,
@@ -142,7 +148,12 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     };
 
     let format = DiskFormat::given_or_probed(args.format.as_deref(), source)?;
-    let mut src = Disk::open(source, format, false)?;
+    // Like qemu-img convert, no other process may write the source meanwhile (unless -U).
+    let gate = OpenGate {
+        no_share: true,
+        ..open_flags::gate(args.share, args.external)
+    };
+    let mut src = Disk::open_gated(source, format, false, None, gate)?;
     check_target(target, args.force)?;
     if same_file(source, target) {
         return Err(CliError::Usage(format!(
@@ -169,6 +180,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 image: clone_file(&staged.image)?,
                 data: staged.data.as_ref().map(clone_file).transpose()?,
                 base: None,
+                held: Default::default(),
             };
             let data_path = staged
                 .data
@@ -186,6 +198,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 image: clone_file(&staged)?,
                 data: None,
                 base: None,
+                held: Default::default(),
             };
             let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
             (Target::File(staged), dst)

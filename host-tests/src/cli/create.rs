@@ -675,6 +675,13 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
                     "The data file and the image must be different files".into(),
                 ));
             }
+            if let Some(base) = base.as_ref().filter(|base| same_file(&path, &base.path)) {
+                return Err(CliError::Usage(format!(
+                    "The data file '{}' is the backing file '{}'; they must be different files",
+                    path.display(),
+                    base.path.display()
+                )));
+            }
             Some(path)
         }
         None => None,

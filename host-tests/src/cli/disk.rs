@@ -5,10 +5,13 @@
 //! base chain the way `qemu-img map` follows a backing chain.
 
 use super::error::{io_reason, CliError};
-use super::image::{has_magic, header_reason, name_text, open_fvd, open_host_file, read_at_most};
-use super::qed::open_qed;
+use super::image::open_host_file_as;
+use super::image::{has_magic, header_reason, name_text, open_fvd_as, read_at_most};
+use super::qed::open_qed_as;
 use crate::driver::{Driver, DriverError, DriverOptions};
-use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
+use crate::files::{open_image_with, resolve_relative, FileStorage, Held, ImageOpenError};
+use crate::gate::OpenGate;
+use crate::lock::Usage;
 use crate::storage::Storage;
 use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
 use fvd_core::engine::{ImageFormat as EngineFormat, Mapping};
@@ -58,7 +61,8 @@ impl DiskFormat {
 
     /// FVD or QED when the file starts with that format's magic, raw otherwise.
     pub fn probe(path: &Path) -> Result<Self, CliError> {
-        let host = open_host_file(path)?;
+        // Only the magic is read; the open that follows takes the locks.
+        let host = open_host_file_as(path, Usage::PROBE)?;
         let magic = read_at_most(&host.file, path, 0, 4)?;
         Ok(if has_magic(&magic, FVD_MAGIC) {
             DiskFormat::Fvd
@@ -218,6 +222,8 @@ pub struct Disk {
     format: DiskFormat,
     size: u64,
     writable: bool,
+    /// How the files of its base (opened on first use) are opened.
+    gate: OpenGate,
     backend: Backend,
 }
 
@@ -244,6 +250,7 @@ pub fn open_error(err: ImageOpenError) -> CliError {
         ImageOpenError::Engine { path, source } => {
             CliError::Image(format!("Could not open '{}': {source}", path.display()))
         }
+        ImageOpenError::Gate(err) => CliError::from(err),
         other => CliError::Image(other.to_string()),
     }
 }
@@ -289,9 +296,21 @@ impl Disk {
         writable: bool,
         copy_on_read: Option<bool>,
     ) -> Result<Disk, CliError> {
+        Self::open_gated(path, format, writable, copy_on_read, OpenGate::default())
+    }
+
+    /// [`Disk::open_with`] with the files the image's headers name (at any depth) opened
+    /// through `gate`, which also says how the files are shared with other processes.
+    pub fn open_gated(
+        path: &Path,
+        format: DiskFormat,
+        writable: bool,
+        copy_on_read: Option<bool>,
+        gate: OpenGate,
+    ) -> Result<Disk, CliError> {
         match format {
             DiskFormat::Raw => {
-                let host = open_host_file(path)?;
+                let host = open_host_file_as(path, gate.raw_usage(writable)?)?;
                 let file = if writable {
                     OpenOptions::new()
                         .read(true)
@@ -306,17 +325,22 @@ impl Disk {
                     format,
                     size: host.len,
                     writable,
+                    gate,
                     backend: Backend::Raw {
                         storage: FileStorage {
                             image: file,
                             data: None,
                             base: None,
+                            held: Held {
+                                locks: vec![host.lock],
+                                ..Held::default()
+                            },
                         },
                     },
                 })
             }
             DiskFormat::Fvd => {
-                let image = open_fvd(path)?;
+                let image = open_fvd_as(path, gate.image_usage(writable)?)?;
                 let data_path = if image.layout.separate_data_file {
                     resolve_relative(path, &name_text(&image.header.data_file))
                 } else {
@@ -337,13 +361,15 @@ impl Disk {
                     copy_on_read,
                     ..DriverOptions::default()
                 };
-                let driver = open_image(path, options).map_err(open_error)?;
-                Ok(Self::from_driver(path, driver, data_path, base, writable))
+                let driver = open_image_with(path, options, &gate).map_err(open_error)?;
+                Ok(Self::from_driver(
+                    path, driver, data_path, base, writable, gate,
+                ))
             }
             DiskFormat::Qed => {
                 // The header tells the size and the backing file; the engine (which probes
                 // the magic itself) does the rest, exactly as for FVD.
-                let image = open_qed(path)?;
+                let image = open_qed_as(path, gate.image_usage(writable)?)?;
                 let size = image.layout.image_size;
                 let base = match image.backing_text() {
                     Some(name) => BaseLink::Closed {
@@ -358,8 +384,9 @@ impl Disk {
                     copy_on_read,
                     ..DriverOptions::default()
                 };
-                let driver = open_image(path, options).map_err(open_error)?;
-                let mut disk = Self::from_driver(path, driver, path.to_path_buf(), base, writable);
+                let driver = open_image_with(path, options, &gate).map_err(open_error)?;
+                let mut disk =
+                    Self::from_driver(path, driver, path.to_path_buf(), base, writable, gate);
                 disk.size = size;
                 Ok(disk)
             }
@@ -372,6 +399,7 @@ impl Disk {
         data_path: PathBuf,
         base: BaseLink,
         writable: bool,
+        gate: OpenGate,
     ) -> Disk {
         let size = driver.engine().virtual_size().unwrap_or(0);
         let format = match driver.engine().format() {
@@ -383,6 +411,7 @@ impl Disk {
             format,
             size,
             writable,
+            gate,
             backend: Backend::Fvd {
                 driver: Box::new(driver),
                 data_path,
@@ -420,6 +449,7 @@ impl Disk {
             data_path,
             BaseLink::None,
             true,
+            OpenGate::default(),
         ))
     }
 
@@ -430,11 +460,13 @@ impl Disk {
             format: DiskFormat::Raw,
             size,
             writable: true,
+            gate: OpenGate::default(),
             backend: Backend::Raw {
                 storage: FileStorage {
                     image: file,
                     data: None,
                     base: None,
+                    held: Held::default(),
                 },
             },
         }
@@ -751,7 +783,7 @@ impl Disk {
                         ..Extent::zeros(offset, length, 0)
                     }),
                     Mapping::Base => {
-                        let mut extent = match Self::base_disk(base)? {
+                        let mut extent = match Self::base_disk(base, self.gate)? {
                             // Past the end of a shorter base: zeros, nothing stored
                             // anywhere, as `qemu-img map` shows them (depth 0, not
                             // present).
@@ -795,13 +827,13 @@ impl Disk {
     }
 
     /// The base disk of an FVD image, opened read-only on first use.
-    fn base_disk(link: &mut BaseLink) -> Result<Option<&mut Disk>, CliError> {
+    fn base_disk(link: &mut BaseLink, gate: OpenGate) -> Result<Option<&mut Disk>, CliError> {
         if let BaseLink::Closed { path, format } = link {
             let format = match format {
                 Some(format) => *format,
                 None => DiskFormat::probe(path)?,
             };
-            let disk = Disk::open(path, format, false)?;
+            let disk = Disk::open_gated(path, format, false, None, gate)?;
             *link = BaseLink::Open(Box::new(disk));
         }
         Ok(match link {

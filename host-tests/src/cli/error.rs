@@ -1,6 +1,8 @@
 //! Why a command failed: one variant per kind of failure, each rendered as the single
 //! line `fvd-img` prints after its `fvd-img: ` prefix (qemu-img's wording where it has one).
 
+use crate::gate::GateError;
+use crate::lock::LockError;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -79,6 +81,10 @@ pub enum CliError {
     /// nothing more (`io` after a failed command, `compare` on a difference).
     #[error("exit status {0}")]
     Exit(u8),
+    /// The open gate refused a file (one an image names, the same file twice in one
+    /// chain, a file another process uses in a conflicting way).
+    #[error("{0}")]
+    Gate(GateError),
     /// A failure that exits with a status other than 1 (`compare` uses 2 for errors).
     #[error("{source}")]
     WithStatus {
@@ -126,6 +132,22 @@ impl CliError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+impl From<GateError> for CliError {
+    fn from(err: GateError) -> Self {
+        match err {
+            // Worded like every other failed open.
+            GateError::Io { path, source } => CliError::Open { path, source },
+            other => CliError::Gate(other),
+        }
+    }
+}
+
+impl From<LockError> for CliError {
+    fn from(err: LockError) -> Self {
+        CliError::Gate(GateError::from(err))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Opening existing files for inspection: refusing what cannot hold an image (directories,
-//! FIFOs, sockets), measuring length and host allocation, reading at offsets, and reading
+//! FIFOs, sockets), locking them for their use, measuring length and host allocation, reading at offsets, and reading
 //! an FVD header and validating it with `fvd_core::format::parse`.
 
 use super::error::CliError;
+use crate::gate::{self, open_no_block, Access, Chain, FileKey, Member, OpenGate, Role};
+use crate::lock::{FileLock, Usage};
 use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -18,10 +20,18 @@ pub struct HostFile {
     pub len: u64,
     /// Bytes the host file system has allocated for it (`st_blocks * 512`).
     pub allocated: u64,
+    /// Its lock ([`crate::lock`]), held while it lives.
+    pub lock: FileLock,
 }
 
-/// Opens `path` read-only if it is a regular file or a block device.
+/// Opens `path` read-only if it is a regular file or a block device, locked as an image
+/// being read ([`Usage::READ`]: another process may read it, not write it).
 pub fn open_host_file(path: &Path) -> Result<HostFile, CliError> {
+    open_host_file_as(path, Usage::READ)
+}
+
+/// [`open_host_file`] with the locks of `usage` ([`Usage::PROBE`]: none).
+pub fn open_host_file_as(path: &Path, usage: Usage) -> Result<HostFile, CliError> {
     let meta = std::fs::metadata(path).map_err(|e| CliError::open(path, e))?;
     let kind = meta.file_type();
     if kind.is_dir() {
@@ -36,7 +46,8 @@ pub fn open_host_file(path: &Path) -> Result<HostFile, CliError> {
             reason: "not a regular file or block device",
         });
     }
-    let mut file = File::open(path).map_err(|e| CliError::open(path, e))?;
+    let mut file = open_no_block(path, false).map_err(|e| CliError::open(path, e))?;
+    let lock = FileLock::acquire(&file, path, usage)?;
     let len = if kind.is_file() {
         meta.len()
     } else {
@@ -47,6 +58,42 @@ pub fn open_host_file(path: &Path) -> Result<HostFile, CliError> {
         file,
         len,
         allocated: meta.blocks().saturating_mul(512),
+        lock,
+    })
+}
+
+/// A chain holding just `file` as the image the user named at `path`: the files its
+/// header names must differ from it.
+pub fn chain_of(file: &File, path: &Path) -> Result<Chain, CliError> {
+    let meta = file.metadata().map_err(|e| CliError::open(path, e))?;
+    let mut chain = Chain::default();
+    chain.admit(Member {
+        key: FileKey::of(&meta),
+        path: path.to_path_buf(),
+        role: Role::Image,
+    })?;
+    Ok(chain)
+}
+
+/// Opens the data file named `name` by the FVD image `image` to measure it (length and
+/// allocation, no guest data) through `gate`: it must be a regular file other than the
+/// image.
+pub fn measure_data_file(
+    image: &FvdImage,
+    name: &str,
+    gate: &OpenGate,
+) -> Result<HostFile, CliError> {
+    let mut chain = chain_of(&image.host.file, &image.path)?;
+    let opened = gate::open_named(gate, &mut chain, &image.path, name, true, Access::Measure)?;
+    let meta = opened
+        .file
+        .metadata()
+        .map_err(|e| CliError::open(&opened.path, e))?;
+    Ok(HostFile {
+        file: opened.file,
+        len: opened.len,
+        allocated: meta.blocks().saturating_mul(512),
+        lock: opened.lock,
     })
 }
 
@@ -113,9 +160,14 @@ pub struct FvdImage {
     pub layout: ImageLayout,
 }
 
-/// Opens `path` and validates its FVD header.
+/// Opens `path` (locked as an image being read) and validates its FVD header.
 pub fn open_fvd(path: &Path) -> Result<FvdImage, CliError> {
-    let host = open_host_file(path)?;
+    open_fvd_as(path, Usage::READ)
+}
+
+/// [`open_fvd`] with the locks of `usage`.
+pub fn open_fvd_as(path: &Path, usage: Usage) -> Result<FvdImage, CliError> {
+    let host = open_host_file_as(path, usage)?;
     let bytes = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
     let (header, layout) = parse(&bytes, host.len).map_err(|err| CliError::NotFvd {
         path: path.to_path_buf(),

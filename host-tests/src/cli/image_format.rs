@@ -3,7 +3,8 @@
 //! Adding a format means adding a variant here and an arm in each subcommand's dispatch.
 
 use super::error::CliError;
-use super::image::{has_magic, open_host_file, read_at_most};
+use super::image::{has_magic, open_host_file_as, read_at_most};
+use crate::lock::Usage;
 use fvd_core::format::FVD_MAGIC;
 use fvd_core::qed::QED_MAGIC;
 use std::path::Path;
@@ -39,7 +40,8 @@ impl ImageFormat {
 
     /// The format whose magic `path` starts with, if any.
     pub fn probe(path: &Path) -> Result<Option<Self>, CliError> {
-        let host = open_host_file(path)?;
+        // Only the magic is read; the open that follows takes the locks.
+        let host = open_host_file_as(path, Usage::PROBE)?;
         let magic = read_at_most(&host.file, path, 0, 4)?;
         Ok(if has_magic(&magic, FVD_MAGIC) {
             Some(ImageFormat::Fvd)

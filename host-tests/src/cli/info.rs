@@ -5,11 +5,13 @@
 
 use super::base::resolve;
 use super::error::CliError;
-use super::image::{name_text, open_fvd, open_host_file, read_exact, FvdImage};
+use super::image::{measure_data_file, name_text, open_fvd_as, read_exact, FvdImage};
 use super::image_format::ImageFormat;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::{write_json, OutputFormat};
-use super::qed::{open_qed, read_table, QedImage};
+use super::qed::{open_qed_as, read_table, QedImage};
 use super::size::human_size;
+use crate::gate::OpenGate;
 use clap::Args;
 use fvd_core::format::table::TableEntry;
 use fvd_core::format::{RawHeader, FVD_MAGIC};
@@ -27,6 +29,8 @@ pub struct InfoArgs {
     /// Output format
     #[arg(long, value_enum, value_name = "FMT", default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub share: ForceShare,
     /// The image to inspect
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -107,9 +111,11 @@ pub struct ImageInfo {
 /// Runs `fvd-img info`.
 pub fn run(args: &InfoArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let format = ImageFormat::given_or_probed(args.format.as_deref(), &args.file)?;
+    let gate = open_flags::gate(args.share, ExternalData::default());
+    let usage = gate.image_usage(false)?;
     let info = match format {
-        ImageFormat::Fvd => gather(&open_fvd(&args.file)?)?,
-        ImageFormat::Qed => gather_qed(&open_qed(&args.file)?)?,
+        ImageFormat::Fvd => gather(&open_fvd_as(&args.file, usage)?, &gate)?,
+        ImageFormat::Qed => gather_qed(&open_qed_as(&args.file, usage)?)?,
     };
     match args.output {
         OutputFormat::Human => out
@@ -267,7 +273,7 @@ fn header_fields(h: &RawHeader) -> Vec<Field> {
 }
 
 /// Reads what `info` reports from an open, validated image (and its data file).
-pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
+pub fn gather(image: &FvdImage, gate: &OpenGate) -> Result<ImageInfo, CliError> {
     let h = &image.header;
     let layout = &image.layout;
     let mut fields = header_fields(h);
@@ -318,7 +324,7 @@ pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
     let storage_len = if layout.separate_data_file {
         let name = name_text(&h.data_file);
         let path = resolve(&image.path, Path::new(&name));
-        let data = open_host_file(&path)?;
+        let data = measure_data_file(image, &name, gate)?;
         fields.push(Field::new(
             "data_file_full_name",
             path.to_string_lossy().into_owned(),

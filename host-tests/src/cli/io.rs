@@ -7,6 +7,7 @@
 
 use super::disk::{Disk, DiskFormat, Pending, SECTOR};
 use super::error::CliError;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::size::parse_size;
 use clap::{Args, ValueEnum};
 use std::collections::VecDeque;
@@ -38,6 +39,7 @@ Commands (qemu-io syntax; OFF and LEN take suffixes k, M, G...; FVD and QED imag
   aio_write [-P PAT | -z] [-q] OFF LEN   queue a write
   aio_flush                              wait for queued requests, then flush
   length                                 print the disk size
+  sleep MS                               wait MS milliseconds (the image stays open and locked)
   help, quit
 Without -c, commands are read from standard input. The exit status is 1 when any command failed.")]
 pub struct IoArgs {
@@ -63,6 +65,10 @@ pub struct IoArgs {
     /// copy_on_read setting
     #[arg(long = "no-cor")]
     pub no_cor: bool,
+    #[command(flatten)]
+    pub share: ForceShare,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// Command to run (repeatable, run in order)
     #[arg(
         short = 'c',
@@ -90,7 +96,9 @@ pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()
         (_, true) => Some(false),
         _ => None,
     };
-    let disk = Disk::open_with(&args.file, format, !args.read_only, copy_on_read)?;
+    args.share.check_read_only(!args.read_only)?;
+    let gate = open_flags::gate(args.share, args.external);
+    let disk = Disk::open_gated(&args.file, format, !args.read_only, copy_on_read, gate)?;
     let mut session = Session {
         disk,
         write_through: args.cache != CacheMode::Writeback,
@@ -365,6 +373,7 @@ impl Session<'_> {
             "aio_read" => self.aio_read(rest),
             "aio_write" => self.aio_write(rest),
             "aio_flush" => self.aio_flush(rest),
+            "sleep" => sleep(rest),
             other => Err(format!("command \"{other}\" not found (try 'help')")),
         };
         match result {
@@ -639,6 +648,18 @@ impl Session<'_> {
     }
 }
 
+/// qemu-io's `sleep MS`: waits with the image open (and locked).
+fn sleep(words: &[&str]) -> Result<(), String> {
+    let [ms] = words else {
+        return Err("sleep: expects one argument, the time in milliseconds".into());
+    };
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| format!("sleep: invalid number of milliseconds '{ms}'"))?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
+}
+
 const HELP: &str = "\
 read [-P PAT] [-v] [-q] OFF LEN -- read LEN bytes at OFF; -P verifies every byte is PAT, -v dumps them, -q prints no report
 write [-P PAT | -z] [-q] OFF LEN -- write LEN bytes of PAT (default 0xcd), or zeros with -z, at OFF
@@ -648,6 +669,7 @@ aio_read [-P PAT] [-v] [-q] OFF LEN -- queue a read; reported when it completes
 aio_write [-P PAT | -z] [-q] OFF LEN -- queue a write; reported when it completes
 aio_flush -- wait for every queued request, then flush
 length -- print the size of the disk
+sleep MS -- wait MS milliseconds with the image open
 help -- this list
 quit -- stop (the remaining commands are not run)
 ";

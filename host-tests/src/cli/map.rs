@@ -8,6 +8,7 @@
 
 use super::disk::{context, Disk, DiskFormat, Extent, ExtentKind};
 use super::error::CliError;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::OutputFormat;
 use super::size::parse_size;
 use clap::Args;
@@ -30,6 +31,10 @@ pub struct MapArgs {
     /// Bytes to map (default: to the end of the disk)
     #[arg(short = 'l', long = "max-length", value_name = "LEN")]
     pub max_length: Option<String>,
+    #[command(flatten)]
+    pub share: ForceShare,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The image to map
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -46,7 +51,8 @@ pub fn run(args: &MapArgs, out: &mut dyn Write) -> Result<(), CliError> {
     };
     let start = size_arg(&args.start_offset, "start offset")?.unwrap_or(0);
     let max_length = size_arg(&args.max_length, "max length")?;
-    let mut disk = Disk::open(&args.file, format, false)?;
+    let gate = open_flags::gate(args.share, args.external);
+    let mut disk = Disk::open_gated(&args.file, format, false, None, gate)?;
     let size = disk.size();
     let start = start.min(size);
     let end = max_length.map_or(size, |len| start.saturating_add(len).min(size));

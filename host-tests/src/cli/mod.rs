@@ -18,6 +18,7 @@ pub mod image_format;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod open_flags;
 pub mod options;
 pub mod output;
 pub mod prefetch;

@@ -3,9 +3,10 @@
 //! image no longer needs its base. Time for the engine comes from a monotonic clock.
 
 use super::error::CliError;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::size::{human_size, parse_size};
 use crate::driver::DriverOptions;
-use crate::files::open_image;
+use crate::files::open_image_with;
 use clap::Args;
 use fvd_core::engine::{PrefetchMode, PrefetchState};
 use std::io::Write;
@@ -24,6 +25,8 @@ pub struct PrefetchArgs {
     /// No progress bar or summary
     #[arg(short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The image
     pub file: PathBuf,
 }
@@ -50,7 +53,9 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         prefetch: PrefetchMode::Now { max_read_kib_s },
         ..DriverOptions::default()
     };
-    let mut driver = open_image(&args.file, options).map_err(|e| CliError::Image(e.to_string()))?;
+    let gate = open_flags::gate(ForceShare::default(), args.external);
+    let mut driver =
+        open_image_with(&args.file, options, &gate).map_err(|e| CliError::Image(e.to_string()))?;
     let progress = driver.engine().prefetch_progress();
     if progress.state == PrefetchState::Off {
         let prefetched = driver

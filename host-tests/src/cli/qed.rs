@@ -3,8 +3,9 @@
 //! whole L1/L2 tables, and staging a new image from a `fvd_core::qed::QedPlan`.
 
 use super::error::CliError;
-use super::image::{open_host_file, read_at_most, read_exact, HostFile};
+use super::image::{open_host_file_as, read_at_most, read_exact, HostFile};
 use super::writer::{stage_empty, Staged};
+use crate::lock::Usage;
 use fvd_core::qed::{parse, QedHeader, QedHeaderError, QedLayout, QedPlan, QED_HEADER_LEN};
 use fvd_core::qed::{table, QED_MAGIC};
 use std::os::unix::fs::FileExt;
@@ -51,9 +52,15 @@ pub fn qed_header_reason(err: &QedHeaderError) -> String {
     }
 }
 
-/// Opens `path` and validates its QED header; reads the backing file name.
+/// Opens `path` (locked as an image being read) and validates its QED header; reads the
+/// backing file name.
 pub fn open_qed(path: &Path) -> Result<QedImage, CliError> {
-    let host = open_host_file(path)?;
+    open_qed_as(path, Usage::READ)
+}
+
+/// [`open_qed`] with the locks of `usage`.
+pub fn open_qed_as(path: &Path, usage: Usage) -> Result<QedImage, CliError> {
+    let host = open_host_file_as(path, usage)?;
     let bytes = read_at_most(&host.file, path, 0, QED_HEADER_LEN)?;
     let (header, layout) = parse(&bytes, host.len).map_err(|err| CliError::NotQed {
         path: path.to_path_buf(),

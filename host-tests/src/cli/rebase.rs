@@ -22,10 +22,14 @@
 use super::base::{self, Base, BaseFormat};
 use super::disk::{open_error, Disk, DiskFormat};
 use super::error::CliError;
+use super::image::open_host_file_as;
 use super::image::{header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::qed::open_qed;
 use crate::driver::{Driver, DriverOptions};
-use crate::files::{open_image, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
+use crate::files::{open_image_with, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
+use crate::gate::OpenGate;
+use crate::lock::Usage;
 use clap::Args;
 use fvd_core::engine::Mapping;
 use fvd_core::format::header::{set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
@@ -61,6 +65,8 @@ pub struct RebaseArgs {
     /// Print nothing (rebase prints nothing anyway)
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The image to rebase
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -274,6 +280,17 @@ fn inspect_new(file: &Path, name: &str, format: Option<BaseFormat>) -> Result<Ba
             file.display()
         )));
     }
+    let image = open_fvd(file)?;
+    if image.layout.separate_data_file {
+        let data = resolve_relative(file, &name_text(&image.header.data_file));
+        if same_file(&base.path, &data) {
+            return Err(CliError::Invalid(format!(
+                "Cannot rebase '{}' onto '{}': that is its own data file",
+                file.display(),
+                data.display()
+            )));
+        }
+    }
     check_no_loop(file, &base)?;
     Ok(base)
 }
@@ -356,13 +373,13 @@ fn copy_differing(
 
 /// Opens FILE read-write without copy-on-read (base reads must not change it behind the
 /// comparison's back).
-fn open_top(path: &Path) -> Result<Driver<FileStorage>, CliError> {
+fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliError> {
     let options = DriverOptions {
         writable: true,
         copy_on_read: Some(false),
         ..DriverOptions::default()
     };
-    open_image(path, options).map_err(open_error)
+    open_image_with(path, options, gate).map_err(open_error)
 }
 
 fn close_top(path: &Path, mut top: Driver<FileStorage>) -> Result<(), CliError> {
@@ -392,6 +409,9 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
             )))
         }
     }
+    // FILE stays locked for writing from the first look at its header to the last write.
+    let _held = open_host_file_as(path, Usage::WRITE)?;
+    let gate = open_flags::gate(ForceShare::default(), args.external);
     let format = args
         .backing_format
         .as_deref()
@@ -432,7 +452,7 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
                     .into(),
             ));
         }
-        let mut top = open_top(path)?;
+        let mut top = open_top(path, &gate)?;
         copy_differing(&mut top, None, old.size, block_size).map_err(|e| {
             super::disk::context(e, format!("Could not rebase '{}'", path.display()))
         })?;
@@ -482,7 +502,7 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
         return Ok(());
     }
 
-    let mut top = open_top(path)?;
+    let mut top = open_top(path, &gate)?;
     let disk_format = match new.format {
         BaseFormat::Fvd => DiskFormat::Fvd,
         BaseFormat::Qed => DiskFormat::Qed,

@@ -1,20 +1,24 @@
 //! `fvd-img update FILE KEY=VAL...`: rewrites header fields in place, like the 2011
 //! `qemu-img update`. Every setting is parsed and applied to a copy of the header first;
 //! the result must pass `fvd_core::format::validate`, and only then is the whole header
-//! written with one positioned write and flushed. Any error leaves the file untouched.
+//! written with one positioned write and flushed. Any error leaves the file untouched. A
+//! `base_img` or `data_file` that is the image itself, or one file named as both, is
+//! refused (by device and inode); the image stays locked for writing throughout.
 
 use super::error::CliError;
-use super::image::{has_magic, header_reason, open_host_file, read_at_most};
+use super::image::{chain_of, has_magic, header_reason, open_host_file_as, read_at_most};
 use super::image_format::ImageFormat;
 use super::size::parse_size;
+use crate::gate::{self, FileKey, Member, Role};
+use crate::lock::Usage;
 use clap::Args;
 use fvd_core::format::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
 use fvd_core::format::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::mem::offset_of;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img update`.
 #[derive(Args, Debug, Clone)]
@@ -283,6 +287,40 @@ fn check_meaning(old: &[u8], new: &[u8]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Refuses a header naming the image itself as its base or data file, or one file as
+/// both (by device and inode: symlinks and hard links count). Names of files that do not
+/// exist (yet) are left to the open that uses them.
+fn check_distinct(path: &Path, image: &File, header: &[u8]) -> Result<(), CliError> {
+    let mut chain = chain_of(image, path)?;
+    for (offset, data) in [
+        (offset_of!(RawHeader, data_file), true),
+        (offset_of!(RawHeader, base_img), false),
+    ] {
+        let Some(name) = name_field(&header[offset..offset + NAME_FIELD_LEN]) else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let name = String::from_utf8_lossy(name);
+        let resolved = gate::resolve(path, &name);
+        let Ok(meta) = std::fs::metadata(&resolved) else {
+            continue;
+        };
+        let role = if data {
+            Role::DataFile(path.to_path_buf())
+        } else {
+            Role::Base(path.to_path_buf())
+        };
+        chain.admit(Member {
+            key: FileKey::of(&meta),
+            path: resolved,
+            role,
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs `fvd-img update`.
 pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(format) = &args.format {
@@ -297,8 +335,9 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     }
     let settings = parse_settings(&args.settings)?;
     let path = args.file.as_path();
-    // Refuses directories and other non-files with the same messages as `info`.
-    let host = open_host_file(path)?;
+    // Refuses directories and other non-files with the same messages as `info`; the
+    // image stays locked for writing until the new header is written.
+    let host = open_host_file_as(path, Usage::WRITE)?;
     let old = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
     if old.len() < RAW_HEADER_LEN || !has_magic(&old, FVD_MAGIC) {
         return Err(CliError::NotFvd {
@@ -315,6 +354,7 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
         new[key.offset..key.offset + bytes.len()].copy_from_slice(bytes);
     }
     check_meaning(&old, &new)?;
+    check_distinct(path, &host.file, &new)?;
     let header = RawHeader::view(&new).ok_or_else(|| CliError::NotFvd {
         path: path.to_path_buf(),
         reason: "header too short".into(),

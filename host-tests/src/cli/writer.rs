@@ -5,6 +5,8 @@
 
 use super::error::CliError;
 use super::image::{header_reason, read_at_most};
+use crate::gate::open_no_block;
+use crate::lock::{FileLock, Usage};
 use fvd_core::format::{parse, RawHeader, RAW_HEADER_LEN};
 use fvd_core::geometry::metadata_len;
 use std::fs::{File, Permissions};
@@ -126,6 +128,18 @@ pub fn stage_empty(target: &Path) -> Result<Staged, CliError> {
     })
 }
 
+/// Locks the existing regular file at `target` for writing, if there is one: fails when
+/// another process uses it.
+fn lock_existing(target: &Path) -> Result<Option<FileLock>, CliError> {
+    match std::fs::metadata(target) {
+        Ok(meta) if meta.is_file() => {
+            let file = open_no_block(target, false).map_err(|e| CliError::open(target, e))?;
+            Ok(Some(FileLock::acquire(&file, target, Usage::WRITE)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Staged {
     /// Where the file will be renamed to.
     pub fn target(&self) -> &Path {
@@ -147,6 +161,13 @@ impl Staged {
     /// temporary file is removed and the target is untouched.
     pub fn commit(self, overwrite: bool) -> Result<(), CliError> {
         let Staged { temp, target } = self;
+        // A file another process uses is not replaced under it (as qemu-img create
+        // refuses to truncate an image in use).
+        let _in_use = if overwrite {
+            lock_existing(&target)?
+        } else {
+            None
+        };
         let result = if overwrite {
             temp.persist(&target)
         } else {

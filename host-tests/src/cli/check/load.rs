@@ -4,7 +4,8 @@
 
 use crate::cli::base::resolve;
 use crate::cli::error::CliError;
-use crate::cli::image::{name_text, open_fvd, open_host_file, read_exact};
+use crate::cli::image::{measure_data_file, name_text, open_fvd_as, read_exact};
+use crate::gate::OpenGate;
 use fvd_core::format::{ImageLayout, RawHeader, Region};
 use std::path::{Path, PathBuf};
 
@@ -69,9 +70,9 @@ fn read_region(
 }
 
 /// Opens the image at `path`, validates its header and reads its metadata and the length
-/// of its data storage.
-pub fn load(path: &Path) -> Result<Loaded, CliError> {
-    let image = open_fvd(path)?;
+/// of its data storage (measured through `gate`).
+pub fn load(path: &Path, gate: &OpenGate) -> Result<Loaded, CliError> {
+    let image = open_fvd_as(path, gate.image_usage(false)?)?;
     let layout = image.layout;
     let file = &image.host.file;
     let table = read_region(file, path, layout.table.map(|t| t.region))?;
@@ -80,7 +81,7 @@ pub fn load(path: &Path) -> Result<Loaded, CliError> {
     let storage = if layout.separate_data_file {
         let name = name_text(&image.header.data_file);
         let data_path = resolve(path, Path::new(&name));
-        let data = open_host_file(&data_path)?;
+        let data = measure_data_file(&image, &name, gate)?;
         let regular = std::fs::metadata(&data_path)
             .map(|m| m.is_file())
             .unwrap_or(false);

@@ -16,8 +16,11 @@ pub mod report;
 pub mod scan;
 
 use super::error::CliError;
+use super::image::{chain_of, name_text};
 use super::image_format::ImageFormat;
+use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::{write_json, OutputFormat};
+use crate::gate::{self, Access};
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,6 +60,10 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, value_enum, value_name = "FMT", default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub share: ForceShare,
+    #[command(flatten)]
+    pub external: ExternalData,
     /// The image to check
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -66,27 +73,44 @@ pub struct CheckArgs {
 /// as [`CliError::Exit`] after the report is written.
 pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
+    args.share.check_read_only(args.repair.is_some())?;
+    let gate = open_flags::gate(args.share, args.external);
     match ImageFormat::given_or_probed(args.format.as_deref(), path)? {
         ImageFormat::Fvd => {}
-        ImageFormat::Qed => return qed::run(path, args.repair, args.output, out),
+        ImageFormat::Qed => {
+            let usage = gate.image_usage(args.repair.is_some())?;
+            return qed::run(path, args.repair, args.output, usage, out);
+        }
     }
-    if args.repair.is_some() {
-        // Refuse before reading anything, so a read-only image is never half-repaired.
-        repair::open_writable(path, "image")?;
-    }
-    let loaded = load::load(path)?;
+    // Refuse before reading anything, so a read-only image is never half-repaired; the
+    // image stays locked for writing until the repair is over.
+    let held = match args.repair {
+        Some(_) => Some(repair::open_writable(path, "image")?),
+        None => None,
+    };
+    let loaded = load::load(path, &gate)?;
     let first = analysis::analyze(&loaded);
     let filename = path.to_string_lossy();
 
     let repaired = match args.repair {
         Some(mode) => {
-            if loaded.storage.separate {
-                repair::open_writable(&loaded.storage.path, "data file")?;
-            }
+            let _data_held = match &held {
+                Some(image) if loaded.storage.separate => {
+                    // Through the gate: a data file outside the image's directory is
+                    // written only with --allow-external-data-file.
+                    let name = name_text(&loaded.header.data_file);
+                    let mut chain = chain_of(image, path)?;
+                    let access = Access::Write;
+                    let data = gate::open_named(&gate, &mut chain, path, &name, true, access)?;
+                    repair::open_writable(&loaded.storage.path, "data file")?;
+                    Some(data)
+                }
+                _ => None,
+            };
             let outcome = repair::repair(&loaded, &first, mode)?;
             drop(loaded);
             // Double-check: the repaired image, read afresh.
-            let last = analysis::analyze(&load::load(path)?);
+            let last = analysis::analyze(&load::load(path, &gate)?);
             Some((outcome, last))
         }
         None => None,

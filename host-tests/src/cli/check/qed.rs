@@ -25,7 +25,8 @@ use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
 use crate::cli::output::{write_json, OutputFormat};
-use crate::cli::qed::{open_qed, read_table, QedImage};
+use crate::cli::qed::{open_qed, open_qed_as, read_table, QedImage};
+use crate::lock::Usage;
 use fvd_core::qed::{features, table, L1Entry, L2Entry, QedLayout};
 use serde_json::{json, Value};
 use std::fmt::{self, Write as _};
@@ -655,13 +656,16 @@ pub fn run(
     path: &Path,
     repair_mode: Option<RepairMode>,
     output: OutputFormat,
+    usage: Usage,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    if repair_mode.is_some() {
-        // Refuse before reading anything, so a read-only image is never half-repaired.
-        open_writable(path, "image")?;
-    }
-    let first = analyze(&open_qed(path)?)?;
+    // Refuse before reading anything, so a read-only image is never half-repaired; the
+    // image stays locked for writing until the repair is over.
+    let _held = match repair_mode {
+        Some(_) => Some(open_writable(path, "image")?),
+        None => None,
+    };
+    let first = analyze(&open_qed_as(path, usage)?)?;
     let repaired = match repair_mode {
         Some(mode) => {
             let outcome = repair(path, &first, mode)?;

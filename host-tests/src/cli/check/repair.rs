@@ -16,6 +16,7 @@ use super::load::{Loaded, Metadata};
 use super::scan::{clear_stray_bits, scan_bitmap, scan_table, unmap, Problem};
 use super::RepairMode;
 use crate::cli::error::CliError;
+use crate::lock::{FileLock, Usage};
 use fvd_core::format::header::mutable_sectors;
 use fvd_core::format::journal::{next_epoch, SectorHeader, JOURNAL_SECTOR_SIZE};
 use fvd_core::format::RawHeader;
@@ -44,9 +45,23 @@ fn is_read_only(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::PermissionDenied || err.raw_os_error() == Some(libc::EROFS)
 }
 
+/// A file opened for repairs, locked for writing while it lives.
+pub struct Writable {
+    file: File,
+    _lock: FileLock,
+}
+
+impl std::ops::Deref for Writable {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
 /// Opens `path` for writing, refusing read-only files (by permission bits too, which root
-/// would otherwise override) with a clear message.
-pub fn open_writable(path: &Path, what: &str) -> Result<File, CliError> {
+/// would otherwise override) with a clear message, and files another process uses.
+pub fn open_writable(path: &Path, what: &str) -> Result<Writable, CliError> {
     let read_only = |reason: String| {
         CliError::Invalid(format!(
             "Cannot repair '{}': the {what} is read-only ({reason})",
@@ -57,7 +72,7 @@ pub fn open_writable(path: &Path, what: &str) -> Result<File, CliError> {
     if meta.permissions().readonly() {
         return Err(read_only("no write permission".into()));
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
@@ -67,7 +82,9 @@ pub fn open_writable(path: &Path, what: &str) -> Result<File, CliError> {
             } else {
                 CliError::open(path, e)
             }
-        })
+        })?;
+    let lock = FileLock::acquire(&file, path, Usage::WRITE)?;
+    Ok(Writable { file, _lock: lock })
 }
 
 fn sync(file: &File, path: &Path) -> Result<(), CliError> {
