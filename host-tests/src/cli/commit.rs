@@ -5,7 +5,9 @@
 //! the base are skipped.
 //!
 //! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
-//! qemu-img grows it) or an FVD image (opened read-write with its own chain and written
+//! qemu-img grows it, with `set_len` so the new part stays a hole: it already reads as
+//! zeros, so zero runs there write nothing, and zero runs inside the old length punch
+//! holes rather than allocate) or an FVD image (opened read-write with its own chain and written
 //! through its engine; it cannot grow, so a FILE larger than it is refused before
 //! anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
 //! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
@@ -73,7 +75,12 @@ impl BaseRead for Detached {
 
 /// The base being written.
 enum Target {
-    Raw { file: File, path: PathBuf },
+    /// A raw base; bytes from `old_len` on were added by growing it and read as zeros.
+    Raw {
+        file: File,
+        path: PathBuf,
+        old_len: u64,
+    },
     Fvd(Box<Driver<FileStorage>>),
 }
 
@@ -84,7 +91,7 @@ fn image_error(err: impl std::fmt::Display) -> CliError {
 impl Target {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => file
+            Target::Raw { file, path, .. } => file
                 .write_all_at(data, offset)
                 .map_err(|e| CliError::io("write", path, e)),
             Target::Fvd(driver) => driver.write(offset, data).map_err(image_error),
@@ -93,8 +100,20 @@ impl Target {
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => write_zeroes_at(file, offset, len, false)
-                .map_err(|e| CliError::io("write", path, e)),
+            Target::Raw {
+                file,
+                path,
+                old_len,
+            } => {
+                // Past the old end the grown file is a hole already; before it, a punched
+                // hole reads as zeros without allocating anything.
+                let end = offset.saturating_add(len).min(*old_len);
+                if end <= offset {
+                    return Ok(());
+                }
+                write_zeroes_at(file, offset, end - offset, true)
+                    .map_err(|e| CliError::io("write", path, e))
+            }
             Target::Fvd(driver) => {
                 let mut at = offset;
                 while at < offset + len {
@@ -110,7 +129,7 @@ impl Target {
     /// Makes every write durable and closes the base.
     fn finish(self, name: &Path) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path } => {
+            Target::Raw { file, path, .. } => {
                 file.sync_all().map_err(|e| CliError::io("sync", &path, e))
             }
             Target::Fvd(mut driver) => {
@@ -239,6 +258,7 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Target::Raw {
                 file,
                 path: base.path.clone(),
+                old_len: base.size,
             }
         }
         BaseFormat::Fvd => {
