@@ -7,12 +7,55 @@
 
 mod common;
 
-use common::{create_fvd, fails, ok, scratch, sparse_file};
+use common::{assert_contains, create_fvd, ok, run_tool, scratch, sparse_file, Run};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 const M: u64 = 1 << 20;
+
+/// Runs `fvd-img ARGS` in `cwd` under `timeout`: a command still running after 60 s is
+/// killed and the test fails, instead of hanging.
+fn bounded(cwd: &Path, args: &[&str]) -> Run {
+    let mut all = vec!["60", env!("CARGO_BIN_EXE_fvd-img")];
+    all.extend_from_slice(args);
+    let run = run_tool("timeout", cwd, &all);
+    assert_ne!(run.code, 124, "fvd-img {args:?} did not end within 60 s");
+    run
+}
+
+/// Like [`bounded`], requiring exit status 1 and returning the stderr lines.
+fn bounded_failure(cwd: &Path, args: &[&str]) -> Vec<String> {
+    let run = bounded(cwd, args);
+    assert_eq!(run.code, 1, "fvd-img {args:?} should fail: {run:#?}");
+    let lines: Vec<String> = run.stderr.lines().map(str::to_string).collect();
+    assert!(!lines.is_empty(), "fvd-img {args:?}: no message: {run:#?}");
+    for line in &lines {
+        assert!(line.starts_with("fvd-img: "), "{run:#?}");
+    }
+    lines
+}
+
+/// Sets header field `offset` (a u64) of the FVD image at `path` to `value`.
+fn poke_u64(path: &Path, offset: u64, value: u64) {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&value.to_le_bytes(), offset).unwrap();
+}
+
+/// `data_offset`'s place in the FVD header (FORMAT.md §3).
+const DATA_OFFSET_FIELD: u64 = 24;
+
+/// An image `top.fvd` of 4 MiB over a 1 MiB raw base of pattern data, whose data is
+/// stored at 2^55 bytes into the image file: every write of guest data fails with EFBIG.
+fn image_whose_writes_fail(d: &Path) {
+    sparse_file(&d.join("base.raw"), M);
+    ok(
+        d,
+        &["io", "-f", "raw", "-c", "write -q -P 1 0 1M", "base.raw"],
+    );
+    create_fvd(d, &["-b", "base.raw", "-F", "raw", "top.fvd", "4M"]);
+    poke_u64(&d.join("top.fvd"), DATA_OFFSET_FIELD, 1 << 55);
+}
 
 /// Bytes the file at `path` really occupies on disk (`st_blocks` × 512).
 fn allocated(path: &Path) -> u64 {
@@ -44,4 +87,130 @@ fn commit_into_a_smaller_raw_base_keeps_the_grown_base_sparse() {
     file.read_exact_at(&mut data, 1536 * M + (64 << 10))
         .unwrap();
     assert!(data.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn prefetch_from_a_base_that_cannot_be_read_ends_with_the_os_error() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_file(&d.join("base.raw"), M);
+    create_fvd(d, &["-b", "base.raw", "-F", "raw", "top.fvd", "4M"]);
+    fs::create_dir(d.join("dir")).unwrap();
+    ok(d, &["update", "top.fvd", "base_img=dir"]);
+    let lines = bounded_failure(d, &["prefetch", "top.fvd"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_contains(&lines[0], "prefetch failed: copying blocks");
+    assert_contains(&lines[0], "Is a directory");
+}
+
+#[test]
+fn prefetch_into_storage_that_cannot_flush_ends_with_the_os_error() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_file(&d.join("base.raw"), M);
+    create_fvd(
+        d,
+        &[
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "-o",
+            "data_file=data.raw",
+            "top.fvd",
+            "4M",
+        ],
+    );
+    ok(d, &["update", "top.fvd", "data_file=/dev/zero"]);
+    let lines = bounded_failure(d, &["prefetch", "-q", "top.fvd"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_contains(
+        &lines[0],
+        "prefetch failed: marking the image fully prefetched failed",
+    );
+    assert_contains(&lines[0], "Invalid argument");
+}
+
+#[test]
+fn prefetch_whose_copies_cannot_be_written_ends_with_the_os_error() {
+    let dir = scratch();
+    let d = dir.path();
+    image_whose_writes_fail(d);
+    let lines = bounded_failure(d, &["prefetch", "top.fvd"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_contains(&lines[0], "File too large");
+}
+
+#[test]
+fn io_reports_each_request_that_keeps_failing_and_goes_on() {
+    let dir = scratch();
+    let d = dir.path();
+    image_whose_writes_fail(d);
+    let run = bounded(
+        d,
+        &[
+            "io",
+            "-c",
+            "write 0 64k",
+            "-c",
+            "aio_write 64k 64k",
+            "-c",
+            "aio_write 128k 64k",
+            "-c",
+            "aio_flush",
+            "-c",
+            "read -P 1 0 64k",
+            "top.fvd",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(
+        run.stderr,
+        "fvd-img: write failed: File too large\n\
+         fvd-img: aio_write failed: File too large\n\
+         fvd-img: aio_write failed: File too large\n"
+    );
+    // The read after the failures still runs (and sees the base).
+    assert_contains(&run.stdout, "read 65536/65536 bytes at offset 0");
+
+    fs::create_dir(d.join("dir")).unwrap();
+    ok(d, &["update", "top.fvd", "base_img=dir"]);
+    let run = bounded(
+        d,
+        &[
+            "io",
+            "-c",
+            "read 0 64k",
+            "-c",
+            "aio_read 64k 64k",
+            "-c",
+            "length",
+            "top.fvd",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(
+        run.stderr,
+        "fvd-img: read failed: Is a directory\nfvd-img: aio_read failed: Is a directory\n"
+    );
+    assert_eq!(run.stdout, "4 MiB\n");
+}
+
+#[test]
+fn rebase_whose_writes_keep_failing_ends_with_the_os_error() {
+    let dir = scratch();
+    let d = dir.path();
+    image_whose_writes_fail(d);
+    sparse_file(&d.join("new.raw"), 4 * M);
+    for args in [
+        ["rebase", "-b", "new.raw", "-F", "raw", "top.fvd"].as_slice(),
+        ["rebase", "-b", "", "top.fvd"].as_slice(),
+    ] {
+        let lines = bounded_failure(d, args);
+        assert_eq!(
+            lines,
+            ["fvd-img: Could not rebase 'top.fvd': File too large"],
+            "{args:?}"
+        );
+    }
 }

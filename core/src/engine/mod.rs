@@ -22,7 +22,10 @@ mod types;
 
 pub use any::{Engine, ImageFormat};
 pub use cache::PAGE_BYTES;
-pub use prefetch::{PrefetchMode, PrefetchProgress, PrefetchState};
+pub use prefetch::{
+    PrefetchFailure, PrefetchMode, PrefetchProgress, PrefetchState, MAX_FINISH_ATTEMPTS,
+    MAX_FRUITLESS_PASSES,
+};
 pub use qed::{QedEngine, QUIET_MS};
 pub use types::*;
 

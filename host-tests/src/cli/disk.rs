@@ -665,6 +665,7 @@ impl Disk {
                     match driver.wait(id).map_err(driver_error) {
                         Ok((Ok(_), buffer)) => bytes.extend_from_slice(&buffer),
                         Ok((Err(e), _)) => {
+                            let e = driver.request_error(e);
                             failure.get_or_insert(CliError::Image(e.to_string()));
                         }
                         Err(e) => {

@@ -2,12 +2,12 @@
 //! engine's adaptive prefetch, a progress bar and an optional rate limit; afterwards the
 //! image no longer needs its base. Time for the engine comes from a monotonic clock.
 
-use super::error::CliError;
+use super::error::{io_reason, CliError};
 use super::size::{human_size, parse_size};
-use crate::driver::DriverOptions;
-use crate::files::open_image;
+use crate::driver::{Driver, DriverOptions};
+use crate::files::{open_image, FileStorage};
 use clap::Args;
-use fvd_core::engine::{PrefetchMode, PrefetchState};
+use fvd_core::engine::{PrefetchFailure, PrefetchMode, PrefetchState};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,6 +26,19 @@ pub struct PrefetchArgs {
     pub quiet: bool,
     /// The image
     pub file: PathBuf,
+}
+
+/// The error of a prefetch that gave up: what kept failing and the storage's reason.
+fn gave_up(driver: &mut Driver<FileStorage>, failure: Option<PrefetchFailure>) -> CliError {
+    let reason = match (driver.take_os_error(), failure) {
+        (Some(os), _) => io_reason(&os),
+        (None, Some(failure)) => failure.error().to_string(),
+        (None, None) => "I/O error".to_string(),
+    };
+    match failure {
+        Some(failure) => CliError::Image(format!("prefetch failed: {failure}: {reason}")),
+        None => CliError::Image(format!("prefetch failed: {reason}")),
+    }
 }
 
 /// Runs `fvd-img prefetch`.
@@ -90,10 +103,12 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         bar.set_message(format!("{:?}", progress.state).to_lowercase());
         match progress.state {
             PrefetchState::Done => break,
-            PrefetchState::Off => {
-                return Err(CliError::Image(
-                    "prefetch stopped after an I/O error".to_string(),
-                ));
+            PrefetchState::Failed | PrefetchState::Off => {
+                bar.finish_and_clear();
+                let error = gave_up(&mut driver, progress.failure);
+                // Keep what was copied; the failure is what the user needs to hear about.
+                let _ = driver.close();
+                return Err(error);
             }
             _ => {}
         }
