@@ -119,8 +119,13 @@ impl<S: Storage> Driver<S> {
         let image_len = storage.len(FileId::Image)?.unwrap_or(0);
         let data_len = storage.len(FileId::Data)?;
         let base_available = storage.len(FileId::Base)?.is_some();
-        let memory =
-            vec![0u8; HEADER_AREA + SCRATCH_AREA + options.cache_bytes + options.bounce_bytes];
+        // Sized from the image's first bytes, so large blocks get room for a fill; when
+        // they cannot be read, the engine's own first read reports why.
+        let mut first = vec![0u8; SIZING_LEN];
+        if storage.read_at(FileId::Image, 0, &mut first).is_err() {
+            first.clear();
+        }
+        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
         let engine = Engine::open(
             memory,
             OpenOptions {

@@ -214,3 +214,49 @@ fn rebase_whose_writes_keep_failing_ends_with_the_os_error() {
         );
     }
 }
+
+#[test]
+fn every_block_size_create_accepts_opens_over_a_base() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_file(&d.join("base.raw"), 16 * M);
+    ok(
+        d,
+        &["io", "-f", "raw", "-c", "write -q -P 7 0 16M", "base.raw"],
+    );
+    for block in ["4M", "8M", "16M", "64M"] {
+        let image = format!("top-{block}.fvd");
+        let option = format!("block_size={block}");
+        create_fvd(
+            d,
+            &["-b", "base.raw", "-F", "raw", "-o", &option, &image, "128M"],
+        );
+        // Copy-on-read fills whole blocks through engine memory sized for them.
+        ok(
+            d,
+            &[
+                "io",
+                "--cor",
+                "-c",
+                "read -q -P 7 0 64k",
+                "-c",
+                "write -q -P 3 15M 512",
+                &image,
+            ],
+        );
+        ok(d, &["prefetch", "-q", &image]);
+        ok(
+            d,
+            &[
+                "io",
+                "-r",
+                "-c",
+                "read -q -P 7 0 15M",
+                "-c",
+                "read -q -P 3 15M 512",
+                &image,
+            ],
+        );
+        ok(d, &["check", &image]);
+    }
+}

@@ -17,6 +17,7 @@ mod open;
 mod prefetch;
 pub mod qed;
 mod requests;
+mod sizing;
 mod slots;
 mod types;
 
@@ -27,6 +28,7 @@ pub use prefetch::{
     MAX_FRUITLESS_PASSES,
 };
 pub use qed::{QedEngine, QUIET_MS};
+pub use sizing::{memory_needed, SIZING_LEN};
 pub use types::*;
 
 use crate::format::ImageLayout;
