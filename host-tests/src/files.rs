@@ -10,8 +10,10 @@ use fvd_core::engine::FileId;
 use fvd_core::format::header::name_field;
 use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::qed::{QedHeaderError, QED_MAGIC};
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -217,9 +219,10 @@ pub enum ImageOpenError {
     },
 }
 
-/// Resolves a name stored in an image header against the directory of `image`.
-pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
-    let name = Path::new(name);
+/// Resolves a name stored in an image header (bytes, not necessarily UTF-8) against the
+/// directory of `image`.
+pub fn resolve_relative(image: &Path, name: impl AsRef<OsStr>) -> PathBuf {
+    let name = Path::new(name.as_ref());
     if name.is_absolute() {
         name.to_path_buf()
     } else {
@@ -247,10 +250,11 @@ fn magic_of(path: &Path) -> io::Result<u32> {
     Ok(u32::from_le_bytes(magic))
 }
 
-fn name_of(field: &[u8]) -> Option<String> {
+/// The file a header name field names, byte for byte (`None` when empty).
+fn name_of(field: &[u8]) -> Option<&Path> {
     name_field(field)
         .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .map(|n| Path::new(OsStr::from_bytes(n)))
 }
 
 /// Opens the base named by an FVD image's header. A fully prefetched image never reads its
@@ -268,14 +272,14 @@ fn open_base(
         return Ok(None);
     }
     let format = name_field(&header.base_img_fmt).unwrap_or_default();
-    open_base_named(image, &name, format, options, depth).map(Some)
+    open_base_named(image, name, format, options, depth).map(Some)
 }
 
 /// Opens base `name` of `image` read-only: a raw file, or (by `format` — `fvd`, `qed`,
 /// `raw` — or, when that is empty or unknown, by magic) an FVD or QED image, recursively.
 fn open_base_named(
     image: &Path,
-    name: &str,
+    name: &Path,
     format: &[u8],
     options: &DriverOptions,
     depth: usize,
@@ -331,9 +335,14 @@ fn open_qed_files(
                 source,
             })?;
             let name = layout.backing_name(&area).unwrap_or_default();
-            let name = String::from_utf8_lossy(name).into_owned();
             let format: &[u8] = if backing.raw { b"raw" } else { b"" };
-            Some(open_base_named(path, &name, format, options, depth)?)
+            Some(open_base_named(
+                path,
+                Path::new(OsStr::from_bytes(name)),
+                format,
+                options,
+                depth,
+            )?)
         }
         None => None,
     };
@@ -405,7 +414,7 @@ fn open_files_at_depth(
     })?;
     let data = match name_of(&header.data_file) {
         Some(name) => {
-            let data_path = resolve_relative(path, &name);
+            let data_path = resolve_relative(path, name);
             Some(
                 OpenOptions::new()
                     .read(true)

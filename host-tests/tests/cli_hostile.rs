@@ -8,7 +8,9 @@
 mod common;
 
 use common::{assert_contains, create_fvd, ok, run_tool, scratch, sparse_file, Run};
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
@@ -259,4 +261,92 @@ fn every_block_size_create_accepts_opens_over_a_base() {
         );
         ok(d, &["check", &image]);
     }
+}
+
+/// Runs `program ARGS` (arguments as raw bytes) in `cwd`.
+fn run_bytes(program: &str, cwd: &Path, args: &[&[u8]]) -> Run {
+    let output = std::process::Command::new(program)
+        .args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn base_names_that_are_not_utf8_are_found_byte_for_byte() {
+    let dir = scratch();
+    let d = dir.path();
+    let fvd_img = env!("CARGO_BIN_EXE_fvd-img");
+    let base: &[u8] = b"base-\xff\xfe.raw";
+    let other: &[u8] = b"other-\xe9.raw";
+    let base_path = d.join(OsStr::from_bytes(base));
+    fs::write(&base_path, vec![9u8; M as usize]).unwrap();
+    sparse_file(&d.join(OsStr::from_bytes(other)), M);
+    for (format, image) in [("fvd", "top.fvd"), ("qed", "top.qed")] {
+        let run = run_bytes(
+            fvd_img,
+            d,
+            &[
+                b"create",
+                b"-q",
+                b"-f",
+                format.as_bytes(),
+                b"-b",
+                base,
+                b"-F",
+                b"raw",
+                image.as_bytes(),
+                b"2M",
+            ],
+        );
+        assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:#?}");
+        // The stored name leads to the base, not to a lossy look-alike.
+        ok(
+            d,
+            &[
+                "io",
+                "-c",
+                "read -q -P 9 0 1M",
+                "-c",
+                "read -q -P 0 1M 1M",
+                image,
+            ],
+        );
+        ok(d, &["map", image]);
+        ok(d, &["info", image]);
+    }
+    // qemu-io finds the same base through the QED header.
+    let run = run_tool(
+        "qemu-io",
+        d,
+        &["-f", "qed", "-c", "read -P 9 0 64k", "top.qed"],
+    );
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(!run.stdout.contains("failed"), "{run:#?}");
+    // A new non-UTF-8 name is stored byte for byte by rebase, and commit writes into it.
+    let run = run_bytes(
+        fvd_img,
+        d,
+        &[b"rebase", b"-u", b"-b", other, b"-F", b"raw", b"top.fvd"],
+    );
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:#?}");
+    ok(
+        d,
+        &[
+            "io",
+            "-c",
+            "write -q -P 4 0 64k",
+            "-c",
+            "read -q -P 0 64k 64k",
+            "top.fvd",
+        ],
+    );
+    ok(d, &["commit", "-q", "top.fvd"]);
+    let committed = fs::read(d.join(OsStr::from_bytes(other))).unwrap();
+    assert!(committed[..64 << 10].iter().all(|&b| b == 4));
 }

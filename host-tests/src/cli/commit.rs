@@ -17,7 +17,7 @@
 use super::base::{self, BaseFormat};
 use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
 use super::error::CliError;
-use super::image::{name_text, open_fvd};
+use super::image::{name_path, name_text, open_fvd};
 use crate::chain::BaseRead;
 use crate::driver::{Driver, DriverOptions};
 use crate::files::{open_image, open_storage, write_zeroes_at, FileStorage};
@@ -224,14 +224,14 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         return Err(no_base());
     };
     let size = image.layout.virtual_size;
-    let name = name_text(&image.header.base_img);
+    let name = name_path(&image.header.base_img);
     let format_name = name_text(&image.header.base_img_fmt);
     drop(image);
     let format = match format_name.as_str() {
         "" => None,
         other => Some(BaseFormat::parse(other)?),
     };
-    let base = base::inspect(path, Path::new(&name), format)?;
+    let base = base::inspect(path, &name, format)?;
     if base.format == BaseFormat::Fvd && size > base.size {
         return Err(CliError::Invalid(format!(
             "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and an FVD base \

@@ -5,7 +5,9 @@
 //! base chain the way `qemu-img map` follows a backing chain.
 
 use super::error::{io_reason, CliError};
-use super::image::{has_magic, header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use super::image::{
+    has_magic, header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most,
+};
 use super::qed::open_qed;
 use crate::driver::{Driver, DriverError, DriverOptions};
 use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
@@ -318,12 +320,12 @@ impl Disk {
             DiskFormat::Fvd => {
                 let image = open_fvd(path)?;
                 let data_path = if image.layout.separate_data_file {
-                    resolve_relative(path, &name_text(&image.header.data_file))
+                    resolve_relative(path, name_path(&image.header.data_file))
                 } else {
                     path.to_path_buf()
                 };
-                let base_name = name_text(&image.header.base_img);
-                let base = if image.layout.base.is_some() && !base_name.is_empty() {
+                let base_name = name_path(&image.header.base_img);
+                let base = if image.layout.base.is_some() && !base_name.as_os_str().is_empty() {
                     BaseLink::Closed {
                         path: resolve_relative(path, &base_name),
                         format: DiskFormat::parse(&name_text(&image.header.base_img_fmt)).ok(),
@@ -345,7 +347,7 @@ impl Disk {
                 // the magic itself) does the rest, exactly as for FVD.
                 let image = open_qed(path)?;
                 let size = image.layout.image_size;
-                let base = match image.backing_text() {
+                let base = match image.backing_path() {
                     Some(name) => BaseLink::Closed {
                         path: resolve_relative(path, &name),
                         format: image.backing_format().map(|_| DiskFormat::Raw),

@@ -4,8 +4,10 @@
 
 use super::error::CliError;
 use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -95,10 +97,22 @@ pub fn header_reason(err: &HeaderError) -> String {
     }
 }
 
-/// Text of a NUL-terminated header name field (lossy for non-UTF-8 bytes).
-pub fn name_text(field: &[u8]) -> String {
+/// The bytes of a NUL-terminated header name field, without the NUL.
+fn name_bytes(field: &[u8]) -> &[u8] {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    &field[..end]
+}
+
+/// Text of a NUL-terminated header name field, for display (lossy for non-UTF-8 bytes:
+/// never use it to find a file).
+pub fn name_text(field: &[u8]) -> String {
+    String::from_utf8_lossy(name_bytes(field)).into_owned()
+}
+
+/// A NUL-terminated header name field as the path it names, byte for byte (names need
+/// not be UTF-8, as on the file system).
+pub fn name_path(field: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(name_bytes(field)))
 }
 
 /// An FVD image whose header passed validation.

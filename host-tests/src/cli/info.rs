@@ -5,7 +5,7 @@
 
 use super::base::resolve;
 use super::error::CliError;
-use super::image::{name_text, open_fvd, open_host_file, read_exact, FvdImage};
+use super::image::{name_path, name_text, open_fvd, open_host_file, read_exact, FvdImage};
 use super::image_format::ImageFormat;
 use super::output::{write_json, OutputFormat};
 use super::qed::{open_qed, read_table, QedImage};
@@ -16,7 +16,7 @@ use fvd_core::format::{RawHeader, FVD_MAGIC};
 use fvd_core::qed::{features as qed_features, L1Entry, L2Entry, QedHeader, QED_MAGIC};
 use serde_json::{json, Map, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `fvd-img info`.
 #[derive(Args, Debug, Clone)]
@@ -316,8 +316,7 @@ pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
     regions.sort_by_key(|region| region.offset);
 
     let storage_len = if layout.separate_data_file {
-        let name = name_text(&h.data_file);
-        let path = resolve(&image.path, Path::new(&name));
+        let path = resolve(&image.path, &name_path(&h.data_file));
         let data = open_host_file(&path)?;
         fields.push(Field::new(
             "data_file_full_name",
@@ -344,7 +343,7 @@ pub fn gather(image: &FvdImage) -> Result<ImageInfo, CliError> {
         let name = name_text(&h.base_img);
         let format = name_text(&h.base_img_fmt);
         BackingInfo {
-            full_name: resolve(&image.path, Path::new(&name))
+            full_name: resolve(&image.path, &name_path(&h.base_img))
                 .to_string_lossy()
                 .into_owned(),
             name,
@@ -468,7 +467,7 @@ pub fn gather_qed(image: &QedImage) -> Result<ImageInfo, CliError> {
         },
     ];
     let backing = image.backing_text().map(|name| BackingInfo {
-        full_name: resolve(&image.path, Path::new(&name))
+        full_name: resolve(&image.path, &image.backing_path().unwrap_or_default())
             .to_string_lossy()
             .into_owned(),
         name,

@@ -4,7 +4,7 @@
 
 use crate::cli::base::resolve;
 use crate::cli::error::CliError;
-use crate::cli::image::{name_text, open_fvd, open_host_file, read_exact};
+use crate::cli::image::{name_path, open_fvd, open_host_file, read_exact};
 use fvd_core::format::{ImageLayout, RawHeader, Region};
 use std::path::{Path, PathBuf};
 
@@ -78,8 +78,7 @@ pub fn load(path: &Path) -> Result<Loaded, CliError> {
     let bitmap = read_region(file, path, layout.base.map(|b| b.bitmap))?;
     let journal = read_region(file, path, layout.journal)?;
     let storage = if layout.separate_data_file {
-        let name = name_text(&image.header.data_file);
-        let data_path = resolve(path, Path::new(&name));
+        let data_path = resolve(path, &name_path(&image.header.data_file));
         let data = open_host_file(&data_path)?;
         let regular = std::fs::metadata(&data_path)
             .map(|m| m.is_file())
