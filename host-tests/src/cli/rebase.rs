@@ -52,7 +52,7 @@ pub struct RebaseArgs {
     pub format: Option<String>,
     /// The new base image ("" for none)
     #[arg(short = 'b', value_name = "NEW")]
-    pub backing: Option<PathBuf>,
+    pub backing: Option<std::ffi::OsString>,
     /// Format of the new base image: raw or fvd (default: probed)
     #[arg(short = 'F', value_name = "NEW_FMT")]
     pub backing_format: Option<String>,
@@ -401,7 +401,7 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
         .map(BaseFormat::parse)
         .transpose()?;
     let name = match (&args.backing, args.unsafe_mode) {
-        (Some(name), _) => name.clone(),
+        (Some(name), _) => PathBuf::from(name),
         (None, false) => {
             return Err(CliError::Usage(
                 "Must specify backing file (-b) or use unsafe mode (-u)".into(),
