@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_contains, create_fvd, ok, run_tool, scratch, sparse_file, Run};
+use common::{assert_contains, create_fvd, fails, ok, run_tool, scratch, sparse_file, Run};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -349,4 +349,120 @@ fn base_names_that_are_not_utf8_are_found_byte_for_byte() {
     ok(d, &["commit", "-q", "top.fvd"]);
     let committed = fs::read(d.join(OsStr::from_bytes(other))).unwrap();
     assert!(committed[..64 << 10].iter().all(|&b| b == 4));
+}
+
+/// Overwrites bytes of the file at `path` at `offset`.
+fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn a_damaged_or_2011_image_is_refused_as_what_it_seems_never_written_as_raw() {
+    let dir = scratch();
+    let d = dir.path();
+    create_fvd(d, &["damaged.fvd", "1M"]);
+    poke(&d.join("damaged.fvd"), 1, b"X");
+    create_fvd(d, &["old.fvd", "1M"]);
+    // The January 2011 driver's magic, as it lies on disk.
+    poke(&d.join("old.fvd"), 0, &[0xA9, 0xF5, 0x43, 0x51]);
+    common::create(d, &["-f", "qed", "damaged.qed", "1M"]);
+    poke(&d.join("damaged.qed"), 0, b"q");
+    let cases = [
+        (
+            "damaged.fvd",
+            "seems to be an FVD image whose magic is damaged",
+        ),
+        (
+            "old.fvd",
+            "seems to be an FVD image of the January 2011 format",
+        ),
+        (
+            "damaged.qed",
+            "seems to be a QED image whose magic is damaged",
+        ),
+    ];
+    for (file, seems) in cases {
+        let before = fs::read(d.join(file)).unwrap();
+        for command in ["io", "map", "convert"] {
+            let args: Vec<&str> = match command {
+                "io" => vec!["io", "-c", "write 0 512", file],
+                "convert" => vec!["convert", "-O", "raw", file, "out.raw"],
+                _ => vec![command, file],
+            };
+            let line = fails(d, &args);
+            assert_contains(&line, seems);
+            assert_contains(&line, "it is not opened as raw data (-f raw forces that)");
+        }
+        assert_eq!(fs::read(d.join(file)).unwrap(), before, "{file} changed");
+        // The header checks say what is wrong with it.
+        let line = fails(d, &["info", file]);
+        assert!(
+            line.contains("magic is") || line.contains("January 2011 format"),
+            "{line}"
+        );
+        // Asked for explicitly, it is raw data like any file.
+        ok(d, &["io", "-f", "raw", "-r", "-c", "read -q 0 512", file]);
+    }
+}
+
+#[test]
+fn a_probed_raw_file_warns_like_qemu_and_guards_its_first_sector() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_file(&d.join("disk.raw"), M);
+    // The warning is QEMU's, word for word; ordinary writes to sector 0 still work.
+    let ours = bounded(d, &["io", "-c", "write -q -P 0x61 0 512", "disk.raw"]);
+    assert_eq!(ours.code, 0, "{ours:#?}");
+    let qemu = run_tool("qemu-io", d, &["-c", "write -q -P 0x61 0 512", "disk.raw"]);
+    assert_eq!(qemu.code, 0, "{qemu:#?}");
+    assert_eq!(ours.stderr, qemu.stderr);
+    assert_contains(&ours.stderr, "probing guessed raw");
+    // Read-only, or with the format given, there is nothing to warn about.
+    ok(d, &["io", "-r", "-c", "read -q -P 0x61 0 512", "disk.raw"]);
+    ok(
+        d,
+        &[
+            "io",
+            "-f",
+            "raw",
+            "-c",
+            "write -q -P 0x61 0 512",
+            "disk.raw",
+        ],
+    );
+
+    // A file one byte short of looking like an FVD header: completing it through a probed
+    // raw open is refused with qemu-io's error, and nothing is written.
+    create_fvd(d, &["model.fvd", "1M"]);
+    let mut header = fs::read(d.join("model.fvd")).unwrap()[..512].to_vec();
+    header[..4].fill(0);
+    header[8] = 0; // create_version 0: not an FVD header yet.
+    let path = d.join("almost.raw");
+    sparse_file(&path, M);
+    poke(&path, 0, &header);
+    let run = bounded(
+        d,
+        &[
+            "io",
+            "-c",
+            "write -P 1 8 1",
+            "-c",
+            "read -q -P 0 8 1",
+            "almost.raw",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(
+        run.stderr
+            .ends_with("fvd-img: write failed: Operation not permitted\n"),
+        "{run:#?}"
+    );
+    assert_eq!(fs::read(&path).unwrap()[..512], header[..]);
+    // With -f raw the caller said what the file is: the write goes through.
+    ok(
+        d,
+        &["io", "-f", "raw", "-c", "write -q -P 1 8 1", "almost.raw"],
+    );
+    assert_eq!(fs::read(&path).unwrap()[8], 1);
 }

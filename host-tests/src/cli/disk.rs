@@ -5,17 +5,14 @@
 //! base chain the way `qemu-img map` follows a backing chain.
 
 use super::error::{io_reason, CliError};
-use super::image::{
-    has_magic, header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most,
-};
+use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
 use super::qed::open_qed;
 use crate::driver::{Driver, DriverError, DriverOptions};
 use crate::files::{open_image, resolve_relative, FileStorage, ImageOpenError};
 use crate::storage::Storage;
 use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
 use fvd_core::engine::{ImageFormat as EngineFormat, Mapping};
-use fvd_core::format::FVD_MAGIC;
-use fvd_core::qed::QED_MAGIC;
+use fvd_core::probe::{probe, Probe, PROBE_LEN};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -58,17 +55,22 @@ impl DiskFormat {
         }
     }
 
-    /// FVD or QED when the file starts with that format's magic, raw otherwise.
+    /// FVD or QED when the file starts with that format's magic, raw when it looks like
+    /// neither. A file that looks like an FVD or QED image it cannot be opened as (a
+    /// damaged magic, the 2011 FVD format) is refused with what it seems to be, so that
+    /// it is never read or written as raw data unless `-f raw` says so.
     pub fn probe(path: &Path) -> Result<Self, CliError> {
         let host = open_host_file(path)?;
-        let magic = read_at_most(&host.file, path, 0, 4)?;
-        Ok(if has_magic(&magic, FVD_MAGIC) {
-            DiskFormat::Fvd
-        } else if has_magic(&magic, QED_MAGIC) {
-            DiskFormat::Qed
-        } else {
-            DiskFormat::Raw
-        })
+        let first = read_at_most(&host.file, path, 0, PROBE_LEN)?;
+        match probe(&first) {
+            Probe::Fvd => Ok(DiskFormat::Fvd),
+            Probe::Qed => Ok(DiskFormat::Qed),
+            Probe::Raw => Ok(DiskFormat::Raw),
+            seems => Err(CliError::Invalid(format!(
+                "'{}' seems to be {seems}; it is not opened as raw data (-f raw forces that)",
+                path.display()
+            ))),
+        }
     }
 
     /// True for the formats whose guest data goes through the engine (sector-granular
@@ -221,6 +223,9 @@ pub struct Disk {
     size: u64,
     writable: bool,
     backend: Backend,
+    /// A raw file whose format was probed: writes that would make its first sector probe
+    /// as an image are refused (see [`Disk::restrict_first_sector`]).
+    restricted: bool,
 }
 
 fn driver_error(err: DriverError) -> CliError {
@@ -315,6 +320,7 @@ impl Disk {
                             base: None,
                         },
                     },
+                    restricted: false,
                 })
             }
             DiskFormat::Fvd => {
@@ -390,6 +396,7 @@ impl Disk {
                 data_path,
                 base: BaseLink::None,
             },
+            restricted: false,
         }
         .with_base(base)
     }
@@ -439,6 +446,38 @@ impl Disk {
                     base: None,
                 },
             },
+            restricted: false,
+        }
+    }
+
+    /// Restricts writes to the first sector of a raw file whose format was probed, as
+    /// QEMU does: a write that would make the file probe as an image (FVD, QED, or a
+    /// look-alike of either) fails with "Operation not permitted". Other formats ignore it.
+    pub fn restrict_first_sector(&mut self) {
+        self.restricted = self.format == DiskFormat::Raw;
+    }
+
+    /// Refuses `data` at `offset` when it would turn the first bytes of a restricted raw
+    /// file into something that probes as an image.
+    fn check_first_sector(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
+        let probe_len = PROBE_LEN as u64;
+        if !self.restricted || offset >= probe_len || data.is_empty() {
+            return Ok(());
+        }
+        let Backend::Raw { storage } = &mut self.backend else {
+            return Ok(());
+        };
+        let mut first = vec![0u8; PROBE_LEN];
+        storage
+            .read_at(FileId::Image, 0, &mut first)
+            .map_err(host_error)?;
+        let at = offset as usize;
+        let n = data.len().min(PROBE_LEN - at);
+        first[at..at + n].copy_from_slice(&data[..n]);
+        if probe(&first).is_raw() {
+            Ok(())
+        } else {
+            Err(host_error(io::Error::from_raw_os_error(libc::EPERM)))
         }
     }
 
@@ -518,6 +557,7 @@ impl Disk {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
+        self.check_first_sector(offset, data)?;
         match &mut self.backend {
             Backend::Raw { storage } => storage
                 .write_at(FileId::Image, offset, data)
@@ -611,6 +651,7 @@ impl Disk {
     pub fn submit_write(&mut self, offset: u64, data: Vec<u8>) -> Result<Pending, CliError> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
+        self.check_first_sector(offset, &data)?;
         match &mut self.backend {
             Backend::Raw { storage } => {
                 let result = storage

@@ -4,6 +4,7 @@
 
 use super::error::CliError;
 use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::probe::{Probe, FVD_2011_MAGIC};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -90,6 +91,9 @@ pub fn has_magic(bytes: &[u8], magic: u32) -> bool {
 /// A header error worded to follow "'FILE' is not an FVD image: ".
 pub fn header_reason(err: &HeaderError) -> String {
     match *err {
+        HeaderError::BadMagic {
+            found: FVD_2011_MAGIC,
+        } => format!("it is {}", Probe::Fvd2011),
         HeaderError::BadMagic { found } => {
             format!("magic is {found:#010x}, expected {FVD_MAGIC:#010x} (\"FVD\\0\")")
         }

@@ -76,6 +76,18 @@ pub struct IoArgs {
     pub file: PathBuf,
 }
 
+/// QEMU's warning for a raw file whose format was probed and which is opened for writing
+/// (word for word, so scripts that look for it find it).
+pub fn probed_raw_warning(path: &std::path::Path) -> String {
+    format!(
+        "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+         Automatically detecting the format is dangerous for raw images, write operations on \
+         block 0 will be restricted.\n         \
+         Specify the 'raw' format explicitly to remove the restrictions.\n",
+        path.display()
+    )
+}
+
 /// qemu-io's default write pattern.
 const DEFAULT_PATTERN: u8 = 0xcd;
 
@@ -90,7 +102,12 @@ pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()
         (_, true) => Some(false),
         _ => None,
     };
-    let disk = Disk::open_with(&args.file, format, !args.read_only, copy_on_read)?;
+    let mut disk = Disk::open_with(&args.file, format, !args.read_only, copy_on_read)?;
+    if args.format.is_none() && format == DiskFormat::Raw && !args.read_only {
+        // QEMU's warning and restriction for a raw file opened for writing by probing.
+        write!(err, "{}", probed_raw_warning(&args.file)).map_err(CliError::Output)?;
+        disk.restrict_first_sector();
+    }
     let mut session = Session {
         disk,
         write_through: args.cache != CacheMode::Writeback,
