@@ -7,9 +7,9 @@
 //! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
 //! qemu-img grows it, with `set_len` so the new part stays a hole: it already reads as
 //! zeros, so zero runs there write nothing, and zero runs inside the old length punch
-//! holes rather than allocate) or an FVD image (opened read-write with its own chain and written
-//! through its engine; it cannot grow, so a FILE larger than it is refused before
-//! anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
+//! holes rather than allocate) or an FVD or QED image (opened read-write with its own
+//! chain and written through the engine; it cannot grow, so a FILE larger than it is
+//! refused before anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
 //! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
 //! qemu-img compatibility and changes nothing. FILE's guest view is the same afterwards,
 //! since every byte the commit changed in the base is one FILE does not read from it.
@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
 Writes the data FILE holds itself into its base image. A raw base smaller than FILE grows \
-to FILE's size; an FVD base cannot grow, so committing a larger FILE into one is refused. \
+to FILE's size; an FVD or QED base cannot grow, so committing a larger FILE into one is \
+refused. \
 FILE is kept unchanged (-d is accepted and changes nothing).")]
 pub struct CommitArgs {
     /// Format of FILE: fvd (default: probed)
@@ -81,7 +82,8 @@ enum Target {
         path: PathBuf,
         old_len: u64,
     },
-    Fvd(Box<Driver<FileStorage>>),
+    /// An FVD or QED base, written through the engine.
+    Image(Box<Driver<FileStorage>>),
 }
 
 fn image_error(err: impl std::fmt::Display) -> CliError {
@@ -94,7 +96,7 @@ impl Target {
             Target::Raw { file, path, .. } => file
                 .write_all_at(data, offset)
                 .map_err(|e| CliError::io("write", path, e)),
-            Target::Fvd(driver) => driver.write(offset, data).map_err(image_error),
+            Target::Image(driver) => driver.write(offset, data).map_err(image_error),
         }
     }
 
@@ -114,7 +116,7 @@ impl Target {
                 write_zeroes_at(file, offset, end - offset, true)
                     .map_err(|e| CliError::io("write", path, e))
             }
-            Target::Fvd(driver) => {
+            Target::Image(driver) => {
                 let mut at = offset;
                 while at < offset + len {
                     let n = (offset + len - at).min(ZERO_PIECE);
@@ -132,7 +134,7 @@ impl Target {
             Target::Raw { file, path, .. } => {
                 file.sync_all().map_err(|e| CliError::io("sync", &path, e))
             }
-            Target::Fvd(mut driver) => {
+            Target::Image(mut driver) => {
                 driver.flush().map_err(image_error)?;
                 let (_, clean) = driver.close().map_err(image_error)?;
                 if clean {
@@ -232,13 +234,14 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         other => Some(BaseFormat::parse(other)?),
     };
     let base = base::inspect(path, &name, format)?;
-    if base.format == BaseFormat::Fvd && size > base.size {
+    if base.format != BaseFormat::Raw && size > base.size {
         return Err(CliError::Invalid(format!(
-            "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and an FVD base \
-             image cannot grow",
+            "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and a base \
+             image in {} format cannot grow",
             path.display(),
             base.path.display(),
-            base.size
+            base.size,
+            base.format.name()
         )));
     }
 
@@ -261,18 +264,16 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 old_len: base.size,
             }
         }
-        BaseFormat::Fvd => {
+        BaseFormat::Fvd | BaseFormat::Qed => {
             let options = DriverOptions {
                 writable: true,
                 copy_on_read: Some(false),
                 ..DriverOptions::default()
             };
-            Target::Fvd(Box::new(
+            Target::Image(Box::new(
                 open_image(&base.path, options).map_err(open_error)?,
             ))
         }
-        // base::inspect refuses QED bases.
-        BaseFormat::Qed => return Err(no_base()),
     };
 
     let what = format!(

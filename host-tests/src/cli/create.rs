@@ -12,6 +12,7 @@ use super::size::parse_size;
 use super::sparse;
 use super::writer::{stage_empty, stage_image, Staged};
 use clap::Args;
+use fvd_core::format::validate::MAX_CHUNK_SIZE;
 use fvd_core::format::RawHeader;
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
 use fvd_core::qed::{plan as qed_plan, QedBacking, QedCreateOptions};
@@ -21,6 +22,10 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// Largest `storage_grow_unit` create accepts: one growth step of a compact image's
+/// storage never needs to exceed the largest chunk.
+pub const MAX_STORAGE_GROW_UNIT: u64 = MAX_CHUNK_SIZE;
 
 /// Arguments of `fvd-img create`.
 #[derive(Args, Debug, Clone)]
@@ -86,7 +91,7 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
     OptionSpec {
         name: "storage_grow_unit",
         kind: OptionKind::Size,
-        help: "Bytes a compact image's storage grows by, at least chunk_size (default 100 MiB)",
+        help: "Bytes a compact image's storage grows by, at least chunk_size, at most 1 GiB (default 100 MiB)",
     },
     OptionSpec {
         name: "journal_size",
@@ -286,6 +291,13 @@ impl FvdRequest {
             .unwrap_or(defaults.compact_image);
         let chunk_size = opts.take_size("chunk_size");
         let storage_grow_unit = opts.take_size("storage_grow_unit");
+        if let Some(unit) = storage_grow_unit.filter(|&u| u > MAX_STORAGE_GROW_UNIT) {
+            return Err(CliError::Usage(format!(
+                "storage_grow_unit {unit} is too large: at most {MAX_STORAGE_GROW_UNIT} \
+                 (1 GiB, the largest chunk_size), since every growth of a compact image's \
+                 storage adds that many bytes"
+            )));
+        }
         if !compact_image {
             for (name, given) in [
                 ("chunk_size", chunk_size.is_some()),

@@ -2,7 +2,9 @@
 //! engine's adaptive prefetch, a progress bar and an optional rate limit; afterwards the
 //! image no longer needs its base. Time for the engine comes from a monotonic clock.
 
+use super::disk::open_error;
 use super::error::{io_reason, CliError};
+use super::image::open_host_file;
 use super::size::{human_size, parse_size};
 use crate::driver::{Driver, DriverOptions};
 use crate::files::{open_image, FileStorage};
@@ -63,7 +65,10 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         prefetch: PrefetchMode::Now { max_read_kib_s },
         ..DriverOptions::default()
     };
-    let mut driver = open_image(&args.file, options).map_err(|e| CliError::Image(e.to_string()))?;
+    // A FIFO, directory or socket gets the same message as `info` ("not a regular file
+    // or block device") rather than the OS error of a seek on it.
+    open_host_file(&args.file)?;
+    let mut driver = open_image(&args.file, options).map_err(open_error)?;
     let progress = driver.engine().prefetch_progress();
     if progress.state == PrefetchState::Off {
         let prefetched = driver

@@ -10,6 +10,7 @@ use super::size::parse_size;
 use clap::Args;
 use fvd_core::format::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
 use fvd_core::format::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::probe::{probe, Probe};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::mem::offset_of;
@@ -301,12 +302,17 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     let host = open_host_file(path)?;
     let old = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
     if old.len() < RAW_HEADER_LEN || !has_magic(&old, FVD_MAGIC) {
+        // Say what the file is instead ("a raw disk image", "a QED image", ...).
+        let seems = probe(&old);
         return Err(CliError::NotFvd {
             path: path.to_path_buf(),
-            reason: if old.len() < RAW_HEADER_LEN {
-                format!("it is shorter than an FVD header ({RAW_HEADER_LEN} bytes)")
+            reason: if seems != Probe::Raw || old.len() >= RAW_HEADER_LEN {
+                format!("it is {seems}; update changes FVD headers only")
             } else {
-                "no FVD magic".into()
+                format!(
+                    "it is {seems} shorter than an FVD header ({RAW_HEADER_LEN} bytes); update \
+                     changes FVD headers only"
+                )
             },
         });
     }
