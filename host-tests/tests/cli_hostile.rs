@@ -466,3 +466,36 @@ fn a_probed_raw_file_warns_like_qemu_and_guards_its_first_sector() {
     );
     assert_eq!(fs::read(&path).unwrap()[8], 1);
 }
+
+#[test]
+fn io_refuses_requests_longer_than_qemu_io_does_with_its_messages() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_file(&d.join("big.raw"), 3 << 30);
+    create_fvd(d, &["big.fvd", "3G"]);
+    for command in [
+        "read 0 2G",
+        "write 0 2G",
+        "write -z 0 2G",
+        "discard 0 2G",
+        "aio_read 0 2G",
+        "aio_write 0 2G",
+        "aio_read 0 2147483648",
+    ] {
+        let qemu = run_tool("qemu-io", d, &["-f", "raw", "-c", command, "big.raw"]);
+        assert_eq!(qemu.code, 1, "qemu-io {command}: {qemu:#?}");
+        let expected = format!("fvd-img: {}", qemu.stdout);
+        for (format, file) in [("raw", "big.raw"), ("fvd", "big.fvd")] {
+            let run = bounded(d, &["io", "-f", format, "-c", command, file]);
+            assert_eq!(run.code, 1, "{command} on {file}: {run:#?}");
+            assert_eq!(run.stderr, expected, "{command} on {file}");
+            assert_eq!(run.stdout, "", "{command} on {file}");
+        }
+    }
+    // The longest request qemu-io takes is served.
+    ok(
+        d,
+        &["io", "-f", "raw", "-c", "read -q 0 2147483136", "big.raw"],
+    );
+    assert_eq!(allocated(&d.join("big.raw")), 0);
+}
