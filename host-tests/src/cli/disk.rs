@@ -826,18 +826,6 @@ impl Disk {
         }
     }
 
-    /// Every run of `[start, end)`, merged where [`Extent::joins`] allows.
-    pub fn extents(&mut self, start: u64, end: u64) -> Result<Vec<Extent>, CliError> {
-        let mut list = Vec::new();
-        let mut at = start;
-        while at < end {
-            let extent = self.extent(at, end - at)?;
-            at = extent.end();
-            push_merged(&mut list, extent);
-        }
-        Ok(list)
-    }
-
     /// The base disk of an FVD image, opened read-only on first use.
     fn base_disk(link: &mut BaseLink) -> Result<Option<&mut Disk>, CliError> {
         if let BaseLink::Closed { path, format } = link {
