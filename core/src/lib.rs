@@ -1,7 +1,7 @@
 //! `fvd-core`: the FVD (Fast Virtual Disk) image format without I/O.
 //!
 //! This crate owns the on-disk types ([`format`]), the pure layout computation used by
-//! `create` ([`geometry`]), the QED on-disk format ([`qed`]), and the sans-IO engine that
+//! `create` ([`geometry`]), the QED on-disk format ([`qed`]), format probing ([`probe`]), and the sans-IO engine that
 //! turns guest requests into I/O commands. It never allocates, never blocks, never panics
 //! on untrusted bytes and never touches a file: hosts (the std executor, the browser
 //! inspector, the firmware driver) perform the I/O it asks for.
@@ -16,5 +16,6 @@ pub mod blocking;
 pub mod engine;
 pub mod format;
 pub mod geometry;
+pub mod probe;
 pub mod qed;
 pub mod units;

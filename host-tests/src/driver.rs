@@ -56,6 +56,23 @@ pub enum DriverError {
     /// A request failed.
     #[error("{0}")]
     Request(RequestError),
+    /// A request failed because a command on the storage did: the operating system's
+    /// reason (e.g. "File too large") rather than the engine's bare "I/O error".
+    #[error("{}", crate::cli::error::io_reason(.source))]
+    RequestIo {
+        /// The engine's error.
+        error: RequestError,
+        /// The storage's failure.
+        source: io::Error,
+    },
+    /// Opening failed because a command on the storage did.
+    #[error("{error}: {}", crate::cli::error::io_reason(.source))]
+    OpenIo {
+        /// The engine's error.
+        error: OpenError,
+        /// The storage's failure.
+        source: io::Error,
+    },
     /// The host's storage failed outside a command.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -84,13 +101,16 @@ pub struct Driver<S: Storage> {
     /// Stop (report a stall) once this many commands ran: tests use it to turn a runaway
     /// engine into a failure instead of a hang.
     command_limit: Option<u64>,
+    /// The storage's reason for the last command that failed, until a failed request or
+    /// open reports it.
+    last_os_error: Option<io::Error>,
 }
 
-fn mem_io(result: io::Result<()>) -> Result<(), IoError> {
-    result.map_err(|e| match e.raw_os_error() {
+fn io_error(e: &io::Error) -> IoError {
+    match e.raw_os_error() {
         Some(28) => IoError::NoSpace,
         _ => IoError::Failed,
-    })
+    }
 }
 
 impl<S: Storage> Driver<S> {
@@ -99,8 +119,13 @@ impl<S: Storage> Driver<S> {
         let image_len = storage.len(FileId::Image)?.unwrap_or(0);
         let data_len = storage.len(FileId::Data)?;
         let base_available = storage.len(FileId::Base)?.is_some();
-        let memory =
-            vec![0u8; HEADER_AREA + SCRATCH_AREA + options.cache_bytes + options.bounce_bytes];
+        // Sized from the image's first bytes, so large blocks get room for a fill; when
+        // they cannot be read, the engine's own first read reports why.
+        let mut first = vec![0u8; SIZING_LEN];
+        if storage.read_at(FileId::Image, 0, &mut first).is_err() {
+            first.clear();
+        }
+        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
         let engine = Engine::open(
             memory,
             OpenOptions {
@@ -126,6 +151,7 @@ impl<S: Storage> Driver<S> {
             closed: None,
             commands_run: 0,
             command_limit: None,
+            last_os_error: None,
         };
         while driver.opened.is_none() {
             if !driver.step() {
@@ -133,6 +159,10 @@ impl<S: Storage> Driver<S> {
             }
         }
         match driver.opened {
+            Some(Err(error @ OpenError::Io(_))) => match driver.last_os_error.take() {
+                Some(source) => Err(DriverError::OpenIo { error, source }),
+                None => Err(DriverError::Open(error)),
+            },
             Some(Err(e)) => Err(DriverError::Open(e)),
             _ => Ok(driver),
         }
@@ -264,21 +294,46 @@ impl<S: Storage> Driver<S> {
             .ok_or(IoError::Failed)
     }
 
+    /// `result` as the engine sees it, remembering the storage's reason for a failure.
+    fn storage_result(&mut self, result: io::Result<()>) -> Result<(), IoError> {
+        result.map_err(|e| {
+            let error = io_error(&e);
+            self.last_os_error = Some(e);
+            error
+        })
+    }
+
+    /// Takes the storage's reason for the last failed command, if one is kept.
+    pub fn take_os_error(&mut self) -> Option<io::Error> {
+        self.last_os_error.take()
+    }
+
+    /// `error` of a request, with the storage's reason when a command failed under it.
+    pub fn request_error(&mut self, error: RequestError) -> DriverError {
+        match (error, self.last_os_error.take()) {
+            (RequestError::Io(_), Some(source)) => DriverError::RequestIo { error, source },
+            _ => DriverError::Request(error),
+        }
+    }
+
     fn perform(&mut self, command: &Command) -> Result<(), IoError> {
         let file = command.file;
         match command.op {
             Op::Read { offset, len, into } => {
                 let mut tmp = vec![0u8; len];
-                mem_io(self.storage.read_at(file, offset, &mut tmp))?;
+                let result = self.storage.read_at(file, offset, &mut tmp);
+                self.storage_result(result)?;
                 self.target(into, len)?.copy_from_slice(&tmp);
                 Ok(())
             }
             Op::Write { offset, len, from } => {
                 let data = self.target(from, len)?.to_vec();
-                mem_io(self.storage.write_at(file, offset, &data))
+                let result = self.storage.write_at(file, offset, &data);
+                self.storage_result(result)
             }
             Op::WriteZeroes { offset, len, unmap } => {
-                mem_io(self.storage.write_zeroes(file, offset, len, unmap))
+                let result = self.storage.write_zeroes(file, offset, len, unmap);
+                self.storage_result(result)
             }
             Op::ZeroBuffer { into, len } => {
                 self.target(into, len)?.fill(0);
@@ -289,8 +344,14 @@ impl<S: Storage> Driver<S> {
                 self.target(into, len)?.copy_from_slice(&data);
                 Ok(())
             }
-            Op::Flush => mem_io(self.storage.flush(file)),
-            Op::SetLength { len } => mem_io(self.storage.set_len(file, len)),
+            Op::Flush => {
+                let result = self.storage.flush(file);
+                self.storage_result(result)
+            }
+            Op::SetLength { len } => {
+                let result = self.storage.set_len(file, len);
+                self.storage_result(result)
+            }
         }
     }
 
@@ -338,9 +399,10 @@ impl<S: Storage> Driver<S> {
     fn run(&mut self, request: Request, buffer: Vec<u8>) -> Result<(Reply, Vec<u8>), DriverError> {
         let id = self.submit(request, buffer)?;
         let (result, buffer) = self.wait(id)?;
-        result
-            .map(|reply| (reply, buffer))
-            .map_err(DriverError::Request)
+        match result {
+            Ok(reply) => Ok((reply, buffer)),
+            Err(error) => Err(self.request_error(error)),
+        }
     }
 
     /// Reads `len` bytes at `offset`.

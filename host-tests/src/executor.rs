@@ -41,10 +41,10 @@ use crate::chain::BaseRead;
 use crate::driver::DriverOptions;
 use crate::files::{self, read_full_at, write_zeroes_at, ImageOpenError};
 use crate::lock::{FileLock, Usage};
+use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
     Buffer, Command, CommandId, Engine, Event, FileId, IoError, Op, OpenError, OpenOptions, Reply,
-    Request, RequestError, RequestId, Stats, SubmitError, HEADER_AREA, MAX_REQUESTS, PAGE_BYTES,
-    SCRATCH_AREA,
+    Request, RequestError, RequestId, Stats, SubmitError, MAX_REQUESTS, PAGE_BYTES,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions as FsOpenOptions};
@@ -626,8 +626,11 @@ impl Executor {
             data: storage.data,
             base: raw_base,
         };
-        let memory =
-            vec![0u8; HEADER_AREA + SCRATCH_AREA + options.cache_bytes + options.bounce_bytes];
+        let mut first = vec![0u8; SIZING_LEN];
+        if read_full_at(&files.image, 0, &mut first).is_err() {
+            first.clear();
+        }
+        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
         let engine = Box::new(Engine::open(
             memory,
             OpenOptions {

@@ -15,8 +15,10 @@ use fvd_core::engine::FileId;
 use fvd_core::format::header::name_field;
 use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::qed::{QedHeaderError, QED_MAGIC};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -247,9 +249,10 @@ pub enum ImageOpenError {
     Gate(#[from] GateError),
 }
 
-/// Resolves a name stored in an image header against the directory of `image`.
-pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
-    gate::resolve(image, name)
+/// Resolves a name stored in an image header (bytes, not necessarily UTF-8) against the
+/// directory of `image`.
+pub fn resolve_relative(image: &Path, name: impl AsRef<OsStr>) -> PathBuf {
+    gate::resolve(image, Path::new(name.as_ref()))
 }
 
 /// The first four bytes of `file` as a little-endian u32 (zeros past its end).
@@ -259,10 +262,11 @@ fn magic_of(file: &File) -> io::Result<u32> {
     Ok(u32::from_le_bytes(magic))
 }
 
-fn name_of(field: &[u8]) -> Option<String> {
+/// The file a header name field names, byte for byte (`None` when empty).
+fn name_of(field: &[u8]) -> Option<&Path> {
     name_field(field)
         .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .map(|n| Path::new(OsStr::from_bytes(n)))
 }
 
 /// How one open walks a chain: the caller's gate and the files met so far.
@@ -287,7 +291,7 @@ fn open_base(
         return Ok(None);
     }
     let format = name_field(&header.base_img_fmt).unwrap_or_default();
-    open_base_named(walk, image, &name, format, options, depth).map(Some)
+    open_base_named(walk, image, name, format, options, depth).map(Some)
 }
 
 /// Opens base `name` of `image` read-only through the gate: a raw file, or (by `format` —
@@ -296,7 +300,7 @@ fn open_base(
 fn open_base_named(
     walk: &mut Walk<'_>,
     image: &Path,
-    name: &str,
+    name: &Path,
     format: &[u8],
     options: &DriverOptions,
     depth: usize,
@@ -361,9 +365,16 @@ fn open_qed_base(
         source,
     })?;
     let name = layout.backing_name(&area).unwrap_or_default();
-    let name = String::from_utf8_lossy(name).into_owned();
     let format: &[u8] = if backing.raw { b"raw" } else { b"" };
-    open_base_named(walk, path, &name, format, options, depth).map(Some)
+    open_base_named(
+        walk,
+        path,
+        Path::new(OsStr::from_bytes(name)),
+        format,
+        options,
+        depth,
+    )
+    .map(Some)
 }
 
 /// Opens the FVD or QED image at `path` with its data file and base chain, with the
@@ -473,7 +484,7 @@ fn open_files(
             } else {
                 Access::Read
             };
-            let opened = gate::open_named(walk.gate, &mut walk.chain, path, &name, true, access)?;
+            let opened = gate::open_named(walk.gate, &mut walk.chain, path, name, true, access)?;
             locks.push(opened.lock);
             Some(opened.file)
         }

@@ -183,12 +183,12 @@ pub enum GateError {
     #[error(
         "Refusing to use '{}' ({role}): it lies outside the image's directory (as '{}'); \
          if you trust the image, allow it with --allow-external-data-file",
-        .name,
+        .name.display(),
         .real.display()
     )]
     External {
-        /// The name as the header stores it.
-        name: String,
+        /// The name as the header stores it (its bytes, shown lossily).
+        name: PathBuf,
         /// Where it leads.
         real: PathBuf,
         /// What the header names it as.
@@ -237,8 +237,8 @@ pub struct Opened {
 }
 
 /// Resolves a name stored in an image header against the directory of `image`.
-pub fn resolve(image: &Path, name: &str) -> PathBuf {
-    let name = Path::new(name);
+pub fn resolve(image: &Path, name: impl AsRef<Path>) -> PathBuf {
+    let name = name.as_ref();
     if name.is_absolute() {
         name.to_path_buf()
     } else {
@@ -297,7 +297,7 @@ pub fn open_named(
     gate: &OpenGate,
     chain: &mut Chain,
     image: &Path,
-    name: &str,
+    name: &Path,
     data: bool,
     access: Access,
 ) -> Result<Opened, GateError> {
@@ -324,7 +324,7 @@ pub fn open_named(
         let dir = std::fs::canonicalize(directory_of(image)).map_err(io_err)?;
         if !real.starts_with(&dir) {
             return Err(GateError::External {
-                name: name.to_string(),
+                name: name.to_path_buf(),
                 real,
                 role,
             });

@@ -359,12 +359,22 @@ fn raw_files_probed_or_forced_and_commands_from_stdin() {
     let dir = scratch();
     let raw = dir.path().join("disk.raw");
     sparse_file(&raw, 1 << 20);
-    // Raw files are byte-addressed, like qemu-io.
-    io_ok(
+    // Raw files are byte-addressed, like qemu-io; a probed one opened for writing gets
+    // qemu-io's warning.
+    let run = fvd_img(
         dir.path(),
-        &[],
-        &["write -P 0x61 100 3", "read -P 0x61 100 3"],
-        "disk.raw",
+        &io_args(
+            &[],
+            &["write -P 0x61 100 3", "read -P 0x61 100 3"],
+            "disk.raw",
+        ),
+    );
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr.starts_with(
+            "WARNING: Image format was not specified for 'disk.raw' and probing guessed raw."
+        ),
+        "{run:#?}"
     );
     let bytes = fs::read(&raw).unwrap();
     assert_eq!(&bytes[99..104], &[0, 0x61, 0x61, 0x61, 0]);

@@ -3,7 +3,10 @@
 //! leaves an image that no longer needs its base. Time is simulated: the test is the host's
 //! clock.
 
-use fvd_core::engine::{FileId, PrefetchMode, PrefetchState, Request};
+use fvd_core::engine::{
+    FileId, PrefetchFailure, PrefetchMode, PrefetchState, Request, MAX_FINISH_ATTEMPTS,
+    MAX_FRUITLESS_PASSES,
+};
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
 use fvd_host::driver::{Driver, DriverOptions};
 use fvd_host::memstore::{MemFile, MemStorage};
@@ -414,4 +417,113 @@ fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_gue
     )
     .unwrap();
     assert_eq!(d.read(0, SIZE as usize).unwrap(), model);
+}
+
+/// Storage whose base reads fail for blocks in `bad` (by block index), or whose image
+/// flushes fail when `flush_fails`, counting what was tried.
+struct Failing {
+    inner: Counting,
+    bad: std::ops::Range<u64>,
+    flush_fails: bool,
+    base_reads: u64,
+}
+
+impl Storage for Failing {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if file == FileId::Base {
+            self.base_reads += 1;
+            if self.bad.contains(&(offset / BLOCK)) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        self.inner.read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_at(file, offset, buf)
+    }
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.inner.write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        if self.flush_fails {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.inner.flush(file)
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.inner.set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        self.inner.len(file)
+    }
+}
+
+/// Advances the clock until prefetch leaves its working states; returns the final state.
+fn run_until_settled(d: &mut Driver<Failing>) -> PrefetchState {
+    for now in 0..100_000u64 {
+        let state = d.engine().prefetch_progress().state;
+        if matches!(state, PrefetchState::Done | PrefetchState::Failed) {
+            return state;
+        }
+        d.handle_timeout(now * 10).unwrap();
+    }
+    panic!(
+        "prefetch neither finished nor gave up: {:?}",
+        d.engine().prefetch_progress()
+    );
+}
+
+#[test]
+fn prefetch_gives_up_on_blocks_that_keep_failing_after_bounded_passes() {
+    let blocks = SIZE / BLOCK;
+    let storage = Failing {
+        inner: image(false, 0),
+        bad: 5..7,
+        flush_fails: false,
+        base_reads: 0,
+    };
+    let mut d = Driver::open(storage, now_options()).unwrap();
+    assert_eq!(run_until_settled(&mut d), PrefetchState::Failed);
+    let progress = d.engine().prefetch_progress();
+    match progress.failure {
+        Some(PrefetchFailure::Copy { block, passes, .. }) => {
+            assert_eq!(block, 5);
+            assert_eq!(passes, MAX_FRUITLESS_PASSES);
+        }
+        other => panic!("want a copy failure, got {other:?}"),
+    }
+    // Every good block was copied once; the bad ones were tried once per pass: the first
+    // pass (which copied the others) and the fruitless ones after it.
+    assert_eq!(d.engine().stats().prefetched_blocks, blocks - 2);
+    let tries = u64::from(MAX_FRUITLESS_PASSES) + 1;
+    assert_eq!(d.storage.base_reads, blocks - 2 + 2 * tries);
+    // Nothing waits for time any more, and the image stays usable and closes cleanly.
+    assert_eq!(d.engine().poll_timeout(), None);
+    assert_eq!(
+        d.read(0, BLOCK as usize).unwrap(),
+        base_bytes()[..BLOCK as usize]
+    );
+    let (_, clean) = d.close().unwrap();
+    assert!(clean);
+}
+
+#[test]
+fn prefetch_gives_up_when_its_final_commit_keeps_failing() {
+    let storage = Failing {
+        inner: image(false, 0),
+        bad: 0..0,
+        flush_fails: false,
+        base_reads: 0,
+    };
+    let mut d = Driver::open(storage, now_options()).unwrap();
+    d.storage.flush_fails = true;
+    assert_eq!(run_until_settled(&mut d), PrefetchState::Failed);
+    match d.engine().prefetch_progress().failure {
+        Some(PrefetchFailure::Finish { attempts, .. }) => {
+            assert_eq!(attempts, MAX_FINISH_ATTEMPTS)
+        }
+        other => panic!("want a finish failure, got {other:?}"),
+    }
+    let os = d.take_os_error().expect("the storage's reason is kept");
+    assert_eq!(os.raw_os_error(), Some(libc::EINVAL));
 }

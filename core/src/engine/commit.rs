@@ -65,6 +65,9 @@ pub(crate) struct CommitState {
     error: Option<IoError>,
     /// Set when a commit with `Purpose` other than Flush finished: (purpose, error).
     pub(crate) finished: Option<(Purpose, Option<IoError>)>,
+    /// How the last commit failed, until someone takes it (prefetch bounds its retries
+    /// with it); cleared by a commit that succeeds.
+    pub(crate) last_failure: Option<IoError>,
 }
 
 impl CommitState {
@@ -85,6 +88,7 @@ impl CommitState {
         phase_wrote: false,
         error: None,
         finished: None,
+        last_failure: None,
     };
 
     /// True while a commit runs: metadata changes wait until it ends.
@@ -357,6 +361,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         }
         self.commit = CommitState {
             wanted: commit.wanted && error.is_none(),
+            last_failure: error,
             ..CommitState::IDLE
         };
         match commit.purpose {

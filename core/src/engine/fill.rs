@@ -242,6 +242,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     /// A fill whose metadata could not be read just ends (copy-on-read is best effort).
     pub(crate) fn fail_fill(&mut self, slot: usize) -> bool {
+        self.requests[slot]
+            .error
+            .get_or_insert(RequestError::Failed);
         self.finish(slot, Err(RequestError::Failed));
         true
     }
@@ -252,7 +255,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let r = self.requests[slot];
         self.bounce.give_back(r.fill.bounce);
         if r.fill.prefetch {
-            self.prefetch.finished(r.end - r.start, wrote);
+            // A cancelled fill, or one whose block became local, did not fail.
+            let error = r.error.filter(|_| !wrote && !r.fill.cancelled);
+            let block = self.layout.map_or(0, |l| r.start / l.block_size);
+            self.prefetch.finished(block, r.end - r.start, wrote, error);
             if wrote {
                 self.stats.prefetched_blocks += 1;
             }

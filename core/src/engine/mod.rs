@@ -18,13 +18,18 @@ mod overlay;
 mod prefetch;
 pub mod qed;
 mod requests;
+mod sizing;
 mod slots;
 mod types;
 
 pub use any::{Engine, ImageFormat};
 pub use cache::PAGE_BYTES;
-pub use prefetch::{PrefetchMode, PrefetchProgress, PrefetchState};
+pub use prefetch::{
+    PrefetchFailure, PrefetchMode, PrefetchProgress, PrefetchState, MAX_FINISH_ATTEMPTS,
+    MAX_FRUITLESS_PASSES,
+};
 pub use qed::{QedEngine, QUIET_MS};
+pub use sizing::{memory_needed, SIZING_LEN};
 pub use types::*;
 
 use crate::format::ImageLayout;

@@ -7,6 +7,12 @@
 //! enforced. When a whole pass finds nothing left, the metadata is committed and the
 //! header's `base_img_fully_prefetched` set: the base is never read again. Time comes
 //! from the host through [`Engine::handle_timeout`].
+//!
+//! Every retry is bounded. A pass that copies nothing and has failed fills starts another
+//! pass at most [`MAX_FRUITLESS_PASSES`] times in a row; then prefetch gives up
+//! ([`PrefetchState::Failed`], with the block that failed first in [`PrefetchFailure`]).
+//! The final commit and header update are tried at most [`MAX_FINISH_ATTEMPTS`] times.
+//! A bitmap page that cannot be read ends prefetch at once.
 
 use super::fill::FillStart;
 use super::meta::Stall;
@@ -32,6 +38,71 @@ pub enum PrefetchMode {
     },
 }
 
+/// Passes in a row that copied nothing and had failed fills before prefetch gives up.
+pub const MAX_FRUITLESS_PASSES: u32 = 3;
+
+/// Failed attempts at the final commit and header update before prefetch gives up.
+pub const MAX_FINISH_ATTEMPTS: u32 = 3;
+
+/// Why prefetch gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PrefetchFailure {
+    /// Copying blocks kept failing: `passes` passes in a row copied nothing, and `block`
+    /// was the first to fail in the last one.
+    Copy {
+        /// The first block that failed in the last pass.
+        block: u64,
+        /// Fruitless passes in a row.
+        passes: u32,
+        /// How its fill failed.
+        error: RequestError,
+    },
+    /// The bitmap page holding `block`'s bit could not be read.
+    Bitmap {
+        /// The block being looked at.
+        block: u64,
+        /// How loading the page failed.
+        error: RequestError,
+    },
+    /// Committing the copied blocks or marking the header fully prefetched kept failing.
+    Finish {
+        /// Failed attempts.
+        attempts: u32,
+        /// How the last one failed.
+        error: IoError,
+    },
+}
+
+impl PrefetchFailure {
+    /// The failure of the storage (or the metadata) behind it.
+    pub fn error(&self) -> RequestError {
+        match *self {
+            PrefetchFailure::Copy { error, .. } | PrefetchFailure::Bitmap { error, .. } => error,
+            PrefetchFailure::Finish { error, .. } => RequestError::Io(error),
+        }
+    }
+}
+
+impl core::fmt::Display for PrefetchFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PrefetchFailure::Copy { block, passes, .. } => write!(
+                f,
+                "copying blocks from the base into the image kept failing ({passes} passes \
+                 in a row copied nothing; first failed block: {block})"
+            ),
+            PrefetchFailure::Bitmap { block, .. } => {
+                write!(f, "the bitmap page of block {block} could not be read")
+            }
+            PrefetchFailure::Finish { attempts, .. } => write!(
+                f,
+                "marking the image fully prefetched failed {attempts} times"
+            ),
+        }
+    }
+}
+
 /// Where prefetch is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -49,6 +120,9 @@ pub enum PrefetchState {
     Finishing,
     /// The base is fully prefetched.
     Done,
+    /// Gave up after persistent errors ([`PrefetchProgress::failure`] says why); the image
+    /// keeps working, with the blocks copied so far.
+    Failed,
 }
 
 /// Progress, for hosts that show it.
@@ -63,6 +137,8 @@ pub struct PrefetchProgress {
     pub blocks: u64,
     /// Blocks copied by prefetch in this session.
     pub copied: u64,
+    /// Why prefetch gave up (state [`PrefetchState::Failed`]).
+    pub failure: Option<PrefetchFailure>,
 }
 
 /// Throughput over fixed windows with an exponentially weighted average.
@@ -139,6 +215,16 @@ pub(crate) struct Prefetch {
     copied: u64,
     finish_step: u8,
     finish_issued: bool,
+    /// The first fill of this pass that failed, with its error.
+    pass_failed: Option<(u64, RequestError)>,
+    /// Some fill of this pass wrote its block.
+    pass_copied: bool,
+    /// Passes in a row that copied nothing and had failures.
+    fruitless_passes: u32,
+    /// Failed attempts to finish.
+    finish_failures: u32,
+    /// Why prefetch gave up.
+    failure: Option<PrefetchFailure>,
 }
 
 impl Prefetch {
@@ -172,6 +258,11 @@ impl Prefetch {
         copied: 0,
         finish_step: 0,
         finish_issued: false,
+        pass_failed: None,
+        pass_copied: false,
+        fruitless_passes: 0,
+        finish_failures: 0,
+        failure: None,
     };
 
     /// Configures prefetch from the header and the host's choice.
@@ -226,12 +317,62 @@ impl Prefetch {
         self.pass_found_work = true;
     }
 
-    pub(crate) fn finished(&mut self, bytes: u64, wrote: bool) {
+    /// A fill of `block` ended: it wrote the block, or failed with `error` (neither when
+    /// it was cancelled or the block became local some other way).
+    pub(crate) fn finished(
+        &mut self,
+        block: u64,
+        bytes: u64,
+        wrote: bool,
+        error: Option<RequestError>,
+    ) {
         self.in_flight = self.in_flight.saturating_sub(bytes);
         if wrote {
             self.write.bytes += bytes;
             self.copied += 1;
+            self.pass_copied = true;
+        } else if let Some(error) = error {
+            self.pass_failed.get_or_insert((block, error));
         }
+    }
+
+    /// A whole pass ended: true when it was the last fruitless pass allowed (prefetch
+    /// has given up).
+    fn end_pass(&mut self) -> bool {
+        match self.pass_failed.take() {
+            Some((block, error)) if !self.pass_copied => {
+                self.fruitless_passes += 1;
+                if self.fruitless_passes >= MAX_FRUITLESS_PASSES {
+                    self.give_up(PrefetchFailure::Copy {
+                        block,
+                        passes: self.fruitless_passes,
+                        error,
+                    });
+                    return true;
+                }
+            }
+            _ => self.fruitless_passes = 0,
+        }
+        self.pass_copied = false;
+        false
+    }
+
+    fn give_up(&mut self, failure: PrefetchFailure) {
+        self.state = PrefetchState::Failed;
+        self.failure = Some(failure);
+    }
+
+    /// An attempt to finish failed with `error`; true when prefetch has given up.
+    fn finish_failed(&mut self, error: IoError) -> bool {
+        self.finish_failures += 1;
+        if self.finish_failures >= MAX_FINISH_ATTEMPTS {
+            self.give_up(PrefetchFailure::Finish {
+                attempts: self.finish_failures,
+                error,
+            });
+            return true;
+        }
+        false
     }
 
     /// The next time prefetch needs to hear about.
@@ -306,6 +447,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             cursor: self.prefetch.cursor,
             blocks: self.layout.and_then(|l| l.base).map_or(0, |b| b.blocks),
             copied: self.prefetch.copied,
+            failure: self.prefetch.failure,
         }
     }
 
@@ -332,6 +474,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 if self.prefetch.in_flight > 0 {
                     return moved;
                 }
+                if self.prefetch.end_pass() {
+                    return true;
+                }
                 if self.prefetch.pass_found_work {
                     // Verify with another pass: fills may have been cancelled or failed.
                     self.prefetch.cursor = 0;
@@ -348,9 +493,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let page = match self.page(Self::bitmap_key(block)) {
                 Ok(page) => page,
                 Err(Stall::Wait) => return moved,
-                Err(_) => {
-                    // As in 2011: an error disables prefetch for the session.
-                    self.prefetch.state = PrefetchState::Off;
+                Err(stall) => {
+                    // As in 2011: an error ends prefetch for the session.
+                    let error = match stall {
+                        Stall::Corrupt(c) => RequestError::Corrupt(c),
+                        Stall::Io(e) => RequestError::Io(e),
+                        Stall::Wait => RequestError::Failed,
+                    };
+                    self.prefetch
+                        .give_up(PrefetchFailure::Bitmap { block, error });
                     return true;
                 }
             };
@@ -388,6 +539,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             1 => {
                 if self.commit.in_window() {
                     return false;
+                }
+                if let Some(error) = self.commit.last_failure.take() {
+                    // The commit failed: try again, a bounded number of times.
+                    self.prefetch.finish_step = 0;
+                    self.prefetch.finish_failed(error);
+                    return true;
                 }
                 if self.cache.any_unjournaled_of(super::cache::Meta::Bitmap)
                     || self.cache.any_unjournaled_of(super::cache::Meta::Table)
@@ -434,7 +591,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         self.prefetch.finish_issued = false;
         match result {
             Ok(()) => self.prefetch.finish_step += 1,
-            Err(_) => self.prefetch.finish_step = 1,
+            Err(error) => {
+                self.prefetch.finish_step = 1;
+                self.prefetch.finish_failed(error);
+            }
         }
     }
 }

@@ -5,9 +5,11 @@
 //! the base are skipped.
 //!
 //! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
-//! qemu-img grows it) or an FVD image (opened read-write with its own chain and written
-//! through its engine; it cannot grow, so a FILE larger than it is refused before
-//! anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
+//! qemu-img grows it, with `set_len` so the new part stays a hole: it already reads as
+//! zeros, so zero runs there write nothing, and zero runs inside the old length punch
+//! holes rather than allocate) or an FVD or QED image (opened read-write with its own
+//! chain and written through the engine; it cannot grow, so a FILE larger than it is
+//! refused before anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
 //! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
 //! qemu-img compatibility and changes nothing. FILE's guest view is the same afterwards,
 //! since every byte the commit changed in the base is one FILE does not read from it.
@@ -19,7 +21,7 @@
 use super::base::{self, BaseFormat};
 use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
 use super::error::CliError;
-use super::image::{name_text, open_fvd};
+use super::image::{name_path, name_text, open_fvd};
 use super::open_flags::{self, ExternalData, ForceShare};
 use crate::chain::BaseRead;
 use crate::driver::{Driver, DriverOptions};
@@ -37,7 +39,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
 Writes the data FILE holds itself into its base image. A raw base smaller than FILE grows \
-to FILE's size; an FVD base cannot grow, so committing a larger FILE into one is refused. \
+to FILE's size; an FVD or QED base cannot grow, so committing a larger FILE into one is \
+refused. \
 FILE is kept unchanged (-d is accepted and changes nothing).")]
 pub struct CommitArgs {
     /// Format of FILE: fvd (default: probed)
@@ -82,12 +85,15 @@ impl BaseRead for Detached {
 
 /// The base being written.
 enum Target {
+    /// A raw base; bytes from `old_len` on were added by growing it and read as zeros.
     Raw {
         file: File,
         path: PathBuf,
+        old_len: u64,
         _lock: FileLock,
     },
-    Fvd(Box<Driver<FileStorage>>),
+    /// An FVD or QED base, written through the engine.
+    Image(Box<Driver<FileStorage>>),
 }
 
 fn image_error(err: impl std::fmt::Display) -> CliError {
@@ -100,15 +106,28 @@ impl Target {
             Target::Raw { file, path, .. } => file
                 .write_all_at(data, offset)
                 .map_err(|e| CliError::io("write", path, e)),
-            Target::Fvd(driver) => driver.write(offset, data).map_err(image_error),
+            Target::Image(driver) => driver.write(offset, data).map_err(image_error),
         }
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path, .. } => write_zeroes_at(file, offset, len, false)
-                .map_err(|e| CliError::io("write", path, e)),
-            Target::Fvd(driver) => {
+            Target::Raw {
+                file,
+                path,
+                old_len,
+                ..
+            } => {
+                // Past the old end the grown file is a hole already; before it, a punched
+                // hole reads as zeros without allocating anything.
+                let end = offset.saturating_add(len).min(*old_len);
+                if end <= offset {
+                    return Ok(());
+                }
+                write_zeroes_at(file, offset, end - offset, true)
+                    .map_err(|e| CliError::io("write", path, e))
+            }
+            Target::Image(driver) => {
                 let mut at = offset;
                 while at < offset + len {
                     let n = (offset + len - at).min(ZERO_PIECE);
@@ -126,7 +145,7 @@ impl Target {
             Target::Raw { file, path, .. } => {
                 file.sync_all().map_err(|e| CliError::io("sync", &path, e))
             }
-            Target::Fvd(mut driver) => {
+            Target::Image(mut driver) => {
                 driver.flush().map_err(image_error)?;
                 let (_, clean) = driver.close().map_err(image_error)?;
                 if clean {
@@ -231,7 +250,7 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         return Err(no_base());
     };
     let size = image.layout.virtual_size;
-    let name = name_text(&image.header.base_img);
+    let name = name_path(&image.header.base_img);
     let format_name = name_text(&image.header.base_img_fmt);
     drop(image);
     let format = match format_name.as_str() {
@@ -244,14 +263,15 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     // other process using it.
     let mut chain = own;
     let opened = gate::open_named(&gate, &mut chain, path, &name, false, Access::Write)?;
-    let base = base::inspect(path, Path::new(&name), format)?;
-    if base.format == BaseFormat::Fvd && size > base.size {
+    let base = base::inspect(path, &name, format)?;
+    if base.format != BaseFormat::Raw && size > base.size {
         return Err(CliError::Invalid(format!(
-            "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and an FVD base \
-             image cannot grow",
+            "'{}' ({size} bytes) is larger than its base '{}' ({} bytes), and a base \
+             image in {} format cannot grow",
             path.display(),
             base.path.display(),
-            base.size
+            base.size,
+            base.format.name()
         )));
     }
 
@@ -273,21 +293,20 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Target::Raw {
                 file,
                 path: base.path.clone(),
+                old_len: base.size,
                 _lock: lock,
             }
         }
-        BaseFormat::Fvd => {
+        BaseFormat::Fvd | BaseFormat::Qed => {
             let options = DriverOptions {
                 writable: true,
                 copy_on_read: Some(false),
                 ..DriverOptions::default()
             };
-            Target::Fvd(Box::new(
+            Target::Image(Box::new(
                 open_opened_image(opened, options, &gate, chain).map_err(open_error)?,
             ))
         }
-        // base::inspect refuses QED bases.
-        BaseFormat::Qed => return Err(no_base()),
     };
 
     let what = format!(

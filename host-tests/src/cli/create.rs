@@ -86,7 +86,7 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
     OptionSpec {
         name: "storage_grow_unit",
         kind: OptionKind::Size,
-        help: "Bytes a compact image's storage grows by, at least chunk_size (default 100 MiB)",
+        help: "Bytes a compact image's storage grows by, at least chunk_size, at most 1 GiB (default 100 MiB)",
     },
     OptionSpec {
         name: "journal_size",

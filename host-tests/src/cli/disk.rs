@@ -6,7 +6,7 @@
 
 use super::error::{io_reason, CliError};
 use super::image::open_host_file_as;
-use super::image::{has_magic, header_reason, name_text, open_fvd_as, read_at_most};
+use super::image::{header_reason, name_path, name_text, open_fvd_as, read_at_most};
 use super::qed::open_qed_as;
 use crate::driver::{Driver, DriverError, DriverOptions};
 use crate::files::{open_image_with, resolve_relative, FileStorage, Held, ImageOpenError};
@@ -15,8 +15,7 @@ use crate::lock::Usage;
 use crate::storage::Storage;
 use fvd_core::engine::{FileId, Request, RequestId, MAX_DATA_REQUEST};
 use fvd_core::engine::{ImageFormat as EngineFormat, Mapping};
-use fvd_core::format::FVD_MAGIC;
-use fvd_core::qed::QED_MAGIC;
+use fvd_core::probe::{probe, Probe, PROBE_LEN};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -59,18 +58,23 @@ impl DiskFormat {
         }
     }
 
-    /// FVD or QED when the file starts with that format's magic, raw otherwise.
+    /// FVD or QED when the file starts with that format's magic, raw when it looks like
+    /// neither. A file that looks like an FVD or QED image it cannot be opened as (a
+    /// damaged magic, the 2011 FVD format) is refused with what it seems to be, so that
+    /// it is never read or written as raw data unless `-f raw` says so.
     pub fn probe(path: &Path) -> Result<Self, CliError> {
-        // Only the magic is read; the open that follows takes the locks.
+        // Only the first sector is read; the open that follows takes the locks.
         let host = open_host_file_as(path, Usage::PROBE)?;
-        let magic = read_at_most(&host.file, path, 0, 4)?;
-        Ok(if has_magic(&magic, FVD_MAGIC) {
-            DiskFormat::Fvd
-        } else if has_magic(&magic, QED_MAGIC) {
-            DiskFormat::Qed
-        } else {
-            DiskFormat::Raw
-        })
+        let first = read_at_most(&host.file, path, 0, PROBE_LEN)?;
+        match probe(&first) {
+            Probe::Fvd => Ok(DiskFormat::Fvd),
+            Probe::Qed => Ok(DiskFormat::Qed),
+            Probe::Raw => Ok(DiskFormat::Raw),
+            seems => Err(CliError::Invalid(format!(
+                "'{}' seems to be {seems}; it is not opened as raw data (-f raw forces that)",
+                path.display()
+            ))),
+        }
     }
 
     /// True for the formats whose guest data goes through the engine (sector-granular
@@ -225,6 +229,9 @@ pub struct Disk {
     /// How the files of its base (opened on first use) are opened.
     gate: OpenGate,
     backend: Backend,
+    /// A raw file whose format was probed: writes that would make its first sector probe
+    /// as an image are refused (see [`Disk::restrict_first_sector`]).
+    restricted: bool,
 }
 
 fn driver_error(err: DriverError) -> CliError {
@@ -337,17 +344,18 @@ impl Disk {
                             },
                         },
                     },
+                    restricted: false,
                 })
             }
             DiskFormat::Fvd => {
                 let image = open_fvd_as(path, gate.image_usage(writable)?)?;
                 let data_path = if image.layout.separate_data_file {
-                    resolve_relative(path, &name_text(&image.header.data_file))
+                    resolve_relative(path, name_path(&image.header.data_file))
                 } else {
                     path.to_path_buf()
                 };
-                let base_name = name_text(&image.header.base_img);
-                let base = if image.layout.base.is_some() && !base_name.is_empty() {
+                let base_name = name_path(&image.header.base_img);
+                let base = if image.layout.base.is_some() && !base_name.as_os_str().is_empty() {
                     BaseLink::Closed {
                         path: resolve_relative(path, &base_name),
                         format: DiskFormat::parse(&name_text(&image.header.base_img_fmt)).ok(),
@@ -371,7 +379,7 @@ impl Disk {
                 // the magic itself) does the rest, exactly as for FVD.
                 let image = open_qed_as(path, gate.image_usage(writable)?)?;
                 let size = image.layout.image_size;
-                let base = match image.backing_text() {
+                let base = match image.backing_path() {
                     Some(name) => BaseLink::Closed {
                         path: resolve_relative(path, &name),
                         format: image.backing_format().map(|_| DiskFormat::Raw),
@@ -417,6 +425,7 @@ impl Disk {
                 data_path,
                 base: BaseLink::None,
             },
+            restricted: false,
         }
         .with_base(base)
     }
@@ -469,6 +478,38 @@ impl Disk {
                     held: Held::default(),
                 },
             },
+            restricted: false,
+        }
+    }
+
+    /// Restricts writes to the first sector of a raw file whose format was probed, as
+    /// QEMU does: a write that would make the file probe as an image (FVD, QED, or a
+    /// look-alike of either) fails with "Operation not permitted". Other formats ignore it.
+    pub fn restrict_first_sector(&mut self) {
+        self.restricted = self.format == DiskFormat::Raw;
+    }
+
+    /// Refuses `data` at `offset` when it would turn the first bytes of a restricted raw
+    /// file into something that probes as an image.
+    fn check_first_sector(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
+        let probe_len = PROBE_LEN as u64;
+        if !self.restricted || offset >= probe_len || data.is_empty() {
+            return Ok(());
+        }
+        let Backend::Raw { storage } = &mut self.backend else {
+            return Ok(());
+        };
+        let mut first = vec![0u8; PROBE_LEN];
+        storage
+            .read_at(FileId::Image, 0, &mut first)
+            .map_err(host_error)?;
+        let at = offset as usize;
+        let n = data.len().min(PROBE_LEN - at);
+        first[at..at + n].copy_from_slice(&data[..n]);
+        if probe(&first).is_raw() {
+            Ok(())
+        } else {
+            Err(host_error(io::Error::from_raw_os_error(libc::EPERM)))
         }
     }
 
@@ -548,6 +589,7 @@ impl Disk {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
+        self.check_first_sector(offset, data)?;
         match &mut self.backend {
             Backend::Raw { storage } => storage
                 .write_at(FileId::Image, offset, data)
@@ -641,6 +683,7 @@ impl Disk {
     pub fn submit_write(&mut self, offset: u64, data: Vec<u8>) -> Result<Pending, CliError> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
+        self.check_first_sector(offset, &data)?;
         match &mut self.backend {
             Backend::Raw { storage } => {
                 let result = storage
@@ -697,6 +740,7 @@ impl Disk {
                     match driver.wait(id).map_err(driver_error) {
                         Ok((Ok(_), buffer)) => bytes.extend_from_slice(&buffer),
                         Ok((Err(e), _)) => {
+                            let e = driver.request_error(e);
                             failure.get_or_insert(CliError::Image(e.to_string()));
                         }
                         Err(e) => {
@@ -812,18 +856,6 @@ impl Disk {
                 }
             }
         }
-    }
-
-    /// Every run of `[start, end)`, merged where [`Extent::joins`] allows.
-    pub fn extents(&mut self, start: u64, end: u64) -> Result<Vec<Extent>, CliError> {
-        let mut list = Vec::new();
-        let mut at = start;
-        while at < end {
-            let extent = self.extent(at, end - at)?;
-            at = extent.end();
-            push_merged(&mut list, extent);
-        }
-        Ok(list)
     }
 
     /// The base disk of an FVD image, opened read-only on first use.

@@ -6,8 +6,11 @@ use super::error::CliError;
 use crate::gate::{self, open_no_block, Access, Chain, FileKey, Member, OpenGate, Role};
 use crate::lock::{FileLock, Usage};
 use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::probe::{Probe, FVD_2011_MAGIC};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -80,7 +83,7 @@ pub fn chain_of(file: &File, path: &Path) -> Result<Chain, CliError> {
 /// image.
 pub fn measure_data_file(
     image: &FvdImage,
-    name: &str,
+    name: &Path,
     gate: &OpenGate,
 ) -> Result<HostFile, CliError> {
     let mut chain = chain_of(&image.host.file, &image.path)?;
@@ -135,6 +138,9 @@ pub fn has_magic(bytes: &[u8], magic: u32) -> bool {
 /// A header error worded to follow "'FILE' is not an FVD image: ".
 pub fn header_reason(err: &HeaderError) -> String {
     match *err {
+        HeaderError::BadMagic {
+            found: FVD_2011_MAGIC,
+        } => format!("it is {}", Probe::Fvd2011),
         HeaderError::BadMagic { found } => {
             format!("magic is {found:#010x}, expected {FVD_MAGIC:#010x} (\"FVD\\0\")")
         }
@@ -142,10 +148,22 @@ pub fn header_reason(err: &HeaderError) -> String {
     }
 }
 
-/// Text of a NUL-terminated header name field (lossy for non-UTF-8 bytes).
-pub fn name_text(field: &[u8]) -> String {
+/// The bytes of a NUL-terminated header name field, without the NUL.
+fn name_bytes(field: &[u8]) -> &[u8] {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    &field[..end]
+}
+
+/// Text of a NUL-terminated header name field, for display (lossy for non-UTF-8 bytes:
+/// never use it to find a file).
+pub fn name_text(field: &[u8]) -> String {
+    String::from_utf8_lossy(name_bytes(field)).into_owned()
+}
+
+/// A NUL-terminated header name field as the path it names, byte for byte (names need
+/// not be UTF-8, as on the file system).
+pub fn name_path(field: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(name_bytes(field)))
 }
 
 /// An FVD image whose header passed validation.

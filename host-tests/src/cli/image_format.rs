@@ -3,10 +3,9 @@
 //! Adding a format means adding a variant here and an arm in each subcommand's dispatch.
 
 use super::error::CliError;
-use super::image::{has_magic, open_host_file_as, read_at_most};
+use super::image::{open_host_file_as, read_at_most};
 use crate::lock::Usage;
-use fvd_core::format::FVD_MAGIC;
-use fvd_core::qed::QED_MAGIC;
+use fvd_core::probe::{probe, Probe, PROBE_LEN};
 use std::path::Path;
 
 /// A format `-f` may name.
@@ -38,17 +37,16 @@ impl ImageFormat {
             .ok_or_else(|| CliError::UnknownFormat(text.to_string()))
     }
 
-    /// The format whose magic `path` starts with, if any.
+    /// The format `path` is, or looks like (a damaged QED header is QED, so that its
+    /// header check explains what is wrong), if any.
     pub fn probe(path: &Path) -> Result<Option<Self>, CliError> {
-        // Only the magic is read; the open that follows takes the locks.
+        // Only the first sector is read; the open that follows takes the locks.
         let host = open_host_file_as(path, Usage::PROBE)?;
-        let magic = read_at_most(&host.file, path, 0, 4)?;
-        Ok(if has_magic(&magic, FVD_MAGIC) {
-            Some(ImageFormat::Fvd)
-        } else if has_magic(&magic, QED_MAGIC) {
-            Some(ImageFormat::Qed)
-        } else {
-            None
+        let first = read_at_most(&host.file, path, 0, PROBE_LEN)?;
+        Ok(match probe(&first) {
+            Probe::Fvd | Probe::Fvd2011 | Probe::DamagedFvd { .. } => Some(ImageFormat::Fvd),
+            Probe::Qed | Probe::DamagedQed { .. } => Some(ImageFormat::Qed),
+            Probe::Raw => None,
         })
     }
 

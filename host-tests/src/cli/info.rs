@@ -5,7 +5,7 @@
 
 use super::base::resolve;
 use super::error::CliError;
-use super::image::{measure_data_file, name_text, open_fvd_as, read_exact, FvdImage};
+use super::image::{measure_data_file, name_path, name_text, open_fvd_as, read_exact, FvdImage};
 use super::image_format::ImageFormat;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::{write_json, OutputFormat};
@@ -18,7 +18,7 @@ use fvd_core::format::{RawHeader, FVD_MAGIC};
 use fvd_core::qed::{features as qed_features, L1Entry, L2Entry, QedHeader, QED_MAGIC};
 use serde_json::{json, Map, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `fvd-img info`.
 #[derive(Args, Debug, Clone)]
@@ -322,8 +322,8 @@ pub fn gather(image: &FvdImage, gate: &OpenGate) -> Result<ImageInfo, CliError> 
     regions.sort_by_key(|region| region.offset);
 
     let storage_len = if layout.separate_data_file {
-        let name = name_text(&h.data_file);
-        let path = resolve(&image.path, Path::new(&name));
+        let name = name_path(&h.data_file);
+        let path = resolve(&image.path, &name);
         let data = measure_data_file(image, &name, gate)?;
         fields.push(Field::new(
             "data_file_full_name",
@@ -350,7 +350,7 @@ pub fn gather(image: &FvdImage, gate: &OpenGate) -> Result<ImageInfo, CliError> 
         let name = name_text(&h.base_img);
         let format = name_text(&h.base_img_fmt);
         BackingInfo {
-            full_name: resolve(&image.path, Path::new(&name))
+            full_name: resolve(&image.path, &name_path(&h.base_img))
                 .to_string_lossy()
                 .into_owned(),
             name,
@@ -474,7 +474,7 @@ pub fn gather_qed(image: &QedImage) -> Result<ImageInfo, CliError> {
         },
     ];
     let backing = image.backing_text().map(|name| BackingInfo {
-        full_name: resolve(&image.path, Path::new(&name))
+        full_name: resolve(&image.path, &image.backing_path().unwrap_or_default())
             .to_string_lossy()
             .into_owned(),
         name,

@@ -82,8 +82,50 @@ pub struct IoArgs {
     pub file: PathBuf,
 }
 
+/// QEMU's warning for a raw file whose format was probed and which is opened for writing
+/// (word for word, so scripts that look for it find it).
+pub fn probed_raw_warning(path: &std::path::Path) -> String {
+    format!(
+        "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+         Automatically detecting the format is dangerous for raw images, write operations on \
+         block 0 will be restricted.\n         \
+         Specify the 'raw' format explicitly to remove the restrictions.\n",
+        path.display()
+    )
+}
+
 /// qemu-io's default write pattern.
 const DEFAULT_PATTERN: u8 = 0xcd;
+
+/// Longest request qemu-io accepts (QEMU's `BDRV_REQUEST_MAX_BYTES`): longer ones are
+/// refused with qemu-io's messages, so no command allocates more than this.
+pub const MAX_REQUEST_BYTES: u64 = 2_147_483_136;
+
+/// How a command names a request that is too long, in qemu-io's words.
+#[derive(Clone, Copy)]
+enum TooLong {
+    /// `read`, `discard`: "length cannot exceed N, given LEN".
+    Length,
+    /// `write`: "length cannot exceed N without -n, given LEN".
+    LengthWithoutN,
+    /// `aio_read`, `aio_write`: "Argument 'LEN' exceeds maximum size N".
+    Argument,
+}
+
+/// Refuses `len` past [`MAX_REQUEST_BYTES`] with qemu-io's message for `kind`.
+fn check_length(parsed: &Parsed, len: u64, kind: TooLong) -> Result<(), String> {
+    if len <= MAX_REQUEST_BYTES {
+        return Ok(());
+    }
+    let given = parsed.operands.get(1).map_or("", String::as_str);
+    Err(match kind {
+        TooLong::Length => format!("length cannot exceed {MAX_REQUEST_BYTES}, given {given}"),
+        TooLong::LengthWithoutN => {
+            format!("length cannot exceed {MAX_REQUEST_BYTES} without -n, given {given}")
+        }
+        TooLong::Argument => format!("Argument '{given}' exceeds maximum size {MAX_REQUEST_BYTES}"),
+    })
+}
 
 /// Bytes a synchronous read or write handles at once (buffers stay small).
 const IO_PIECE: u64 = 16 << 20;
@@ -98,7 +140,12 @@ pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()
     };
     args.share.check_read_only(!args.read_only)?;
     let gate = open_flags::gate(args.share, args.external);
-    let disk = Disk::open_gated(&args.file, format, !args.read_only, copy_on_read, gate)?;
+    let mut disk = Disk::open_gated(&args.file, format, !args.read_only, copy_on_read, gate)?;
+    if args.format.is_none() && format == DiskFormat::Raw && !args.read_only {
+        // QEMU's warning and restriction for a raw file opened for writing by probing.
+        write!(err, "{}", probed_raw_warning(&args.file)).map_err(CliError::Output)?;
+        disk.restrict_first_sector();
+    }
     let mut session = Session {
         disk,
         write_through: args.cache != CacheMode::Writeback,
@@ -414,15 +461,46 @@ impl Session<'_> {
         let parsed = getopt(words, "vq", "P").map_err(|e| format!("read: {e}"))?;
         let pattern = parsed.value('P').map(parse_pattern).transpose()?;
         let (offset, len) = offset_and_len("read", &parsed)?;
+        check_length(&parsed, len, TooLong::Length)?;
         self.check_alignment("read", offset, len)?;
         let (verbose, quiet) = (parsed.flag('v'), parsed.flag('q'));
         self.disk
             .check_read(offset, len)
             .map_err(|e| format!("read failed: {e}"))?;
         let started = Instant::now();
-        // qemu-io reports a mismatch before the dump, so the dump waits for the end.
+        // qemu-io reports a mismatch before the dump: with both, the data is read twice
+        // (once to compare, once to dump) rather than the dump held in memory.
         let mut matched = true;
-        let mut dumped = Vec::new();
+        self.read_pieces(offset, len, |out, at, piece| match pattern {
+            Some(p) => {
+                matched &= piece.iter().all(|&b| b == p);
+                Ok(())
+            }
+            None if verbose => dump(out, at, piece),
+            None => Ok(()),
+        })?;
+        let elapsed = started.elapsed();
+        if !matched {
+            self.mismatch(offset, len).map_err(Self::output_error)?;
+        }
+        if verbose && pattern.is_some() {
+            self.read_pieces(offset, len, |out, at, piece| dump(out, at, piece))?;
+        }
+        if !quiet {
+            self.print(&report("read", offset, len, 1, elapsed))
+                .map_err(Self::output_error)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` in pieces of at most [`IO_PIECE`], handing each (with
+    /// the output and its offset) to `each`.
+    fn read_pieces(
+        &mut self,
+        offset: u64,
+        len: u64,
+        mut each: impl FnMut(&mut dyn Write, u64, &[u8]) -> Result<(), CliError>,
+    ) -> Result<(), String> {
         let mut buf = Vec::new();
         let mut at = offset;
         let end = offset + len;
@@ -432,24 +510,8 @@ impl Session<'_> {
             self.disk
                 .read(at, &mut buf)
                 .map_err(|e| format!("read failed: {e}"))?;
-            if let Some(p) = pattern {
-                matched &= buf.iter().all(|&b| b == p);
-            }
-            if verbose {
-                dump(&mut dumped, at, &buf).map_err(Self::output_error)?;
-            }
+            each(&mut *self.out, at, &buf).map_err(Self::output_error)?;
             at += n;
-        }
-        let elapsed = started.elapsed();
-        if !matched {
-            self.mismatch(offset, len).map_err(Self::output_error)?;
-        }
-        self.out
-            .write_all(&dumped)
-            .map_err(|e| Self::output_error(CliError::Output(e)))?;
-        if !quiet {
-            self.print(&report("read", offset, len, 1, elapsed))
-                .map_err(Self::output_error)?;
         }
         Ok(())
     }
@@ -466,6 +528,7 @@ impl Session<'_> {
             .transpose()?
             .unwrap_or(DEFAULT_PATTERN);
         let (offset, len) = offset_and_len("write", &parsed)?;
+        check_length(&parsed, len, TooLong::LengthWithoutN)?;
         self.check_alignment("write", offset, len)?;
         let started = Instant::now();
         if len > 0 {
@@ -499,6 +562,7 @@ impl Session<'_> {
     fn discard(&mut self, words: &[&str]) -> Result<(), String> {
         let parsed = getopt(words, "q", "").map_err(|e| format!("discard: {e}"))?;
         let (offset, len) = offset_and_len("discard", &parsed)?;
+        check_length(&parsed, len, TooLong::Length)?;
         self.check_alignment("discard", offset, len)?;
         let started = Instant::now();
         if len > 0 {
@@ -534,6 +598,7 @@ impl Session<'_> {
         let parsed = getopt(words, "vq", "P").map_err(|e| format!("aio_read: {e}"))?;
         let pattern = parsed.value('P').map(parse_pattern).transpose()?;
         let (offset, len) = offset_and_len("aio_read", &parsed)?;
+        check_length(&parsed, len, TooLong::Argument)?;
         self.check_alignment("aio_read", offset, len)?;
         if len == 0 {
             return Err("aio_read: length must not be 0".into());
@@ -569,6 +634,10 @@ impl Session<'_> {
             .transpose()?
             .unwrap_or(DEFAULT_PATTERN);
         let (offset, len) = offset_and_len("aio_write", &parsed)?;
+        if !zeroes {
+            // qemu-io writes zeros of any length without a buffer.
+            check_length(&parsed, len, TooLong::Argument)?;
+        }
         self.check_alignment("aio_write", offset, len)?;
         if len == 0 {
             return Err("aio_write: length must not be 0".into());

@@ -3,7 +3,8 @@
 //! with the same properties and contiguous storage are merged. The JSON output has
 //! qemu-img's keys (one object per line, as qemu-img prints them) plus `kind`:
 //! `local` (in this image), `base` (still in a base image) or `zero` (reads as zeros,
-//! nothing stored, past the end of a shorter base included). A QED image's allocated
+//! nothing stored, past the end of a shorter base included). Runs are printed as they are
+//! found, so memory does not grow with their number. A QED image's allocated
 //! clusters are `local` data and its zero clusters `zero`, as `qemu-img map` shows them.
 
 use super::disk::{context, Disk, DiskFormat, Extent, ExtentKind};
@@ -40,7 +41,8 @@ pub struct MapArgs {
     pub file: PathBuf,
 }
 
-/// Runs `fvd-img map`.
+/// Runs `fvd-img map`. Each merged run is printed as soon as the next one cannot join it,
+/// so memory stays the same however many runs the disk has.
 pub fn run(args: &MapArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let format = DiskFormat::given_or_probed(args.format.as_deref(), &args.file)?;
     let size_arg = |text: &Option<String>, what: &str| {
@@ -56,15 +58,106 @@ pub fn run(args: &MapArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let size = disk.size();
     let start = start.min(size);
     let end = max_length.map_or(size, |len| start.saturating_add(len).min(size));
-    let extents = disk
-        .extents(start, end)
-        .map_err(|e| context(e, format!("Could not map '{}'", args.file.display())))?;
+    // Many short lines: gather them into large writes.
+    let mut buffered = std::io::BufWriter::with_capacity(64 << 10, out);
+    let mut printer = MapPrinter::new(args.output, &mut buffered);
+    let mut at = start;
+    while at < end {
+        let extent = disk
+            .extent(at, end - at)
+            .map_err(|e| context(e, format!("Could not map '{}'", args.file.display())))?;
+        at = extent.end();
+        printer.push(extent)?;
+    }
     disk.close()?;
-    let text = match args.output {
-        OutputFormat::Human => render_human(&extents),
-        OutputFormat::Json => render_json(&extents),
-    };
-    out.write_all(text.as_bytes()).map_err(CliError::Output)
+    printer.finish()?;
+    buffered.flush().map_err(CliError::Output)
+}
+
+/// Prints runs as they come, merging each into the one before when it
+/// [`Extent::joins`] it: a run is written once it is final. Nothing is written before the
+/// first run is final, so a failure on the first run leaves the output empty.
+pub struct MapPrinter<'a> {
+    format: OutputFormat,
+    out: &'a mut dyn Write,
+    pending: Option<Extent>,
+    written: u64,
+}
+
+impl<'a> MapPrinter<'a> {
+    /// A printer of `format` output to `out`.
+    pub fn new(format: OutputFormat, out: &'a mut dyn Write) -> Self {
+        MapPrinter {
+            format,
+            out,
+            pending: None,
+            written: 0,
+        }
+    }
+
+    /// Adds the next run.
+    pub fn push(&mut self, extent: Extent) -> Result<(), CliError> {
+        match &mut self.pending {
+            Some(last) if last.joins(&extent) => {
+                last.length += extent.length;
+                Ok(())
+            }
+            _ => match self.pending.replace(extent) {
+                Some(done) => self.write(&done),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Writes the last run and closes the output.
+    pub fn finish(mut self) -> Result<(), CliError> {
+        if let Some(done) = self.pending.take() {
+            self.write(&done)?;
+        }
+        let tail = match (self.format, self.written) {
+            (OutputFormat::Json, 0) => "[]\n",
+            (OutputFormat::Json, _) => "]\n",
+            (OutputFormat::Human, 0) => HUMAN_HEADER,
+            (OutputFormat::Human, _) => "",
+        };
+        self.out
+            .write_all(tail.as_bytes())
+            .map_err(CliError::Output)
+    }
+
+    fn write(&mut self, extent: &Extent) -> Result<(), CliError> {
+        let mut text = String::new();
+        match self.format {
+            OutputFormat::Json => {
+                text.push_str(if self.written == 0 { "[" } else { ",\n" });
+                let fields: Vec<String> = extent_fields(extent)
+                    .into_iter()
+                    .map(|(key, value)| format!("\"{key}\": {value}"))
+                    .collect();
+                text += &format!("{{ {}}}", fields.join(", "));
+            }
+            OutputFormat::Human => {
+                if self.written == 0 {
+                    text.push_str(HUMAN_HEADER);
+                }
+                if let (true, false, Some(offset), Some(file)) =
+                    (extent.data, extent.zero, extent.offset, &extent.file)
+                {
+                    text += &format!(
+                        "{:<16}{:<16}{:<16}{}\n",
+                        hex(extent.start),
+                        hex(extent.length),
+                        hex(offset),
+                        file.display()
+                    );
+                }
+            }
+        }
+        self.written += 1;
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(CliError::Output)
+    }
 }
 
 /// One extent's keys and values in qemu-img map's order, plus `kind`.
@@ -85,24 +178,8 @@ pub fn extent_fields(extent: &Extent) -> Vec<(&'static str, Value)> {
     fields
 }
 
-/// The JSON list, laid out like `qemu-img map --output json`: one object per line,
-/// `{ "start": 0, "length": 65536, ...}`.
-pub fn render_json(extents: &[Extent]) -> String {
-    if extents.is_empty() {
-        return "[]\n".into();
-    }
-    let lines: Vec<String> = extents
-        .iter()
-        .map(|extent| {
-            let fields: Vec<String> = extent_fields(extent)
-                .into_iter()
-                .map(|(key, value)| format!("\"{key}\": {value}"))
-                .collect();
-            format!("{{ {}}}", fields.join(", "))
-        })
-        .collect();
-    format!("[{}]\n", lines.join(",\n"))
-}
+/// The title line of the table `qemu-img map` prints.
+const HUMAN_HEADER: &str = "Offset          Length          Mapped to       File\n";
 
 /// `0` or `0x...`, as qemu-img prints offsets with `%#x`.
 fn hex(value: u64) -> String {
@@ -113,28 +190,15 @@ fn hex(value: u64) -> String {
     }
 }
 
-/// The table `qemu-img map` prints: the runs stored as data (holes of the host file
-/// left out), with where they are stored.
-pub fn render_human(extents: &[Extent]) -> String {
-    let mut text = format!(
-        "{:<16}{:<16}{:<16}{}\n",
-        "Offset", "Length", "Mapped to", "File"
-    );
+/// `extents` printed as `format` (merged where they join), as one text.
+pub fn render(extents: &[Extent], format: OutputFormat) -> Result<String, CliError> {
+    let mut bytes = Vec::new();
+    let mut printer = MapPrinter::new(format, &mut bytes);
     for extent in extents {
-        let (true, false, Some(offset), Some(file)) =
-            (extent.data, extent.zero, extent.offset, &extent.file)
-        else {
-            continue;
-        };
-        text += &format!(
-            "{:<16}{:<16}{:<16}{}\n",
-            hex(extent.start),
-            hex(extent.length),
-            hex(offset),
-            file.display()
-        );
+        printer.push(extent.clone())?;
     }
-    text
+    printer.finish()?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -179,7 +243,7 @@ mod tests {
 
     #[test]
     fn json_is_one_object_per_line_and_parses() {
-        let text = render_json(&sample());
+        let text = render(&sample(), OutputFormat::Json).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(text.starts_with(
             "[{ \"start\": 0, \"length\": 65536, \"depth\": 1, \"present\": true, \"zero\": false, \
@@ -193,7 +257,7 @@ mod tests {
 
     #[test]
     fn human_lists_stored_runs_only() {
-        let text = render_human(&sample());
+        let text = render(&sample(), OutputFormat::Human).unwrap();
         assert_eq!(
             text,
             "Offset          Length          Mapped to       File\n\

@@ -2,13 +2,16 @@
 //! engine's adaptive prefetch, a progress bar and an optional rate limit; afterwards the
 //! image no longer needs its base. Time for the engine comes from a monotonic clock.
 
-use super::error::CliError;
+use super::disk::open_error;
+use super::error::{io_reason, CliError};
+use super::image::open_host_file_as;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::size::{human_size, parse_size};
-use crate::driver::DriverOptions;
-use crate::files::open_image_with;
+use crate::driver::{Driver, DriverOptions};
+use crate::files::{open_image_with, FileStorage};
+use crate::lock::Usage;
 use clap::Args;
-use fvd_core::engine::{PrefetchMode, PrefetchState};
+use fvd_core::engine::{PrefetchFailure, PrefetchMode, PrefetchState};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +32,19 @@ pub struct PrefetchArgs {
     pub external: ExternalData,
     /// The image
     pub file: PathBuf,
+}
+
+/// The error of a prefetch that gave up: what kept failing and the storage's reason.
+fn gave_up(driver: &mut Driver<FileStorage>, failure: Option<PrefetchFailure>) -> CliError {
+    let reason = match (driver.take_os_error(), failure) {
+        (Some(os), _) => io_reason(&os),
+        (None, Some(failure)) => failure.error().to_string(),
+        (None, None) => "I/O error".to_string(),
+    };
+    match failure {
+        Some(failure) => CliError::Image(format!("prefetch failed: {failure}: {reason}")),
+        None => CliError::Image(format!("prefetch failed: {reason}")),
+    }
 }
 
 /// Runs `fvd-img prefetch`.
@@ -53,9 +69,11 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         prefetch: PrefetchMode::Now { max_read_kib_s },
         ..DriverOptions::default()
     };
+    // A FIFO, directory or socket gets the same message as `info` ("not a regular file
+    // or block device") rather than the OS error of a seek on it.
+    open_host_file_as(&args.file, Usage::PROBE)?;
     let gate = open_flags::gate(ForceShare::default(), args.external);
-    let mut driver =
-        open_image_with(&args.file, options, &gate).map_err(|e| CliError::Image(e.to_string()))?;
+    let mut driver = open_image_with(&args.file, options, &gate).map_err(open_error)?;
     let progress = driver.engine().prefetch_progress();
     if progress.state == PrefetchState::Off {
         let prefetched = driver
@@ -95,10 +113,12 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         bar.set_message(format!("{:?}", progress.state).to_lowercase());
         match progress.state {
             PrefetchState::Done => break,
-            PrefetchState::Off => {
-                return Err(CliError::Image(
-                    "prefetch stopped after an I/O error".to_string(),
-                ));
+            PrefetchState::Failed | PrefetchState::Off => {
+                bar.finish_and_clear();
+                let error = gave_up(&mut driver, progress.failure);
+                // Keep what was copied; the failure is what the user needs to hear about.
+                let _ = driver.close();
+                return Err(error);
             }
             _ => {}
         }

@@ -8,6 +8,7 @@ use super::writer::{stage_empty, Staged};
 use crate::lock::Usage;
 use fvd_core::qed::{parse, QedHeader, QedHeaderError, QedLayout, QedPlan, QED_HEADER_LEN};
 use fvd_core::qed::{table, QED_MAGIC};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -26,11 +27,19 @@ pub struct QedImage {
 }
 
 impl QedImage {
-    /// The backing file name as text (lossy for non-UTF-8 bytes).
+    /// The backing file name as text, for display (lossy for non-UTF-8 bytes: never use
+    /// it to find the file).
     pub fn backing_text(&self) -> Option<String> {
         self.backing_name
             .as_deref()
             .map(|name| String::from_utf8_lossy(name).into_owned())
+    }
+
+    /// The backing file name as the path it names, byte for byte.
+    pub fn backing_path(&self) -> Option<PathBuf> {
+        self.backing_name
+            .as_deref()
+            .map(|name| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
     }
 
     /// The backing file's format as the header states it: `raw` with the no-probe bit,

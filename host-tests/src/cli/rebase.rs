@@ -23,7 +23,7 @@ use super::base::{self, Base, BaseFormat};
 use super::disk::{open_error, Disk, DiskFormat};
 use super::error::CliError;
 use super::image::open_host_file_as;
-use super::image::{header_reason, name_text, open_fvd, open_host_file, read_at_most};
+use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::qed::open_qed;
 use crate::driver::{Driver, DriverOptions};
@@ -37,6 +37,7 @@ use fvd_core::format::{validate, RawHeader, RAW_HEADER_LEN};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::mem::offset_of;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,7 @@ pub struct RebaseArgs {
     pub format: Option<String>,
     /// The new base image ("" for none)
     #[arg(short = 'b', value_name = "NEW")]
-    pub backing: Option<String>,
+    pub backing: Option<std::ffi::OsString>,
     /// Format of the new base image: raw or fvd (default: probed)
     #[arg(short = 'F', value_name = "NEW_FMT")]
     pub backing_format: Option<String>,
@@ -100,12 +101,13 @@ fn header_of(bytes: &[u8]) -> &RawHeader {
 }
 
 /// Stores `value` into the name field at `offset` of `header`.
-fn set_name(header: &mut [u8], offset: usize, len: usize, value: &str) -> Result<(), CliError> {
-    if set_name_field(&mut header[offset..offset + len], value.as_bytes()) {
+fn set_name(header: &mut [u8], offset: usize, len: usize, value: &[u8]) -> Result<(), CliError> {
+    if set_name_field(&mut header[offset..offset + len], value) {
         Ok(())
     } else {
         Err(CliError::Invalid(format!(
-            "The base name '{value}' is too long for the header (at most {} bytes, no NUL)",
+            "The base name '{}' is too long for the header (at most {} bytes, no NUL)",
+            String::from_utf8_lossy(value),
             len - 1
         )))
     }
@@ -139,19 +141,19 @@ fn write_header(path: &Path, new: &[u8]) -> Result<(), CliError> {
 }
 
 /// `header` naming base `new` with `base_img_size` = `base_size`.
-fn renamed(header: &[u8], new: &Base, name: &str, base_size: u64) -> Result<Vec<u8>, CliError> {
+fn renamed(header: &[u8], new: &Base, name: &Path, base_size: u64) -> Result<Vec<u8>, CliError> {
     let mut bytes = header.to_vec();
     set_name(
         &mut bytes,
         offset_of!(RawHeader, base_img),
         NAME_FIELD_LEN,
-        name,
+        name.as_os_str().as_bytes(),
     )?;
     set_name(
         &mut bytes,
         offset_of!(RawHeader, base_img_fmt),
         FORMAT_FIELD_LEN,
-        new.format.name(),
+        new.format.name().as_bytes(),
     )?;
     set_u64(&mut bytes, offset_of!(RawHeader, base_img_size), base_size);
     Ok(bytes)
@@ -226,7 +228,7 @@ fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
         }
         if format == BaseFormat::Qed {
             let image = open_qed(&path)?;
-            let Some(name) = image.backing_text() else {
+            let Some(name) = image.backing_path() else {
                 return Ok(());
             };
             let next = resolve_relative(&path, &name);
@@ -248,7 +250,7 @@ fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
         if image.layout.base.is_none() || image.layout.base_fully_prefetched {
             return Ok(());
         }
-        let name = name_text(&image.header.base_img);
+        let name = name_path(&image.header.base_img);
         let next = resolve_relative(&path, &name);
         format = match name_text(&image.header.base_img_fmt).as_str() {
             "" => match DiskFormat::probe(&next) {
@@ -267,11 +269,12 @@ fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
 }
 
 /// Opens and measures NEW, worded like qemu-img's "Could not open new backing file".
-fn inspect_new(file: &Path, name: &str, format: Option<BaseFormat>) -> Result<Base, CliError> {
-    let base = base::inspect(file, Path::new(name), format).map_err(|err| match err {
-        CliError::Backing(inner) => {
-            CliError::Image(format!("Could not open new backing file '{name}': {inner}"))
-        }
+fn inspect_new(file: &Path, name: &Path, format: Option<BaseFormat>) -> Result<Base, CliError> {
+    let base = base::inspect(file, name, format).map_err(|err| match err {
+        CliError::Backing(inner) => CliError::Image(format!(
+            "Could not open new backing file '{}': {inner}",
+            name.display()
+        )),
         other => other,
     })?;
     if same_file(&base.path, file) {
@@ -282,7 +285,7 @@ fn inspect_new(file: &Path, name: &str, format: Option<BaseFormat>) -> Result<Ba
     }
     let image = open_fvd(file)?;
     if image.layout.separate_data_file {
-        let data = resolve_relative(file, &name_text(&image.header.data_file));
+        let data = resolve_relative(file, name_path(&image.header.data_file));
         if same_file(&base.path, &data) {
             return Err(CliError::Invalid(format!(
                 "Cannot rebase '{}' onto '{}': that is its own data file",
@@ -418,15 +421,15 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
         .map(BaseFormat::parse)
         .transpose()?;
     let name = match (&args.backing, args.unsafe_mode) {
-        (Some(name), _) => name.clone(),
+        (Some(name), _) => PathBuf::from(name),
         (None, false) => {
             return Err(CliError::Usage(
                 "Must specify backing file (-b) or use unsafe mode (-u)".into(),
             ))
         }
-        (None, true) => String::new(),
+        (None, true) => PathBuf::new(),
     };
-    if name.is_empty() && format.is_some() {
+    if name.as_os_str().is_empty() && format.is_some() {
         return Err(CliError::Usage(
             "A backing format (-F) needs a backing file (-b)".into(),
         ));
@@ -444,7 +447,7 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     let (header, file_len) = read_header(path)?;
     drop(image);
 
-    if name.is_empty() {
+    if name.as_os_str().is_empty() {
         if args.unsafe_mode {
             return Err(CliError::Invalid(
                 "rebase -u cannot remove the base of an FVD image (its bitmap stays); rebase \

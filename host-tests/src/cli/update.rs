@@ -14,9 +14,12 @@ use crate::lock::Usage;
 use clap::Args;
 use fvd_core::format::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
 use fvd_core::format::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::probe::{probe, Probe};
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::mem::offset_of;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -302,8 +305,7 @@ fn check_distinct(path: &Path, image: &File, header: &[u8]) -> Result<(), CliErr
         if name.is_empty() {
             continue;
         }
-        let name = String::from_utf8_lossy(name);
-        let resolved = gate::resolve(path, &name);
+        let resolved = gate::resolve(path, Path::new(OsStr::from_bytes(name)));
         let Ok(meta) = std::fs::metadata(&resolved) else {
             continue;
         };
@@ -340,12 +342,17 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     let host = open_host_file_as(path, Usage::WRITE)?;
     let old = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
     if old.len() < RAW_HEADER_LEN || !has_magic(&old, FVD_MAGIC) {
+        // Say what the file is instead ("a raw disk image", "a QED image", ...).
+        let seems = probe(&old);
         return Err(CliError::NotFvd {
             path: path.to_path_buf(),
-            reason: if old.len() < RAW_HEADER_LEN {
-                format!("it is shorter than an FVD header ({RAW_HEADER_LEN} bytes)")
+            reason: if seems != Probe::Raw || old.len() >= RAW_HEADER_LEN {
+                format!("it is {seems}; update changes FVD headers only")
             } else {
-                "no FVD magic".into()
+                format!(
+                    "it is {seems} shorter than an FVD header ({RAW_HEADER_LEN} bytes); update \
+                     changes FVD headers only"
+                )
             },
         });
     }

@@ -4,7 +4,7 @@
 
 use crate::cli::base::resolve;
 use crate::cli::error::CliError;
-use crate::cli::image::{measure_data_file, name_text, open_fvd_as, read_exact};
+use crate::cli::image::{measure_data_file, name_path, open_fvd_as, read_exact};
 use crate::gate::OpenGate;
 use fvd_core::format::{ImageLayout, RawHeader, Region};
 use std::path::{Path, PathBuf};
@@ -79,8 +79,8 @@ pub fn load(path: &Path, gate: &OpenGate) -> Result<Loaded, CliError> {
     let bitmap = read_region(file, path, layout.base.map(|b| b.bitmap))?;
     let journal = read_region(file, path, layout.journal)?;
     let storage = if layout.separate_data_file {
-        let name = name_text(&image.header.data_file);
-        let data_path = resolve(path, Path::new(&name));
+        let name = name_path(&image.header.data_file);
+        let data_path = resolve(path, &name);
         let data = measure_data_file(&image, &name, gate)?;
         let regular = std::fs::metadata(&data_path)
             .map(|m| m.is_file())

@@ -14,9 +14,10 @@ pub mod qed;
 pub mod repair;
 pub mod report;
 pub mod scan;
+pub mod table;
 
 use super::error::CliError;
-use super::image::{chain_of, name_text};
+use super::image::{chain_of, name_path};
 use super::image_format::ImageFormat;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::{write_json, OutputFormat};
@@ -69,8 +70,8 @@ pub struct CheckArgs {
     pub file: PathBuf,
 }
 
-/// Runs `fvd-img check`. The report goes to `out`; an exit status other than 0 comes back
-/// as [`CliError::Exit`] after the report is written.
+/// Runs `fvd-img check`. The report goes to `out`, each finding as it is found; an exit
+/// status other than 0 comes back as [`CliError::Exit`] after the report is written.
 pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
     args.share.check_read_only(args.repair.is_some())?;
@@ -91,53 +92,95 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let loaded = load::load(path, &gate)?;
     let first = analysis::analyze(&loaded);
     let filename = path.to_string_lossy();
+    let human = args.output == OutputFormat::Human;
+    // Many short lines: gather them into large writes.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
 
-    let repaired = match args.repair {
-        Some(mode) => {
-            let _data_held = match &held {
-                Some(image) if loaded.storage.separate => {
-                    // Through the gate: a data file outside the image's directory is
-                    // written only with --allow-external-data-file.
-                    let name = name_text(&loaded.header.data_file);
-                    let mut chain = chain_of(image, path)?;
-                    let access = Access::Write;
-                    let data = gate::open_named(&gate, &mut chain, path, &name, true, access)?;
-                    repair::open_writable(&loaded.storage.path, "data file")?;
-                    Some(data)
-                }
-                _ => None,
-            };
-            let outcome = repair::repair(&loaded, &first, mode)?;
-            drop(loaded);
-            // Double-check: the repaired image, read afresh.
-            let last = analysis::analyze(&load::load(path, &gate)?);
-            Some((outcome, last))
+    let Some(mode) = args.repair else {
+        if human {
+            report::findings(&loaded, &first, &mut out)?;
+            report::summary(&first, false, &mut out)?;
+        } else {
+            write_json(&mut out, &report::json(&filename, &loaded, &first, None))?;
         }
-        None => None,
+        return finish(out, status(&first, false));
     };
-    let last = repaired.as_ref().map_or(&first, |(_, last)| last);
-    let outcome = repaired.as_ref().map(|(outcome, _)| outcome);
-
-    match args.output {
-        OutputFormat::Json => write_json(out, &report::json(&filename, last, outcome))?,
-        OutputFormat::Human => {
-            let text = match outcome {
-                Some(outcome) => report::human_repair(&first, outcome, last),
-                None => report::human(&first),
+    if let Some(refused) = repair::refusal(&first, mode) {
+        if human {
+            report::findings(&loaded, &first, &mut out)?;
+            writeln!(out, "{refused}").map_err(CliError::Output)?;
+            report::summary(&first, false, &mut out)?;
+        } else {
+            let outcome = repair::Outcome {
+                refused: Some(refused),
+                ..repair::Outcome::default()
             };
+            write_json(
+                &mut out,
+                &report::json(&filename, &loaded, &first, Some(&outcome)),
+            )?;
+        }
+        return finish(out, status(&first, false));
+    }
+    let _data_held = match &held {
+        Some(image) if loaded.storage.separate => {
+            // Through the gate: a data file outside the image's directory is written only
+            // with --allow-external-data-file.
+            let name = name_path(&loaded.header.data_file);
+            let mut chain = chain_of(image, path)?;
+            let data = gate::open_named(&gate, &mut chain, path, &name, true, Access::Write)?;
+            repair::open_writable(&loaded.storage.path, "data file")?;
+            Some(data)
+        }
+        _ => None,
+    };
+    let plan = repair::plan(&loaded, &first, mode);
+    if human && plan.has_actions(&first) {
+        report::findings(&loaded, &first, &mut out)?;
+    }
+    let outcome = repair::repair(&loaded, &first, plan, &mut |line| {
+        if human {
+            writeln!(out, "{line}").map_err(CliError::Output)?;
+        }
+        Ok(())
+    })?;
+    drop(first);
+    drop(loaded);
+    // Double-check: the repaired image, read afresh.
+    let last_loaded = load::load(path, &gate)?;
+    let last = analysis::analyze(&last_loaded);
+    if human {
+        if outcome.line_count() > 0 {
+            let mut text = String::new();
+            report::repairs_summary(outcome.corruptions_fixed, outcome.leaks_fixed, &mut text);
             out.write_all(text.as_bytes()).map_err(CliError::Output)?;
         }
+        report::findings(&last_loaded, &last, &mut out)?;
+        report::summary(&last, true, &mut out)?;
+    } else {
+        write_json(
+            &mut out,
+            &report::json(&filename, &last_loaded, &last, Some(&outcome)),
+        )?;
     }
+    finish(out, status(&last, true))
+}
 
-    let status = if !last.problems.is_empty() {
+/// The exit status of a check whose last analysis is `a`.
+fn status(a: &analysis::Analysis, repaired: bool) -> u8 {
+    if a.corruptions > 0 {
         EXIT_CORRUPT
-    } else if last.leaks() > 0 && args.repair.is_none() {
+    } else if a.leaks() > 0 && !repaired {
         EXIT_LEAKS
     } else {
         0
-    };
+    }
+}
+
+/// Flushes the report and ends with `status`.
+fn finish(mut out: impl Write, status: u8) -> Result<(), CliError> {
+    out.flush().map_err(CliError::Output)?;
     if status != 0 {
-        out.flush().map_err(CliError::Output)?;
         return Err(CliError::Exit(status));
     }
     Ok(())

@@ -11,9 +11,11 @@
 //! 4. A compact image's data storage is truncated to the end of its last mapped chunk.
 //! 5. The header is marked clean (sector 4, flushed).
 
-use super::analysis::Analysis;
+use super::analysis::{table_of, Analysis};
 use super::load::{Loaded, Metadata};
-use super::scan::{clear_stray_bits, scan_bitmap, scan_table, unmap, Problem};
+use super::report::MAX_LISTED;
+use super::scan::{clear_stray_bits, scan_bitmap, Problem};
+use super::table::{scan_table, table_problems, unmap};
 use super::RepairMode;
 use crate::cli::error::CliError;
 use crate::lock::{FileLock, Usage};
@@ -30,14 +32,43 @@ use std::path::Path;
 /// What a repair did.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// One line per action, in order.
+    /// One line per action, in order (the first [`MAX_LISTED`]; every line also went to
+    /// the caller's sink as it was made).
     pub lines: Vec<String>,
+    /// Lines made past [`MAX_LISTED`].
+    pub lines_omitted: u64,
     /// Corruptions repaired.
     pub corruptions_fixed: u64,
     /// Leaked chunks released.
     pub leaks_fixed: u64,
     /// Why nothing was repaired, when that was refused.
     pub refused: Option<String>,
+}
+
+impl Outcome {
+    /// Lines made in all.
+    pub fn line_count(&self) -> u64 {
+        self.lines.len() as u64 + self.lines_omitted
+    }
+}
+
+/// Where a repair's lines go as they are made: the caller's sink, and a bounded list in
+/// the outcome.
+struct Lines<'a> {
+    outcome: Outcome,
+    sink: &'a mut dyn FnMut(&str) -> Result<(), CliError>,
+}
+
+impl Lines<'_> {
+    fn push(&mut self, line: String) -> Result<(), CliError> {
+        (self.sink)(&line)?;
+        if self.outcome.lines.len() < MAX_LISTED {
+            self.outcome.lines.push(line);
+        } else {
+            self.outcome.lines_omitted += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Whether `err` means the file cannot be written (as opposed to not found, ...).
@@ -151,102 +182,159 @@ fn write_state(
     sync(file, path)
 }
 
-/// Computes the `-r all` fixes of `state` into `fixed`, describing each in `outcome`.
-fn fix_structure(image: &Loaded, state: &Metadata, fixed: &mut Metadata, outcome: &mut Outcome) {
-    let layout = &image.layout;
-    if let Some(t) = layout.table {
-        let scan = scan_table(
-            &state.table,
-            t.chunks,
-            t.chunk_size,
-            layout.data_offset,
-            image.storage.len,
-        );
-        for problem in &scan.problems {
-            let chunk = match problem {
-                Problem::DirtyEntry { chunk, .. }
-                | Problem::BeyondStorage { chunk, .. }
-                | Problem::SharedChunk { chunk, .. } => *chunk,
-                _ => continue,
-            };
-            unmap(&mut fixed.table, chunk);
-            outcome.corruptions_fixed += 1;
-            outcome.lines.push(format!(
-                "Repairing chunk {chunk}: unmapped, its data is lost ({problem})"
-            ));
+/// The `-r all` fixes of `state` applied to `fixed` (corrupt table entries unmapped, stray
+/// bitmap bits cleared); returns how many corruptions they repair.
+fn fix_structure(image: &Loaded, state: &Metadata, fixed: &mut Metadata) -> u64 {
+    let mut count = 0;
+    if let Some(table) = table_of(image, state) {
+        let _ = table_problems::<()>(table, &mut |problem| {
+            if let Some(chunk) = problem_chunk(&problem) {
+                unmap(&mut fixed.table, chunk);
+                count += 1;
+            }
+            Ok(())
+        });
+    }
+    if let Some(base) = image.layout.base {
+        if scan_bitmap(&state.bitmap, base.blocks).problem.is_some() {
+            clear_stray_bits(&mut fixed.bitmap, base.blocks);
+            count += 1;
         }
     }
-    if let Some(base) = layout.base {
-        if let Some(problem) = scan_bitmap(&state.bitmap, base.blocks).problem {
-            clear_stray_bits(&mut fixed.bitmap, base.blocks);
-            outcome.corruptions_fixed += 1;
-            outcome.lines.push(format!(
-                "Repairing the bitmap: cleared the stray bits ({problem})"
-            ));
-        }
+    count
+}
+
+/// The chunk a table problem is about.
+fn problem_chunk(problem: &Problem) -> Option<u64> {
+    match problem {
+        Problem::DirtyEntry { chunk, .. }
+        | Problem::BeyondStorage { chunk, .. }
+        | Problem::SharedChunk { chunk, .. } => Some(*chunk),
+        _ => None,
     }
 }
 
-/// Repairs `image` as `first` found it.
-pub fn repair(image: &Loaded, first: &Analysis, mode: RepairMode) -> Result<Outcome, CliError> {
-    let mut outcome = Outcome::default();
-    if mode == RepairMode::Leaks && !first.problems.is_empty() {
-        outcome.refused = Some(
-            "Leaks were not repaired because the image has errors; -r all repairs both".into(),
-        );
-        return Ok(outcome);
+/// Describes the `-r all` fixes of `state` (what [`fix_structure`] did) line by line.
+fn describe_fixes(image: &Loaded, state: &Metadata, lines: &mut Lines<'_>) -> Result<(), CliError> {
+    if let Some(table) = table_of(image, state) {
+        table_problems(table, &mut |problem| match problem_chunk(&problem) {
+            Some(chunk) => lines.push(format!(
+                "Repairing chunk {chunk}: unmapped, its data is lost ({problem})"
+            )),
+            None => Ok(()),
+        })?;
     }
+    if let Some(base) = image.layout.base {
+        if let Some(problem) = scan_bitmap(&state.bitmap, base.blocks).problem {
+            lines.push(format!(
+                "Repairing the bitmap: cleared the stray bits ({problem})"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why `-r leaks` does nothing to an image with corruptions, if it does not.
+pub fn refusal(first: &Analysis, mode: RepairMode) -> Option<String> {
+    (mode == RepairMode::Leaks && first.corruptions > 0)
+        .then(|| "Leaks were not repaired because the image has errors; -r all repairs both".into())
+}
+
+/// A repair worked out in memory, before anything is written.
+pub struct Plan {
+    mode: RepairMode,
+    fixed: Metadata,
+    structure_fixes: u64,
+    truncate_to: Option<u64>,
+    needs_write: bool,
+}
+
+impl Plan {
+    /// True when the repair has anything to say or do (then the first check's findings
+    /// are shown before its lines).
+    pub fn has_actions(&self, first: &Analysis) -> bool {
+        (first.dirty && first.journal.applied > 0)
+            || !first.head.is_empty()
+            || self.structure_fixes > 0
+            || self.truncate_to.is_some()
+            || (first.dirty && self.needs_write)
+    }
+}
+
+/// Works out the repair of `image` as `first` found it, without writing (the caller has
+/// checked [`refusal`]).
+pub fn plan(image: &Loaded, first: &Analysis, mode: RepairMode) -> Plan {
+    let layout = &image.layout;
+    let replayed = first.replayed(image);
+    let mut fixed = replayed.clone();
+    let structure_fixes = if mode == RepairMode::All {
+        fix_structure(image, replayed, &mut fixed)
+    } else {
+        0
+    };
+    let truncate_to = table_of(image, &fixed).and_then(|table| {
+        let frontier = scan_table(table).frontier;
+        let end = layout.data_offset + frontier * table.chunk_size;
+        (image.storage.regular && image.storage.len > end).then_some(end)
+    });
+    let needs_write = first.dirty
+        || first.journal.sectors > 0
+        || !first.head.is_empty()
+        || structure_fixes > 0
+        || *replayed != image.disk
+        || fixed != *replayed
+        || truncate_to.is_some();
+    Plan {
+        mode,
+        fixed,
+        structure_fixes,
+        truncate_to,
+        needs_write,
+    }
+}
+
+/// Carries out `plan` on `image` as `first` found it, handing each line to `sink` as it
+/// is made.
+pub fn repair(
+    image: &Loaded,
+    first: &Analysis,
+    plan: Plan,
+    sink: &mut dyn FnMut(&str) -> Result<(), CliError>,
+) -> Result<Outcome, CliError> {
+    let mut lines = Lines {
+        outcome: Outcome::default(),
+        sink,
+    };
     let layout = &image.layout;
     let path = image.path.as_path();
 
     // What the repair starts from: the metadata with every good journal record applied.
-    let replayed = first.replayed.clone();
+    let replayed = first.replayed(image);
     if first.dirty && first.journal.applied > 0 {
-        outcome.lines.push(format!(
+        lines.push(format!(
             "Replaying {} journal record(s) from {} sector(s)",
             first.journal.applied, first.journal.sectors
-        ));
+        ))?;
     }
-    for problem in first.problems.iter() {
+    for problem in &first.head {
         let action = match problem {
             Problem::UnreplayedJournal { .. } => "replayed them",
             Problem::DirtyWithoutJournal => {
                 "the checked metadata is kept and the image marked clean"
             }
-            p if p.in_journal() => "dropped the record",
-            _ => continue,
+            _ => "dropped the record",
         };
-        outcome.corruptions_fixed += 1;
-        outcome.lines.push(format!("Repairing {problem}: {action}"));
+        lines.outcome.corruptions_fixed += 1;
+        lines.push(format!("Repairing {problem}: {action}"))?;
     }
-
-    let mut fixed = replayed.clone();
-    if mode == RepairMode::All {
-        fix_structure(image, &replayed, &mut fixed, &mut outcome);
+    if plan.mode == RepairMode::All {
+        describe_fixes(image, replayed, &mut lines)?;
+        lines.outcome.corruptions_fixed += plan.structure_fixes;
     }
-
-    let truncate_to = layout.table.and_then(|t| {
-        let frontier = scan_table(
-            &fixed.table,
-            t.chunks,
-            t.chunk_size,
-            layout.data_offset,
-            image.storage.len,
-        )
-        .frontier;
-        let end = layout.data_offset + frontier * t.chunk_size;
-        (image.storage.regular && image.storage.len > end).then_some(end)
-    });
-
-    let needs_write = first.dirty
-        || first.journal.sectors > 0
-        || outcome.corruptions_fixed > 0
-        || replayed != image.disk
-        || fixed != replayed
-        || truncate_to.is_some();
-    if !needs_write {
-        return Ok(outcome);
+    if !plan.needs_write {
+        return Ok(lines.outcome);
     }
+    let fixed = &plan.fixed;
 
     let file = open_writable(path, "image")?;
     let mut header = image.header.bytes().to_vec();
@@ -260,13 +348,13 @@ pub fn repair(image: &Loaded, first: &Analysis, mode: RepairMode) -> Result<Outc
         .unwrap_or(0);
     let epoch = next_epoch(layout.stable_journal_epoch, highest_seen);
     // 1. Replay.
-    write_metadata(&file, image, &image.disk, &replayed)?;
+    write_metadata(&file, image, &image.disk, replayed)?;
     // 2. Dirty, with a new epoch: the journal is now stale.
     write_state(&file, path, &mut header, false, epoch)?;
     // 3. Fixes.
-    write_metadata(&file, image, &replayed, &fixed)?;
+    write_metadata(&file, image, replayed, fixed)?;
     // 4. Release the storage past the last mapped chunk.
-    if let Some(end) = truncate_to {
+    if let Some(end) = plan.truncate_to {
         let storage = &image.storage;
         let data;
         let target = if storage.separate {
@@ -279,16 +367,16 @@ pub fn repair(image: &Loaded, first: &Analysis, mode: RepairMode) -> Result<Outc
             .set_len(end)
             .and_then(|()| target.sync_all())
             .map_err(|e| CliError::io("truncate", &storage.path, e))?;
-        outcome.lines.push(format!(
+        lines.push(format!(
             "Released {} bytes of data storage past the last mapped chunk ('{}' is now {end} bytes)",
             storage.len - end,
             storage.path.display()
-        ));
+        ))?;
     }
     // 5. Clean.
     write_state(&file, path, &mut header, true, epoch)?;
     if first.dirty {
-        outcome.lines.push("Marked the image clean".into());
+        lines.push("Marked the image clean".into())?;
     }
-    Ok(outcome)
+    Ok(lines.outcome)
 }

@@ -1,30 +1,36 @@
-//! How `check` prints what it found: text laid out like qemu-img check's, and JSON with
-//! qemu-img's keys plus this tool's own.
+//! How `check` prints what it found: text laid out like qemu-img check's, each finding
+//! written as it is found again, and JSON with qemu-img's keys (counts) plus this tool's
+//! own (a bounded list of findings).
 
-use super::analysis::Analysis;
+use super::analysis::{for_each_leak, for_each_problem, Analysis};
+use super::load::Loaded;
 use super::repair::Outcome;
+use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
 use serde_json::{json, Map, Value};
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::Write;
 
-/// The lines naming each problem and leak, then the notes about the image's state.
-fn findings(a: &Analysis, text: &mut String) {
-    for problem in &a.problems {
-        let _ = writeln!(text, "ERROR {problem}");
-    }
-    if let Some(table) = &a.table {
-        for &(start, end) in &table.leaks {
-            if end - start == 1 {
-                let _ = writeln!(text, "Leaked chunk {start}: no table entry maps it");
-            } else {
-                let _ = writeln!(
-                    text,
-                    "Leaked chunks {start}-{}: no table entry maps them",
-                    end - 1
-                );
-            }
+/// Writes the lines naming each problem and leak of `a` (found in `image`) as they are
+/// found again, then the notes about the image's state.
+pub fn findings(image: &Loaded, a: &Analysis, out: &mut dyn Write) -> Result<(), CliError> {
+    let output = CliError::Output;
+    for_each_problem(image, a, &mut |problem| {
+        writeln!(out, "ERROR {problem}").map_err(output)
+    })?;
+    for_each_leak(image, a, &mut |start, end| {
+        if end - start == 1 {
+            writeln!(out, "Leaked chunk {start}: no table entry maps it")
+        } else {
+            writeln!(
+                out,
+                "Leaked chunks {start}-{}: no table entry maps them",
+                end - 1
+            )
         }
-    }
+        .map_err(output)
+    })?;
+    let mut text = String::new();
     if a.dirty && a.journal.sectors > 0 {
         let _ = writeln!(
             text,
@@ -44,11 +50,14 @@ fn findings(a: &Analysis, text: &mut String) {
             bitmap.in_image, bitmap.in_base
         );
     }
+    out.write_all(text.as_bytes()).map_err(output)
 }
 
-/// The closing summary. After a repair, remaining leaks are those the engine reuses.
-fn summary(a: &Analysis, repaired: bool, text: &mut String) {
-    let corruptions = a.problems.len();
+/// Writes the closing summary. After a repair, remaining leaks are those the engine
+/// reuses.
+pub fn summary(a: &Analysis, repaired: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut text = String::new();
+    let corruptions = a.corruptions;
     let leaks = a.leaks();
     if corruptions == 0 && leaks == 0 {
         text.push_str("No errors were found on the image.\n");
@@ -87,38 +96,7 @@ fn summary(a: &Analysis, repaired: bool, text: &mut String) {
     if a.image_end_offset != 0 {
         let _ = writeln!(text, "Image end offset: {}", a.image_end_offset);
     }
-}
-
-/// The text report of a plain check.
-pub fn human(a: &Analysis) -> String {
-    let mut text = String::new();
-    findings(a, &mut text);
-    summary(a, false, &mut text);
-    text
-}
-
-/// The text report of a repair: what the first pass found, what was done, and the check of
-/// the repaired image. When nothing was written, the one check is reported once.
-pub fn human_repair(first: &Analysis, outcome: &Outcome, last: &Analysis) -> String {
-    let mut text = String::new();
-    if let Some(refused) = &outcome.refused {
-        findings(first, &mut text);
-        let _ = writeln!(text, "{refused}");
-        summary(first, false, &mut text);
-        return text;
-    }
-    if !outcome.lines.is_empty() {
-        findings(first, &mut text);
-        repairs_done(
-            &outcome.lines,
-            outcome.corruptions_fixed,
-            outcome.leaks_fixed,
-            &mut text,
-        );
-    }
-    findings(last, &mut text);
-    summary(last, true, &mut text);
-    text
+    out.write_all(text.as_bytes()).map_err(CliError::Output)
 }
 
 /// What a repair did, in qemu-img's words, followed by the announcement of the second check.
@@ -126,6 +104,12 @@ pub fn repairs_done(lines: &[String], corruptions_fixed: u64, leaks_fixed: u64, 
     for line in lines {
         let _ = writeln!(text, "{line}");
     }
+    repairs_summary(corruptions_fixed, leaks_fixed, text);
+}
+
+/// The counts of a repair in qemu-img's words and the announcement of the second check
+/// (after the repair's own lines).
+pub fn repairs_summary(corruptions_fixed: u64, leaks_fixed: u64, text: &mut String) {
     if corruptions_fixed > 0 || leaks_fixed > 0 {
         let _ = write!(
             text,
@@ -179,14 +163,19 @@ pub fn qemu_check_object(
     top
 }
 
-/// The JSON report of the (last) check, with the repair's counts when there was one.
-pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
+/// Findings and leaked runs listed in JSON at most (the counts are always complete).
+pub const MAX_LISTED: usize = 1000;
+
+/// The JSON report of the (last) check `a` of `image`, with the repair's counts when there
+/// was one. Findings and leaked runs are listed up to [`MAX_LISTED`] each; past that,
+/// `findings-omitted` and `leaked-chunks-omitted` say how many were left out.
+pub fn json(filename: &str, image: &Loaded, a: &Analysis, outcome: Option<&Outcome>) -> Value {
     let counts = CheckCounts {
         image_end_offset: a.image_end_offset,
         total_clusters: a.total_clusters,
         allocated_clusters: a.allocated_clusters,
         fragmented_clusters: a.fragmented_clusters,
-        corruptions: a.problems.len() as u64,
+        corruptions: a.corruptions,
         leaks: a.leaks(),
         fixed: outcome.map(|o| (o.corruptions_fixed, o.leaks_fixed)),
         dirty: a.dirty,
@@ -194,19 +183,34 @@ pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
     let mut top = qemu_check_object(filename, ImageFormat::Fvd, &counts);
     top.insert("journal-records".into(), a.journal.records.into());
     top.insert("journal-sectors".into(), a.journal.sectors.into());
-    let findings: Vec<Value> = a
-        .problems
-        .iter()
-        .map(|p| json!({"kind": p.kind(), "message": p.to_string()}))
-        .collect();
+    let mut findings = Vec::new();
+    let mut omitted = 0u64;
+    let _ = for_each_problem::<()>(image, a, &mut |p| {
+        if findings.len() < MAX_LISTED {
+            findings.push(json!({"kind": p.kind(), "message": p.to_string()}));
+        } else {
+            omitted += 1;
+        }
+        Ok(())
+    });
     top.insert("findings".into(), Value::Array(findings));
-    let leaks: Vec<Value> = a
-        .table
-        .iter()
-        .flat_map(|t| t.leaks.iter())
-        .map(|&(start, end)| json!({"start": start, "count": end - start}))
-        .collect();
+    if omitted > 0 {
+        top.insert("findings-omitted".into(), omitted.into());
+    }
+    let mut leaks = Vec::new();
+    let mut omitted = 0u64;
+    let _ = for_each_leak::<()>(image, a, &mut |start, end| {
+        if leaks.len() < MAX_LISTED {
+            leaks.push(json!({"start": start, "count": end - start}));
+        } else {
+            omitted += 1;
+        }
+        Ok(())
+    });
     top.insert("leaked-chunks".into(), Value::Array(leaks));
+    if omitted > 0 {
+        top.insert("leaked-chunks-omitted".into(), omitted.into());
+    }
     if let Some(bitmap) = &a.bitmap {
         top.insert("blocks-in-image".into(), bitmap.in_image.into());
         top.insert("blocks-in-base".into(), bitmap.in_base.into());
@@ -214,6 +218,9 @@ pub fn json(filename: &str, a: &Analysis, outcome: Option<&Outcome>) -> Value {
     if let Some(outcome) = outcome {
         let lines: Vec<Value> = outcome.lines.iter().map(|l| l.as_str().into()).collect();
         top.insert("repairs".into(), Value::Array(lines));
+        if outcome.lines_omitted > 0 {
+            top.insert("repairs-omitted".into(), outcome.lines_omitted.into());
+        }
         if let Some(refused) = &outcome.refused {
             top.insert("repair-refused".into(), refused.as_str().into());
         }

@@ -1,10 +1,10 @@
 //! The checks themselves, on metadata held in memory: journal replay with the engine's
-//! rules (FORMAT.md §10.3–10.4) that records a bad record instead of failing, the chunk
-//! table (§8) and the bitmap (§7). Nothing here does I/O.
+//! rules (FORMAT.md §10.3–10.4) that records a bad record instead of failing, and the
+//! bitmap (§7); the chunk table (§8) is [`super::table`]'s. Nothing here does I/O.
 
 use super::load::Metadata;
 use fvd_core::format::journal::{Record, SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE};
-use fvd_core::format::table::{TableEntry, TABLE_DIRTY, TABLE_EMPTY};
+use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
 use fvd_core::format::ImageLayout;
 use std::fmt;
 
@@ -362,94 +362,6 @@ pub fn replay(journal: &[u8], epoch: u64, layout: &ImageLayout, meta: &mut Metad
     result
 }
 
-/// What the table says.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TableScan {
-    /// Entries mapping a physical chunk inside the data storage.
-    pub mapped: u64,
-    /// One past the highest such physical chunk.
-    pub frontier: u64,
-    /// Unreferenced physical chunks below the frontier, as `[start, end)` runs.
-    pub leaks: Vec<(u64, u64)>,
-    /// How many chunks those runs hold.
-    pub leaked: u64,
-    /// Mapped chunks not stored right after the previous mapped chunk.
-    pub fragmented: u64,
-    /// Corrupt entries.
-    pub problems: Vec<Problem>,
-}
-
-/// Checks the first `chunks` entries of `table` against a data storage of `storage_len`
-/// bytes whose chunks start at `data_offset`.
-pub fn scan_table(
-    table: &[u8],
-    chunks: u64,
-    chunk_size: u64,
-    data_offset: u64,
-    storage_len: u64,
-) -> TableScan {
-    let mut scan = TableScan::default();
-    let mut pairs: Vec<(u32, u32)> = Vec::new();
-    let mut previous: Option<u64> = None;
-    for chunk in 0..chunks {
-        match TableEntry::decode(entry_at(table, chunk)) {
-            TableEntry::Empty => {}
-            TableEntry::Invalid(entry) => scan.problems.push(Problem::DirtyEntry { chunk, entry }),
-            TableEntry::Mapped(p) => {
-                let physical = u64::from(p);
-                let end = (physical + 1)
-                    .checked_mul(chunk_size)
-                    .and_then(|len| len.checked_add(data_offset));
-                if end.is_none_or(|end| end > storage_len) {
-                    scan.problems.push(Problem::BeyondStorage {
-                        chunk,
-                        physical,
-                        end,
-                        storage_len,
-                    });
-                    continue;
-                }
-                if previous.is_some_and(|prev| prev + 1 != physical) {
-                    scan.fragmented += 1;
-                }
-                previous = Some(physical);
-                pairs.push((p, chunk as u32));
-            }
-        }
-    }
-    scan.mapped = pairs.len() as u64;
-    pairs.sort_unstable();
-    let mut next_free = 0u64;
-    let mut group_first: Option<(u32, u32)> = None;
-    for &(p, v) in &pairs {
-        match group_first {
-            Some((gp, gv)) if gp == p => scan.problems.push(Problem::SharedChunk {
-                chunk: u64::from(v),
-                first: u64::from(gv),
-                physical: u64::from(p),
-            }),
-            _ => {
-                group_first = Some((p, v));
-                let physical = u64::from(p);
-                if physical > next_free {
-                    scan.leaks.push((next_free, physical));
-                    scan.leaked += physical - next_free;
-                }
-                next_free = physical + 1;
-            }
-        }
-    }
-    scan.frontier = next_free;
-    // Problems in virtual-chunk order, as a reader walks the table.
-    scan.problems.sort_by_key(|problem| match problem {
-        Problem::DirtyEntry { chunk, .. }
-        | Problem::BeyondStorage { chunk, .. }
-        | Problem::SharedChunk { chunk, .. } => *chunk,
-        _ => u64::MAX,
-    });
-    scan
-}
-
 /// What the bitmap says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BitmapScan {
@@ -498,48 +410,9 @@ pub fn clear_stray_bits(bitmap: &mut [u8], blocks: u64) {
     }
 }
 
-/// Sets table entry `chunk` to EMPTY.
-pub fn unmap(table: &mut [u8], chunk: u64) {
-    set_entry(table, chunk, TABLE_EMPTY);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(entries: &[u32]) -> Vec<u8> {
-        entries.iter().flat_map(|e| e.to_le_bytes()).collect()
-    }
-
-    #[test]
-    fn leaks_duplicates_and_ranges() {
-        const E: u32 = TABLE_EMPTY;
-        let t = table(&[0, E, 3, 0, 0x8000_0001, 99, 5]);
-        let scan = scan_table(&t, 7, 4096, 8192, 8192 + 6 * 4096);
-        assert_eq!(scan.mapped, 4);
-        assert_eq!(scan.frontier, 6);
-        assert_eq!(scan.leaks, vec![(1, 3), (4, 5)]);
-        assert_eq!(scan.leaked, 3);
-        let kinds: Vec<_> = scan.problems.iter().map(Problem::kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                "table-entry-duplicate",
-                "table-entry-dirty",
-                "table-entry-beyond-storage"
-            ]
-        );
-        assert_eq!(
-            scan.problems[0],
-            Problem::SharedChunk {
-                chunk: 3,
-                first: 0,
-                physical: 0
-            }
-        );
-        // 0 -> 3 -> 0 -> 5: three jumps.
-        assert_eq!(scan.fragmented, 3);
-    }
 
     #[test]
     fn bitmap_counts_and_strays() {
