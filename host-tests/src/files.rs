@@ -13,8 +13,9 @@ use crate::lock::{FileLock, Usage};
 use crate::storage::{write_zeroes_by_writing, Storage};
 use fvd_core::engine::FileId;
 use fvd_core::format::header::name_field;
-use fvd_core::format::{parse, HeaderError, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
-use fvd_core::qed::{QedHeaderError, QED_MAGIC};
+use fvd_core::format::{parse, HeaderError, RawHeader, RAW_HEADER_LEN};
+use fvd_core::probe::{probe, Probe, PROBE_LEN};
+use fvd_core::qed::QedHeaderError;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
@@ -243,6 +244,14 @@ pub enum ImageOpenError {
         /// Why.
         source: DriverError,
     },
+    /// A base looks like an image that cannot be opened (damaged magic, 2011 format).
+    #[error("'{}' seems to be {seems}; it is not read as raw data (name its format, -F raw, to force that)", .path.display())]
+    LookAlike {
+        /// The file.
+        path: PathBuf,
+        /// What it seems to be.
+        seems: Probe,
+    },
     /// The open gate refused a file (a file named by a header, the same file twice in a
     /// chain, a lock held by another process).
     #[error(transparent)]
@@ -253,13 +262,6 @@ pub enum ImageOpenError {
 /// directory of `image`.
 pub fn resolve_relative(image: &Path, name: impl AsRef<OsStr>) -> PathBuf {
     gate::resolve(image, Path::new(name.as_ref()))
-}
-
-/// The first four bytes of `file` as a little-endian u32 (zeros past its end).
-fn magic_of(file: &File) -> io::Result<u32> {
-    let mut magic = [0u8; 4];
-    read_full_at(file, 0, &mut magic)?;
-    Ok(u32::from_le_bytes(magic))
 }
 
 /// The file a header name field names, byte for byte (`None` when empty).
@@ -313,11 +315,22 @@ fn open_base_named(
         b"fvd" | b"qed" => true,
         b"raw" => false,
         _ => {
-            let magic = magic_of(&opened.file).map_err(|source| ImageOpenError::Io {
+            let mut first = [0u8; PROBE_LEN];
+            read_full_at(&opened.file, 0, &mut first).map_err(|source| ImageOpenError::Io {
                 path: opened.path.clone(),
                 source,
             })?;
-            magic == FVD_MAGIC || magic == QED_MAGIC
+            match probe(&first) {
+                Probe::Fvd | Probe::Qed => true,
+                Probe::Raw => false,
+                // A damaged or 2011 image is never read as raw data under an overlay.
+                seems => {
+                    return Err(ImageOpenError::LookAlike {
+                        path: opened.path.clone(),
+                        seems,
+                    })
+                }
+            }
         }
     };
     if engine_image {

@@ -331,3 +331,26 @@ fn a_replayed_record_mapping_a_chunk_onto_a_mapped_one_is_refused() {
         ],
     );
 }
+
+#[test]
+fn a_base_whose_magic_is_damaged_is_never_read_as_raw_data() {
+    let dir = scratch();
+    create_fvd(dir.path(), &["base.fvd", "1M"]);
+    ok(dir.path(), &["io", "-c", "write -P 0x33 0 64k", "base.fvd"]);
+    create_fvd(
+        dir.path(),
+        &["-b", "base.fvd", "-F", "fvd", "top.fvd", "1M"],
+    );
+    // The header no longer says the base's format: it is probed, as qemu-img probes.
+    ok(dir.path(), &["update", "top.fvd", "base_img_fmt="]);
+    ok(
+        dir.path(),
+        &["io", "-r", "-c", "read -P 0x33 0 64k", "top.fvd"],
+    );
+    let base = dir.path().join("base.fvd");
+    let file = fs::OpenOptions::new().write(true).open(&base).unwrap();
+    file.write_all_at(b"FVX\0", 0).unwrap();
+    let err = fails(dir.path(), &["io", "-r", "-c", "read 0 64k", "top.fvd"]);
+    assert_contains(&err, "seems to be an FVD image whose magic is damaged");
+    assert_contains(&err, "not read as raw data");
+}

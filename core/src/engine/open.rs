@@ -318,7 +318,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         } else {
             0
         };
-        let bounce_needed = slot_len;
+        // A write may need a copy-on-write head and tail at once: two whole blocks (a
+        // read-only open uses no bounce slots).
+        let bounce_needed = if self.options.writable {
+            slot_len.saturating_mul(2)
+        } else {
+            0
+        };
         if pages * PAGE_BYTES < MIN_CACHE || total - bounce_base < bounce_needed {
             return self.fail_open(OpenError::MemoryTooSmall {
                 given: total,
