@@ -16,6 +16,7 @@ pub mod blocking;
 pub mod engine;
 pub mod format;
 pub mod geometry;
+pub mod info;
 pub mod probe;
 pub mod qed;
 pub mod units;

@@ -14,8 +14,9 @@ use super::size::human_size;
 use crate::gate::OpenGate;
 use clap::Args;
 use fvd_core::format::table::TableEntry;
-use fvd_core::format::{RawHeader, FVD_MAGIC};
-use fvd_core::qed::{features as qed_features, L1Entry, L2Entry, QedHeader, QED_MAGIC};
+use fvd_core::format::RawHeader;
+use fvd_core::info::{fvd_fields, qed_fields, HeaderField, Value as CoreValue};
+use fvd_core::qed::{L1Entry, L2Entry, QedHeader};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -179,97 +180,30 @@ fn scan_bitmap(image: &FvdImage, offset: u64, blocks: u64) -> Result<u64, CliErr
     Ok(set)
 }
 
-fn flag(value: u32) -> bool {
-    value != 0
+/// A header field described by core, as `info` shows it: the JSON value by type, the
+/// text as core prints it.
+fn described(field: &HeaderField<'_>) -> Field {
+    let value = match field.value {
+        CoreValue::Unsigned(n) | CoreValue::Bits(n) | CoreValue::QedFeatures(n) => Value::from(n),
+        CoreValue::Signed(n) => Value::from(n),
+        CoreValue::Flag(n) => Value::from(n != 0),
+        CoreValue::Magic { value, .. } => Value::from(value),
+        CoreValue::Name(name) => {
+            Value::from(String::from_utf8_lossy(name.unwrap_or_default()).into_owned())
+        }
+        CoreValue::FeatureBitmap(_) => Value::from(field.value.set_bits().collect::<Vec<_>>()),
+        _ => Value::from(field.value.to_string()),
+    };
+    Field {
+        key: field.name,
+        value,
+        text: field.value.to_string(),
+    }
 }
 
 /// Every header field, in on-disk order.
 fn header_fields(h: &RawHeader) -> Vec<Field> {
-    let incompatible: Vec<u32> = h
-        .incompatible_features
-        .iter()
-        .enumerate()
-        .flat_map(|(byte, bits)| {
-            (0..8u32)
-                .filter(move |bit| bits & (1 << bit) != 0)
-                .map(move |bit| byte as u32 * 8 + bit)
-        })
-        .collect();
-    let mut magic = Field::new("magic", h.magic.get());
-    if h.magic.get() == FVD_MAGIC {
-        magic.text = format!("{:#010x} (FVD)", h.magic.get());
-    }
-    let mut incompatible_field = Field::new("incompatible_features", incompatible.clone());
-    if incompatible.is_empty() {
-        incompatible_field.text = "none".into();
-    }
-    vec![
-        magic,
-        Field::new("header_size", h.header_size.get()),
-        Field::new("create_version", h.create_version.get()),
-        Field::new("last_open_version", h.last_open_version.get()),
-        Field::new("virtual_disk_size", h.virtual_disk_size.get()),
-        Field::new("data_offset", h.data_offset.get()),
-        Field::new("data_file", name_text(&h.data_file)),
-        Field::new("data_file_fmt", name_text(&h.data_file_fmt)),
-        Field::new("base_img", name_text(&h.base_img)),
-        Field::new("base_img_fmt", name_text(&h.base_img_fmt)),
-        Field::new("base_img_size", h.base_img_size.get()),
-        Field::new("bitmap_offset", h.bitmap_offset.get()),
-        Field::new("bitmap_size", h.bitmap_size.get()),
-        Field::new("block_size", h.block_size.get()),
-        Field::new("journal_offset", h.journal_offset.get()),
-        Field::new("journal_size", h.journal_size.get()),
-        Field::new("clean_shutdown", flag(h.clean_shutdown.get())),
-        Field::new("stable_journal_epoch", h.stable_journal_epoch.get()),
-        Field::new("journal_buf_size", h.journal_buf_size.get()),
-        Field::new("journal_clean_buf_period", h.journal_clean_buf_period.get()),
-        Field::new("table_offset", h.table_offset.get()),
-        Field::new("table_size", h.table_size.get()),
-        Field::new("chunk_size", h.chunk_size.get()),
-        Field::new("storage_grow_unit", h.storage_grow_unit.get()),
-        Field::new("add_storage_cmd", name_text(&h.add_storage_cmd)),
-        Field::new("chunks_relocated", flag(h.chunks_relocated.get())),
-        Field::new("copy_on_read", flag(h.copy_on_read.get())),
-        Field::new(
-            "max_outstanding_copy_on_read_data",
-            h.max_outstanding_copy_on_read_data.get(),
-        ),
-        Field::new("prefetch_start_delay", h.prefetch_start_delay.get()),
-        Field::new(
-            "base_img_fully_prefetched",
-            flag(h.base_img_fully_prefetched.get()),
-        ),
-        Field::new("num_prefetch_slots", h.num_prefetch_slots.get()),
-        Field::new("bytes_per_prefetch", h.bytes_per_prefetch.get()),
-        Field::new(
-            "prefetch_read_throughput_measure_time",
-            h.prefetch_read_throughput_measure_time.get(),
-        ),
-        Field::new(
-            "prefetch_write_throughput_measure_time",
-            h.prefetch_write_throughput_measure_time.get(),
-        ),
-        Field::new(
-            "prefetch_min_read_throughput",
-            h.prefetch_min_read_throughput.get(),
-        ),
-        Field::new(
-            "prefetch_min_write_throughput",
-            h.prefetch_min_write_throughput.get(),
-        ),
-        Field::new(
-            "prefetch_max_read_throughput",
-            h.prefetch_max_read_throughput.get(),
-        ),
-        Field::new(
-            "prefetch_max_write_throughput",
-            h.prefetch_max_write_throughput.get(),
-        ),
-        Field::new("prefetch_throttle_time", h.prefetch_throttle_time.get()),
-        Field::new("need_zero_init", flag(h.need_zero_init.get())),
-        incompatible_field,
-    ]
+    fvd_fields(h).iter().map(described).collect()
 }
 
 /// Reads what `info` reports from an open, validated image (and its data file).
@@ -373,45 +307,7 @@ pub fn gather(image: &FvdImage, gate: &OpenGate) -> Result<ImageInfo, CliError> 
 
 /// Every QED header field, in on-disk order.
 fn qed_header_fields(h: &QedHeader) -> Vec<Field> {
-    let features = h.features.get();
-    let mut magic = Field::new("magic", h.magic.get());
-    if h.magic.get() == QED_MAGIC {
-        magic.text = format!("{:#010x} (QED)", h.magic.get());
-    }
-    let hex = |key, value: u64| {
-        let mut field = Field::new(key, value);
-        field.text = format!("{value:#x}");
-        field
-    };
-    let mut feature_field = hex("features", features);
-    let names: Vec<&str> = [
-        (qed_features::BACKING_FILE, "backing_file"),
-        (qed_features::NEED_CHECK, "need_check"),
-        (
-            qed_features::BACKING_FORMAT_NO_PROBE,
-            "backing_format_no_probe",
-        ),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| features & bit != 0)
-    .map(|(_, name)| name)
-    .collect();
-    if !names.is_empty() {
-        feature_field.text = format!("{features:#x} ({})", names.join(", "));
-    }
-    vec![
-        magic,
-        Field::new("cluster_size", h.cluster_size.get()),
-        Field::new("table_size", h.table_size.get()),
-        Field::new("header_size", h.header_size.get()),
-        feature_field,
-        hex("compat_features", h.compat_features.get()),
-        hex("autoclear_features", h.autoclear_features.get()),
-        Field::new("l1_table_offset", h.l1_table_offset.get()),
-        Field::new("image_size", h.image_size.get()),
-        Field::new("backing_filename_offset", h.backing_filename_offset.get()),
-        Field::new("backing_filename_size", h.backing_filename_size.get()),
-    ]
+    qed_fields(h).iter().map(described).collect()
 }
 
 /// Counts of the L1 and L2 entries of a QED image.
