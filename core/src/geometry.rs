@@ -26,6 +26,7 @@ use crate::format::validate::{
 use crate::units::{checked_round_up, is_aligned, PAGE_SIZE, SECTOR_SIZE};
 use core::fmt;
 use zerocopy::little_endian::{I64, U32, U64};
+use zerocopy::IntoBytes;
 
 /// Default chunk size of compact images.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -420,10 +421,80 @@ pub fn metadata_len(header: &RawHeader) -> u64 {
     .unwrap_or(0)
 }
 
+/// The bytes of a new image's metadata (`[0, metadata_len(header))`: the header padded
+/// with zeros, the bitmap zeroed, the table filled with EMPTY entries, the journal zeroed)
+/// that fall in `[offset, offset + out.len())`, written into `out`; bytes past the
+/// metadata are zeros. A host writes the metadata in pieces of any size (a firmware
+/// sector by sector onto a raw medium), so creating an FVD image needs no buffer as
+/// large as the metadata. Every host creates FVD images from these bytes.
+pub fn initial_bytes_at(header: &RawHeader, offset: u64, out: &mut [u8]) {
+    out.fill(0);
+    let out_end = offset.saturating_add(out.len() as u64);
+    // The part of `[start, end)` (file offsets) that `out` holds, as indices into `out`.
+    let window = |start: u64, end: u64| -> Option<(usize, usize)> {
+        let from = start.max(offset).checked_sub(offset)?;
+        let to = end.min(out_end).checked_sub(offset)?;
+        (from < to).then(|| Some((usize::try_from(from).ok()?, usize::try_from(to).ok()?)))?
+    };
+    let header_bytes = header.as_bytes();
+    if let Some((from, to)) = window(0, header_bytes.len() as u64) {
+        let source = usize::try_from(offset).ok().and_then(|first| {
+            header_bytes.get(first.saturating_add(from)..first.saturating_add(to))
+        });
+        if let (Some(target), Some(source)) = (out.get_mut(from..to), source) {
+            target.copy_from_slice(source);
+        }
+    }
+    let table_end = header
+        .table_offset
+        .get()
+        .saturating_add(header.table_size.get());
+    if let Some((from, to)) = window(header.table_offset.get(), table_end) {
+        if let Some(target) = out.get_mut(from..to) {
+            target.fill(0xFF);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::validate;
+
+    #[test]
+    fn initial_bytes_are_the_same_whatever_the_piece_size() {
+        let h = plan(&CreateOptions {
+            virtual_size: 64 << 20,
+            compact_image: true,
+            chunk_size: Some(64 << 10),
+            base: Some(BaseSpec {
+                name: b"b.raw",
+                format: b"raw",
+                size: 32 << 20,
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let len = metadata_len(&h) as usize;
+        let mut whole = std::vec![0u8; len + 100];
+        initial_bytes_at(&h, 0, &mut whole);
+        assert_eq!(&whole[..7440], h.as_bytes());
+        let table = h.table_offset.get() as usize;
+        let table_len = h.table_size.get() as usize;
+        assert!(whole[table..table + table_len].iter().all(|&b| b == 0xFF));
+        assert!(whole[..table].iter().skip(7440).all(|&b| b == 0));
+        assert!(whole[table + table_len..].iter().all(|&b| b == 0));
+        for piece in [1usize, 512, 4096, 7000] {
+            let mut at = 0;
+            while at < whole.len() {
+                let n = piece.min(whole.len() - at);
+                let mut out = std::vec![0xAAu8; n];
+                initial_bytes_at(&h, at as u64, &mut out);
+                assert_eq!(out, whole[at..at + n], "piece {piece} at {at}");
+                at += n;
+            }
+        }
+    }
 
     #[test]
     fn default_block_size_follows_the_2011_rule() {

@@ -1,16 +1,16 @@
-//! The bytes of a freshly created image's metadata: header padded to `header_size`,
-//! bitmap zeroed, table filled with EMPTY entries, journal zeroed. The data region is left
-//! to grow (sparse).
+//! The bytes of a freshly created FVD image's metadata, gathered in one `Vec` for hosts
+//! and tests that hold them whole; the bytes themselves come from
+//! [`fvd_core::geometry::initial_bytes_at`], which every host (the firmware writes them
+//! piece by piece) shares. The data region is left to grow (sparse).
 
 use fvd_core::format::RawHeader;
-use fvd_core::geometry::metadata_len;
+use fvd_core::geometry::{initial_bytes_at, metadata_len};
 
 /// The first `metadata_len(header)` bytes of a new image described by `header`.
 pub fn initial_metadata(header: &RawHeader) -> Vec<u8> {
-    let mut bytes = vec![0u8; metadata_len(header) as usize];
-    bytes[..header.bytes().len()].copy_from_slice(header.bytes());
-    let table = header.table_offset.get() as usize;
-    let table_len = header.table_size.get() as usize;
-    bytes[table..table + table_len].fill(0xFF);
+    let len =
+        usize::try_from(metadata_len(header)).expect("metadata of a planned image fits memory");
+    let mut bytes = vec![0u8; len];
+    initial_bytes_at(header, 0, &mut bytes);
     bytes
 }

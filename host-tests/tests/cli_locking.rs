@@ -63,6 +63,15 @@ fn hold(program: &str, cwd: &Path, args: &[&str], file: &str) -> Holder {
     }
 }
 
+/// Waits up to 20 s for `condition`.
+fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `fvd-img io [EXTRA] -c 'sleep 60000' FILE` holding FILE.
 fn fvd_img_holds(cwd: &Path, extra: &[&str], file: &str) -> Holder {
     let mut args = vec!["io"];
@@ -257,6 +266,18 @@ fn bases_and_data_files_are_locked_shared_with_their_image() {
     let base_before = fs::read(d.join("base.raw")).unwrap();
     let top = fvd_img_holds(d, &[], "top.fvd");
     let split = fvd_img_holds(d, &[], "split.fvd");
+    // The holders lock the image first and the files it names right after: wait for those.
+    let held = |name: &str| {
+        let file = fs::File::open(d.join(name)).unwrap();
+        move || {
+            others_hold(&file)
+                .unwrap()
+                .perm
+                .contains(Perms::CONSISTENT_READ)
+        }
+    };
+    eventually(held("base.raw"), "the base locked");
+    eventually(held("split.data"), "the data file locked");
     // What the writers opened: the base read-only, the data file read-write.
     let base_modes = access_modes(top.child.id(), &d.join("base.raw"));
     assert!(!base_modes.is_empty());
