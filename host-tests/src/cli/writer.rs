@@ -8,7 +8,7 @@ use super::image::{header_reason, read_at_most};
 use crate::gate::open_no_block;
 use crate::lock::{FileLock, Usage};
 use fvd_core::format::{parse, RawHeader, RAW_HEADER_LEN};
-use fvd_core::geometry::metadata_len;
+use fvd_core::geometry::{initial_bytes_at, metadata_len};
 use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -55,43 +55,26 @@ fn write_at(file: &File, target: &Path, bytes: &[u8], offset: u64) -> Result<(),
         .map_err(|e| CliError::io("write", target, e))
 }
 
-/// Fills `len` bytes at `offset` with `byte`.
-fn fill(file: &File, target: &Path, offset: u64, len: u64, byte: u8) -> Result<(), CliError> {
-    let piece = vec![byte; FILL_CHUNK];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(FILL_CHUNK as u64) as usize;
-        let at = offset
-            .checked_add(done)
-            .ok_or_else(|| CliError::io("write", target, io::Error::other("offset overflows")))?;
-        write_at(file, target, &piece[..n], at)?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes the image described by `header` into a temporary file beside `target`: the
-/// header padded with zeros to `header_size`, the table filled with EMPTY entries (0xFF
-/// bytes), and the bitmap and journal as zero-reading holes, for a file of
+/// Writes the image described by `header` into a temporary file beside `target`: its
+/// metadata as core lays it out ([`initial_bytes_at`]: header, EMPTY table, zeroed bitmap
+/// and journal), written in pieces, all-zero pieces left as holes, for a file of
 /// [`metadata_len`] bytes. The file is synced, then read back and validated.
 pub fn stage_image(target: &Path, header: &RawHeader) -> Result<Staged, CliError> {
     let temp = temp_beside(target)?;
     let file = temp.as_file();
 
-    let header_size = usize::try_from(header.header_size.get())
-        .unwrap_or(RAW_HEADER_LEN)
-        .max(RAW_HEADER_LEN);
-    let mut head = vec![0u8; header_size];
-    head[..RAW_HEADER_LEN].copy_from_slice(header.bytes());
-    write_at(file, target, &head, 0)?;
-    fill(
-        file,
-        target,
-        header.table_offset.get(),
-        header.table_size.get(),
-        0xFF,
-    )?;
     let len = metadata_len(header);
+    let mut piece = vec![0u8; FILL_CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(FILL_CHUNK as u64) as usize;
+        let bytes = &mut piece[..n];
+        initial_bytes_at(header, at, bytes);
+        if bytes.iter().any(|&b| b != 0) {
+            write_at(file, target, bytes, at)?;
+        }
+        at += n as u64;
+    }
     file.set_len(len)
         .map_err(|e| CliError::io("write", target, e))?;
     file.sync_all()
