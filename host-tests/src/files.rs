@@ -149,7 +149,8 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    fn file(&self, file: FileId) -> io::Result<&File> {
+    /// The open file behind `file` (the base is not a file of this image's own).
+    pub fn file(&self, file: FileId) -> io::Result<&File> {
         match file {
             FileId::Image => Ok(&self.image),
             FileId::Data => self

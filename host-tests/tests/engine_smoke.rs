@@ -29,8 +29,14 @@ fn plain_image_round_trip() {
     d.flush().unwrap();
     let (s, clean) = d.close().unwrap();
     assert!(clean);
-    let d = Driver::open(s, DriverOptions::default()).unwrap();
-    let _ = d;
+    let mut d = Driver::open(s, DriverOptions::default()).unwrap();
+    assert_eq!(
+        d.read(4096, 8192).unwrap(),
+        vec![0xab; 8192],
+        "data survives reopen"
+    );
+    assert_eq!(d.read(0, 4096).unwrap(), vec![0; 4096]);
+    assert_eq!(d.read(12288, 4096).unwrap(), vec![0; 4096]);
 }
 
 #[test]
@@ -130,7 +136,7 @@ fn a_dirty_bit_in_a_later_entry_does_not_break_earlier_runs() {
 
 #[test]
 fn leaked_chunks_are_reused_first_zeroed_and_marked() {
-    use fvd_core::engine::Mapping;
+    use fvd_core::engine::{FileId, Mapping};
     const CHUNK: u64 = 64 << 10;
     let opts = CreateOptions {
         virtual_size: 4 << 20,
@@ -157,6 +163,7 @@ fn leaked_chunks_are_reused_first_zeroed_and_marked() {
     assert_eq!(
         run.mapping,
         Mapping::Data {
+            file: FileId::Image,
             offset: data_offset + CHUNK
         },
         "the leaked chunk is reused first"

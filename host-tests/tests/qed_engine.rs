@@ -4,7 +4,7 @@
 //! check and repair of an image left marked need-check, feature bits, and the file layout
 //! (clusters and L2 tables appended at the end of the file).
 
-use fvd_core::engine::{Corruption, ImageFormat, Mapping, RequestError, QUIET_MS};
+use fvd_core::engine::{Corruption, FileId, ImageFormat, Mapping, RequestError, QUIET_MS};
 use fvd_core::qed::{QedBacking, QedCreateOptions, QedHeader};
 use fvd_host::driver::{Driver, DriverError, DriverOptions};
 use fvd_host::memstore::{MemFile, MemStorage};
@@ -125,12 +125,14 @@ fn clusters_and_tables_are_appended_at_the_end_of_the_file() {
     assert_eq!(
         first.mapping,
         Mapping::Data {
+            file: FileId::Image,
             offset: start + table_len
         }
     );
     assert_eq!(
         second.mapping,
         Mapping::Data {
+            file: FileId::Image,
             offset: start + table_len + CLUSTER
         }
     );
@@ -183,7 +185,7 @@ fn damaged() -> (MemStorage, u64) {
     let mut d = open(storage(1 << 20, None), true);
     d.write(0, &[0x42; 4096]).unwrap();
     d.write(CLUSTER, &[0x43; 4096]).unwrap();
-    let Mapping::Data { offset } = d.map(CLUSTER, CLUSTER).unwrap().mapping else {
+    let Mapping::Data { offset, .. } = d.map(CLUSTER, CLUSTER).unwrap().mapping else {
         panic!("cluster 1 is allocated");
     };
     let (mut s, _) = d.close().unwrap();

@@ -220,6 +220,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 offset,
                 len,
                 mapping: Mapping::Data {
+                    file: self.data_file(),
                     offset: layout.data_offset + offset,
                 },
             });
@@ -255,6 +256,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             None if over_base => Mapping::Zero,
             None => Mapping::Unallocated,
             Some(p) => Mapping::Data {
+                file: self.data_file(),
                 offset: layout
                     .chunk_offset(p)
                     .and_then(|start| start.checked_add(offset % cs))

@@ -448,7 +448,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                         into,
                     },
                 ),
-                Mapping::Data { offset } => (self.data_file(), Op::Read { offset, len, into }),
+                Mapping::Data { file, offset } => (file, Op::Read { offset, len, into }),
                 Mapping::Zero | Mapping::Unallocated => {
                     (FileId::Image, Op::ZeroBuffer { into, len })
                 }

@@ -183,9 +183,12 @@ pub enum Request {
 pub enum Mapping {
     /// Still in the base image at the same guest offset.
     Base,
-    /// In the data storage at this byte offset.
+    /// In the data storage: at byte `offset` of `file` ([`FileId::Image`], or
+    /// [`FileId::Data`] for an FVD image with a separate data file).
     Data {
-        /// Offset in the data storage (the image file or the data file).
+        /// The file holding the bytes.
+        file: FileId,
+        /// Offset in that file.
         offset: u64,
     },
     /// Reads as zeros by a zero marker (a QED zero cluster), whatever a base holds.
@@ -281,14 +284,20 @@ pub enum Corruption {
     },
 }
 
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoError::Failed => "I/O error",
+            IoError::NoSpace => "no space left on the storage",
+            IoError::Unsupported => "operation not supported by the storage",
+        })
+    }
+}
+
 impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RequestError::Io(IoError::Failed) => write!(f, "I/O error"),
-            RequestError::Io(IoError::NoSpace) => write!(f, "no space left on the storage"),
-            RequestError::Io(IoError::Unsupported) => {
-                write!(f, "operation not supported by the storage")
-            }
+            RequestError::Io(e) => write!(f, "{e}"),
             RequestError::Corrupt(Corruption::BadTableEntry { chunk, entry }) => {
                 write!(f, "corrupt table entry {entry:#010x} for chunk {chunk}")
             }
@@ -396,7 +405,7 @@ impl fmt::Display for OpenError {
                     "image was not closed cleanly and has no journal to repair it"
                 )
             }
-            OpenError::Io(_) => write!(f, "I/O error while opening the image"),
+            OpenError::Io(e) => write!(f, "{e} while opening the image"),
             OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),
         }
     }

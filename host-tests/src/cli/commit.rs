@@ -20,7 +20,7 @@
 
 use super::base::{self, BaseFormat};
 use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
-use super::error::CliError;
+use super::error::{io_reason, CliError};
 use super::image::{name_path, name_text, open_fvd};
 use super::open_flags::{self, ExternalData, ForceShare};
 use crate::chain::BaseRead;
@@ -29,7 +29,7 @@ use crate::files::{open_opened_image, open_storage_with, write_zeroes_at, FileSt
 use crate::gate::{self, Access, Chain, OpenGate, Opened, Role};
 use crate::lock::FileLock;
 use clap::Args;
-use fvd_core::engine::Mapping;
+use fvd_core::engine::{FileId, Mapping};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -195,13 +195,15 @@ fn copy_run(
     target: &mut Target,
     offset: u64,
     len: u64,
-    stored: u64,
+    (held_in, stored): (FileId, u64),
 ) -> Result<(), CliError> {
     let end = offset + len;
     let mut at = offset;
     while at < end {
-        let storage = &top.storage;
-        let file = storage.data.as_ref().unwrap_or(&storage.image);
+        let file = top
+            .storage
+            .file(held_in)
+            .map_err(|e| CliError::Image(io_reason(&e)))?;
         let (run, written) = raw_allocation(file, stored + (at - offset), end - at);
         // Holes start and end on file-system blocks; keep requests sector-aligned (a
         // hole shorter than a sector is simply copied).
@@ -329,8 +331,10 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Mapping::Zero | Mapping::Unallocated => {
                 target.zero(at, run.len).map_err(|e| context(e, &what))?
             }
-            Mapping::Data { offset } => copy_run(&mut top, &mut target, at, run.len, offset)
-                .map_err(|e| context(e, &what))?,
+            Mapping::Data { file, offset } => {
+                copy_run(&mut top, &mut target, at, run.len, (file, offset))
+                    .map_err(|e| context(e, &what))?
+            }
         }
         at += run.len;
     }

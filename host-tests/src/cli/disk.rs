@@ -797,14 +797,16 @@ impl Disk {
                 }
                 let length = (lo + run.len - offset).min(max);
                 match run.mapping {
-                    Mapping::Data { offset: at } => {
+                    Mapping::Data {
+                        file: held_in,
+                        offset: at,
+                    } => {
                         // Stored FVD data may sit in a hole of the host file (never
                         // written): it reads as zeros, which convert and compare need not
                         // read. An allocated QED cluster is data as a whole, as `qemu-img
                         // map` shows it (QEMU does not look into the host file for QED).
                         let stored = at + (offset - lo);
-                        let storage = &driver.storage;
-                        let file = storage.data.as_ref().unwrap_or(&storage.image);
+                        let file = driver.storage.file(held_in).map_err(host_error)?;
                         let (length, written) = if self.format == DiskFormat::Qed {
                             (length, true)
                         } else {

@@ -529,7 +529,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         match self.extent(r.start, r.end) {
             Ok(ext) => {
                 let mapping = match ext.kind {
-                    ExtentKind::Data(p) => Mapping::Data { offset: p },
+                    ExtentKind::Data(p) => Mapping::Data {
+                        file: FileId::Image,
+                        offset: p,
+                    },
                     ExtentKind::Unallocated if backing => Mapping::Base,
                     ExtentKind::Unallocated => Mapping::Unallocated,
                     ExtentKind::Zero => Mapping::Zero,
