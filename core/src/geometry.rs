@@ -222,7 +222,7 @@ fn round(value: u64, unit: u64) -> Result<u64, GeometryError> {
 }
 
 /// Computes the complete header for `options`. The result always passes
-/// [`crate::format::validate`] for a file at least `data_offset` (or metadata) long.
+/// [`fn@crate::format::validate`] for a file at least `data_offset` (or metadata) long.
 pub fn plan(options: &CreateOptions<'_>) -> Result<RawHeader, GeometryError> {
     let virtual_size = round(options.virtual_size, SECTOR_SIZE)?;
     if virtual_size > MAX_VIRTUAL_SIZE {

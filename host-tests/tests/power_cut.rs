@@ -6,7 +6,7 @@
 //! which overlays it) and must hold every write acknowledged before the last completed
 //! flush, and nothing but old or new data anywhere else.
 
-use fvd_core::engine::{PrefetchMode, Request, RequestId};
+use fvd_core::engine::{ImageFormat, PrefetchMode, Request, RequestId};
 use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
 use fvd_core::qed::{QedBacking, QedCreateOptions};
 use fvd_host::cli::check::qed::analyze;
@@ -264,10 +264,13 @@ fn verify(s: &Scenario, name: &str, storage: MemStorage, sets: &[HashSet<Vec<u8>
             }
             assert!(sets[i].contains(chunk), "cut {cut} ({name}, writable {writable}): sector {i} holds data that was never written there or lost a flushed write");
         }
-        if let Some(qed) = driver.engine().qed() {
+        if let Some(qed) = driver
+            .engine()
+            .info()
+            .filter(|i| i.format == ImageFormat::Qed)
+        {
             assert_eq!(
-                qed.repaired_entries(),
-                0,
+                qed.repaired_entries, 0,
                 "cut {cut} ({name}): the open-time check had to repair table entries"
             );
         }

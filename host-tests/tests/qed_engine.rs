@@ -223,7 +223,7 @@ fn a_read_only_open_of_a_need_check_image_reports_the_bad_entry_when_read() {
 fn a_writable_open_of_a_need_check_image_repairs_it_and_clears_the_bit() {
     let (s, _) = damaged();
     let d = open(s, true);
-    assert_eq!(d.engine().qed().unwrap().repaired_entries(), 1);
+    assert_eq!(d.engine().info().unwrap().repaired_entries, 1);
     let mut d = d;
     assert_eq!(d.read(0, 4096).unwrap(), vec![0x42; 4096]);
     // The bad entry became unallocated: zeros (no backing file).
@@ -232,7 +232,7 @@ fn a_writable_open_of_a_need_check_image_repairs_it_and_clears_the_bit() {
     assert!(clean);
     assert_eq!(features(&s) & NEED_CHECK, 0);
     let d = open(s, true);
-    assert_eq!(d.engine().qed().unwrap().repaired_entries(), 0);
+    assert_eq!(d.engine().info().unwrap().repaired_entries, 0);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! the image, picks the FVD or the QED engine by the magic, and from then on forwards
 //! every call, so a host (CLI, browser, firmware) holds no format-specific code.
 
+use super::protocol::{self, FormatEngine};
 use super::qed::QedEngine;
 use super::slots::EventQueue;
 use super::types::{
@@ -69,8 +70,46 @@ enum Inner<M, const PAGES: usize> {
     Switching,
 }
 
+/// A format's validated layout, as the engine serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// An FVD image's layout.
+    Fvd(crate::format::ImageLayout),
+    /// A QED image's layout.
+    Qed(crate::qed::QedLayout),
+}
+
+/// What [`Engine::info`] reports: one value for every format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineInfo {
+    /// The format.
+    pub format: ImageFormat,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// The format's validated layout (its header's numbers, checked).
+    pub layout: Layout,
+    /// Copy-on-read is active for this open.
+    pub copy_on_read: bool,
+    /// Metadata pages the cache holds.
+    pub cache_pages: usize,
+    /// Physical chunks the open found leaked and queues for reuse (FVD; 0 for QED).
+    pub leaked: u64,
+    /// The QED need-check bit is set on disk (false for FVD).
+    pub need_check: bool,
+    /// Table entries the QED open-time check reset (0 for FVD).
+    pub repaired_entries: u64,
+    /// Whole-image prefetch progress (FVD; off for QED).
+    pub prefetch: PrefetchProgress,
+    /// What the engine did so far.
+    pub stats: Stats,
+}
+
 /// The engine for any supported format. `M` is its memory; `PAGES` bounds the number of
-/// metadata cache pages. See [`FvdEngine`] for the protocol, which every format shares.
+/// metadata cache pages. The protocol: [`Engine::submit`] requests, [`Engine::poll_command`]
+/// and perform commands, [`Engine::complete`] them, [`Engine::poll_event`] for what
+/// happened, [`Engine::poll_timeout`] / [`Engine::handle_timeout`] for time.
 pub struct Engine<M, const PAGES: usize = 256> {
     inner: Inner<M, PAGES>,
 }
@@ -129,25 +168,45 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
     }
 
-    /// The FVD engine, when the image is FVD (for FVD-only queries).
-    pub fn fvd(&self) -> Option<&FvdEngine<M, PAGES>> {
+    /// What the engine serves, once the header has been read: the format, its validated
+    /// layout and the facts a host shows (the same query for every format).
+    pub fn info(&self) -> Option<EngineInfo> {
+        let stats = self.stats();
         match &self.inner {
-            Inner::Fvd(e) => Some(e),
+            Inner::Fvd(e) => e.layout().map(|layout| EngineInfo {
+                format: ImageFormat::Fvd,
+                virtual_size: layout.virtual_size,
+                layout: Layout::Fvd(*layout),
+                copy_on_read: e.copy_on_read(),
+                cache_pages: e.cache_pages(),
+                leaked: e.leaked_chunks(),
+                need_check: false,
+                repaired_entries: 0,
+                prefetch: e.prefetch_progress(),
+                stats,
+            }),
+            Inner::Qed(e) => e.layout().map(|layout| EngineInfo {
+                format: ImageFormat::Qed,
+                virtual_size: layout.image_size,
+                layout: Layout::Qed(*layout),
+                copy_on_read: e.copy_on_read(),
+                cache_pages: e.cache_pages(),
+                leaked: 0,
+                need_check: e.need_check(),
+                repaired_entries: e.repaired_entries(),
+                prefetch: PrefetchProgress::default(),
+                stats,
+            }),
             _ => None,
         }
     }
 
-    /// The QED engine, when the image is QED.
-    pub fn qed(&self) -> Option<&QedEngine<M, PAGES>> {
+    #[allow(dead_code)] // Kept beside `fvd` for crate-internal tests.
+    pub(crate) fn qed(&self) -> Option<&QedEngine<M, PAGES>> {
         match &self.inner {
             Inner::Qed(e) => Some(e),
             _ => None,
         }
-    }
-
-    /// The FVD layout, once an FVD header has been read.
-    pub fn layout(&self) -> Option<&crate::format::ImageLayout> {
-        self.fvd().and_then(|e| e.layout())
     }
 
     /// The guest-visible size in bytes, once the header has been read.
@@ -159,9 +218,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
     }
 
-    /// Submits a guest request; see [`FvdEngine::submit`].
+    /// Submits a guest request. Its buffer (for reads and writes) must stay valid until
+    /// its [`Event::Completed`].
     pub fn submit(&mut self, request: Request) -> Result<RequestId, SubmitError> {
-        forward_mut!(self, e => e.submit(request), Err(SubmitError::NotOpen))
+        forward_mut!(self, e => protocol::submit(e, request), Err(SubmitError::NotOpen))
     }
 
     /// The next command to perform, if any.
@@ -190,18 +250,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                     },
                 })
             }
-            Inner::Fvd(e) => e.poll_command(),
-            Inner::Qed(e) => e.poll_command(),
+            Inner::Fvd(e) => protocol::poll_command(e),
+            Inner::Qed(e) => protocol::poll_command(e),
             _ => None,
         }
     }
 
-    /// Reports the outcome of command `id`; see [`FvdEngine::complete`].
+    /// Reports the outcome of command `id`. For reads into engine memory, fill the memory
+    /// first. Unknown or repeated ids are ignored.
     pub fn complete(&mut self, id: CommandId, result: Result<(), IoError>) {
         match &mut self.inner {
             Inner::Probing { issued: true, .. } if id == probe_id() => self.probed(result),
-            Inner::Fvd(e) => e.complete(id, result),
-            Inner::Qed(e) => e.complete(id, result),
+            Inner::Fvd(e) => protocol::complete(e, id, result),
+            Inner::Qed(e) => protocol::complete(e, id, result),
             _ => {}
         }
     }
@@ -239,8 +300,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     pub fn poll_event(&mut self) -> Option<Event> {
         match &mut self.inner {
             Inner::Failed { events, .. } => events.pop(),
-            Inner::Fvd(e) => e.poll_event(),
-            Inner::Qed(e) => e.poll_event(),
+            Inner::Fvd(e) => protocol::poll_event(e),
+            Inner::Qed(e) => protocol::poll_event(e),
             _ => None,
         }
     }
@@ -255,7 +316,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         forward_mut!(self, e => e.handle_timeout(now_ms), ())
     }
 
-    /// Starts closing; see [`FvdEngine::close`].
+    /// Starts closing: new requests are refused; once those in flight finish, metadata is
+    /// written back and the image marked clean (FVD) or its need-check bit cleared (QED);
+    /// then [`Event::Closed`].
     pub fn close(&mut self) {
         forward_mut!(self, e => e.close(), ())
     }

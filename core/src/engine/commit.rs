@@ -9,6 +9,7 @@
 //! maps the block's chunk, or the block would read as zeros after a crash.
 
 use super::cache::{Meta, PageState, PAGE_BYTES};
+use super::protocol::FormatEngine;
 use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, HEADER_AREA, SCRATCH_AREA};

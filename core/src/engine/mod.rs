@@ -16,19 +16,20 @@ mod meta;
 mod open;
 mod overlay;
 mod prefetch;
-pub mod qed;
+mod protocol;
+pub(crate) mod qed;
 mod requests;
 mod sizing;
 mod slots;
 mod types;
 
-pub use any::{Engine, ImageFormat};
+pub use any::{Engine, EngineInfo, ImageFormat, Layout};
 pub use cache::PAGE_BYTES;
 pub use prefetch::{
     PrefetchFailure, PrefetchMode, PrefetchProgress, PrefetchState, MAX_FINISH_ATTEMPTS,
     MAX_FRUITLESS_PASSES,
 };
-pub use qed::{QedEngine, QUIET_MS};
+pub use qed::QUIET_MS;
 pub use sizing::{memory_needed, SIZING_LEN};
 pub use types::*;
 
@@ -115,7 +116,7 @@ pub struct OpenOptions {
 
 /// The FVD engine. `M` is its memory; `PAGES` bounds the number of cache pages. Hosts
 /// normally use [`Engine`], which picks the format from the image's magic.
-pub struct FvdEngine<M, const PAGES: usize = 256> {
+pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     memory: M,
     options: OpenOptions,
     layout: Option<ImageLayout>,
@@ -239,130 +240,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         .expect("header area is exactly one header")
     }
 
-    /// The header bytes as in memory (valid once the header has been read).
-    pub fn header_bytes(&self) -> &[u8] {
-        &self.memory.as_ref()[..crate::format::RAW_HEADER_LEN]
-    }
-
-    /// True once open succeeded and until close starts.
-    pub fn is_open(&self) -> bool {
-        matches!(self.lifecycle, Lifecycle::Open)
-    }
-
-    /// Engine memory, for commands whose buffer is [`Buffer::Engine`].
-    pub fn memory(&self) -> &[u8] {
-        self.memory.as_ref()
-    }
-
-    /// Engine memory, mutably: the host fills it for reads into [`Buffer::Engine`].
-    pub fn memory_mut(&mut self) -> &mut [u8] {
-        self.memory.as_mut()
-    }
-
-    /// Submits a guest request. The request's buffer (for reads and writes) must stay
-    /// valid until its [`Event::Completed`].
-    pub fn submit(&mut self, request: Request) -> Result<RequestId, SubmitError> {
-        let id = self.accept(request)?;
-        self.pump();
-        Ok(id)
-    }
-
-    /// The next command to perform, if any.
-    pub fn poll_command(&mut self) -> Option<Command> {
-        self.pump();
-        self.commands.poll()
-    }
-
-    /// Reports the outcome of command `id`. For reads into engine memory, fill the memory
-    /// first. Unknown or repeated ids are ignored.
-    pub fn complete(&mut self, id: CommandId, result: Result<(), IoError>) {
-        if let Some((owner, op)) = self.commands.finish(id) {
-            self.on_complete(owner, op, result);
-            self.pump();
-        }
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop()?;
-        if let Event::Completed { id, .. } = event {
-            self.completion_polled(id);
-        }
-        Some(event)
-    }
-
-    /// Commands emitted and not yet completed (polled or not).
-    pub fn commands_in_flight(&self) -> usize {
-        self.commands.in_flight()
-    }
-
-    /// What the engine did so far.
-    pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// Metadata pages the cache holds (valid once the header has been read).
-    pub fn cache_pages(&self) -> usize {
-        self.cache.capacity()
-    }
-
-    /// Copy-on-write bounce slots (valid once the header has been read).
-    pub fn bounce_slots(&self) -> usize {
-        self.bounce.capacity()
-    }
-
-    /// True when copy-on-read is active for this open.
-    pub fn copy_on_read(&self) -> bool {
-        self.copy_on_read
-    }
-
-    /// Requests submitted and not yet completed.
-    pub fn requests_in_flight(&self) -> usize {
-        self.active_requests
-    }
-
-    /// When the host should call [`Engine::handle_timeout`] next (its clock, ms), if ever.
-    /// Used for the header's `journal_clean_buf_period`: metadata changes are committed
-    /// at the latest that long after they were made, even without a guest flush.
-    pub fn poll_timeout(&self) -> Option<u64> {
-        let clean = match (self.dirty_since_ms, self.clean_period_ms) {
-            (Some(since), period) if period > 0 => Some(since.saturating_add(period)),
-            _ => None,
-        };
-        let prefetch = if self.is_open() {
-            self.prefetch.deadline()
-        } else {
-            None
-        };
-        match (clean, prefetch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        self.wake_all = true;
-        self.now_ms = self.now_ms.max(now_ms);
-        let clean_due = matches!((self.dirty_since_ms, self.clean_period_ms),
-            (Some(since), period) if period > 0 && self.now_ms >= since.saturating_add(period));
-        if clean_due {
-            self.commit.wanted = true;
-        }
-        if self.is_open() {
-            self.prefetch.on_time(self.now_ms);
-        }
-        self.pump();
-    }
-
-    /// Starts closing: new requests are refused; once those in flight finish, metadata is
-    /// written back and the image marked clean; then [`Event::Closed`].
-    pub fn close(&mut self) {
-        self.wake_all = true;
-        self.begin_close();
-        self.pump();
-    }
-
     fn on_complete(&mut self, owner: slots::Owner, op: Op, result: Result<(), IoError>) {
         use slots::Owner;
         // A freed command slot matters to whoever could not emit.
@@ -416,5 +293,113 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
             self.swept = false;
         }
+    }
+}
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> protocol::FormatEngine
+    for FvdEngine<M, PAGES>
+{
+    fn commands(&mut self) -> &mut CommandSlots {
+        &mut self.commands
+    }
+
+    fn events(&mut self) -> &mut EventQueue {
+        &mut self.events
+    }
+
+    fn accept(&mut self, request: Request) -> Result<RequestId, SubmitError> {
+        FvdEngine::accept(self, request)
+    }
+
+    fn pump(&mut self) {
+        FvdEngine::pump(self)
+    }
+
+    fn command_done(&mut self, owner: slots::Owner, op: Op, result: Result<(), IoError>) {
+        self.on_complete(owner, op, result)
+    }
+
+    fn completion_polled(&mut self, id: RequestId) {
+        FvdEngine::completion_polled(self, id)
+    }
+
+    fn header_bytes(&self) -> &[u8] {
+        let memory = self.memory.as_ref();
+        memory
+            .get(..crate::format::RAW_HEADER_LEN)
+            .unwrap_or(memory)
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::Open)
+    }
+
+    fn memory(&self) -> &[u8] {
+        self.memory.as_ref()
+    }
+
+    fn memory_mut(&mut self) -> &mut [u8] {
+        self.memory.as_mut()
+    }
+
+    fn commands_in_flight(&self) -> usize {
+        self.commands.in_flight()
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn cache_pages(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    fn copy_on_read(&self) -> bool {
+        self.copy_on_read
+    }
+
+    fn requests_in_flight(&self) -> usize {
+        self.active_requests
+    }
+
+    /// Used for the header's `journal_clean_buf_period` (metadata changes are committed
+    /// at the latest that long after they were made, even without a guest flush) and for
+    /// prefetch's pacing.
+    fn poll_timeout(&self) -> Option<u64> {
+        let clean = match (self.dirty_since_ms, self.clean_period_ms) {
+            (Some(since), period) if period > 0 => Some(since.saturating_add(period)),
+            _ => None,
+        };
+        let prefetch = if self.is_open() {
+            self.prefetch.deadline()
+        } else {
+            None
+        };
+        match (clean, prefetch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now_ms: u64) {
+        self.wake_all = true;
+        self.now_ms = self.now_ms.max(now_ms);
+        let clean_due = matches!((self.dirty_since_ms, self.clean_period_ms),
+            (Some(since), period) if period > 0 && self.now_ms >= since.saturating_add(period));
+        if clean_due {
+            self.commit.wanted = true;
+        }
+        if self.is_open() {
+            self.prefetch.on_time(self.now_ms);
+        }
+        self.pump();
+    }
+
+    /// New requests are refused; once those in flight finish, metadata is written back
+    /// and the image marked clean; then [`Event::Closed`].
+    fn close(&mut self) {
+        self.wake_all = true;
+        self.begin_close();
+        self.pump();
     }
 }

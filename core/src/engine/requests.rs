@@ -6,6 +6,7 @@
 use super::cache::PageKey;
 use super::guest;
 use super::meta::{Stall, BITS_PER_PAGE};
+use super::protocol::FormatEngine;
 use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, MAX_REQUESTS};

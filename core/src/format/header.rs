@@ -1,6 +1,6 @@
 //! The FVD header exactly as it lies on disk: the seed's packed, little-endian
 //! `FvdHeader`, field for field and byte for byte. This module only describes bytes;
-//! [`super::validate`] decides whether a header is acceptable.
+//! [`fn@super::validate`] decides whether a header is acceptable.
 
 use core::mem::{offset_of, size_of};
 use static_assertions::const_assert_eq;

@@ -1,5 +1,5 @@
 //! The FVD on-disk format: the header ([`header`]), its validation into an
-//! [`ImageLayout`] ([`validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]) and
+//! [`ImageLayout`] ([`mod@validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]) and
 //! the journal ([`journal`]). Types only: no I/O, no allocation.
 
 // Every number here may come from an untrusted file: arithmetic is checked, casts are

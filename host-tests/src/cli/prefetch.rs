@@ -11,7 +11,7 @@ use crate::driver::{Driver, DriverOptions};
 use crate::files::{open_image_with, FileStorage};
 use crate::lock::Usage;
 use clap::Args;
-use fvd_core::engine::{PrefetchFailure, PrefetchMode, PrefetchState};
+use fvd_core::engine::{Layout, PrefetchFailure, PrefetchMode, PrefetchState};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -76,10 +76,10 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let mut driver = open_image_with(&args.file, options, &gate).map_err(open_error)?;
     let progress = driver.engine().prefetch_progress();
     if progress.state == PrefetchState::Off {
-        let prefetched = driver
-            .engine()
-            .layout()
-            .is_some_and(|l| l.base_fully_prefetched);
+        let prefetched = matches!(
+            driver.engine().info().map(|i| i.layout),
+            Some(Layout::Fvd(layout)) if layout.base_fully_prefetched
+        );
         driver.close().map_err(|e| CliError::Image(e.to_string()))?;
         if prefetched {
             if !args.quiet {
@@ -130,7 +130,10 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     bar.finish_and_clear();
     let copied = driver.engine().stats().prefetched_blocks;
-    let block = driver.engine().layout().map_or(0, |l| l.block_size);
+    let block = match driver.engine().info().map(|i| i.layout) {
+        Some(Layout::Fvd(layout)) => layout.block_size,
+        _ => 0,
+    };
     driver.close().map_err(|e| CliError::Image(e.to_string()))?;
     if !args.quiet {
         writeln!(

@@ -22,6 +22,7 @@ mod requests;
 
 use super::bounce::BouncePool;
 use super::cache::PageCache;
+use super::protocol::FormatEngine;
 use super::slots::{CommandSlots, EventQueue, Owner};
 use super::types::*;
 use super::{OpenOptions, Stats, MAX_REQUESTS};
@@ -41,7 +42,7 @@ pub const QUIET_MS: u64 = 5000;
 
 /// The QED engine. `M` is its memory; `PAGES` bounds the number of cache pages. Hosts
 /// normally use [`super::Engine`], which picks the format from the magic.
-pub struct QedEngine<M, const PAGES: usize = 256> {
+pub(crate) struct QedEngine<M, const PAGES: usize = 256> {
     memory: M,
     options: OpenOptions,
     layout: Option<QedLayout>,
@@ -149,96 +150,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         self.layout.as_ref()
     }
 
-    /// The first sector of the image as in memory (the header, then the start of the
-    /// backing file name), valid once read.
-    pub fn header_bytes(&self) -> &[u8] {
-        &self.memory.as_ref()[..lifecycle::HEADER_SECTOR]
-    }
-
-    /// True once open succeeded and until close starts.
-    pub fn is_open(&self) -> bool {
-        self.phase == Phase::Open
-    }
-
-    /// Engine memory, for commands whose buffer is [`Buffer::Engine`].
-    pub fn memory(&self) -> &[u8] {
-        self.memory.as_ref()
-    }
-
-    /// Engine memory, mutably: the host fills it for reads into [`Buffer::Engine`].
-    pub fn memory_mut(&mut self) -> &mut [u8] {
-        self.memory.as_mut()
-    }
-
-    /// Submits a guest request. The request's buffer (for reads and writes) must stay
-    /// valid until its [`Event::Completed`].
-    pub fn submit(&mut self, request: Request) -> Result<RequestId, SubmitError> {
-        let id = self.accept(request)?;
-        self.pump();
-        Ok(id)
-    }
-
-    /// The next command to perform, if any.
-    pub fn poll_command(&mut self) -> Option<Command> {
-        self.pump();
-        self.commands.poll()
-    }
-
-    /// Reports the outcome of command `id`. Unknown or repeated ids are ignored.
-    pub fn complete(&mut self, id: CommandId, result: Result<(), IoError>) {
-        if let Some((owner, op)) = self.commands.finish(id) {
-            self.commands.take_starved();
-            match owner {
-                Owner::Request(slot) => self.request_command_done(usize::from(slot), op, result),
-                Owner::PageLoad(slot) => self.page_loaded(usize::from(slot), result),
-                Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
-                Owner::Commit => self.commit_command_done(result),
-                Owner::Lifecycle => self.lifecycle_done(result),
-                Owner::Alloc => self.grown(op, result),
-                Owner::Overlay | Owner::Prefetch => {}
-            }
-            self.pump();
-        }
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop()?;
-        if let Event::Completed { id, .. } = event {
-            if let Some(r) = self.requests.get_mut(id.slot()) {
-                if r.generation == id.generation && r.state == State::Done {
-                    r.state = State::Free;
-                }
-            }
-        }
-        Some(event)
-    }
-
-    /// Commands emitted and not yet completed (polled or not).
-    pub fn commands_in_flight(&self) -> usize {
-        self.commands.in_flight()
-    }
-
-    /// Requests submitted and not yet completed.
-    pub fn requests_in_flight(&self) -> usize {
-        self.active
-    }
-
-    /// What the engine did so far (`chunks_allocated` counts clusters and L2 tables).
-    pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// Metadata pages the cache holds (valid once the header has been read).
-    pub fn cache_pages(&self) -> usize {
-        self.cache.capacity()
-    }
-
-    /// True when copy-on-read is active for this open.
-    pub fn copy_on_read(&self) -> bool {
-        self.copy_on_read
-    }
-
     /// Table entries the open-time check found invalid (and, when writable, reset).
     pub fn repaired_entries(&self) -> u64 {
         self.check.repaired
@@ -247,29 +158,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// True while the need-check bit is set on disk.
     pub fn need_check(&self) -> bool {
         self.need_check_on_disk
-    }
-
-    /// When the host should call [`QedEngine::handle_timeout`] next (its clock, ms): the
-    /// end of the quiet period after which the need-check bit is cleared.
-    /// Once that time has been handed in, what remains (a commit, the header write) is
-    /// driven by completions, so a passed deadline is not reported again.
-    pub fn poll_timeout(&self) -> Option<u64> {
-        let deadline = self.last_change_ms.saturating_add(QUIET_MS);
-        let waiting = self.need_check_on_disk && self.phase == Phase::Open;
-        (waiting && deadline > self.now_ms).then_some(deadline)
-    }
-
-    /// Tells the engine the time (ms on any monotonic clock of the host's choosing).
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
-        self.pump();
-    }
-
-    /// Starts closing: new requests are refused; once those in flight finish, metadata is
-    /// written back and the need-check bit cleared; then [`Event::Closed`].
-    pub fn close(&mut self) {
-        self.begin_close();
-        self.pump();
     }
 
     /// Runs every state machine until none can move.
@@ -283,5 +171,105 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 return;
             }
         }
+    }
+}
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FormatEngine for QedEngine<M, PAGES> {
+    fn commands(&mut self) -> &mut CommandSlots {
+        &mut self.commands
+    }
+
+    fn events(&mut self) -> &mut EventQueue {
+        &mut self.events
+    }
+
+    fn accept(&mut self, request: Request) -> Result<RequestId, SubmitError> {
+        QedEngine::accept(self, request)
+    }
+
+    fn pump(&mut self) {
+        QedEngine::pump(self)
+    }
+
+    fn command_done(&mut self, owner: Owner, op: Op, result: Result<(), IoError>) {
+        self.commands.take_starved();
+        match owner {
+            Owner::Request(slot) => self.request_command_done(usize::from(slot), op, result),
+            Owner::PageLoad(slot) => self.page_loaded(usize::from(slot), result),
+            Owner::PageWriteBack(slot) => self.page_written(usize::from(slot), result),
+            Owner::Commit => self.commit_command_done(result),
+            Owner::Lifecycle => self.lifecycle_done(result),
+            Owner::Alloc => self.grown(op, result),
+            Owner::Overlay | Owner::Prefetch => {}
+        }
+    }
+
+    fn completion_polled(&mut self, id: RequestId) {
+        if let Some(r) = self.requests.get_mut(id.slot()) {
+            if r.generation == id.generation && r.state == State::Done {
+                r.state = State::Free;
+            }
+        }
+    }
+
+    /// The first sector of the image as in memory (the header, then the start of the
+    /// backing file name).
+    fn header_bytes(&self) -> &[u8] {
+        let memory = self.memory.as_ref();
+        memory.get(..lifecycle::HEADER_SECTOR).unwrap_or(memory)
+    }
+
+    fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    fn memory(&self) -> &[u8] {
+        self.memory.as_ref()
+    }
+
+    fn memory_mut(&mut self) -> &mut [u8] {
+        self.memory.as_mut()
+    }
+
+    fn commands_in_flight(&self) -> usize {
+        self.commands.in_flight()
+    }
+
+    fn requests_in_flight(&self) -> usize {
+        self.active
+    }
+
+    /// `chunks_allocated` counts clusters and L2 tables.
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn cache_pages(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    fn copy_on_read(&self) -> bool {
+        self.copy_on_read
+    }
+
+    /// The end of the quiet period after which the need-check bit is cleared. Once that
+    /// time has been handed in, what remains (a commit, the header write) is driven by
+    /// completions, so a passed deadline is not reported again.
+    fn poll_timeout(&self) -> Option<u64> {
+        let deadline = self.last_change_ms.saturating_add(QUIET_MS);
+        let waiting = self.need_check_on_disk && self.phase == Phase::Open;
+        (waiting && deadline > self.now_ms).then_some(deadline)
+    }
+
+    fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.pump();
+    }
+
+    /// New requests are refused; once those in flight finish, metadata is written back
+    /// and the need-check bit cleared; then [`Event::Closed`].
+    fn close(&mut self) {
+        self.begin_close();
+        self.pump();
     }
 }

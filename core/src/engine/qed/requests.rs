@@ -7,6 +7,7 @@
 //! the data landed. Copy-on-read fills are internal write requests whose data comes from a
 //! bounce slot.
 
+use super::super::protocol::FormatEngine;
 use super::meta::{Extent, ExtentKind, Stall};
 use super::QedEngine;
 use crate::engine::slots::Owner;
