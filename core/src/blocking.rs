@@ -73,6 +73,8 @@ pub struct BlockingDisk<M, I, D = NoFile, B = NoFile, const PAGES: usize = 256> 
     base: B,
     /// The last storage error, for diagnostics.
     pub last_storage_error: Option<ErrorKind>,
+    /// Cursor of the [`Read`] / [`Seek`] view of the virtual disk.
+    position: u64,
 }
 
 const ZEROS: [u8; 512] = [0; 512];
@@ -171,6 +173,7 @@ where
             data,
             base,
             last_storage_error: None,
+            position: 0,
         };
         loop {
             while let Some(event) = disk.engine.poll_event() {
@@ -376,6 +379,69 @@ where
     }
 }
 
+/// The virtual disk as a byte stream (any offset, any length; past its end reads
+/// nothing), so that a `BlockingDisk` is itself the base of another: an image over an
+/// image over a raw medium, any depth, with every layer's format logic in its engine.
+impl<M, I, D, B, const PAGES: usize> ErrorType for BlockingDisk<M, I, D, B, PAGES> {
+    type Error = ErrorKind;
+}
+
+impl<M, I, D, B, const PAGES: usize> Seek for BlockingDisk<M, I, D, B, PAGES>
+where
+    M: AsRef<[u8]> + AsMut<[u8]>,
+{
+    fn seek(&mut self, pos: SeekFrom) -> Result<u64, ErrorKind> {
+        let size = self.engine.virtual_size().unwrap_or(0);
+        let target = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        self.position = target.ok_or(ErrorKind::InvalidInput)?;
+        Ok(self.position)
+    }
+}
+
+impl<M, I, D, B, const PAGES: usize> Read for BlockingDisk<M, I, D, B, PAGES>
+where
+    M: AsRef<[u8]> + AsMut<[u8]>,
+    I: Read + Write + Seek,
+    D: Read + Write + Seek,
+    B: Read + Seek,
+{
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
+        const SECTOR: u64 = 512;
+        let size = self.engine.virtual_size().unwrap_or(0);
+        let want = (buf.len() as u64).min(size.saturating_sub(self.position));
+        if want == 0 {
+            return Ok(0);
+        }
+        let at = self.position;
+        let into_sector = at % SECTOR;
+        let n = if into_sector != 0 || want < SECTOR {
+            // A partial sector: through a bounce sector.
+            let mut sector = [0u8; SECTOR as usize];
+            self.read(at - into_sector, &mut sector)
+                .map_err(|_| ErrorKind::Other)?;
+            let n = (SECTOR - into_sector).min(want) as usize;
+            let from = into_sector as usize;
+            buf.get_mut(..n)
+                .ok_or(ErrorKind::InvalidInput)?
+                .copy_from_slice(sector.get(from..from + n).ok_or(ErrorKind::InvalidInput)?);
+            n
+        } else {
+            // Whole sectors straight into the caller's buffer (at most the engine's
+            // largest request at a time).
+            let len = (want / SECTOR * SECTOR).min(MAX_DATA_REQUEST) as usize;
+            let target = buf.get_mut(..len).ok_or(ErrorKind::InvalidInput)?;
+            BlockingDisk::read(self, at, target).map_err(|_| ErrorKind::Other)?;
+            len
+        };
+        self.position = at + n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +461,9 @@ mod tests {
     impl Read for MemFile {
         fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
             let n = buf.len().min(self.bytes.len().saturating_sub(self.at));
+            if n == 0 {
+                return Ok(0);
+            }
             buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
             self.at += n;
             Ok(n)
@@ -427,10 +496,80 @@ mod tests {
     fn new_image(options: &CreateOptions) -> MemFile {
         let header = plan(options).unwrap();
         let mut bytes = vec![0u8; metadata_len(&header) as usize];
-        bytes[..header.bytes().len()].copy_from_slice(header.bytes());
-        let t = header.table_offset.get() as usize;
-        bytes[t..t + header.table_size.get() as usize].fill(0xff);
+        crate::geometry::initial_bytes_at(&header, 0, &mut bytes);
         MemFile { bytes, at: 0 }
+    }
+
+    #[test]
+    fn a_blocking_disk_is_the_base_of_another_at_any_depth() {
+        // raw -> FVD (writes 0xB0 at 64 KiB) -> FVD over it, read-only below.
+        let raw: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let below = CreateOptions {
+            virtual_size: 256 * 1024,
+            block_size: Some(4096),
+            base: Some(BaseSpec {
+                name: b"raw",
+                format: b"raw",
+                size: raw.len() as u64,
+            }),
+            ..Default::default()
+        };
+        let raw_file = MemFile {
+            bytes: raw.clone(),
+            at: 0,
+        };
+        let mut disk: BlockingDisk<_, _, NoFile, _> = BlockingDisk::open(
+            vec![0u8; 64 * 1024],
+            new_image(&below),
+            NoFile,
+            raw_file,
+            true,
+            4096,
+        )
+        .unwrap();
+        disk.write(64 * 1024, &[0xB0; 4096]).unwrap();
+        let (image, _, raw_file, clean) = disk.close().unwrap();
+        assert!(clean);
+        let middle: BlockingDisk<_, _, NoFile, _> =
+            BlockingDisk::open(vec![0u8; 64 * 1024], image, NoFile, raw_file, false, 4096).unwrap();
+        let top_options = CreateOptions {
+            virtual_size: 512 * 1024,
+            block_size: Some(4096),
+            base: Some(BaseSpec {
+                name: b"middle",
+                format: b"fvd",
+                size: 256 * 1024,
+            }),
+            ..Default::default()
+        };
+        let mut top: BlockingDisk<_, _, NoFile, _> = BlockingDisk::open(
+            vec![0u8; 64 * 1024],
+            new_image(&top_options),
+            NoFile,
+            middle,
+            true,
+            4096,
+        )
+        .unwrap();
+        // A partial block copies its head and tail from two layers down.
+        top.write(65 * 1024, &[0x42; 512]).unwrap();
+        let mut got = vec![0u8; 512 * 1024];
+        top.read(0, &mut got).unwrap();
+        let mut want = raw.clone();
+        want[64 * 1024..68 * 1024].fill(0xB0);
+        want[65 * 1024..65 * 1024 + 512].fill(0x42);
+        want.resize(512 * 1024, 0);
+        assert!(got == want, "the stacked disk differs");
+        // The byte-stream view reads any offset and length.
+        let (_, _, mut middle, _) = top.close().unwrap();
+        middle.seek(SeekFrom::Start(64 * 1024 - 3)).unwrap();
+        let mut odd = [0u8; 7];
+        let mut done = 0;
+        while done < odd.len() {
+            done += Read::read(&mut middle, &mut odd[done..]).unwrap();
+        }
+        assert_eq!(odd[..3], raw[64 * 1024 - 3..64 * 1024]);
+        assert_eq!(odd[3..], [0xB0; 4]);
     }
 
     #[test]
