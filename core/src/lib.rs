@@ -13,6 +13,7 @@
 extern crate std;
 
 pub mod blocking;
+pub mod check;
 pub mod engine;
 pub mod format;
 pub mod geometry;
