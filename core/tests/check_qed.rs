@@ -226,3 +226,26 @@ fn a_repair_sets_need_check_zeroes_the_entries_truncates_and_clears_need_check()
     let after = check(&mut file);
     assert!(after.findings.is_empty(), "{:?}", after.findings);
 }
+
+#[test]
+fn too_little_work_memory_is_refused_with_what_is_needed() {
+    let file = image();
+    let (_, layout) = fvd_core::qed::parse(&header(&file), file.len).unwrap();
+    let needed = memory_needed(&layout);
+    let err = QedCheck::new(&header(&file), file.len, vec![0u8; needed - 1]).err();
+    assert_eq!(
+        err,
+        Some(fvd_core::check::CheckError::MemoryTooSmall {
+            given: needed - 1,
+            needed
+        })
+    );
+    assert!(QedCheck::new(&header(&file), file.len, vec![0u8; needed]).is_ok());
+    // A header that does not validate is the header's error.
+    let mut bad = header(&file);
+    bad[4..8].copy_from_slice(&3000u32.to_le_bytes());
+    assert!(matches!(
+        QedCheck::new(&bad, file.len, vec![0u8; needed]).err(),
+        Some(fvd_core::check::CheckError::QedHeader(_))
+    ));
+}

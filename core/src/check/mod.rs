@@ -252,6 +252,9 @@ impl fmt::Display for CheckError {
 }
 
 /// A scanner of either format, driven the same way.
+// Both scanners are a few KiB of state held by value (no allocation in core); boxing the
+// larger one is not an option here.
+#[allow(clippy::large_enum_variant)]
 pub enum Checker<M> {
     /// An FVD image.
     Fvd(fvd::FvdCheck<M>),

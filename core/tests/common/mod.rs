@@ -6,11 +6,14 @@
 use fvd_core::check::{Checker, FileId, Finding, Repair, Report, Step};
 use std::collections::BTreeMap;
 
+/// Fills a buffer with the bytes from an offset of a file that were never written.
+pub type Filler = Box<dyn Fn(u64, &mut [u8])>;
+
 /// A file in memory: written extents over a filler.
 pub struct SparseFile {
     pub len: u64,
-    /// The byte at an offset never written.
-    pub filler: Box<dyn Fn(u64) -> u8>,
+    /// The bytes never written.
+    pub filler: Filler,
     pub extents: BTreeMap<u64, Vec<u8>>,
 }
 
@@ -18,7 +21,7 @@ impl SparseFile {
     pub fn zeros(len: u64) -> Self {
         SparseFile {
             len,
-            filler: Box::new(|_| 0),
+            filler: Box::new(|_, buf| buf.fill(0)),
             extents: BTreeMap::new(),
         }
     }
@@ -30,39 +33,56 @@ impl SparseFile {
     }
 
     pub fn write(&mut self, offset: u64, bytes: &[u8]) {
-        // Split the write at existing extents: simple and slow, fine for tests.
-        for (i, &b) in bytes.iter().enumerate() {
-            self.put(offset + i as u64, b);
+        // The bytes under the new extent, as they read now, then the new ones over them;
+        // the extents it covers are merged into it.
+        let end = offset + bytes.len() as u64;
+        let mut start = offset;
+        if let Some((&s, ext)) = self.extents.range(..offset).next_back() {
+            if s + ext.len() as u64 > offset {
+                start = s;
+            }
         }
-        self.len = self.len.max(offset + bytes.len() as u64);
+        let stop = self
+            .extents
+            .range(start..end)
+            .map(|(&s, e)| s + e.len() as u64)
+            .max()
+            .unwrap_or(end)
+            .max(end);
+        let mut merged = vec![0u8; (stop - start) as usize];
+        self.read_raw(start, &mut merged);
+        merged[(offset - start) as usize..(end - start) as usize].copy_from_slice(bytes);
+        let covered: Vec<u64> = self.extents.range(start..stop).map(|(&s, _)| s).collect();
+        for s in covered {
+            self.extents.remove(&s);
+        }
+        self.extents.insert(start, merged);
+        self.len = self.len.max(end);
     }
 
-    fn put(&mut self, at: u64, value: u8) {
-        if let Some((&start, ext)) = self.extents.range_mut(..=at).next_back() {
-            if at < start + ext.len() as u64 {
-                ext[(at - start) as usize] = value;
-                return;
-            }
-            if at == start + ext.len() as u64 && ext.len() < 1 << 20 {
-                ext.push(value);
-                return;
+    fn read_raw(&self, offset: u64, buf: &mut [u8]) {
+        (self.filler)(offset, buf);
+        let end = offset + buf.len() as u64;
+        let first = self
+            .extents
+            .range(..=offset)
+            .next_back()
+            .map_or(offset, |(&s, _)| s);
+        for (&s, ext) in self.extents.range(first..end) {
+            let e = s + ext.len() as u64;
+            let lo = s.max(offset);
+            let hi = e.min(end);
+            if lo < hi {
+                buf[(lo - offset) as usize..(hi - offset) as usize]
+                    .copy_from_slice(&ext[(lo - s) as usize..(hi - s) as usize]);
             }
         }
-        self.extents.insert(at, vec![value]);
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let at = offset + i as u64;
-            *b = if at >= self.len { 0 } else { self.get(at) };
-        }
-    }
-
-    fn get(&self, at: u64) -> u8 {
-        match self.extents.range(..=at).next_back() {
-            Some((&start, ext)) if at < start + ext.len() as u64 => ext[(at - start) as usize],
-            _ => (self.filler)(at),
-        }
+        self.read_raw(offset, buf);
+        let valid = self.len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        buf[valid..].fill(0);
     }
 
     pub fn u32_at(&self, at: u64) -> u32 {
@@ -88,8 +108,16 @@ pub struct Run {
     pub reads: u64,
     pub bytes_read: u64,
     pub writes: Vec<(FileId, u64, usize)>,
-    pub flushes: u64,
-    pub lengths: Vec<(FileId, u64)>,
+    /// Writes, flushes and length changes, in order.
+    pub ops: Vec<Op>,
+}
+
+/// A change to a file, as the scanner asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Write(FileId, u64, usize),
+    Flush,
+    SetLength(FileId, u64),
 }
 
 impl Run {
@@ -135,10 +163,11 @@ pub fn pump<M: AsRef<[u8]> + AsMut<[u8]>>(
                     _ => data.as_deref_mut().unwrap().write(offset, &bytes),
                 }
                 run.writes.push((file, offset, len));
+                run.ops.push(Op::Write(file, offset, len));
                 checker.complete();
             }
             Step::Flush { .. } => {
-                run.flushes += 1;
+                run.ops.push(Op::Flush);
                 checker.complete();
             }
             Step::SetLength { file, len } => {
@@ -146,7 +175,7 @@ pub fn pump<M: AsRef<[u8]> + AsMut<[u8]>>(
                     FileId::Image => image.len = len,
                     _ => data.as_deref_mut().unwrap().len = len,
                 }
-                run.lengths.push((file, len));
+                run.ops.push(Op::SetLength(file, len));
                 checker.complete();
             }
             Step::Finding(f) => run.findings.push(f),
