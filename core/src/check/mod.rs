@@ -2,9 +2,9 @@
 //! sans-IO scanner: the same report for the CLI, the browser inspector and the firmware,
 //! in memory the caller chooses.
 //!
-//! The host creates a scanner ([`fvd::FvdCheck`], [`qed::QedCheck`], or [`Checker`] for
-//! either) from the header bytes, the file lengths and a work memory `M: AsMut<[u8]>`, then
-//! loops on [`Checker::poll`], which says what to do next ([`Step`]):
+//! The host creates a scanner ([`fvd::FvdCheck`], [`qed::QedCheck`]) from the header
+//! bytes, the file lengths and a work memory `M: AsMut<[u8]>`, wraps it in a [`Checker`]
+//! and loops on [`Checker::poll`], which says what to do next ([`Step`]):
 //!
 //! - [`Step::Read`]: fill [`Checker::io_mut`] (exactly `len` bytes; zeros past the end of
 //!   the file) from `file` at `offset`, then call [`Checker::complete`];
@@ -263,36 +263,49 @@ pub enum Checker<M> {
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>> Checker<M> {
+    fn core(&self) -> &Core<M> {
+        match self {
+            Checker::Fvd(c) => &c.core,
+            Checker::Qed(c) => &c.core,
+        }
+    }
+
+    fn core_mut(&mut self) -> &mut Core<M> {
+        match self {
+            Checker::Fvd(c) => &mut c.core,
+            Checker::Qed(c) => &mut c.core,
+        }
+    }
+
     /// What to do next (the same I/O step again until it is completed).
     pub fn poll(&mut self) -> Step {
-        match self {
-            Checker::Fvd(c) => c.poll(),
-            Checker::Qed(c) => c.poll(),
+        loop {
+            if let Some(step) = self.core_mut().pending() {
+                return step;
+            }
+            let step = match self {
+                Checker::Fvd(c) => c.step(),
+                Checker::Qed(c) => c.step(),
+            };
+            if let Some(step) = step {
+                return step;
+            }
         }
     }
 
     /// The I/O step last returned by [`Checker::poll`] is done.
     pub fn complete(&mut self) {
-        match self {
-            Checker::Fvd(c) => c.complete(),
-            Checker::Qed(c) => c.complete(),
-        }
+        self.core_mut().complete();
     }
 
     /// The bytes of the pending write (empty otherwise).
     pub fn io(&self) -> &[u8] {
-        match self {
-            Checker::Fvd(c) => c.io(),
-            Checker::Qed(c) => c.io(),
-        }
+        self.core().io()
     }
 
     /// The buffer of the pending read (empty otherwise).
     pub fn io_mut(&mut self) -> &mut [u8] {
-        match self {
-            Checker::Fvd(c) => c.io_mut(),
-            Checker::Qed(c) => c.io_mut(),
-        }
+        self.core_mut().io_mut()
     }
 }
 

@@ -83,7 +83,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             .iter_mut()
             .enumerate()
         {
-            let first_bit = (walk.pos + k as u64) * 8;
+            let first_bit = walk.pos.saturating_add(k as u64).saturating_mul(8);
             let used = blocks.saturating_sub(first_bit).min(8);
             let mask = if used == 8 { 0xFF } else { (1u8 << used) - 1 };
             b.in_image += u64::from((*byte & mask).count_ones());

@@ -1,8 +1,8 @@
 //! The journal passes of the FVD check (FORMAT.md §10): the scan that counts the valid
-//! sectors of the current epoch and marks the metadata pages their records touch, the
+//! sectors of the current epoch and marks the metadata pages their records touch, and the
 //! replay that lays the records over those pages in batches of replay pages and reports
-//! each bad record once (a repair writes the replayed pages back), and the overlay that
-//! replays a unit of a table or bitmap walk. Records are applied with the engine's rule,
+//! each bad record once (a repair writes the replayed pages back). The walks lay the
+//! journal over their units with the same pages ([`super::walk`]). Records are applied with the engine's rule,
 //! [`Record::apply_to`], per page: a record spanning two pages is judged in the batch that
 //! holds its first page, which also holds the second.
 
@@ -32,14 +32,14 @@ fn table_pages(layout: &ImageLayout) -> u64 {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Journal {
     /// Buffer for a batch of sectors.
-    buf: Area,
+    pub(super) buf: Area,
     /// Pages touched by a record (bit `page % bits`: exact when there is a bit per page).
     filter: Bits,
     pages: u64,
     table_pages: u64,
     sectors_total: u64,
     /// One past the last sector that is valid or malformed: what replay passes read.
-    scan_end: u64,
+    pub(super) scan_end: u64,
     scan_batch: u64,
     scan_reading: bool,
     /// Valid sectors of the current epoch.
@@ -74,7 +74,7 @@ impl Journal {
         }
     }
 
-    fn per_batch(&self) -> u64 {
+    pub(super) fn per_batch(&self) -> u64 {
         (self.buf.len / SECTOR) as u64
     }
 
@@ -92,12 +92,12 @@ impl Journal {
         page % self.filter.0.bits()
     }
 
-    fn touched(&self, mem: &[u8], page: u64) -> bool {
+    pub(super) fn touched(&self, mem: &[u8], page: u64) -> bool {
         self.filter.get(mem, self.filter_bit(page))
     }
 
     /// The global page number of page `index` of `target`.
-    fn global(&self, target: RecordTarget, index: u64) -> u64 {
+    pub(super) fn global(&self, target: RecordTarget, index: u64) -> u64 {
         match target {
             RecordTarget::Table => index,
             RecordTarget::Bitmap => self.table_pages + index,
@@ -166,14 +166,14 @@ struct Cursor {
 }
 
 impl ReplayPages {
-    fn page_area(&self, slot: usize) -> Area {
+    pub(super) fn page_area(&self, slot: usize) -> Area {
         Area {
             at: self.area.at + slot * PAGE as usize,
             len: PAGE as usize,
         }
     }
 
-    fn slot_of(&self, page: u64) -> Option<usize> {
+    pub(super) fn slot_of(&self, page: u64) -> Option<usize> {
         self.keys[..self.count].iter().position(|&k| k == page)
     }
 
@@ -184,7 +184,7 @@ impl ReplayPages {
 }
 
 /// A copy of journal sector `sector` of the batch in `buf`.
-fn sector_copy(mem: &[u8], buf: Area, sector: u64) -> [u8; SECTOR] {
+pub(super) fn sector_copy(mem: &[u8], buf: Area, sector: u64) -> [u8; SECTOR] {
     let at = buf.at + sector as usize * SECTOR;
     let mut bytes = [0u8; SECTOR];
     bytes.copy_from_slice(&mem[at..at + SECTOR]);
@@ -219,7 +219,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     }
 
     /// Sectors of batch `batch` of a pass over the first `limit` sectors.
-    fn batch_sectors(&self, batch: u64, limit: u64) -> u64 {
+    pub(super) fn batch_sectors(&self, batch: u64, limit: u64) -> u64 {
         let per = self.journal.per_batch();
         limit.saturating_sub(batch * per).min(per)
     }
@@ -528,56 +528,5 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             len: self.rest.len - used,
         };
         self.after_replay();
-    }
-
-    /// True when a record touches a page of `target` among `[pos, pos + len)`.
-    pub(crate) fn touches_unit(&self, target: RecordTarget, pos: u64, len: usize) -> bool {
-        let mem = self.core.mem.as_ref();
-        let last = (pos + len as u64).saturating_sub(1) / PAGE;
-        (pos / PAGE..=last).any(|i| self.journal.touched(mem, self.journal.global(target, i)))
-    }
-
-    /// Copies the replayed pages over the touched pages of the unit at `pos` (`area`);
-    /// false when one is not in the cache (then the unit needs a journal pass).
-    pub(crate) fn copy_replayed(&mut self, target: RecordTarget, pos: u64, area: Area) -> bool {
-        let last = (pos + area.len as u64).saturating_sub(1) / PAGE;
-        for index in pos / PAGE..=last {
-            let page = self.journal.global(target, index);
-            if !self.journal.touched(self.core.mem.as_ref(), page) {
-                continue;
-            }
-            let Some(slot) = self.pages.slot_of(page) else {
-                return false;
-            };
-            // The part of the page inside the unit.
-            let start = (index * PAGE).max(pos);
-            let end = ((index + 1) * PAGE).min(pos + area.len as u64);
-            let src = self.pages.page_area(slot).at + (start - index * PAGE) as usize;
-            let dst = area.at + (start - pos) as usize;
-            let len = (end - start) as usize;
-            self.core.mem.as_mut().copy_within(src..src + len, dst);
-        }
-        true
-    }
-
-    /// Lays the records of loaded journal batch `batch` over the unit at `pos` (`area`).
-    pub(crate) fn lay_batch_over(
-        &mut self,
-        batch: u64,
-        target: RecordTarget,
-        pos: u64,
-        area: Area,
-    ) {
-        let epoch = self.layout.stable_journal_epoch;
-        for s in 0..self.batch_sectors(batch, self.journal.scan_end) {
-            let position = batch * self.journal.per_batch() + s;
-            let bytes = sector_copy(self.core.mem.as_ref(), self.journal.buf, s);
-            if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
-                let unit = area.bytes_mut(self.core.mem.as_mut());
-                for record in verified.records() {
-                    record.apply_to(target, pos, unit);
-                }
-            }
-        }
     }
 }

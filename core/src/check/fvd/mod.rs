@@ -184,33 +184,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         Ok(check)
     }
 
-    /// What to do next (the same I/O step again until it is completed).
-    pub fn poll(&mut self) -> Step {
-        loop {
-            if let Some(step) = self.core.pending() {
-                return step;
-            }
-            if let Some(step) = self.step() {
-                return step;
-            }
-        }
-    }
-
-    /// The I/O step last returned by [`FvdCheck::poll`] is done.
-    pub fn complete(&mut self) {
-        self.core.complete();
-    }
-
-    /// The bytes of the pending write.
-    pub fn io(&self) -> &[u8] {
-        self.core.io()
-    }
-
-    /// The buffer of the pending read.
-    pub fn io_mut(&mut self) -> &mut [u8] {
-        self.core.io_mut()
-    }
-
     /// The validated layout.
     pub fn layout(&self) -> &ImageLayout {
         &self.layout
@@ -242,7 +215,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     }
 
     /// One move; `Some` when the host must act.
-    fn step(&mut self) -> Option<Step> {
+    pub(crate) fn step(&mut self) -> Option<Step> {
         match self.phase {
             Phase::JournalScan => self.step_journal_scan(),
             Phase::Head(n) => self.step_head(n),

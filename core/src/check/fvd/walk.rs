@@ -2,8 +2,11 @@
 //! journal laid over each unit when the check sees a dirty image as a read-write open
 //! would (from the replay pages, or by a journal pass over the unit).
 
-use super::{FvdCheck, Step};
+use super::journal::sector_copy;
+use super::{FvdCheck, Step, PAGE};
+use crate::check::memory::Area;
 use crate::check::walk::{Stage, Unit, Walk};
+use crate::format::journal::VerifiedSector;
 use crate::format::replay::RecordTarget;
 use crate::format::Region;
 
@@ -76,5 +79,56 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             r.wrote = true;
         }
         Some(step)
+    }
+
+    /// True when a record touches a page of `target` among `[pos, pos + len)`.
+    pub(crate) fn touches_unit(&self, target: RecordTarget, pos: u64, len: usize) -> bool {
+        let mem = self.core.mem.as_ref();
+        let last = (pos + len as u64).saturating_sub(1) / PAGE;
+        (pos / PAGE..=last).any(|i| self.journal.touched(mem, self.journal.global(target, i)))
+    }
+
+    /// Copies the replayed pages over the touched pages of the unit at `pos` (`area`);
+    /// false when one is not in the cache (then the unit needs a journal pass).
+    pub(crate) fn copy_replayed(&mut self, target: RecordTarget, pos: u64, area: Area) -> bool {
+        let last = (pos + area.len as u64).saturating_sub(1) / PAGE;
+        for index in pos / PAGE..=last {
+            let page = self.journal.global(target, index);
+            if !self.journal.touched(self.core.mem.as_ref(), page) {
+                continue;
+            }
+            let Some(slot) = self.pages.slot_of(page) else {
+                return false;
+            };
+            // The part of the page inside the unit.
+            let start = (index * PAGE).max(pos);
+            let end = ((index + 1) * PAGE).min(pos + area.len as u64);
+            let src = self.pages.page_area(slot).at + (start - index * PAGE) as usize;
+            let dst = area.at + (start - pos) as usize;
+            let len = (end - start) as usize;
+            self.core.mem.as_mut().copy_within(src..src + len, dst);
+        }
+        true
+    }
+
+    /// Lays the records of loaded journal batch `batch` over the unit at `pos` (`area`).
+    pub(crate) fn lay_batch_over(
+        &mut self,
+        batch: u64,
+        target: RecordTarget,
+        pos: u64,
+        area: Area,
+    ) {
+        let epoch = self.layout.stable_journal_epoch;
+        for s in 0..self.batch_sectors(batch, self.journal.scan_end) {
+            let position = batch * self.journal.per_batch() + s;
+            let bytes = sector_copy(self.core.mem.as_ref(), self.journal.buf, s);
+            if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
+                let unit = area.bytes_mut(self.core.mem.as_mut());
+                for record in verified.records() {
+                    record.apply_to(target, pos, unit);
+                }
+            }
+        }
     }
 }

@@ -25,9 +25,11 @@
 //! sparse. When more than one window or map load is needed, each window's findings come
 //! in table order, window after window.
 
+mod data;
 mod passes;
 mod problem;
 pub mod repair;
+mod tables;
 
 pub use problem::{Fault, Owner, Place, QedProblem};
 pub use repair::{plan, QedRepairPlan};
@@ -139,39 +141,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         Ok(check)
     }
 
-    /// What to do next (the same I/O step again until it is completed).
-    pub fn poll(&mut self) -> Step {
-        loop {
-            if let Some(step) = self.core.pending() {
-                return step;
-            }
-            if let Some(step) = self.step() {
-                return step;
-            }
-        }
-    }
-
-    /// The I/O step last returned by [`QedCheck::poll`] is done.
-    pub fn complete(&mut self) {
-        self.core.complete();
-    }
-
-    /// The bytes of the pending write.
-    pub fn io(&self) -> &[u8] {
-        self.core.io()
-    }
-
-    /// The buffer of the pending read.
-    pub fn io_mut(&mut self) -> &mut [u8] {
-        self.core.io_mut()
-    }
-
     /// The validated layout.
     pub fn layout(&self) -> &QedLayout {
         &self.layout
     }
 
-    fn step(&mut self) -> Option<Step> {
+    /// One move; `Some` when the host must act.
+    pub(crate) fn step(&mut self) -> Option<Step> {
         match self.pass {
             Pass::Done => match self.repair {
                 Some(_) => self.step_repair(),

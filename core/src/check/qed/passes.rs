@@ -1,17 +1,17 @@
-//! The passes of the QED check over the L1 table and the L2 tables it names: each pass
-//! is a visitor of L1 entries (and, for the entries whose table it needs, of that table's
-//! entries), driven over units of the L1 and L2 buffers. See the module above for what
-//! each pass finds.
+//! The passes of the QED check over the L1 table and the L2 tables it names, and what
+//! follows what: each pass is a visitor of L1 entries (and, for the entries whose table
+//! it needs, of that table's entries), driven here over units of the L1 and L2 buffers;
+//! the visits themselves are [`super::tables`]' and [`super::data`]'.
 
-use super::{Fault, Owner, Place, QedCheck, QedProblem};
+use super::{Fault, Place, QedCheck, QedProblem};
 use crate::check::memory::sub_window_end;
 use crate::check::walk::{Unit, Walk};
 use crate::check::{FixAction, Repair, Step};
 use crate::qed::table::ENTRY_SIZE;
-use crate::qed::{L1Entry, L2Entry};
+use crate::qed::L2Entry;
 
 /// Map values naming an L2 table (the rest name a data entry by L1 and L2 index).
-const TABLE_TAG: u64 = 1 << 63;
+pub(crate) const TABLE_TAG: u64 = 1 << 63;
 
 /// Where the check is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,28 +52,28 @@ pub(crate) enum DataStage {
 /// A walk over the L2 table named by L1 entry `l1`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Nested {
-    l1: u64,
-    raw: u64,
-    table: u64,
-    walk: Walk,
-    count: u64,
-    last: u64,
+    pub(super) l1: u64,
+    pub(super) raw: u64,
+    pub(super) table: u64,
+    pub(super) walk: Walk,
+    pub(super) count: u64,
+    pub(super) last: u64,
 }
 
 /// The check's counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Scan {
-    window: u64,
-    bits: u64,
-    clusters: u64,
-    sub: (u64, u64),
-    faults: u64,
-    doubles: u64,
-    hits: u64,
-    garbage_tables: u64,
-    bogus: u64,
-    leak_pos: u64,
-    leak_run: Option<u64>,
+    pub(super) window: u64,
+    pub(super) bits: u64,
+    pub(super) clusters: u64,
+    pub(super) sub: (u64, u64),
+    pub(super) faults: u64,
+    pub(super) doubles: u64,
+    pub(super) hits: u64,
+    pub(super) garbage_tables: u64,
+    pub(super) bogus: u64,
+    pub(super) leak_pos: u64,
+    pub(super) leak_run: Option<u64>,
     pub(crate) problems: u64,
     pub(crate) allocated: u64,
     pub(crate) fragmented: u64,
@@ -88,7 +88,7 @@ pub(crate) struct Scan {
 }
 
 /// What a visit of an L1 entry asks for.
-enum Visit {
+pub(crate) enum Visit {
     Skip,
     Emit(Step),
     Table(u64),
@@ -110,7 +110,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         self.begin_tables_window();
     }
 
-    fn l1_walk(&mut self) {
+    pub(super) fn l1_walk(&mut self) {
         self.scan.l1_passes += 1;
         self.l1 = Walk::new(
             self.layout.l1_table.offset,
@@ -119,110 +119,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         );
     }
 
-    fn cs(&self) -> u64 {
-        self.layout.cluster_size
-    }
-
-    fn walked(&self, l1: u64) -> bool {
-        self.states.get(self.core.mem.as_ref(), 2 * l1)
-    }
-
-    fn garbage(&self, l1: u64) -> bool {
-        self.states.get(self.core.mem.as_ref(), 2 * l1 + 1)
-    }
-
-    fn bogus(&self, l1: u64) -> bool {
-        !self.walked(l1) && self.garbage(l1)
-    }
-
-    fn is_header(&self, cluster: u64) -> bool {
-        cluster < self.layout.header_len / self.cs()
-    }
-
-    fn is_l1(&self, cluster: u64) -> bool {
-        let first = self.layout.l1_table.offset / self.cs();
-        (first..first + self.layout.table_size).contains(&cluster)
-    }
-
-    /// The clusters of `[first, first + count)` inside the window, as window bits.
-    fn in_window(&self, first: u64, count: u64) -> core::ops::Range<u64> {
-        let sc = &self.scan;
-        let end = sc.window.saturating_add(sc.bits).min(sc.clusters);
-        let lo = first.max(sc.window).min(end);
-        let hi = first.saturating_add(count).max(lo).min(end);
-        lo - sc.window..hi - sc.window
-    }
-
-    /// Clusters of the table at `offset`.
-    fn span(&self, offset: u64) -> (u64, u64) {
-        (offset / self.cs(), self.layout.table_size)
-    }
-
-    /// Where a table or data cluster at `value` (aligned, non-zero) is misplaced: inside
-    /// the header, or not wholly inside the file.
-    fn placement(&self, value: u64, table: bool) -> Option<Fault> {
-        let l = &self.layout;
-        if value < l.header_len {
-            return Some(Fault::InHeader);
-        }
-        let fits = if table {
-            l.table_in_file(value, self.file_len)
-        } else {
-            l.cluster_in_file(value, self.file_len)
-        };
-        (!fits).then_some(Fault::PastEnd)
-    }
-
-    fn l1_fault(&self, raw: u64) -> Option<Fault> {
-        match self.layout.decode_l1(raw) {
-            L1Entry::Unallocated => None,
-            L1Entry::Invalid(1) => Some(Fault::ZeroMarkerInL1),
-            L1Entry::Invalid(_) => Some(Fault::Misaligned),
-            L1Entry::Table(t) => self.placement(t, true),
-        }
-    }
-
-    /// The table an L1 entry names, when it is aligned and lies inside the file.
-    fn placed_table(&self, raw: u64) -> Option<u64> {
-        match self.layout.decode_l1(raw) {
-            L1Entry::Table(t) if self.placement(t, true).is_none() => Some(t),
-            _ => None,
-        }
-    }
-
-    /// Entries no writer produces: misaligned, or inside the header.
-    fn is_garbage(&self, raw: u64) -> bool {
-        match self.layout.decode_l2(raw) {
-            L2Entry::Invalid(_) => true,
-            L2Entry::Cluster(data) => data < self.layout.header_len,
-            L2Entry::Unallocated | L2Entry::Zero => false,
-        }
-    }
-
-    fn guest(&self, l1: u64, l2: u64) -> u64 {
-        l1.saturating_mul(self.layout.table_entries)
-            .saturating_add(l2)
-            .saturating_mul(self.cs())
-    }
-
-    fn problem(&self, place: Place, value: u64, entry_at: u64, fault: Fault) -> QedProblem {
-        QedProblem {
-            place,
-            value,
-            entry_at,
-            fault,
-            file_len: self.file_len,
-            cluster_size: self.cs(),
-        }
-    }
-
-    fn l1_problem(&self, l1: u64, raw: u64, fault: Fault) -> QedProblem {
-        let at = self.layout.l1_table.offset + l1 * ENTRY_SIZE;
-        self.problem(Place::L1 { index: l1 }, raw, at, fault)
-    }
-
     /// Counts a finding and says it (or its repair).
-    fn emit(&mut self, problem: QedProblem) -> Option<Step> {
+    pub(super) fn emit(&mut self, problem: QedProblem) -> Option<Step> {
         self.scan.problems += 1;
         if self.scan.quiet {
             return None;
@@ -239,45 +137,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         Some(Step::Repaired(Repair::Fixed { finding, action }))
     }
 
-    fn mark_fixed_clusters(&mut self, bits: crate::check::memory::Bits) {
-        let (header, l1) = (
-            self.layout.header_len / self.cs(),
-            self.layout.l1_table.offset / self.cs(),
-        );
-        for (first, count) in [(0, header), (l1, self.layout.table_size)] {
-            for bit in self.in_window(first, count) {
-                bits.set(self.core.mem.as_mut(), bit);
-            }
-        }
-    }
-
-    fn begin_tables_window(&mut self) {
-        let mem = self.core.mem.as_mut();
-        self.s.clear(mem);
-        self.d.clear(mem);
-        self.scan.doubles = 0;
-        self.scan.faults = 0;
-        self.mark_fixed_clusters(self.s);
-        self.pass = Pass::Tables { report: false };
-        self.l1_walk();
-    }
-
-    fn begin_data_window(&mut self) {
-        let mem = self.core.mem.as_mut();
-        self.t.clear(mem);
-        self.s.clear(mem);
-        self.d.clear(mem);
-        self.scan.doubles = 0;
-        self.scan.hits = 0;
-        self.scan.faults = 0;
-        self.mark_fixed_clusters(self.t);
-        self.pass = Pass::Data(DataStage::Mark);
-        self.l1_walk();
-    }
-
     /// Starts resolving the doubly-claimed clusters of the window from `from` on, as far
     /// as the map holds them.
-    fn begin_sub(&mut self, from: u64, pass: Pass) {
+    pub(super) fn begin_sub(&mut self, from: u64, pass: Pass) {
         let sc = &self.scan;
         let end = sc.bits.min(sc.clusters.saturating_sub(sc.window));
         let mem = self.core.mem.as_mut();
@@ -286,13 +148,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         self.map.clear(mem);
         self.pass = pass;
         self.l1_walk();
-    }
-
-    fn sub_in_window(&self, cluster: u64) -> Option<u64> {
-        let sc = &self.scan;
-        let bit = cluster.checked_sub(sc.window)?;
-        (bit < sc.bits && cluster < sc.clusters && (sc.sub.0..sc.sub.1).contains(&cluster))
-            .then_some(bit)
     }
 
     /// One move of the current pass.
@@ -368,13 +223,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         step
     }
 
-    fn entry_at(&self, at: usize) -> u64 {
+    pub(super) fn entry_at(&self, at: usize) -> u64 {
         let mut b = [0u8; 8];
         b.copy_from_slice(&self.core.mem.as_ref()[at..at + 8]);
         u64::from_le_bytes(b)
     }
 
-    fn visit_l1(&mut self, l1: u64, raw: u64) -> Visit {
+    pub(super) fn visit_l1(&mut self, l1: u64, raw: u64) -> Visit {
         match self.pass {
             Pass::Tables { report } => self.visit_table_claim(l1, raw, report),
             Pass::Garbage => self.table_if(l1, raw, self.walked(l1)),
@@ -385,140 +240,20 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         }
     }
 
-    fn table_if(&self, _l1: u64, raw: u64, wanted: bool) -> Visit {
+    pub(super) fn table_if(&self, _l1: u64, raw: u64, wanted: bool) -> Visit {
         match self.placed_table(raw) {
             Some(table) if wanted => Visit::Table(table),
             _ => Visit::Skip,
         }
     }
 
-    /// The claim of L1 entry `l1`'s table on the clusters it spans.
-    fn visit_table_claim(&mut self, l1: u64, raw: u64, report: bool) -> Visit {
-        let first_walk = self.scan.window == 0 && self.scan.sub.0 == 0;
-        let Some(table) = self.placed_table(raw) else {
-            match self.l1_fault(raw) {
-                Some(_) if self.scan.window == 0 && !report => self.scan.faults += 1,
-                Some(fault) if first_walk && report => {
-                    let problem = self.l1_problem(l1, raw, fault);
-                    if let Some(step) = self.emit(problem) {
-                        return Visit::Emit(step);
-                    }
-                }
-                _ => {}
-            }
-            return Visit::Skip;
-        };
-        let (first, count) = self.span(table);
-        let range = self.in_window(first, count);
-        let mem = self.core.mem.as_mut();
-        if !report {
-            if self.scan.window == 0 {
-                self.states.set(mem, 2 * l1);
-            }
-            for bit in range {
-                if self.s.set(mem, bit) && !self.d.set(mem, bit) {
-                    self.scan.doubles += 1;
-                }
-            }
-            return Visit::Skip;
-        }
-        let mut clash = None;
-        for bit in range {
-            let cluster = self.scan.window + bit;
-            if !self.d.get(self.core.mem.as_ref(), bit) || self.sub_in_window(cluster).is_none() {
-                continue;
-            }
-            let owner = if self.is_header(cluster) {
-                Owner::Header
-            } else if self.is_l1(cluster) {
-                Owner::L1Table
-            } else {
-                let mem = self.core.mem.as_mut();
-                match self.map.get(mem, cluster) {
-                    Some(owner) => Owner::L2Table { l1: owner },
-                    None => {
-                        self.map.insert(mem, cluster, l1);
-                        continue;
-                    }
-                }
-            };
-            clash.get_or_insert(owner);
-        }
-        match clash {
-            Some(owner) if self.walked(l1) => {
-                self.states.unset(self.core.mem.as_mut(), 2 * l1);
-                let problem = self.l1_problem(l1, raw, Fault::Overlap(owner));
-                self.emit(problem).map_or(Visit::Skip, Visit::Emit)
-            }
-            _ => Visit::Skip,
-        }
-    }
-
-    fn visit_bogus(&mut self, l1: u64, raw: u64, stage: u8) -> Visit {
-        let Some(table) = self.placed_table(raw) else {
-            return Visit::Skip;
-        };
-        let suspect = self.walked(l1) && self.garbage(l1);
-        let (first, count) = self.span(table);
-        match stage {
-            0 if suspect => {
-                for bit in self.in_window(first, count) {
-                    self.t.set(self.core.mem.as_mut(), bit);
-                }
-                Visit::Skip
-            }
-            1 if self.walked(l1) || self.garbage(l1) => Visit::Table(table),
-            2 if suspect => {
-                let mem = self.core.mem.as_ref();
-                if self.in_window(first, count).any(|bit| self.d.get(mem, bit)) {
-                    self.states.unset(self.core.mem.as_mut(), 2 * l1);
-                    self.scan.bogus += 1;
-                }
-                Visit::Skip
-            }
-            _ => Visit::Skip,
-        }
-    }
-
-    fn visit_data_l1(&mut self, l1: u64, raw: u64, stage: DataStage) -> Visit {
-        let Some(table) = self.placed_table(raw) else {
-            return Visit::Skip;
-        };
-        let (first, count) = self.span(table);
-        match stage {
-            DataStage::Mark | DataStage::ClearBogus => {
-                let clear = stage == DataStage::ClearBogus;
-                if self.bogus(l1) == clear {
-                    for bit in self.in_window(first, count) {
-                        let mem = self.core.mem.as_mut();
-                        if clear {
-                            self.t.unset(mem, bit);
-                        } else {
-                            self.t.set(mem, bit);
-                        }
-                    }
-                }
-                Visit::Skip
-            }
-            DataStage::Fill => {
-                if !self.bogus(l1) {
-                    for bit in self.in_window(first, count) {
-                        let cluster = self.scan.window + bit;
-                        let in_sub = self.sub_in_window(cluster).is_some();
-                        let mem = self.core.mem.as_mut();
-                        if in_sub && self.t.get(mem, bit) && self.d.get(mem, bit) {
-                            self.map.insert(mem, cluster, TABLE_TAG | l1);
-                        }
-                    }
-                }
-                Visit::Skip
-            }
-            DataStage::Count | DataStage::Report => self.table_if(l1, raw, self.walked(l1)),
-            DataStage::Leaks => Visit::Skip,
-        }
-    }
-
-    fn visit_l2(&mut self, n: &mut Nested, l2: u64, raw: u64, at: usize) -> Option<Step> {
+    pub(super) fn visit_l2(
+        &mut self,
+        n: &mut Nested,
+        l2: u64,
+        raw: u64,
+        at: usize,
+    ) -> Option<Step> {
         match self.pass {
             Pass::Garbage | Pass::NotATable => {
                 n.count += u64::from(self.is_garbage(raw));
@@ -554,98 +289,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         }
     }
 
-    fn l2_fault(&self, raw: u64) -> Option<Fault> {
-        match self.layout.decode_l2(raw) {
-            L2Entry::Cluster(data) => self.placement(data, false),
-            L2Entry::Invalid(_) => Some(Fault::Misaligned),
-            L2Entry::Unallocated | L2Entry::Zero => None,
-        }
-    }
-
-    fn count_data(&mut self, n: &mut Nested, raw: u64) {
-        if matches!(
-            self.layout.decode_l2(raw),
-            L2Entry::Unallocated | L2Entry::Zero
-        ) {
-            return;
-        }
-        let first_window = self.scan.window == 0;
-        if first_window {
-            self.scan.allocated += 1;
-            if n.last != 0 && n.last.wrapping_add(self.cs()) != raw {
-                self.scan.fragmented += 1;
-            }
-            n.last = raw;
-        }
-        if self.l2_fault(raw).is_some() {
-            self.scan.faults += u64::from(first_window);
-            return;
-        }
-        let Some(bit) = self.in_window(raw / self.cs(), 1).next() else {
-            return;
-        };
-        let mem = self.core.mem.as_mut();
-        if self.t.get(mem, bit) {
-            self.scan.hits += 1;
-            if !self.d.set(mem, bit) {
-                self.scan.doubles += 1;
-            }
-        } else if self.s.set(mem, bit) && !self.d.set(mem, bit) {
-            self.scan.doubles += 1;
-        }
-    }
-
-    fn report_data(&mut self, n: &Nested, l2: u64, raw: u64) -> Option<QedProblem> {
-        if matches!(
-            self.layout.decode_l2(raw),
-            L2Entry::Unallocated | L2Entry::Zero
-        ) {
-            return None;
-        }
-        let guest = self.guest(n.l1, l2);
-        let place = Place::L2 {
-            l1: n.l1,
-            index: l2,
-            guest,
-        };
-        let entry_at = n.table + l2 * ENTRY_SIZE;
-        if let Some(fault) = self.l2_fault(raw) {
-            let first_walk = self.scan.window == 0 && self.scan.sub.0 == 0;
-            return first_walk.then(|| self.problem(place, raw, entry_at, fault));
-        }
-        let cluster = raw / self.cs();
-        let bit = self.sub_in_window(cluster)?;
-        let (header, l1_table) = (self.is_header(cluster), self.is_l1(cluster));
-        let mem = self.core.mem.as_mut();
-        if !self.d.get(mem, bit) {
-            return None;
-        }
-        let owner = if self.t.get(mem, bit) {
-            if header {
-                Owner::Header
-            } else if l1_table {
-                Owner::L1Table
-            } else {
-                Owner::L2Table {
-                    l1: self.map.get(mem, cluster)? & !TABLE_TAG,
-                }
-            }
-        } else {
-            match self.map.get(mem, cluster) {
-                Some(tag) => Owner::Data {
-                    guest: self.guest(tag >> 30, tag & ((1 << 30) - 1)),
-                },
-                None => {
-                    self.map.insert(mem, cluster, (n.l1 << 30) | l2);
-                    return None;
-                }
-            }
-        };
-        Some(self.problem(place, raw, entry_at, Fault::Overlap(owner)))
-    }
-
     /// The walk over a table is over.
-    fn table_done(&mut self, n: &Nested) -> Option<Step> {
+    pub(super) fn table_done(&mut self, n: &Nested) -> Option<Step> {
         match self.pass {
             Pass::Garbage if n.count > 0 => {
                 self.states.set(self.core.mem.as_mut(), 2 * n.l1 + 1);
@@ -661,7 +306,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
     }
 
     /// An L1 walk is over: what comes next.
-    fn l1_done(&mut self) {
+    pub(super) fn l1_done(&mut self) {
         let sc = self.scan;
         let window_end = sc.window.saturating_add(sc.bits);
         let more_windows = window_end < sc.clusters;
@@ -742,100 +387,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
                 }
             }
             Pass::Data(DataStage::Leaks) | Pass::FixL1 | Pass::Done => self.pass = Pass::Done,
-        }
-    }
-
-    fn next_tables_window(&mut self) {
-        let sc = &mut self.scan;
-        sc.window = sc.window.saturating_add(sc.bits);
-        if sc.window < sc.clusters {
-            self.begin_tables_window();
-        } else {
-            sc.window = 0;
-            sc.sub = (0, 0);
-            self.pass = Pass::Garbage;
-            self.l1_walk();
-        }
-    }
-
-    fn begin_bogus_window(&mut self) {
-        self.t.clear(self.core.mem.as_mut());
-        self.pass = Pass::Bogus(0);
-        self.l1_walk();
-    }
-
-    fn begin_data_sub(&mut self, from: u64) {
-        let pass = if self.scan.hits > 0 {
-            Pass::Data(DataStage::Fill)
-        } else {
-            Pass::Data(DataStage::Report)
-        };
-        self.begin_sub(from, pass);
-    }
-
-    /// After a data counting walk: the window's used clusters and leaks, in numbers.
-    fn count_window(&mut self) {
-        let sc = self.scan;
-        let first_free = self.layout.header_len / self.cs();
-        let mem = self.core.mem.as_ref();
-        let end = sc.bits.min(sc.clusters.saturating_sub(sc.window));
-        let last = [self.t, self.s]
-            .iter()
-            .filter_map(|b| b.last_set(mem, 0, end))
-            .max();
-        if let Some(bit) = last {
-            self.scan.last_used = Some(sc.window + bit);
-        }
-        let from = first_free.saturating_sub(sc.window).min(end);
-        let used = (from..end)
-            .filter(|&bit| self.t.get(mem, bit) || self.s.get(mem, bit))
-            .count() as u64;
-        self.scan.leaked += end - from - used;
-    }
-
-    fn begin_leaks(&mut self) {
-        let first_free = self.layout.header_len / self.cs();
-        self.scan.leak_pos = self.scan.window.max(first_free);
-        self.pass = Pass::Data(DataStage::Leaks);
-    }
-
-    /// Hands out the window's runs of unused clusters, joined across windows; then the
-    /// next window.
-    fn step_leaks(&mut self) -> Option<Step> {
-        let mem = self.core.mem.as_ref();
-        let sc = &mut self.scan;
-        let end = sc.window.saturating_add(sc.bits).min(sc.clusters);
-        let silent = sc.quiet || sc.fix;
-        while sc.leak_pos < end {
-            let bit = sc.leak_pos - sc.window;
-            let used = self.t.get(mem, bit) || self.s.get(mem, bit);
-            let at = sc.leak_pos;
-            sc.leak_pos += 1;
-            match (used, sc.leak_run) {
-                (false, None) => sc.leak_run = Some(at),
-                (true, Some(start)) => {
-                    sc.leak_run = None;
-                    if !silent {
-                        return Some(Step::Leak { start, end: at });
-                    }
-                }
-                _ => {}
-            }
-        }
-        if end < sc.clusters {
-            sc.window = end;
-            self.begin_data_window();
-            return None;
-        }
-        let run = sc.leak_run.take();
-        let fix = sc.fix;
-        self.pass = if fix { Pass::FixL1 } else { Pass::Done };
-        if fix {
-            self.l1_walk();
-        }
-        match run {
-            Some(start) if !silent => Some(Step::Leak { start, end }),
-            _ => None,
         }
     }
 }

@@ -2,10 +2,11 @@
 //! part in `check` is this I/O loop. Reads past the end of a file fill zeros; a write,
 //! flush or truncation is done when the scanner asks (only a repair asks).
 
+use super::report::{self, Listed, MAX_LISTED};
 use crate::cli::error::CliError;
 use fvd_core::check::{Checker, FileId, Finding, Repair, Report, Step};
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -120,4 +121,54 @@ pub fn run<M: AsRef<[u8]> + AsMut<[u8]>>(
         }
         checker.complete();
     }
+}
+
+/// What a check run does with the findings and leaks it reports.
+pub enum Show<'a> {
+    /// Prints each as it comes.
+    Print(&'a mut dyn Write),
+    /// Keeps them for a JSON report.
+    Collect,
+    /// Only the numbers.
+    Silent,
+}
+
+/// The findings and leaks of a run, for JSON, and the first findings as values.
+#[derive(Default)]
+pub struct Lists {
+    /// Findings as JSON items.
+    pub findings: Listed,
+    /// Leaked runs as JSON items.
+    pub leaks: Listed,
+    /// The first [`MAX_LISTED`] findings.
+    pub first: Vec<Finding>,
+}
+
+/// Runs a check (no repair), showing what it finds as `show` says; `print` writes one
+/// finding or leak as a line.
+pub fn check<M: AsRef<[u8]> + AsMut<[u8]>>(
+    mut checker: Checker<M>,
+    files: &Files<'_>,
+    mut show: Show<'_>,
+    print: &dyn Fn(Event, &mut dyn Write) -> io::Result<()>,
+) -> Result<(Report, Lists), CliError> {
+    let mut lists = Lists::default();
+    let report = run(&mut checker, files, &mut |event| match &mut show {
+        Show::Print(out) => print(event, &mut **out).map_err(CliError::Output),
+        Show::Collect => {
+            match event {
+                Event::Finding(f) => {
+                    if lists.first.len() < MAX_LISTED {
+                        lists.first.push(f);
+                    }
+                    lists.findings.push(report::finding_item(&f));
+                }
+                Event::Leak(start, end) => lists.leaks.push(report::leak_item(start, end)),
+                Event::Repaired(_) => {}
+            }
+            Ok(())
+        }
+        Show::Silent => Ok(()),
+    })?;
+    Ok((report, lists))
 }

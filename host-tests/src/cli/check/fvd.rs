@@ -3,8 +3,8 @@
 //! A repair checks first (silently), asks the core for the plan, shows the findings
 //! when the repair has something to do, runs the core's repair, and checks again.
 
-use super::drive::{self, Event, Files, Target, WORK_MEMORY};
-use super::report::{self, Listed, Outcome, REFUSED};
+use super::drive::{self, Event, Files, Lists, Show, Target, WORK_MEMORY};
+use super::report::{self, Outcome, REFUSED};
 use super::{finish, status, RepairMode};
 use crate::cli::base::resolve;
 use crate::cli::error::CliError;
@@ -85,23 +85,6 @@ fn invalid(path: &Path, err: fvd_core::check::CheckError) -> CliError {
     CliError::Invalid(format!("'{}': {err}", path.display()))
 }
 
-/// What a check run does with what it finds.
-enum Show<'a> {
-    /// Prints each finding and leak as it comes.
-    Print(&'a mut dyn Write),
-    /// Keeps them for a JSON report.
-    Collect,
-    /// Only the numbers.
-    Silent,
-}
-
-/// The findings and leaks of a run, for JSON.
-#[derive(Default)]
-struct Lists {
-    findings: Listed,
-    leaks: Listed,
-}
-
 /// Checks `o`.
 fn check(o: &Opened, show: Show<'_>) -> Result<(FvdSummary, Lists), CliError> {
     let scanner = FvdCheck::new(o.image.header.bytes(), o.files(), vec![0u8; WORK_MEMORY])
@@ -110,31 +93,13 @@ fn check(o: &Opened, show: Show<'_>) -> Result<(FvdSummary, Lists), CliError> {
         image: o.target(),
         data: None,
     };
-    let mut lists = Lists::default();
-    let mut show = show;
-    let report = drive::run(
-        &mut Checker::Fvd(scanner),
-        &files,
-        &mut |event| match &mut show {
-            Show::Print(out) => print_event(event, &mut **out),
-            Show::Collect => {
-                match event {
-                    Event::Finding(f) => lists.findings.push(report::finding_item(&f)),
-                    Event::Leak(start, end) => lists.leaks.push(report::leak_item(start, end)),
-                    Event::Repaired(_) => {}
-                }
-                Ok(())
-            }
-            Show::Silent => Ok(()),
-        },
-    )?;
-    match report {
-        Report::Fvd(summary) => Ok((summary, lists)),
+    match drive::check(Checker::Fvd(scanner), &files, show, &print_event)? {
+        (Report::Fvd(summary), lists) => Ok((summary, lists)),
         _ => Err(CliError::Invalid("the check ended without a report".into())),
     }
 }
 
-fn print_event(event: Event, out: &mut dyn Write) -> Result<(), CliError> {
+fn print_event(event: Event, out: &mut dyn Write) -> std::io::Result<()> {
     match event {
         Event::Finding(f) => writeln!(out, "ERROR {f}"),
         Event::Leak(start, end) if end - start == 1 => {
@@ -147,7 +112,6 @@ fn print_event(event: Event, out: &mut dyn Write) -> Result<(), CliError> {
         ),
         Event::Repaired(_) => Ok(()),
     }
-    .map_err(CliError::Output)
 }
 
 /// The notes about the image's state that follow the findings.

@@ -8,9 +8,9 @@
 //! truncates leaked clusters at the end of the file away; leaked clusters before used
 //! ones still set status 3 after a repair.
 
-use super::drive::{self, Event, Files, Target, WORK_MEMORY};
+use super::drive::{self, Event, Files, Lists, Show, Target, WORK_MEMORY};
 use super::repair::open_writable;
-use super::report::{self, Listed, Outcome, REFUSED};
+use super::report::{self, Outcome, REFUSED};
 use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
@@ -22,22 +22,6 @@ use fvd_core::check::{Checker, Finding, Report};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
-
-/// What a check run does with what it finds.
-enum Show<'a> {
-    Print(&'a mut dyn Write),
-    Collect,
-    Silent,
-}
-
-/// The findings and leaks of a run, for JSON.
-#[derive(Default)]
-struct Lists {
-    findings: Listed,
-    leaks: Listed,
-    /// The first findings as values (for [`analyze`]).
-    problems: Vec<QedProblem>,
-}
 
 fn memory(image: &QedImage) -> Vec<u8> {
     vec![0u8; WORK_MEMORY.max(memory_needed(&image.layout))]
@@ -63,33 +47,9 @@ fn check(image: &QedImage, show: Show<'_>) -> Result<(QedSummary, Lists), CliErr
         image: target(image),
         data: None,
     };
-    let mut lists = Lists::default();
-    let mut show = show;
-    let report = drive::run(
-        &mut Checker::Qed(scanner),
-        &files,
-        &mut |event| match &mut show {
-            Show::Print(out) => print_event(event, cs, &mut **out),
-            Show::Collect => {
-                match event {
-                    Event::Finding(f) => {
-                        if let (Finding::Qed(p), true) =
-                            (f, lists.problems.len() < report::MAX_LISTED)
-                        {
-                            lists.problems.push(p);
-                        }
-                        lists.findings.push(report::finding_item(&f));
-                    }
-                    Event::Leak(start, end) => lists.leaks.push(report::leak_item(start, end)),
-                    Event::Repaired(_) => {}
-                }
-                Ok(())
-            }
-            Show::Silent => Ok(()),
-        },
-    )?;
-    match report {
-        Report::Qed(summary) => Ok((summary, lists)),
+    let print = |event, out: &mut dyn Write| print_event(event, cs, out);
+    match drive::check(Checker::Qed(scanner), &files, show, &print)? {
+        (Report::Qed(summary), lists) => Ok((summary, lists)),
         _ => Err(CliError::Invalid("the check ended without a report".into())),
     }
 }
@@ -107,13 +67,18 @@ pub struct QedAnalysis {
 /// Checks the QED image `image` and keeps its first findings (for tools and tests).
 pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
     let (summary, lists) = check(image, Show::Collect)?;
-    Ok(QedAnalysis {
-        problems: lists.problems,
-        summary,
-    })
+    let problems = lists
+        .first
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Qed(p) => Some(*p),
+            Finding::Fvd(_) => None,
+        })
+        .collect();
+    Ok(QedAnalysis { problems, summary })
 }
 
-fn print_event(event: Event, cs: u64, out: &mut dyn Write) -> Result<(), CliError> {
+fn print_event(event: Event, cs: u64, out: &mut dyn Write) -> std::io::Result<()> {
     match event {
         Event::Finding(f) => writeln!(out, "ERROR {f}"),
         Event::Leak(start, end) => {
@@ -133,7 +98,6 @@ fn print_event(event: Event, cs: u64, out: &mut dyn Write) -> Result<(), CliErro
         }
         Event::Repaired(_) => Ok(()),
     }
-    .map_err(CliError::Output)
 }
 
 fn notes(s: &QedSummary, out: &mut dyn Write) -> Result<(), CliError> {
