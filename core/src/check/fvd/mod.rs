@@ -2,13 +2,13 @@
 //!
 //! A check runs these passes, each streaming what it finds:
 //!
-//! 1. The journal ([`journal`]): one pass counts the valid sectors of the current epoch
+//! 1. The journal (`journal.rs`): one pass counts the valid sectors of the current epoch
 //!    and marks which metadata pages their records touch (a filter, exact when it fits);
 //!    then the touched pages are loaded into replay pages, as many at a time as fit, and
 //!    one journal pass per batch lays the records over them with the engine's rule
 //!    ([`crate::format::replay`]), reporting each bad record once, in journal order when
 //!    one batch holds every touched page (the usual case).
-//! 2. The table ([`table`]), of a compact image, read in units of the I/O buffer, with
+//! 2. The table (`table.rs`), of a compact image, read in units of the I/O buffer, with
 //!    the journal laid over the units of a dirty image (from the replay pages, or by a
 //!    journal pass per unit when they did not all fit). Physical chunks are checked in
 //!    windows: one table walk per window marks the chunks named (a bitset) and those named
@@ -16,13 +16,16 @@
 //!    chunks in chunk order, the first namer of each shared chunk recorded in a map when
 //!    met (more walks, each over a part of the window, when the map cannot hold them all).
 //!    Leaked chunks are the unmarked ones below the frontier.
-//! 3. The bitmap ([`bitmap`]), of an image with a base: one walk.
+//! 3. The bitmap (`bitmap.rs`), of an image with a base: one walk.
 //!
-//! Cost: one window holds `3 × W` physical chunks for `W` bytes of window memory (about
-//! two thirds of what is left after the I/O buffer, journal buffer and replay pages): a
-//! frontier of `F` chunks takes `ceil(F / 3W)` windows of one or two table walks each.
-//! A 1 TiB image of 64 KiB chunks (16 Mi chunks, a 64 MiB table) checked with 256 KiB
-//! needs about 40 windows when every chunk is mapped, and one when the frontier is small.
+//! Cost: one window holds `3 × W` physical chunks for `W` bytes of window memory (what is
+//! left after the I/O buffer, a quarter of the memory up to 256 KiB, the journal buffer
+//! and the replay pages): a frontier of `F` chunks takes `ceil(F / 3W)` windows of one
+//! table walk each, plus a reporting walk for each window with findings. The journal is
+//! read once to scan it and once per batch of replay pages (once when they all fit). A
+//! 1 TiB image of 64 KiB chunks (16 Mi chunks, a 64 MiB table, a 71 MiB journal) checked
+//! with 256 KiB takes 9 table walks when its frontier is at 4 Mi chunks (about 32 when
+//! every chunk is mapped), one when the frontier is small.
 //! Order: when more than one window or sub-window is needed, each window's findings come
 //! in chunk order, window after window, each window's leaks after its findings.
 //!

@@ -12,18 +12,20 @@
 //! the file that nothing references. Allocated and fragmented clusters count every L2
 //! entry other than 0 and 1, fragmentation within each L2 table, as qemu-img does.
 //!
-//! Passes ([`passes`]), each over the L1 table (and the L2 tables it names, read in units
-//! of a buffer): the L2 tables' claims, per window of file clusters (a counting walk,
-//! then a reporting walk that resolves the first claimant of each doubly-claimed cluster
-//! in a map); the entries no writer produces, counted per table; when some table has
-//! them, whose data lies in such a table (per window); then the data clusters' claims per
-//! window, counting and reporting the same way, and each window's leaks. A window holds
-//! `8 × W / 4` clusters for `W` bytes of window memory; two bits per L1 entry hold each
-//! table's state. A healthy image costs three L1 passes and two passes over its L2
-//! tables per window: a 1 TiB image of 64 KiB clusters (16 Mi clusters, 512 L2 tables)
-//! checked with 256 KiB needs about 30 windows when the file is full, one when it is
-//! sparse. When more than one window or map load is needed, each window's findings come
-//! in table order, window after window.
+//! Passes (`passes.rs`), each over the L1 table (and the L2 tables it names, read in units
+//! of a buffer): the L2 tables' claims, per window of file clusters (`tables.rs`: a counting
+//! walk, then a reporting walk that resolves the first claimant of each doubly-claimed
+//! cluster in a map); the entries no writer produces, counted per table; when some table
+//! has them, whose data lies in such a table (per window); then the data clusters' claims
+//! per window (`data.rs`), counted and reported the same way, and each window's leaks.
+//!
+//! Cost: a window holds `2 × W` clusters for `W` bytes of window memory (what is left
+//! after two I/O buffers and two bits per L1 entry, which [`memory_needed`] counts). A
+//! healthy image costs, per window, three L1 passes and one pass over its L2 tables, plus
+//! one more pass over them in all. A 1 TiB file of 64 KiB clusters (16 Mi clusters)
+//! checked with 256 KiB takes about 43 windows (131 L1 passes); a file a few GiB long,
+//! one. When more than one window or map load is needed, each window's findings come in
+//! table order, window after window.
 
 mod data;
 mod passes;
