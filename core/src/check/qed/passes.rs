@@ -256,7 +256,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
     ) -> Option<Step> {
         match self.pass {
             Pass::Garbage | Pass::NotATable => {
-                n.count += u64::from(self.is_garbage(raw));
+                n.count += u64::from(self.layout.l2_entry_impossible(raw));
                 None
             }
             Pass::Bogus(_) => {

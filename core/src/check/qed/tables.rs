@@ -6,7 +6,7 @@
 use super::passes::{Pass, Visit};
 use super::{Fault, Owner, Place, QedCheck, QedProblem};
 use crate::qed::table::ENTRY_SIZE;
-use crate::qed::{L1Entry, L2Entry};
+use crate::qed::L1Entry;
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
     pub(super) fn cs(&self) -> u64 {
@@ -77,15 +77,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         match self.layout.decode_l1(raw) {
             L1Entry::Table(t) if self.placement(t, true).is_none() => Some(t),
             _ => None,
-        }
-    }
-
-    /// Entries no writer produces: misaligned, or inside the header.
-    pub(super) fn is_garbage(&self, raw: u64) -> bool {
-        match self.layout.decode_l2(raw) {
-            L2Entry::Invalid(_) => true,
-            L2Entry::Cluster(data) => data < self.layout.header_len,
-            L2Entry::Unallocated | L2Entry::Zero => false,
         }
     }
 
