@@ -249,3 +249,31 @@ fn too_little_work_memory_is_refused_with_what_is_needed() {
         Some(fvd_core::check::CheckError::QedHeader(_))
     ));
 }
+
+#[test]
+fn entries_inside_a_two_cluster_header_are_in_header() {
+    // header_size 2: the header area is clusters 0-1, the L1 table 2-5, an L2 table 6-9.
+    let mut file = image();
+    file.write(12, &2u32.to_le_bytes());
+    file.write(40, &(2 * CS).to_le_bytes());
+    file.len = 0xb0000;
+    put(&mut file, 0x50000, 0);
+    put(&mut file, 2 * CS, 0x60000);
+    put(&mut file, 2 * CS + 8, CS);
+    put(&mut file, 0x60000, 0xa0000);
+    put(&mut file, 0x60008, CS);
+    let run = check(&mut file);
+    assert_eq!(
+        faults(&run),
+        [
+            (Place::L1 { index: 1 }, Fault::InHeader),
+            (l2(1), Fault::InHeader)
+        ]
+    );
+    assert_eq!(run.kinds(), ["l1-entry-in-header", "l2-entry-in-header"]);
+    assert_eq!(
+        run.messages()[1],
+        "L2 entry 1 of L1 entry 0 (guest offset 65536, 0x10000): the data cluster lies \
+         inside the header area"
+    );
+}
