@@ -14,6 +14,7 @@ extern crate std;
 
 pub mod blocking;
 pub mod chain;
+pub mod check;
 pub mod engine;
 pub mod format;
 pub mod geometry;

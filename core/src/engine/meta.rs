@@ -7,6 +7,7 @@ use super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::types::{Corruption, FileId, IoError, MapRun, Mapping};
 use super::FvdEngine;
 use crate::format::journal::Record;
+use crate::format::replay::{RecordTarget, APPLY_UNIT};
 use crate::format::table::{TABLE_DIRTY, TABLE_EMPTY};
 use crate::format::{BaseLayout, Region};
 
@@ -273,8 +274,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         })
     }
 
-    /// Applies the part of journal `record` that falls in page `slot` (holding `key`).
-    /// Returns whether the page changed.
+    /// Applies the part of journal `record` that falls in page `slot` (holding `key`),
+    /// with the rule every reader shares ([`Record::apply_to`]). Returns whether the page
+    /// changed; a fault leaves the page as it was.
     pub(crate) fn apply_record(
         &mut self,
         slot: usize,
@@ -282,104 +284,40 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         record: &Record<'_>,
         sector: u64,
     ) -> Result<bool, Corruption> {
-        let bad = Corruption::BadJournalRecord { sector };
-        let page_start = key.index * PAGE_BYTES as u64;
-        let page_end = page_start + PAGE_BYTES as u64;
-        let mut changed = false;
-        match (*record, key.meta) {
-            (Record::Bitmap { byte_offset, bytes }, Meta::Bitmap) => {
-                let end = byte_offset + bytes.len() as u64;
-                let lo = byte_offset.max(page_start);
-                let hi = end.min(page_end);
-                let page = self.page_bytes_mut(slot);
-                for at in lo..hi {
-                    let value = bytes[(at - byte_offset) as usize];
-                    let target = &mut page[(at - page_start) as usize];
-                    if *target | value != *target {
-                        *target |= value;
-                        changed = true;
-                    }
-                }
-            }
-            (
-                Record::Table {
-                    first_entry,
-                    entries,
-                },
-                Meta::Table,
-            ) => {
-                let first = u64::from(first_entry) * 4;
-                let end = first + entries.len() as u64;
-                let lo = first.max(page_start);
-                let hi = end.min(page_end);
-                let mut at = lo;
-                while at < hi {
-                    let src = (at - first) as usize;
-                    let value = u32::from_le_bytes([
-                        entries[src],
-                        entries[src + 1],
-                        entries[src + 2],
-                        entries[src + 3],
-                    ]);
-                    let within = (at - page_start) as usize;
-                    let page = self.page_bytes_mut(slot);
-                    let current = u32::from_le_bytes([
-                        page[within],
-                        page[within + 1],
-                        page[within + 2],
-                        page[within + 3],
-                    ]);
-                    if value != TABLE_EMPTY {
-                        if value & TABLE_DIRTY != 0 || (current != TABLE_EMPTY && current != value)
-                        {
-                            return Err(bad);
-                        }
-                        if current == TABLE_EMPTY {
-                            page[within..within + 4].copy_from_slice(&value.to_le_bytes());
-                            changed = true;
-                        }
-                    }
-                    at += 4;
-                }
-            }
-            _ => {}
+        let offset = key.index * PAGE_BYTES as u64;
+        let applied = record.apply_to(target_of(key.meta), offset, self.page_bytes_mut(slot));
+        match applied.fault {
+            Some(_) => Err(Corruption::BadJournalRecord { sector }),
+            None => Ok(applied.changed),
         }
-        Ok(changed)
     }
 
-    /// The pages a journal record touches, or corruption when it leaves its region.
+    /// The pages a journal record touches, or corruption when it leaves its structure
+    /// ([`Record::span`]).
     pub(crate) fn record_pages(
         &self,
         record: &Record<'_>,
         sector: u64,
     ) -> Result<(Meta, u64, u64), Corruption> {
         let bad = Corruption::BadJournalRecord { sector };
-        let (meta, start, len) = match *record {
-            Record::Bitmap { byte_offset, bytes } => {
-                (Meta::Bitmap, byte_offset, bytes.len() as u64)
-            }
-            Record::Table {
-                first_entry,
-                entries,
-            } => (
-                Meta::Table,
-                u64::from(first_entry) * 4,
-                entries.len() as u64,
-            ),
+        let layout = self.layout.ok_or(bad)?;
+        let span = record.span(&layout).map_err(|_| bad)?;
+        let (first, last) = span.pages(PAGE_BYTES as u64);
+        let meta = match span.target {
+            RecordTarget::Bitmap => Meta::Bitmap,
+            RecordTarget::Table => Meta::Table,
         };
-        let region = self.region(meta).ok_or(bad)?;
-        let limit = match (meta, self.layout.and_then(|l| l.table)) {
-            (Meta::Table, Some(table)) => table.chunks * 4,
-            _ => region.len,
-        };
-        let end = start.checked_add(len).ok_or(bad)?;
-        if end > limit || len == 0 {
-            return Err(bad);
-        }
-        Ok((
-            meta,
-            start / PAGE_BYTES as u64,
-            (end - 1) / PAGE_BYTES as u64,
-        ))
+        Ok((meta, first, last))
     }
 }
+
+/// The region a cache page of `meta` holds, in the record rule's terms.
+fn target_of(meta: Meta) -> RecordTarget {
+    match meta {
+        Meta::Bitmap => RecordTarget::Bitmap,
+        Meta::Table => RecordTarget::Table,
+    }
+}
+
+// A cache page is one unit of the record rule: a fault never leaves half a page applied.
+const _: () = assert!(PAGE_BYTES as u64 == APPLY_UNIT);

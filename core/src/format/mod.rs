@@ -1,6 +1,7 @@
 //! The FVD on-disk format: the header ([`header`]), its validation into an
-//! [`ImageLayout`] ([`mod@validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]) and
-//! the journal ([`journal`]). Types only: no I/O, no allocation.
+//! [`ImageLayout`] ([`mod@validate`]), the bitmap ([`bitmap`]), the chunk table ([`table`]),
+//! the journal ([`journal`]) and how its records are laid over the metadata ([`replay`]).
+//! Types only: no I/O, no allocation.
 
 // Every number here may come from an untrusted file: arithmetic is checked, casts are
 // fallible and slices are taken with `get`, so nothing can wrap, truncate or panic.
@@ -20,6 +21,7 @@ pub mod bitmap;
 pub mod error;
 pub mod header;
 pub mod journal;
+pub mod replay;
 pub mod table;
 pub mod validate;
 

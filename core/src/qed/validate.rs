@@ -104,6 +104,19 @@ impl QedLayout {
             && !self.span_in_file(offset, len, file_len)
     }
 
+    /// True for an L2 entry no writer ever produces, crash or not: misaligned (other than
+    /// the zero-cluster marker) or naming a cluster inside the header area. A table holding
+    /// one is not what it claims to be (perhaps guest data an L1 entry points at): the
+    /// engine refuses to repair it at open, and `check` blames the L1 entry when the
+    /// "table" is another table's data.
+    pub const fn l2_entry_impossible(&self, raw: u64) -> bool {
+        match self.decode_l2(raw) {
+            L2Entry::Invalid(_) => true,
+            L2Entry::Cluster(data) => data < self.header_len,
+            L2Entry::Unallocated | L2Entry::Zero => false,
+        }
+    }
+
     const fn span_in_file(&self, offset: u64, len: u64, file_len: u64) -> bool {
         is_aligned(offset, self.cluster_size)
             && offset >= self.header_len

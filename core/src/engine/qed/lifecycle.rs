@@ -355,19 +355,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     let Ok(raw) = self.entry_at(at) else {
                         return false;
                     };
-                    let valid = match layout.decode_l2(raw) {
-                        L2Entry::Unallocated | L2Entry::Zero => true,
-                        L2Entry::Cluster(p) if layout.cluster_in_file(p, file_len) => true,
-                        L2Entry::Cluster(p) if layout.beyond_file(p, cs, file_len) => false,
-                        _ => {
-                            let span = layout.table_entries.saturating_mul(cs);
-                            let bad = Corruption::BadL2Entry {
-                                offset: self.check.l1.saturating_mul(span).saturating_add(l2 * cs),
-                                entry: raw,
-                            };
-                            return stalled(self, Stall::Corrupt(bad));
-                        }
-                    };
+                    if layout.l2_entry_impossible(raw) {
+                        let span = layout.table_entries.saturating_mul(cs);
+                        let bad = Corruption::BadL2Entry {
+                            offset: self.check.l1.saturating_mul(span).saturating_add(l2 * cs),
+                            entry: raw,
+                        };
+                        return stalled(self, Stall::Corrupt(bad));
+                    }
+                    // What a crash can leave: a cluster past the end of the file.
+                    let valid = !matches!(
+                        layout.decode_l2(raw),
+                        L2Entry::Cluster(p) if layout.beyond_file(p, cs, file_len)
+                    );
                     if !valid {
                         // The page is resident: setting cannot stall.
                         if self.set_entry_at(at, 0).is_err() {

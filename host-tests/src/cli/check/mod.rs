@@ -1,28 +1,26 @@
 //! `fvd-img check`: a structural check of an FVD or QED image with qemu-img check's exit
 //! statuses (0 clean, 1 the check could not be completed, 2 corruption found, 3 only leaked
-//! chunks found) and, with `-r`, repairs. QED images are handled by [`qed`].
+//! chunks found) and, with `-r`, repairs.
 //!
-//! The metadata is read straight from the files with std I/O ([`load`]), never through
-//! the engine, so images the engine refuses can still be checked. A dirty image is checked
-//! with its journal replayed in memory, as a read-write open would see it ([`analysis`]);
-//! the rules are those of docs/FORMAT.md §7, §8 and §10 ([`scan`]). Repairs are ordered
-//! for crash safety ([`repair`]).
+//! The check and the repair are the core's sans-IO scanners (`fvd_core::check`): they
+//! read the metadata through plain file I/O ([`drive`]), never through the engine, so
+//! images the engine refuses can still be checked, and they judge it with the rules the
+//! engine uses. This module opens the files (the open gate, the locks, [`repair`] for the
+//! files a repair writes) and prints what the scanners report ([`fvd`], [`qed`],
+//! [`report`]).
 
-pub mod analysis;
-pub mod load;
+pub mod drive;
+pub mod fvd;
 pub mod qed;
 pub mod repair;
 pub mod report;
-pub mod scan;
-pub mod table;
 
 use super::error::CliError;
-use super::image::{chain_of, name_path};
 use super::image_format::ImageFormat;
 use super::open_flags::{self, ExternalData, ForceShare};
-use super::output::{write_json, OutputFormat};
-use crate::gate::{self, Access};
+use super::output::OutputFormat;
 use clap::{Args, ValueEnum};
+use fvd_core::check::CheckCounts;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -39,6 +37,15 @@ pub enum RepairMode {
     /// Also repair corruptions: unmap bad or duplicate table entries (their data is lost),
     /// clear stray bitmap bits, drop bad journal records.
     All,
+}
+
+impl From<RepairMode> for fvd_core::check::RepairMode {
+    fn from(mode: RepairMode) -> Self {
+        match mode {
+            RepairMode::Leaks => fvd_core::check::RepairMode::Leaks,
+            RepairMode::All => fvd_core::check::RepairMode::All,
+        }
+    }
 }
 
 /// Arguments of `fvd-img check`.
@@ -77,100 +84,20 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
     args.share.check_read_only(args.repair.is_some())?;
     let gate = open_flags::gate(args.share, args.external);
     match ImageFormat::given_or_probed(args.format.as_deref(), path)? {
-        ImageFormat::Fvd => {}
+        ImageFormat::Fvd => fvd::run(path, args.repair, args.output, &gate, out),
         ImageFormat::Qed => {
             let usage = gate.image_usage(args.repair.is_some())?;
-            return qed::run(path, args.repair, args.output, usage, out);
+            qed::run(path, args.repair, args.output, usage, out)
         }
     }
-    // Refuse before reading anything, so a read-only image is never half-repaired; the
-    // image stays locked for writing until the repair is over.
-    let held = match args.repair {
-        Some(_) => Some(repair::open_writable(path, "image")?),
-        None => None,
-    };
-    let loaded = load::load(path, &gate)?;
-    let first = analysis::analyze(&loaded);
-    let filename = path.to_string_lossy();
-    let human = args.output == OutputFormat::Human;
-    // Many short lines: gather them into large writes.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-
-    let Some(mode) = args.repair else {
-        if human {
-            report::findings(&loaded, &first, &mut out)?;
-            report::summary(&first, false, &mut out)?;
-        } else {
-            write_json(&mut out, &report::json(&filename, &loaded, &first, None))?;
-        }
-        return finish(out, status(&first, false));
-    };
-    if let Some(refused) = repair::refusal(&first, mode) {
-        if human {
-            report::findings(&loaded, &first, &mut out)?;
-            writeln!(out, "{refused}").map_err(CliError::Output)?;
-            report::summary(&first, false, &mut out)?;
-        } else {
-            let outcome = repair::Outcome {
-                refused: Some(refused),
-                ..repair::Outcome::default()
-            };
-            write_json(
-                &mut out,
-                &report::json(&filename, &loaded, &first, Some(&outcome)),
-            )?;
-        }
-        return finish(out, status(&first, false));
-    }
-    let _data_held = match &held {
-        Some(image) if loaded.storage.separate => {
-            // Through the gate: a data file outside the image's directory is written only
-            // with --allow-external-data-file.
-            let name = name_path(&loaded.header.data_file);
-            let mut chain = chain_of(image, path)?;
-            let data = gate::open_named(&gate, &mut chain, path, &name, true, Access::Write)?;
-            repair::open_writable(&loaded.storage.path, "data file")?;
-            Some(data)
-        }
-        _ => None,
-    };
-    let plan = repair::plan(&loaded, &first, mode);
-    if human && plan.has_actions(&first) {
-        report::findings(&loaded, &first, &mut out)?;
-    }
-    let outcome = repair::repair(&loaded, &first, plan, &mut |line| {
-        if human {
-            writeln!(out, "{line}").map_err(CliError::Output)?;
-        }
-        Ok(())
-    })?;
-    drop(first);
-    drop(loaded);
-    // Double-check: the repaired image, read afresh.
-    let last_loaded = load::load(path, &gate)?;
-    let last = analysis::analyze(&last_loaded);
-    if human {
-        if outcome.line_count() > 0 {
-            let mut text = String::new();
-            report::repairs_summary(outcome.corruptions_fixed, outcome.leaks_fixed, &mut text);
-            out.write_all(text.as_bytes()).map_err(CliError::Output)?;
-        }
-        report::findings(&last_loaded, &last, &mut out)?;
-        report::summary(&last, true, &mut out)?;
-    } else {
-        write_json(
-            &mut out,
-            &report::json(&filename, &last_loaded, &last, Some(&outcome)),
-        )?;
-    }
-    finish(out, status(&last, true))
 }
 
-/// The exit status of a check whose last analysis is `a`.
-fn status(a: &analysis::Analysis, repaired: bool) -> u8 {
-    if a.corruptions > 0 {
+/// The exit status of a check that found `c` (leaks do not count after a repair, which
+/// released what it could).
+fn status(c: &CheckCounts, repaired: bool) -> u8 {
+    if c.corruptions > 0 {
         EXIT_CORRUPT
-    } else if a.leaks() > 0 && !repaired {
+    } else if c.leaks > 0 && !repaired {
         EXIT_LEAKS
     } else {
         0

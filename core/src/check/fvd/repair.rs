@@ -1,0 +1,265 @@
+//! `check -r` for FVD: the plan worked out from a check's numbers, and the repair as a
+//! scanner whose writes come in an order that leaves, after a crash at any point, an image
+//! the engine opens correctly:
+//!
+//! 1. Replay: the journal is laid over the pages it touches and the pages it changed are
+//!    written back and flushed, while the header still names the journal's epoch (a crash
+//!    here replays the same records again, which is idempotent). Bad records are dropped.
+//! 2. The header is marked dirty with the epoch moved above every intact sector
+//!    ([`next_epoch`], header sector 4, flushed): the journal is now stale.
+//! 3. Fixes (`-r all`): corrupt table entries are unmapped, stray bitmap bits cleared;
+//!    the changed units are written and flushed.
+//! 4. A compact image's data storage is truncated to the end of its last mapped chunk
+//!    (when the host says it can be).
+//! 5. The header is marked clean (sector 4, flushed).
+
+use super::{FvdCheck, FvdFiles, FvdSummary, Phase, Problem, Step};
+use crate::check::memory::Area;
+use crate::check::{CheckError, FileId, Finding, FixAction, Repair, RepairCounts, RepairMode};
+use crate::format::header::mutable_sectors;
+use crate::format::journal::next_epoch;
+use crate::format::RawHeader;
+use core::mem::offset_of;
+
+/// A repair worked out from the first check's numbers, before anything is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FvdRepairPlan {
+    /// What is repaired.
+    pub mode: RepairMode,
+    /// `-r leaks` of an image with corruptions: nothing is done.
+    pub refused: bool,
+    /// The repair has something to say or do (a report shows the check's findings
+    /// before the repair's lines).
+    pub has_actions: bool,
+    needs_write: bool,
+    replaying: Option<(u64, u64)>,
+    truncatable: bool,
+    dirty: bool,
+}
+
+/// The repair of an image whose check found `first`, in `mode`; `truncatable` when the
+/// host can shorten the data storage (a regular file, not a device).
+pub fn plan(first: &FvdSummary, mode: RepairMode, truncatable: bool) -> FvdRepairPlan {
+    let c = first.counts;
+    let structure_fixes = match mode {
+        RepairMode::All => first.table_corruptions + u64::from(first.stray_bits),
+        RepairMode::Leaks => 0,
+    };
+    let truncate = truncatable && first.data_end.is_some_and(|end| first.storage_len > end);
+    let needs_write = c.dirty
+        || first.journal_sectors > 0
+        || first.head_problems > 0
+        || structure_fixes > 0
+        || truncate;
+    let replaying = (c.dirty && first.journal_applied > 0)
+        .then_some((first.journal_applied, first.journal_sectors));
+    FvdRepairPlan {
+        mode,
+        refused: mode == RepairMode::Leaks && c.corruptions > 0,
+        has_actions: replaying.is_some()
+            || first.head_problems > 0
+            || structure_fixes > 0
+            || truncate
+            || (c.dirty && needs_write),
+        needs_write,
+        replaying,
+        truncatable,
+        dirty: c.dirty,
+    }
+}
+
+/// The stages after the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    FlushReplay,
+    MarkDirty,
+    FlushDirty,
+    Fixes,
+    FlushFixes,
+    Truncate,
+    Released { end: u64 },
+    MarkClean,
+    FlushClean,
+    Cleaned,
+}
+
+/// A repair's own state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Repairing {
+    pub(crate) plan: FvdRepairPlan,
+    pub(crate) counts: RepairCounts,
+    /// Something was written since the last flush.
+    pub(crate) wrote: bool,
+}
+
+impl Repairing {
+    /// `-r all`: corrupt entries and stray bits are repaired.
+    pub(crate) fn fixes_structure(&self) -> bool {
+        self.plan.mode == RepairMode::All
+    }
+
+    /// The line of a repaired finding.
+    pub(crate) fn fixed(&mut self, problem: Problem) -> Step {
+        self.counts.corruptions_fixed += 1;
+        let action = match problem {
+            Problem::UnreplayedJournal { .. } => FixAction::Replayed,
+            Problem::DirtyWithoutJournal => FixAction::KeptMetadata,
+            Problem::DirtyEntry { .. }
+            | Problem::BeyondStorage { .. }
+            | Problem::SharedChunk { .. } => FixAction::Unmapped,
+            Problem::StrayBits { .. } => FixAction::ClearedBits,
+            _ => FixAction::DroppedRecord,
+        };
+        Step::Repaired(Repair::Fixed {
+            finding: Finding::Fvd(problem),
+            action,
+        })
+    }
+}
+
+impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
+    /// A repair of the image whose first bytes are `header`, as `plan` says (made from a
+    /// check of the same image).
+    pub fn repair(
+        header: &[u8],
+        files: FvdFiles,
+        memory: M,
+        plan: FvdRepairPlan,
+    ) -> Result<Self, CheckError> {
+        let mut check = FvdCheck::new(header, files, memory)?;
+        check.repair = Some(Repairing {
+            plan,
+            counts: RepairCounts::default(),
+            wrote: false,
+        });
+        if plan.refused || !plan.needs_write {
+            check.phase = Phase::Done;
+        }
+        Ok(check)
+    }
+
+    /// The line announcing the replay (before the repaired findings).
+    pub(crate) fn replaying(&self) -> Option<Step> {
+        let (records, sectors) = self.repair.as_ref()?.plan.replaying?;
+        Some(Step::Repaired(Repair::Replaying { records, sectors }))
+    }
+
+    /// The table and bitmap are done: a check ends, a repair goes on.
+    pub(crate) fn finish_metadata(&mut self) {
+        self.phase = match self.repair {
+            Some(_) => Phase::Repair(Stage::FlushFixes),
+            None => Phase::Done,
+        };
+    }
+
+    /// Writes header sector 4 with `clean_shutdown` = `clean` and the epoch moved on.
+    fn write_state(&mut self, clean: bool) -> Step {
+        let base = mutable_sectors::SHUTDOWN_AND_EPOCH * 512;
+        let flag = offset_of!(RawHeader, clean_shutdown) - base;
+        let epoch_at = offset_of!(RawHeader, stable_journal_epoch) - base;
+        let epoch = next_epoch(self.layout.stable_journal_epoch, self.journal.highest_epoch);
+        self.state_sector[flag..flag + 4].copy_from_slice(&u32::from(clean).to_le_bytes());
+        self.state_sector[epoch_at..epoch_at + 8].copy_from_slice(&epoch.to_le_bytes());
+        let area = Area {
+            at: self.unit.at,
+            len: 512,
+        };
+        area.bytes_mut(self.core.mem.as_mut())
+            .copy_from_slice(&self.state_sector);
+        let step = Step::Write {
+            file: FileId::Image,
+            offset: base as u64,
+            len: 512,
+        };
+        self.core.start(step, area)
+    }
+
+    fn flush_if_written(&mut self, file: FileId) -> Option<Step> {
+        let repair = self.repair.as_mut()?;
+        if !repair.wrote {
+            return None;
+        }
+        repair.wrote = false;
+        Some(self.core.start(Step::Flush { file }, Area::default()))
+    }
+
+    pub(crate) fn step_repair(&mut self, stage: Stage) -> Option<Step> {
+        let Some(repair) = self.repair else {
+            self.phase = Phase::Done;
+            return None;
+        };
+        let next = |s| Phase::Repair(s);
+        match stage {
+            Stage::FlushReplay => {
+                self.phase = next(Stage::MarkDirty);
+                self.flush_if_written(FileId::Image)
+            }
+            Stage::MarkDirty => {
+                self.phase = next(Stage::FlushDirty);
+                Some(self.write_state(false))
+            }
+            Stage::FlushDirty => {
+                self.phase = next(Stage::Fixes);
+                let flush = Step::Flush {
+                    file: FileId::Image,
+                };
+                Some(self.core.start(flush, Area::default()))
+            }
+            Stage::Fixes => {
+                if self.layout.table.is_some() {
+                    self.start_table();
+                } else {
+                    self.start_bitmap();
+                }
+                None
+            }
+            Stage::FlushFixes => {
+                self.phase = next(Stage::Truncate);
+                self.flush_if_written(FileId::Image)
+            }
+            Stage::Truncate => {
+                self.phase = next(Stage::MarkClean);
+                let table = self.layout.table?;
+                let end = self
+                    .layout
+                    .data_offset
+                    .saturating_add(self.table.frontier.saturating_mul(table.chunk_size));
+                if !repair.plan.truncatable || self.storage_len() <= end {
+                    return None;
+                }
+                self.phase = next(Stage::Released { end });
+                let step = Step::SetLength {
+                    file: self.storage_file(),
+                    len: end,
+                };
+                Some(self.core.start(step, Area::default()))
+            }
+            Stage::Released { end } => {
+                self.phase = next(Stage::MarkClean);
+                Some(Step::Repaired(Repair::ReleasedStorage {
+                    file: self.storage_file(),
+                    bytes: self.storage_len() - end,
+                    len: end,
+                }))
+            }
+            Stage::MarkClean => {
+                self.phase = next(Stage::FlushClean);
+                Some(self.write_state(true))
+            }
+            Stage::FlushClean => {
+                self.phase = next(Stage::Cleaned);
+                let flush = Step::Flush {
+                    file: FileId::Image,
+                };
+                Some(self.core.start(flush, Area::default()))
+            }
+            Stage::Cleaned => {
+                self.phase = Phase::Done;
+                repair
+                    .plan
+                    .dirty
+                    .then_some(Step::Repaired(Repair::MarkedClean))
+            }
+        }
+    }
+}
