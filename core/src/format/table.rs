@@ -67,3 +67,41 @@ mod tests {
         assert_eq!(TableEntry::Mapped(9).encode(), 9);
     }
 }
+
+/// How the entries of a piece of the table are used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// Entries naming a physical chunk.
+    pub mapped: u64,
+    /// Entries with bit 31 set (corrupt).
+    pub invalid: u64,
+}
+
+impl EntryCounts {
+    /// Counts the whole entries in `table_bytes` (a piece of the table region).
+    pub fn of(table_bytes: &[u8]) -> Self {
+        let mut counts = EntryCounts::default();
+        for entry in table_bytes.chunks_exact(4) {
+            let raw = u32::from_le_bytes([
+                entry.first().copied().unwrap_or(0xFF),
+                entry.get(1).copied().unwrap_or(0xFF),
+                entry.get(2).copied().unwrap_or(0xFF),
+                entry.get(3).copied().unwrap_or(0xFF),
+            ]);
+            match TableEntry::decode(raw) {
+                TableEntry::Empty => {}
+                TableEntry::Mapped(_) => counts.mapped = counts.mapped.saturating_add(1),
+                TableEntry::Invalid(_) => counts.invalid = counts.invalid.saturating_add(1),
+            }
+        }
+        counts
+    }
+
+    /// The sum of two counts.
+    pub fn plus(self, other: EntryCounts) -> EntryCounts {
+        EntryCounts {
+            mapped: self.mapped.saturating_add(other.mapped),
+            invalid: self.invalid.saturating_add(other.invalid),
+        }
+    }
+}

@@ -294,3 +294,32 @@ mod tests {
         assert_eq!(max_image_size(u64::MAX, 2), None);
     }
 }
+
+/// How the entries of an L2 table (or a piece of one) are used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Counts {
+    /// Entries naming a data cluster.
+    pub data: u64,
+    /// Zero-cluster markers.
+    pub zero: u64,
+    /// Misaligned entries.
+    pub invalid: u64,
+}
+
+impl L2Counts {
+    /// Counts the whole entries in `table_bytes` of an image with `cluster_size`-byte
+    /// clusters.
+    pub fn of(table_bytes: &[u8], cluster_size: u64) -> Self {
+        let mut counts = L2Counts::default();
+        for entry in table_bytes.chunks_exact(8) {
+            let raw = u64::from_le_bytes(entry.try_into().unwrap_or([0; 8]));
+            match L2Entry::decode(raw, cluster_size) {
+                L2Entry::Unallocated => {}
+                L2Entry::Zero => counts.zero = counts.zero.saturating_add(1),
+                L2Entry::Cluster(_) => counts.data = counts.data.saturating_add(1),
+                L2Entry::Invalid(_) => counts.invalid = counts.invalid.saturating_add(1),
+            }
+        }
+        counts
+    }
+}

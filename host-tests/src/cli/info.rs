@@ -13,10 +13,12 @@ use super::qed::{open_qed_as, read_table, QedImage};
 use super::size::human_size;
 use crate::gate::OpenGate;
 use clap::Args;
-use fvd_core::format::table::TableEntry;
+use fvd_core::format::bitmap::count_set;
+use fvd_core::format::table::EntryCounts;
 use fvd_core::format::RawHeader;
 use fvd_core::info::{fvd_fields, qed_fields, HeaderField, Value as CoreValue};
-use fvd_core::qed::{L1Entry, L2Entry, QedHeader};
+use fvd_core::qed::table::L2Counts;
+use fvd_core::qed::{L1Entry, QedHeader};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -126,9 +128,10 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
-/// Counts mapped and invalid entries among the first `chunks` table entries.
-fn scan_table(image: &FvdImage, offset: u64, chunks: u64) -> Result<(u64, u64), CliError> {
-    let (mut mapped, mut invalid) = (0u64, 0u64);
+/// Counts mapped and invalid entries among the first `chunks` table entries, reading the
+/// table in pieces (core decodes the entries).
+fn scan_table(image: &FvdImage, offset: u64, chunks: u64) -> Result<EntryCounts, CliError> {
+    let mut counts = EntryCounts::default();
     let total = chunks.saturating_mul(4);
     let mut buf = Vec::new();
     let mut done = 0u64;
@@ -141,19 +144,13 @@ fn scan_table(image: &FvdImage, offset: u64, chunks: u64) -> Result<(u64, u64), 
             offset.saturating_add(done),
             &mut buf,
         )?;
-        for entry in buf.chunks_exact(4) {
-            match TableEntry::decode(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]])) {
-                TableEntry::Empty => {}
-                TableEntry::Mapped(_) => mapped += 1,
-                TableEntry::Invalid(_) => invalid += 1,
-            }
-        }
+        counts = counts.plus(EntryCounts::of(&buf));
         done += n;
     }
-    Ok((mapped, invalid))
+    Ok(counts)
 }
 
-/// Counts set bits among the first `blocks` bits of the bitmap.
+/// Counts set bits among the first `blocks` bits of the bitmap, reading it in pieces.
 fn scan_bitmap(image: &FvdImage, offset: u64, blocks: u64) -> Result<u64, CliError> {
     let total = blocks.div_ceil(8);
     let mut set = 0u64;
@@ -168,13 +165,7 @@ fn scan_bitmap(image: &FvdImage, offset: u64, blocks: u64) -> Result<u64, CliErr
             offset.saturating_add(done),
             &mut buf,
         )?;
-        if done + n == total && blocks % 8 != 0 {
-            // Bits past the last block are not part of the bitmap.
-            if let Some(last) = buf.last_mut() {
-                *last &= (1u8 << (blocks % 8)) - 1;
-            }
-        }
-        set += buf.iter().map(|b| u64::from(b.count_ones())).sum::<u64>();
+        set += count_set(&buf, (blocks - done * 8).min(n * 8));
         done += n;
     }
     Ok(set)
@@ -234,10 +225,10 @@ pub fn gather(image: &FvdImage, gate: &OpenGate) -> Result<ImageInfo, CliError> 
         });
     }
     if let Some(table) = &layout.table {
-        let (mapped, invalid) = scan_table(image, table.region.offset, table.chunks)?;
+        let counts = scan_table(image, table.region.offset, table.chunks)?;
         fields.push(Field::new("chunks", table.chunks));
-        fields.push(Field::new("mapped_chunks", mapped));
-        fields.push(Field::new("invalid_table_entries", invalid));
+        fields.push(Field::new("mapped_chunks", counts.mapped));
+        fields.push(Field::new("invalid_table_entries", counts.invalid));
         regions.push(RegionInfo {
             name: "table",
             file: "image",
@@ -328,14 +319,14 @@ fn count_qed(image: &QedImage) -> Result<QedCounts, CliError> {
             L1Entry::Unallocated => continue,
             L1Entry::Table(offset) if layout.table_in_file(offset, image.host.len) => {
                 counts.l2_tables += 1;
-                for raw in read_table(image, offset)? {
-                    match layout.decode_l2(raw) {
-                        L2Entry::Unallocated => {}
-                        L2Entry::Zero => counts.zero_clusters += 1,
-                        L2Entry::Cluster(_) => counts.data_clusters += 1,
-                        L2Entry::Invalid(_) => counts.invalid_entries += 1,
-                    }
-                }
+                let bytes: Vec<u8> = read_table(image, offset)?
+                    .iter()
+                    .flat_map(|raw| raw.to_le_bytes())
+                    .collect();
+                let l2 = L2Counts::of(&bytes, layout.cluster_size);
+                counts.zero_clusters += l2.zero;
+                counts.data_clusters += l2.data;
+                counts.invalid_entries += l2.invalid;
             }
             _ => counts.invalid_entries += 1,
         }
