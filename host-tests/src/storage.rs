@@ -1,8 +1,17 @@
 //! The files an engine's commands run against, behind one small trait so the same driver
 //! serves real files (the CLI), in-memory files (tests) and simulated power cuts.
 
-use fvd_core::engine::FileId;
+use fvd_core::engine::{FileId, IoError};
 use std::io;
+
+/// How the engine hears of a failed storage operation: no space for a full file system
+/// and for a file that may not grow (ENOSPC, EFBIG), a plain failure otherwise.
+pub fn engine_error(error: &io::Error) -> IoError {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EFBIG) => IoError::NoSpace,
+        _ => IoError::Failed,
+    }
+}
 
 /// Positioned I/O on the files of one image. Reads past the end of a file fill zeros.
 pub trait Storage {
