@@ -377,13 +377,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     }
 
     /// After a failed journal write nobody knows which bytes reached the disk: journal
-    /// every dirty page whole next time.
+    /// every dirty page whole next time (all of it a record may name: never the padding
+    /// after the table's last entry, which replay would refuse as corrupt).
     fn mark_all_unjournaled(&mut self) {
         for i in self.cache.indices() {
-            let s = self.cache.slot_mut(i);
-            if s.dirty {
+            let slot = *self.cache.slot(i);
+            if slot.dirty {
+                let end = self.journal_extent(slot.key);
+                let s = self.cache.slot_mut(i);
                 s.journal_lo = 0;
-                s.journal_hi = PAGE_BYTES as u16;
+                s.journal_hi = end;
             }
         }
     }

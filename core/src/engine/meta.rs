@@ -345,6 +345,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         Ok(changed)
     }
 
+    /// Bytes of `meta` a journal record may name: the table's entries (not the padding of
+    /// its region), the whole bitmap region.
+    fn journal_limit(&self, meta: Meta) -> Option<u64> {
+        let region = self.region(meta)?;
+        Some(match (meta, self.layout.and_then(|l| l.table)) {
+            (Meta::Table, Some(table)) => table.chunks * 4,
+            _ => region.len,
+        })
+    }
+
+    /// The bytes of page `key` a journal record may name, `[0, end)`: the whole page but
+    /// for the last page of the table, whose end is padding (see [`Self::journal_limit`]).
+    pub(crate) fn journal_extent(&self, key: PageKey) -> u16 {
+        let start = key.index * PAGE_BYTES as u64;
+        let limit = self.journal_limit(key.meta).unwrap_or(0);
+        limit.saturating_sub(start).min(PAGE_BYTES as u64) as u16
+    }
+
     /// The pages a journal record touches, or corruption when it leaves its region.
     pub(crate) fn record_pages(
         &self,
@@ -365,11 +383,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 entries.len() as u64,
             ),
         };
-        let region = self.region(meta).ok_or(bad)?;
-        let limit = match (meta, self.layout.and_then(|l| l.table)) {
-            (Meta::Table, Some(table)) => table.chunks * 4,
-            _ => region.len,
-        };
+        let limit = self.journal_limit(meta).ok_or(bad)?;
         let end = start.checked_add(len).ok_or(bad)?;
         if end > limit || len == 0 {
             return Err(bad);

@@ -1,0 +1,477 @@
+//! The engine's promises under storage faults, one rule per test, through the synchronous
+//! driver on in-memory files (see `fault_sweep.rs` for the sweeps): an I/O error fails the
+//! request whose command failed and no other; a failed flush is reported to the flusher; a
+//! full file system or a file size limit fails the writes that need new space and nothing
+//! else; a base that vanishes fails what needs the base and nothing else, and prefetch over
+//! it gives up instead of spinning; after the fault clears the image closes clean, checks
+//! clean (or with leaks only) and holds every acknowledged write.
+
+mod sweep;
+
+use fvd_core::engine::{
+    FileId, IoError, Mapping, PrefetchFailure, PrefetchMode, PrefetchState, Request, RequestError,
+};
+use fvd_host::driver::{Driver, DriverError};
+use fvd_host::faults::{AfterShort, Errno, Fault, FaultPlan, Kinds, Rule};
+use fvd_host::memstore::{MemFile, MemStorage};
+use sweep::{base_bytes, check, fill, read_all, setup, setup_sized, Kind, Setup, Shared};
+
+const K: u64 = 1024;
+
+/// Opens `s` on shared files with an empty fault plan.
+fn open(s: &Setup) -> (Driver<Shared>, Shared) {
+    let shared = Shared::new(s.storage.clone());
+    let mut driver =
+        Driver::open_with_faults(shared.clone(), s.options, Some(FaultPlan::new())).unwrap();
+    driver.limit_commands(100_000);
+    (driver, shared)
+}
+
+/// Installs `rule` for the commands from now on (`rule.from` counts from now).
+fn inject(driver: &mut Driver<Shared>, rule: Rule) {
+    let plan = driver.faults_mut().unwrap();
+    let now = plan.commands();
+    plan.push(Rule {
+        from: now + rule.from,
+        ..rule
+    });
+}
+
+fn clear(driver: &mut Driver<Shared>) {
+    driver.faults_mut().unwrap().clear();
+}
+
+/// Submits every request, then waits for all; returns their outcomes in order.
+fn all(
+    driver: &mut Driver<Shared>,
+    requests: Vec<(Request, Vec<u8>)>,
+) -> Vec<Result<Vec<u8>, RequestError>> {
+    let ids: Vec<_> = requests
+        .into_iter()
+        .map(|(r, b)| driver.submit(r, b).unwrap())
+        .collect();
+    ids.into_iter()
+        .map(|id| {
+            let (result, data) = driver.wait(id).unwrap();
+            result.map(|_| data)
+        })
+        .collect()
+}
+
+fn write(offset: u64, data: Vec<u8>) -> (Request, Vec<u8>) {
+    let len = data.len() as u64;
+    (Request::Write { offset, len }, data)
+}
+
+fn read(offset: u64, len: u64) -> (Request, Vec<u8>) {
+    (Request::Read { offset, len }, vec![0; len as usize])
+}
+
+/// Clean close, then `fvd-img check` (nothing or leaks) and the content read back.
+fn close_and_check(s: &Setup, driver: Driver<Shared>, label: &str) -> (u8, Vec<u8>) {
+    let (shared, clean) = driver.close().unwrap();
+    assert!(clean, "{label}: close was not clean");
+    let storage = shared.storage();
+    assert_eq!(
+        storage.base.as_ref().map(|b| &b.current),
+        s.storage.base.as_ref().map(|b| &b.current),
+        "{label}: the base changed"
+    );
+    assert_eq!(shared.base_changes(), 0, "{label}: the base was written");
+    let status = check(s, &storage, label);
+    (status, read_all(s, storage, false, label))
+}
+
+/// The files as a crash right now would leave them (nothing unflushed survives).
+fn crashed(shared: &Shared) -> MemStorage {
+    let now = shared.storage();
+    MemStorage {
+        image: MemFile::new(now.image.durable.clone()),
+        data: now.data.as_ref().map(|d| MemFile::new(d.durable.clone())),
+        base: now.base.clone(),
+        writes: 0,
+    }
+}
+
+#[test]
+fn an_eio_on_one_write_fails_that_request_only() {
+    for kind in [Kind::Plain, Kind::Compact, Kind::Qed] {
+        let s = setup(kind);
+        let (mut d, _) = open(&s);
+        // Four writes in flight and a read; the second write's data write fails. On the
+        // compact and QED images it is the first write into a new chunk or cluster.
+        let offsets = [0, 64 * K, 128 * K, 192 * K];
+        // The tables that map them exist already (a QED L2 table serves them all).
+        d.write(768 * K, &fill(9, 1)).unwrap();
+        d.flush().unwrap();
+        let mut requests: Vec<_> = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| write(o, fill(i as u8 + 1, 16)))
+            .collect();
+        requests.push(read(512 * K, 8 * K));
+        let data_file = match kind {
+            Kind::Plain => {
+                let start = d.engine().layout().unwrap().data_offset + 64 * K;
+                Rule::from(0, Fault::Fail(Errno::Eio)).within(start..start + 8 * K)
+            }
+            // The first data write of the second request: requests are planned in order,
+            // so its first write is the second write of the batch.
+            _ => Rule::from(1, Fault::Fail(Errno::Eio)),
+        };
+        inject(&mut d, data_file.kinds(Kinds::WRITES).times(1));
+        let outcomes = all(&mut d, requests);
+        let failed: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| outcomes[i].is_err())
+            .collect();
+        assert_eq!(failed.len(), 1, "{kind:?}: requests {failed:?} failed");
+        let bad = failed[0];
+        assert!(bad < 4, "{kind:?}: the read failed");
+        assert_eq!(
+            outcomes[bad].as_ref().err(),
+            Some(&RequestError::Io(IoError::Failed))
+        );
+        let reason = d
+            .request_error(RequestError::Io(IoError::Failed))
+            .to_string();
+        assert_eq!(reason, "Input/output error", "{kind:?}");
+        // The guest retries once the device works again; a flush follows.
+        clear(&mut d);
+        d.write(offsets[bad], &fill(bad as u8 + 1, 16)).unwrap();
+        d.flush().unwrap();
+        let (_, content) = close_and_check(&s, d, &format!("{kind:?}"));
+        for (i, &o) in offsets.iter().enumerate() {
+            assert_eq!(
+                content[o as usize..][..8192],
+                fill(i as u8 + 1, 16)[..],
+                "{kind:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failed_flush_is_reported_to_the_flusher_and_the_next_one_makes_writes_durable() {
+    for kind in [Kind::Compact, Kind::Cow, Kind::DataFile, Kind::Qed] {
+        let s = setup(kind);
+        let (mut d, shared) = open(&s);
+        d.write(8 * K, &fill(7, 16)).unwrap();
+        inject(
+            &mut d,
+            Rule::from(0, Fault::Fail(Errno::Eio))
+                .kinds(Kinds::FLUSHES)
+                .times(1),
+        );
+        let outcomes = all(
+            &mut d,
+            vec![(Request::Flush, Vec::new()), write(300 * K, fill(9, 8))],
+        );
+        assert_eq!(
+            outcomes[0],
+            Err(RequestError::Io(IoError::Failed)),
+            "{kind:?}"
+        );
+        assert!(
+            outcomes[1].is_ok(),
+            "{kind:?}: the write beside the flush failed"
+        );
+        d.flush().unwrap();
+        // A crash now: both writes were acknowledged before the successful flush.
+        let after_crash = read_all(&s, crashed(&shared), true, &format!("{kind:?} crash"));
+        assert_eq!(
+            after_crash[8 * K as usize..][..8192],
+            fill(7, 16)[..],
+            "{kind:?}"
+        );
+        assert_eq!(
+            after_crash[300 * K as usize..][..4096],
+            fill(9, 8)[..],
+            "{kind:?}"
+        );
+        close_and_check(&s, d, &format!("{kind:?}"));
+    }
+}
+
+#[test]
+fn a_full_file_system_or_a_size_limit_fails_only_the_writes_that_need_new_space() {
+    for (kind, errno, reason) in [
+        (Kind::Compact, Errno::NoSpace, "No space left on device"),
+        (Kind::Compact, Errno::TooLarge, "File too large"),
+        (Kind::DataFile, Errno::NoSpace, "No space left on device"),
+        (Kind::Qed, Errno::NoSpace, "No space left on device"),
+        (Kind::Qed, Errno::TooLarge, "File too large"),
+    ] {
+        let label = format!("{kind:?} {errno:?}");
+        let s = setup(kind);
+        let (mut d, _) = open(&s);
+        d.write(0, &fill(1, 8)).unwrap();
+        d.flush().unwrap();
+        inject(&mut d, Rule::from(0, Fault::NoGrowth(errno)));
+        // Fill chunk after chunk (cluster after cluster) until the file must grow.
+        let step = 64 * K;
+        let mut failed_at = None;
+        for i in 1..s.initial.len() as u64 / step {
+            match d.write(i * step, &fill(i as u8, 8)) {
+                Ok(()) => {}
+                Err(DriverError::RequestIo { error, source }) => {
+                    assert_eq!(error, RequestError::Io(IoError::NoSpace), "{label}");
+                    assert_eq!(fvd_host::cli::error::io_reason(&source), reason, "{label}");
+                    failed_at = Some(i);
+                    break;
+                }
+                Err(e) => panic!("{label}: write {i} failed with {e}"),
+            }
+        }
+        let failed_at = failed_at.unwrap_or_else(|| panic!("{label}: no write needed space"));
+        // What is allocated stays writable and readable, and a flush still works.
+        d.write(0, &fill(2, 8)).unwrap();
+        assert_eq!(d.read(0, 4096).unwrap(), fill(2, 8), "{label}");
+        d.flush().unwrap();
+        // Space comes back: the write that failed goes through.
+        clear(&mut d);
+        d.write(failed_at * step, &fill(failed_at as u8, 8))
+            .unwrap();
+        d.flush().unwrap();
+        let (_, content) = close_and_check(&s, d, &label);
+        assert_eq!(content[..4096], fill(2, 8)[..], "{label}");
+        for i in 1..=failed_at {
+            assert_eq!(
+                content[(i * step) as usize..][..4096],
+                fill(i as u8, 8)[..],
+                "{label}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_qed_l2_table_that_cannot_be_allocated_fails_the_write_and_leaves_the_image_consistent() {
+    let s = setup(Kind::Qed);
+    let (mut d, _) = open(&s);
+    d.write(0, &fill(1, 8)).unwrap();
+    // The second L2 table (from 2 MiB on) is appended at the end of the file: it cannot be.
+    inject(&mut d, Rule::from(0, Fault::NoGrowth(Errno::NoSpace)));
+    let outcome = d.write(3 << 20, &fill(3, 8));
+    assert!(
+        matches!(
+            outcome,
+            Err(DriverError::RequestIo {
+                error: RequestError::Io(IoError::NoSpace),
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        d.map(2 << 20, 2 << 20).unwrap().mapping,
+        Mapping::Unallocated
+    );
+    assert_eq!(d.read(3 << 20, 4096).unwrap(), vec![0; 4096]);
+    d.flush().unwrap();
+    clear(&mut d);
+    d.write(3 << 20, &fill(3, 8)).unwrap();
+    let (_, content) = close_and_check(&s, d, "qed");
+    assert_eq!(content[3 << 20..][..4096], fill(3, 8)[..]);
+    assert_eq!(content[..4096], fill(1, 8)[..]);
+}
+
+#[test]
+fn a_vanished_base_fails_what_needs_the_base_and_nothing_else() {
+    for kind in [Kind::Cow, Kind::Cor, Kind::QedBase] {
+        let label = format!("{kind:?}");
+        let s = setup(kind);
+        let (mut d, _) = open(&s);
+        d.write(0, &fill(1, 128)).unwrap();
+        let fills = d.engine().stats().cor_fills_done;
+        inject(
+            &mut d,
+            Rule::from(0, Fault::Fail(Errno::Eio)).on(FileId::Base),
+        );
+        // Local data reads; base data does not (and is not copied in).
+        assert_eq!(d.read(0, 65536).unwrap(), fill(1, 128), "{label}");
+        let base_read = d.read(256 * K, 4096);
+        assert!(
+            matches!(
+                base_read,
+                Err(DriverError::RequestIo {
+                    error: RequestError::Io(_),
+                    ..
+                })
+            ),
+            "{label}: {base_read:?}"
+        );
+        assert_eq!(d.engine().stats().cor_fills_done, fills, "{label}");
+        assert_eq!(
+            d.map(256 * K, 4096).unwrap().mapping,
+            Mapping::Base,
+            "{label}"
+        );
+        // A write that must copy the rest of its block from the base fails; one that
+        // covers whole blocks (clusters) does not need the base.
+        assert!(d.write(320 * K + 512, &fill(5, 1)).is_err(), "{label}");
+        d.write(384 * K, &fill(6, 128)).unwrap();
+        d.flush().unwrap();
+        clear(&mut d);
+        assert_eq!(
+            d.read(256 * K, 4096).unwrap(),
+            s.initial[256 * K as usize..][..4096],
+            "{label}"
+        );
+        let (_, content) = close_and_check(&s, d, &label);
+        assert_eq!(
+            content[384 * K as usize..][..65536],
+            fill(6, 128)[..],
+            "{label}"
+        );
+        assert_eq!(
+            content[320 * K as usize..][..4096],
+            s.initial[320 * K as usize..][..4096]
+        );
+    }
+}
+
+#[test]
+fn prefetch_over_a_vanishing_base_ends_with_an_error_and_never_spins() {
+    for (name, fault) in [
+        ("vanished", Fault::Fail(Errno::Eio)),
+        (
+            "shrunk",
+            Fault::ShortRead {
+                bytes: 0,
+                then: AfterShort::Eof,
+            },
+        ),
+    ] {
+        let mut s = setup_sized(Kind::Cow, 4 << 20);
+        s.options.prefetch = PrefetchMode::Now {
+            max_read_kib_s: Some(1024),
+        };
+        let (mut d, _) = open(&s);
+        let mut now = 0;
+        // Prefetch copies some blocks; then the base goes away.
+        while d.engine().prefetch_progress().copied < 8 {
+            now += 10;
+            d.handle_timeout(now).unwrap();
+        }
+        inject(&mut d, Rule::from(0, fault).on(FileId::Base));
+        let mut rounds = 0;
+        let state = loop {
+            now += 50;
+            d.handle_timeout(now).unwrap();
+            let progress = d.engine().prefetch_progress();
+            if matches!(progress.state, PrefetchState::Failed | PrefetchState::Done) {
+                break progress;
+            }
+            rounds += 1;
+            assert!(
+                rounds < 100_000,
+                "{name}: prefetch neither finished nor failed"
+            );
+        };
+        assert_eq!(state.state, PrefetchState::Failed, "{name}");
+        assert!(
+            matches!(state.failure, Some(PrefetchFailure::Copy { .. })),
+            "{name}: {:?}",
+            state.failure
+        );
+        let os = d.take_os_error().expect("the storage's reason is kept");
+        assert!(
+            os.raw_os_error() == Some(libc::EIO) || os.kind() == std::io::ErrorKind::UnexpectedEof,
+            "{name}: {os}"
+        );
+        // What was copied is right; the base is still needed for the rest.
+        clear(&mut d);
+        let (status, content) = close_and_check(&s, d, name);
+        assert_eq!(status, 0, "{name}");
+        assert_eq!(content, s.initial, "{name}: prefetch copied wrong data");
+    }
+}
+
+#[test]
+fn a_failed_journal_write_then_a_crash_leaves_a_journal_that_replays() {
+    // 64 chunks of 16 KiB: the table ends inside its only page.
+    let s = setup(Kind::Compact);
+    let (mut d, shared) = open(&s);
+    let journal = d.engine().layout().unwrap().journal.unwrap();
+    let journal = journal.offset..journal.offset + journal.len;
+    let mut expect = s.initial.clone();
+    for (round, fault) in [
+        Fault::Fail(Errno::Eio),
+        Fault::Torn {
+            bytes: 512,
+            errno: Errno::Eio,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // New chunks: table entries to journal.
+        let (a, b) = (round as u64 * 256 * K, round as u64 * 256 * K + 128 * K);
+        d.write(a, &fill(1, 8)).unwrap();
+        let rule = Rule::from(0, fault).on(FileId::Image).kinds(Kinds::WRITES);
+        inject(&mut d, rule.within(journal.clone()).times(1));
+        assert!(
+            d.flush().is_err(),
+            "{fault:?}: the journal write did not fail"
+        );
+        d.write(b, &fill(2, 8)).unwrap();
+        d.flush().unwrap();
+        expect[a as usize..][..4096].copy_from_slice(&fill(1, 8));
+        expect[b as usize..][..4096].copy_from_slice(&fill(2, 8));
+        // The retry journals the dirty pages whole: a crash must still replay.
+        let content = read_all(&s, crashed(&shared), true, &format!("{fault:?}"));
+        assert!(
+            content == expect,
+            "{fault:?}: flushed writes lost in the crash"
+        );
+    }
+    close_and_check(&s, d, "compact");
+}
+
+#[test]
+fn reads_that_come_back_short_are_completed_never_padded() {
+    for kind in [Kind::Plain, Kind::Cow, Kind::QedBase] {
+        let s = setup(kind);
+        let (mut d, _) = open(&s);
+        d.write(4 * K, &fill(4, 40)).unwrap();
+        // Every read system call returns one sector, then reads on.
+        let short = Fault::ShortRead {
+            bytes: 512,
+            then: AfterShort::Continue,
+        };
+        inject(&mut d, Rule::from(0, short).kinds(Kinds::READS));
+        let mut expect = s.initial.clone();
+        expect[4 * K as usize..][..20480].copy_from_slice(&fill(4, 40));
+        assert_eq!(
+            d.read(0, 512 * K as usize).unwrap(),
+            expect[..512 * K as usize],
+            "{kind:?}"
+        );
+        assert!(d.faults().unwrap().hits() > 0);
+        let (_, content) = close_and_check(&s, d, &format!("{kind:?}"));
+        assert_eq!(content, expect, "{kind:?}");
+    }
+}
+
+#[test]
+fn a_base_read_that_ends_early_is_an_error_not_zeros() {
+    let s = setup(Kind::Cor);
+    let (mut d, _) = open(&s);
+    let short = Fault::ShortRead {
+        bytes: 512,
+        then: AfterShort::Eof,
+    };
+    inject(&mut d, Rule::from(0, short).on(FileId::Base).times(1));
+    let outcome = d.read(128 * K, 8192);
+    assert!(
+        matches!(&outcome, Err(DriverError::RequestIo { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof),
+        "{outcome:?}"
+    );
+    // Nothing was copied in from the short read.
+    assert_eq!(d.map(128 * K, 8192).unwrap().mapping, Mapping::Base);
+    assert_eq!(
+        d.read(128 * K, 8192).unwrap(),
+        base_bytes(s.initial.len() * 3 / 4)[128 * K as usize..][..8192]
+    );
+    close_and_check(&s, d, "cor");
+}

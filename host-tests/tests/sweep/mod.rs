@@ -1,0 +1,675 @@
+//! The machinery of the fault sweeps (`fault_sweep.rs`): images in memory, a workload, a
+//! run with a fault plan that records when each request was submitted and completed, and
+//! the checks of every promise after the run, after a crash and after a clean close.
+//! Also used by `fault_promises.rs` for its images and checks.
+#![allow(dead_code)]
+
+use fvd_core::engine::{FileId, OpenError, Request, RequestError, RequestId};
+use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_core::qed::{QedBacking, QedCreateOptions};
+use fvd_host::driver::{Driver, DriverError, DriverOptions};
+use fvd_host::faults::{FaultPlan, Rule};
+use fvd_host::memstore::{MemFile, MemStorage};
+use fvd_host::newimage::initial_metadata;
+use fvd_host::storage::Storage;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io;
+use std::rc::Rc;
+
+pub const SECTOR: usize = 512;
+const MIB: u64 = 1 << 20;
+/// Commands one run may perform: far more than the workload needs.
+const COMMAND_BUDGET: u64 = 100_000;
+
+/// The kinds of image swept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// FVD without a table: data in place.
+    Plain,
+    /// FVD compact: chunks allocated on first write, the file grown in steps.
+    Compact,
+    /// FVD compact over a raw base: partial blocks copied on write.
+    Cow,
+    /// As `Cow`, with copy-on-read fills.
+    Cor,
+    /// FVD compact with a separate data file.
+    DataFile,
+    /// QED: clusters and L2 tables appended.
+    Qed,
+    /// QED over a raw backing file, copying on read.
+    QedBase,
+}
+
+impl Kind {
+    /// True when the image has a base.
+    pub fn has_base(self) -> bool {
+        matches!(self, Kind::Cow | Kind::Cor | Kind::QedBase)
+    }
+
+    pub fn size(self) -> u64 {
+        match self {
+            // Two L2 tables of 512 clusters.
+            Kind::Qed | Kind::QedBase => 4 * MIB,
+            _ => MIB,
+        }
+    }
+}
+
+/// A fresh image, its guest content and how to drive it.
+#[derive(Clone)]
+pub struct Setup {
+    pub kind: Kind,
+    pub storage: MemStorage,
+    pub initial: Vec<u8>,
+    pub options: DriverOptions,
+}
+
+pub fn base_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 / SECTOR) as u8 ^ 0x5a).collect()
+}
+
+/// A fresh image of `kind`.
+pub fn setup(kind: Kind) -> Setup {
+    setup_sized(kind, kind.size())
+}
+
+/// A fresh image of `kind` with `size` bytes (a base of three quarters of it).
+pub fn setup_sized(kind: Kind, size: u64) -> Setup {
+    let base_len = (size * 3 / 4) as usize;
+    let base = kind.has_base().then(|| base_bytes(base_len));
+    let mut initial = vec![0u8; size as usize];
+    if let Some(base) = &base {
+        initial[..base.len()].copy_from_slice(base);
+    }
+    let (image, data) = match kind {
+        Kind::Qed | Kind::QedBase => {
+            let plan = fvd_core::qed::plan(&QedCreateOptions {
+                size,
+                cluster_size: 4096,
+                table_size: 1,
+                backing: base.as_ref().map(|_| QedBacking {
+                    name: b"base",
+                    format: b"raw",
+                }),
+            })
+            .unwrap();
+            let mut image = vec![0u8; plan.file_len as usize];
+            plan.write_header_area(&mut image).unwrap();
+            (image, None)
+        }
+        _ => {
+            let compact = kind != Kind::Plain;
+            let header = plan(&CreateOptions {
+                virtual_size: size,
+                compact_image: compact,
+                chunk_size: compact.then_some(16384),
+                storage_grow_unit: compact.then_some(65536),
+                block_size: Some(4096),
+                journal_size: Some(8192),
+                data_file: (kind == Kind::DataFile).then_some(b"data".as_slice()),
+                base: base.as_ref().map(|b| BaseSpec {
+                    name: b"base",
+                    format: b"raw",
+                    size: b.len() as u64,
+                }),
+                ..Default::default()
+            })
+            .unwrap();
+            let data = (kind == Kind::DataFile).then(Vec::new);
+            (initial_metadata(&header), data)
+        }
+    };
+    let storage = MemStorage {
+        image: MemFile::new(image),
+        data: data.map(MemFile::new),
+        base: base.map(MemFile::new),
+        writes: 0,
+    };
+    let options = DriverOptions {
+        cache_bytes: 6 * 512,
+        copy_on_read: Some(matches!(kind, Kind::Cor | Kind::QedBase)),
+        ..DriverOptions::default()
+    };
+    Setup {
+        kind,
+        storage,
+        initial,
+        options,
+    }
+}
+
+/// The storage a driver runs on, shared so that the test keeps it when the driver is
+/// dropped (a crash) or fails to open; counts every attempt to change the base.
+#[derive(Clone)]
+pub struct Shared(Rc<RefCell<(MemStorage, u64)>>);
+
+impl Shared {
+    pub fn new(storage: MemStorage) -> Shared {
+        Shared(Rc::new(RefCell::new((storage, 0))))
+    }
+
+    /// The files as they are now.
+    pub fn storage(&self) -> MemStorage {
+        self.0.borrow().0.clone()
+    }
+
+    pub fn base_changes(&self) -> u64 {
+        self.0.borrow().1
+    }
+
+    fn changing(&self, file: FileId) {
+        if file == FileId::Base {
+            self.0.borrow_mut().1 += 1;
+        }
+    }
+}
+
+impl Storage for Shared {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.borrow_mut().0.read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.changing(file);
+        self.0.borrow_mut().0.write_at(file, offset, buf)
+    }
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.changing(file);
+        self.0.borrow_mut().0.write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        self.0.borrow_mut().0.flush(file)
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.changing(file);
+        self.0.borrow_mut().0.set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        self.0.borrow_mut().0.len(file)
+    }
+}
+
+/// One guest request of the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read {
+        sector: u64,
+        sectors: u64,
+    },
+    Write {
+        sector: u64,
+        sectors: u64,
+        pattern: u8,
+    },
+    Zeroes {
+        sector: u64,
+        sectors: u64,
+    },
+    Flush,
+}
+
+impl Op {
+    fn request(self) -> (Request, Vec<u8>) {
+        match self {
+            Op::Read { sector, sectors } => (
+                Request::Read {
+                    offset: sector * 512,
+                    len: sectors * 512,
+                },
+                vec![0; sectors as usize * SECTOR],
+            ),
+            Op::Write {
+                sector,
+                sectors,
+                pattern,
+            } => (
+                Request::Write {
+                    offset: sector * 512,
+                    len: sectors * 512,
+                },
+                fill(pattern, sectors),
+            ),
+            Op::Zeroes { sector, sectors } => (
+                Request::WriteZeroes {
+                    offset: sector * 512,
+                    len: sectors * 512,
+                },
+                Vec::new(),
+            ),
+            Op::Flush => (Request::Flush, Vec::new()),
+        }
+    }
+
+    /// The sector and bytes a write-like op stores.
+    fn stores(self) -> Option<(u64, Vec<u8>)> {
+        match self {
+            Op::Write {
+                sector,
+                sectors,
+                pattern,
+            } => Some((sector, fill(pattern, sectors))),
+            Op::Zeroes { sector, sectors } => Some((sector, vec![0; sectors as usize * SECTOR])),
+            Op::Read { .. } | Op::Flush => None,
+        }
+    }
+}
+
+pub fn fill(pattern: u8, sectors: u64) -> Vec<u8> {
+    (0..sectors as usize * SECTOR)
+        .map(|i| pattern ^ (i / SECTOR) as u8)
+        .collect()
+}
+
+/// `batches` batches of one to four requests over `size` bytes, from `seed`.
+pub fn workload(seed: u64, size: u64, batches: usize) -> Vec<Vec<Op>> {
+    let sectors = size / 512;
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    (0..batches)
+        .map(|_| {
+            let len = 1 + next(4) as usize;
+            (0..len)
+                .map(|_| {
+                    let sector = next(sectors - 1);
+                    let n = 1 + next((sectors - sector).min(40));
+                    match next(10) {
+                        0 => Op::Flush,
+                        1 | 2 => Op::Read { sector, sectors: n },
+                        3 => Op::Zeroes { sector, sectors: n },
+                        _ => Op::Write {
+                            sector,
+                            sectors: n,
+                            pattern: next(255) as u8 + 1,
+                        },
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One submitted request: when (in commands performed) it was submitted and completed.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub op: Op,
+    pub batch: usize,
+    pub id: RequestId,
+    pub submitted: u64,
+    pub completed: u64,
+    pub result: Result<(), RequestError>,
+    pub data: Vec<u8>,
+}
+
+/// What one run did.
+pub struct Outcome {
+    pub trace: Vec<Trace>,
+    /// The plan as the run left it.
+    pub plan: FaultPlan,
+    /// Requests whose own data a faulted command carried.
+    pub faulted: Vec<RequestId>,
+    /// The batch during which the first fault hit.
+    pub fault_batch: Option<usize>,
+    /// The files right after the run, before the fault cleared.
+    pub at_end: MemStorage,
+    /// The files after the fault cleared and the image was closed.
+    pub closed: MemStorage,
+    pub base_changes: u64,
+    /// The open failed (with this error) because of the fault.
+    pub open_failed: Option<String>,
+}
+
+/// Runs `batches` on `s` with `plan`; then clears the fault, flushes and closes (both
+/// must succeed).
+pub fn run(s: &Setup, batches: &[Vec<Op>], plan: FaultPlan, label: &str) -> Outcome {
+    let shared = Shared::new(s.storage.clone());
+    let mut driver = match Driver::open_with_faults(shared.clone(), s.options, Some(plan)) {
+        Ok(driver) => driver,
+        Err(e) => {
+            assert!(
+                matches!(
+                    e,
+                    DriverError::OpenIo { .. } | DriverError::Open(OpenError::Io(_))
+                ),
+                "{label}: open failed with {e:?}, not an I/O error"
+            );
+            let at_end = shared.storage();
+            // The fault clears: the image opens and closes cleanly.
+            let reopened = Driver::open(shared.clone(), s.options)
+                .unwrap_or_else(|e| panic!("{label}: reopen after a failed open: {e}"));
+            reopened
+                .close()
+                .unwrap_or_else(|e| panic!("{label}: close after a failed open: {e}"));
+            return Outcome {
+                trace: Vec::new(),
+                plan: FaultPlan::new(),
+                faulted: Vec::new(),
+                fault_batch: Some(0),
+                at_end,
+                closed: shared.storage(),
+                base_changes: shared.base_changes(),
+                open_failed: Some(e.to_string()),
+            };
+        }
+    };
+    driver.limit_commands(COMMAND_BUDGET);
+    let mut trace = Vec::new();
+    let mut fault_batch = None;
+    for (batch, ops) in batches.iter().enumerate() {
+        let mut waiting = Vec::new();
+        for &op in ops {
+            let (request, buffer) = op.request();
+            let submitted = driver.commands_run;
+            let id = driver
+                .submit(request, buffer)
+                .unwrap_or_else(|e| panic!("{label}: submit {op:?}: {e}"));
+            waiting.push((op, id, submitted));
+        }
+        while !waiting.is_empty() {
+            assert!(
+                driver.step(),
+                "{label}: the engine stalled (or ran past its command budget) with {} requests waiting",
+                waiting.len()
+            );
+            waiting.retain(|&(op, id, submitted)| match driver.take_result(id) {
+                Some((result, data)) => {
+                    trace.push(Trace {
+                        op,
+                        batch,
+                        id,
+                        submitted,
+                        completed: driver.commands_run,
+                        result: result.map(drop),
+                        data,
+                    });
+                    false
+                }
+                None => true,
+            });
+        }
+        if fault_batch.is_none() && driver.faults().is_some_and(|p| p.hits() > 0) {
+            fault_batch = Some(batch);
+        }
+    }
+    let at_end = shared.storage();
+    let plan = driver.faults().cloned().unwrap_or_default();
+    let faulted = driver.faulted_requests().to_vec();
+    driver.set_faults(None);
+    driver
+        .flush()
+        .unwrap_or_else(|e| panic!("{label}: a flush after the fault cleared failed: {e}"));
+    let (_, clean) = driver
+        .close()
+        .unwrap_or_else(|e| panic!("{label}: close after the fault cleared failed: {e}"));
+    assert!(
+        clean,
+        "{label}: close after the fault cleared was not clean"
+    );
+    Outcome {
+        trace,
+        plan,
+        faulted,
+        fault_batch,
+        at_end,
+        closed: shared.storage(),
+        base_changes: shared.base_changes(),
+        open_failed: None,
+    }
+}
+
+/// Per-sector contents allowed after a run: `certain(t)` says which successful writes
+/// must be there; failed writes (and writes not certain) may have left old or new data.
+fn allowed(s: &Setup, trace: &[Trace], certain: impl Fn(&Trace) -> bool) -> Vec<HashSet<Vec<u8>>> {
+    let mut sets: Vec<HashSet<Vec<u8>>> = s
+        .initial
+        .chunks(SECTOR)
+        .map(|c| HashSet::from([c.to_vec()]))
+        .collect();
+    // In completion order: a later certain write replaces everything before it.
+    let mut ordered: Vec<&Trace> = trace.iter().collect();
+    ordered.sort_by_key(|t| (t.completed, t.submitted));
+    for t in ordered {
+        let Some((sector, bytes)) = t.op.stores() else {
+            continue;
+        };
+        for (i, chunk) in bytes.chunks(SECTOR).enumerate() {
+            let set = &mut sets[sector as usize + i];
+            if t.result.is_ok() && certain(t) {
+                set.clear();
+            }
+            set.insert(chunk.to_vec());
+        }
+    }
+    sets
+}
+
+fn assert_contents(label: &str, what: &str, data: &[u8], sets: &[HashSet<Vec<u8>>]) {
+    for (i, chunk) in data.chunks(SECTOR).enumerate() {
+        assert!(
+            sets[i].contains(chunk),
+            "{label}: {what}: sector {i} holds data that was never written there, or lost an acknowledged write"
+        );
+    }
+}
+
+/// Opens `storage` (no faults) and reads the whole disk.
+pub fn read_all(s: &Setup, storage: MemStorage, writable: bool, label: &str) -> Vec<u8> {
+    let options = DriverOptions {
+        writable,
+        ..s.options
+    };
+    let mut driver =
+        Driver::open(storage, options).unwrap_or_else(|e| panic!("{label}: reopen: {e}"));
+    driver.limit_commands(COMMAND_BUDGET);
+    let data = driver
+        .read(0, s.initial.len())
+        .unwrap_or_else(|e| panic!("{label}: read after reopen: {e}"));
+    if writable {
+        let (_, clean) = driver.close().unwrap();
+        assert!(clean, "{label}: close after recovery was not clean");
+    }
+    data
+}
+
+/// `fvd-img check` of the image in `storage` (its durable bytes): must find nothing, or
+/// only leaks. Returns the exit status (0 or 3).
+pub fn check(s: &Setup, storage: &MemStorage, label: &str) -> u8 {
+    let dir = tempfile::tempdir().unwrap();
+    let name = match s.kind {
+        Kind::Qed | Kind::QedBase => "image.qed",
+        _ => "image.fvd",
+    };
+    std::fs::write(dir.path().join(name), &storage.image.durable).unwrap();
+    if let Some(data) = &storage.data {
+        std::fs::write(dir.path().join("data"), &data.durable).unwrap();
+    }
+    if let Some(base) = &storage.base {
+        std::fs::write(dir.path().join("base"), &base.durable).unwrap();
+    }
+    let path = dir.path().join(name);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = fvd_host::cli::run_with(
+        ["fvd-img".as_ref(), "check".as_ref(), path.as_os_str()],
+        &mut out,
+        &mut err,
+    );
+    assert!(
+        status == 0 || status == 3,
+        "{label}: check after the clean close exits {status}:\n{}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    status
+}
+
+/// Asserts every promise for one run with `rule`.
+pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcome {
+    let one_shot = rule.times == Some(1);
+    let harmless = matches!(
+        rule.fault,
+        fvd_host::faults::Fault::ShortRead {
+            then: fvd_host::faults::AfterShort::Continue,
+            ..
+        }
+    );
+    let o = run(s, batches, FaultPlan::with(rule), label);
+    if std::env::var_os("FVD_DEBUG").is_some() {
+        eprintln!("{label}: injected {:?}", o.plan.injected());
+        for t in &o.trace {
+            eprintln!(
+                "  batch {} {:?} submitted {} completed {} {:?}",
+                t.batch, t.op, t.submitted, t.completed, t.result
+            );
+        }
+    }
+    let hit = o.plan.hits() > 0 || o.open_failed.is_some();
+    for t in &o.trace {
+        if let Err(e) = t.result {
+            assert!(
+                matches!(e, RequestError::Io(_)),
+                "{label}: {:?} failed with {e:?}, not an I/O error",
+                t.op
+            );
+            assert!(
+                hit && !harmless,
+                "{label}: {:?} failed with no fault: {e:?}",
+                t.op
+            );
+            // Requests after the fault's batch succeed, but for flushes: the first commit
+            // after a failed metadata write reports it.
+            let first_flush_after = o
+                .trace
+                .iter()
+                .filter(|u| u.op == Op::Flush && Some(u.batch) > o.fault_batch)
+                .map(|u| u.batch)
+                .min();
+            assert!(
+                !one_shot
+                    || Some(t.batch) <= o.fault_batch
+                    || (t.op == Op::Flush && Some(t.batch) == first_flush_after),
+                "{label}: {:?} in batch {} failed, after the one-shot fault in batch {:?}",
+                t.op,
+                t.batch,
+                o.fault_batch
+            );
+        }
+    }
+    if one_shot && !harmless {
+        if let Some(&hit_request) = o.faulted.first() {
+            // The fault hit a command carrying one request's own data: that request,
+            // and no other, fails.
+            for t in &o.trace {
+                let this = t.id == hit_request && t.batch == o.fault_batch.unwrap_or(usize::MAX);
+                assert_eq!(
+                    t.result.is_err(),
+                    this,
+                    "{label}: the fault hit the data of one request; {:?} (batch {}) {}",
+                    t.op,
+                    t.batch,
+                    if this { "succeeded" } else { "failed as well" }
+                );
+            }
+        }
+    }
+    // Reads see, per sector, what any write so far could have left there.
+    let all = allowed(s, &o.trace, |_| false);
+    for t in o.trace.iter().filter(|t| t.result.is_ok()) {
+        if let Op::Read { sector, .. } = t.op {
+            let sets = &all[sector as usize..];
+            assert_contents(label, &format!("read of {:?}", t.op), &t.data, sets);
+        }
+    }
+    assert_eq!(o.base_changes, 0, "{label}: the base was written");
+    assert_eq!(
+        o.closed.base.as_ref().map(|b| &b.current),
+        s.storage.base.as_ref().map(|b| &b.current),
+        "{label}: the base changed"
+    );
+    // A crash at the end of the run: what was flushed survives.
+    let last_flush = o
+        .trace
+        .iter()
+        .filter(|t| t.op == Op::Flush && t.result.is_ok())
+        .map(|t| t.submitted)
+        .max();
+    let crash = MemStorage {
+        image: MemFile::new(o.at_end.image.durable.clone()),
+        data: o
+            .at_end
+            .data
+            .as_ref()
+            .map(|d| MemFile::new(d.durable.clone())),
+        base: o.at_end.base.clone(),
+        writes: 0,
+    };
+    if std::env::var_os("FVD_DEBUG").is_some() && !matches!(s.kind, Kind::Qed | Kind::QedBase) {
+        let img = &crash.image.current;
+        let (h, layout) = fvd_core::format::parse(img, img.len() as u64).unwrap();
+        let j = layout.journal.unwrap();
+        let epoch = h.stable_journal_epoch.get();
+        eprintln!(
+            "epoch {epoch} journal at {} table at {:?}",
+            j.offset, layout.table
+        );
+        for i in 0..(j.len / 512) {
+            let at = (j.offset + i * 512) as usize;
+            let sector = &img[at..at + 512];
+            match fvd_core::format::journal::VerifiedSector::verify(sector, epoch, i) {
+                Ok(v) => {
+                    for r in v.records() {
+                        eprintln!("sector {i}: {r:?}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sector {i}: {e:?}");
+                    break;
+                }
+            }
+        }
+    }
+    let sets = allowed(s, &o.trace, |t| {
+        last_flush.is_some_and(|f| t.completed <= f)
+    });
+    let data = read_all(s, crash, true, label);
+    assert_contents(label, "after a crash", &data, &sets);
+    // The clean close: check finds at most leaks; every acknowledged write is there.
+    check(s, &o.closed, label);
+    let sets = allowed(s, &o.trace, |_| true);
+    let data = read_all(s, o.closed.clone(), false, label);
+    assert_contents(label, "after the clean close", &data, &sets);
+    o
+}
+
+/// Runs the workload from `seed` on a `kind` image with a fault at every command in turn
+/// (`fault_at(n)`), checking every promise; prints how many points ran and hit.
+pub fn sweep(kind: Kind, seed: u64, fault_at: impl Fn(u64, Kind) -> Rule) {
+    let s = setup(kind);
+    let batches = workload(seed, kind.size(), 10);
+    let clean = run(&s, &batches, FaultPlan::new(), "no fault");
+    assert!(
+        clean.trace.iter().all(|t| t.result.is_ok()),
+        "requests failed without a fault"
+    );
+    let total = clean.plan.commands();
+    assert!(total > 20, "workload too small: {total} commands");
+    let mut hits = 0;
+    let mut failed_requests = 0;
+    let only: Option<u64> = std::env::var("FVD_FAULT_AT")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for n in (0..=total).filter(|n| only.is_none_or(|o| o == *n)) {
+        let rule = fault_at(n, kind);
+        let label = format!("{kind:?}, fault {:?} at command {n}", rule.fault);
+        let o = verify(&s, &batches, rule, &label);
+        hits += usize::from(o.plan.hits() > 0 || o.open_failed.is_some());
+        failed_requests += o.trace.iter().filter(|t| t.result.is_err()).count();
+    }
+    eprintln!(
+        "{kind:?}: {} injection points over {total} commands, {hits} hit a command, {failed_requests} requests failed",
+        total + 1
+    );
+}
