@@ -4,7 +4,8 @@
 //! throughput are measured over their windows; when the average falls below the minimum
 //! (the guest is busy with the same disks) a coin flip decides whether to pause for a
 //! random time up to `prefetch_throttle_time`, as in 2011; unlike 2011 the maxima are
-//! enforced. When a whole pass finds nothing left, the metadata is committed and the
+//! enforced, and a minimum above half the read cap is lowered to it (a capped prefetch
+//! is not a busy guest). When a whole pass finds nothing left, the metadata is committed and the
 //! header's `base_img_fully_prefetched` set: the base is never read again. Time comes
 //! from the host through [`Engine::handle_timeout`].
 //!
@@ -279,6 +280,13 @@ impl Prefetch {
         };
         let unit = header.bytes_per_prefetch.get().max(block_size);
         let slots = u64::from(header.num_prefetch_slots.get()).max(1);
+        let max_read = read_cap.unwrap_or(header.prefetch_max_read_throughput.get());
+        // Prefetch cannot read faster than its cap, and it writes what it reads: a
+        // minimum above half the cap would take every window for a busy guest and pause.
+        let floor = |min_kib: u64| match max_read {
+            0 => min_kib,
+            cap => min_kib.min(cap / 2),
+        };
         Prefetch {
             state: if enabled {
                 PrefetchState::Waiting
@@ -289,12 +297,12 @@ impl Prefetch {
             budget: unit.saturating_mul(slots),
             read: Meter::new(
                 header.prefetch_read_throughput_measure_time.get(),
-                header.prefetch_min_read_throughput.get(),
-                read_cap.unwrap_or(header.prefetch_max_read_throughput.get()),
+                floor(header.prefetch_min_read_throughput.get()),
+                max_read,
             ),
             write: Meter::new(
                 header.prefetch_write_throughput_measure_time.get(),
-                header.prefetch_min_write_throughput.get(),
+                floor(header.prefetch_min_write_throughput.get()),
                 header.prefetch_max_write_throughput.get(),
             ),
             throttle_ms: header.prefetch_throttle_time.get(),
