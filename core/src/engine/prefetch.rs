@@ -222,6 +222,9 @@ pub(crate) struct Prefetch {
     pass_copied: bool,
     /// Passes in a row that copied nothing and had failures.
     fruitless_passes: u32,
+    /// A fill failed in the current measurement window: the window says nothing about a
+    /// busy guest (a base that fails reads fast and writes nothing).
+    window_failed: bool,
     /// Failed attempts to finish.
     finish_failures: u32,
     /// Why prefetch gave up.
@@ -262,6 +265,7 @@ impl Prefetch {
         pass_failed: None,
         pass_copied: false,
         fruitless_passes: 0,
+        window_failed: false,
         finish_failures: 0,
         failure: None,
     };
@@ -341,6 +345,7 @@ impl Prefetch {
             self.pass_copied = true;
         } else if let Some(error) = error {
             self.pass_failed.get_or_insert((block, error));
+            self.window_failed = true;
         }
     }
 
@@ -430,7 +435,12 @@ impl Prefetch {
                 };
             }
             PrefetchState::Running => {
-                let busy = self.in_flight > 0 || self.read.bytes > 0;
+                // Failed fills are not a busy guest: their window is not judged (the
+                // failures themselves end prefetch after bounded passes).
+                let busy = (self.in_flight > 0 || self.read.bytes > 0) && !self.window_failed;
+                if now >= self.read.deadline().min(self.write.deadline()) {
+                    self.window_failed = false;
+                }
                 let slow = self.read.tick(now, busy) | self.write.tick(now, busy);
                 if slow {
                     if self.coin() % 2 == 0 && self.throttle_ms > 0 {
