@@ -313,7 +313,7 @@ fn read_job(
     let known_len = (target == Target::Base).then_some(base_len);
     match injection {
         Injection::None => match known_len {
-            Some(_) => read_full_at(file, offset, buf),
+            Some(len) => files::read_within(file, offset, buf, len),
             None => read_full_at(file, offset, buf),
         },
         injection => injection.read(|b, at| file.read_at(b, at), offset, buf, known_len),

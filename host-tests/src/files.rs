@@ -145,7 +145,9 @@ impl RawBase {
 
 impl BaseRead for RawBase {
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_full_at(&self.file, offset, buf)
+        // Past the length it had at open the base reads as zeros; a base that ends
+        // earlier now was truncated or replaced, and its missing bytes are not zeros.
+        read_within(&self.file, offset, buf, self.len)
     }
 
     fn base_len(&self) -> u64 {
