@@ -478,3 +478,70 @@ fn a_base_read_that_ends_early_is_an_error_not_zeros() {
     );
     close_and_check(&s, d, "cor");
 }
+
+#[test]
+fn a_storage_whose_flushes_or_writes_keep_failing_fails_requests_and_never_spins() {
+    // 64 MiB spread over many metadata pages, a 6-page cache: requests need pages evicted,
+    // which needs commits and write-backs, which keep failing. Every request must end (a
+    // runaway engine hits the command budget and fails the test).
+    let flushes = Rule::from(0, Fault::Fail(Errno::Eio)).kinds(Kinds::FLUSHES);
+    let writes = Rule::from(0, Fault::Fail(Errno::Eio)).kinds(Kinds::WRITES);
+    for kind in [
+        Kind::Compact,
+        Kind::Cow,
+        Kind::DataFile,
+        Kind::Qed,
+        Kind::QedBase,
+    ] {
+        for (name, rule) in [("flushes", &flushes), ("writes", &writes)] {
+            let label = format!("{kind:?}, {name} failing");
+            let s = setup_sized(kind, 64 << 20);
+            let (mut d, _) = open(&s);
+            let mut expect = s.initial.clone();
+            // What a block may hold: a failed write leaves old or new data.
+            let mut maybe: Vec<(u64, Vec<u8>)> = Vec::new();
+            let block = |i: u64, stride: u64| (i * stride % 16000) * 4096;
+            for i in 0..60 {
+                d.write(block(i, 7919), &fill(i as u8, 8)).unwrap();
+                expect[block(i, 7919) as usize..][..4096].copy_from_slice(&fill(i as u8, 8));
+            }
+            inject(&mut d, rule.clone());
+            let mut failed = 0;
+            for i in 0..300u64 {
+                let at = block(i, 6007);
+                let outcome = match i % 3 {
+                    0 => d.read(at, 4096).map(drop),
+                    _ => d.write(at, &fill((i as u8).wrapping_add(100), 8)),
+                };
+                match outcome {
+                    Ok(()) if i % 3 != 0 => {
+                        expect[at as usize..][..4096]
+                            .copy_from_slice(&fill((i as u8).wrapping_add(100), 8));
+                        maybe.retain(|(o, _)| *o != at);
+                    }
+                    Ok(()) => {}
+                    Err(DriverError::RequestIo { .. }) => {
+                        failed += 1;
+                        if i % 3 != 0 {
+                            maybe.push((at, fill((i as u8).wrapping_add(100), 8)));
+                        }
+                    }
+                    Err(e) => panic!("{label}: request {i} ended with {e}"),
+                }
+            }
+            assert!(failed > 0, "{label}: nothing failed");
+            clear(&mut d);
+            d.flush().unwrap();
+            let (_, content) = close_and_check(&s, d, &label);
+            for (i, got) in content.chunks(4096).enumerate() {
+                let at = i as u64 * 4096;
+                let want = &expect[i * 4096..][..4096];
+                let new = maybe.iter().any(|(o, data)| *o == at && data[..] == *got);
+                assert!(
+                    got == want || new,
+                    "{label}: block at {at} holds data never written"
+                );
+            }
+        }
+    }
+}

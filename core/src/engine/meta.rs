@@ -50,14 +50,26 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let region = self.region(key.meta).ok_or(Stall::Wait)?;
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
+                // There is room: a failure to make some earlier is nobody's concern now.
+                self.room_error = None;
                 let offset = region.offset + key.index * PAGE_BYTES as u64;
                 self.cache
                     .emit_load(slot, key, offset, &mut self.commands, &mut self.stats);
             }
-            Victim::WriteBack(slot) => {
-                self.write_back(slot);
+            Victim::WriteBack(_) | Victim::NeedsCommit if self.room_error.is_some() => {
+                // What was to make room failed: this request fails (once) instead of
+                // waiting for a retry that may fail forever.
+                return Err(Stall::Io(self.room_error.take().unwrap_or(IoError::Failed)));
             }
-            Victim::NeedsCommit => self.commit.wanted = true,
+            Victim::WriteBack(slot) => {
+                if self.write_back(slot) {
+                    self.room_write_back[slot] = true;
+                }
+            }
+            Victim::NeedsCommit => {
+                self.commit.wanted = true;
+                self.commit.room_wanted = true;
+            }
             Victim::Busy => {}
         }
         Err(Stall::Wait)
@@ -90,12 +102,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn page_written(&mut self, slot: usize, result: Result<(), IoError>) {
         let page = self.cache.slot_mut(slot);
         page.state = PageState::Ready;
-        if result.is_ok() {
-            page.dirty = false;
-            page.journal_lo = 0;
-            page.journal_hi = 0;
-        } else {
-            self.commit.write_back_failed = Some(IoError::Failed);
+        match result {
+            Ok(()) => {
+                page.dirty = false;
+                page.journal_lo = 0;
+                page.journal_hi = 0;
+            }
+            Err(error) => self.commit.write_back_failed = Some(error),
+        }
+        // A write-back meant to free a page failed: the next request needing one hears it.
+        if core::mem::take(&mut self.room_write_back[slot]) {
+            if let Err(error) = result {
+                self.room_error = Some(error);
+            }
         }
     }
 
