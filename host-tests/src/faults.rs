@@ -136,7 +136,7 @@ pub enum Fault {
         errno: Errno,
     },
     /// A read's first system call returns only `bytes` bytes; then `then`. Commands other
-    /// than reads are not affected.
+    /// than reads, and reads of at most `bytes` bytes, are not affected.
     ShortRead {
         /// Bytes the first call returns.
         bytes: u64,
@@ -413,7 +413,9 @@ impl FaultPlan {
                 error: errno.error(),
             },
             Fault::Torn { errno, .. } => Injection::Fail(errno.error()),
-            Fault::ShortRead { bytes, then } if cmd.kind == OpKind::Read => {
+            // A read no longer than `bytes` is not cut short: it is left alone and the
+            // rule waits for one that is.
+            Fault::ShortRead { bytes, then } if cmd.kind == OpKind::Read && bytes < cmd.len => {
                 Injection::ShortRead { bytes, then }
             }
             Fault::ShortRead { .. } => return Injection::None,

@@ -40,14 +40,14 @@ fn fault_at(n: u64, kind: Kind) -> Rule {
             // A base that ends early must not read as zeros (an image file that ends early
             // reads as zeros past its end: that is how the engine uses it).
             let short = Fault::ShortRead {
-                bytes: 512,
+                bytes: 256,
                 then: AfterShort::Eof,
             };
             Rule::at(n, short).on(FileId::Base).kinds(Kinds::READS)
         }
         4 => {
             let short = Fault::ShortRead {
-                bytes: 512,
+                bytes: 256,
                 then: AfterShort::Fail(Errno::Eio),
             };
             Rule::at(n, short).kinds(Kinds::READS)
@@ -55,7 +55,7 @@ fn fault_at(n: u64, kind: Kind) -> Rule {
         5 => Rule::at(
             n,
             Fault::ShortRead {
-                bytes: 512,
+                bytes: 256,
                 then: AfterShort::Continue,
             },
         )

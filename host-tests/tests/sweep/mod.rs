@@ -321,6 +321,8 @@ pub struct Outcome {
     pub base_changes: u64,
     /// The open failed (with this error) because of the fault.
     pub open_failed: Option<String>,
+    /// `fvd-img check` after the clean close: 0 clean, 3 leaks only.
+    pub check: u8,
 }
 
 /// Runs `batches` on `s` with `plan`; then clears the fault, flushes and closes (both
@@ -353,6 +355,7 @@ pub fn run(s: &Setup, batches: &[Vec<Op>], plan: FaultPlan, label: &str) -> Outc
                 closed: shared.storage(),
                 base_changes: shared.base_changes(),
                 open_failed: Some(e.to_string()),
+                check: 0,
             };
         }
     };
@@ -418,6 +421,7 @@ pub fn run(s: &Setup, batches: &[Vec<Op>], plan: FaultPlan, label: &str) -> Outc
         closed: shared.storage(),
         base_changes: shared.base_changes(),
         open_failed: None,
+        check: 0,
     }
 }
 
@@ -516,7 +520,7 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
             ..
         }
     );
-    let o = run(s, batches, FaultPlan::with(rule), label);
+    let mut o = run(s, batches, FaultPlan::with(rule), label);
     if std::env::var_os("FVD_DEBUG").is_some() {
         eprintln!("{label}: injected {:?}", o.plan.injected());
         for t in &o.trace {
@@ -637,7 +641,7 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
     let data = read_all(s, crash, true, label);
     assert_contents(label, "after a crash", &data, &sets);
     // The clean close: check finds at most leaks; every acknowledged write is there.
-    check(s, &o.closed, label);
+    o.check = check(s, &o.closed, label);
     let sets = allowed(s, &o.trace, |_| true);
     let data = read_all(s, o.closed.clone(), false, label);
     assert_contents(label, "after the clean close", &data, &sets);
@@ -648,7 +652,7 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
 /// (`fault_at(n)`), checking every promise; prints how many points ran and hit.
 pub fn sweep(kind: Kind, seed: u64, fault_at: impl Fn(u64, Kind) -> Rule) {
     let s = setup(kind);
-    let batches = workload(seed, kind.size(), 10);
+    let batches = workload(seed, kind.size(), 12);
     let clean = run(&s, &batches, FaultPlan::new(), "no fault");
     assert!(
         clean.trace.iter().all(|t| t.result.is_ok()),
@@ -656,20 +660,93 @@ pub fn sweep(kind: Kind, seed: u64, fault_at: impl Fn(u64, Kind) -> Rule) {
     );
     let total = clean.plan.commands();
     assert!(total > 20, "workload too small: {total} commands");
-    let mut hits = 0;
-    let mut failed_requests = 0;
     let only: Option<u64> = std::env::var("FVD_FAULT_AT")
         .ok()
         .and_then(|v| v.parse().ok());
+    let mut tally: Vec<(&'static str, Tally)> = Vec::new();
     for n in (0..=total).filter(|n| only.is_none_or(|o| o == *n)) {
         let rule = fault_at(n, kind);
+        let name = fault_name(&rule);
         let label = format!("{kind:?}, fault {:?} at command {n}", rule.fault);
         let o = verify(&s, &batches, rule, &label);
-        hits += usize::from(o.plan.hits() > 0 || o.open_failed.is_some());
-        failed_requests += o.trace.iter().filter(|t| t.result.is_err()).count();
+        let row = match tally.iter().position(|(k, _)| *k == name) {
+            Some(i) => &mut tally[i].1,
+            None => {
+                tally.push((name, Tally::default()));
+                &mut tally.last_mut().expect("just pushed").1
+            }
+        };
+        row.add(&o);
     }
-    eprintln!(
-        "{kind:?}: {} injection points over {total} commands, {hits} hit a command, {failed_requests} requests failed",
-        total + 1
-    );
+    // One line per fault: the figures RELIABILITY.md quotes.
+    for (name, t) in &tally {
+        eprintln!(
+            "| {kind:?} | {name} | {} | {} | {} | {}/{}/{} | {} | {} |",
+            t.points,
+            t.hit,
+            t.open_failed,
+            t.failed_reads,
+            t.failed_writes,
+            t.failed_flushes,
+            t.check_clean,
+            t.check_leaks
+        );
+    }
+}
+
+/// A short name for the fault a rule injects.
+fn fault_name(rule: &Rule) -> &'static str {
+    use fvd_host::faults::{AfterShort, Errno, Fault};
+    let once = rule.times == Some(1);
+    match rule.fault {
+        Fault::Fail(Errno::Eio) if rule.file == Some(FileId::Base) && !once => {
+            "base vanishes (EIO on every base read from N on)"
+        }
+        Fault::Fail(_) => "EIO, no effect",
+        Fault::FailAfterEffect(_) => "EIO after the effect",
+        Fault::Torn { .. } => "torn write (first sector lands), EIO",
+        Fault::NoGrowth(Errno::NoSpace) => "ENOSPC: files cannot grow from N on",
+        Fault::NoGrowth(_) => "EFBIG: files cannot grow from N on",
+        Fault::ShortRead {
+            then: AfterShort::Eof,
+            ..
+        } => "base read ends early (short read, then EOF)",
+        Fault::ShortRead {
+            then: AfterShort::Fail(_),
+            ..
+        } => "short read, then EIO",
+        Fault::ShortRead { .. } => "short read, then the rest",
+    }
+}
+
+/// What the injection points of one fault did.
+#[derive(Default)]
+struct Tally {
+    points: usize,
+    hit: usize,
+    open_failed: usize,
+    failed_reads: usize,
+    failed_writes: usize,
+    failed_flushes: usize,
+    check_clean: usize,
+    check_leaks: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Outcome) {
+        self.points += 1;
+        self.hit += usize::from(o.plan.hits() > 0 || o.open_failed.is_some());
+        self.open_failed += usize::from(o.open_failed.is_some());
+        for t in o.trace.iter().filter(|t| t.result.is_err()) {
+            match t.op {
+                Op::Read { .. } => self.failed_reads += 1,
+                Op::Write { .. } | Op::Zeroes { .. } => self.failed_writes += 1,
+                Op::Flush => self.failed_flushes += 1,
+            }
+        }
+        match o.check {
+            0 => self.check_clean += 1,
+            _ => self.check_leaks += 1,
+        }
+    }
 }
