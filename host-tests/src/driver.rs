@@ -4,7 +4,7 @@
 //! no format logic.
 
 use crate::faults::{Cmd, FaultPlan, Injection};
-use crate::storage::{engine_error, Storage};
+use crate::storage::{earlier_flush_failed, engine_error, Storage};
 use fvd_core::engine::*;
 use std::collections::HashMap;
 use std::io;
@@ -109,6 +109,9 @@ pub struct Driver<S: Storage> {
     faults: Option<FaultPlan>,
     /// The guest requests whose own buffer a faulted command used, in order.
     faulted_requests: Vec<RequestId>,
+    /// A flush of the image (0) or the data file (1) failed on a storage where that may
+    /// have lost writes: every later flush of that file fails.
+    flush_failed: [bool; 2],
 }
 
 impl<S: Storage> Driver<S> {
@@ -162,6 +165,7 @@ impl<S: Storage> Driver<S> {
             last_os_error: None,
             faults,
             faulted_requests: Vec::new(),
+            flush_failed: [false; 2],
         };
         while driver.opened.is_none() {
             if !driver.step() {
@@ -414,8 +418,17 @@ impl<S: Storage> Driver<S> {
                 Ok(())
             }
             Op::Flush => {
+                // After a failed flush that may have lost writes, a flush that succeeds
+                // would claim them durable: none does until the file is opened again.
+                let sticky = usize::from(file == FileId::Data);
+                if self.flush_failed[sticky] {
+                    return self.storage_result(Err(earlier_flush_failed()));
+                }
                 let storage = &mut self.storage;
                 let result = injection.other(|| storage.flush(file));
+                if result.is_err() && self.storage.failed_flush_loses_writes() {
+                    self.flush_failed[sticky] = true;
+                }
                 self.storage_result(result)
             }
             Op::SetLength { len } => {

@@ -42,6 +42,7 @@ use crate::driver::DriverOptions;
 use crate::faults::{Cmd, Injection, OpKind, SharedPlan};
 use crate::files::{self, read_full_at, write_zeroes_at, ImageOpenError};
 use crate::lock::{FileLock, Usage};
+use crate::storage::earlier_flush_failed;
 use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
     Buffer, Command, CommandId, Engine, Event, FileId, IoError, Op, OpenError, OpenOptions, Reply,
@@ -52,7 +53,7 @@ use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -223,6 +224,10 @@ struct Files {
     base_len: u64,
     /// Faults injected into the file operations (tests only).
     faults: Option<SharedPlan>,
+    /// A flush of the image (0) or data file (1) failed: the page cache may have dropped
+    /// the writes before it, so every later flush of that file fails (see
+    /// `Storage::failed_flush_loses_writes`).
+    flush_failed: [AtomicBool; 2],
 }
 
 impl Files {
@@ -403,9 +408,18 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
                 io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
             }
             Work::Flush => {
-                let r = io_result(injection.other(|| file.sync_data()));
+                let failed = &files.flush_failed[usize::from(target == Target::Data)];
+                let r = if failed.load(Ordering::Relaxed) {
+                    Err(earlier_flush_failed())
+                } else {
+                    let r = injection.other(|| file.sync_data());
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                };
                 syncs.fetch_add(1, Ordering::Relaxed);
-                r
+                io_result(r)
             }
             Work::SetLength { len } => io_result(injection.other(|| file.set_len(len))),
         },
@@ -697,6 +711,7 @@ impl Executor {
             base: raw_base,
             base_len,
             faults,
+            flush_failed: Default::default(),
         };
         let mut first = vec![0u8; SIZING_LEN];
         if read_full_at(&files.image, 0, &mut first).is_err() {
@@ -772,6 +787,7 @@ impl Executor {
             base: None,
             base_len: 0,
             faults: None,
+            flush_failed: Default::default(),
         };
         Ok(Executor {
             mode: Mode::Raw {

@@ -236,6 +236,12 @@ impl Storage for FileStorage {
             FileId::Base => self.base.as_ref().map(|b| b.base_len()),
         })
     }
+
+    /// Files go through the page cache: after a failed `fdatasync` the kernel may have
+    /// dropped the pages it could not write (Linux marks them clean).
+    fn failed_flush_loses_writes(&self) -> bool {
+        true
+    }
 }
 
 /// Why an image could not be opened from a path.

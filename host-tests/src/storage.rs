@@ -27,6 +27,21 @@ pub trait Storage {
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()>;
     /// The length of `file`, or `None` when the image has no such file.
     fn len(&mut self, file: FileId) -> io::Result<Option<u64>>;
+    /// True when a failed flush may have lost the writes before it while a later flush
+    /// succeeds: a page cache (Linux marks the pages clean after a write-back error). The
+    /// driver then fails every later flush of that file until it is opened again.
+    fn failed_flush_loses_writes(&self) -> bool {
+        false
+    }
+}
+
+/// The error of every flush after a failed one on a storage whose failed flush may have
+/// lost writes (see [`Storage::failed_flush_loses_writes`]).
+pub fn earlier_flush_failed() -> io::Error {
+    io::Error::other(
+        "an earlier flush of this file failed, so data written before it may not be on disk; \
+         reopen the image to go on",
+    )
 }
 
 /// Writes zeros with plain writes, `ZERO_CHUNK` bytes at a time (for storages without a
@@ -66,5 +81,8 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
         (**self).len(file)
+    }
+    fn failed_flush_loses_writes(&self) -> bool {
+        (**self).failed_flush_loses_writes()
     }
 }

@@ -135,6 +135,16 @@ fn finish(
     base: Option<&[u8]>,
 ) {
     assert!(e.close().unwrap(), "close was not clean");
+    reopen_and_check(path, content, files_before, base);
+}
+
+/// The checks of [`finish`] on a closed image.
+fn reopen_and_check(
+    path: &Path,
+    content: &[u8],
+    files_before: &BTreeSet<String>,
+    base: Option<&[u8]>,
+) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let status = fvd_host::cli::run_with(
         ["fvd-img".as_ref(), "check".as_ref(), path.as_os_str()],
@@ -248,19 +258,22 @@ fn an_eio_on_one_write_fails_that_request_only_with_32_in_flight() {
 }
 
 #[test]
-fn a_failed_flush_is_reported_to_the_flusher() {
+fn a_failed_flush_is_reported_to_the_flusher_and_every_later_flush_fails_until_reopen() {
     watchdog("flush", || {
         for kind in [Kind::Compact, Kind::Qed] {
             let dir = tempfile::tempdir().unwrap();
-            let (path, mut content) = make(dir.path(), kind);
-            let before = listing(dir.path());
+            let (path, initial) = make(dir.path(), kind);
             let plan = plan();
             let mut e = open(&path, &plan);
-            for c in write_all(&mut e, &[(0, 64 * K, 1), (K * K, 64 * K, 2)]) {
-                c.result.unwrap();
+            // A is flushed; B and C are written around a flush that fails.
+            let (a, b, c) = ((0, 64 * K, 1), (K * K, 64 * K, 2), (0, 4 * K, 3));
+            for done in write_all(&mut e, &[a]) {
+                done.result.unwrap();
             }
-            apply(&mut content, 0, 64 * K, 1);
-            apply(&mut content, K * K, 64 * K, 2);
+            e.flush().unwrap();
+            for done in write_all(&mut e, &[b]) {
+                done.result.unwrap();
+            }
             inject(
                 &plan,
                 Rule::from(0, Fault::Fail(Errno::Eio))
@@ -271,8 +284,51 @@ fn a_failed_flush_is_reported_to_the_flusher() {
                 Err(ExecutorError::Request(RequestError::Io(IoError::Failed))) => {}
                 other => panic!("{kind:?}: a failed flush reported {other:?}"),
             }
-            e.flush().unwrap();
-            finish(e, &path, &content, &before, None);
+            // The page cache may have dropped what it could not write: a later flush that
+            // succeeded would claim those writes durable. None does until a reopen.
+            for done in write_all(&mut e, &[c]) {
+                done.result.unwrap();
+            }
+            assert!(
+                e.flush().is_err(),
+                "{kind:?}: a flush after a failed one succeeded"
+            );
+            assert_eq!(plan.lock().unwrap().hits(), 1, "{kind:?}");
+            assert!(
+                !e.close().unwrap(),
+                "{kind:?}: marked clean after failed flushes"
+            );
+            // Reopened: A is there (C over it or not), B or what was there before.
+            let status = fvd_host::cli::run_with(
+                ["fvd-img".as_ref(), "check".as_ref(), path.as_os_str()],
+                &mut Vec::new(),
+                &mut Vec::new(),
+            );
+            assert!(status == 0 || status == 3, "{kind:?}: check exits {status}");
+            let options = DriverOptions {
+                writable: false,
+                ..DriverOptions::default()
+            };
+            let mut driver = open_image(&path, options).unwrap();
+            let got = driver.read(0, 2 * (K * K) as usize).unwrap();
+            for (i, sector) in got.chunks(512).enumerate() {
+                let at = i as u64 * 512;
+                let old = initial[at as usize..][..512].to_vec();
+                // A was flushed: it (or C, written over it later) must be there; B may be.
+                let mut allowed = Vec::new();
+                for (o, n, seed) in [a, b, c] {
+                    if (o..o + n).contains(&at) {
+                        allowed.push(data(at, 512, seed));
+                    }
+                }
+                if at >= a.1 {
+                    allowed.push(old);
+                }
+                assert!(
+                    allowed.iter().any(|v| v[..] == *sector),
+                    "{kind:?}: sector {i} after reopen lost a flushed write or holds data never written"
+                );
+            }
         }
     });
 }
@@ -493,8 +549,10 @@ fn the_executor_keeps_its_promises_with_a_fault_at_every_command() {
                 }
                 let flushed = e.flush();
                 faults.lock().unwrap().clear();
-                if flushed.is_err() {
-                    e.flush().unwrap();
+                if flushed.is_err() || e.flush().is_err() {
+                    // A failed flush fails every later one until the image is reopened.
+                    e.close().unwrap();
+                    e = Executor::open(&path, options).unwrap();
                 }
                 // Failed writes leave old or new data: write them again, then all is known.
                 for c in write_all(&mut e, &writes) {

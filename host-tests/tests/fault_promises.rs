@@ -545,3 +545,112 @@ fn a_storage_whose_flushes_or_writes_keep_failing_fails_requests_and_never_spins
         }
     }
 }
+
+/// Files behind a page cache as Linux runs it: a flush that fails may have dropped the
+/// writes it could not make durable (the pages are marked clean, so they read back until
+/// evicted but are never written again), and a later flush then succeeds.
+#[derive(Clone)]
+struct PageCache {
+    files: Shared,
+    fail_next_flush: std::rc::Rc<std::cell::Cell<bool>>,
+    /// Whether the storage says so (what hosts on files do).
+    tells: bool,
+}
+
+impl fvd_host::storage::Storage for PageCache {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.files.read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.files.write_at(file, offset, buf)
+    }
+    fn write_zeroes(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> std::io::Result<()> {
+        self.files.write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> std::io::Result<()> {
+        let fail = self.fail_next_flush.replace(false);
+        self.files.with(|m| {
+            let f = match file {
+                FileId::Data => m.data.as_mut(),
+                _ => Some(&mut m.image),
+            };
+            if let Some(f) = f {
+                // What is durable: the writes the cache still holds as dirty, never the
+                // ones a failed flush dropped (they only read back from `current`).
+                if !fail {
+                    f.durable = f.after_cut(|_, _| true);
+                }
+                f.pending.clear();
+            }
+        });
+        match fail {
+            true => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            false => Ok(()),
+        }
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> std::io::Result<()> {
+        self.files.set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> std::io::Result<Option<u64>> {
+        self.files.len(file)
+    }
+    fn failed_flush_loses_writes(&self) -> bool {
+        self.tells
+    }
+}
+
+#[test]
+fn after_a_failed_flush_no_flush_claims_writes_the_page_cache_may_have_dropped() {
+    for kind in [Kind::Compact, Kind::Qed] {
+        for tells in [true, false] {
+            let label = format!("{kind:?}, storage tells: {tells}");
+            let s = setup(kind);
+            let files = Shared::new(s.storage.clone());
+            let storage = PageCache {
+                files: files.clone(),
+                fail_next_flush: Default::default(),
+                tells,
+            };
+            let fail = storage.fail_next_flush.clone();
+            let mut d = Driver::open(storage, s.options).unwrap();
+            d.write(64 * K, &fill(1, 8)).unwrap();
+            fail.set(true);
+            assert!(d.flush().is_err(), "{label}: the failing flush succeeded");
+            d.write(128 * K, &fill(2, 8)).unwrap();
+            let second = d.flush();
+            // A crash now: was A, acknowledged before a flush that succeeded, kept?
+            let kept = Driver::open(crashed(&files), s.options)
+                .and_then(|mut r| r.read(64 * K, 4096))
+                .is_ok_and(|data| data == fill(1, 8));
+            if tells {
+                // The promise: no flush succeeds while a write before it may be lost.
+                match second {
+                    Err(DriverError::RequestIo { source, .. }) => assert!(
+                        source
+                            .to_string()
+                            .contains("an earlier flush of this file failed"),
+                        "{label}: {source}"
+                    ),
+                    other => panic!("{label}: the flush after a failed one gave {other:?}"),
+                }
+                let (_, clean) = d.close().unwrap();
+                assert!(!clean, "{label}: marked clean after failed flushes");
+                // A crash leaves an image that opens and reads (A may or may not be there:
+                // no flush after it succeeded).
+                read_all(&s, crashed(&files), true, &label);
+            } else {
+                // The control: a storage that does not say so gets its second flush
+                // acknowledged, and the crash loses a write made before it (or leaves a
+                // table pointing past the end of the file).
+                assert!(second.is_ok(), "{label}");
+                assert!(!kept, "{label}: the page cache model lost nothing");
+            }
+        }
+    }
+}

@@ -154,6 +154,11 @@ impl Shared {
         self.0.borrow().0.clone()
     }
 
+    /// Runs `f` on the files as they are now.
+    pub fn with<R>(&self, f: impl FnOnce(&mut MemStorage) -> R) -> R {
+        f(&mut self.0.borrow_mut().0)
+    }
+
     pub fn base_changes(&self) -> u64 {
         self.0.borrow().1
     }
