@@ -398,14 +398,22 @@ impl<S: Storage> Driver<S> {
             Op::Write { offset, len, from } => {
                 let data = self.target(from, len)?.to_vec();
                 let storage = &mut self.storage;
-                let result = injection.write(len as u64, |n| {
-                    storage.write_at(file, offset, &data[..n as usize])
-                });
+                let result = match injection {
+                    Injection::None => storage.write_at(file, offset, &data),
+                    injection => injection.write(len as u64, |n| {
+                        storage.write_at(file, offset, &data[..n as usize])
+                    }),
+                };
                 self.storage_result(result)
             }
             Op::WriteZeroes { offset, len, unmap } => {
                 let storage = &mut self.storage;
-                let result = injection.write(len, |n| storage.write_zeroes(file, offset, n, unmap));
+                let result = match injection {
+                    Injection::None => storage.write_zeroes(file, offset, len, unmap),
+                    injection => {
+                        injection.write(len, |n| storage.write_zeroes(file, offset, n, unmap))
+                    }
+                };
                 self.storage_result(result)
             }
             Op::ZeroBuffer { into, len } => {

@@ -326,6 +326,7 @@ fn read_job(
 }
 
 /// What the fault plan, if any, does to `work` on `target`.
+#[inline]
 fn injection_for(files: &Files, target: Target, work: &Work) -> Injection {
     let Some(plan) = &files.faults else {
         return Injection::None;
@@ -381,10 +382,12 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
                 }
             },
             Work::Write { offset, len, from } => {
-                let write = |slice: &[u8]| {
-                    io_result(injection.write(len as u64, |n| {
+                // Without a fault plan, straight to the system call.
+                let write = |slice: &[u8]| match injection {
+                    Injection::None => io_result(file.write_all_at(slice, offset)),
+                    injection => io_result(injection.write(len as u64, |n| {
                         file.write_all_at(&slice[..n as usize], offset)
-                    }))
+                    })),
                 };
                 match from {
                     Src::Guest(buf, at) => {
@@ -404,9 +407,12 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
                     }
                 }
             }
-            Work::WriteZeroes { offset, len, unmap } => {
-                io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
-            }
+            Work::WriteZeroes { offset, len, unmap } => match injection {
+                Injection::None => io_result(write_zeroes_at(file, offset, len, unmap)),
+                injection => {
+                    io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
+                }
+            },
             Work::Flush => {
                 let failed = &files.flush_failed[usize::from(target == Target::Data)];
                 let r = if failed.load(Ordering::Relaxed) {
@@ -421,7 +427,10 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
                 syncs.fetch_add(1, Ordering::Relaxed);
                 io_result(r)
             }
-            Work::SetLength { len } => io_result(injection.other(|| file.set_len(len))),
+            Work::SetLength { len } => match injection {
+                Injection::None => io_result(file.set_len(len)),
+                injection => io_result(injection.other(|| file.set_len(len))),
+            },
         },
     };
     Done {

@@ -272,21 +272,22 @@ pub struct Injected {
     pub fault: Fault,
 }
 
-/// What the host does with one command.
-#[derive(Debug)]
+/// What the host does with one command (a plain value: the error is made only when a
+/// command fails, so performing commands without a plan costs nothing more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Injection {
     /// Performs it normally.
     None,
     /// Fails it without effect.
-    Fail(io::Error),
+    Fail(Errno),
     /// Performs it, then fails it.
-    AfterEffect(io::Error),
+    AfterEffect(Errno),
     /// Writes its first `bytes` bytes, then fails it.
     Prefix {
         /// Bytes that land.
         bytes: u64,
         /// The error.
-        error: io::Error,
+        errno: Errno,
     },
     /// The read's first system call returns `bytes` bytes; then `then`.
     ShortRead {
@@ -300,16 +301,17 @@ pub enum Injection {
 impl Injection {
     /// Carries out a write-like command of `len` bytes; `perform(n)` does its first `n`
     /// bytes.
+    #[inline]
     pub fn write(self, len: u64, mut perform: impl FnMut(u64) -> io::Result<()>) -> io::Result<()> {
         match self {
             Injection::None | Injection::ShortRead { .. } => perform(len),
-            Injection::Fail(error) => Err(error),
-            Injection::AfterEffect(error) => perform(len).and(Err(error)),
-            Injection::Prefix { bytes, error } => {
+            Injection::Fail(errno) => Err(errno.error()),
+            Injection::AfterEffect(errno) => perform(len).and(Err(errno.error())),
+            Injection::Prefix { bytes, errno } => {
                 if bytes > 0 {
                     perform(bytes.min(len))?;
                 }
-                Err(error)
+                Err(errno.error())
             }
         }
     }
@@ -317,6 +319,7 @@ impl Injection {
     /// Carries out a read of `buf.len()` bytes at `offset` through the host's read loop
     /// ([`read_full_with`]); `read` is one positioned read system call, `known_len` the
     /// file's length when the host must not take an early end for zeros.
+    #[inline]
     pub fn read(
         self,
         read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
@@ -329,19 +332,20 @@ impl Injection {
             Injection::ShortRead { bytes, then } => {
                 read_full_with(short_reader(read, bytes, then), offset, buf, known_len)
             }
-            Injection::Fail(error) | Injection::Prefix { error, .. } => Err(error),
-            Injection::AfterEffect(error) => {
-                read_full_with(read, offset, buf, known_len).and(Err(error))
+            Injection::Fail(errno) | Injection::Prefix { errno, .. } => Err(errno.error()),
+            Injection::AfterEffect(errno) => {
+                read_full_with(read, offset, buf, known_len).and(Err(errno.error()))
             }
         }
     }
 
     /// Carries out a command without bytes (a flush, a length change).
+    #[inline]
     pub fn other(self, perform: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         match self {
             Injection::None | Injection::ShortRead { .. } => perform(),
-            Injection::Fail(error) | Injection::Prefix { error, .. } => Err(error),
-            Injection::AfterEffect(error) => perform().and(Err(error)),
+            Injection::Fail(errno) | Injection::Prefix { errno, .. } => Err(errno.error()),
+            Injection::AfterEffect(errno) => perform().and(Err(errno.error())),
         }
     }
 }
@@ -406,13 +410,13 @@ impl FaultPlan {
         let fault = self.rules[index].fault;
         let writes = matches!(cmd.kind, OpKind::Write | OpKind::WriteZeroes);
         let injection = match fault {
-            Fault::Fail(errno) => Injection::Fail(errno.error()),
-            Fault::FailAfterEffect(errno) => Injection::AfterEffect(errno.error()),
+            Fault::Fail(errno) => Injection::Fail(errno),
+            Fault::FailAfterEffect(errno) => Injection::AfterEffect(errno),
             Fault::Torn { bytes, errno } if writes => Injection::Prefix {
                 bytes: bytes.min(cmd.len),
-                error: errno.error(),
+                errno,
             },
-            Fault::Torn { errno, .. } => Injection::Fail(errno.error()),
+            Fault::Torn { errno, .. } => Injection::Fail(errno),
             // A read no longer than `bytes` is not cut short: it is left alone and the
             // rule waits for one that is.
             Fault::ShortRead { bytes, then } if cmd.kind == OpKind::Read && bytes < cmd.len => {
@@ -424,10 +428,10 @@ impl FaultPlan {
                     return Injection::None;
                 };
                 match cmd.kind {
-                    OpKind::SetLength if cmd.offset > len => Injection::Fail(errno.error()),
+                    OpKind::SetLength if cmd.offset > len => Injection::Fail(errno),
                     _ if writes && cmd.offset.saturating_add(cmd.len) > len => Injection::Prefix {
                         bytes: len.saturating_sub(cmd.offset).min(cmd.len),
-                        error: errno.error(),
+                        errno,
                     },
                     _ => return Injection::None,
                 }
@@ -500,9 +504,9 @@ mod tests {
     fn a_full_file_lands_the_part_of_a_write_below_its_end() {
         let mut plan = FaultPlan::with(Rule::from(0, Fault::NoGrowth(Errno::NoSpace)));
         match plan.decide(write(4096, 8192), || Some(8192)) {
-            Injection::Prefix { bytes, error } => {
+            Injection::Prefix { bytes, errno } => {
                 assert_eq!(bytes, 4096);
-                assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+                assert_eq!(errno.error().raw_os_error(), Some(libc::ENOSPC));
             }
             other => panic!("{other:?}"),
         }
