@@ -17,11 +17,12 @@
 //!   every acknowledged write reads back; failed writes leave old or new data;
 //! - the base is never written.
 
-mod sweep;
+mod fault_support;
 
+use fault_support::sweep::sweep;
+use fault_support::Kind;
 use fvd_core::engine::FileId;
 use fvd_host::faults::{AfterShort, Errno, Fault, Kinds, Rule};
-use sweep::{sweep, Kind};
 
 /// The fault injected at command `n`, and whether it lasts (until cleared) or hits once.
 fn fault_at(n: u64, kind: Kind) -> Rule {
