@@ -86,4 +86,8 @@ impl<S: Storage> Storage for Chained<S> {
             _ => self.top.len(file),
         }
     }
+
+    fn failed_flush_loses_writes(&self) -> bool {
+        self.top.failed_flush_loses_writes()
+    }
 }

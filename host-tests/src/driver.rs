@@ -3,7 +3,8 @@
 //! and turns the event stream into blocking calls. The CLI and the tests use it; it holds
 //! no format logic.
 
-use crate::storage::Storage;
+use crate::faults::{Cmd, FaultPlan, Injection};
+use crate::storage::{earlier_flush_failed, engine_error, Storage};
 use fvd_core::engine::*;
 use std::collections::HashMap;
 use std::io;
@@ -104,18 +105,28 @@ pub struct Driver<S: Storage> {
     /// The storage's reason for the last command that failed, until a failed request or
     /// open reports it.
     last_os_error: Option<io::Error>,
-}
-
-fn io_error(e: &io::Error) -> IoError {
-    match e.raw_os_error() {
-        Some(28) => IoError::NoSpace,
-        _ => IoError::Failed,
-    }
+    /// Faults injected into storage commands (tests only).
+    faults: Option<FaultPlan>,
+    /// The guest requests whose own buffer a faulted command used, in order.
+    faulted_requests: Vec<RequestId>,
+    /// A flush of the image (0) or the data file (1) failed on a storage where that may
+    /// have lost writes: every later flush of that file fails.
+    flush_failed: [bool; 2],
 }
 
 impl<S: Storage> Driver<S> {
     /// Opens the image in `storage`.
-    pub fn open(mut storage: S, options: DriverOptions) -> Result<Self, DriverError> {
+    pub fn open(storage: S, options: DriverOptions) -> Result<Self, DriverError> {
+        Self::open_with_faults(storage, options, None)
+    }
+
+    /// Opens the image in `storage` with `faults` injected into the storage commands
+    /// from the first one on (see [`crate::faults`]).
+    pub fn open_with_faults(
+        mut storage: S,
+        options: DriverOptions,
+        faults: Option<FaultPlan>,
+    ) -> Result<Self, DriverError> {
         let image_len = storage.len(FileId::Image)?.unwrap_or(0);
         let data_len = storage.len(FileId::Data)?;
         let base_available = storage.len(FileId::Base)?.is_some();
@@ -152,6 +163,9 @@ impl<S: Storage> Driver<S> {
             commands_run: 0,
             command_limit: None,
             last_os_error: None,
+            faults,
+            faulted_requests: Vec::new(),
+            flush_failed: [false; 2],
         };
         while driver.opened.is_none() {
             if !driver.step() {
@@ -171,6 +185,27 @@ impl<S: Storage> Driver<S> {
     /// Reports a stall instead of running more than `max` commands in total.
     pub fn limit_commands(&mut self, max: u64) {
         self.command_limit = Some(max);
+    }
+
+    /// Injects `faults` into the storage commands from now on (`None`: no more faults).
+    pub fn set_faults(&mut self, faults: Option<FaultPlan>) {
+        self.faults = faults;
+    }
+
+    /// The fault plan, if one is installed.
+    pub fn faults(&self) -> Option<&FaultPlan> {
+        self.faults.as_ref()
+    }
+
+    /// The guest requests whose own buffer (data read or written) a faulted command
+    /// used, oldest first: the requests a fault hit directly.
+    pub fn faulted_requests(&self) -> &[RequestId] {
+        &self.faulted_requests
+    }
+
+    /// The fault plan, to change or clear it.
+    pub fn faults_mut(&mut self) -> Option<&mut FaultPlan> {
+        self.faults.as_mut()
     }
 
     /// Changes the per-mille chance of injected command failures.
@@ -297,7 +332,7 @@ impl<S: Storage> Driver<S> {
     /// `result` as the engine sees it, remembering the storage's reason for a failure.
     fn storage_result(&mut self, result: io::Result<()>) -> Result<(), IoError> {
         result.map_err(|e| {
-            let error = io_error(&e);
+            let error = engine_error(&e);
             self.last_os_error = Some(e);
             error
         })
@@ -318,21 +353,67 @@ impl<S: Storage> Driver<S> {
 
     fn perform(&mut self, command: &Command) -> Result<(), IoError> {
         let file = command.file;
+        let injection = match (self.faults.as_mut(), Cmd::of(file, &command.op)) {
+            (Some(plan), Some(cmd)) => {
+                let storage = &mut self.storage;
+                plan.decide(cmd, || storage.len(file).ok().flatten())
+            }
+            _ => Injection::None,
+        };
+        if !matches!(injection, Injection::None) {
+            if let Op::Read {
+                into: Buffer::Guest { request, .. },
+                ..
+            }
+            | Op::Write {
+                from: Buffer::Guest { request, .. },
+                ..
+            } = command.op
+            {
+                self.faulted_requests.push(request);
+            }
+        }
         match command.op {
             Op::Read { offset, len, into } => {
                 let mut tmp = vec![0u8; len];
-                let result = self.storage.read_at(file, offset, &mut tmp);
+                let result = match injection {
+                    Injection::None => self.storage.read_at(file, offset, &mut tmp),
+                    injection => {
+                        // A base must not end early: the host knows its length.
+                        let known_len = match file {
+                            FileId::Base => self.storage.len(file).ok().flatten(),
+                            _ => None,
+                        };
+                        let storage = &mut self.storage;
+                        let read = |buf: &mut [u8], at: u64| {
+                            storage.read_at(file, at, buf).map(|()| buf.len())
+                        };
+                        injection.read(read, offset, &mut tmp, known_len)
+                    }
+                };
                 self.storage_result(result)?;
                 self.target(into, len)?.copy_from_slice(&tmp);
                 Ok(())
             }
             Op::Write { offset, len, from } => {
                 let data = self.target(from, len)?.to_vec();
-                let result = self.storage.write_at(file, offset, &data);
+                let storage = &mut self.storage;
+                let result = match injection {
+                    Injection::None => storage.write_at(file, offset, &data),
+                    injection => injection.write(len as u64, |n| {
+                        storage.write_at(file, offset, &data[..n as usize])
+                    }),
+                };
                 self.storage_result(result)
             }
             Op::WriteZeroes { offset, len, unmap } => {
-                let result = self.storage.write_zeroes(file, offset, len, unmap);
+                let storage = &mut self.storage;
+                let result = match injection {
+                    Injection::None => storage.write_zeroes(file, offset, len, unmap),
+                    injection => {
+                        injection.write(len, |n| storage.write_zeroes(file, offset, n, unmap))
+                    }
+                };
                 self.storage_result(result)
             }
             Op::ZeroBuffer { into, len } => {
@@ -345,11 +426,22 @@ impl<S: Storage> Driver<S> {
                 Ok(())
             }
             Op::Flush => {
-                let result = self.storage.flush(file);
+                // After a failed flush that may have lost writes, a flush that succeeds
+                // would claim them durable: none does until the file is opened again.
+                let sticky = usize::from(file == FileId::Data);
+                if self.flush_failed[sticky] {
+                    return self.storage_result(Err(earlier_flush_failed()));
+                }
+                let storage = &mut self.storage;
+                let result = injection.other(|| storage.flush(file));
+                if result.is_err() && self.storage.failed_flush_loses_writes() {
+                    self.flush_failed[sticky] = true;
+                }
                 self.storage_result(result)
             }
             Op::SetLength { len } => {
-                let result = self.storage.set_len(file, len);
+                let storage = &mut self.storage;
+                let result = injection.other(|| storage.set_len(file, len));
                 self.storage_result(result)
             }
         }

@@ -39,8 +39,10 @@
 
 use crate::chain::BaseRead;
 use crate::driver::DriverOptions;
+use crate::faults::{Cmd, Injection, OpKind, SharedPlan};
 use crate::files::{self, read_full_at, write_zeroes_at, ImageOpenError};
 use crate::lock::{FileLock, Usage};
+use crate::storage::earlier_flush_failed;
 use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
     Buffer, Command, CommandId, Engine, Event, FileId, IoError, Op, OpenError, OpenOptions, Reply,
@@ -51,7 +53,7 @@ use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -218,6 +220,14 @@ struct Files {
     image: File,
     data: Option<File>,
     base: Option<File>,
+    /// The raw base's length at open: it may not end earlier (see `files::read_within`).
+    base_len: u64,
+    /// Faults injected into the file operations (tests only).
+    faults: Option<SharedPlan>,
+    /// A flush of the image (0) or data file (1) failed: the page cache may have dropped
+    /// the writes before it, so every later flush of that file fails (see
+    /// `Storage::failed_flush_loses_writes`).
+    flush_failed: [AtomicBool; 2],
 }
 
 impl Files {
@@ -291,20 +301,65 @@ impl Shared {
     }
 }
 
-fn io_error(error: io::Error) -> IoError {
-    match error.raw_os_error() {
-        Some(libc::ENOSPC) => IoError::NoSpace,
-        _ => IoError::Failed,
+fn io_result(result: io::Result<()>) -> Result<(), IoError> {
+    result.map_err(|e| crate::storage::engine_error(&e))
+}
+
+/// Reads `buf.len()` bytes at `offset` of `file` (a raw base: of `base_len` bytes, which
+/// may not end early), through an injected fault if any.
+fn read_job(
+    file: &File,
+    target: Target,
+    base_len: u64,
+    offset: u64,
+    buf: &mut [u8],
+    injection: Injection,
+) -> io::Result<()> {
+    let known_len = (target == Target::Base).then_some(base_len);
+    match injection {
+        Injection::None => match known_len {
+            Some(len) => files::read_within(file, offset, buf, len),
+            None => read_full_at(file, offset, buf),
+        },
+        injection => injection.read(|b, at| file.read_at(b, at), offset, buf, known_len),
     }
 }
 
-fn io_result(result: io::Result<()>) -> Result<(), IoError> {
-    result.map_err(io_error)
+/// What the fault plan, if any, does to `work` on `target`.
+#[inline]
+fn injection_for(files: &Files, target: Target, work: &Work) -> Injection {
+    let Some(plan) = &files.faults else {
+        return Injection::None;
+    };
+    let file = match target {
+        Target::Image => fvd_core::engine::FileId::Image,
+        Target::Data => fvd_core::engine::FileId::Data,
+        Target::Base => fvd_core::engine::FileId::Base,
+    };
+    let (kind, offset, len) = match *work {
+        Work::Read { offset, len, .. } => (OpKind::Read, offset, len as u64),
+        Work::Write { offset, len, .. } => (OpKind::Write, offset, len as u64),
+        Work::WriteZeroes { offset, len, .. } => (OpKind::WriteZeroes, offset, len),
+        Work::Flush => (OpKind::Flush, 0, 0),
+        Work::SetLength { len } => (OpKind::SetLength, len, 0),
+    };
+    let cmd = Cmd {
+        file,
+        kind,
+        offset,
+        len,
+    };
+    let file_len = || Some(files.get(target)?.metadata().ok()?.len());
+    plan.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .decide(cmd, file_len)
 }
 
 /// Performs one job; returns its outcome and the vector it owned, if any.
 fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done {
     let mut data = None;
+    let injection = injection_for(files, target, &work);
+    let base_len = files.base_len;
     let result = match files.get(target) {
         None => Err(IoError::Failed),
         Some(file) => match work {
@@ -312,44 +367,70 @@ fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU64) -> Done
                 Dest::Guest(buf, at) => {
                     let mut guard = lock(&buf);
                     match guard.get_mut(at..at.saturating_add(len)) {
-                        Some(slice) => io_result(read_full_at(file, offset, slice)),
+                        Some(slice) => {
+                            io_result(read_job(file, target, base_len, offset, slice, injection))
+                        }
                         None => Err(IoError::Failed),
                     }
                 }
                 Dest::Owned(mut v) => {
                     v.clear();
                     v.resize(len, 0);
-                    let r = io_result(read_full_at(file, offset, &mut v));
+                    let r = io_result(read_job(file, target, base_len, offset, &mut v, injection));
                     data = Some(v);
                     r
                 }
             },
-            Work::Write { offset, len, from } => match from {
-                Src::Guest(buf, at) => {
-                    let guard = lock(&buf);
-                    match guard.get(at..at.saturating_add(len)) {
-                        Some(slice) => io_result(file.write_all_at(slice, offset)),
-                        None => Err(IoError::Failed),
+            Work::Write { offset, len, from } => {
+                // Without a fault plan, straight to the system call.
+                let write = |slice: &[u8]| match injection {
+                    Injection::None => io_result(file.write_all_at(slice, offset)),
+                    injection => io_result(injection.write(len as u64, |n| {
+                        file.write_all_at(&slice[..n as usize], offset)
+                    })),
+                };
+                match from {
+                    Src::Guest(buf, at) => {
+                        let guard = lock(&buf);
+                        match guard.get(at..at.saturating_add(len)) {
+                            Some(slice) => write(slice),
+                            None => Err(IoError::Failed),
+                        }
+                    }
+                    Src::Owned(v) => {
+                        let r = match v.get(..len) {
+                            Some(slice) => write(slice),
+                            None => Err(IoError::Failed),
+                        };
+                        data = Some(v);
+                        r
                     }
                 }
-                Src::Owned(v) => {
-                    let r = match v.get(..len) {
-                        Some(slice) => io_result(file.write_all_at(slice, offset)),
-                        None => Err(IoError::Failed),
-                    };
-                    data = Some(v);
-                    r
+            }
+            Work::WriteZeroes { offset, len, unmap } => match injection {
+                Injection::None => io_result(write_zeroes_at(file, offset, len, unmap)),
+                injection => {
+                    io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
                 }
             },
-            Work::WriteZeroes { offset, len, unmap } => {
-                io_result(write_zeroes_at(file, offset, len, unmap))
-            }
             Work::Flush => {
-                let r = io_result(file.sync_data());
+                let failed = &files.flush_failed[usize::from(target == Target::Data)];
+                let r = if failed.load(Ordering::Relaxed) {
+                    Err(earlier_flush_failed())
+                } else {
+                    let r = injection.other(|| file.sync_data());
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                };
                 syncs.fetch_add(1, Ordering::Relaxed);
-                r
+                io_result(r)
             }
-            Work::SetLength { len } => io_result(file.set_len(len)),
+            Work::SetLength { len } => match injection {
+                Injection::None => io_result(file.set_len(len)),
+                injection => io_result(injection.other(|| file.set_len(len))),
+            },
         },
     };
     Done {
@@ -596,6 +677,17 @@ pub struct Executor {
 impl Executor {
     /// Opens the FVD image at `path` with its data file and base chain.
     pub fn open(path: &Path, options: ExecutorOptions) -> Result<Executor, ExecutorError> {
+        Self::open_with_faults(path, options, None)
+    }
+
+    /// Opens the FVD image at `path` with `faults` injected into the workers' file
+    /// operations from the first one on (see [`crate::faults`]; the caller keeps a handle
+    /// to clear them). Base reads through a chained image are not affected.
+    pub fn open_with_faults(
+        path: &Path,
+        options: ExecutorOptions,
+        faults: Option<SharedPlan>,
+    ) -> Result<Executor, ExecutorError> {
         let driver_options = DriverOptions {
             writable: options.writable,
             cache_bytes: options.cache_bytes,
@@ -609,6 +701,7 @@ impl Executor {
             None => None,
         };
         let base_available = storage.base.is_some();
+        let base_len = storage.base.as_ref().map_or(0, |b| b.base_len());
         let raw_base = match storage.base.as_ref().and_then(|b| b.raw_file()) {
             Some(file) => Some(file.try_clone()?),
             None => None,
@@ -625,6 +718,9 @@ impl Executor {
             image: storage.image,
             data: storage.data,
             base: raw_base,
+            base_len,
+            faults,
+            flush_failed: Default::default(),
         };
         let mut first = vec![0u8; SIZING_LEN];
         if read_full_at(&files.image, 0, &mut first).is_err() {
@@ -698,6 +794,9 @@ impl Executor {
             image,
             data: None,
             base: None,
+            base_len: 0,
+            faults: None,
+            flush_failed: Default::default(),
         };
         Ok(Executor {
             mode: Mode::Raw {

@@ -29,14 +29,44 @@ pub const MAX_CHAIN_DEPTH: usize = 16;
 
 /// Reads `buf.len()` bytes at `offset`, filling zeros past the end of the file.
 pub fn read_full_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    read_full_with(|b, at| file.read_at(b, at), offset, buf, None)
+}
+
+/// Reads `buf.len()` bytes at `offset` of a file that was `known_len` bytes long when it
+/// was opened: zeros past that length, but an error when the file ends before it (it was
+/// truncated or replaced under us, and the missing bytes are not zeros).
+pub fn read_within(file: &File, offset: u64, buf: &mut [u8], known_len: u64) -> io::Result<()> {
+    read_full_with(|b, at| file.read_at(b, at), offset, buf, Some(known_len))
+}
+
+/// The read loop behind [`read_full_at`] and [`read_within`]: `read` is one positioned
+/// read system call; short reads and interruptions are retried, end of file fills zeros
+/// (an error before `known_len`), and any other error is returned.
+pub fn read_full_with(
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+    offset: u64,
+    buf: &mut [u8],
+    known_len: Option<u64>,
+) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| io::Error::other("read offset overflows"))?;
+        match read(&mut buf[done..], at) {
             Ok(0) => {
+                if let Some(len) = known_len.filter(|&len| at < len) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the file ends at byte {at}, but it was {len} bytes long when                              opened (truncated or replaced meanwhile)"
+                        ),
+                    ));
+                }
                 buf[done..].fill(0);
                 return Ok(());
             }
-            Ok(n) => done += n,
+            Ok(n) => done += n.min(buf.len() - done),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -115,7 +145,9 @@ impl RawBase {
 
 impl BaseRead for RawBase {
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_full_at(&self.file, offset, buf)
+        // Past the length it had at open the base reads as zeros; a base that ends
+        // earlier now was truncated or replaced, and its missing bytes are not zeros.
+        read_within(&self.file, offset, buf, self.len)
     }
 
     fn base_len(&self) -> u64 {
@@ -204,6 +236,12 @@ impl Storage for FileStorage {
             },
             FileId::Base => self.base.as_ref().map(|b| b.base_len()),
         })
+    }
+
+    /// Files go through the page cache: after a failed `fdatasync` the kernel may have
+    /// dropped the pages it could not write (Linux marks them clean).
+    fn failed_flush_loses_writes(&self) -> bool {
+        true
     }
 }
 

@@ -4,6 +4,7 @@ pub mod chain;
 pub mod cli;
 pub mod driver;
 pub mod executor;
+pub mod faults;
 pub mod files;
 pub mod gate;
 pub mod lock;

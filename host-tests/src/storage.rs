@@ -1,8 +1,17 @@
 //! The files an engine's commands run against, behind one small trait so the same driver
 //! serves real files (the CLI), in-memory files (tests) and simulated power cuts.
 
-use fvd_core::engine::FileId;
+use fvd_core::engine::{FileId, IoError};
 use std::io;
+
+/// How the engine hears of a failed storage operation: no space for a full file system
+/// and for a file that may not grow (ENOSPC, EFBIG), a plain failure otherwise.
+pub fn engine_error(error: &io::Error) -> IoError {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EFBIG) => IoError::NoSpace,
+        _ => IoError::Failed,
+    }
+}
 
 /// Positioned I/O on the files of one image. Reads past the end of a file fill zeros.
 pub trait Storage {
@@ -18,6 +27,21 @@ pub trait Storage {
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()>;
     /// The length of `file`, or `None` when the image has no such file.
     fn len(&mut self, file: FileId) -> io::Result<Option<u64>>;
+    /// True when a failed flush may have lost the writes before it while a later flush
+    /// succeeds: a page cache (Linux marks the pages clean after a write-back error). The
+    /// driver then fails every later flush of that file until it is opened again.
+    fn failed_flush_loses_writes(&self) -> bool {
+        false
+    }
+}
+
+/// The error of every flush after a failed one on a storage whose failed flush may have
+/// lost writes (see [`Storage::failed_flush_loses_writes`]).
+pub fn earlier_flush_failed() -> io::Error {
+    io::Error::other(
+        "an earlier flush of this file failed, so data written before it may not be on disk; \
+         reopen the image to go on",
+    )
 }
 
 /// Writes zeros with plain writes, `ZERO_CHUNK` bytes at a time (for storages without a
@@ -57,5 +81,8 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
         (**self).len(file)
+    }
+    fn failed_flush_loses_writes(&self) -> bool {
+        (**self).failed_flush_loses_writes()
     }
 }

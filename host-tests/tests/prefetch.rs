@@ -231,6 +231,41 @@ fn prefetch_respects_the_read_cap() {
 }
 
 #[test]
+fn a_read_cap_below_the_minimum_throughput_is_not_taken_for_a_busy_guest() {
+    // The header keeps its default minimum (5 MiB/s); the host caps reads at 2 MiB/s, as
+    // `fvd-img prefetch -r 2M` does. Pausing for a busy guest would take tens of seconds.
+    let mut image = image(false, 0);
+    let (mut header, _) = fvd_core::format::parse(
+        &image.inner.image.current,
+        image.inner.image.current.len() as u64,
+    )
+    .map(|(h, l)| (h.clone(), l))
+    .unwrap();
+    header.prefetch_min_read_throughput.set(5120);
+    header.prefetch_min_write_throughput.set(5120);
+    image.inner.image = MemFile::new(initial_metadata(&header));
+    let options = DriverOptions {
+        prefetch: PrefetchMode::Now {
+            max_read_kib_s: Some(2048),
+        },
+        ..now_options()
+    };
+    let mut d = Driver::open(image, options).unwrap();
+    let mut now = 0;
+    while d.engine().prefetch_progress().state != PrefetchState::Done {
+        d.handle_timeout(now).unwrap();
+        assert_ne!(
+            d.engine().prefetch_progress().state,
+            PrefetchState::Paused,
+            "prefetch paused at {now} ms as if the guest were busy"
+        );
+        now += 1;
+        assert!(now < 10_000, "4 MiB at 2 MiB/s took over 10 s");
+    }
+    d.close().unwrap();
+}
+
+#[test]
 fn prefetch_backs_off_when_throughput_falls_below_the_minimum() {
     let options = CreateOptions {
         virtual_size: SIZE,

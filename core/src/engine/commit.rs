@@ -47,6 +47,10 @@ enum Step {
 pub(crate) struct CommitState {
     /// Some page needs a commit before it can be evicted.
     pub(crate) wanted: bool,
+    /// A request waits for the next commit to make room in the cache.
+    pub(crate) room_wanted: bool,
+    /// The running commit was started (also) to make room in the cache.
+    for_room: bool,
     /// A page write-back failed (reported by the next commit).
     pub(crate) write_back_failed: Option<IoError>,
     step: Step,
@@ -74,6 +78,8 @@ pub(crate) struct CommitState {
 impl CommitState {
     pub(crate) const IDLE: CommitState = CommitState {
         wanted: false,
+        room_wanted: false,
+        for_room: false,
         write_back_failed: None,
         step: Step::Idle,
         purpose: Purpose::Flush,
@@ -113,6 +119,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             started_seq: self.next_seq,
             start_gen: self.change_gen,
             wanted: false,
+            for_room: self.commit.room_wanted,
             write_back_failed: None,
             ..CommitState::IDLE
         };
@@ -353,12 +360,23 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     fn end_commit(&mut self, error: Option<IoError>) {
         let commit = self.commit;
-        if error.is_none() {
-            // Every change older than the commit is now durable (journal or regions), so
-            // pages holding only such changes may be written back in any order.
-            self.durable_gen = self.durable_gen.max(commit.start_gen);
-            // Nothing changes during a commit, so everything made before it is committed.
-            self.dirty_since_ms = None;
+        match error {
+            None => {
+                // Every change older than the commit is now durable (journal or regions),
+                // so pages holding only such changes may be written back in any order.
+                self.durable_gen = self.durable_gen.max(commit.start_gen);
+                // Nothing changes during a commit, so everything made before it is
+                // committed.
+                self.dirty_since_ms = None;
+                self.room_error = None;
+            }
+            // Requests wait for this commit to free cache pages: one of them hears that it
+            // failed (each retry that fails fails one request, so a storage that keeps
+            // failing fails requests rather than being retried forever).
+            Some(error) if commit.for_room || commit.room_wanted => {
+                self.room_error = Some(error);
+            }
+            Some(_) => {}
         }
         self.commit = CommitState {
             wanted: commit.wanted && error.is_none(),
@@ -378,13 +396,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     }
 
     /// After a failed journal write nobody knows which bytes reached the disk: journal
-    /// every dirty page whole next time.
+    /// every dirty page whole next time (all of it a record may name: never the padding
+    /// after the table's last entry, which replay would refuse as corrupt).
     fn mark_all_unjournaled(&mut self) {
         for i in self.cache.indices() {
-            let s = self.cache.slot_mut(i);
-            if s.dirty {
+            let slot = *self.cache.slot(i);
+            if slot.dirty {
+                let end = self.journal_extent(slot.key);
+                let s = self.cache.slot_mut(i);
                 s.journal_lo = 0;
-                s.journal_hi = PAGE_BYTES as u16;
+                s.journal_hi = end;
             }
         }
     }

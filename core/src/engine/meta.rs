@@ -51,14 +51,26 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let region = self.region(key.meta).ok_or(Stall::Wait)?;
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
+                // There is room: a failure to make some earlier is nobody's concern now.
+                self.room_error = None;
                 let offset = region.offset + key.index * PAGE_BYTES as u64;
                 self.cache
                     .emit_load(slot, key, offset, &mut self.commands, &mut self.stats);
             }
-            Victim::WriteBack(slot) => {
-                self.write_back(slot);
+            Victim::WriteBack(_) | Victim::NeedsCommit if self.room_error.is_some() => {
+                // What was to make room failed: this request fails (once) instead of
+                // waiting for a retry that may fail forever.
+                return Err(Stall::Io(self.room_error.take().unwrap_or(IoError::Failed)));
             }
-            Victim::NeedsCommit => self.commit.wanted = true,
+            Victim::WriteBack(slot) => {
+                if self.write_back(slot) {
+                    self.room_write_back[slot] = true;
+                }
+            }
+            Victim::NeedsCommit => {
+                self.commit.wanted = true;
+                self.commit.room_wanted = true;
+            }
             Victim::Busy => {}
         }
         Err(Stall::Wait)
@@ -91,12 +103,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn page_written(&mut self, slot: usize, result: Result<(), IoError>) {
         let page = self.cache.slot_mut(slot);
         page.state = PageState::Ready;
-        if result.is_ok() {
-            page.dirty = false;
-            page.journal_lo = 0;
-            page.journal_hi = 0;
-        } else {
-            self.commit.write_back_failed = Some(IoError::Failed);
+        match result {
+            Ok(()) => {
+                page.dirty = false;
+                page.journal_lo = 0;
+                page.journal_hi = 0;
+            }
+            Err(error) => self.commit.write_back_failed = Some(error),
+        }
+        // A write-back meant to free a page failed: the next request needing one hears it.
+        if core::mem::take(&mut self.room_write_back[slot]) {
+            if let Err(error) = result {
+                self.room_error = Some(error);
+            }
         }
     }
 
@@ -290,6 +309,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             Some(_) => Err(Corruption::BadJournalRecord { sector }),
             None => Ok(applied.changed),
         }
+    }
+
+    /// Bytes of `meta` a journal record may name: the table's entries (not the padding of
+    /// its region), the whole bitmap region.
+    fn journal_limit(&self, meta: Meta) -> Option<u64> {
+        let region = self.region(meta)?;
+        Some(match (meta, self.layout.and_then(|l| l.table)) {
+            (Meta::Table, Some(table)) => table.chunks * 4,
+            _ => region.len,
+        })
+    }
+
+    /// The bytes of page `key` a journal record may name, `[0, end)`: the whole page but
+    /// for the last page of the table, whose end is padding (see [`Self::journal_limit`]).
+    pub(crate) fn journal_extent(&self, key: PageKey) -> u16 {
+        let start = key.index * PAGE_BYTES as u64;
+        let limit = self.journal_limit(key.meta).unwrap_or(0);
+        limit.saturating_sub(start).min(PAGE_BYTES as u64) as u16
     }
 
     /// The pages a journal record touches, or corruption when it leaves its structure

@@ -144,6 +144,11 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     overlay: overlay::JournalOverlay,
     /// A page load that failed, reported to the next request that wants the page.
     page_error: Option<(cache::PageKey, IoError)>,
+    /// A commit or page write-back meant to free cache pages failed: reported to the
+    /// next request that needs a free page.
+    room_error: Option<IoError>,
+    /// Cache slot → its write-back was started to free a page (not by a commit).
+    room_write_back: [bool; PAGES],
     /// The one request allowed to keep partial page pins while it waits.
     page_token: Option<u16>,
     failed: bool,
@@ -200,6 +205,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             journal_epoch_seen: 0,
             overlay: overlay::JournalOverlay::NONE,
             page_error: None,
+            room_error: None,
+            room_write_back: [false; PAGES],
             page_token: None,
             failed: false,
             stats: Stats::default(),

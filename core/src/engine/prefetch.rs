@@ -4,7 +4,8 @@
 //! throughput are measured over their windows; when the average falls below the minimum
 //! (the guest is busy with the same disks) a coin flip decides whether to pause for a
 //! random time up to `prefetch_throttle_time`, as in 2011; unlike 2011 the maxima are
-//! enforced. When a whole pass finds nothing left, the metadata is committed and the
+//! enforced, and a minimum above half the read cap is lowered to it (a capped prefetch
+//! is not a busy guest). When a whole pass finds nothing left, the metadata is committed and the
 //! header's `base_img_fully_prefetched` set: the base is never read again. Time comes
 //! from the host through [`Engine::handle_timeout`].
 //!
@@ -221,6 +222,9 @@ pub(crate) struct Prefetch {
     pass_copied: bool,
     /// Passes in a row that copied nothing and had failures.
     fruitless_passes: u32,
+    /// A fill failed in the current measurement window: the window says nothing about a
+    /// busy guest (a base that fails reads fast and writes nothing).
+    window_failed: bool,
     /// Failed attempts to finish.
     finish_failures: u32,
     /// Why prefetch gave up.
@@ -261,6 +265,7 @@ impl Prefetch {
         pass_failed: None,
         pass_copied: false,
         fruitless_passes: 0,
+        window_failed: false,
         finish_failures: 0,
         failure: None,
     };
@@ -279,6 +284,13 @@ impl Prefetch {
         };
         let unit = header.bytes_per_prefetch.get().max(block_size);
         let slots = u64::from(header.num_prefetch_slots.get()).max(1);
+        let max_read = read_cap.unwrap_or(header.prefetch_max_read_throughput.get());
+        // Prefetch cannot read faster than its cap, and it writes what it reads: a
+        // minimum above half the cap would take every window for a busy guest and pause.
+        let floor = |min_kib: u64| match max_read {
+            0 => min_kib,
+            cap => min_kib.min(cap / 2),
+        };
         Prefetch {
             state: if enabled {
                 PrefetchState::Waiting
@@ -289,12 +301,12 @@ impl Prefetch {
             budget: unit.saturating_mul(slots),
             read: Meter::new(
                 header.prefetch_read_throughput_measure_time.get(),
-                header.prefetch_min_read_throughput.get(),
-                read_cap.unwrap_or(header.prefetch_max_read_throughput.get()),
+                floor(header.prefetch_min_read_throughput.get()),
+                max_read,
             ),
             write: Meter::new(
                 header.prefetch_write_throughput_measure_time.get(),
-                header.prefetch_min_write_throughput.get(),
+                floor(header.prefetch_min_write_throughput.get()),
                 header.prefetch_max_write_throughput.get(),
             ),
             throttle_ms: header.prefetch_throttle_time.get(),
@@ -333,6 +345,7 @@ impl Prefetch {
             self.pass_copied = true;
         } else if let Some(error) = error {
             self.pass_failed.get_or_insert((block, error));
+            self.window_failed = true;
         }
     }
 
@@ -422,7 +435,12 @@ impl Prefetch {
                 };
             }
             PrefetchState::Running => {
-                let busy = self.in_flight > 0 || self.read.bytes > 0;
+                // Failed fills are not a busy guest: their window is not judged (the
+                // failures themselves end prefetch after bounded passes).
+                let busy = (self.in_flight > 0 || self.read.bytes > 0) && !self.window_failed;
+                if now >= self.read.deadline().min(self.write.deadline()) {
+                    self.window_failed = false;
+                }
                 let slow = self.read.tick(now, busy) | self.write.tick(now, busy);
                 if slow {
                     if self.coin() % 2 == 0 && self.throttle_ms > 0 {

@@ -99,6 +99,10 @@ pub(super) enum CommitStage {
 pub(super) struct CommitState {
     pub(super) stage: CommitStage,
     pub(super) wanted: bool,
+    /// A request waits for the next commit to make room in the cache.
+    pub(super) room_wanted: bool,
+    /// The running commit was started (also) to make room in the cache.
+    for_room: bool,
     pub(super) started: u64,
     pub(super) done: u64,
     /// The change generation the running commit covers.
@@ -113,6 +117,8 @@ impl CommitState {
     pub(super) const IDLE: CommitState = CommitState {
         stage: CommitStage::Idle,
         wanted: false,
+        room_wanted: false,
+        for_room: false,
         started: 0,
         done: 0,
         mark: 0,
@@ -567,6 +573,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     return false;
                 }
                 self.commit.wanted = false;
+                self.commit.for_room = core::mem::take(&mut self.commit.room_wanted);
                 self.commit.started += 1;
                 self.commit.mark = self.change_gen;
                 self.change_gen += 1;
@@ -591,7 +598,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                         continue;
                     }
                     match s.state {
-                        PageState::Ready => {
+                        // After a failed write-back the commit fails: a page is not written
+                        // again (a storage that keeps failing would be retried forever).
+                        PageState::Ready if self.commit.error.is_none() => {
                             if self.write_back(slot) {
                                 self.commit.wrote = true;
                                 moved = true;
@@ -646,10 +655,19 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         self.commit.done += 1;
         self.stats.commits += 1;
         let result = match self.commit.error {
-            None => Ok(Reply::Done),
+            None => {
+                self.room_error = None;
+                Ok(Reply::Done)
+            }
             Some(error) => {
                 if self.phase == Phase::Closing {
                     self.commit.close_failed = true;
+                }
+                // Requests wait for this commit to free cache pages: one of them hears
+                // that it failed (so a storage that keeps failing fails requests rather
+                // than being retried forever).
+                if self.commit.for_room || self.commit.room_wanted {
+                    self.room_error = Some(error);
                 }
                 Err(RequestError::Io(error))
             }

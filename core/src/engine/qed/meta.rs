@@ -49,6 +49,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
         match self.cache.victim(self.durable_gen) {
             Victim::Reuse(slot) => {
+                // There is room: a failure to make some earlier is nobody's concern now.
+                self.room_error = None;
                 self.unreserve_slot(slot);
                 let offset = key.index * PAGE_BYTES as u64;
                 if self
@@ -63,10 +65,20 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     }
                 }
             }
-            Victim::WriteBack(slot) => {
-                self.write_back(slot);
+            Victim::WriteBack(_) | Victim::NeedsCommit if self.room_error.is_some() => {
+                // What was to make room failed: this request fails (once) instead of
+                // waiting for a retry that may fail forever.
+                return Err(Stall::Io(self.room_error.take().unwrap_or(IoError::Failed)));
             }
-            Victim::NeedsCommit => self.commit.wanted = true,
+            Victim::WriteBack(slot) => {
+                if self.write_back(slot) {
+                    self.room_write_back[slot] = true;
+                }
+            }
+            Victim::NeedsCommit => {
+                self.commit.wanted = true;
+                self.commit.room_wanted = true;
+            }
             Victim::Busy => {}
         }
         Err(Stall::Wait)
@@ -123,6 +135,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             }
             Err(error) => {
                 self.commit.error.get_or_insert(error);
+            }
+        }
+        // A write-back meant to free a page failed: the next request needing one hears it.
+        if core::mem::take(&mut self.room_write_back[slot]) {
+            if let Err(error) = result {
+                self.room_error = Some(error);
             }
         }
     }

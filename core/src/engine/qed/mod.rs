@@ -66,6 +66,11 @@ pub(crate) struct QedEngine<M, const PAGES: usize = 256> {
     reserved: [Option<u16>; PAGES],
     /// A page load that failed, reported to the next request that wants the page.
     page_error: Option<(super::cache::PageKey, IoError)>,
+    /// A commit or page write-back meant to free cache pages failed: reported to the
+    /// next request that needs a free page.
+    room_error: Option<IoError>,
+    /// Cache slot → its write-back was started to free a page (not by a commit).
+    room_write_back: [bool; PAGES],
     /// File length as far as completed growth goes.
     file_len: u64,
     /// End of the space handed out to allocations (beyond `file_len` while growth is due).
@@ -121,6 +126,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             stepping: None,
             reserved: [None; PAGES],
             page_error: None,
+            room_error: None,
+            room_write_back: [false; PAGES],
             file_len: options.image_len,
             alloc_end: 0,
             growing: false,
