@@ -45,42 +45,8 @@ impl Default for DriverOptions {
     }
 }
 
-/// What can go wrong driving an image.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    /// The image could not be opened.
-    #[error("{0}")]
-    Open(OpenError),
-    /// A request was refused.
-    #[error("{0}")]
-    Submit(SubmitError),
-    /// A request failed.
-    #[error("{0}")]
-    Request(RequestError),
-    /// A request failed because a command on the storage did: the operating system's
-    /// reason (e.g. "File too large") rather than the engine's bare "I/O error".
-    #[error("{}", crate::cli::error::io_reason(.source))]
-    RequestIo {
-        /// The engine's error.
-        error: RequestError,
-        /// The storage's failure.
-        source: io::Error,
-    },
-    /// Opening failed because a command on the storage did.
-    #[error("{error}: {}", crate::cli::error::io_reason(.source))]
-    OpenIo {
-        /// The engine's error.
-        error: OpenError,
-        /// The storage's failure.
-        source: io::Error,
-    },
-    /// The host's storage failed outside a command.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The engine stopped making progress (a bug).
-    #[error("engine stalled with {0} requests in flight and no command to run")]
-    Stalled(usize),
-}
+/// What can go wrong driving an image (the host's one error type).
+pub use crate::error::HostError as DriverError;
 
 /// Outcome of a request with its buffer.
 pub type Finished = (Result<Reply, RequestError>, Vec<u8>);

@@ -52,7 +52,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -95,44 +95,8 @@ impl Default for ExecutorOptions {
     }
 }
 
-/// What can go wrong running an executor.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecutorError {
-    /// The image's files could not be opened.
-    #[error(transparent)]
-    Open(#[from] Box<ImageOpenError>),
-    /// The engine refused the image.
-    #[error("Could not open '{path}': {source}")]
-    Engine {
-        /// The image.
-        path: PathBuf,
-        /// Why.
-        source: OpenError,
-    },
-    /// A request was refused.
-    #[error("{0}")]
-    Submit(#[from] SubmitError),
-    /// A request failed.
-    #[error("{0}")]
-    Request(#[from] RequestError),
-    /// A file operation outside a command failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The engine stopped making progress (a bug).
-    #[error("engine stalled with {0} requests in flight and no command to run")]
-    Stalled(usize),
-    /// A read or write buffer whose length differs from the request's.
-    #[error("a request of {len} bytes came with a buffer of {buffer} bytes")]
-    BufferLength {
-        /// Request length.
-        len: u64,
-        /// Buffer length.
-        buffer: usize,
-    },
-    /// The worker threads are gone.
-    #[error("the I/O worker threads stopped")]
-    WorkersGone,
-}
+/// What can go wrong running an executor (the host's one error type).
+pub use crate::error::HostError as ExecutorError;
 
 /// Names a submitted request until its [`Completion`] is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,6 +3,7 @@
 pub mod chain;
 pub mod cli;
 pub mod driver;
+pub mod error;
 pub mod executor;
 pub mod faults;
 pub mod files;
