@@ -7,6 +7,7 @@ pub mod executor;
 pub mod files;
 pub mod gate;
 pub mod lock;
+pub mod malformed;
 pub mod memstore;
 pub mod newimage;
 pub mod storage;
