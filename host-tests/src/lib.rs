@@ -5,6 +5,7 @@ pub mod cli;
 pub mod driver;
 pub mod executor;
 pub mod files;
+pub mod fuzz;
 pub mod gate;
 pub mod lock;
 pub mod malformed;
