@@ -11,7 +11,9 @@ use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
-use crate::format::journal::{SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE};
+use crate::format::journal::{
+    SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE, MAX_WRITABLE_EPOCH,
+};
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
 
@@ -269,6 +271,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
         if layout.separate_data_file != self.options.data_len.is_some() {
             return self.fail_open(OpenError::DataFileMismatch);
+        }
+        if self.options.writable && layout.stable_journal_epoch > MAX_WRITABLE_EPOCH {
+            return self.fail_open(OpenError::EpochExhausted {
+                epoch: layout.stable_journal_epoch,
+            });
         }
         let live_base = layout.base.filter(|_| !layout.base_fully_prefetched);
         if live_base.is_some() && self.options.writable && !self.options.base_available {

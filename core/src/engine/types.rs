@@ -366,6 +366,13 @@ pub enum OpenError {
     BaseMissing,
     /// The image is dirty and has no journal: it cannot be opened for writing safely.
     DirtyWithoutJournal,
+    /// `stable_journal_epoch` leaves no room for a writer to move the epoch on at open and
+    /// close (it is above [`crate::format::journal::MAX_WRITABLE_EPOCH`]): the image can
+    /// only be opened read-only.
+    EpochExhausted {
+        /// The header's epoch.
+        epoch: u64,
+    },
     /// A command failed while opening.
     Io(IoError),
     /// Metadata is corrupt.
@@ -396,6 +403,11 @@ impl fmt::Display for OpenError {
                     "image was not closed cleanly and has no journal to repair it"
                 )
             }
+            OpenError::EpochExhausted { epoch } => write!(
+                f,
+                "stable_journal_epoch {epoch} leaves no room to move the journal epoch on \
+                 (a writer needs it at most 2^63 - 2): the image can only be opened read-only"
+            ),
             OpenError::Io(_) => write!(f, "I/O error while opening the image"),
             OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),
         }

@@ -307,6 +307,26 @@ pub fn repair(
     };
     let layout = &image.layout;
     let path = image.path.as_path();
+    // The new epoch lies above every intact sector in the journal, so moving on never
+    // makes a sector current that the old epoch ignored.
+    let highest_seen = image
+        .journal
+        .chunks_exact(JOURNAL_SECTOR_SIZE)
+        .filter_map(SectorHeader::intact_epoch)
+        .max()
+        .unwrap_or(0);
+    let epoch = next_epoch(layout.stable_journal_epoch, highest_seen);
+    if plan.needs_write && epoch.is_none() {
+        // Writing would leave a header whose epoch validation refuses: write nothing.
+        let refused = format!(
+            "Nothing was repaired: stable_journal_epoch {} leaves no room to move the \
+             journal epoch on",
+            layout.stable_journal_epoch
+        );
+        lines.push(refused.clone())?;
+        lines.outcome.refused = Some(refused);
+        return Ok(lines.outcome);
+    }
 
     // What the repair starts from: the metadata with every good journal record applied.
     let replayed = first.replayed(image);
@@ -331,22 +351,13 @@ pub fn repair(
         describe_fixes(image, replayed, &mut lines)?;
         lines.outcome.corruptions_fixed += plan.structure_fixes;
     }
-    if !plan.needs_write {
+    let (true, Some(epoch)) = (plan.needs_write, epoch) else {
         return Ok(lines.outcome);
-    }
+    };
     let fixed = &plan.fixed;
 
     let file = open_writable(path, "image")?;
     let mut header = image.header.bytes().to_vec();
-    // The new epoch lies above every intact sector in the journal, so moving on never
-    // makes a sector current that the old epoch ignored.
-    let highest_seen = image
-        .journal
-        .chunks_exact(JOURNAL_SECTOR_SIZE)
-        .filter_map(SectorHeader::intact_epoch)
-        .max()
-        .unwrap_or(0);
-    let epoch = next_epoch(layout.stable_journal_epoch, highest_seen);
     // 1. Replay.
     write_metadata(&file, image, &image.disk, replayed)?;
     // 2. Dirty, with a new epoch: the journal is now stale.

@@ -1,0 +1,94 @@
+//! Rules the fuzz targets (`fuzz/`, `fvd_host::fuzz`) found broken, each with the smallest
+//! image that showed it. The crashing inputs themselves are kept in `fuzz/seeds/` (named
+//! `crash-*`) and run by `tests/fuzz_seeds.rs`.
+
+mod common;
+
+use common::*;
+use fvd_core::engine::OpenError;
+use fvd_core::format::journal::{MAX_JOURNAL_EPOCH, MAX_WRITABLE_EPOCH};
+use fvd_core::format::{parse, RawHeader};
+use fvd_core::geometry::{plan, CreateOptions};
+use fvd_host::driver::DriverError;
+use fvd_host::fuzz::sparse::SparseStorage;
+use fvd_host::fuzz::{open, options};
+use fvd_host::newimage::initial_metadata;
+use std::fs;
+
+/// A small plain FVD image with `stable_journal_epoch` set to `epoch`, dirty or clean.
+fn image_at_epoch(epoch: u64, clean: bool) -> Vec<u8> {
+    let mut header = plan(&CreateOptions {
+        virtual_size: 64 << 10,
+        journal_size: Some(4096),
+        ..Default::default()
+    })
+    .unwrap();
+    header.stable_journal_epoch.set(epoch);
+    header.clean_shutdown.set(u32::from(clean));
+    initial_metadata(&header)
+}
+
+#[test]
+fn no_writer_moves_the_journal_epoch_past_two_to_the_63() {
+    for epoch in [
+        MAX_WRITABLE_EPOCH - 1,
+        MAX_WRITABLE_EPOCH,
+        MAX_WRITABLE_EPOCH + 1,
+        MAX_JOURNAL_EPOCH,
+    ] {
+        for clean in [true, false] {
+            let bytes = image_at_epoch(epoch, clean);
+            let storage = SparseStorage::new(&bytes, None);
+            match open(storage.clone(), options(true)) {
+                Ok(mut writer) => {
+                    assert!(
+                        epoch <= MAX_WRITABLE_EPOCH,
+                        "epoch {epoch} opened for writing"
+                    );
+                    writer.write(0, &[0xAB; 4096]).unwrap();
+                    writer.flush().unwrap();
+                    let (after, closed_clean) = writer.close().unwrap();
+                    assert!(closed_clean);
+                    let image = after.image.to_vec();
+                    let (header, layout) = parse(&image, image.len() as u64)
+                        .unwrap_or_else(|e| panic!("epoch {epoch}: the writer left {e}"));
+                    assert!(layout.stable_journal_epoch <= MAX_JOURNAL_EPOCH);
+                    assert_eq!(header.clean_shutdown.get(), 1);
+                    let mut reader = open(after, options(false)).unwrap();
+                    assert_eq!(reader.read(0, 4096).unwrap(), vec![0xAB; 4096]);
+                }
+                Err(DriverError::Open(OpenError::EpochExhausted { epoch: found })) => {
+                    assert!(epoch > MAX_WRITABLE_EPOCH, "epoch {epoch} refused");
+                    assert_eq!(found, epoch);
+                    // Still valid, and readable.
+                    let mut reader = open(storage, options(false)).unwrap();
+                    assert_eq!(reader.read(0, 512).unwrap(), vec![0; 512]);
+                }
+                Err(e) => panic!("epoch {epoch}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_repair_that_would_move_the_epoch_past_two_to_the_63_writes_nothing() {
+    let dir = scratch();
+    let image = dir.path().join("e.fvd");
+    let bytes = image_at_epoch(MAX_JOURNAL_EPOCH, false);
+    RawHeader::view(&bytes).unwrap();
+    fs::write(&image, &bytes).unwrap();
+    let run = status(
+        dir.path(),
+        &["check", "-r", "all", "--output", "json", "e.fvd"],
+        0,
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_contains(
+        report["repair-refused"].as_str().unwrap(),
+        "leaves no room to move the journal epoch on",
+    );
+    assert_eq!(fs::read(&image).unwrap(), bytes, "a refused repair wrote");
+    let err = fails(dir.path(), &["io", "-c", "write 0 4k", "e.fvd"]);
+    assert_contains(&err, "can only be opened read-only");
+    ok(dir.path(), &["io", "-r", "-c", "read -P 0 0 4k", "e.fvd"]);
+}
