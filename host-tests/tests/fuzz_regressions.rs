@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use fvd_core::engine::OpenError;
+use fvd_core::engine::{Corruption, OpenError};
+use fvd_core::format::journal::SectorBuilder;
 use fvd_core::format::journal::{MAX_JOURNAL_EPOCH, MAX_WRITABLE_EPOCH};
 use fvd_core::format::{parse, RawHeader};
 use fvd_core::geometry::{plan, CreateOptions};
@@ -91,4 +92,58 @@ fn a_repair_that_would_move_the_epoch_past_two_to_the_63_writes_nothing() {
     let err = fails(dir.path(), &["io", "-c", "write 0 4k", "e.fvd"]);
     assert_contains(&err, "can only be opened read-only");
     ok(dir.path(), &["io", "-r", "-c", "read -P 0 0 4k", "e.fvd"]);
+}
+
+/// A dirty compact image over a base whose only journal sector holds a good bitmap record
+/// (block 0 in the image, so the read-only overlay visits bitmap page 0) and one at
+/// `byte_offset` (two bytes).
+fn image_with_bitmap_record(byte_offset: u64) -> (Vec<u8>, Vec<u8>) {
+    let size = 256 << 10;
+    let mut header = plan(&CreateOptions {
+        virtual_size: size,
+        compact_image: true,
+        chunk_size: Some(16 << 10),
+        block_size: Some(4096),
+        journal_size: Some(8192),
+        base: Some(fvd_core::geometry::BaseSpec {
+            name: b"base",
+            format: b"raw",
+            size,
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    header.clean_shutdown.set(0);
+    header.stable_journal_epoch.set(3);
+    let mut bytes = initial_metadata(&header);
+    let mut sector = vec![0u8; 512];
+    let mut builder = SectorBuilder::new(&mut sector).unwrap();
+    assert_eq!(builder.push_bitmap(0, &[0x01]), 1);
+    assert_eq!(builder.push_bitmap(byte_offset, &[0xFF, 0xFF]), 2);
+    builder.finish(3, 0);
+    let at = header.journal_offset.get() as usize;
+    bytes[at..at + 512].copy_from_slice(&sector);
+    (bytes, vec![0x77; size as usize])
+}
+
+#[test]
+fn a_journal_record_whose_end_wraps_is_corruption_not_an_overflow() {
+    for byte_offset in [u64::MAX - 1, u64::MAX, 4095, 1 << 40] {
+        let (bytes, base) = image_with_bitmap_record(byte_offset);
+        let storage = SparseStorage::new(&bytes, Some(&base));
+        // Read-only: the journal is laid over the bitmap; the bad record is skipped.
+        let mut reader = open(storage.clone(), options(false)).unwrap();
+        assert_eq!(reader.read(0, 4096).unwrap(), vec![0; 4096]);
+        assert_eq!(reader.read(4096, 4096).unwrap(), vec![0x77; 4096]);
+        let map = reader.map(4096, 252 << 10).unwrap();
+        assert_eq!(map.mapping, fvd_core::engine::Mapping::Base);
+        // Read-write: replay refuses the record.
+        match open(storage, options(true)) {
+            Err(DriverError::Open(OpenError::Corrupt(Corruption::BadJournalRecord {
+                sector: 0,
+            }))) => {}
+            Err(e) => panic!("offset {byte_offset}: {e}"),
+            Ok(_) => panic!("offset {byte_offset}: a record past the bitmap was replayed"),
+        }
+    }
 }

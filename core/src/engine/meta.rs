@@ -272,7 +272,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     }
 
     /// Applies the part of journal `record` that falls in page `slot` (holding `key`).
-    /// Returns whether the page changed.
+    /// Returns whether the page changed. A record that leaves its region is corruption
+    /// and changes nothing (checked here, so no caller can apply one: its offsets come
+    /// from disk and could wrap).
     pub(crate) fn apply_record(
         &mut self,
         slot: usize,
@@ -281,6 +283,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         sector: u64,
     ) -> Result<bool, Corruption> {
         let bad = Corruption::BadJournalRecord { sector };
+        let (meta, first_page, last_page) = self.record_pages(record, sector)?;
+        if meta != key.meta || !(first_page..=last_page).contains(&key.index) {
+            return Ok(false);
+        }
         let page_start = key.index * PAGE_BYTES as u64;
         let page_end = page_start + PAGE_BYTES as u64;
         let mut changed = false;
