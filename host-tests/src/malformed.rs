@@ -172,6 +172,7 @@ fn qed_mapped(header_clusters: u64, change: impl FnOnce(&mut Vec<u8>, u64, u64))
     let data = l2 + 4096;
     put_u64(&mut bytes, l1, l2);
     put_u64(&mut bytes, l2, data);
+    bytes.resize(data as usize, 0);
     bytes.resize((data + 4096) as usize, 0x6B);
     change(&mut bytes, l1, l2);
     bytes
@@ -554,15 +555,15 @@ fn foreign_entries() -> Vec<Entry> {
         entry(
             "random.bin",
             "random bytes",
-            "4 KiB of pseudo-random bytes",
+            "8 KiB of pseudo-random bytes",
             "BadMagic",
-            noise(4096, 0x9E37_79B9_7F4A_7C15),
+            noise(8192, 0x9E37_79B9_7F4A_7C15),
         ),
         entry(
             "qcow2-magic.qcow2",
             "qcow2-looking file",
             "one sector holding the qcow2 magic QFI\\xfb and zeros",
-            "BadMagic",
+            "\"probe\":\"Raw\"",
             qcow2,
         ),
     ]
