@@ -12,7 +12,7 @@ use super::types::*;
 use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
 use crate::format::journal::{
-    SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE, MAX_WRITABLE_EPOCH,
+    room_for_session, SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE, MAX_WRITABLE_EPOCH,
 };
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
@@ -449,6 +449,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 sector: 0,
                 record: 0,
             };
+        } else if !room_for_session(epoch, self.journal_epoch_seen) {
+            // The session's epoch must pass every intact sector seen, and there is no room.
+            self.fail_open(OpenError::EpochExhausted {
+                epoch: epoch.max(self.journal_epoch_seen),
+            });
         } else {
             self.start_commit(Purpose::OpenReplayed);
             self.lifecycle = Lifecycle::Committing;

@@ -366,11 +366,13 @@ pub enum OpenError {
     BaseMissing,
     /// The image is dirty and has no journal: it cannot be opened for writing safely.
     DirtyWithoutJournal,
-    /// `stable_journal_epoch` leaves no room for a writer to move the epoch on at open and
-    /// close (it is above [`crate::format::journal::MAX_WRITABLE_EPOCH`]): the image can
-    /// only be opened read-only.
+    /// The journal epoch leaves no room for a writer to move it on at open and close: the
+    /// header's `stable_journal_epoch` is above
+    /// [`crate::format::journal::MAX_WRITABLE_EPOCH`], or the journal holds an intact
+    /// sector whose epoch is (the new epoch must pass it). The image can only be opened
+    /// read-only.
     EpochExhausted {
-        /// The header's epoch.
+        /// The header's epoch, or the sector's.
         epoch: u64,
     },
     /// A command failed while opening.
@@ -405,8 +407,8 @@ impl fmt::Display for OpenError {
             }
             OpenError::EpochExhausted { epoch } => write!(
                 f,
-                "stable_journal_epoch {epoch} leaves no room to move the journal epoch on \
-                 (a writer needs it at most 2^63 - 2): the image can only be opened read-only"
+                "journal epoch {epoch} leaves no room to move the epoch on (a writer needs \
+                 it at most 2^63 - 2): the image can only be opened read-only"
             ),
             OpenError::Io(_) => write!(f, "I/O error while opening the image"),
             OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),

@@ -35,18 +35,15 @@ pub const MAX_JOURNAL_EPOCH: u64 = 1 << 63;
 /// at open and again at a clean close, and neither move may leave an epoch validation
 /// refuses (FORMAT.md §10.5).
 pub const MAX_WRITABLE_EPOCH: u64 = MAX_JOURNAL_EPOCH - 2;
-/// Sector epochs above this are ignored when choosing the next epoch: no header can ever
-/// reach them through [`next_epoch`] before validation refuses it.
-const HIGHEST_HONOURED_SECTOR_EPOCH: u64 = 1 << 62;
-
 /// The epoch a writer moves to from `stable` when the journal holds intact sectors of
 /// epochs up to `highest_seen` (of any epoch, see [`SectorHeader::intact_epoch`]): above
 /// both, so that no sector already on disk can become current by the move (a repaired or
-/// reopened image never replays records nobody wrote in its current epoch). `None` when
-/// the move would pass [`MAX_JOURNAL_EPOCH`]: the writer must not move on (and so must
-/// not write), because the header it wrote would be refused.
+/// reopened image never replays records nobody wrote in its current epoch). A sector
+/// epoch above [`MAX_JOURNAL_EPOCH`] is ignored: no valid header can ever reach it. `None`
+/// when the move would pass [`MAX_JOURNAL_EPOCH`]: the writer must not move on (and so
+/// must not write), because the header it wrote would be refused.
 pub const fn next_epoch(stable: u64, highest_seen: u64) -> Option<u64> {
-    let floor = if highest_seen <= HIGHEST_HONOURED_SECTOR_EPOCH && highest_seen > stable {
+    let floor = if highest_seen <= MAX_JOURNAL_EPOCH && highest_seen > stable {
         highest_seen
     } else {
         stable
@@ -54,6 +51,15 @@ pub const fn next_epoch(stable: u64, highest_seen: u64) -> Option<u64> {
     match floor.checked_add(1) {
         Some(next) if next <= MAX_JOURNAL_EPOCH => Some(next),
         _ => None,
+    }
+}
+
+/// True when a read-write session can move the epoch on from `stable` (with intact
+/// sectors up to `highest_seen` in the journal) at open and again at its clean close.
+pub const fn room_for_session(stable: u64, highest_seen: u64) -> bool {
+    match next_epoch(stable, highest_seen) {
+        Some(opened) => next_epoch(opened, 0).is_some(),
+        None => false,
     }
 }
 
@@ -482,18 +488,27 @@ mod tests {
     fn an_epoch_never_moves_past_the_largest_valid_one() {
         assert_eq!(next_epoch(5, 0), Some(6));
         assert_eq!(next_epoch(5, 9), Some(10));
-        // A sector epoch no header can reach is ignored.
-        assert_eq!(next_epoch(5, (1 << 62) + 1), Some(6));
+        // Every sector epoch a header can reach is honoured; one no header can reach is
+        // ignored.
+        assert_eq!(next_epoch(5, (1 << 62) + 1), Some((1 << 62) + 2));
+        assert_eq!(
+            next_epoch(5, MAX_JOURNAL_EPOCH - 1),
+            Some(MAX_JOURNAL_EPOCH)
+        );
+        assert_eq!(next_epoch(5, MAX_JOURNAL_EPOCH), None);
+        assert_eq!(next_epoch(5, MAX_JOURNAL_EPOCH + 1), Some(6));
         assert_eq!(
             next_epoch(MAX_JOURNAL_EPOCH - 1, 0),
             Some(MAX_JOURNAL_EPOCH)
         );
         assert_eq!(next_epoch(MAX_JOURNAL_EPOCH, 0), None);
         assert_eq!(next_epoch(u64::MAX, 0), None);
-        // A writable open's two moves (open, close) stay valid from the largest epoch
-        // it accepts, whatever sectors the journal holds.
-        let opened = next_epoch(MAX_WRITABLE_EPOCH, u64::MAX).unwrap();
-        assert_eq!(next_epoch(opened, 0), Some(MAX_JOURNAL_EPOCH));
+        // A session needs room for two moves: open and close.
+        assert!(room_for_session(MAX_WRITABLE_EPOCH, 0));
+        assert!(!room_for_session(MAX_WRITABLE_EPOCH + 1, 0));
+        assert!(room_for_session(5, MAX_WRITABLE_EPOCH));
+        assert!(!room_for_session(5, MAX_WRITABLE_EPOCH + 1));
+        assert!(room_for_session(5, u64::MAX));
     }
 
     #[test]
