@@ -149,8 +149,9 @@ fn a_journal_record_whose_end_wraps_is_corruption_not_an_overflow() {
 }
 
 /// A dirty compact image at `epoch` whose chunk 0 maps physical chunk 0, with an intact
-/// journal sector of epoch `epoch + 1` that would map chunk 1 onto physical chunk 0 too.
-fn image_with_future_sector(epoch: u64) -> Vec<u8> {
+/// journal sector of epoch `epoch + 1` that would map chunk 1 onto physical chunk 0 too
+/// (and, with `unreachable`, an intact sector of epoch 2^64 - 1, which no header reaches).
+fn image_with_future_sector(epoch: u64, unreachable: bool) -> Vec<u8> {
     let mut header = plan(&CreateOptions {
         virtual_size: 64 << 10,
         compact_image: true,
@@ -171,6 +172,14 @@ fn image_with_future_sector(epoch: u64) -> Vec<u8> {
     builder.finish(epoch + 1, 3);
     let at = header.journal_offset.get() as usize + 3 * 512;
     bytes[at..at + 512].copy_from_slice(&sector);
+    if unreachable {
+        let mut sector = vec![0u8; 512];
+        let mut builder = SectorBuilder::new(&mut sector).unwrap();
+        assert_eq!(builder.push_table(2, &1u32.to_le_bytes()), 1);
+        builder.finish(u64::MAX, 1);
+        let at = header.journal_offset.get() as usize + 512;
+        bytes[at..at + 512].copy_from_slice(&sector);
+    }
     let data = header.data_offset.get() as usize;
     bytes.resize(data + 4096, 0x5A);
     bytes
@@ -184,22 +193,25 @@ fn corruptions(dir: &std::path::Path, file: &str) -> u64 {
 
 #[test]
 fn no_writer_makes_a_journal_sector_of_any_reachable_epoch_current() {
-    // Found by fuzz target check at 2^62 + 1: sector epochs above 2^62 were not honoured
-    // when the epoch moved on, yet a header can hold any epoch up to 2^63.
-    for epoch in [7, 1 << 62, (1 << 62) + 1, MAX_WRITABLE_EPOCH - 2] {
-        let dir = scratch();
-        let bytes = image_with_future_sector(epoch);
-        fs::write(dir.path().join("a.fvd"), &bytes).unwrap();
-        fs::write(dir.path().join("b.fvd"), &bytes).unwrap();
-        assert_eq!(corruptions(dir.path(), "a.fvd"), 0, "epoch {epoch}");
-        // A repair moves the epoch above the sector.
-        ok(dir.path(), &["check", "-r", "all", "a.fvd"]);
-        assert_eq!(corruptions(dir.path(), "a.fvd"), 0, "epoch {epoch}, repaired");
-        // So does a read-write open (replay) and its close.
-        ok(dir.path(), &["io", "-c", "read -P 0x5a 0 4k", "b.fvd"]);
-        assert_eq!(corruptions(dir.path(), "b.fvd"), 0, "epoch {epoch}, reopened");
-        let (_, layout, _) = header_of(&dir.path().join("b.fvd"));
-        assert!(layout.stable_journal_epoch > epoch + 1, "epoch {epoch}");
+    // Found by fuzz target check twice: sector epochs above 2^62 were not honoured when
+    // the epoch moved on (a header can hold any epoch up to 2^63), and then an intact
+    // sector of an unreachable epoch hid every lower one.
+    for unreachable in [false, true] {
+        for epoch in [7, 1 << 62, (1 << 62) + 1, MAX_WRITABLE_EPOCH - 2] {
+            let dir = scratch();
+            let bytes = image_with_future_sector(epoch, unreachable);
+            fs::write(dir.path().join("a.fvd"), &bytes).unwrap();
+            fs::write(dir.path().join("b.fvd"), &bytes).unwrap();
+            assert_eq!(corruptions(dir.path(), "a.fvd"), 0, "epoch {epoch}");
+            // A repair moves the epoch above the sector.
+            ok(dir.path(), &["check", "-r", "all", "a.fvd"]);
+            assert_eq!(corruptions(dir.path(), "a.fvd"), 0, "epoch {epoch}, repaired");
+            // So does a read-write open (replay) and its close.
+            ok(dir.path(), &["io", "-c", "read -P 0x5a 0 4k", "b.fvd"]);
+            assert_eq!(corruptions(dir.path(), "b.fvd"), 0, "epoch {epoch}, reopened");
+            let (_, layout, _) = header_of(&dir.path().join("b.fvd"));
+            assert!(layout.stable_journal_epoch > epoch + 1, "epoch {epoch}");
+        }
     }
 }
 
@@ -207,10 +219,13 @@ fn no_writer_makes_a_journal_sector_of_any_reachable_epoch_current() {
 fn a_journal_sector_at_the_last_epochs_leaves_the_image_read_only() {
     // The new epoch must pass the sector's, and then close must move on once more.
     let dir = scratch();
-    let bytes = image_with_future_sector(MAX_WRITABLE_EPOCH);
+    let bytes = image_with_future_sector(MAX_WRITABLE_EPOCH, false);
     fs::write(dir.path().join("c.fvd"), &bytes).unwrap();
     let err = fails(dir.path(), &["io", "-c", "read 0 4k", "c.fvd"]);
     assert_contains(&err, "can only be opened read-only");
     assert_eq!(fs::read(dir.path().join("c.fvd")).unwrap(), bytes);
-    ok(dir.path(), &["io", "-r", "-c", "read -P 0x5a 0 4k", "c.fvd"]);
+    ok(
+        dir.path(),
+        &["io", "-r", "-c", "read -P 0x5a 0 4k", "c.fvd"],
+    );
 }

@@ -12,7 +12,8 @@ use super::types::*;
 use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
 use crate::format::journal::{
-    room_for_session, SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE, MAX_WRITABLE_EPOCH,
+    fold_seen, room_for_session, SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE,
+    MAX_WRITABLE_EPOCH,
 };
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
@@ -409,7 +410,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let verified = VerifiedSector::verify(&bytes, epoch, position);
             if let Err(SectorError::StaleEpoch { found }) = verified {
                 // Intact, of another epoch: the next epoch must lie above it.
-                self.journal_epoch_seen = self.journal_epoch_seen.max(found);
+                self.journal_epoch_seen = fold_seen(self.journal_epoch_seen, found);
             }
             if let Ok(verified) = verified {
                 for r in verified.records().skip(usize::from(record)) {

@@ -54,6 +54,17 @@ pub const fn next_epoch(stable: u64, highest_seen: u64) -> Option<u64> {
     }
 }
 
+/// `highest_seen` with the epoch of one more intact sector folded in, for [`next_epoch`]:
+/// the highest epoch seen that a header can reach (at most [`MAX_JOURNAL_EPOCH`]; a
+/// sector above it can never be current, and must not hide a lower one).
+pub const fn fold_seen(highest_seen: u64, sector_epoch: u64) -> u64 {
+    if sector_epoch <= MAX_JOURNAL_EPOCH && sector_epoch > highest_seen {
+        sector_epoch
+    } else {
+        highest_seen
+    }
+}
+
 /// True when a read-write session can move the epoch on from `stable` (with intact
 /// sectors up to `highest_seen` in the journal) at open and again at its clean close.
 pub const fn room_for_session(stable: u64, highest_seen: u64) -> bool {
@@ -509,6 +520,12 @@ mod tests {
         assert!(room_for_session(5, MAX_WRITABLE_EPOCH));
         assert!(!room_for_session(5, MAX_WRITABLE_EPOCH + 1));
         assert!(room_for_session(5, u64::MAX));
+        // An unreachable sector epoch does not hide a reachable one seen before or after.
+        let seen = [9, u64::MAX, 12, MAX_JOURNAL_EPOCH + 1]
+            .into_iter()
+            .fold(0, fold_seen);
+        assert_eq!(seen, 12);
+        assert_eq!(next_epoch(5, seen), Some(13));
     }
 
     #[test]

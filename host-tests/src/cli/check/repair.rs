@@ -20,7 +20,7 @@ use super::RepairMode;
 use crate::cli::error::CliError;
 use crate::lock::{FileLock, Usage};
 use fvd_core::format::header::mutable_sectors;
-use fvd_core::format::journal::{next_epoch, SectorHeader, JOURNAL_SECTOR_SIZE};
+use fvd_core::format::journal::{fold_seen, next_epoch, SectorHeader, JOURNAL_SECTOR_SIZE};
 use fvd_core::format::RawHeader;
 use fvd_core::units::PAGE_SIZE;
 use std::fs::{File, OpenOptions};
@@ -313,8 +313,7 @@ pub fn repair(
         .journal
         .chunks_exact(JOURNAL_SECTOR_SIZE)
         .filter_map(SectorHeader::intact_epoch)
-        .max()
-        .unwrap_or(0);
+        .fold(0, fold_seen);
     let epoch = next_epoch(layout.stable_journal_epoch, highest_seen);
     if plan.needs_write && epoch.is_none() {
         // Writing would leave a header whose epoch validation refuses: write nothing.
