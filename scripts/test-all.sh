@@ -21,3 +21,6 @@ cargo build -p fvd-core --target wasm32-unknown-unknown
 
 echo "== host tests"
 cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm
+
+echo "== fuzz smoke (nightly, cargo-fuzz)"
+scripts/fuzz-smoke.sh

@@ -6,10 +6,10 @@ mod common;
 
 use common::{pump, Op, Run, SparseFile};
 use fvd_core::check::fvd::{plan, FvdCheck, FvdFiles, FvdSummary};
-use fvd_core::check::{Checker, FileId, FixAction, Repair, RepairMode, Report};
-use fvd_core::format::journal::SectorBuilder;
+use fvd_core::check::{Checker, FileId, FixAction, Repair, RepairMode, RepairRefusal, Report};
+use fvd_core::format::journal::{SectorBuilder, MAX_JOURNAL_EPOCH};
 use fvd_core::format::table::TABLE_EMPTY;
-use fvd_core::format::{parse, ImageLayout, RAW_HEADER_LEN};
+use fvd_core::format::{parse, ImageLayout, RawHeader, RAW_HEADER_LEN};
 use fvd_core::geometry::{metadata_len, CreateOptions};
 
 const CHUNK: u64 = 64 << 10;
@@ -160,9 +160,35 @@ fn repairing_leaks_refuses_an_image_with_errors_and_writes_nothing() {
     set_entries(&mut file, &l, 0, &[0, 0]);
     let first = check(&mut file);
     let plan = plan(&first, RepairMode::Leaks, true);
-    assert!(plan.refused);
+    assert_eq!(plan.refused, Some(RepairRefusal::CorruptionsNeedAll));
     let run = repair(&mut file, RepairMode::Leaks);
     assert!(run.ops.is_empty() && run.repairs.is_empty());
+}
+
+#[test]
+fn a_repair_never_writes_a_header_whose_epoch_validation_refuses() {
+    // A dirty image at the highest epoch a header may hold: the repair would have to move
+    // the epoch past it, so it writes nothing and says why.
+    let (mut file, l) = compact(1 << 20, 4);
+    set_entries(&mut file, &l, 0, &[0, 1]);
+    let epoch_at = std::mem::offset_of!(RawHeader, stable_journal_epoch) as u64;
+    let clean_at = std::mem::offset_of!(RawHeader, clean_shutdown) as u64;
+    file.write(epoch_at, &MAX_JOURNAL_EPOCH.to_le_bytes());
+    file.write(clean_at, &0u32.to_le_bytes());
+    let before = header(&file);
+    let first = check(&mut file);
+    assert_eq!(first.next_epoch, None);
+    let refusal = plan(&first, RepairMode::All, true).refused;
+    assert_eq!(
+        refusal,
+        Some(RepairRefusal::EpochExhausted {
+            epoch: MAX_JOURNAL_EPOCH
+        })
+    );
+    assert!(refusal.unwrap().to_string().contains("no room to move"));
+    let run = repair(&mut file, RepairMode::All);
+    assert!(run.ops.is_empty() && run.repairs.is_empty());
+    assert_eq!(header(&file), before);
 }
 
 #[test]

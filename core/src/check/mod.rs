@@ -196,6 +196,36 @@ pub struct CheckCounts {
     pub dirty: bool,
 }
 
+/// Why a repair writes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RepairRefusal {
+    /// `-r leaks` of an image with corruptions (`-r all` repairs both).
+    CorruptionsNeedAll,
+    /// The journal epoch (the header's, or the highest an intact sector holds) leaves no
+    /// room to move it on: any header a repair wrote would be refused by validation.
+    EpochExhausted {
+        /// The header's epoch.
+        epoch: u64,
+    },
+}
+
+impl fmt::Display for RepairRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepairRefusal::CorruptionsNeedAll => write!(
+                f,
+                "Leaks were not repaired because the image has errors; -r all repairs both"
+            ),
+            RepairRefusal::EpochExhausted { epoch } => write!(
+                f,
+                "Nothing was repaired: stable_journal_epoch {epoch} leaves no room to move \
+                 the journal epoch on"
+            ),
+        }
+    }
+}
+
 /// What a repair changed, in qemu-img's terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RepairCounts {

@@ -40,6 +40,9 @@ pub(crate) struct Walk {
 }
 
 /// What a walk's unit needs.
+// A return value moved once per unit, never stored: its size costs a copy, and without an
+// allocator there is nothing to box the step into.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Unit {
     /// It is in the buffer, ready.
     Ready,

@@ -242,7 +242,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 // The new epoch also lies above every intact sector the replay saw, so no
                 // sector already in the journal becomes current.
                 if recycling || purpose != Purpose::Flush {
-                    epoch = next_epoch(epoch, self.journal_epoch_seen);
+                    // A writable open starts at most MAX_WRITABLE_EPOCH, so this fails only
+                    // after some 2^62 recycles; the header is left at the old epoch.
+                    let Some(next) = next_epoch(epoch, self.journal_epoch_seen) else {
+                        self.end_commit(Some(IoError::NoSpace));
+                        return true;
+                    };
+                    epoch = next;
                 }
                 if self.commands.free() < 3 {
                     return false;

@@ -11,7 +11,10 @@ use super::slots::Owner;
 use super::types::*;
 use super::{FvdEngine, HEADER_AREA, MAX_FREE_RANGES, MIN_CACHE, SCRATCH_AREA};
 use crate::format::header::mutable_sectors;
-use crate::format::journal::{SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE};
+use crate::format::journal::{
+    fold_seen, room_for_session, SectorError, VerifiedSector, JOURNAL_SECTOR_SIZE,
+    MAX_WRITABLE_EPOCH,
+};
 use crate::format::{parse, HeaderError, RAW_HEADER_LEN};
 use zerocopy::little_endian::U32;
 
@@ -270,6 +273,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if layout.separate_data_file != self.options.data_len.is_some() {
             return self.fail_open(OpenError::DataFileMismatch);
         }
+        if self.options.writable && layout.stable_journal_epoch > MAX_WRITABLE_EPOCH {
+            return self.fail_open(OpenError::EpochExhausted {
+                epoch: layout.stable_journal_epoch,
+            });
+        }
         let live_base = layout.base.filter(|_| !layout.base_fully_prefetched);
         if live_base.is_some() && self.options.writable && !self.options.base_available {
             return self.fail_open(OpenError::BaseMissing);
@@ -402,7 +410,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let verified = VerifiedSector::verify(&bytes, epoch, position);
             if let Err(SectorError::StaleEpoch { found }) = verified {
                 // Intact, of another epoch: the next epoch must lie above it.
-                self.journal_epoch_seen = self.journal_epoch_seen.max(found);
+                self.journal_epoch_seen = fold_seen(self.journal_epoch_seen, found);
             }
             if let Ok(verified) = verified {
                 for r in verified.records().skip(usize::from(record)) {
@@ -442,6 +450,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 sector: 0,
                 record: 0,
             };
+        } else if !room_for_session(epoch, self.journal_epoch_seen) {
+            // The session's epoch must pass every intact sector seen, and there is no room.
+            self.fail_open(OpenError::EpochExhausted {
+                epoch: epoch.max(self.journal_epoch_seen),
+            });
         } else {
             self.start_commit(Purpose::OpenReplayed);
             self.lifecycle = Lifecycle::Committing;

@@ -375,6 +375,15 @@ pub enum OpenError {
     BaseMissing,
     /// The image is dirty and has no journal: it cannot be opened for writing safely.
     DirtyWithoutJournal,
+    /// The journal epoch leaves no room for a writer to move it on at open and close: the
+    /// header's `stable_journal_epoch` is above
+    /// [`crate::format::journal::MAX_WRITABLE_EPOCH`], or the journal holds an intact
+    /// sector whose epoch is (the new epoch must pass it). The image can only be opened
+    /// read-only.
+    EpochExhausted {
+        /// The header's epoch, or the sector's.
+        epoch: u64,
+    },
     /// A command failed while opening.
     Io(IoError),
     /// Metadata is corrupt.
@@ -405,6 +414,11 @@ impl fmt::Display for OpenError {
                     "image was not closed cleanly and has no journal to repair it"
                 )
             }
+            OpenError::EpochExhausted { epoch } => write!(
+                f,
+                "journal epoch {epoch} leaves no room to move the epoch on (a writer needs \
+                 it at most 2^63 - 2): the image can only be opened read-only"
+            ),
             OpenError::Io(e) => write!(f, "{e} while opening the image"),
             OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),
         }

@@ -31,22 +31,47 @@ const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Largest `stable_journal_epoch` a header may hold (validation refuses more).
 pub const MAX_JOURNAL_EPOCH: u64 = 1 << 63;
-/// Sector epochs above this are ignored when choosing the next epoch: no header can ever
-/// reach them through [`next_epoch`] before validation refuses it.
-const HIGHEST_HONOURED_SECTOR_EPOCH: u64 = 1 << 62;
-
+/// Largest `stable_journal_epoch` a writer opens: a read-write session moves the epoch on
+/// at open and again at a clean close, and neither move may leave an epoch validation
+/// refuses (FORMAT.md §10.5).
+pub const MAX_WRITABLE_EPOCH: u64 = MAX_JOURNAL_EPOCH - 2;
 /// The epoch a writer moves to from `stable` when the journal holds intact sectors of
 /// epochs up to `highest_seen` (of any epoch, see [`SectorHeader::intact_epoch`]): above
 /// both, so that no sector already on disk can become current by the move (a repaired or
-/// reopened image never replays records nobody wrote in its current epoch). `stable` is
-/// at most [`MAX_JOURNAL_EPOCH`] (validated), so this never overflows.
-pub const fn next_epoch(stable: u64, highest_seen: u64) -> u64 {
-    let floor = if highest_seen <= HIGHEST_HONOURED_SECTOR_EPOCH && highest_seen > stable {
+/// reopened image never replays records nobody wrote in its current epoch). A sector
+/// epoch above [`MAX_JOURNAL_EPOCH`] is ignored: no valid header can ever reach it. `None`
+/// when the move would pass [`MAX_JOURNAL_EPOCH`]: the writer must not move on (and so
+/// must not write), because the header it wrote would be refused.
+pub const fn next_epoch(stable: u64, highest_seen: u64) -> Option<u64> {
+    let floor = if highest_seen <= MAX_JOURNAL_EPOCH && highest_seen > stable {
         highest_seen
     } else {
         stable
     };
-    floor.saturating_add(1)
+    match floor.checked_add(1) {
+        Some(next) if next <= MAX_JOURNAL_EPOCH => Some(next),
+        _ => None,
+    }
+}
+
+/// `highest_seen` with the epoch of one more intact sector folded in, for [`next_epoch`]:
+/// the highest epoch seen that a header can reach (at most [`MAX_JOURNAL_EPOCH`]; a
+/// sector above it can never be current, and must not hide a lower one).
+pub const fn fold_seen(highest_seen: u64, sector_epoch: u64) -> u64 {
+    if sector_epoch <= MAX_JOURNAL_EPOCH && sector_epoch > highest_seen {
+        sector_epoch
+    } else {
+        highest_seen
+    }
+}
+
+/// True when a read-write session can move the epoch on from `stable` (with intact
+/// sectors up to `highest_seen` in the journal) at open and again at its clean close.
+pub const fn room_for_session(stable: u64, highest_seen: u64) -> bool {
+    match next_epoch(stable, highest_seen) {
+        Some(opened) => next_epoch(opened, 0).is_some(),
+        None => false,
+    }
 }
 
 /// The first 32 bytes of every journal sector.
@@ -468,6 +493,39 @@ mod tests {
         let bytes = [1u8; 600];
         let sector = build(|b| assert_eq!(b.push_bitmap(0, &bytes), BITMAP_BYTES_PER_SECTOR));
         assert!(VerifiedSector::verify(&sector, 7, 3).is_ok());
+    }
+
+    #[test]
+    fn an_epoch_never_moves_past_the_largest_valid_one() {
+        assert_eq!(next_epoch(5, 0), Some(6));
+        assert_eq!(next_epoch(5, 9), Some(10));
+        // Every sector epoch a header can reach is honoured; one no header can reach is
+        // ignored.
+        assert_eq!(next_epoch(5, (1 << 62) + 1), Some((1 << 62) + 2));
+        assert_eq!(
+            next_epoch(5, MAX_JOURNAL_EPOCH - 1),
+            Some(MAX_JOURNAL_EPOCH)
+        );
+        assert_eq!(next_epoch(5, MAX_JOURNAL_EPOCH), None);
+        assert_eq!(next_epoch(5, MAX_JOURNAL_EPOCH + 1), Some(6));
+        assert_eq!(
+            next_epoch(MAX_JOURNAL_EPOCH - 1, 0),
+            Some(MAX_JOURNAL_EPOCH)
+        );
+        assert_eq!(next_epoch(MAX_JOURNAL_EPOCH, 0), None);
+        assert_eq!(next_epoch(u64::MAX, 0), None);
+        // A session needs room for two moves: open and close.
+        assert!(room_for_session(MAX_WRITABLE_EPOCH, 0));
+        assert!(!room_for_session(MAX_WRITABLE_EPOCH + 1, 0));
+        assert!(room_for_session(5, MAX_WRITABLE_EPOCH));
+        assert!(!room_for_session(5, MAX_WRITABLE_EPOCH + 1));
+        assert!(room_for_session(5, u64::MAX));
+        // An unreachable sector epoch does not hide a reachable one seen before or after.
+        let seen = [9, u64::MAX, 12, MAX_JOURNAL_EPOCH + 1]
+            .into_iter()
+            .fold(0, fold_seen);
+        assert_eq!(seen, 12);
+        assert_eq!(next_epoch(5, seen), Some(13));
     }
 
     #[test]

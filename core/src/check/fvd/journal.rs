@@ -10,7 +10,7 @@ use super::{FvdCheck, Phase, Problem, Step, PAGE};
 use crate::check::memory::{Area, Bits};
 use crate::check::FileId;
 use crate::format::journal::{
-    Record, SectorError, SectorHeader, VerifiedSector, JOURNAL_SECTOR_SIZE,
+    fold_seen, Record, SectorError, SectorHeader, VerifiedSector, JOURNAL_SECTOR_SIZE,
 };
 use crate::format::replay::{RecordFault, RecordTarget};
 use crate::format::ImageLayout;
@@ -253,7 +253,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             let position = batch * j.per_batch() + s;
             let bytes = sector_copy(mem, j.buf, s);
             if let Some(e) = SectorHeader::intact_epoch(&bytes) {
-                j.highest_epoch = j.highest_epoch.max(e);
+                j.highest_epoch = fold_seen(j.highest_epoch, e);
             }
             match VerifiedSector::verify(&bytes, epoch, position) {
                 Ok(verified) => {

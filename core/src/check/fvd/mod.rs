@@ -46,7 +46,7 @@ pub use repair::{plan, FvdRepairPlan};
 use super::memory::{Area, Bits, Carver};
 use super::{CheckCounts, CheckError, Core, FileId, Report, Step};
 use crate::format::header::mutable_sectors;
-use crate::format::journal::JOURNAL_SECTOR_SIZE;
+use crate::format::journal::{next_epoch, JOURNAL_SECTOR_SIZE};
 use crate::format::{parse, ImageLayout, RAW_HEADER_LEN};
 use journal::{Journal, ReplayPages};
 use table::TableScan;
@@ -96,6 +96,11 @@ pub struct FvdSummary {
     pub table_walks: u64,
     /// Passes over the journal.
     pub journal_passes: u64,
+    /// The header's journal epoch.
+    pub journal_epoch: u64,
+    /// The epoch a repair moves the journal to: above the header's and above every intact
+    /// sector's that a header can reach (`None` when no such epoch is left).
+    pub next_epoch: Option<u64>,
 }
 
 /// Where the scanner is.
@@ -335,6 +340,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             storage_len: self.storage_len(),
             table_walks: self.table.walks,
             journal_passes: self.journal.passes,
+            journal_epoch: l.stable_journal_epoch,
+            next_epoch: next_epoch(l.stable_journal_epoch, self.journal.highest_epoch),
         }
     }
 

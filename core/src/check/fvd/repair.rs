@@ -6,7 +6,7 @@
 //!    written back and flushed, while the header still names the journal's epoch (a crash
 //!    here replays the same records again, which is idempotent). Bad records are dropped.
 //! 2. The header is marked dirty with the epoch moved above every intact sector
-//!    ([`next_epoch`], header sector 4, flushed): the journal is now stale.
+//!    ([`crate::format::journal::next_epoch`], header sector 4, flushed): the journal is now stale.
 //! 3. Fixes (`-r all`): corrupt table entries are unmapped, stray bitmap bits cleared;
 //!    the changed units are written and flushed.
 //! 4. A compact image's data storage is truncated to the end of its last mapped chunk
@@ -15,9 +15,10 @@
 
 use super::{FvdCheck, FvdFiles, FvdSummary, Phase, Problem, Step};
 use crate::check::memory::Area;
-use crate::check::{CheckError, FileId, Finding, FixAction, Repair, RepairCounts, RepairMode};
+use crate::check::{
+    CheckError, FileId, Finding, FixAction, Repair, RepairCounts, RepairMode, RepairRefusal,
+};
 use crate::format::header::mutable_sectors;
-use crate::format::journal::next_epoch;
 use crate::format::RawHeader;
 use core::mem::offset_of;
 
@@ -26,8 +27,8 @@ use core::mem::offset_of;
 pub struct FvdRepairPlan {
     /// What is repaired.
     pub mode: RepairMode,
-    /// `-r leaks` of an image with corruptions: nothing is done.
-    pub refused: bool,
+    /// Why nothing is done, when nothing is.
+    pub refused: Option<RepairRefusal>,
     /// The repair has something to say or do (a report shows the check's findings
     /// before the repair's lines).
     pub has_actions: bool,
@@ -35,6 +36,7 @@ pub struct FvdRepairPlan {
     replaying: Option<(u64, u64)>,
     truncatable: bool,
     dirty: bool,
+    epoch: Option<u64>,
 }
 
 /// The repair of an image whose check found `first`, in `mode`; `truncatable` when the
@@ -53,9 +55,19 @@ pub fn plan(first: &FvdSummary, mode: RepairMode, truncatable: bool) -> FvdRepai
         || truncate;
     let replaying = (c.dirty && first.journal_applied > 0)
         .then_some((first.journal_applied, first.journal_sectors));
+    let refused = if mode == RepairMode::Leaks && c.corruptions > 0 {
+        Some(RepairRefusal::CorruptionsNeedAll)
+    } else if needs_write && first.next_epoch.is_none() {
+        // Any header written would carry an epoch validation refuses: write nothing.
+        Some(RepairRefusal::EpochExhausted {
+            epoch: first.journal_epoch,
+        })
+    } else {
+        None
+    };
     FvdRepairPlan {
         mode,
-        refused: mode == RepairMode::Leaks && c.corruptions > 0,
+        refused,
         has_actions: replaying.is_some()
             || first.head_problems > 0
             || structure_fixes > 0
@@ -65,6 +77,7 @@ pub fn plan(first: &FvdSummary, mode: RepairMode, truncatable: bool) -> FvdRepai
         replaying,
         truncatable,
         dirty: c.dirty,
+        epoch: first.next_epoch,
     }
 }
 
@@ -132,7 +145,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             counts: RepairCounts::default(),
             wrote: false,
         });
-        if plan.refused || !plan.needs_write {
+        if plan.refused.is_some() || !plan.needs_write {
             check.phase = Phase::Done;
         }
         Ok(check)
@@ -153,11 +166,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     }
 
     /// Writes header sector 4 with `clean_shutdown` = `clean` and the epoch moved on.
-    fn write_state(&mut self, clean: bool) -> Step {
+    fn write_state(&mut self, clean: bool, epoch: u64) -> Step {
         let base = mutable_sectors::SHUTDOWN_AND_EPOCH * 512;
         let flag = offset_of!(RawHeader, clean_shutdown) - base;
         let epoch_at = offset_of!(RawHeader, stable_journal_epoch) - base;
-        let epoch = next_epoch(self.layout.stable_journal_epoch, self.journal.highest_epoch);
         self.state_sector[flag..flag + 4].copy_from_slice(&u32::from(clean).to_le_bytes());
         self.state_sector[epoch_at..epoch_at + 8].copy_from_slice(&epoch.to_le_bytes());
         let area = Area {
@@ -195,8 +207,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                 self.flush_if_written(FileId::Image)
             }
             Stage::MarkDirty => {
+                // A plan without an epoch is refused before anything is written.
+                let Some(epoch) = repair.plan.epoch else {
+                    self.phase = Phase::Done;
+                    return None;
+                };
                 self.phase = next(Stage::FlushDirty);
-                Some(self.write_state(false))
+                Some(self.write_state(false, epoch))
             }
             Stage::FlushDirty => {
                 self.phase = next(Stage::Fixes);
@@ -243,8 +260,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                 }))
             }
             Stage::MarkClean => {
+                let Some(epoch) = repair.plan.epoch else {
+                    self.phase = Phase::Done;
+                    return None;
+                };
                 self.phase = next(Stage::FlushClean);
-                Some(self.write_state(true))
+                Some(self.write_state(true, epoch))
             }
             Stage::FlushClean => {
                 self.phase = next(Stage::Cleaned);

@@ -8,7 +8,9 @@
 use super::passes::Pass;
 use super::{QedCheck, QedSummary};
 use crate::check::memory::Area;
-use crate::check::{CheckError, FileId, Repair, RepairCounts, RepairMode, Report, Step};
+use crate::check::{
+    CheckError, FileId, Repair, RepairCounts, RepairMode, RepairRefusal, Report, Step,
+};
 use crate::qed::{features, QedHeader};
 use core::mem::offset_of;
 
@@ -17,8 +19,8 @@ use core::mem::offset_of;
 pub struct QedRepairPlan {
     /// What is repaired.
     pub mode: RepairMode,
-    /// `-r leaks` of an image with corruptions: nothing is done.
-    pub refused: bool,
+    /// Why nothing is done, when nothing is.
+    pub refused: Option<RepairRefusal>,
     /// The repair will say something (a report shows the check's findings before the
     /// repair's lines).
     pub has_actions: bool,
@@ -31,7 +33,8 @@ pub fn plan(first: &QedSummary, mode: RepairMode) -> QedRepairPlan {
     let c = first.counts;
     QedRepairPlan {
         mode,
-        refused: mode == RepairMode::Leaks && c.corruptions > 0,
+        refused: (mode == RepairMode::Leaks && c.corruptions > 0)
+            .then_some(RepairRefusal::CorruptionsNeedAll),
         has_actions: c.corruptions > 0 || c.image_end_offset < first.file_len || c.dirty,
         corruptions: c.corruptions,
         need_check: c.dirty,
@@ -73,7 +76,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         plan: QedRepairPlan,
     ) -> Result<Self, CheckError> {
         let mut check = QedCheck::new(header, file_len, memory)?;
-        let stage = if plan.refused {
+        let stage = if plan.refused.is_some() {
             Stage::Finished
         } else if plan.corruptions > 0 {
             Stage::SetNeedCheck

@@ -4,7 +4,7 @@
 //! when the repair has something to do, runs the core's repair, and checks again.
 
 use super::drive::{self, Event, Files, Lists, Show, Target, WORK_MEMORY};
-use super::report::{self, Outcome, REFUSED};
+use super::report::{self, Outcome};
 use super::{finish, status, RepairMode};
 use crate::cli::base::resolve;
 use crate::cli::error::CliError;
@@ -188,16 +188,16 @@ pub fn run(
     };
     let (first, lists) = check(&opened, if human { Show::Silent } else { Show::Collect })?;
     let plan = plan(&first, mode.into(), opened.storage.regular);
-    if plan.refused {
+    if let Some(refusal) = plan.refused {
         if human {
             check(&opened, Show::Print(&mut out))?;
             notes(&first, &mut out)?;
-            writeln!(out, "{REFUSED}").map_err(CliError::Output)?;
+            writeln!(out, "{refusal}").map_err(CliError::Output)?;
             summary(&first, false, &mut out)?;
         } else {
             write_json(
                 &mut out,
-                &json(&filename, &first, lists, Some(Outcome::refused())),
+                &json(&filename, &first, lists, Some(Outcome::refused(refusal))),
             )?;
         }
         return finish(out, status(&first.counts, false));

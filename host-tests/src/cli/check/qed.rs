@@ -10,7 +10,7 @@
 
 use super::drive::{self, Event, Files, Lists, Show, Target, WORK_MEMORY};
 use super::repair::open_writable;
-use super::report::{self, Outcome, REFUSED};
+use super::report::{self, Outcome};
 use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
@@ -172,16 +172,16 @@ pub fn run(
     };
     let (first, lists) = check(&image, if human { Show::Silent } else { Show::Collect })?;
     let plan = plan(&first, mode.into());
-    if plan.refused {
+    if let Some(refusal) = plan.refused {
         if human {
             check(&image, Show::Print(&mut out))?;
             notes(&first, &mut out)?;
-            writeln!(out, "{REFUSED}").map_err(CliError::Output)?;
+            writeln!(out, "{refusal}").map_err(CliError::Output)?;
             summary(&first, &mut out)?;
         } else {
             write_json(
                 &mut out,
-                &json(&filename, &first, lists, Some(Outcome::refused())),
+                &json(&filename, &first, lists, Some(Outcome::refused(refusal))),
             )?;
         }
         return super::finish(out, status(&first));

@@ -4,7 +4,7 @@
 
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
-use fvd_core::check::{CheckCounts, FixAction, Repair, RepairCounts};
+use fvd_core::check::{CheckCounts, FixAction, Repair, RepairCounts, RepairRefusal};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -13,10 +13,6 @@ use std::path::Path;
 /// Findings, leaked runs and repair lines listed in JSON at most (counts are always
 /// complete).
 pub const MAX_LISTED: usize = 1000;
-
-/// Why `-r leaks` does nothing to an image with corruptions.
-pub const REFUSED: &str =
-    "Leaks were not repaired because the image has errors; -r all repairs both";
 
 /// A JSON list of at most [`MAX_LISTED`] items and the count of those left out.
 #[derive(Clone, Debug, Default)]
@@ -64,10 +60,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// An outcome that refused to repair.
-    pub fn refused() -> Self {
+    /// An outcome that refused to repair, and why.
+    pub fn refused(why: RepairRefusal) -> Self {
         Outcome {
-            refused: Some(REFUSED.into()),
+            refused: Some(why.to_string()),
             ..Outcome::default()
         }
     }
