@@ -445,7 +445,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::{metadata_len, plan, BaseSpec, CreateOptions};
+    use crate::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
     use std::vec;
     use std::vec::Vec;
 
@@ -496,7 +496,7 @@ mod tests {
     fn new_image(options: &CreateOptions) -> MemFile {
         let header = plan(options).unwrap();
         let mut bytes = vec![0u8; metadata_len(&header) as usize];
-        crate::geometry::initial_bytes_at(&header, 0, &mut bytes);
+        crate::fvd::create::initial_bytes_at(&header, 0, &mut bytes);
         MemFile { bytes, at: 0 }
     }
 

@@ -4,7 +4,7 @@
 //! defmt log all print from this, so no host keeps its own list. Reads a header already
 //! in memory; no I/O, no allocation.
 
-use crate::format::header::{name_field, RawHeader, FVD_MAGIC};
+use crate::fvd::header::{name_field, RawHeader, FVD_MAGIC};
 use crate::qed::header::{features as qed_features, QedHeader, QED_MAGIC};
 use core::fmt;
 use core::mem::{offset_of, size_of_val};
@@ -621,7 +621,7 @@ pub fn qed_fields(h: &QedHeader) -> [HeaderField<'_>; QED_FIELDS] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::RAW_HEADER_LEN;
+    use crate::fvd::RAW_HEADER_LEN;
     use crate::qed::QED_HEADER_LEN;
 
     /// The fields follow each other without a gap and end where the header ends: every

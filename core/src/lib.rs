@@ -1,10 +1,16 @@
-//! `fvd-core`: the FVD (Fast Virtual Disk) image format without I/O.
+//! `fvd-core`: the FVD (Fast Virtual Disk) and QED image formats without I/O.
 //!
-//! This crate owns the on-disk types ([`format`]), the pure layout computation used by
-//! `create` ([`geometry`]), the QED on-disk format ([`qed`]), format probing ([`probe`]), and the sans-IO engine that
-//! turns guest requests into I/O commands. It never allocates, never blocks, never panics
-//! on untrusted bytes and never touches a file: hosts (the std executor, the browser
-//! inspector, the firmware driver) perform the I/O it asks for.
+//! Layers, each using only the ones before it (docs/ARCHITECTURE.md draws them):
+//! - on-disk types and their rules: [`fvd`] (header, bitmap, table, journal, validation,
+//!   record replay, the bytes of a new image) and [`qed`] (the same shape), [`units`];
+//! - rules every host shows: [`check`] (the consistency check and its repair plan, a
+//!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is);
+//! - the sans-IO [`engine`] that turns guest requests into I/O commands, [`chain`] (images
+//!   stacked on images) and [`blocking`] (a blocking loop for simple hosts).
+//!
+//! It never allocates, never blocks, never panics on untrusted bytes and never touches a
+//! file: hosts (the std executor and `fvd-img`, the browser inspector, the firmware
+//! driver) perform the I/O it asks for.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,8 +22,7 @@ pub mod blocking;
 pub mod chain;
 pub mod check;
 pub mod engine;
-pub mod format;
-pub mod geometry;
+pub mod fvd;
 pub mod info;
 pub mod probe;
 pub mod qed;

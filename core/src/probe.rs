@@ -5,9 +5,9 @@
 //! raw data. Hosts refuse the look-alikes with [`Probe`]'s message instead of treating
 //! them as raw disks, so a damaged image is never overwritten as raw data. No I/O.
 
-use crate::format::header::RawHeader;
-use crate::format::validate::{MAX_HEADER_SIZE, MAX_VIRTUAL_SIZE};
-use crate::format::FVD_MAGIC;
+use crate::fvd::header::RawHeader;
+use crate::fvd::validate::{MAX_HEADER_SIZE, MAX_VIRTUAL_SIZE};
+use crate::fvd::FVD_MAGIC;
 use crate::qed::header::{
     features, QedHeader, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, MIN_TABLE_SIZE,
 };
@@ -159,7 +159,7 @@ pub fn probe(bytes: &[u8]) -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::{plan, CreateOptions};
+    use crate::fvd::create::{plan, CreateOptions};
     use crate::qed::{plan as qed_plan, QedCreateOptions};
     use zerocopy::IntoBytes;
 

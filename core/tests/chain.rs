@@ -6,7 +6,7 @@ mod support;
 
 use fvd_core::chain::{Chain, ChainError, FileKey, MAX_DEPTH};
 use fvd_core::engine::{Engine, Request};
-use fvd_core::geometry::{BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{BaseSpec, CreateOptions};
 use fvd_core::qed::QedBacking;
 use support::*;
 

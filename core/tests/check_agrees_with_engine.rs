@@ -11,9 +11,9 @@ use fvd_core::blocking::{BlockingDisk, NoFile};
 use fvd_core::check::fvd::{FvdCheck, FvdFiles, Problem};
 use fvd_core::check::{Checker, Finding, Report};
 use fvd_core::engine::Mapping;
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::{parse, RAW_HEADER_LEN};
-use fvd_core::geometry::{metadata_len, plan, CreateOptions};
+use fvd_core::fvd::create::{metadata_len, plan, CreateOptions};
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::{parse, RAW_HEADER_LEN};
 
 const CHUNK: u64 = 4096;
 

@@ -10,10 +10,10 @@ use common::{pump, Run, SparseFile};
 use fvd_core::check::fvd::{FvdCheck, FvdFiles, FvdSummary};
 use fvd_core::check::qed::{memory_needed, QedCheck, QedSummary};
 use fvd_core::check::{Checker, Report};
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
-use fvd_core::format::{parse, ImageLayout, RAW_HEADER_LEN};
-use fvd_core::geometry::{plan, CreateOptions};
+use fvd_core::fvd::create::{plan, CreateOptions};
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::table::{TABLE_DIRTY, TABLE_EMPTY};
+use fvd_core::fvd::{parse, ImageLayout, RAW_HEADER_LEN};
 use fvd_core::qed::QedCreateOptions;
 
 const KIB: usize = 1 << 10;

@@ -7,10 +7,10 @@ mod common;
 use common::{pump, Run, SparseFile};
 use fvd_core::check::fvd::{FvdCheck, FvdFiles, FvdSummary, Problem, RecordRange};
 use fvd_core::check::{Checker, Finding, Report};
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
-use fvd_core::format::{parse, ImageLayout, RAW_HEADER_LEN};
-use fvd_core::geometry::{metadata_len, BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{metadata_len, BaseSpec, CreateOptions};
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::table::{TABLE_DIRTY, TABLE_EMPTY};
+use fvd_core::fvd::{parse, ImageLayout, RAW_HEADER_LEN};
 
 const CHUNK: u64 = 64 << 10;
 const E: u32 = TABLE_EMPTY;
@@ -18,7 +18,7 @@ const E: u32 = TABLE_EMPTY;
 /// A fresh image made as `create` makes it, with `storage` bytes of data storage after
 /// the metadata.
 fn create(options: &CreateOptions<'_>, storage: u64) -> (SparseFile, ImageLayout) {
-    let h = fvd_core::geometry::plan(options).unwrap();
+    let h = fvd_core::fvd::create::plan(options).unwrap();
     let meta = metadata_len(&h);
     let data_offset = h.data_offset.get();
     let len = data_offset.max(meta) + storage;

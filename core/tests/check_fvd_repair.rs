@@ -7,16 +7,16 @@ mod common;
 use common::{pump, Op, Run, SparseFile};
 use fvd_core::check::fvd::{plan, FvdCheck, FvdFiles, FvdSummary};
 use fvd_core::check::{Checker, FileId, FixAction, Repair, RepairMode, RepairRefusal, Report};
-use fvd_core::format::journal::{SectorBuilder, MAX_JOURNAL_EPOCH};
-use fvd_core::format::table::TABLE_EMPTY;
-use fvd_core::format::{parse, ImageLayout, RawHeader, RAW_HEADER_LEN};
-use fvd_core::geometry::{metadata_len, CreateOptions};
+use fvd_core::fvd::create::{metadata_len, CreateOptions};
+use fvd_core::fvd::journal::{SectorBuilder, MAX_JOURNAL_EPOCH};
+use fvd_core::fvd::table::TABLE_EMPTY;
+use fvd_core::fvd::{parse, ImageLayout, RawHeader, RAW_HEADER_LEN};
 
 const CHUNK: u64 = 64 << 10;
 const E: u32 = TABLE_EMPTY;
 
 fn compact(size: u64, storage_chunks: u64) -> (SparseFile, ImageLayout) {
-    let h = fvd_core::geometry::plan(&CreateOptions {
+    let h = fvd_core::fvd::create::plan(&CreateOptions {
         virtual_size: size,
         compact_image: true,
         chunk_size: Some(CHUNK),

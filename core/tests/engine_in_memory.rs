@@ -5,7 +5,7 @@
 mod support;
 
 use fvd_core::engine::Request;
-use fvd_core::geometry::CreateOptions;
+use fvd_core::fvd::create::CreateOptions;
 use support::*;
 
 const M: u64 = 1 << 20;

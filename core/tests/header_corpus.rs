@@ -6,10 +6,10 @@
 //! Field offsets are written out here by hand (from docs/FORMAT.md), so these tests also
 //! pin the on-disk layout independently of the `RawHeader` definition.
 
-use fvd_core::format::error::RegionKind;
-use fvd_core::format::validate::{MAX_CHUNKS, MAX_VIRTUAL_SIZE};
-use fvd_core::format::{parse, HeaderError};
-use fvd_core::geometry::{metadata_len, plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::error::RegionKind;
+use fvd_core::fvd::validate::{MAX_CHUNKS, MAX_VIRTUAL_SIZE};
+use fvd_core::fvd::{parse, HeaderError};
 use std::collections::HashMap;
 
 const KIB: u64 = 1 << 10;

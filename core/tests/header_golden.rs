@@ -5,15 +5,15 @@
 //! docs/FORMAT.md says. A few cases are checked byte for byte against a header assembled
 //! here from the documented field offsets.
 
-use fvd_core::format::error::RegionKind;
-use fvd_core::format::header::{mutable_sectors, FVD_MAGIC, FVD_VERSION, RAW_HEADER_LEN};
-use fvd_core::format::validate::{MAX_BLOCK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_VIRTUAL_SIZE};
-use fvd_core::format::{parse, validate, HeaderError, ImageLayout, RawHeader, Region};
-use fvd_core::geometry::{
+use fvd_core::fvd::create::{
     default_block_size, metadata_len, plan, BaseSpec, CreateOptions, GeometryError,
     DEFAULT_CHUNK_SIZE, DEFAULT_JOURNAL_SIZE, DEFAULT_MAX_OUTSTANDING_COPY_ON_READ,
     DEFAULT_STORAGE_GROW_UNIT,
 };
+use fvd_core::fvd::error::RegionKind;
+use fvd_core::fvd::header::{mutable_sectors, FVD_MAGIC, FVD_VERSION, RAW_HEADER_LEN};
+use fvd_core::fvd::validate::{MAX_BLOCK_SIZE, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_VIRTUAL_SIZE};
+use fvd_core::fvd::{parse, validate, HeaderError, ImageLayout, RawHeader, Region};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -23,7 +23,7 @@ const TIB: u64 = 1 << 40;
 /// The header area as `create` writes it: the header padded with zeros to `header_size`.
 /// Where `create` puts guest data after metadata ending at `end`: the next 64 KiB boundary.
 fn aligned(end: u64) -> u64 {
-    end.div_ceil(fvd_core::geometry::DATA_ALIGNMENT) * fvd_core::geometry::DATA_ALIGNMENT
+    end.div_ceil(fvd_core::fvd::create::DATA_ALIGNMENT) * fvd_core::fvd::create::DATA_ALIGNMENT
 }
 
 fn header_area(h: &RawHeader) -> Vec<u8> {

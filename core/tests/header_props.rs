@@ -6,12 +6,12 @@
 //! 3. journal sectors: records round-trip, any single-bit flip is refused, and verifying
 //!    arbitrary bytes never panics.
 
-use fvd_core::format::journal::{
+use fvd_core::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::journal::{
     Record, SectorBuilder, SectorError, VerifiedSector, BITMAP_BYTES_PER_SECTOR, JOURNAL_MAGIC,
     JOURNAL_SECTOR_SIZE, RECORD_AREA, TABLE_ENTRIES_PER_SECTOR,
 };
-use fvd_core::format::{parse, validate, ImageLayout, Region, RAW_HEADER_LEN};
-use fvd_core::geometry::{metadata_len, plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::{parse, validate, ImageLayout, Region, RAW_HEADER_LEN};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -362,7 +362,7 @@ proptest! {
                 if layout.separate_data_file {
                     prop_assert_eq!(layout.data_offset, 0);
                 } else {
-                    let unit = fvd_core::geometry::DATA_ALIGNMENT;
+                    let unit = fvd_core::fvd::create::DATA_ALIGNMENT;
                     prop_assert_eq!(layout.data_offset, layout.metadata_end.div_ceil(unit) * unit);
                 }
                 prop_assert_eq!(layout.base.is_some(), options.base.is_some());

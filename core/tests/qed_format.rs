@@ -12,7 +12,7 @@
 //! qemu-img is required (CI installs it): a missing binary fails the tests, it never skips
 //! them. Field offsets are written out by hand here, independently of `QedHeader`.
 
-use fvd_core::format::Region;
+use fvd_core::fvd::Region;
 use fvd_core::qed::header::{MAX_BACKING_NAME_LEN, QED_HEADER_LEN};
 use fvd_core::qed::table::{self, L1Entry, L2Entry, TableIndex};
 use fvd_core::qed::{

@@ -1,7 +1,7 @@
 //! FVD headers: any bytes, and valid headers with bytes changed, for any file length
-//! (`fvd_host::fuzz::headers`).
+//! (`fvd_host::testing::fuzz::headers`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| fvd_host::fuzz::run("fvd_header", data));
+fuzz_target!(|data: &[u8]| fvd_host::testing::fuzz::run("fvd_header", data));

@@ -8,8 +8,8 @@
 //! (`fdatasync`) inside the timed span. Run: `cargo bench -p fvd-host --bench io`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fvd_host::executor::{Executor, ExecutorOptions};
-use fvd_host::workload::{open, prepare, run, Pattern, Subject, Workload};
+use fvd_host::host::executor::{Executor, ExecutorOptions};
+use fvd_host::testing::workload::{open, prepare, run, Pattern, Subject, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -7,13 +7,13 @@ fn main() {
     let Some(target) = args.next() else {
         eprintln!(
             "usage: fuzz-run TARGET FILE...   (targets: {})",
-            fvd_host::fuzz::TARGETS.join(", ")
+            fvd_host::testing::fuzz::TARGETS.join(", ")
         );
         std::process::exit(2);
     };
     for file in args {
         let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
         eprintln!("{target} {file} ({} bytes)", data.len());
-        fvd_host::fuzz::run(&target, &data);
+        fvd_host::testing::fuzz::run(&target, &data);
     }
 }

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{create_fvd, fails, header_of, header_str, info_data, map_json, ok, scratch};
-use fvd_core::format::RawHeader;
-use fvd_host::driver::DriverOptions;
-use fvd_host::files::open_image;
+use fvd_core::fvd::RawHeader;
+use fvd_host::host::driver::DriverOptions;
+use fvd_host::host::files::open_image;
 use serde_json::Value;
 use std::fs;
 use std::mem::offset_of;

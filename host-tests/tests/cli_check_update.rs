@@ -7,10 +7,10 @@ mod common;
 use common::{
     assert_contains, compact, create, fails, header_of, header_str, info_data, scratch, status,
 };
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::table::{TABLE_DIRTY, TABLE_EMPTY};
-use fvd_host::driver::DriverOptions;
-use fvd_host::files::open_image;
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::table::{TABLE_DIRTY, TABLE_EMPTY};
+use fvd_host::host::driver::DriverOptions;
+use fvd_host::host::files::open_image;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -1,12 +1,12 @@
 //! `fvd-img create` and `fvd-img info`, driven as a user would: the real binary, run in
-//! scratch directories, its files read back with `fvd_core::format::parse`.
+//! scratch directories, its files read back with `fvd_core::fvd::parse`.
 
 mod common;
 
 use common::{
     assert_contains, fails, header_of, header_str, info_json, listing, ok, scratch, sparse_file,
 };
-use fvd_core::geometry::metadata_len;
+use fvd_core::fvd::create::metadata_len;
 use std::fs;
 use std::os::unix::fs::FileExt;
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use fvd_host::lock::{others_hold, Perms};
+use fvd_host::host::lock::{others_hold, Perms};
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -8,8 +8,8 @@
 mod common;
 
 use common::*;
-use fvd_core::format::header::{set_name_field, NAME_FIELD_LEN};
-use fvd_core::format::RawHeader;
+use fvd_core::fvd::header::{set_name_field, NAME_FIELD_LEN};
+use fvd_core::fvd::RawHeader;
 use std::fs;
 use std::mem::offset_of;
 use std::os::unix::fs::PermissionsExt;

@@ -647,9 +647,9 @@ fn qed_images_open_with_their_backing_file_and_no_data_file() {
     let d = dir.path();
     fs::write(d.join("base.raw"), vec![7u8; 3 << 20]).unwrap();
     qemu_create(d, &["-b", "base.raw", "-F", "raw", "over.qed"]);
-    let storage = fvd_host::files::open_storage(
+    let storage = fvd_host::host::files::open_storage(
         &d.join("over.qed"),
-        fvd_host::driver::DriverOptions::default(),
+        fvd_host::host::driver::DriverOptions::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(storage.data.is_none());
@@ -660,9 +660,9 @@ fn qed_images_open_with_their_backing_file_and_no_data_file() {
     let mut bytes = fs::read(d.join("over.qed")).unwrap();
     bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     fs::write(d.join("broken.qed"), bytes).unwrap();
-    let err = fvd_host::files::open_storage(
+    let err = fvd_host::host::files::open_storage(
         &d.join("broken.qed"),
-        fvd_host::driver::DriverOptions::default(),
+        fvd_host::host::driver::DriverOptions::default(),
     )
     .err()
     .expect("refused");

@@ -5,10 +5,10 @@
 //! and everything once the commit's final flush completed.
 
 use fvd_core::engine::{Mapping, Request};
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{survivors, MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::testing::memstore::{survivors, MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 
 const SIZE: u64 = 1 << 20;
 

@@ -4,11 +4,11 @@
 //! review (seed 004).
 
 use fvd_core::engine::*;
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use std::collections::HashMap;
 
 const BLOCK: u64 = 65536;

@@ -1,7 +1,7 @@
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 
 fn storage(options: &CreateOptions, base: Option<Vec<u8>>) -> MemStorage {
     let header = plan(options).unwrap();
@@ -93,7 +93,7 @@ fn compact_with_entry(entry: u32) -> MemStorage {
 #[test]
 fn a_table_entry_past_the_storage_is_reported_corrupt() {
     use fvd_core::engine::{Corruption, RequestError};
-    use fvd_host::driver::DriverError;
+    use fvd_host::host::driver::DriverError;
     let mut d = Driver::open(
         compact_with_entry(0x7fff_fff0),
         DriverOptions {
@@ -178,7 +178,7 @@ fn leaked_chunks_are_reused_first_zeroed_and_marked() {
     assert_eq!(d.engine().leaked_chunks(), 0);
     let (s, _) = d.close().unwrap();
     let (raw, layout) =
-        fvd_core::format::parse(&s.image.current, s.image.current.len() as u64).unwrap();
+        fvd_core::fvd::parse(&s.image.current, s.image.current.len() as u64).unwrap();
     assert!(layout.chunks_relocated && raw.chunks_relocated.get() == 1);
 }
 

@@ -2,11 +2,11 @@
 //! 32 on plain, compact and copy-on-write images (and a raw file), then close, reopen
 //! (with `files::open_image` and with the executor) and compare every byte.
 
-use fvd_core::geometry::{BaseSpec, CreateOptions};
-use fvd_host::driver::DriverOptions;
-use fvd_host::executor::{Executor, ExecutorOptions, GuestBuffers, Ticket};
-use fvd_host::files::open_image;
-use fvd_host::workload::{create_image, create_raw, pattern_byte};
+use fvd_core::fvd::create::{BaseSpec, CreateOptions};
+use fvd_host::host::driver::DriverOptions;
+use fvd_host::host::executor::{Executor, ExecutorOptions, GuestBuffers, Ticket};
+use fvd_host::host::files::open_image;
+use fvd_host::testing::workload::{create_image, create_raw, pattern_byte};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -87,8 +87,8 @@ fn commit_setup(dir: &Path, size: u64) -> Vec<u8> {
         ],
     );
     // Data no pattern of `io` could make, written through the library.
-    let options = fvd_host::driver::DriverOptions::default();
-    let mut driver = fvd_host::files::open_image(&dir.join("top.fvd"), options).unwrap();
+    let options = fvd_host::host::driver::DriverOptions::default();
+    let mut driver = fvd_host::host::files::open_image(&dir.join("top.fvd"), options).unwrap();
     for at in [MIB, 3 * MIB] {
         let data = noise(MIB, at as u32);
         driver.write(at, &data).unwrap();

@@ -7,12 +7,12 @@
 //! beyond the image's own files.
 
 use fvd_core::engine::{FileId, IoError, MapRun, Mapping, Reply, Request, RequestError};
-use fvd_core::geometry::{BaseSpec, CreateOptions};
-use fvd_host::driver::DriverOptions;
-use fvd_host::executor::{Completion, Executor, ExecutorError, ExecutorOptions};
-use fvd_host::faults::{AfterShort, Errno, Fault, FaultPlan, Kinds, Rule, SharedPlan};
-use fvd_host::files::open_image;
-use fvd_host::workload::{create_image, create_qed, create_raw, pattern_byte};
+use fvd_core::fvd::create::{BaseSpec, CreateOptions};
+use fvd_host::host::driver::DriverOptions;
+use fvd_host::host::executor::{Completion, Executor, ExecutorError, ExecutorOptions};
+use fvd_host::host::faults::{AfterShort, Errno, Fault, FaultPlan, Kinds, Rule, SharedPlan};
+use fvd_host::host::files::open_image;
+use fvd_host::testing::workload::{create_image, create_qed, create_raw, pattern_byte};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

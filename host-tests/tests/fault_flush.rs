@@ -9,8 +9,8 @@ use fault_support::{
     all, close_and_check, crashed, fill, inject, open, read_all, setup, write, Kind, Shared,
 };
 use fvd_core::engine::{FileId, IoError, Request, RequestError};
-use fvd_host::driver::{Driver, DriverError};
-use fvd_host::faults::{Errno, Fault, Kinds, Rule};
+use fvd_host::host::driver::{Driver, DriverError};
+use fvd_host::host::faults::{Errno, Fault, Kinds, Rule};
 
 const K: u64 = 1024;
 
@@ -67,7 +67,7 @@ struct PageCache {
     tells: bool,
 }
 
-impl fvd_host::storage::Storage for PageCache {
+impl fvd_host::host::storage::Storage for PageCache {
     fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.files.read_at(file, offset, buf)
     }

@@ -16,8 +16,8 @@ use fault_support::{
 use fvd_core::engine::{
     FileId, IoError, Mapping, PrefetchFailure, PrefetchMode, PrefetchState, RequestError,
 };
-use fvd_host::driver::DriverError;
-use fvd_host::faults::{AfterShort, Errno, Fault, Kinds, Rule};
+use fvd_host::host::driver::DriverError;
+use fvd_host::host::faults::{AfterShort, Errno, Fault, Kinds, Rule};
 
 const K: u64 = 1024;
 
@@ -433,9 +433,9 @@ fn a_storage_whose_flushes_or_writes_keep_failing_fails_requests_and_never_spins
 }
 
 /// The FVD layout of the image `d` serves.
-fn fvd_layout<S: fvd_host::storage::Storage>(
-    d: &fvd_host::driver::Driver<S>,
-) -> fvd_core::format::ImageLayout {
+fn fvd_layout<S: fvd_host::host::storage::Storage>(
+    d: &fvd_host::host::driver::Driver<S>,
+) -> fvd_core::fvd::ImageLayout {
     match d.engine().info().map(|i| i.layout) {
         Some(fvd_core::engine::Layout::Fvd(layout)) => layout,
         other => panic!("not an FVD image: {other:?}"),

@@ -22,7 +22,7 @@ mod fault_support;
 use fault_support::sweep::sweep;
 use fault_support::Kind;
 use fvd_core::engine::FileId;
-use fvd_host::faults::{AfterShort, Errno, Fault, Kinds, Rule};
+use fvd_host::host::faults::{AfterShort, Errno, Fault, Kinds, Rule};
 
 /// The fault injected at command `n`, and whether it lasts (until cleared) or hits once.
 fn fault_at(n: u64, kind: Kind) -> Rule {

@@ -1,4 +1,4 @@
-//! Rules the fuzz targets (`fuzz/`, `fvd_host::fuzz`) found broken, each with the smallest
+//! Rules the fuzz targets (`fuzz/`, `fvd_host::testing::fuzz`) found broken, each with the smallest
 //! image that showed it. The crashing inputs themselves are kept in `fuzz/seeds/` (named
 //! `crash-*`) and run by `tests/fuzz_seeds.rs`.
 
@@ -6,14 +6,14 @@ mod common;
 
 use common::*;
 use fvd_core::engine::{Corruption, OpenError};
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::journal::{MAX_JOURNAL_EPOCH, MAX_WRITABLE_EPOCH};
-use fvd_core::format::{parse, RawHeader};
-use fvd_core::geometry::{plan, CreateOptions};
-use fvd_host::driver::DriverError;
-use fvd_host::fuzz::sparse::SparseStorage;
-use fvd_host::fuzz::{open, options};
-use fvd_host::newimage::initial_metadata;
+use fvd_core::fvd::create::{plan, CreateOptions};
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::journal::{MAX_JOURNAL_EPOCH, MAX_WRITABLE_EPOCH};
+use fvd_core::fvd::{parse, RawHeader};
+use fvd_host::host::driver::DriverError;
+use fvd_host::testing::fuzz::sparse::SparseStorage;
+use fvd_host::testing::fuzz::{open, options};
+use fvd_host::testing::newimage::initial_metadata;
 use std::fs;
 
 /// A small plain FVD image with `stable_journal_epoch` set to `epoch`, dirty or clean.
@@ -105,7 +105,7 @@ fn image_with_bitmap_record(byte_offset: u64) -> (Vec<u8>, Vec<u8>) {
         chunk_size: Some(16 << 10),
         block_size: Some(4096),
         journal_size: Some(8192),
-        base: Some(fvd_core::geometry::BaseSpec {
+        base: Some(fvd_core::fvd::create::BaseSpec {
             name: b"base",
             format: b"raw",
             size,

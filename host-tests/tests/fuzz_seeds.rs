@@ -1,9 +1,9 @@
 //! The fuzz targets' committed seed corpus (`fuzz/seeds/<target>/`): the generated seeds
-//! are exactly what `fvd_host::fuzz::seeds` makes (regenerate with `FVD_REGENERATE=1`),
+//! are exactly what `fvd_host::testing::fuzz::seeds` makes (regenerate with `FVD_REGENERATE=1`),
 //! and every seed, generated or saved from a crash, runs through its target on stable
 //! without a panic, so a fixed crash stays fixed without nightly.
 
-use fvd_host::fuzz::{self, seeds};
+use fvd_host::testing::fuzz::{self, seeds};
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};

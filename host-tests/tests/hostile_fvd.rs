@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use fvd_core::format::journal::SectorBuilder;
-use fvd_core::format::{parse, ImageLayout, RawHeader};
+use fvd_core::fvd::journal::SectorBuilder;
+use fvd_core::fvd::{parse, ImageLayout, RawHeader};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,7 +18,7 @@ fn patch_header(path: &Path, change: impl FnOnce(&mut RawHeader)) {
         .write(true)
         .open(path)
         .unwrap();
-    let mut bytes = vec![0u8; fvd_core::format::RAW_HEADER_LEN];
+    let mut bytes = vec![0u8; fvd_core::fvd::RAW_HEADER_LEN];
     file.read_exact_at(&mut bytes, 0).unwrap();
     let header = RawHeader::view_mut(&mut bytes).unwrap();
     change(header);
@@ -29,7 +29,7 @@ fn patch_header(path: &Path, change: impl FnOnce(&mut RawHeader)) {
 /// huge sparse files).
 fn layout_of(path: &Path) -> ImageLayout {
     let file = fs::File::open(path).unwrap();
-    let mut bytes = vec![0u8; fvd_core::format::RAW_HEADER_LEN];
+    let mut bytes = vec![0u8; fvd_core::fvd::RAW_HEADER_LEN];
     file.read_exact_at(&mut bytes, 0).unwrap();
     parse(&bytes, file.metadata().unwrap().len()).unwrap().1
 }

@@ -3,11 +3,11 @@
 //! pages the journal touches are overlaid (the hostile-input issue, bug 9).
 
 use fvd_core::engine::{FileId, Mapping};
-use fvd_core::geometry::{plan, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_core::fvd::create::{plan, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use std::io;
 
 const CHUNK: u64 = 64 << 10;
@@ -87,7 +87,7 @@ fn a_read_only_open_of_a_dirty_image_reads_the_journal_only_for_pages_it_touches
     const WRITTEN: u64 = 100;
     let storage = dirty_image(WRITTEN);
     let image = storage.image.durable.clone();
-    let (_, layout) = fvd_core::format::parse(&image, image.len() as u64).unwrap();
+    let (_, layout) = fvd_core::fvd::parse(&image, image.len() as u64).unwrap();
     assert!(!layout.clean_shutdown, "the cut must leave the image dirty");
     let journal = layout.journal.unwrap();
     let mut counting = Counting {

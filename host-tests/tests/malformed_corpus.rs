@@ -1,5 +1,5 @@
 //! The malformed-image corpus (`corpus/malformed/`): every file is exactly what
-//! `fvd_host::malformed` generates, and every outcome `expected.json` lists for it holds
+//! `fvd_host::testing::malformed` generates, and every outcome `expected.json` lists for it holds
 //! on this host: the probe, the engine's read-only and read-write opens and a read of the
 //! first and last sector, `fvd-img`'s open of the file with its chain, and `fvd-img
 //! check`'s exit status and findings. `FVD_REGENERATE=1` rewrites the files and the
@@ -7,10 +7,10 @@
 
 use fvd_core::probe::{probe, PROBE_LEN};
 use fvd_host::cli::run_with;
-use fvd_host::driver::{Driver, DriverError, DriverOptions};
-use fvd_host::fuzz::sparse::{SparseFile, SparseStorage};
-use fvd_host::fuzz::{open, options, request_error};
-use fvd_host::malformed::{corpus, Entry};
+use fvd_host::host::driver::{Driver, DriverError, DriverOptions};
+use fvd_host::testing::fuzz::sparse::{SparseFile, SparseStorage};
+use fvd_host::testing::fuzz::{open, options, request_error};
+use fvd_host::testing::malformed::{corpus, Entry};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs;
@@ -31,7 +31,7 @@ const ENGINE_NOTE: &str = "engine: the file alone on in-memory storage, opened w
     form of the OpenError; read_first and read_last (512 bytes at 0 and at the last sector, \
     when the open succeeded) are \"ok\" or the Debug form of the RequestError.";
 const FVD_IMG_NOTE: &str = "fvd_img: the file in a directory holding the whole corpus. open \
-    is fvd_host::files::open_image read-only (the image, its data file and its base chain, \
+    is fvd_host::host::files::open_image read-only (the image, its data file and its base chain, \
     through the open gate) and is \"ok\" or the error message; check is `fvd-img check \
     --output json FILE`: its exit status and, when it completed, its counts and the kinds of \
     its findings (each once, in report order), or its error message.";
@@ -86,7 +86,7 @@ fn relative(text: &str, dir: &Path) -> String {
 
 fn fvd_img_outcome(dir: &Path, file: &str) -> Value {
     let path = dir.join(file);
-    let opened = fvd_host::files::open_image(
+    let opened = fvd_host::host::files::open_image(
         &path,
         DriverOptions {
             writable: false,
@@ -188,7 +188,7 @@ fn every_corpus_file_has_exactly_its_expected_outcomes() {
     let document = json!({
         "about": "Malformed images and what every host must do with them. Regenerate the files \
                   and this list with FVD_REGENERATE=1 cargo test -p fvd-host --test \
-                  malformed_corpus (host-tests/src/malformed.rs builds the files).",
+                  malformed_corpus (host-tests/src/testing/malformed.rs builds the files).",
         "engine": ENGINE_NOTE,
         "fvd_img": FVD_IMG_NOTE,
         "images": images,

@@ -3,10 +3,10 @@
 //! serve a randomized workload correctly, survive close and reopen, and journal replay.
 
 use fvd_core::engine::{FileId, ImageFormat, PAGE_BYTES};
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::newimage::initial_metadata;
 use std::collections::HashMap;
 use std::io;
 

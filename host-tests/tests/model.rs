@@ -4,13 +4,13 @@
 //! after close and reopen.
 
 use fvd_core::engine::{Reply, Request, RequestError};
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
 use fvd_core::qed::{QedBacking, QedCreateOptions};
-use fvd_host::chain::Chained;
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_host::host::chain::Chained;
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use proptest::prelude::*;
 
 const SECTOR: usize = 512;

@@ -7,13 +7,13 @@
 //! flush, and nothing but old or new data anywhere else.
 
 use fvd_core::engine::{ImageFormat, PrefetchMode, Request, RequestId};
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
 use fvd_core::qed::{QedBacking, QedCreateOptions};
 use fvd_host::cli::check::qed::analyze;
 use fvd_host::cli::qed::open_qed;
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{survivors, MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::testing::memstore::{survivors, MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use std::collections::HashSet;
 
 const SECTOR: usize = 512;

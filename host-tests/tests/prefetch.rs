@@ -7,11 +7,11 @@ use fvd_core::engine::{
     FileId, PrefetchFailure, PrefetchMode, PrefetchState, Request, MAX_FINISH_ATTEMPTS,
     MAX_FRUITLESS_PASSES,
 };
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use std::io;
 
 const BLOCK: u64 = 65536;
@@ -112,7 +112,7 @@ fn prefetch_copies_every_block_and_the_base_is_no_longer_needed() {
         assert_eq!(d.engine().stats().prefetched_blocks, SIZE / BLOCK);
         let (mut storage, clean) = d.close().unwrap();
         assert!(clean);
-        let (_, layout) = fvd_core::format::parse(
+        let (_, layout) = fvd_core::fvd::parse(
             &storage.inner.image.current,
             storage.inner.image.current.len() as u64,
         )
@@ -235,7 +235,7 @@ fn a_read_cap_below_the_minimum_throughput_is_not_taken_for_a_busy_guest() {
     // The header keeps its default minimum (5 MiB/s); the host caps reads at 2 MiB/s, as
     // `fvd-img prefetch -r 2M` does. Pausing for a busy guest would take tens of seconds.
     let mut image = image(false, 0);
-    let (mut header, _) = fvd_core::format::parse(
+    let (mut header, _) = fvd_core::fvd::parse(
         &image.inner.image.current,
         image.inner.image.current.len() as u64,
     )

@@ -6,8 +6,8 @@
 
 use fvd_core::engine::{Corruption, FileId, ImageFormat, Mapping, RequestError, QUIET_MS};
 use fvd_core::qed::{QedBacking, QedCreateOptions, QedHeader};
-use fvd_host::driver::{Driver, DriverError, DriverOptions};
-use fvd_host::memstore::{MemFile, MemStorage};
+use fvd_host::host::driver::{Driver, DriverError, DriverOptions};
+use fvd_host::testing::memstore::{MemFile, MemStorage};
 
 const CLUSTER: u64 = 64 << 10;
 const FEATURES_AT: usize = 16;
@@ -270,7 +270,7 @@ fn perform(
     command: fvd_core::engine::Command,
 ) {
     use fvd_core::engine::{Buffer, Op};
-    use fvd_host::storage::Storage;
+    use fvd_host::host::storage::Storage;
     let file = command.file;
     match command.op {
         Op::Read { offset, len, into } => {

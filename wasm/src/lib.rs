@@ -4,5 +4,5 @@
 
 /// Length of the FVD header this build understands (a link-time proof that the core is in).
 pub fn header_len() -> usize {
-    fvd_core::format::RAW_HEADER_LEN
+    fvd_core::fvd::RAW_HEADER_LEN
 }

@@ -250,7 +250,7 @@ pub enum Report {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckError {
     /// The FVD header is invalid.
-    Header(crate::format::HeaderError),
+    Header(crate::fvd::HeaderError),
     /// The QED header is invalid.
     QedHeader(crate::qed::QedHeaderError),
     /// The image names a separate data file and no length was given for it, or the

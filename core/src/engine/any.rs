@@ -10,7 +10,7 @@ use super::types::{
     SubmitError,
 };
 use super::{FvdEngine, OpenOptions, PrefetchProgress, Stats};
-use crate::format::FVD_MAGIC;
+use crate::fvd::FVD_MAGIC;
 use crate::qed::QED_MAGIC;
 
 /// The image formats the engine serves.
@@ -75,7 +75,7 @@ enum Inner<M, const PAGES: usize> {
 #[non_exhaustive]
 pub enum Layout {
     /// An FVD image's layout.
-    Fvd(crate::format::ImageLayout),
+    Fvd(crate::fvd::ImageLayout),
     /// A QED image's layout.
     Qed(crate::qed::QedLayout),
 }

@@ -6,9 +6,9 @@
 //! the bytes could make arbitrarily large.
 
 use super::{HEADER_AREA, MIN_CACHE, SCRATCH_AREA};
-use crate::format::header::RawHeader;
-use crate::format::validate::MAX_BLOCK_SIZE;
-use crate::format::FVD_MAGIC;
+use crate::fvd::header::RawHeader;
+use crate::fvd::validate::MAX_BLOCK_SIZE;
+use crate::fvd::FVD_MAGIC;
 use core::mem::offset_of;
 
 /// Bytes of the image's start [`memory_needed`] reads: the FVD header fields it looks at
@@ -59,7 +59,7 @@ pub fn memory_needed(first: &[u8], cache_bytes: usize, bounce_bytes: usize) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::{plan, BaseSpec, CreateOptions};
+    use crate::fvd::create::{plan, BaseSpec, CreateOptions};
     use zerocopy::IntoBytes;
 
     fn header(block: u64, base: bool) -> [u8; SIZING_LEN] {

@@ -1,7 +1,7 @@
 //! The engine's vocabulary with its hosts: guest requests in, I/O commands out, their
 //! completions back in, and events (request done, image opened or closed) out.
 
-use crate::format::HeaderError;
+use crate::fvd::HeaderError;
 use crate::qed::QedHeaderError;
 use core::fmt;
 
@@ -377,7 +377,7 @@ pub enum OpenError {
     DirtyWithoutJournal,
     /// The journal epoch leaves no room for a writer to move it on at open and close: the
     /// header's `stable_journal_epoch` is above
-    /// [`crate::format::journal::MAX_WRITABLE_EPOCH`], or the journal holds an intact
+    /// [`crate::fvd::journal::MAX_WRITABLE_EPOCH`], or the journal holds an intact
     /// sector whose epoch is (the new epoch must pass it). The image can only be opened
     /// read-only.
     EpochExhausted {

@@ -8,7 +8,7 @@ use super::header::{
     MAX_CLUSTER_SIZE, MAX_TABLE_SIZE, MIN_CLUSTER_SIZE, MIN_TABLE_SIZE, QED_HEADER_LEN, QED_MAGIC,
 };
 use super::table;
-use crate::format::Region;
+use crate::fvd::Region;
 use crate::units::{checked_round_up, SECTOR_SIZE};
 use core::fmt;
 use zerocopy::little_endian::{U32, U64};

@@ -15,7 +15,7 @@ use super::header::{
     MIN_TABLE_SIZE, QED_HEADER_LEN, QED_MAGIC,
 };
 use super::table::{self, L1Entry, L2Entry, TableIndex};
-use crate::format::Region;
+use crate::fvd::Region;
 use crate::units::{is_aligned, SECTOR_SIZE};
 
 /// Where the backing file's name lies and how to open the backing file.

@@ -9,8 +9,8 @@ use fvd_core::engine::{
     Buffer, Engine, Event, FileId, IoError, Op, OpenOptions, PrefetchMode, Reply, Request,
     RequestError, RequestId,
 };
-use fvd_core::format::RawHeader;
-use fvd_core::geometry::{initial_bytes_at, metadata_len, plan, CreateOptions};
+use fvd_core::fvd::create::{initial_bytes_at, metadata_len, plan, CreateOptions};
+use fvd_core::fvd::RawHeader;
 use fvd_core::qed::QedCreateOptions;
 use std::collections::HashMap;
 

@@ -13,8 +13,8 @@
 //! whole process minus the median time of a one-request run, i.e. start-up and open).
 
 use clap::Parser;
-use fvd_host::executor::{Executor, ExecutorOptions, GuestBuffers};
-use fvd_host::workload::{
+use fvd_host::host::executor::{Executor, ExecutorOptions, GuestBuffers};
+use fvd_host::testing::workload::{
     create_image, open, prepare, run, scatter_step, Pattern, Subject, Workload,
 };
 use std::fmt::Write as _;
@@ -306,7 +306,7 @@ fn journal_rate(args: &Args, out: &mut String) -> Result<(), BoxError> {
                 let path = dir.path().join("empty-compact.img");
                 create_image(
                     &path,
-                    &fvd_core::geometry::CreateOptions {
+                    &fvd_core::fvd::create::CreateOptions {
                         virtual_size: size,
                         compact_image: true,
                         ..Default::default()

@@ -4,9 +4,9 @@
 //!
 //! Usage: fvd-cor-bench [--size-mib N] [--latency-us N] [--dir DIR]
 
-use fvd_host::chain::BaseRead;
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::files::{open_storage, RawBase};
+use fvd_host::host::chain::BaseRead;
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::files::{open_storage, RawBase};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,7 +37,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn pass(driver: &mut Driver<fvd_host::files::FileStorage>, size: u64) -> Duration {
+fn pass(driver: &mut Driver<fvd_host::host::files::FileStorage>, size: u64) -> Duration {
     let start = Instant::now();
     let piece = 1 << 20;
     let mut at = 0;

@@ -5,8 +5,8 @@
 use super::error::CliError;
 use super::image::{has_magic, header_reason, open_host_file_as, read_at_most};
 use super::qed::qed_header_reason;
-use crate::lock::Usage;
-use fvd_core::format::{parse, FVD_MAGIC, RAW_HEADER_LEN};
+use crate::host::lock::Usage;
+use fvd_core::fvd::{parse, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::qed::QED_MAGIC;
 use std::path::{Path, PathBuf};
 

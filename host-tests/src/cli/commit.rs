@@ -23,11 +23,11 @@ use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECT
 use super::error::{io_reason, CliError};
 use super::image::{name_path, name_text, open_fvd};
 use super::open_flags::{self, ExternalData, ForceShare};
-use crate::chain::BaseRead;
-use crate::driver::{Driver, DriverOptions};
-use crate::files::{open_opened_image, open_storage_with, write_zeroes_at, FileStorage};
-use crate::gate::{self, Access, Chain, OpenGate, Opened, Role};
-use crate::lock::FileLock;
+use crate::host::chain::BaseRead;
+use crate::host::driver::{Driver, DriverOptions};
+use crate::host::files::{open_opened_image, open_storage_with, write_zeroes_at, FileStorage};
+use crate::host::gate::{self, Access, Chain, OpenGate, Opened, Role};
+use crate::host::lock::FileLock;
 use clap::Args;
 use fvd_core::engine::{FileId, Mapping};
 use std::fs::File;

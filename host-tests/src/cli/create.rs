@@ -1,4 +1,4 @@
-//! `fvd-img create`: turns the command line into `fvd_core::geometry::CreateOptions` (FVD)
+//! `fvd-img create`: turns the command line into `fvd_core::fvd::create::CreateOptions` (FVD)
 //! or `fvd_core::qed::QedCreateOptions` (QED), plans the header, writes the image (and an
 //! FVD image's empty data file) without ever leaving a partial file behind, and prints
 //! qemu-img's `Formatting ...` line.
@@ -12,8 +12,8 @@ use super::size::parse_size;
 use super::sparse;
 use super::writer::{stage_empty, stage_image, Staged};
 use clap::Args;
-use fvd_core::format::RawHeader;
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions, DEFAULT_STORAGE_GROW_UNIT};
+use fvd_core::fvd::RawHeader;
 use fvd_core::qed::{plan as qed_plan, QedBacking, QedCreateOptions};
 use fvd_core::units::{checked_round_up, PAGE_SIZE};
 use std::ffi::OsString;

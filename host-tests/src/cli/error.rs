@@ -1,8 +1,8 @@
 //! Why a command failed: one variant per kind of failure, each rendered as the single
 //! line `fvd-img` prints after its `fvd-img: ` prefix (qemu-img's wording where it has one).
 
-use crate::gate::GateError;
-use crate::lock::LockError;
+use crate::host::gate::GateError;
+use crate::host::lock::LockError;
 use std::io;
 use std::path::{Path, PathBuf};
 

@@ -1,11 +1,11 @@
 //! Opening existing files for inspection: refusing what cannot hold an image (directories,
 //! FIFOs, sockets), locking them for their use, measuring length and host allocation, reading at offsets, and reading
-//! an FVD header and validating it with `fvd_core::format::parse`.
+//! an FVD header and validating it with `fvd_core::fvd::parse`.
 
 use super::error::CliError;
-use crate::gate::{self, open_no_block, Access, Chain, FileKey, Member, OpenGate, Role};
-use crate::lock::{FileLock, Usage};
-use fvd_core::format::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use crate::host::gate::{self, open_no_block, Access, Chain, FileKey, Member, OpenGate, Role};
+use crate::host::lock::{FileLock, Usage};
+use fvd_core::fvd::{parse, HeaderError, ImageLayout, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::probe::{Probe, FVD_2011_MAGIC};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -23,7 +23,7 @@ pub struct HostFile {
     pub len: u64,
     /// Bytes the host file system has allocated for it (`st_blocks * 512`).
     pub allocated: u64,
-    /// Its lock ([`crate::lock`]), held while it lives.
+    /// Its lock ([`crate::host::lock`]), held while it lives.
     pub lock: FileLock,
 }
 

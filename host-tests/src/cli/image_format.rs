@@ -4,7 +4,7 @@
 
 use super::error::CliError;
 use super::image::{open_host_file_as, read_at_most};
-use crate::lock::Usage;
+use crate::host::lock::Usage;
 use fvd_core::probe::{probe, Probe, PROBE_LEN};
 use std::path::Path;
 

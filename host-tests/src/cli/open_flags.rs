@@ -4,7 +4,7 @@
 //! into the arguments of the commands that open images, and the [`OpenGate`] they make.
 
 use super::error::CliError;
-use crate::gate::OpenGate;
+use crate::host::gate::OpenGate;
 use clap::Args;
 
 /// `-U` / `--force-share`.

@@ -5,7 +5,7 @@
 use super::error::CliError;
 use super::image::{open_host_file_as, read_at_most, read_exact, HostFile};
 use super::writer::{stage_empty, Staged};
-use crate::lock::Usage;
+use crate::host::lock::Usage;
 use fvd_core::qed::{parse, QedHeader, QedHeaderError, QedLayout, QedPlan, QED_HEADER_LEN};
 use fvd_core::qed::{table, QED_MAGIC};
 use std::os::unix::ffi::OsStrExt;

@@ -26,14 +26,14 @@ use super::image::open_host_file_as;
 use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::qed::open_qed;
-use crate::driver::{Driver, DriverOptions};
-use crate::files::{open_image_with, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
-use crate::gate::OpenGate;
-use crate::lock::Usage;
+use crate::host::driver::{Driver, DriverOptions};
+use crate::host::files::{open_image_with, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
+use crate::host::gate::OpenGate;
+use crate::host::lock::Usage;
 use clap::Args;
 use fvd_core::engine::Mapping;
-use fvd_core::format::header::{set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
-use fvd_core::format::{validate, RawHeader, RAW_HEADER_LEN};
+use fvd_core::fvd::header::{set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
+use fvd_core::fvd::{validate, RawHeader, RAW_HEADER_LEN};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::mem::offset_of;
@@ -179,7 +179,7 @@ fn set_bits(path: &Path, first: u64, end: u64, value: bool) -> Result<(), CliErr
     )?;
     bytes.resize((hi - lo) as usize, 0);
     for block in first..end {
-        let (byte, mask) = fvd_core::format::bitmap::locate(block);
+        let (byte, mask) = fvd_core::fvd::bitmap::locate(block);
         let Some(b) = bytes.get_mut((byte - lo) as usize) else {
             break;
         };
@@ -210,8 +210,7 @@ fn all_bits_set(path: &Path) -> Result<bool, CliError> {
         base.bitmap.offset,
         base.blocks.div_ceil(8) as usize,
     )?;
-    Ok((0..base.blocks)
-        .all(|block| fvd_core::format::bitmap::is_set(&bytes, 0, block) == Some(true)))
+    Ok((0..base.blocks).all(|block| fvd_core::fvd::bitmap::is_set(&bytes, 0, block) == Some(true)))
 }
 
 /// Refuses a NEW whose own base chain leads back to FILE.

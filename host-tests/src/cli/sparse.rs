@@ -10,7 +10,7 @@
 use super::base::{Base, BaseFormat};
 use super::disk::{is_zero, Disk, DiskFormat};
 use super::error::CliError;
-use fvd_core::format::bitmap::locate;
+use fvd_core::fvd::bitmap::locate;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `fvd-img update FILE KEY=VAL...`: rewrites header fields in place, like the 2011
 //! `qemu-img update`. Every setting is parsed and applied to a copy of the header first;
-//! the result must pass `fvd_core::format::validate`, and only then is the whole header
+//! the result must pass `fvd_core::fvd::validate`, and only then is the whole header
 //! written with one positioned write and flushed. Any error leaves the file untouched. A
 //! `base_img` or `data_file` that is the image itself, or one file named as both, is
 //! refused (by device and inode); the image stays locked for writing throughout.
@@ -9,11 +9,11 @@ use super::error::CliError;
 use super::image::{chain_of, has_magic, header_reason, open_host_file_as, read_at_most};
 use super::image_format::ImageFormat;
 use super::size::parse_size;
-use crate::gate::{self, FileKey, Member, Role};
-use crate::lock::Usage;
+use crate::host::gate::{self, FileKey, Member, Role};
+use crate::host::lock::Usage;
 use clap::Args;
-use fvd_core::format::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
-use fvd_core::format::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
+use fvd_core::fvd::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_FIELD_LEN};
+use fvd_core::fvd::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::probe::{probe, Probe};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};

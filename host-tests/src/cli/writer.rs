@@ -5,10 +5,10 @@
 
 use super::error::CliError;
 use super::image::{header_reason, read_at_most};
-use crate::gate::open_no_block;
-use crate::lock::{FileLock, Usage};
-use fvd_core::format::{parse, RawHeader, RAW_HEADER_LEN};
-use fvd_core::geometry::{initial_bytes_at, metadata_len};
+use crate::host::gate::open_no_block;
+use crate::host::lock::{FileLock, Usage};
+use fvd_core::fvd::create::{initial_bytes_at, metadata_len};
+use fvd_core::fvd::{parse, RawHeader, RAW_HEADER_LEN};
 use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -5,7 +5,7 @@
 //! Each test binary uses a subset of these.
 #![allow(dead_code)]
 
-use fvd_core::format::{parse, ImageLayout, RawHeader};
+use fvd_core::fvd::{parse, ImageLayout, RawHeader};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;

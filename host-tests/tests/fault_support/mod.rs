@@ -7,13 +7,13 @@
 pub mod sweep;
 
 use fvd_core::engine::{FileId, Request, RequestError};
-use fvd_core::geometry::{plan, BaseSpec, CreateOptions};
+use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
 use fvd_core::qed::{QedBacking, QedCreateOptions};
-use fvd_host::driver::{Driver, DriverOptions};
-use fvd_host::faults::{FaultPlan, Rule};
-use fvd_host::memstore::{MemFile, MemStorage};
-use fvd_host::newimage::initial_metadata;
-use fvd_host::storage::Storage;
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::faults::{FaultPlan, Rule};
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;

@@ -3,9 +3,9 @@
 
 use super::{check, fill, read_all, setup, Kind, Setup, Shared, COMMAND_BUDGET, SECTOR};
 use fvd_core::engine::{FileId, OpenError, Request, RequestError, RequestId};
-use fvd_host::driver::{Driver, DriverError};
-use fvd_host::faults::{FaultPlan, Rule};
-use fvd_host::memstore::{MemFile, MemStorage};
+use fvd_host::host::driver::{Driver, DriverError};
+use fvd_host::host::faults::{FaultPlan, Rule};
+use fvd_host::testing::memstore::{MemFile, MemStorage};
 use std::collections::HashSet;
 
 /// One guest request of the workload.
@@ -278,8 +278,8 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
     let one_shot = rule.times == Some(1);
     let harmless = matches!(
         rule.fault,
-        fvd_host::faults::Fault::ShortRead {
-            then: fvd_host::faults::AfterShort::Continue,
+        fvd_host::host::faults::Fault::ShortRead {
+            then: fvd_host::host::faults::AfterShort::Continue,
             ..
         }
     );
@@ -375,7 +375,7 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
     };
     if std::env::var_os("FVD_DEBUG").is_some() && !matches!(s.kind, Kind::Qed | Kind::QedBase) {
         let img = &crash.image.current;
-        let (h, layout) = fvd_core::format::parse(img, img.len() as u64).unwrap();
+        let (h, layout) = fvd_core::fvd::parse(img, img.len() as u64).unwrap();
         let j = layout.journal.unwrap();
         let epoch = h.stable_journal_epoch.get();
         eprintln!(
@@ -385,7 +385,7 @@ pub fn verify(s: &Setup, batches: &[Vec<Op>], rule: Rule, label: &str) -> Outcom
         for i in 0..(j.len / 512) {
             let at = (j.offset + i * 512) as usize;
             let sector = &img[at..at + 512];
-            match fvd_core::format::journal::VerifiedSector::verify(sector, epoch, i) {
+            match fvd_core::fvd::journal::VerifiedSector::verify(sector, epoch, i) {
                 Ok(v) => {
                     for r in v.records() {
                         eprintln!("sector {i}: {r:?}");
@@ -459,7 +459,7 @@ pub fn sweep(kind: Kind, seed: u64, fault_at: impl Fn(u64, Kind) -> Rule) {
 
 /// A short name for the fault a rule injects.
 fn fault_name(rule: &Rule) -> &'static str {
-    use fvd_host::faults::{AfterShort, Errno, Fault};
+    use fvd_host::host::faults::{AfterShort, Errno, Fault};
     let once = rule.times == Some(1);
     match rule.fault {
         Fault::Fail(Errno::Eio) if rule.file == Some(FileId::Base) && !once => {

@@ -4,8 +4,8 @@
 
 use super::{FvdCheck, Phase, Problem, Step};
 use crate::check::walk::{Unit, Walk};
-use crate::format::replay::RecordTarget;
-use crate::format::ImageLayout;
+use crate::fvd::replay::RecordTarget;
+use crate::fvd::ImageLayout;
 
 /// What the bitmap says.
 #[derive(Clone, Copy, Debug, Default)]

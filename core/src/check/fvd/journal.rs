@@ -9,11 +9,11 @@
 use super::{FvdCheck, Phase, Problem, Step, PAGE};
 use crate::check::memory::{Area, Bits};
 use crate::check::FileId;
-use crate::format::journal::{
+use crate::fvd::journal::{
     fold_seen, Record, SectorError, SectorHeader, VerifiedSector, JOURNAL_SECTOR_SIZE,
 };
-use crate::format::replay::{RecordFault, RecordTarget};
-use crate::format::ImageLayout;
+use crate::fvd::replay::{RecordFault, RecordTarget};
+use crate::fvd::ImageLayout;
 
 /// Most replay pages held at once.
 pub(crate) const MAX_PAGES: usize = 64;

@@ -6,7 +6,7 @@
 //!    and marks which metadata pages their records touch (a filter, exact when it fits);
 //!    then the touched pages are loaded into replay pages, as many at a time as fit, and
 //!    one journal pass per batch lays the records over them with the engine's rule
-//!    ([`crate::format::replay`]), reporting each bad record once, in journal order when
+//!    ([`crate::fvd::replay`]), reporting each bad record once, in journal order when
 //!    one batch holds every touched page (the usual case).
 //! 2. The table (`table.rs`), of a compact image, read in units of the I/O buffer, with
 //!    the journal laid over the units of a dirty image (from the replay pages, or by a
@@ -45,9 +45,9 @@ pub use repair::{plan, FvdRepairPlan};
 
 use super::memory::{Area, Bits, Carver};
 use super::{CheckCounts, CheckError, Core, FileId, Report, Step};
-use crate::format::header::mutable_sectors;
-use crate::format::journal::{next_epoch, JOURNAL_SECTOR_SIZE};
-use crate::format::{parse, ImageLayout, RAW_HEADER_LEN};
+use crate::fvd::header::mutable_sectors;
+use crate::fvd::journal::{next_epoch, JOURNAL_SECTOR_SIZE};
+use crate::fvd::{parse, ImageLayout, RAW_HEADER_LEN};
 use journal::{Journal, ReplayPages};
 use table::TableScan;
 

@@ -1,7 +1,7 @@
 //! What can be wrong with an FVD image (FORMAT.md §7, §8, §10), with the numbers that
 //! explain it and the words a report shows.
 
-use crate::format::replay::RecordFault;
+use crate::fvd::replay::RecordFault;
 use core::fmt;
 
 /// Why a journal record lies outside its structure.

@@ -6,7 +6,7 @@
 //!    written back and flushed, while the header still names the journal's epoch (a crash
 //!    here replays the same records again, which is idempotent). Bad records are dropped.
 //! 2. The header is marked dirty with the epoch moved above every intact sector
-//!    ([`crate::format::journal::next_epoch`], header sector 4, flushed): the journal is now stale.
+//!    ([`crate::fvd::journal::next_epoch`], header sector 4, flushed): the journal is now stale.
 //! 3. Fixes (`-r all`): corrupt table entries are unmapped, stray bitmap bits cleared;
 //!    the changed units are written and flushed.
 //! 4. A compact image's data storage is truncated to the end of its last mapped chunk
@@ -18,8 +18,8 @@ use crate::check::memory::Area;
 use crate::check::{
     CheckError, FileId, Finding, FixAction, Repair, RepairCounts, RepairMode, RepairRefusal,
 };
-use crate::format::header::mutable_sectors;
-use crate::format::RawHeader;
+use crate::fvd::header::mutable_sectors;
+use crate::fvd::RawHeader;
 use core::mem::offset_of;
 
 /// A repair worked out from the first check's numbers, before anything is written.

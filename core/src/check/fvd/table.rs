@@ -8,8 +8,8 @@
 use super::{FvdCheck, Phase, Problem, Step};
 use crate::check::memory::{sub_window_end, Area, Bits, OwnerMap};
 use crate::check::walk::{Unit, Walk};
-use crate::format::replay::RecordTarget;
-use crate::format::table::{TableEntry, TABLE_EMPTY};
+use crate::fvd::replay::RecordTarget;
+use crate::fvd::table::{TableEntry, TABLE_EMPTY};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Stage {

@@ -6,9 +6,9 @@ use super::journal::sector_copy;
 use super::{FvdCheck, Step, PAGE};
 use crate::check::memory::Area;
 use crate::check::walk::{Stage, Unit, Walk};
-use crate::format::journal::VerifiedSector;
-use crate::format::replay::RecordTarget;
-use crate::format::Region;
+use crate::fvd::journal::VerifiedSector;
+use crate::fvd::replay::RecordTarget;
+use crate::fvd::Region;
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     /// The region of `target`.

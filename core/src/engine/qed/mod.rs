@@ -3,8 +3,9 @@
 //! page cache and bounce pool.
 //!
 //! What it owns: the L1/L2 lookup through 512-byte cache pages ([`meta`]), guest requests
-//! from submission to completion with cluster allocation at the end of the file,
-//! copy-on-write from the backing file and copy-on-read fills ([`requests`]), and the
+//! from submission to completion ([`requests`]), writes with cluster allocation at the
+//! end of the file and copy-on-write from the backing file ([`writes`]), copy-on-read
+//! fills ([`fill`]), and the
 //! image's life: open with the consistency check and repair an image marked need-check
 //! gets, the need-check bit itself, commits and close ([`lifecycle`]).
 //!
@@ -16,9 +17,11 @@
 //! need-check bit is still set (and flushed) before the first metadata change and cleared
 //! once everything is durable and no allocation happened for [`QUIET_MS`], as QEMU does.
 
+mod fill;
 mod lifecycle;
 mod meta;
 mod requests;
+mod writes;
 
 use super::bounce::BouncePool;
 use super::cache::PageCache;

@@ -11,7 +11,7 @@ use crate::cli::error::CliError;
 use crate::cli::image::{chain_of, measure_data_file, name_path, open_fvd_as, FvdImage};
 use crate::cli::image_format::ImageFormat;
 use crate::cli::output::{write_json, OutputFormat};
-use crate::gate::{self, Access, OpenGate};
+use crate::host::gate::{self, Access, OpenGate};
 use fvd_core::check::fvd::{plan, FvdCheck, FvdFiles, FvdRepairPlan, FvdSummary};
 use fvd_core::check::{Checker, Report};
 use serde_json::Value;

@@ -16,7 +16,7 @@ use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
 use crate::cli::output::{write_json, OutputFormat};
 use crate::cli::qed::{open_qed, open_qed_as, QedImage};
-use crate::lock::Usage;
+use crate::host::lock::Usage;
 use fvd_core::check::qed::{memory_needed, plan, QedCheck, QedProblem, QedSummary};
 use fvd_core::check::{Checker, Finding, Report};
 use serde_json::Value;

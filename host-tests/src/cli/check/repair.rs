@@ -4,7 +4,7 @@
 //! (`fvd_core::check`).
 
 use crate::cli::error::CliError;
-use crate::lock::{FileLock, Usage};
+use crate::host::lock::{FileLock, Usage};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;

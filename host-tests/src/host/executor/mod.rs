@@ -1,0 +1,608 @@
+//! A concurrent executor: the engine stays on the calling thread (it is not `Sync` and
+//! needs no locks) while a small pool of worker threads performs its commands on real
+//! files with positioned I/O, many in flight at once.
+//!
+//! The calling thread runs one loop: submit the caller's requests, poll the engine's
+//! commands and queue each for the pool, take the finished jobs and report them
+//! to the engine, collect the engine's completion events, and give the engine the time
+//! (for the header's `journal_clean_buf_period`). Commands that need no file (zeroing or
+//! copying a buffer) and base reads through a chained image are served on the calling
+//! thread at once; base reads of a raw base go to the pool like any other read.
+//!
+//! Costs on the calling thread are kept per batch rather than per command: the jobs of
+//! consecutive submissions (or of one batch of completions) go to the shared queue under
+//! one lock with at most one wake-up (a woken worker that sees more jobs and sleeping
+//! workers passes the wake-up on, so the futex calls land on the workers, not on the one
+//! thread every request passes through); a worker hands back its result and takes its
+//! next job in one critical section, and wakes the calling thread only if it sleeps,
+//! which then takes every finished job at once. The engine is polled only when it has
+//! commands waiting (`commands_in_flight` exceeds those polled), since every poll runs
+//! its state machines.
+//!
+//! Buffers. Each guest request's buffer belongs to the executor until the request
+//! completes and lives in an `Arc<Mutex<Vec<u8>>>` ([`GuestBuffers::Shared`]): a worker
+//! locks it for the duration of its `pread`/`pwrite`, so the bytes move once, between the
+//! page cache and the caller's buffer. Commands of one request address disjoint ranges,
+//! so the lock is uncontended unless one request has several commands in flight (a read
+//! that spans base, data and zeros), which then take turns; the lock makes this safe even
+//! if ranges overlapped, and every range is bounds-checked. The alternative,
+//! [`GuestBuffers::Copy`], copies each command's bytes through a pooled vector on the
+//! calling thread (out before a write, in after a read); it is kept for comparison and
+//! measured slower (BENCHMARKS.md: at 64 KiB about 1 µs more calling-thread CPU per
+//! request and 13-28 % less read throughput; no difference at 4 KiB), because the copies
+//! land on the one thread every request already passes through. Engine memory (metadata pages, copy-on-write bounce
+//! blocks) is always copied: out into the job for writes, back in on completion for reads.
+//!
+//! The raw mode ([`Executor::open_raw`]) runs the same pool and the same buffers over a
+//! plain file without an engine, so benchmarks compare like with like. It does not order
+//! overlapping writes in flight (the engine does).
+
+mod commands;
+mod pool;
+mod raw;
+
+use crate::host::driver::DriverOptions;
+use crate::host::faults::SharedPlan;
+use crate::host::files::{self, read_full_at};
+use crate::host::lock::FileLock;
+use commands::{drain_events, land, start_command, FvdState};
+use fvd_core::engine::{memory_needed, SIZING_LEN};
+use fvd_core::engine::{
+    Engine, OpenOptions, Reply, Request, RequestError, Stats, SubmitError, MAX_REQUESTS, PAGE_BYTES,
+};
+use pool::{lock, Done, Files, Job, Landing, Pool, SharedBuf, Target, Token, Work};
+use raw::raw_work;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How guest buffers reach the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestBuffers {
+    /// Workers lock the request's buffer and read or write it in place (no copy).
+    Shared,
+    /// Bytes are copied between the request's buffer and a per-command vector on the
+    /// calling thread.
+    Copy,
+}
+
+/// How to run an executor.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutorOptions {
+    /// Worker threads performing file I/O.
+    pub workers: usize,
+    /// Open for writing.
+    pub writable: bool,
+    /// Metadata cache bytes.
+    pub cache_bytes: usize,
+    /// Engine memory beyond header, scratch and cache (copy-on-write bounce space).
+    pub bounce_bytes: usize,
+    /// How guest buffers reach the workers.
+    pub guest_buffers: GuestBuffers,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        ExecutorOptions {
+            workers: 4,
+            writable: true,
+            cache_bytes: 256 * PAGE_BYTES,
+            bounce_bytes: 4 << 20,
+            guest_buffers: GuestBuffers::Shared,
+        }
+    }
+}
+
+/// What can go wrong running an executor (the host's one error type).
+pub use crate::host::error::HostError as ExecutorError;
+
+/// Names a submitted request until its [`Completion`] is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The request.
+    pub ticket: Ticket,
+    /// Its outcome.
+    pub result: Result<Reply, RequestError>,
+    /// Its buffer: the data read, or the data written (for reuse); empty otherwise.
+    pub data: Vec<u8>,
+}
+
+pub(super) struct ReqSlot {
+    pub(super) ticket: Ticket,
+    pub(super) buf: SharedBuf,
+}
+
+pub(super) fn take_buffer(buf: SharedBuf) -> Vec<u8> {
+    match Arc::try_unwrap(buf) {
+        Ok(mutex) => mutex
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        // Unreachable: workers drop their clones before reporting; copy to be safe.
+        Err(shared) => lock(&shared).clone(),
+    }
+}
+
+enum Mode {
+    Fvd(FvdState),
+    Raw {
+        len: u64,
+        requests: HashMap<u64, ReqSlot>,
+        /// The file's lock, held while it is open.
+        _lock: FileLock,
+    },
+}
+
+/// Runs an FVD image (or a raw file) with many requests in flight. See the module docs.
+pub struct Executor {
+    mode: Mode,
+    pool: Pool,
+    options: ExecutorOptions,
+    finished: VecDeque<Completion>,
+    next_ticket: u64,
+    in_flight: usize,
+    done_scratch: Vec<Done>,
+    closed: bool,
+    /// The engine's clock starts at zero here (for `journal_clean_buf_period`).
+    clock: Instant,
+    last_tick: u64,
+}
+
+impl Executor {
+    /// Opens the FVD image at `path` with its data file and base chain.
+    pub fn open(path: &Path, options: ExecutorOptions) -> Result<Executor, ExecutorError> {
+        Self::open_with_faults(path, options, None)
+    }
+
+    /// Opens the FVD image at `path` with `faults` injected into the workers' file
+    /// operations from the first one on (see [`crate::host::faults`]; the caller keeps a handle
+    /// to clear them). Base reads through a chained image are not affected.
+    pub fn open_with_faults(
+        path: &Path,
+        options: ExecutorOptions,
+        faults: Option<SharedPlan>,
+    ) -> Result<Executor, ExecutorError> {
+        let driver_options = DriverOptions {
+            writable: options.writable,
+            cache_bytes: options.cache_bytes,
+            bounce_bytes: options.bounce_bytes,
+            ..DriverOptions::default()
+        };
+        let storage = files::open_storage(path, driver_options).map_err(Box::new)?;
+        let image_len = storage.image.metadata()?.len();
+        let data_len = match &storage.data {
+            Some(f) => Some(f.metadata()?.len()),
+            None => None,
+        };
+        let base_available = storage.base.is_some();
+        let base_len = storage.base.as_ref().map_or(0, |b| b.base_len());
+        let raw_base = match storage.base.as_ref().and_then(|b| b.raw_file()) {
+            Some(file) => Some(file.try_clone()?),
+            None => None,
+        };
+        // A raw base's owner stays open (it holds the base's lock); its reads go to the
+        // pool through the clone.
+        let (chain, raw_base_owner) = if raw_base.is_some() {
+            (None, storage.base)
+        } else {
+            (storage.base, None)
+        };
+        let held = storage.held;
+        let files = Files {
+            image: storage.image,
+            data: storage.data,
+            base: raw_base,
+            base_len,
+            faults,
+            flush_failed: Default::default(),
+        };
+        let mut first = vec![0u8; SIZING_LEN];
+        if read_full_at(&files.image, 0, &mut first).is_err() {
+            first.clear();
+        }
+        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
+        let engine = Box::new(Engine::open(
+            memory,
+            OpenOptions {
+                writable: options.writable,
+                image_len,
+                data_len,
+                base_available,
+                cache_bytes: options.cache_bytes,
+                storage_zero_init: true,
+                copy_on_read: None,
+                prefetch: fvd_core::engine::PrefetchMode::Off,
+            },
+        ));
+        let mut executor = Executor {
+            mode: Mode::Fvd(FvdState {
+                engine,
+                chain,
+                _raw_base_owner: raw_base_owner,
+                _held: held,
+                requests: (0..MAX_REQUESTS).map(|_| None).collect(),
+                opened: None,
+                closed: None,
+                polled: 0,
+            }),
+            pool: Pool::start(files, options.workers),
+            options,
+            finished: VecDeque::new(),
+            next_ticket: 0,
+            in_flight: 0,
+            done_scratch: Vec::new(),
+            closed: false,
+            clock: Instant::now(),
+            last_tick: 0,
+        };
+        loop {
+            match executor.fvd().and_then(|f| f.opened) {
+                Some(Ok(())) => return Ok(executor),
+                Some(Err(source)) => {
+                    return Err(ExecutorError::Engine {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+                None => executor.turn()?,
+            }
+        }
+    }
+
+    fn fvd(&self) -> Option<&FvdState> {
+        match &self.mode {
+            Mode::Fvd(f) => Some(f),
+            Mode::Raw { .. } => None,
+        }
+    }
+
+    /// The engine (None in raw mode).
+    pub fn engine(&self) -> Option<&Engine<Vec<u8>>> {
+        self.fvd().map(|f| &*f.engine)
+    }
+
+    /// What the engine did so far (None in raw mode).
+    pub fn stats(&self) -> Option<Stats> {
+        self.engine().map(|e| e.stats())
+    }
+
+    /// `fdatasync` calls the workers made.
+    pub fn syncs(&self) -> u64 {
+        self.pool.syncs()
+    }
+
+    /// The guest-visible size (the file's length at open in raw mode).
+    pub fn size(&self) -> u64 {
+        match &self.mode {
+            Mode::Fvd(f) => f.engine.virtual_size().unwrap_or(0),
+            Mode::Raw { len, .. } => *len,
+        }
+    }
+
+    /// Requests submitted whose completion has not been collected yet by the executor.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &ExecutorOptions {
+        &self.options
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn submit_read(&mut self, offset: u64, len: usize) -> Result<Ticket, ExecutorError> {
+        self.submit_read_into(offset, vec![0; len])
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf` (returned in the completion).
+    pub fn submit_read_into(&mut self, offset: u64, buf: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        let len = buf.len() as u64;
+        self.submit(Request::Read { offset, len }, buf)
+    }
+
+    /// Writes `data` at `offset` (returned in the completion for reuse).
+    pub fn submit_write(&mut self, offset: u64, data: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        let len = data.len() as u64;
+        self.submit(Request::Write { offset, len }, data)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros.
+    pub fn submit_write_zeroes(&mut self, offset: u64, len: u64) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::WriteZeroes { offset, len }, Vec::new())
+    }
+
+    /// Discards `len` bytes at `offset` (they read as zeros afterwards).
+    pub fn submit_discard(&mut self, offset: u64, len: u64) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::Discard { offset, len }, Vec::new())
+    }
+
+    /// Makes every write completed before it durable.
+    pub fn submit_flush(&mut self) -> Result<Ticket, ExecutorError> {
+        self.submit(Request::Flush, Vec::new())
+    }
+
+    /// Submits `request` with its buffer. Blocks (performing commands) only while every
+    /// engine request slot is taken.
+    pub fn submit(&mut self, request: Request, buffer: Vec<u8>) -> Result<Ticket, ExecutorError> {
+        if self.closed {
+            return Err(ExecutorError::Submit(SubmitError::NotOpen));
+        }
+        let ticket = Ticket(self.next_ticket);
+        if let Request::Read { len, .. } | Request::Write { len, .. } = request {
+            if buffer.len() as u64 != len {
+                return Err(ExecutorError::BufferLength {
+                    len,
+                    buffer: buffer.len(),
+                });
+            }
+        }
+        match &mut self.mode {
+            Mode::Fvd(_) => loop {
+                let Mode::Fvd(f) = &mut self.mode else {
+                    unreachable!()
+                };
+                match f.engine.submit(request) {
+                    Ok(id) => {
+                        f.requests[id.slot()] = Some(ReqSlot {
+                            ticket,
+                            buf: Arc::new(Mutex::new(buffer)),
+                        });
+                        break;
+                    }
+                    Err(SubmitError::Busy) => self.turn()?,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+            Mode::Raw { requests, .. } => {
+                let (target, work, buf) = raw_work(request, buffer, self.options.writable)?;
+                requests.insert(ticket.0, ReqSlot { ticket, buf });
+                self.pool.push(Job {
+                    token: Token::Raw(ticket.0),
+                    target,
+                    work,
+                    landing: Landing::None,
+                });
+            }
+        }
+        self.next_ticket += 1;
+        self.in_flight += 1;
+        self.dispatch();
+        // Jobs of consecutive submissions go out together (one lock, only the wake-ups
+        // needed) when the caller waits, or as soon as there is one per worker.
+        if self.pool.batch.len() >= self.pool.workers.len() {
+            self.pool.send_batch();
+        }
+        Ok(ticket)
+    }
+
+    /// Queues every command the engine has for the pool (serving the synchronous ones at
+    /// once) and collects the engine's events. The queued jobs go out with
+    /// `Pool::send_batch`, before the calling thread blocks or returns to its caller.
+    fn dispatch(&mut self) {
+        if let Mode::Fvd(f) = &mut self.mode {
+            // Commands served at once complete into the engine, which may emit more: the
+            // loop condition sees those too.
+            while f.engine.commands_in_flight() > f.polled {
+                let Some(command) = f.engine.poll_command() else {
+                    break;
+                };
+                f.polled += 1;
+                if start_command(f, &mut self.pool, self.options.guest_buffers, command) {
+                    f.polled -= 1;
+                }
+            }
+            drain_events(f, &mut self.finished);
+        }
+    }
+
+    /// One round: wait for at least one completion, report all that arrived, dispatch.
+    fn turn(&mut self) -> Result<(), ExecutorError> {
+        if self.pool.outstanding == 0 {
+            self.dispatch();
+            self.pool.send_batch();
+            if self.pool.outstanding == 0 {
+                let stuck = match &self.mode {
+                    Mode::Fvd(f) => f.opened.is_none() || f.engine.requests_in_flight() > 0,
+                    Mode::Raw { .. } => false,
+                };
+                if stuck || self.in_flight > self.finished.len() {
+                    return Err(ExecutorError::Stalled(self.in_flight));
+                }
+                return Ok(());
+            }
+        }
+        self.pool.send_batch();
+        let limit = self
+            .engine()
+            .and_then(|e| e.poll_timeout())
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms()).max(1)));
+        let mut done = std::mem::take(&mut self.done_scratch);
+        self.pool.collect(limit, &mut done)?;
+        for d in done.drain(..) {
+            self.finish_job(d);
+        }
+        self.done_scratch = done;
+        self.tick();
+        self.dispatch();
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Gives the engine the time (at most once per millisecond): it commits metadata
+    /// changes older than the image's `journal_clean_buf_period` without a guest flush.
+    fn tick(&mut self) {
+        let now = self.now_ms();
+        if now != self.last_tick {
+            self.last_tick = now;
+            if let Mode::Fvd(f) = &mut self.mode {
+                f.engine.handle_timeout(now);
+            }
+        }
+    }
+
+    fn finish_job(&mut self, done: Done) {
+        let Done {
+            token,
+            mut result,
+            data,
+            landing,
+        } = done;
+        match (&mut self.mode, token) {
+            (Mode::Fvd(f), Token::Command(id)) => {
+                if let Some(bytes) = data {
+                    if result.is_ok() {
+                        result = land(f, landing, &bytes);
+                    }
+                    self.pool.give_back(bytes);
+                }
+                f.polled -= 1;
+                f.engine.complete(id, result);
+            }
+            (Mode::Raw { requests, .. }, Token::Raw(key)) => {
+                if let Some(slot) = requests.remove(&key) {
+                    self.finished.push_back(Completion {
+                        ticket: slot.ticket,
+                        result: result.map(|()| Reply::Done).map_err(RequestError::Io),
+                        data: take_buffer(slot.buf),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every completion collected so far, after waiting for at least one when some
+    /// request is in flight and none has been collected.
+    pub fn wait_some(&mut self) -> Result<Vec<Completion>, ExecutorError> {
+        while self.finished.is_empty() && self.in_flight > 0 {
+            self.turn()?;
+        }
+        self.pool.send_batch();
+        self.in_flight -= self.finished.len();
+        Ok(self.finished.drain(..).collect())
+    }
+
+    /// Waits for every request in flight; returns their completions in completion order.
+    pub fn wait_all(&mut self) -> Result<Vec<Completion>, ExecutorError> {
+        while self.in_flight > self.finished.len() {
+            self.turn()?;
+        }
+        self.pool.send_batch();
+        self.in_flight = 0;
+        Ok(self.finished.drain(..).collect())
+    }
+
+    /// Waits for request `ticket` and returns its completion (others stay collected).
+    pub fn wait(&mut self, ticket: Ticket) -> Result<Completion, ExecutorError> {
+        loop {
+            if let Some(i) = self.finished.iter().position(|c| c.ticket == ticket) {
+                self.pool.send_batch();
+                self.in_flight -= 1;
+                return Ok(self.finished.remove(i).expect("index found above"));
+            }
+            if self.in_flight <= self.finished.len() {
+                return Err(ExecutorError::Stalled(self.in_flight));
+            }
+            self.turn()?;
+        }
+    }
+
+    fn run(&mut self, request: Request, buffer: Vec<u8>) -> Result<Vec<u8>, ExecutorError> {
+        let ticket = self.submit(request, buffer)?;
+        let done = self.wait(ticket)?;
+        done.result?;
+        Ok(done.data)
+    }
+
+    /// Reads `len` bytes at `offset` and waits for them.
+    pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, ExecutorError> {
+        self.run(
+            Request::Read {
+                offset,
+                len: len as u64,
+            },
+            vec![0; len],
+        )
+    }
+
+    /// Writes `data` at `offset` and waits for it.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ExecutorError> {
+        let len = data.len() as u64;
+        self.run(Request::Write { offset, len }, data.to_vec())
+            .map(drop)
+    }
+
+    /// Makes every completed write durable and waits for it.
+    pub fn flush(&mut self) -> Result<(), ExecutorError> {
+        self.run(Request::Flush, Vec::new()).map(drop)
+    }
+
+    /// Waits for every request, closes the image (metadata written back, marked clean)
+    /// and stops the workers. Returns whether the image was marked clean (always true in
+    /// raw mode, after a final `fdatasync` when writable).
+    pub fn close(mut self) -> Result<bool, ExecutorError> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<bool, ExecutorError> {
+        if self.closed {
+            return Ok(true);
+        }
+        self.wait_all()?;
+        self.closed = true;
+        let clean = match &mut self.mode {
+            Mode::Fvd(f) => {
+                f.engine.close();
+                loop {
+                    if let Mode::Fvd(f) = &self.mode {
+                        if let Some(clean) = f.closed {
+                            break clean;
+                        }
+                    }
+                    self.turn()?;
+                    if self.pool.outstanding == 0 {
+                        self.dispatch();
+                        let Mode::Fvd(f) = &self.mode else {
+                            unreachable!()
+                        };
+                        if f.closed.is_none() && self.pool.outstanding == 0 {
+                            return Err(ExecutorError::Stalled(0));
+                        }
+                    }
+                }
+            }
+            Mode::Raw { .. } => {
+                if self.options.writable {
+                    self.pool.push(Job {
+                        token: Token::Raw(u64::MAX),
+                        target: Target::Image,
+                        work: Work::Flush,
+                        landing: Landing::None,
+                    });
+                    self.pool.send_batch();
+                    while self.pool.outstanding > 0 {
+                        self.turn()?;
+                    }
+                }
+                true
+            }
+        };
+        self.pool.stop();
+        Ok(clean)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Best effort: an executor dropped without `close` still closes its image.
+        let _ = self.close_inner();
+        self.pool.stop();
+    }
+}
