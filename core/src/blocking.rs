@@ -37,6 +37,7 @@ impl Seek for NoFile {
 
 /// What went wrong in a blocking call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BlockingError {
     /// The image could not be opened.
     Open(OpenError),

@@ -89,6 +89,7 @@ pub struct ChainCommand {
 /// Identifies a chain command until the host completes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ChainCommandId {
     /// A command of layer `layer`'s engine.
     Engine {

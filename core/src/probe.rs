@@ -24,6 +24,7 @@ pub const FVD_2011_MAGIC: u32 = 0x5143_F5A9;
 /// What the first bytes of a file say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Probe {
     /// An FVD image (its magic).
     Fvd,

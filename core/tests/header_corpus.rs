@@ -1336,6 +1336,9 @@ fn every_variant_is_covered() {
             HeaderError::DataBeyondAddressable { .. } => "DataBeyondAddressable",
             HeaderError::BadJournalEpoch { .. } => "BadJournalEpoch",
             HeaderError::BadTuning { .. } => "BadTuning",
+            // HeaderError is non_exhaustive: a variant added later lands here and fails
+            // the count below until it is named and given a corpus case.
+            _ => "a variant this test does not name",
         })
         .collect();
     variants.sort_unstable();

@@ -32,6 +32,7 @@ use core::fmt;
 /// What `-r` repairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RepairMode {
     /// Replay the journal of a dirty image and release unused storage.
     Leaks,
@@ -41,6 +42,7 @@ pub enum RepairMode {
 
 /// What the host does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// Read `len` bytes of `file` at `offset` into [`Checker::io_mut`] (zeros past the end
     /// of the file), then [`Checker::complete`].
@@ -91,6 +93,7 @@ pub enum Step {
 
 /// A corruption, of either format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Finding {
     /// In an FVD image.
     Fvd(fvd::Problem),
@@ -120,6 +123,7 @@ impl fmt::Display for Finding {
 /// How a repair dealt with a finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum FixAction {
     /// Unreplayed journal records were replayed.
     Replayed,
@@ -140,6 +144,7 @@ pub enum FixAction {
 
 /// One thing a repair did, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Repair {
     /// The journal of a dirty image is replayed.
     Replaying {
@@ -199,6 +204,7 @@ pub struct CheckCounts {
 /// Why a repair writes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RepairRefusal {
     /// `-r leaks` of an image with corruptions (`-r all` repairs both).
     CorruptionsNeedAll,
@@ -237,6 +243,7 @@ pub struct RepairCounts {
 
 /// What a finished scanner reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Report {
     /// An FVD check.
     Fvd(fvd::FvdSummary),
@@ -248,6 +255,7 @@ pub enum Report {
 
 /// Why a scanner cannot be created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CheckError {
     /// The FVD header is invalid.
     Header(crate::fvd::HeaderError),
@@ -285,6 +293,7 @@ impl fmt::Display for CheckError {
 // Both scanners are a few KiB of state held by value (no allocation in core); boxing the
 // larger one is not an option here.
 #[allow(clippy::large_enum_variant)]
+#[non_exhaustive]
 pub enum Checker<M> {
     /// An FVD image.
     Fvd(fvd::FvdCheck<M>),

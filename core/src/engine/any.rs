@@ -16,6 +16,7 @@ use crate::qed::QED_MAGIC;
 /// The image formats the engine serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ImageFormat {
     /// Fast Virtual Disk.
     Fvd,

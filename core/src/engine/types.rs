@@ -223,6 +223,7 @@ pub enum Reply {
 /// An I/O failure the host reports for a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum IoError {
     /// The operation failed (EIO and friends).
     Failed,
@@ -235,6 +236,7 @@ pub enum IoError {
 /// Why a request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RequestError {
     /// A command it depended on failed.
     Io(IoError),
@@ -247,6 +249,7 @@ pub enum RequestError {
 /// A structural problem found in metadata while serving requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Corruption {
     /// A table entry has the DIRTY bit or points past the largest possible chunk.
     BadTableEntry {
@@ -325,6 +328,7 @@ impl fmt::Display for RequestError {
 /// Why a request was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum SubmitError {
     /// Every request slot is in use: complete some commands and try again.
     Busy,
@@ -357,6 +361,7 @@ impl fmt::Display for SubmitError {
 /// Why an image could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum OpenError {
     /// The header is invalid.
     Header(HeaderError),

@@ -92,6 +92,7 @@ impl Default for CreateOptions<'_> {
 /// Why a set of create options cannot make an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum GeometryError {
     /// The size exceeds the supported maximum.
     SizeTooLarge {

@@ -6,6 +6,7 @@ use core::fmt;
 /// A metadata region of an FVD image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RegionKind {
     /// The header area `[0, header_size)`.
     Header,
@@ -35,6 +36,7 @@ pub type FieldName = &'static str;
 /// Every reason a header can be refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum HeaderError {
     /// Fewer bytes than one header.
     TooShort {

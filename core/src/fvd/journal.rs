@@ -155,6 +155,7 @@ const_assert_eq!(offset_of!(TableRecordHeader, first_entry), 4);
 /// Why a journal sector is not replayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum SectorError {
     /// The slice is not exactly one sector.
     WrongLength,

@@ -56,6 +56,7 @@ impl RecordSpan {
 /// Why a record, or a part of it, is not applied (corruption: no writer produces it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RecordFault {
     /// A bitmap record in an image without a bitmap.
     NoBitmap,

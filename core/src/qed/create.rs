@@ -56,6 +56,7 @@ impl Default for QedCreateOptions<'_> {
 /// Why a set of create options cannot make a QED image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum QedCreateError {
     /// `cluster_size` is not a power of two from 4 KiB to 64 MiB.
     BadClusterSize {

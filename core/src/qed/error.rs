@@ -9,6 +9,7 @@ use core::fmt;
 /// Every reason a QED header can be refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum QedHeaderError {
     /// Fewer bytes than one header.
     TooShort {

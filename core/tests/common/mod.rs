@@ -185,6 +185,7 @@ pub fn pump<M: AsRef<[u8]> + AsMut<[u8]>>(
                 run.report = Some(report);
                 return run;
             }
+            other => panic!("a step this test does not know: {other:?}"),
         }
     }
     panic!("the scanner never finished");

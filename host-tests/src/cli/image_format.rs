@@ -46,7 +46,7 @@ impl ImageFormat {
         Ok(match probe(&first) {
             Probe::Fvd | Probe::Fvd2011 | Probe::DamagedFvd { .. } => Some(ImageFormat::Fvd),
             Probe::Qed | Probe::DamagedQed { .. } => Some(ImageFormat::Qed),
-            Probe::Raw => None,
+            _ => None,
         })
     }
 

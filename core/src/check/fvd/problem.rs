@@ -7,6 +7,7 @@ use core::fmt;
 /// Why a journal record lies outside its structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum RecordRange {
     /// A bitmap record in an image without a bitmap.
     NoBitmap,
@@ -55,6 +56,7 @@ impl fmt::Display for RecordRange {
 /// One structural problem of an FVD image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Problem {
     /// A table entry with bit 31 (the 2011 DIRTY marker) set.
     DirtyEntry {

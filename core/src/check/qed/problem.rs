@@ -6,6 +6,7 @@ use core::fmt;
 /// What holds a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Owner {
     /// The header area.
     Header,
@@ -37,6 +38,7 @@ impl fmt::Display for Owner {
 /// Which table entry a problem is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Place {
     /// L1 entry `index`.
     L1 {
@@ -57,6 +59,7 @@ pub enum Place {
 /// What is wrong with an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Fault {
     /// Not a multiple of the cluster size.
     Misaligned,

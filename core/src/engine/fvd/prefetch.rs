@@ -26,6 +26,7 @@ use zerocopy::little_endian::U32;
 /// How an open treats whole-image prefetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum PrefetchMode {
     /// As the header says (`prefetch_start_delay` > 0 enables it).
     #[default]
@@ -48,6 +49,7 @@ pub const MAX_FINISH_ATTEMPTS: u32 = 3;
 /// Why prefetch gave up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum PrefetchFailure {
     /// Copying blocks kept failing: `passes` passes in a row copied nothing, and `block`
     /// was the first to fail in the last one.
@@ -107,6 +109,7 @@ impl core::fmt::Display for PrefetchFailure {
 /// Where prefetch is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum PrefetchState {
     /// Not enabled (or disabled after an I/O error).
     #[default]

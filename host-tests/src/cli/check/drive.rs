@@ -118,6 +118,12 @@ pub fn run<M: AsRef<[u8]> + AsMut<[u8]>>(
                 continue;
             }
             Step::Done(report) => return Ok(report),
+            // A step a newer core asks for that this host cannot perform.
+            other => {
+                return Err(CliError::Image(format!(
+                    "the check asked for {other:?}, which this fvd-img cannot do"
+                )))
+            }
         }
         checker.complete();
     }

@@ -72,7 +72,7 @@ pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
         .iter()
         .filter_map(|f| match f {
             Finding::Qed(p) => Some(*p),
-            Finding::Fvd(_) => None,
+            _ => None,
         })
         .collect();
     Ok(QedAnalysis { problems, summary })

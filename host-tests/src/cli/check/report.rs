@@ -106,6 +106,7 @@ pub fn repair_line(repair: &Repair, storage: &Path) -> String {
             FixAction::ZeroedL2 => {
                 format!("Repairing {finding}: entry set to 0 (the cluster is unallocated now)")
             }
+            other => format!("Repairing {finding}: {other:?}"),
         },
         Repair::ReleasedStorage { bytes, len, .. } => format!(
             "Released {bytes} bytes of data storage past the last mapped chunk ('{}' is now {len} bytes)",
@@ -117,6 +118,7 @@ pub fn repair_line(repair: &Repair, storage: &Path) -> String {
         ),
         Repair::MarkedClean => "Marked the image clean".into(),
         Repair::ClearedNeedCheck => "Cleared the need-check flag".into(),
+        other => format!("{other:?}"),
     }
 }
 
