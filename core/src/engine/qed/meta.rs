@@ -7,6 +7,7 @@ use super::super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::super::slots::Owner;
 use super::super::types::{Corruption, FileId, IoError, Op};
 use super::QedEngine;
+use crate::engine::slot_table::slot_u16;
 use crate::qed::table::ENTRY_SIZE;
 use crate::qed::{L1Entry, L2Entry};
 
@@ -116,7 +117,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
         self.reserving &= !bit;
         for slot in self.cache.indices() {
-            if self.reserved[slot] == Some(request as u16) {
+            if self.reserved[slot] == Some(slot_u16(request)) {
                 self.unreserve_slot(slot);
             }
         }
