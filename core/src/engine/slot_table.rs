@@ -70,16 +70,17 @@ impl<T, const N: usize> IndexMut<usize> for SlotTable<T, N> {
     }
 }
 
-/// The u16 form of an engine-assigned slot number (ids, owners, order arrays).
-#[allow(clippy::cast_possible_truncation)] // slots < MAX_COMMANDS <= u16::MAX (asserted above)
+/// The u16 form of an engine-assigned slot number (ids, owners, order arrays) or of an
+/// offset within one metadata page.
+#[allow(clippy::cast_possible_truncation)] // < MAX_COMMANDS, PAGE_BYTES <= u16::MAX (asserted)
 #[inline]
 pub(crate) fn slot_u16(slot: usize) -> u16 {
     slot as u16
 }
 
 /// A length or offset within one read or write request (at most `MAX_DATA_REQUEST`, 1 GiB,
-/// checked at submission) or within a bounce slot of engine memory, as a buffer length: it
-/// fits usize on every target.
+/// checked at submission) or within an area of engine memory (a bounce slot, the journal
+/// scratch area), as a buffer length: it fits usize on every target.
 #[allow(clippy::cast_possible_truncation)] // <= MAX_DATA_REQUEST <= u32::MAX (asserted above)
 #[inline]
 pub(crate) fn buffer_len(len: u64) -> usize {
