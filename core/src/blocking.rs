@@ -447,6 +447,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test images are a few KiB
 mod tests {
     use super::*;
     use crate::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
