@@ -87,10 +87,10 @@ fn length<F: Seek>(file: &mut F) -> Option<u64> {
 fn read_at<F: Read + Seek>(file: &mut F, offset: u64, buf: &mut [u8]) -> Result<(), ErrorKind> {
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.kind())?;
     let mut done = 0;
-    while done < buf.len() {
-        match file.read(&mut buf[done..]) {
+    while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
+        match file.read(rest) {
             Ok(0) => {
-                buf[done..].fill(0);
+                rest.fill(0);
                 break;
             }
             Ok(n) => done += n,
@@ -110,8 +110,9 @@ fn zero_at<F: Write + Seek>(file: &mut F, offset: u64, len: u64) -> Result<(), E
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.kind())?;
     let mut left = len;
     while left > 0 {
-        let n = left.min(ZEROS.len() as u64) as usize;
-        file.write_all(&ZEROS[..n]).map_err(|e| e.kind())?;
+        let n = usize::try_from(left).map_or(ZEROS.len(), |left| left.min(ZEROS.len()));
+        file.write_all(ZEROS.get(..n).unwrap_or(&ZEROS))
+            .map_err(|e| e.kind())?;
         left -= n as u64;
     }
     Ok(())
@@ -260,7 +261,8 @@ where
                         _ => None,
                     }
                     .ok_or(ErrorKind::InvalidInput)?;
-                    chunk[..n].copy_from_slice(src);
+                    let staged = chunk.get_mut(..n).ok_or(ErrorKind::InvalidInput)?;
+                    staged.copy_from_slice(src);
                     let dst = match (into, &mut *guest) {
                         (Buffer::Engine { offset }, _) => self
                             .engine
@@ -272,7 +274,7 @@ where
                         _ => None,
                     }
                     .ok_or(ErrorKind::InvalidInput)?;
-                    dst.copy_from_slice(&chunk[..n]);
+                    dst.copy_from_slice(chunk.get(..n).ok_or(ErrorKind::InvalidInput)?);
                     done += n;
                 }
                 Ok(())
@@ -411,7 +413,8 @@ where
     B: Read + Seek,
 {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
-        const SECTOR: u64 = 512;
+        const SECTOR_LEN: usize = 512;
+        const SECTOR: u64 = SECTOR_LEN as u64;
         let size = self.engine.virtual_size().unwrap_or(0);
         let want = (buf.len() as u64).min(size.saturating_sub(self.position));
         if want == 0 {
@@ -421,10 +424,11 @@ where
         let into_sector = at % SECTOR;
         let n = if into_sector != 0 || want < SECTOR {
             // A partial sector: through a bounce sector.
-            let mut sector = [0u8; SECTOR as usize];
+            let mut sector = [0u8; SECTOR_LEN];
             self.read(at - into_sector, &mut sector)
                 .map_err(|_| ErrorKind::Other)?;
-            let n = (SECTOR - into_sector).min(want) as usize;
+            let n = usize::try_from((SECTOR - into_sector).min(want))
+                .map_err(|_| ErrorKind::InvalidInput)?;
             let from = into_sector as usize;
             buf.get_mut(..n)
                 .ok_or(ErrorKind::InvalidInput)?
@@ -444,6 +448,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test images are a few KiB
 mod tests {
     use super::*;
     use crate::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};

@@ -2,6 +2,15 @@
 //! served by the engine below (FVD over QED over FVD over a raw file), with no host code
 //! between the layers, and a chain that loops or is too deep is refused.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod support;
 
 use fvd_core::chain::{Chain, ChainError, FileKey, MAX_DEPTH};

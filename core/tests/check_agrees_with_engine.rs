@@ -3,6 +3,15 @@
 //! other by the engine's read-only overlay and by the check alike (one finding, the same
 //! mapped chunks).
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::{pump, SparseFile};

@@ -4,6 +4,15 @@
 //! by extra passes, and still find exactly what one window finds; a 1 TiB image (a
 //! simulated sparse file: unwritten table ranges read as EMPTY) is checked in 256 KiB.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::{pump, Run, SparseFile};

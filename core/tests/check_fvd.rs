@@ -2,6 +2,15 @@
 //! work memory (32 KiB) and reads filled in odd-sized pieces: every finding kind with its
 //! numbers and words, and the journal judged record by record with the engine's rule.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::{pump, Run, SparseFile};

@@ -2,6 +2,15 @@
 //! in their crash-safe order (replay written back and flushed; dirty with the epoch moved
 //! on; fixes; truncation; clean), leaving an image that checks clean.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::{pump, Op, Run, SparseFile};

@@ -3,6 +3,15 @@
 //! windowed checks finding what a single window finds, and a 1 TiB image in a few
 //! hundred KiB.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use common::{pump, Run, SparseFile};

@@ -2,6 +2,15 @@
 //! vectors, commands performed by a few lines of test host (`support`), for FVD plain,
 //! FVD compact and QED — writes read back before and after a clean close and reopen.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 mod support;
 
 use fvd_core::engine::Request;

@@ -6,6 +6,15 @@
 //! Field offsets are written out here by hand (from docs/FORMAT.md), so these tests also
 //! pin the on-disk layout independently of the `RawHeader` definition.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use fvd_core::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
 use fvd_core::fvd::error::RegionKind;
 use fvd_core::fvd::validate::{MAX_CHUNKS, MAX_VIRTUAL_SIZE};

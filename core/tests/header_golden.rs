@@ -5,6 +5,15 @@
 //! docs/FORMAT.md says. A few cases are checked byte for byte against a header assembled
 //! here from the documented field offsets.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use fvd_core::fvd::create::{
     default_block_size, metadata_len, plan, BaseSpec, CreateOptions, GeometryError,
     DEFAULT_CHUNK_SIZE, DEFAULT_JOURNAL_SIZE, DEFAULT_MAX_OUTSTANDING_COPY_ON_READ,

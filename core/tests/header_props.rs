@@ -6,6 +6,15 @@
 //! 3. journal sectors: records round-trip, any single-bit flip is refused, and verifying
 //!    arbitrary bytes never panics.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use fvd_core::fvd::create::{metadata_len, plan, BaseSpec, CreateOptions};
 use fvd_core::fvd::journal::{
     Record, SectorBuilder, SectorError, VerifiedSector, BITMAP_BYTES_PER_SECTOR, JOURNAL_MAGIC,

@@ -12,6 +12,15 @@
 //! qemu-img is required (CI installs it): a missing binary fails the tests, it never skips
 //! them. Field offsets are written out by hand here, independently of `QedHeader`.
 
+// Tests may unwrap, index and cast freely: a failure there is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use fvd_core::fvd::Region;
 use fvd_core::qed::header::{MAX_BACKING_NAME_LEN, QED_HEADER_LEN};
 use fvd_core::qed::table::{self, L1Entry, L2Entry, TableIndex};

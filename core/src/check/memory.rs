@@ -22,12 +22,14 @@ impl Area {
         self.len as u64 * 8
     }
 
+    /// The area's bytes (areas are carved from `mem`, so they are all there; an area
+    /// outside it would read as empty).
     pub(crate) fn bytes(self, mem: &[u8]) -> &[u8] {
-        &mem[self.at..self.end()]
+        mem.get(self.at..self.end()).unwrap_or_default()
     }
 
     pub(crate) fn bytes_mut(self, mem: &mut [u8]) -> &mut [u8] {
-        &mut mem[self.at..self.end()]
+        mem.get_mut(self.at..self.end()).unwrap_or_default()
     }
 }
 
@@ -68,14 +70,27 @@ impl Bits {
         self.0.bytes_mut(mem).fill(0);
     }
 
+    /// The byte holding `bit` (callers keep `bit` below [`Area::bits`], so it is in `mem`).
+    fn byte(self, mem: &[u8], bit: u64) -> Option<u8> {
+        let at = self.0.at.checked_add(usize::try_from(bit / 8).ok()?)?;
+        mem.get(at).copied()
+    }
+
+    fn byte_mut(self, mem: &mut [u8], bit: u64) -> Option<&mut u8> {
+        let at = self.0.at.checked_add(usize::try_from(bit / 8).ok()?)?;
+        mem.get_mut(at)
+    }
+
     pub(crate) fn get(self, mem: &[u8], bit: u64) -> bool {
-        let byte = self.0.at + (bit / 8) as usize;
-        mem[byte] & (1 << (bit % 8)) != 0
+        self.byte(mem, bit)
+            .is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
     }
 
     /// Sets `bit`; returns whether it was set already.
     pub(crate) fn set(self, mem: &mut [u8], bit: u64) -> bool {
-        let byte = &mut mem[self.0.at + (bit / 8) as usize];
+        let Some(byte) = self.byte_mut(mem, bit) else {
+            return false;
+        };
         let mask = 1 << (bit % 8);
         let was = *byte & mask != 0;
         *byte |= mask;
@@ -83,7 +98,9 @@ impl Bits {
     }
 
     pub(crate) fn unset(self, mem: &mut [u8], bit: u64) {
-        mem[self.0.at + (bit / 8) as usize] &= !(1 << (bit % 8));
+        if let Some(byte) = self.byte_mut(mem, bit) {
+            *byte &= !(1 << (bit % 8));
+        }
     }
 
     /// Set bits in `[start, end)`.
@@ -92,7 +109,7 @@ impl Bits {
         let mut bit = start;
         while bit < end {
             if bit % 8 == 0 && end - bit >= 8 {
-                n += u64::from(mem[self.0.at + (bit / 8) as usize].count_ones());
+                n += self.byte(mem, bit).map_or(0, |b| u64::from(b.count_ones()));
                 bit += 8;
             } else {
                 n += u64::from(self.get(mem, bit));
@@ -107,7 +124,7 @@ impl Bits {
         let skip = if value { 0 } else { 0xFF };
         let mut bit = start;
         while bit < end {
-            if bit % 8 == 0 && end - bit >= 8 && mem[self.0.at + (bit / 8) as usize] == skip {
+            if bit % 8 == 0 && end - bit >= 8 && self.byte(mem, bit) == Some(skip) {
                 bit += 8;
                 continue;
             }
@@ -124,7 +141,7 @@ impl Bits {
         let mut bit = end;
         while bit > start {
             bit -= 1;
-            if bit % 8 == 7 && bit + 1 - start >= 8 && mem[self.0.at + (bit / 8) as usize] == 0 {
+            if bit % 8 == 7 && bit + 1 - start >= 8 && self.byte(mem, bit) == Some(0) {
                 bit -= 7;
                 continue;
             }
@@ -148,13 +165,19 @@ pub(crate) struct OwnerMap {
 }
 
 fn read_u64(mem: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&mem[at..at + 8]);
+    // Slots lie inside the map's area, which is carved from `mem`; a slot outside would
+    // read as FREE.
+    let mut b = [0xFF; 8];
+    if let Some(src) = at.checked_add(8).and_then(|end| mem.get(at..end)) {
+        b.copy_from_slice(src);
+    }
     u64::from_le_bytes(b)
 }
 
 fn write_u64(mem: &mut [u8], at: usize, value: u64) {
-    mem[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    if let Some(dst) = at.checked_add(8).and_then(|end| mem.get_mut(at..end)) {
+        dst.copy_from_slice(&value.to_le_bytes());
+    }
 }
 
 impl OwnerMap {
@@ -184,7 +207,8 @@ impl OwnerMap {
         }
         let mut index = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15) % slots;
         for _ in 0..slots {
-            let at = self.area.at + index as usize * SLOT;
+            // `index` is below `slots`, which counts slots of an area of `mem`.
+            let at = self.area.at + usize::try_from(index).ok()? * SLOT;
             match read_u64(mem, at) {
                 FREE => return Some((at, false)),
                 key if key == unit => return Some((at, true)),

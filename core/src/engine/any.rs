@@ -290,10 +290,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 events.push(Event::OpenFailed(error));
                 Inner::Failed { memory, events }
             }
-            None => match ImageFormat::probe(&memory.as_ref()[..PROBE_LEN]) {
-                Some(ImageFormat::Qed) => Inner::Qed(QedEngine::open(memory, options)),
-                _ => Inner::Fvd(FvdEngine::open(memory, options)),
-            },
+            None => {
+                match ImageFormat::probe(memory.as_ref().get(..PROBE_LEN).unwrap_or_default()) {
+                    Some(ImageFormat::Qed) => Inner::Qed(QedEngine::open(memory, options)),
+                    _ => Inner::Fvd(FvdEngine::open(memory, options)),
+                }
+            }
         };
     }
 

@@ -4,6 +4,7 @@
 //! generation that says whether the data behind a change is already durable; and the
 //! page loads and write-backs both format engines emit (each names the file offset).
 
+use super::slot_table::{slot_u16, SlotTable};
 use super::slots::{CommandSlots, Owner};
 use super::types::{Buffer, Corruption, FileId, IoError, Op};
 use super::Stats;
@@ -21,6 +22,8 @@ pub enum Stall {
 
 /// Bytes per metadata page (one sector: a page write-back is atomic).
 pub const PAGE_BYTES: usize = 512;
+// Offsets within a page are kept as u16 (`journal_lo`, `journal_hi`).
+static_assertions::const_assert!(PAGE_BYTES <= u16::MAX as usize);
 
 /// Which metadata structure a page belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +116,7 @@ pub enum Victim {
 /// A fixed set of `N` page slots, `count` of them in use, stored from byte `base` of engine memory.
 #[derive(Debug)]
 pub struct PageCache<const N: usize> {
-    slots: [PageSlot; N],
+    slots: SlotTable<PageSlot, N>,
     count: usize,
     base: usize,
     tick: u64,
@@ -123,7 +126,7 @@ impl<const N: usize> PageCache<N> {
     /// A cache of `count` (at most `N`) pages whose bytes start at memory offset `base`.
     pub fn new(base: usize, count: usize) -> Self {
         PageCache {
-            slots: [PageSlot::FREE; N],
+            slots: SlotTable([PageSlot::FREE; N]),
             count: count.min(N),
             base,
             tick: 0,
@@ -157,7 +160,8 @@ impl<const N: usize> PageCache<N> {
 
     /// The slot holding `key` in any state but free.
     pub fn find(&self, key: PageKey) -> Option<usize> {
-        self.slots[..self.count]
+        self.slots
+            .prefix(self.count)
             .iter()
             .position(|s| s.state != PageState::Free && s.key == key)
     }
@@ -179,7 +183,7 @@ impl<const N: usize> PageCache<N> {
         let mut clean: Option<usize> = None;
         let mut writable: Option<usize> = None;
         let mut needs_commit = false;
-        for (i, s) in self.slots[..self.count].iter().enumerate() {
+        for (i, s) in self.slots.prefix(self.count).iter().enumerate() {
             match s.state {
                 PageState::Free => return Victim::Reuse(i),
                 PageState::Ready if s.pins == 0 => {
@@ -246,7 +250,7 @@ impl<const N: usize> PageCache<N> {
                 offset: self.offset(slot),
             },
         };
-        if !commands.emit(Owner::PageLoad(slot as u16), FileId::Image, op) {
+        if !commands.emit(Owner::PageLoad(slot_u16(slot)), FileId::Image, op) {
             return false;
         }
         self.start_load(slot, key);
@@ -270,7 +274,7 @@ impl<const N: usize> PageCache<N> {
                 offset: self.offset(slot),
             },
         };
-        if !commands.emit(Owner::PageWriteBack(slot as u16), FileId::Image, op) {
+        if !commands.emit(Owner::PageWriteBack(slot_u16(slot)), FileId::Image, op) {
             return false;
         }
         self.slots[slot].state = PageState::WritingBack;
@@ -297,6 +301,8 @@ impl<const N: usize> PageCache<N> {
     /// Records that bytes `[lo, hi)` of `slot` changed at generation `generation`.
     pub fn mark_changed(&mut self, slot: usize, lo: usize, hi: usize, generation: u64) {
         let s = &mut self.slots[slot];
+        // Offsets within one page: at most PAGE_BYTES, which fits u16 (asserted below).
+        #[allow(clippy::cast_possible_truncation)]
         let (lo, hi) = (lo as u16, hi as u16);
         if s.unjournaled() {
             s.journal_lo = s.journal_lo.min(lo);
@@ -311,7 +317,8 @@ impl<const N: usize> PageCache<N> {
 
     /// True when some page of `meta` still has bytes to journal.
     pub fn any_unjournaled_of(&self, meta: Meta) -> bool {
-        self.slots[..self.count]
+        self.slots
+            .prefix(self.count)
             .iter()
             .any(|s| s.state != PageState::Free && s.key.meta == meta && s.unjournaled())
     }

@@ -14,6 +14,7 @@ mod guest;
 mod protocol;
 pub(crate) mod qed;
 mod sizing;
+mod slot_table;
 mod slots;
 mod types;
 

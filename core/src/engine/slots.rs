@@ -1,6 +1,7 @@
 //! Fixed-capacity bookkeeping for commands in flight (who is waiting for each, in which
 //! order the host should see them) and for events not yet polled.
 
+use super::slot_table::slot_u16;
 use super::types::{Command, CommandId, Event, FileId, Op};
 use super::{MAX_COMMANDS, MAX_REQUESTS};
 
@@ -90,13 +91,18 @@ impl CommandSlots {
             self.starved = true;
             return false;
         };
-        let slot = &mut self.slots[index];
+        let Some(slot) = self.slots.get_mut(index) else {
+            return false;
+        };
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = SlotState::Queued;
         slot.owner = owner;
         slot.file = file;
         slot.op = op;
-        self.queue[(self.head + self.queued) % MAX_COMMANDS] = index as u16;
+        // The ring position is reduced modulo its length, so it is always present.
+        if let Some(entry) = self.queue.get_mut((self.head + self.queued) % MAX_COMMANDS) {
+            *entry = slot_u16(index);
+        }
         self.queued += 1;
         self.in_flight += 1;
         true
@@ -107,14 +113,14 @@ impl CommandSlots {
         if self.queued == 0 {
             return None;
         }
-        let index = usize::from(self.queue[self.head]);
+        let index = usize::from(*self.queue.get(self.head)?);
         self.head = (self.head + 1) % MAX_COMMANDS;
         self.queued -= 1;
-        let slot = &mut self.slots[index];
+        let slot = self.slots.get_mut(index)?;
         slot.state = SlotState::Issued;
         Some(Command {
             id: CommandId {
-                slot: index as u16,
+                slot: slot_u16(index),
                 generation: slot.generation,
             },
             file: slot.file,
@@ -156,8 +162,10 @@ impl EventQueue {
     /// events; a request slot is only reused after its completion was polled.
     pub fn push(&mut self, event: Event) {
         if self.len < EVENT_CAPACITY {
-            self.events[(self.head + self.len) % EVENT_CAPACITY] = Some(event);
-            self.len += 1;
+            if let Some(entry) = self.events.get_mut((self.head + self.len) % EVENT_CAPACITY) {
+                *entry = Some(event);
+                self.len += 1;
+            }
         }
     }
 
@@ -169,7 +177,7 @@ impl EventQueue {
         if self.len == 0 {
             return None;
         }
-        let event = self.events[self.head].take();
+        let event = self.events.get_mut(self.head)?.take();
         self.head = (self.head + 1) % EVENT_CAPACITY;
         self.len -= 1;
         event

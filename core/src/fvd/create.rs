@@ -444,6 +444,7 @@ pub fn initial_bytes_at(header: &RawHeader, offset: u64, out: &mut [u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test images are a few KiB
 mod tests {
     use super::*;
     use crate::fvd::validate;

@@ -6,7 +6,7 @@
 //! [`Record::apply_to`], per page: a record spanning two pages is judged in the batch that
 //! holds its first page, which also holds the second.
 
-use super::{FvdCheck, Phase, Problem, Step, PAGE};
+use super::{FvdCheck, Phase, Problem, Step, PAGE, PAGE_LEN};
 use crate::check::memory::{Area, Bits};
 use crate::check::FileId;
 use crate::fvd::journal::{
@@ -168,26 +168,37 @@ struct Cursor {
 impl ReplayPages {
     pub(super) fn page_area(&self, slot: usize) -> Area {
         Area {
-            at: self.area.at + slot * PAGE as usize,
-            len: PAGE as usize,
+            at: self.area.at + slot * PAGE_LEN,
+            len: PAGE_LEN,
         }
     }
 
     pub(super) fn slot_of(&self, page: u64) -> Option<usize> {
-        self.keys[..self.count].iter().position(|&k| k == page)
+        self.keys
+            .get(..self.count)
+            .unwrap_or_default()
+            .iter()
+            .position(|&k| k == page)
     }
 
     /// Bytes of work memory the pages use.
     pub(crate) fn len(&self) -> usize {
-        self.capacity * PAGE as usize
+        self.capacity * PAGE_LEN
     }
 }
 
 /// A copy of journal sector `sector` of the batch in `buf`.
 pub(super) fn sector_copy(mem: &[u8], buf: Area, sector: u64) -> [u8; SECTOR] {
-    let at = buf.at + sector as usize * SECTOR;
+    // The batch buffer is an area of `mem` holding whole sectors; a sector outside it
+    // reads as zeros, which no journal sector verifies as.
     let mut bytes = [0u8; SECTOR];
-    bytes.copy_from_slice(&mem[at..at + SECTOR]);
+    let src = usize::try_from(sector)
+        .ok()
+        .and_then(|s| buf.at.checked_add(s.checked_mul(SECTOR)?))
+        .and_then(|at| mem.get(at..at.checked_add(SECTOR)?));
+    if let Some(src) = src {
+        bytes.copy_from_slice(src);
+    }
     bytes
 }
 
@@ -200,7 +211,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         let offset = self.layout.journal.map_or(0, |r| r.offset) + first * SECTOR as u64;
         let area = Area {
             at: j.buf.at,
-            len: sectors as usize * SECTOR,
+            // At most per_batch sectors, which is the buffer's length in sectors.
+            len: usize::try_from(sectors).map_or(j.buf.len, |s| s * SECTOR),
         };
         let step = Step::Read {
             file: FileId::Image,
@@ -285,7 +297,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
 
     /// Starts the replay pass: replay pages carved from the memory left.
     pub(crate) fn start_replay(&mut self) {
-        let room = self.rest.len / PAGE as usize / 2;
+        let room = self.rest.len / PAGE_LEN / 2;
         let wanted = usize::try_from(self.journal.touched.saturating_add(1)).unwrap_or(MAX_PAGES);
         let capacity = if self.journal.touched == 0 {
             0
@@ -295,7 +307,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         self.pages = ReplayPages {
             area: Area {
                 at: self.rest.at,
-                len: capacity * PAGE as usize,
+                len: capacity * PAGE_LEN,
             },
             capacity,
             ..ReplayPages::default()
@@ -315,7 +327,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         let mut page = p.next;
         while page < j.pages && p.count + 1 < p.capacity {
             if j.touched(mem, page) {
-                p.keys[p.count] = page;
+                let Some(key) = p.keys.get_mut(p.count) else {
+                    break;
+                };
+                *key = page;
                 p.owned |= 1 << p.count;
                 p.count += 1;
             }
@@ -325,12 +340,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             p.next = j.pages;
             return p.first_batch;
         }
-        let last = p.keys[p.count - 1];
+        let Some(&last) = p.keys.get(..p.count).and_then(<[u64]>::last) else {
+            p.next = j.pages;
+            return p.first_batch;
+        };
         let trailing = last + 1;
         let same = (last < j.table_pages) == (trailing < j.table_pages);
         if trailing < j.pages && same && j.touched(mem, trailing) {
-            p.keys[p.count] = trailing;
-            p.count += 1;
+            if let Some(key) = p.keys.get_mut(p.count) {
+                *key = trailing;
+                p.count += 1;
+            }
         }
         p.next = last + 1;
         true
@@ -367,11 +387,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                     page,
                     reading: true,
                 };
+                #[allow(clippy::indexing_slicing)] // page < count: form_batch filled keys[..count]
                 let (target, index) = self.journal.local(self.pages.keys[page]);
                 let step = Step::Read {
                     file: FileId::Image,
                     offset: self.region_of(target).offset + index * PAGE,
-                    len: PAGE as usize,
+                    len: PAGE_LEN,
                 };
                 let area = self.pages.page_area(page);
                 Some(self.core.start(step, area))
@@ -445,7 +466,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                 }
                 Err(_) => continue,
             };
-            for (index, record) in verified.records().enumerate().skip(record_from as usize) {
+            for (index, record) in verified
+                .records()
+                .enumerate()
+                .skip(usize::try_from(record_from).unwrap_or(usize::MAX))
+            {
                 let fault = match record.span(&layout) {
                     Err(fault) if first_batch => Some(fault),
                     Err(_) => None,
@@ -511,11 +536,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             page: slot,
             writing: true,
         };
+        #[allow(clippy::indexing_slicing)] // slot < count: form_batch filled keys[..count]
         let (target, index) = self.journal.local(self.pages.keys[slot]);
         let step = Step::Write {
             file: FileId::Image,
             offset: self.region_of(target).offset + index * PAGE,
-            len: PAGE as usize,
+            len: PAGE_LEN,
         };
         let area = self.pages.page_area(slot);
         Some(self.core.start(step, area))

@@ -54,7 +54,9 @@ use table::TableScan;
 /// Smallest work memory a check accepts.
 pub const MIN_MEMORY: usize = 32 << 10;
 /// Bytes of a replay page (and of the journal filter's page).
-pub(crate) const PAGE: u64 = 4096;
+pub(crate) const PAGE_LEN: usize = 4096;
+/// [`PAGE_LEN`] as a file offset or length.
+pub(crate) const PAGE: u64 = PAGE_LEN as u64;
 /// Largest I/O unit.
 const MAX_UNIT: usize = 256 << 10;
 
@@ -154,10 +156,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             });
         }
         let mut carver = Carver::new(0, given);
-        let unit_len = floor_to(given / 4, PAGE as usize).clamp(PAGE as usize, MAX_UNIT);
+        let unit_len = floor_to(given / 4, PAGE_LEN).clamp(PAGE_LEN, MAX_UNIT);
         let journal_len = floor_to(given / 16, JOURNAL_SECTOR_SIZE).clamp(512, 16 << 10);
         let pages_total = journal::page_count(&layout);
-        let filter_len = (pages_total.div_ceil(8) as usize).clamp(8, given / 16);
+        let filter_len = usize::try_from(pages_total.div_ceil(8))
+            .unwrap_or(usize::MAX)
+            .clamp(8, given / 16);
         let too_small = CheckError::MemoryTooSmall {
             given,
             needed: MIN_MEMORY,

@@ -167,11 +167,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
 
     /// Writes header sector 4 with `clean_shutdown` = `clean` and the epoch moved on.
     fn write_state(&mut self, clean: bool, epoch: u64) -> Step {
-        let base = mutable_sectors::SHUTDOWN_AND_EPOCH * 512;
-        let flag = offset_of!(RawHeader, clean_shutdown) - base;
-        let epoch_at = offset_of!(RawHeader, stable_journal_epoch) - base;
-        self.state_sector[flag..flag + 4].copy_from_slice(&u32::from(clean).to_le_bytes());
-        self.state_sector[epoch_at..epoch_at + 8].copy_from_slice(&epoch.to_le_bytes());
+        const BASE: usize = mutable_sectors::SHUTDOWN_AND_EPOCH * 512;
+        const FLAG: usize = offset_of!(RawHeader, clean_shutdown) - BASE;
+        const EPOCH_AT: usize = offset_of!(RawHeader, stable_journal_epoch) - BASE;
+        self.state_sector[FLAG..FLAG + 4].copy_from_slice(&u32::from(clean).to_le_bytes());
+        self.state_sector[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_le_bytes());
         let area = Area {
             at: self.unit.at,
             len: 512,
@@ -180,7 +180,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             .copy_from_slice(&self.state_sector);
         let step = Step::Write {
             file: FileId::Image,
-            offset: base as u64,
+            offset: BASE as u64,
             len: 512,
         };
         self.core.start(step, area)

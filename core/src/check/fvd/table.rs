@@ -140,9 +140,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     }
 
     fn raw(&self, area: Area, k: usize) -> u32 {
+        // Table areas are carved from work memory; an entry outside it would read as empty.
         let at = area.at + k * 4;
-        let b = &self.core.mem.as_ref()[at..at + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        let mut b = TABLE_EMPTY.to_le_bytes();
+        if let Some(src) = self.core.mem.as_ref().get(at..at + 4) {
+            b.copy_from_slice(src);
+        }
+        u32::from_le_bytes(b)
     }
 
     pub(crate) fn step_table(&mut self) -> Option<Step> {
@@ -296,7 +300,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             };
             if self.repair.is_some() {
                 let at = area.at + k * 4;
-                self.core.mem.as_mut()[at..at + 4].copy_from_slice(&TABLE_EMPTY.to_le_bytes());
+                if let Some(dst) = self.core.mem.as_mut().get_mut(at..at + 4) {
+                    dst.copy_from_slice(&TABLE_EMPTY.to_le_bytes());
+                }
                 walk.modified = true;
             }
             return Some(self.found(problem));

@@ -103,9 +103,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             // The part of the page inside the unit.
             let start = (index * PAGE).max(pos);
             let end = ((index + 1) * PAGE).min(pos + area.len as u64);
-            let src = self.pages.page_area(slot).at + (start - index * PAGE) as usize;
-            let dst = area.at + (start - pos) as usize;
-            let len = (end - start) as usize;
+            // Offsets within one page and within the unit's area of work memory.
+            let (Ok(into_page), Ok(into_unit), Ok(len)) = (
+                usize::try_from(start - index * PAGE),
+                usize::try_from(start - pos),
+                usize::try_from(end - start),
+            ) else {
+                return false;
+            };
+            let src = self.pages.page_area(slot).at + into_page;
+            let dst = area.at + into_unit;
             self.core.mem.as_mut().copy_within(src..src + len, dst);
         }
         true

@@ -8,6 +8,10 @@ use crate::check::memory::sub_window_end;
 use crate::check::walk::{Unit, Walk};
 use crate::check::{FixAction, Repair, Step};
 use crate::qed::table::ENTRY_SIZE;
+
+/// [`ENTRY_SIZE`] as a memory length.
+const ENTRY_LEN: usize = 8;
+static_assertions::const_assert_eq!(ENTRY_LEN as u64, ENTRY_SIZE);
 use crate::qed::L2Entry;
 
 /// Map values naming an L2 table (the rest name a data entry by L1 and L2 index).
@@ -164,7 +168,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             while n.walk.cursor < n.walk.len {
                 let at = n.walk.buf.at + n.walk.cursor;
                 let l2 = (n.walk.pos + n.walk.cursor as u64) / ENTRY_SIZE;
-                n.walk.cursor += ENTRY_SIZE as usize;
+                n.walk.cursor += ENTRY_LEN;
                 let raw = self.entry_at(at);
                 if let Some(step) = self.visit_l2(&mut n, l2, raw, at) {
                     self.nested = Some(n);
@@ -190,10 +194,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         while walk.cursor < walk.len {
             let at = walk.buf.at + walk.cursor;
             let l1 = (walk.pos + walk.cursor as u64) / ENTRY_SIZE;
-            walk.cursor += ENTRY_SIZE as usize;
+            walk.cursor += ENTRY_LEN;
             let raw = self.entry_at(at);
             if self.pass == Pass::FixL1 && raw != 0 && !self.walked(l1) {
-                self.core.mem.as_mut()[at..at + 8].fill(0);
+                if let Some(entry) = self.core.mem.as_mut().get_mut(at..at + 8) {
+                    entry.fill(0);
+                }
                 walk.modified = true;
                 continue;
             }
@@ -224,8 +230,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
     }
 
     pub(super) fn entry_at(&self, at: usize) -> u64 {
+        // Entries lie in table areas carved from work memory; one outside it would read
+        // as unallocated.
         let mut b = [0u8; 8];
-        b.copy_from_slice(&self.core.mem.as_ref()[at..at + 8]);
+        if let Some(src) = self.core.mem.as_ref().get(at..at + 8) {
+            b.copy_from_slice(src);
+        }
         u64::from_le_bytes(b)
     }
 
@@ -280,7 +290,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             Pass::Data(DataStage::Report) => {
                 let problem = self.report_data(n, l2, raw)?;
                 if self.scan.fix {
-                    self.core.mem.as_mut()[at..at + 8].fill(0);
+                    if let Some(entry) = self.core.mem.as_mut().get_mut(at..at + 8) {
+                        entry.fill(0);
+                    }
                     n.walk.modified = true;
                 }
                 self.emit(problem)

@@ -106,15 +106,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             bits |= features::NEED_CHECK;
         }
         header.features = bits.into();
-        let start = offset_of!(QedHeader, features);
-        let end = offset_of!(QedHeader, l1_table_offset);
+        const START: usize = offset_of!(QedHeader, features);
+        const END: usize = offset_of!(QedHeader, l1_table_offset);
+        let (start, end) = (START, END);
         self.header.copy_from_slice(header.bytes());
         let area = Area {
             at: self.l1_buf.at,
             len: end - start,
         };
         area.bytes_mut(self.core.mem.as_mut())
-            .copy_from_slice(&self.header[start..end]);
+            .copy_from_slice(&self.header[START..END]);
         let step = Step::Write {
             file: FileId::Image,
             offset: start as u64,

@@ -50,7 +50,10 @@ impl Allocator {
         if self.free_len == MAX_FREE_RANGES {
             return false;
         }
-        self.free[self.free_len] = (start, end);
+        let Some(range) = self.free.get_mut(self.free_len) else {
+            return false;
+        };
+        *range = (start, end);
         self.free_len += 1;
         true
     }
@@ -59,7 +62,10 @@ impl Allocator {
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Leaked chunks found at open and not yet reused.
     pub fn leaked_chunks(&self) -> u64 {
-        self.alloc.free[..self.alloc.free_len]
+        self.alloc
+            .free
+            .get(..self.alloc.free_len)
+            .unwrap_or_default()
             .iter()
             .map(|(a, b)| b - a)
             .sum()
@@ -93,7 +99,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if page == 0 {
             // A window starts with no chunk marked as used.
             let len = (bits / 8) as usize;
-            self.memory.as_mut()[area..area + len].fill(0);
+            if let Some(window) = self.memory.as_mut().get_mut(area..area + len) {
+                window.fill(0);
+            }
         }
         let first_page = page;
         let mut page = page;
@@ -138,9 +146,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     self.alloc.frontier = self.alloc.frontier.max(p + 1);
                 }
                 if p >= window && p - window < bits {
-                    let bit = (p - window) as usize;
-                    let byte = &mut self.memory.as_mut()[area + bit / 8];
-                    let mask = 1u8 << (bit % 8);
+                    let Some((at, mask)) = window_bit(area, p - window) else {
+                        continue;
+                    };
+                    let Some(byte) = self.memory.as_mut().get_mut(at) else {
+                        continue;
+                    };
                     if *byte & mask != 0 {
                         self.fail_open(OpenError::Corrupt(Corruption::SharedChunk {
                             chunk,
@@ -189,8 +200,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let mut run: Option<u64> = None;
         let mut p = start;
         while p < end {
-            let bit = (p - start) as usize;
-            let byte = self.memory.as_ref()[area + bit / 8];
+            let bit = p - start;
+            let Some(&byte) =
+                window_bit(area, bit).and_then(|(at, _)| self.memory.as_ref().get(at))
+            else {
+                return;
+            };
             // Whole bytes that do not end or start a run are skipped at once.
             if bit % 8 == 0 && end - p >= 8 && byte == if run.is_some() { 0 } else { 0xFF } {
                 p += 8;
@@ -332,4 +347,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             _ => {}
         }
     }
+}
+
+/// Where bit `bit` of the window bitmap at memory offset `area` lives: its byte offset and
+/// mask. Window bits are counted from an engine memory area, so the offset is in memory.
+fn window_bit(area: usize, bit: u64) -> Option<(usize, u8)> {
+    let at = area.checked_add(usize::try_from(bit / 8).ok()?)?;
+    Some((at, 1u8 << (bit % 8)))
 }

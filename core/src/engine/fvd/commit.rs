@@ -11,6 +11,7 @@
 use super::FvdEngine;
 use crate::engine::cache::{Meta, PageState, PAGE_BYTES};
 use crate::engine::protocol::FormatEngine;
+use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
 use crate::engine::{HEADER_AREA, SCRATCH_AREA};
@@ -210,7 +211,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     + self.journal_next * JOURNAL_SECTOR_SIZE as u64;
                 let op = Op::Write {
                     offset,
-                    len: sectors as usize * JOURNAL_SECTOR_SIZE,
+                    len: buffer_len(sectors) * JOURNAL_SECTOR_SIZE,
                     from: Buffer::Engine {
                         offset: HEADER_AREA,
                     },
@@ -425,7 +426,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let max_sectors = SCRATCH_AREA / JOURNAL_SECTOR_SIZE;
         let mut built = 0usize;
         let (front, pages) = self.memory.as_mut().split_at_mut(cache_base);
-        let scratch = &mut front[HEADER_AREA..HEADER_AREA + SCRATCH_AREA];
+        let Some(scratch) = front.get_mut(HEADER_AREA..HEADER_AREA + SCRATCH_AREA) else {
+            return 0;
+        };
         let mut sectors = scratch.chunks_exact_mut(JOURNAL_SECTOR_SIZE);
         let Some(mut builder) = sectors.next().and_then(SectorBuilder::new) else {
             return 0;
@@ -435,11 +438,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             if slot.state == PageState::Free || !slot.unjournaled() || slot.key.meta != phase {
                 continue;
             }
-            let bytes = &pages[i * PAGE_BYTES..(i + 1) * PAGE_BYTES];
+            let Some(bytes) = pages.get(i * PAGE_BYTES..(i + 1) * PAGE_BYTES) else {
+                continue;
+            };
             let mut lo = usize::from(slot.journal_lo);
             let hi = usize::from(slot.journal_hi);
             let page_start = slot.key.index * PAGE_BYTES as u64;
             while lo < hi {
+                // `journal_lo <= journal_hi <= PAGE_BYTES` (mark_changed records offsets
+                // inside the page; PAGE_BYTES is a multiple of 4), and table pages belong to a
+                // table of at most MAX_CHUNKS (2^31) entries, so the entry index fits u32.
+                #[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
                 let taken = match slot.key.meta {
                     Meta::Bitmap => builder.push_bitmap(page_start + lo as u64, &bytes[lo..hi]),
                     Meta::Table => {
@@ -455,7 +464,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     match sectors.next().and_then(SectorBuilder::new) {
                         Some(next) if built < max_sectors => builder = next,
                         _ => {
-                            self.cache.slot_mut(i).journal_lo = lo as u16;
+                            self.cache.slot_mut(i).journal_lo = slot_u16(lo);
                             return built as u64;
                         }
                     }

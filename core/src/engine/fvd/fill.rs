@@ -11,6 +11,7 @@
 use super::meta::Stall;
 use super::requests::{Kind, RequestSlot, State};
 use super::FvdEngine;
+use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
 use crate::engine::MAX_REQUESTS;
@@ -84,13 +85,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             return FillStart::NoRoom;
         }
         // Never while a write (or another fill) touches the block.
-        let busy = self.request_order[..self.active_requests].iter().any(|&o| {
-            let r = &self.requests[usize::from(o)];
-            r.kind.writes()
-                && !r.fill.cancelled
-                && r.start < block_end
-                && block_start < r.end.div_ceil(bs) * bs
-        });
+        let busy = self
+            .request_order
+            .prefix(self.active_requests)
+            .iter()
+            .any(|&o| {
+                let r = &self.requests[usize::from(o)];
+                r.kind.writes()
+                    && !r.fill.cancelled
+                    && r.start < block_end
+                    && block_start < r.end.div_ceil(bs) * bs
+            });
         if busy {
             return FillStart::Busy;
         }
@@ -102,12 +107,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
         let op = Op::Read {
             offset: block_start,
-            len: bytes as usize,
+            len: buffer_len(bytes),
             into: Buffer::Engine { offset: bounce },
         };
         if !self
             .commands
-            .emit(Owner::Request(slot as u16), FileId::Base, op)
+            .emit(Owner::Request(slot_u16(slot)), FileId::Base, op)
         {
             self.bounce.give_back(bounce);
             return FillStart::NoRoom;
@@ -117,11 +122,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let reader = reader.map(|reader| {
             let reader_slot = &self.requests[reader];
             Reader {
-                slot: reader as u16,
+                slot: slot_u16(reader),
                 generation: reader_slot.generation,
-                guest_offset: (offset - reader_slot.start) as usize,
-                delta: (offset - block_start) as usize,
-                len: piece as usize,
+                guest_offset: buffer_len(offset - reader_slot.start),
+                delta: buffer_len(offset - block_start),
+                len: buffer_len(piece),
             }
         });
         self.requests[slot] = RequestSlot {
@@ -142,7 +147,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             },
             ..RequestSlot::FREE
         };
-        self.request_order[self.active_requests] = slot as u16;
+        self.request_order[self.active_requests] = slot_u16(slot);
         self.active_requests += 1;
         self.awake[slot] = true;
         match reader {
@@ -179,7 +184,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             };
             if !self
                 .commands
-                .emit(Owner::Request(slot as u16), FileId::Image, op)
+                .emit(Owner::Request(slot_u16(slot)), FileId::Image, op)
             {
                 return false;
             }

@@ -119,14 +119,22 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         }
     }
 
+    /// The bytes of cache page `slot` (the cache lies inside engine memory, so a page
+    /// slot's bytes are always there; an empty slice would only read as zeros).
     fn page_bytes(&self, slot: usize) -> &[u8] {
         let at = self.cache.offset(slot);
-        &self.memory.as_ref()[at..at + PAGE_BYTES]
+        self.memory
+            .as_ref()
+            .get(at..at + PAGE_BYTES)
+            .unwrap_or_default()
     }
 
     fn page_bytes_mut(&mut self, slot: usize) -> &mut [u8] {
         let at = self.cache.offset(slot);
-        &mut self.memory.as_mut()[at..at + PAGE_BYTES]
+        self.memory
+            .as_mut()
+            .get_mut(at..at + PAGE_BYTES)
+            .unwrap_or_default()
     }
 
     /// Bitmap page holding `block`'s bit.
@@ -147,22 +155,28 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     /// Bit of `block` in loaded bitmap page `slot`.
     pub(crate) fn bit(&self, slot: usize, block: u64) -> bool {
-        let within = (block % BITS_PER_PAGE) as usize;
-        self.page_bytes(slot)[within / 8] & (1 << (within % 8)) != 0
+        let within = block % BITS_PER_PAGE;
+        let byte = usize::try_from(within / 8).unwrap_or(usize::MAX);
+        self.page_bytes(slot)
+            .get(byte)
+            .is_some_and(|b| b & (1 << (within % 8)) != 0)
     }
 
     /// Sets bits `first..=last` (all in page `slot`) at change generation `generation`.
     pub(crate) fn set_bits(&mut self, slot: usize, first: u64, last: u64, generation: u64) {
-        let lo = (first % BITS_PER_PAGE) as usize;
-        let hi = (last % BITS_PER_PAGE) as usize;
+        // Bit numbers within one page: below BITS_PER_PAGE, so they fit usize.
+        let lo = usize::try_from(first % BITS_PER_PAGE).unwrap_or(usize::MAX);
+        let hi = usize::try_from(last % BITS_PER_PAGE).unwrap_or(0);
         let mut changed = false;
         {
             let bytes = self.page_bytes_mut(slot);
             for bit in lo..=hi {
                 let mask = 1u8 << (bit % 8);
-                if bytes[bit / 8] & mask == 0 {
-                    bytes[bit / 8] |= mask;
-                    changed = true;
+                if let Some(byte) = bytes.get_mut(bit / 8) {
+                    if *byte & mask == 0 {
+                        *byte |= mask;
+                        changed = true;
+                    }
                 }
             }
         }
@@ -174,15 +188,20 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     /// Raw table entry of `chunk` in loaded table page `slot`.
     pub(crate) fn entry(&self, slot: usize, chunk: u64) -> u32 {
-        let at = (chunk % ENTRIES_PER_PAGE) as usize * 4;
-        let b = &self.page_bytes(slot)[at..at + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        let at = entry_at(chunk);
+        let mut b = [0u8; 4];
+        if let Some(src) = self.page_bytes(slot).get(at..at + 4) {
+            b.copy_from_slice(src);
+        }
+        u32::from_le_bytes(b)
     }
 
     /// Sets the table entry of `chunk` in page `slot`.
     pub(crate) fn set_entry(&mut self, slot: usize, chunk: u64, value: u32, generation: u64) {
-        let at = (chunk % ENTRIES_PER_PAGE) as usize * 4;
-        self.page_bytes_mut(slot)[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let at = entry_at(chunk);
+        if let Some(dst) = self.page_bytes_mut(slot).get_mut(at..at + 4) {
+            dst.copy_from_slice(&value.to_le_bytes());
+        }
         self.cache.mark_changed(slot, at, at + 4, generation);
     }
 
@@ -326,7 +345,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn journal_extent(&self, key: PageKey) -> u16 {
         let start = key.index * PAGE_BYTES as u64;
         let limit = self.journal_limit(key.meta).unwrap_or(0);
-        limit.saturating_sub(start).min(PAGE_BYTES as u64) as u16
+        u16::try_from(limit.saturating_sub(start).min(PAGE_BYTES as u64)).unwrap_or(u16::MAX)
     }
 
     /// The pages a journal record touches, or corruption when it leaves its structure
@@ -358,3 +377,8 @@ fn target_of(meta: Meta) -> RecordTarget {
 
 // A cache page is one unit of the record rule: a fault never leaves half a page applied.
 const _: () = assert!(PAGE_BYTES as u64 == APPLY_UNIT);
+
+/// Byte offset of `chunk`'s entry within its table page (below PAGE_BYTES).
+fn entry_at(chunk: u64) -> usize {
+    usize::try_from(chunk % ENTRIES_PER_PAGE).map_or(PAGE_BYTES, |i| i * 4)
+}

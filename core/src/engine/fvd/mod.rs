@@ -19,6 +19,7 @@ pub(crate) mod requests;
 use crate::engine::bounce::BouncePool;
 use crate::engine::cache::{self, PageCache};
 use crate::engine::protocol;
+use crate::engine::slot_table::SlotTable;
 use crate::engine::slots::{self, CommandSlots, EventQueue};
 use crate::engine::types::*;
 use crate::engine::{OpenOptions, Stats, MAX_REQUESTS};
@@ -35,8 +36,8 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     options: OpenOptions,
     layout: Option<ImageLayout>,
     lifecycle: Lifecycle,
-    requests: [RequestSlot; MAX_REQUESTS],
-    request_order: [u16; MAX_REQUESTS],
+    requests: SlotTable<RequestSlot, MAX_REQUESTS>,
+    request_order: SlotTable<u16, MAX_REQUESTS>,
     active_requests: usize,
     next_seq: u64,
     commands: CommandSlots,
@@ -62,7 +63,7 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     /// next request that needs a free page.
     room_error: Option<IoError>,
     /// Cache slot → its write-back was started to free a page (not by a commit).
-    room_write_back: [bool; PAGES],
+    room_write_back: SlotTable<bool, PAGES>,
     /// The one request allowed to keep partial page pins while it waits.
     page_token: Option<u16>,
     failed: bool,
@@ -84,7 +85,7 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     flushes_waiting: usize,
     /// Requests something happened to since they last could not move (a ready list: a
     /// pump steps only these, unless `wake_all`).
-    awake: [bool; MAX_REQUESTS],
+    awake: SlotTable<bool, MAX_REQUESTS>,
     /// Something every waiting request may care about happened (a page arrived, a commit
     /// ended, a write finished, memory or command slots were freed).
     wake_all: bool,
@@ -101,8 +102,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             options,
             layout: None,
             lifecycle: Lifecycle::Start,
-            requests: [RequestSlot::FREE; MAX_REQUESTS],
-            request_order: [0; MAX_REQUESTS],
+            requests: SlotTable([RequestSlot::FREE; MAX_REQUESTS]),
+            request_order: SlotTable([0; MAX_REQUESTS]),
             active_requests: 0,
             next_seq: 1,
             commands: CommandSlots::new(),
@@ -120,7 +121,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             overlay: overlay::JournalOverlay::NONE,
             page_error: None,
             room_error: None,
-            room_write_back: [false; PAGES],
+            room_write_back: SlotTable([false; PAGES]),
             page_token: None,
             failed: false,
             stats: Stats::default(),
@@ -132,7 +133,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             fill_bytes: 0,
             prefetch: prefetch::Prefetch::OFF,
             flushes_waiting: 0,
-            awake: [false; MAX_REQUESTS],
+            awake: SlotTable([false; MAX_REQUESTS]),
             wake_all: true,
             swept: false,
         };
@@ -146,12 +147,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     }
 
     /// The header as in memory (valid once the header has been read).
+    // Only called after open checked that engine memory holds HEADER_AREA bytes or more,
+    // and a RawHeader is unaligned with RAW_HEADER_LEN bytes: neither can fail.
+    #[allow(clippy::indexing_slicing, clippy::expect_used)]
     pub(crate) fn header(&self) -> &crate::fvd::RawHeader {
         crate::fvd::RawHeader::ref_from_bytes(&self.memory.as_ref()[..crate::fvd::RAW_HEADER_LEN])
             .expect("header area is exactly one header")
     }
 
     /// The header as in memory, to update the fields the engine rewrites at runtime.
+    #[allow(clippy::indexing_slicing, clippy::expect_used)] // as for `header`
     pub(crate) fn header_mut(&mut self) -> &mut crate::fvd::RawHeader {
         crate::fvd::RawHeader::mut_from_bytes(
             &mut self.memory.as_mut()[..crate::fvd::RAW_HEADER_LEN],

@@ -206,7 +206,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     fn header_read(&mut self) {
         let image_len = self.options.image_len;
-        let layout = match parse(&self.memory.as_ref()[..RAW_HEADER_LEN], image_len) {
+        // Engine memory is at least HEADER_AREA bytes (checked before the header read).
+        let header = self
+            .memory
+            .as_ref()
+            .get(..RAW_HEADER_LEN)
+            .unwrap_or_default();
+        let layout = match parse(header, image_len) {
             Ok((_, layout)) => layout,
             Err(error) => return self.fail_open(OpenError::Header(error)),
         };
@@ -262,7 +268,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             .min((total - cache_base) / PAGE_BYTES);
         let bounce_base = cache_base + pages * PAGE_BYTES;
         let slot_len = if live_base.is_some() {
-            layout.block_size as usize
+            // A block too large to address cannot fit in memory either (refused below).
+            usize::try_from(layout.block_size).unwrap_or(usize::MAX)
         } else {
             0
         };
@@ -276,7 +283,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if pages * PAGE_BYTES < MIN_CACHE || total - bounce_base < bounce_needed {
             return self.fail_open(OpenError::MemoryTooSmall {
                 given: total,
-                needed: cache_base + MIN_CACHE + bounce_needed,
+                needed: (cache_base + MIN_CACHE).saturating_add(bounce_needed),
             });
         }
         self.cache = PageCache::new(cache_base, pages);

@@ -11,10 +11,10 @@ use super::open::Lifecycle;
 use super::replay::BATCH_SECTORS;
 use super::FvdEngine;
 use crate::engine::cache::{Meta, PageKey, PageState};
+use crate::engine::slot_table::slot_u16;
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
-use crate::engine::HEADER_AREA;
-use crate::fvd::journal::{VerifiedSector, JOURNAL_SECTOR_SIZE};
+use crate::fvd::journal::VerifiedSector;
 
 /// The overlay's state.
 #[derive(Clone, Copy, Debug)]
@@ -88,10 +88,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let epoch = self.layout.map_or(0, |l| l.stable_journal_epoch);
         let in_batch = (self.journal_sectors - batch * BATCH_SECTORS).min(BATCH_SECTORS);
         for sector in 0..in_batch {
-            let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
             let position = batch * BATCH_SECTORS + sector;
-            let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
-            bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
+            let bytes = self.batch_sector(sector);
             let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) else {
                 continue;
             };
@@ -143,7 +141,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             None => {
                 let op = self.journal_batch_read(0);
                 if self.emit_overlay_read(op) {
-                    self.overlay.active = Some((slot as u16, 0, false));
+                    self.overlay.active = Some((slot_u16(slot), 0, false));
                     return true;
                 }
                 false
@@ -156,9 +154,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 let in_batch =
                     (self.overlay.sectors.saturating_sub(batch * BATCH_SECTORS)).min(BATCH_SECTORS);
                 for sector in 0..in_batch {
-                    let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
-                    let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
-                    bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
+                    let bytes = self.batch_sector(sector);
                     let position = batch * BATCH_SECTORS + sector;
                     if let Ok(verified) = VerifiedSector::verify(&bytes, epoch, position) {
                         for record in verified.records() {
@@ -170,9 +166,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 if (batch + 1) * BATCH_SECTORS < self.overlay.sectors {
                     let op = self.journal_batch_read(batch + 1);
                     if self.emit_overlay_read(op) {
-                        self.overlay.active = Some((page as u16, batch + 1, false));
+                        self.overlay.active = Some((slot_u16(page), batch + 1, false));
                     } else {
-                        self.overlay.active = Some((page as u16, batch, true));
+                        self.overlay.active = Some((slot_u16(page), batch, true));
                         return false;
                     }
                 } else {

@@ -37,10 +37,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let (mut sector, mut record) = (sector, record);
         while sector < in_batch {
             let position = batch * BATCH_SECTORS + sector;
-            let at = HEADER_AREA + sector as usize * JOURNAL_SECTOR_SIZE;
             // Copy the sector out so page accesses can borrow engine memory.
-            let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
-            bytes.copy_from_slice(&self.memory.as_ref()[at..at + JOURNAL_SECTOR_SIZE]);
+            let bytes = self.batch_sector(sector);
             let verified = VerifiedSector::verify(&bytes, epoch, position);
             if let Err(SectorError::StaleEpoch { found }) = verified {
                 // Intact, of another epoch: the next epoch must lie above it.
@@ -115,5 +113,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
         }
         Ok(())
+    }
+
+    /// Sector `sector` of the journal batch read into engine memory at HEADER_AREA. A
+    /// batch holds BATCH_SECTORS sectors, which fit there; a sector outside engine memory
+    /// would read as zeros, which no journal sector verifies as.
+    pub(crate) fn batch_sector(&self, sector: u64) -> [u8; JOURNAL_SECTOR_SIZE] {
+        let mut bytes = [0u8; JOURNAL_SECTOR_SIZE];
+        let src = usize::try_from(sector)
+            .ok()
+            .and_then(|s| s.checked_mul(JOURNAL_SECTOR_SIZE)?.checked_add(HEADER_AREA))
+            .and_then(|at| {
+                self.memory
+                    .as_ref()
+                    .get(at..at.checked_add(JOURNAL_SECTOR_SIZE)?)
+            });
+        if let Some(src) = src {
+            bytes.copy_from_slice(src);
+        }
+        bytes
     }
 }

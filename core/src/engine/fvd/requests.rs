@@ -8,6 +8,7 @@ use super::FvdEngine;
 use crate::engine::cache::PageKey;
 use crate::engine::guest;
 use crate::engine::protocol::FormatEngine;
+use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
 use crate::engine::MAX_REQUESTS;
@@ -172,18 +173,18 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             cursor: start,
             ..RequestSlot::FREE
         };
-        self.request_order[self.active_requests] = slot as u16;
+        self.request_order[self.active_requests] = slot_u16(slot);
         self.active_requests += 1;
         self.awake[slot] = true;
         Ok(RequestId {
-            slot: slot as u16,
+            slot: slot_u16(slot),
             generation,
         })
     }
 
     fn id_of(&self, slot: usize) -> RequestId {
         RequestId {
-            slot: slot as u16,
+            slot: slot_u16(slot),
             generation: self.requests[slot].generation,
         }
     }
@@ -206,7 +207,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             self.events.push(Event::Completed { id, result });
             self.requests[slot].state = State::Done;
         }
-        if let Some(pos) = self.request_order[..self.active_requests]
+        if let Some(pos) = self
+            .request_order
+            .prefix(self.active_requests)
             .iter()
             .position(|&s| usize::from(s) == slot)
         {
@@ -232,7 +235,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             self.bounce.give_back(part.bounce);
             self.wake_all = true;
         }
-        if self.page_token == Some(slot as u16) {
+        if self.page_token == Some(slot_u16(slot)) {
             self.page_token = None;
             self.wake_all = true;
         }
@@ -247,28 +250,31 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         keys: [Option<PageKey>; 2],
     ) -> Result<[Option<usize>; 2], Stall> {
         let mut got = [None; 2];
-        for (i, key) in keys.into_iter().enumerate() {
+        for ((key, got), i) in keys.into_iter().zip(&mut got).zip(0..) {
             let Some(key) = key else { continue };
-            if let Some(pinned) = self.requests[slot].pins[i] {
-                got[i] = Some(usize::from(pinned));
+            let pins: &mut [Option<u16>; 2] = &mut self.requests[slot].pins;
+            if let Some(pinned) = pins.get(i).copied().flatten() {
+                *got = Some(usize::from(pinned));
                 continue;
             }
             match self.page(key) {
                 Ok(page) => {
                     self.cache.slot_mut(page).pins += 1;
-                    self.requests[slot].pins[i] = Some(page as u16);
-                    got[i] = Some(page);
+                    if let Some(pin) = self.requests[slot].pins.get_mut(i) {
+                        *pin = Some(slot_u16(page));
+                    }
+                    *got = Some(page);
                 }
                 Err(stall) => {
-                    let holder = *self.page_token.get_or_insert(slot as u16);
-                    if holder != slot as u16 || stall != Stall::Wait {
+                    let holder = *self.page_token.get_or_insert(slot_u16(slot));
+                    if holder != slot_u16(slot) || stall != Stall::Wait {
                         self.unpin(slot);
                     }
                     return Err(stall);
                 }
             }
         }
-        if self.page_token == Some(slot as u16) {
+        if self.page_token == Some(slot_u16(slot)) {
             self.page_token = None;
             self.wake_all = true;
         }
@@ -438,9 +444,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
             let into = Buffer::Guest {
                 request: self.id_of(slot),
-                offset: (run.offset - r.start) as usize,
+                offset: buffer_len(run.offset - r.start),
             };
-            let len = run.len as usize;
+            let len = buffer_len(run.len);
             let (file, op) = match run.mapping {
                 Mapping::Base => (
                     FileId::Base,
@@ -455,7 +461,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     (FileId::Image, Op::ZeroBuffer { into, len })
                 }
             };
-            if !self.commands.emit(Owner::Request(slot as u16), file, op) {
+            if !self.commands.emit(Owner::Request(slot_u16(slot)), file, op) {
                 return moved;
             }
             let r = &mut self.requests[slot];
@@ -472,7 +478,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
         let me = self.requests[slot];
         let (lo, hi) = me.lock_range(unit);
-        let blocked = self.request_order[..self.active_requests]
+        let blocked = self
+            .request_order
+            .prefix(self.active_requests)
             .iter()
             .any(|&other| {
                 let o = &self.requests[usize::from(other)];
@@ -582,10 +590,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                         seg.write_body = false;
                     }
                     None => {
-                        let claimed = self.request_order[..self.active_requests].iter().any(|&o| {
-                            usize::from(o) != slot
-                                && self.requests[usize::from(o)].claim == Some(chunk)
-                        });
+                        let claimed =
+                            self.request_order
+                                .prefix(self.active_requests)
+                                .iter()
+                                .any(|&o| {
+                                    usize::from(o) != slot
+                                        && self.requests[usize::from(o)].claim == Some(chunk)
+                                });
                         if claimed || self.bounce.available() < bounce_needed {
                             self.unpin(slot);
                             return Err(Stall::Wait);
@@ -628,17 +640,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let parts = [seg.head, seg.tail];
         while usize::from(self.requests[slot].seg.next_part) < parts.len() {
             let index = usize::from(self.requests[slot].seg.next_part);
-            if let Some(part) = parts[index] {
+            if let Some(part) = parts.get(index).copied().flatten() {
                 let op = Op::Read {
                     offset: part.guest,
-                    len: part.len as usize,
+                    len: buffer_len(part.len),
                     into: Buffer::Engine {
                         offset: part.bounce,
                     },
                 };
                 if !self
                     .commands
-                    .emit(Owner::Request(slot as u16), FileId::Base, op)
+                    .emit(Owner::Request(slot_u16(slot)), FileId::Base, op)
                 {
                     return moved;
                 }
@@ -684,7 +696,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     file,
                     Op::Write {
                         offset: seg.phys(p.guest),
-                        len: p.len as usize,
+                        len: buffer_len(p.len),
                         from: Buffer::Engine { offset: p.bounce },
                     },
                 )
@@ -697,17 +709,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 Kind::Zeroes { unmap } => Op::WriteZeroes { offset, len, unmap },
                 Kind::Fill => Op::Write {
                     offset,
-                    len: len as usize,
+                    len: buffer_len(len),
                     from: Buffer::Engine {
-                        offset: r.fill.bounce + (seg.start - r.start) as usize,
+                        offset: r.fill.bounce + buffer_len(seg.start - r.start),
                     },
                 },
                 _ => Op::Write {
                     offset,
-                    len: len as usize,
+                    len: buffer_len(len),
                     from: Buffer::Guest {
                         request: self.id_of(slot),
-                        offset: (seg.start - r.start) as usize,
+                        offset: buffer_len(seg.start - r.start),
                     },
                 },
             };
@@ -733,8 +745,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let seg = self.requests[slot].seg;
         let parts = self.data_parts(slot, &seg);
         while usize::from(self.requests[slot].seg.next_part) < parts.len() {
-            if let Some((file, op)) = parts[usize::from(self.requests[slot].seg.next_part)] {
-                if !self.commands.emit(Owner::Request(slot as u16), file, op) {
+            let index = usize::from(self.requests[slot].seg.next_part);
+            if let Some((file, op)) = parts.get(index).copied().flatten() {
+                if !self.commands.emit(Owner::Request(slot_u16(slot)), file, op) {
                     return moved;
                 }
                 self.requests[slot].outstanding += 1;

@@ -6,6 +6,7 @@ use super::requests::State;
 use super::writes::Segment;
 use super::QedEngine;
 use crate::engine::guest::Kind;
+use crate::engine::slot_table::buffer_len;
 use crate::engine::types::*;
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
@@ -60,7 +61,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         if !r.seg.main_emitted {
             let op = Op::Read {
                 offset: r.start,
-                len: (r.end - r.start) as usize,
+                len: buffer_len(r.end - r.start),
                 into: Buffer::Engine {
                     offset: r.bounce.unwrap_or(0),
                 },

@@ -217,11 +217,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     fn header_read(&mut self) {
         let options = self.options;
-        let layout =
-            match crate::qed::parse(&self.memory.as_ref()[..HEADER_SECTOR], options.image_len) {
-                Ok((_, layout)) => layout,
-                Err(error) => return self.fail_open(OpenError::QedHeader(error)),
-            };
+        // Engine memory is at least HEADER_SECTOR bytes (checked before the header read).
+        let header = self
+            .memory
+            .as_ref()
+            .get(..HEADER_SECTOR)
+            .unwrap_or_default();
+        let layout = match crate::qed::parse(header, options.image_len) {
+            Ok((_, layout)) => layout,
+            Err(error) => return self.fail_open(OpenError::QedHeader(error)),
+        };
         if options.data_len.is_some() {
             return self.fail_open(OpenError::DataFileMismatch);
         }
@@ -241,10 +246,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         let bounce_total = given - bounce_base;
         // Whole clusters when two fit (copy-on-read needs a whole cluster); otherwise
         // pieces of half the space, whole sectors.
-        let slot_len = if (bounce_total as u64) >= 2 * cs {
-            cs as usize
-        } else {
-            (bounce_total / 2) / PAGE_BYTES * PAGE_BYTES
+        let slot_len = match usize::try_from(cs) {
+            Ok(cs) if bounce_total / 2 >= cs => cs,
+            _ => (bounce_total / 2) / PAGE_BYTES * PAGE_BYTES,
         };
         self.cache = super::super::cache::PageCache::new(fixed, pages);
         self.bounce = super::super::bounce::BouncePool::new(bounce_base, bounce_total, slot_len);

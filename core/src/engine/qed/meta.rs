@@ -7,6 +7,7 @@ use super::super::cache::{Meta, PageKey, PageState, Victim, PAGE_BYTES};
 use super::super::slots::Owner;
 use super::super::types::{Corruption, FileId, IoError, Op};
 use super::QedEngine;
+use crate::engine::slot_table::slot_u16;
 use crate::qed::table::ENTRY_SIZE;
 use crate::qed::{L1Entry, L2Entry};
 
@@ -116,7 +117,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
         self.reserving &= !bit;
         for slot in self.cache.indices() {
-            if self.reserved[slot] == Some(request as u16) {
+            if self.reserved[slot] == Some(slot_u16(request)) {
                 self.unreserve_slot(slot);
             }
         }
@@ -152,10 +153,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     }
 
     fn entry_in(&self, slot: usize, at: u64) -> u64 {
-        let within = (at % PAGE_BYTES as u64) as usize;
-        let base = self.cache.offset(slot) + within;
+        let base = self.cache.offset(slot) + within_page(at);
         let mut le = [0u8; 8];
-        le.copy_from_slice(&self.memory.as_ref()[base..base + 8]);
+        // The cache lies inside engine memory and entries are 8-byte aligned in a page.
+        if let Some(src) = self.memory.as_ref().get(base..base + 8) {
+            le.copy_from_slice(src);
+        }
         u64::from_le_bytes(le)
     }
 
@@ -167,9 +170,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             // data may not be durable yet) waits until it has.
             return Err(Stall::Wait);
         }
-        let within = (at % PAGE_BYTES as u64) as usize;
+        let within = within_page(at);
         let base = self.cache.offset(slot) + within;
-        self.memory.as_mut()[base..base + 8].copy_from_slice(&raw.to_le_bytes());
+        if let Some(dst) = self.memory.as_mut().get_mut(base..base + 8) {
+            dst.copy_from_slice(&raw.to_le_bytes());
+        }
         self.cache
             .mark_changed(slot, within, within + 8, self.change_gen);
         self.last_change_ms = self.now_ms;
@@ -192,7 +197,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// entry is invalid or points outside the file.
     pub(super) fn l2_table(&mut self, index: u64) -> Result<Option<u64>, Stall> {
         let layout = self.layout.ok_or(Stall::Wait)?;
-        let memo = self.l1_memo[index as usize % self.l1_memo.len()];
+        let memo = self.l1_memo.get(memo_slot(index)).copied().flatten();
         let raw = match memo {
             Some((i, raw)) if i == index => raw,
             _ => {
@@ -209,8 +214,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     }
 
     fn remember_l1(&mut self, index: u64, raw: u64) {
-        let n = self.l1_memo.len();
-        self.l1_memo[index as usize % n] = Some((index, raw));
+        if let Some(memo) = self.l1_memo.get_mut(memo_slot(index)) {
+            *memo = Some((index, raw));
+        }
     }
 
     /// What the guest bytes from `offset` up to at most `limit` hold: one run.
@@ -314,4 +320,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             _ => {}
         }
     }
+}
+
+/// Offset of file offset `at` within its metadata page (below PAGE_BYTES).
+fn within_page(at: u64) -> usize {
+    usize::try_from(at % PAGE_BYTES as u64).unwrap_or(PAGE_BYTES)
+}
+
+/// The L1 memo slot of L1 index `index`.
+fn memo_slot(index: u64) -> usize {
+    usize::try_from(index % super::L1_MEMO as u64).unwrap_or(0)
 }

@@ -26,6 +26,7 @@ mod writes;
 use super::bounce::BouncePool;
 use super::cache::PageCache;
 use super::protocol::FormatEngine;
+use super::slot_table::SlotTable;
 use super::slots::{CommandSlots, EventQueue, Owner};
 use super::types::*;
 use super::{OpenOptions, Stats, MAX_REQUESTS};
@@ -50,7 +51,7 @@ pub(crate) struct QedEngine<M, const PAGES: usize = 256> {
     options: OpenOptions,
     layout: Option<QedLayout>,
     phase: Phase,
-    requests: [Req; MAX_REQUESTS],
+    requests: SlotTable<Req, MAX_REQUESTS>,
     active: usize,
     next_seq: u64,
     commands: CommandSlots,
@@ -66,14 +67,14 @@ pub(crate) struct QedEngine<M, const PAGES: usize = 256> {
     /// next step, so requests stepped before it cannot evict them first.
     stepping: Option<u16>,
     /// Cache slot → request a loaded page is reserved for.
-    reserved: [Option<u16>; PAGES],
+    reserved: SlotTable<Option<u16>, PAGES>,
     /// A page load that failed, reported to the next request that wants the page.
     page_error: Option<(super::cache::PageKey, IoError)>,
     /// A commit or page write-back meant to free cache pages failed: reported to the
     /// next request that needs a free page.
     room_error: Option<IoError>,
     /// Cache slot → its write-back was started to free a page (not by a commit).
-    room_write_back: [bool; PAGES],
+    room_write_back: SlotTable<bool, PAGES>,
     /// File length as far as completed growth goes.
     file_len: u64,
     /// End of the space handed out to allocations (beyond `file_len` while growth is due).
@@ -117,7 +118,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             options,
             layout: None,
             phase: Phase::Start,
-            requests: [Req::FREE; MAX_REQUESTS],
+            requests: SlotTable([Req::FREE; MAX_REQUESTS]),
             active: 0,
             next_seq: 1,
             commands: CommandSlots::new(),
@@ -127,10 +128,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             bounce_len: 0,
             l1_memo: [None; L1_MEMO],
             stepping: None,
-            reserved: [None; PAGES],
+            reserved: SlotTable([None; PAGES]),
             page_error: None,
             room_error: None,
-            room_write_back: [false; PAGES],
+            room_write_back: SlotTable([false; PAGES]),
             file_len: options.image_len,
             alloc_end: 0,
             growing: false,

@@ -9,6 +9,7 @@ use super::writes::{Action, CowStage, Segment};
 use super::QedEngine;
 use crate::engine::guest::{self, Kind};
 use crate::engine::protocol::FormatEngine;
+use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
 use crate::engine::MAX_REQUESTS;
@@ -160,14 +161,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         };
         self.active += 1;
         RequestId {
-            slot: slot as u16,
+            slot: slot_u16(slot),
             generation,
         }
     }
 
     pub(super) fn id_of(&self, slot: usize) -> RequestId {
         RequestId {
-            slot: slot as u16,
+            slot: slot_u16(slot),
             generation: self.requests[slot].generation,
         }
     }
@@ -237,7 +238,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             }
             if self.requests[slot].active() {
                 left -= 1;
-                self.stepping = Some(slot as u16);
+                self.stepping = Some(slot_u16(slot));
                 self.unreserve(slot);
                 moved |= self.step_request(slot);
                 self.stepping = None;
@@ -356,12 +357,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     pub(super) fn guest(&self, slot: usize, at: u64) -> Buffer {
         Buffer::Guest {
             request: self.id_of(slot),
-            offset: (at - self.requests[slot].start) as usize,
+            offset: buffer_len(at - self.requests[slot].start),
         }
     }
 
     pub(super) fn emit(&mut self, slot: usize, file: FileId, op: Op) -> bool {
-        if self.commands.emit(Owner::Request(slot as u16), file, op) {
+        if self.commands.emit(Owner::Request(slot_u16(slot)), file, op) {
             self.requests[slot].outstanding += 1;
             true
         } else {
@@ -396,7 +397,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     FileId::Image,
                     Op::Read {
                         offset: p,
-                        len: len as usize,
+                        len: buffer_len(len),
                         into,
                     },
                 ),
@@ -404,7 +405,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     FileId::Base,
                     Op::Read {
                         offset: r.cursor,
-                        len: len as usize,
+                        len: buffer_len(len),
                         into,
                     },
                 ),
@@ -412,7 +413,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     FileId::Image,
                     Op::ZeroBuffer {
                         into,
-                        len: len as usize,
+                        len: buffer_len(len),
                     },
                 ),
             };

@@ -7,6 +7,7 @@ use super::meta::{Extent, ExtentKind};
 use super::requests::State;
 use super::QedEngine;
 use crate::engine::guest::Kind;
+use crate::engine::slot_table::buffer_len;
 use crate::engine::types::*;
 use crate::qed::table::{ENTRY_SIZE, UNALLOCATED, ZERO_CLUSTER};
 
@@ -274,7 +275,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             let command = match seg.action {
                 Action::InPlace => Some(Op::Write {
                     offset: seg.phys,
-                    len: len as usize,
+                    len: buffer_len(len),
                     from: self.guest(slot, seg.start),
                 }),
                 Action::ZeroInPlace => Some(Op::WriteZeroes {
@@ -284,12 +285,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 }),
                 Action::Allocate(Source::Guest) => Some(Op::Write {
                     offset: seg.phys + (seg.start - seg.cluster * cs),
-                    len: len as usize,
+                    len: buffer_len(len),
                     from: self.guest(slot, seg.start),
                 }),
                 Action::Allocate(Source::Bounce) => Some(Op::Write {
                     offset: seg.phys,
-                    len: cs as usize,
+                    len: buffer_len(cs),
                     from: Buffer::Engine {
                         offset: r.bounce.unwrap_or(0),
                     },
@@ -393,7 +394,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     let len = (hi - pos).min(self.bounce_len);
                     let op = Op::Read {
                         offset: pos,
-                        len: len as usize,
+                        len: buffer_len(len),
                         into: Buffer::Engine { offset: bounce },
                     };
                     if !self.emit(slot, FileId::Base, op) {
@@ -412,7 +413,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     }
                     let op = Op::Write {
                         offset: phys_of(seg.cow_pos),
-                        len: seg.cow_len as usize,
+                        len: buffer_len(seg.cow_len),
                         from: Buffer::Engine {
                             offset: r.bounce.unwrap_or(0),
                         },
