@@ -159,6 +159,8 @@ pub struct ChainOf<L, M, const PAGES: usize = 256> {
     links: [Option<Link>; MAX_LINKS],
     /// A lower layer could not be opened: its error, reported once.
     failed: Option<Event>,
+    /// The first lower layer that could not be opened.
+    failed_layer: Option<usize>,
     memory: PhantomData<fn() -> M>,
 }
 
@@ -185,6 +187,7 @@ where
             layers,
             links: [None; MAX_LINKS],
             failed: None,
+            failed_layer: None,
             memory: PhantomData,
         })
     }
@@ -192,6 +195,40 @@ where
     /// The layers, the image first.
     pub fn layers(&self) -> &[Engine<M, PAGES>] {
         self.layers.as_ref()
+    }
+
+    /// The first layer below the image whose open failed, if one did (its error is the
+    /// chain's [`Event::OpenFailed`]).
+    pub fn failed_layer(&self) -> Option<usize> {
+        self.failed_layer
+    }
+
+    /// Commands for the host that it has not completed yet, polled or not: those of every
+    /// layer's engine except the base reads the chain serves itself, plus the chain's
+    /// zero-fills. A host that counts the commands it polled has more to poll only while
+    /// this exceeds its count, so it need not poll just to hear that there is none.
+    pub fn commands_in_flight(&self) -> usize {
+        let engines: usize = self
+            .layers()
+            .iter()
+            .map(Engine::commands_in_flight)
+            .fold(0, usize::saturating_add);
+        let links = self.links.iter().flatten().count();
+        let fills = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|l| l.fill != Fill::None)
+            .count();
+        engines.saturating_sub(links).saturating_add(fills)
+    }
+
+    /// Requests in flight in every layer (the chain's reads of lower layers too).
+    pub fn requests_in_flight(&self) -> usize {
+        self.layers()
+            .iter()
+            .map(Engine::requests_in_flight)
+            .fold(0, usize::saturating_add)
     }
 
     /// Gives the layers back (their engines as the chain left them).
@@ -326,6 +363,7 @@ where
                     match event {
                         Event::OpenFailed(error) => {
                             self.failed.get_or_insert(Event::OpenFailed(error));
+                            self.failed_layer.get_or_insert(layer);
                             self.fail_links_of(layer);
                         }
                         Event::Completed { id, result } => self.lower_done(layer, id, result),
