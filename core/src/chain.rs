@@ -213,6 +213,10 @@ where
             .iter()
             .map(Engine::commands_in_flight)
             .fold(0, usize::saturating_add);
+        if self.layers().len() < 2 {
+            // One image: no links, no fills.
+            return engines;
+        }
         let links = self.links.iter().flatten().count();
         let fills = self
             .links
@@ -351,6 +355,10 @@ where
 
     /// Handles what the lower layers did: open failures, completions of base reads.
     fn settle(&mut self) {
+        if self.layers().len() < 2 {
+            // One image: no layer below, so no link is ever made.
+            return;
+        }
         for _ in 0..MAX_DEPTH.saturating_mul(4) {
             let mut moved = false;
             for layer in 1..self.layers().len() {
@@ -532,6 +540,9 @@ where
 
     /// The zero-fill of a link whose read reaches past the end of the layer below.
     fn next_fill(&mut self) -> Option<ChainCommand> {
+        if self.layers().len() < 2 {
+            return None;
+        }
         let slot = self
             .links
             .iter()

@@ -164,7 +164,8 @@ impl Executor {
 
     /// Opens the FVD image at `path` with `faults` injected into the workers' file
     /// operations from the first one on (see [`crate::host::faults`]; the caller keeps a handle
-    /// to clear them). Base reads through a chained image are not affected.
+    /// to clear them). They apply to the image's own files: the files of the images below
+    /// it in its chain are not affected.
     pub fn open_with_faults(
         path: &Path,
         options: ExecutorOptions,
