@@ -15,6 +15,7 @@ use crate::engine::{
     RequestId, SubmitError,
 };
 use core::fmt;
+use core::marker::PhantomData;
 
 /// Most layers a chain stacks (the image and 15 bases below it).
 pub const MAX_DEPTH: usize = 16;
@@ -147,51 +148,112 @@ enum Fill {
     Issued,
 }
 
-/// A stack of engines, the image first and each base after the image it serves.
-pub struct Chain<'e, M, const PAGES: usize = 256> {
-    layers: &'e mut [Engine<M, PAGES>],
+/// A chain over engines the caller lends (`&mut [Engine]`): firmware keeps them in an
+/// array, tests on the stack.
+pub type Chain<'e, M, const PAGES: usize = 256> = ChainOf<&'e mut [Engine<M, PAGES>], M, PAGES>;
+
+/// A stack of engines, the image first and each base after the image it serves, held in
+/// `L`: a borrowed slice ([`Chain`]), an array, or (for a host with an allocator) a
+/// vector the chain owns.
+pub struct ChainOf<L, M, const PAGES: usize = 256> {
+    layers: L,
     links: [Option<Link>; MAX_LINKS],
     /// A lower layer could not be opened: its error, reported once.
     failed: Option<Event>,
+    /// The first lower layer that could not be opened.
+    failed_layer: Option<usize>,
+    memory: PhantomData<fn() -> M>,
 }
 
-impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
+impl<L, M, const PAGES: usize> ChainOf<L, M, PAGES>
+where
+    L: AsRef<[Engine<M, PAGES>]> + AsMut<[Engine<M, PAGES>]>,
+    M: AsRef<[u8]> + AsMut<[u8]>,
+{
     /// Chains `layers` (each already [`Engine::open`]ed by the host over its own files;
     /// every layer but the last opened with `base_available`), whose files are `keys`.
-    pub fn new(layers: &'e mut [Engine<M, PAGES>], keys: &[FileKey]) -> Result<Self, ChainError> {
-        if layers.is_empty() {
+    pub fn new(layers: L, keys: &[FileKey]) -> Result<Self, ChainError> {
+        let depth = layers.as_ref().len();
+        if depth == 0 {
             return Err(ChainError::Empty);
         }
-        if layers.len() > MAX_DEPTH {
-            return Err(ChainError::TooDeep {
-                depth: layers.len(),
-            });
+        if depth > MAX_DEPTH {
+            return Err(ChainError::TooDeep { depth });
         }
-        if keys.len() != layers.len() {
+        if keys.len() != depth {
             return Err(ChainError::KeysMismatch);
         }
         check_distinct(keys)?;
-        Ok(Chain {
+        Ok(ChainOf {
             layers,
             links: [None; MAX_LINKS],
             failed: None,
+            failed_layer: None,
+            memory: PhantomData,
         })
     }
 
     /// The layers, the image first.
     pub fn layers(&self) -> &[Engine<M, PAGES>] {
+        self.layers.as_ref()
+    }
+
+    /// The first layer below the image whose open failed, if one did (its error is the
+    /// chain's [`Event::OpenFailed`]).
+    pub fn failed_layer(&self) -> Option<usize> {
+        self.failed_layer
+    }
+
+    /// Commands for the host that it has not completed yet, polled or not: those of every
+    /// layer's engine except the base reads the chain serves itself, plus the chain's
+    /// zero-fills. A host that counts the commands it polled has more to poll only while
+    /// this exceeds its count, so it need not poll just to hear that there is none.
+    pub fn commands_in_flight(&self) -> usize {
+        let engines: usize = self
+            .layers()
+            .iter()
+            .map(Engine::commands_in_flight)
+            .fold(0, usize::saturating_add);
+        if self.layers().len() < 2 {
+            // One image: no links, no fills.
+            return engines;
+        }
+        let links = self.links.iter().flatten().count();
+        let fills = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|l| l.fill != Fill::None)
+            .count();
+        engines.saturating_sub(links).saturating_add(fills)
+    }
+
+    /// Requests in flight in every layer (the chain's reads of lower layers too).
+    pub fn requests_in_flight(&self) -> usize {
+        self.layers()
+            .iter()
+            .map(Engine::requests_in_flight)
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Gives the layers back (their engines as the chain left them).
+    pub fn into_layers(self) -> L {
         self.layers
+    }
+
+    fn engines_mut(&mut self) -> &mut [Engine<M, PAGES>] {
+        self.layers.as_mut()
     }
 
     /// Engine memory of `layer`, for [`Buffer::Engine`] in a command whose `memory_of`
     /// is `layer`.
     pub fn memory(&self, layer: usize) -> &[u8] {
-        self.layers.get(layer).map_or(&[], |e| e.memory())
+        self.layers().get(layer).map_or(&[], |e| e.memory())
     }
 
     /// Engine memory of `layer`, mutably (the host fills it for reads).
     pub fn memory_mut(&mut self, layer: usize) -> &mut [u8] {
-        match self.layers.get_mut(layer) {
+        match self.engines_mut().get_mut(layer) {
             Some(engine) => engine.memory_mut(),
             None => &mut [],
         }
@@ -199,25 +261,25 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
 
     /// Submits a guest request to the image (layer 0).
     pub fn submit(&mut self, request: Request) -> Result<RequestId, SubmitError> {
-        let top = self.layers.first_mut().ok_or(SubmitError::NotOpen)?;
+        let top = self.engines_mut().first_mut().ok_or(SubmitError::NotOpen)?;
         top.submit(request)
     }
 
     /// Starts closing every layer; [`Event::Closed`] comes when the image has closed.
     pub fn close(&mut self) {
-        for layer in self.layers.iter_mut() {
+        for layer in self.engines_mut().iter_mut() {
             layer.close();
         }
     }
 
     /// When the host should call [`Chain::handle_timeout`] next, if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.layers.iter().filter_map(|e| e.poll_timeout()).min()
+        self.layers().iter().filter_map(|e| e.poll_timeout()).min()
     }
 
     /// Tells every layer the time (ms).
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        for layer in self.layers.iter_mut() {
+        for layer in self.engines_mut().iter_mut() {
             layer.handle_timeout(now_ms);
         }
     }
@@ -231,13 +293,16 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
                 return Some(command);
             }
             let mut forwarded = false;
-            for layer in 0..self.layers.len() {
-                let last = layer + 1 == self.layers.len();
+            for layer in 0..self.layers().len() {
+                let last = layer + 1 == self.layers().len();
                 if !last && !self.link_free() {
                     // A base read would need a link: wait for one to finish.
                     continue;
                 }
-                let Some(command) = self.layers.get_mut(layer).and_then(|e| e.poll_command())
+                let Some(command) = self
+                    .engines_mut()
+                    .get_mut(layer)
+                    .and_then(|e| e.poll_command())
                 else {
                     continue;
                 };
@@ -259,7 +324,7 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
     pub fn complete(&mut self, id: ChainCommandId, result: Result<(), IoError>) {
         match id {
             ChainCommandId::Engine { layer, id } => {
-                if let Some(engine) = self.layers.get_mut(layer) {
+                if let Some(engine) = self.engines_mut().get_mut(layer) {
                     engine.complete(id, result);
                 }
             }
@@ -286,19 +351,28 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
         if let Some(event) = self.failed.take() {
             return Some(event);
         }
-        self.layers.first_mut()?.poll_event()
+        self.engines_mut().first_mut()?.poll_event()
     }
 
     /// Handles what the lower layers did: open failures, completions of base reads.
     fn settle(&mut self) {
+        if self.layers().len() < 2 {
+            // One image: no layer below, so no link is ever made.
+            return;
+        }
         for _ in 0..MAX_DEPTH.saturating_mul(4) {
             let mut moved = false;
-            for layer in 1..self.layers.len() {
-                while let Some(event) = self.layers.get_mut(layer).and_then(|e| e.poll_event()) {
+            for layer in 1..self.layers().len() {
+                while let Some(event) = self
+                    .engines_mut()
+                    .get_mut(layer)
+                    .and_then(|e| e.poll_event())
+                {
                     moved = true;
                     match event {
                         Event::OpenFailed(error) => {
                             self.failed.get_or_insert(Event::OpenFailed(error));
+                            self.failed_layer.get_or_insert(layer);
                             self.fail_links_of(layer);
                         }
                         Event::Completed { id, result } => self.lower_done(layer, id, result),
@@ -323,7 +397,7 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
     /// end, a zero-fill.
     fn link(&mut self, layer: usize, command: Command) {
         let reply = |chain: &mut Self, error: IoError| {
-            if let Some(engine) = chain.layers.get_mut(layer) {
+            if let Some(engine) = chain.engines_mut().get_mut(layer) {
                 engine.complete(command.id, Err(error));
             }
         };
@@ -332,7 +406,7 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
             return reply(self, IoError::Unsupported);
         };
         let below_size = self
-            .layers
+            .layers()
             .get(layer.saturating_add(1))
             .and_then(|e| e.virtual_size());
         let covered = match below_size {
@@ -380,7 +454,7 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
                 continue;
             }
             let below = link.upper.saturating_add(1);
-            let Some(engine) = self.layers.get_mut(below) else {
+            let Some(engine) = self.engines_mut().get_mut(below) else {
                 continue;
             };
             let request = Request::Read {
@@ -454,7 +528,7 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
             }
             *slot = None;
             moved = true;
-            if let Some(engine) = self.layers.get_mut(link.upper) {
+            if let Some(engine) = self.layers.as_mut().get_mut(link.upper) {
                 let result = match link.error {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -467,6 +541,9 @@ impl<'e, M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Chain<'e, M, PAGES> {
 
     /// The zero-fill of a link whose read reaches past the end of the layer below.
     fn next_fill(&mut self) -> Option<ChainCommand> {
+        if self.layers().len() < 2 {
+            return None;
+        }
         let slot = self
             .links
             .iter()

@@ -13,10 +13,11 @@
 
 mod support;
 
-use fvd_core::chain::{Chain, ChainError, FileKey, MAX_DEPTH};
-use fvd_core::engine::{Engine, Request};
+use fvd_core::chain::{Chain, ChainError, ChainOf, FileKey, MAX_DEPTH};
+use fvd_core::engine::{Engine, Event, FileId, Op, Request};
 use fvd_core::fvd::create::{BaseSpec, CreateOptions};
 use fvd_core::qed::QedBacking;
+use std::collections::HashMap;
 use support::*;
 
 const K: u64 = 1024;
@@ -206,4 +207,67 @@ fn a_chain_refuses_a_file_that_appears_twice_or_too_many_layers() {
             depth: MAX_DEPTH + 1
         })
     );
+}
+
+#[test]
+fn a_chain_owning_its_engines_counts_exactly_the_commands_the_host_has_yet_to_complete() {
+    let (engines, mut files) = three_layers();
+    let keys: Vec<FileKey> = (0..3).map(FileKey).collect();
+    // A host with an allocator hands its vector over; the chain owns the engines.
+    let mut chain: ChainOf<Vec<Engine<Vec<u8>, 64>>, Vec<u8>, 64> =
+        ChainOf::new(engines, &keys).unwrap();
+    let want = expected();
+    let mut guests = HashMap::new();
+    let mut reads = HashMap::new();
+    // Reads whose data lives in every layer, the raw file and past the base's end.
+    for (offset, len) in [(0, 256 * K), (60 * K, 8 * K), (M - 4 * K, 12 * K)] {
+        let id = chain.submit(Request::Read { offset, len }).expect("submit");
+        guests.insert(id, vec![0xEE; len as usize]);
+        reads.insert(id, (offset, len));
+    }
+    let mut most_held = 0;
+    for _ in 0..100_000 {
+        let mut held = Vec::new();
+        while let Some(command) = chain.poll_command() {
+            held.push(command);
+        }
+        // Nothing left to poll: the count is what the host holds.
+        assert_eq!(chain.commands_in_flight(), held.len());
+        most_held = most_held.max(held.len());
+        // Complete newest first, so base reads finish out of order.
+        while let Some(command) = held.pop() {
+            let file = if matches!(command.op, Op::ZeroBuffer { .. } | Op::Copy { .. }) {
+                None
+            } else {
+                Some(files[command.layer].file(command.file))
+            };
+            assert!(
+                command.file != FileId::Base || command.layer == 2,
+                "only the last layer's base reaches the host"
+            );
+            let memory = chain.memory_mut(command.memory_of);
+            let result = perform(file, command.op, memory, &mut guests);
+            chain.complete(command.id, result);
+            assert!(chain.commands_in_flight() >= held.len());
+        }
+        while let Some(event) = chain.poll_event() {
+            if let Event::Completed { id, result } = event {
+                result.expect("read");
+                let (offset, len) = reads.remove(&id).expect("a read of ours");
+                let got = guests.remove(&id).unwrap();
+                assert!(
+                    got == want[offset as usize..(offset + len) as usize],
+                    "read {offset}+{len} differs"
+                );
+            }
+        }
+        if reads.is_empty() {
+            assert_eq!(chain.commands_in_flight(), 0);
+            assert!(most_held > 1, "the reads ran concurrently");
+            let engines = chain.into_layers();
+            assert_eq!(engines.len(), 3);
+            return;
+        }
+    }
+    panic!("the reads never completed");
 }

@@ -654,7 +654,7 @@ fn qed_images_open_with_their_backing_file_and_no_data_file() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(storage.data.is_none());
     let base = storage.base.as_ref().expect("the backing file is opened");
-    assert_eq!(base.base_len(), 3 << 20);
+    assert_eq!(base.len(), Some(3 << 20));
 
     // A broken QED header is reported as such.
     let mut bytes = fs::read(d.join("over.qed")).unwrap();

@@ -3,10 +3,10 @@
 //! every kind of image, compared with a flat byte-array model after every batch and again
 //! after close and reopen.
 
+use fvd_core::chain::FileKey;
 use fvd_core::engine::{Reply, Request, RequestError};
 use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
 use fvd_core::qed::{QedBacking, QedCreateOptions};
-use fvd_host::host::chain::Chained;
 use fvd_host::host::driver::{Driver, DriverOptions};
 use fvd_host::host::storage::Storage;
 use fvd_host::testing::memstore::{MemFile, MemStorage};
@@ -147,9 +147,11 @@ fn build_qed(with_base: bool, virtual_size: u64, block: u64) -> (Box<dyn Storage
     (Box::new(storage), expected)
 }
 
-fn build(kind: Kind, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8>) {
+/// The files of each image of the chain of `kind` (the image first), and what it reads as.
+fn build(kind: Kind, virtual_size: u64, block: u64) -> (Vec<Box<dyn Storage>>, Vec<u8>) {
     if matches!(kind, Kind::Qed | Kind::QedBase) {
-        return build_qed(kind == Kind::QedBase, virtual_size, block);
+        let (storage, expected) = build_qed(kind == Kind::QedBase, virtual_size, block);
+        return (vec![storage], expected);
     }
     let chunk = (block * 4).div_ceil(4096) * 4096;
     let chunk = if chunk % block == 0 { chunk } else { block * 8 };
@@ -232,14 +234,6 @@ fn build(kind: Kind, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8
             middle.write(tail, &[0x11; 8192]).unwrap();
             expected[tail as usize..].fill(0x11);
             let (middle_storage, _) = middle.close().unwrap();
-            let middle = Driver::open(
-                middle_storage,
-                DriverOptions {
-                    writable: false,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
             let header = plan(&CreateOptions {
                 base: Some(BaseSpec {
                     name: b"middle",
@@ -250,19 +244,14 @@ fn build(kind: Kind, virtual_size: u64, block: u64) -> (Box<dyn Storage>, Vec<u8
             })
             .unwrap();
             storage.image = MemFile::new(initial_metadata(&header));
-            (
-                Box::new(Chained {
-                    top: storage,
-                    base: Box::new(middle),
-                }),
-                expected,
-            )
+            // The middle image is the second layer of the chain, read by its own engine.
+            (vec![Box::new(storage), Box::new(middle_storage)], expected)
         }
         _ => {
             if options.base.is_some() {
                 storage.base = Some(MemFile::new(base));
             }
-            (Box::new(storage), expected)
+            (vec![Box::new(storage)], expected)
         }
     }
 }
@@ -312,7 +301,9 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
         copy_on_read,
     } = case;
 
-    let (storage, initial) = build(kind, virtual_size, block);
+    let (layers, initial) = build(kind, virtual_size, block);
+    // In-memory images are distinct: their place in the chain identifies them.
+    let keys: Vec<FileKey> = (0..layers.len() as u128).map(FileKey).collect();
     let options = DriverOptions {
         cache_bytes: cache_pages * 512,
         shuffle_seed: Some(seed),
@@ -322,14 +313,16 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
         ..Default::default()
     };
     let mut model = Model::new(&initial);
-    let mut driver = Driver::open(
-        storage,
+    let mut driver = Driver::open_chain(
+        layers,
+        &keys,
         DriverOptions {
             error_per_mille: 0,
             ..options
         },
+        None,
     )
-    .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
+    .map_err(|e| TestCaseError::fail(format!("open: {}", e.error)))?;
     driver.set_error_per_mille(errors);
     // A workload this small never needs more: more means the engine runs away.
     driver.limit_commands(200_000);
@@ -440,19 +433,21 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
     driver
         .flush()
         .map_err(|e| TestCaseError::fail(format!("flush: {e}")))?;
-    let (storage, clean) = driver
-        .close()
+    let (layers, clean) = driver
+        .close_chain()
         .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
     prop_assert!(clean, "close did not mark the image clean");
-    let mut reopened = Driver::open(
-        storage,
+    let mut reopened = Driver::open_chain(
+        layers,
+        &keys,
         DriverOptions {
             shuffle_seed: None,
             error_per_mille: 0,
             ..options
         },
+        None,
     )
-    .map_err(|e| TestCaseError::fail(format!("reopen: {e}")))?;
+    .map_err(|e| TestCaseError::fail(format!("reopen: {}", e.error)))?;
     reopened.limit_commands(200_000);
     verify(&mut reopened, &model, virtual_size)?;
     Ok(())

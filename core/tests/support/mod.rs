@@ -28,7 +28,7 @@ pub struct Files {
 }
 
 impl Files {
-    fn file(&mut self, id: FileId) -> &mut Vec<u8> {
+    pub fn file(&mut self, id: FileId) -> &mut Vec<u8> {
         match id {
             FileId::Image => &mut self.image,
             FileId::Data => self.data.as_mut().expect("no data file"),
@@ -73,7 +73,7 @@ fn io<T>(v: Option<T>) -> Result<T, IoError> {
 }
 
 /// Performs `op` on `file` with the guest buffers `guests` and engine `memory`.
-fn perform(
+pub fn perform(
     file: Option<&mut Vec<u8>>,
     op: Op,
     memory: &mut [u8],

@@ -4,29 +4,45 @@
 //!
 //! Usage: fvd-cor-bench [--size-mib N] [--latency-us N] [--dir DIR]
 
-use fvd_host::host::chain::BaseRead;
+use fvd_core::engine::FileId;
 use fvd_host::host::driver::{Driver, DriverOptions};
-use fvd_host::host::files::{open_storage, RawBase};
+use fvd_host::host::files::{open_storage, FileStorage};
+use fvd_host::host::storage::Storage;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A base whose every read waits `latency` first.
+/// An image's files whose every base read waits `latency` first.
 struct SlowBase {
-    inner: RawBase,
+    inner: FileStorage,
     latency: Duration,
-    requests: u64,
 }
 
-impl BaseRead for SlowBase {
-    fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.requests += 1;
-        std::thread::sleep(self.latency);
-        self.inner.read_base(offset, buf)
+impl Storage for SlowBase {
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if file == FileId::Base {
+            std::thread::sleep(self.latency);
+        }
+        self.inner.read_at(file, offset, buf)
     }
-    fn base_len(&self) -> u64 {
-        self.inner.base_len()
+    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_at(file, offset, buf)
+    }
+    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.inner.write_zeroes(file, offset, len, unmap)
+    }
+    fn flush(&mut self, file: FileId) -> io::Result<()> {
+        self.inner.flush(file)
+    }
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.inner.set_len(file, len)
+    }
+    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
+        self.inner.len(file)
+    }
+    fn failed_flush_loses_writes(&self) -> bool {
+        self.inner.failed_flush_loses_writes()
     }
 }
 
@@ -37,7 +53,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn pass(driver: &mut Driver<fvd_host::host::files::FileStorage>, size: u64) -> Duration {
+fn pass(driver: &mut Driver<SlowBase>, size: u64) -> Duration {
     let start = Instant::now();
     let piece = 1 << 20;
     let mut at = 0;
@@ -78,12 +94,10 @@ fn run(
         copy_on_read: Some(copy_on_read),
         ..DriverOptions::default()
     };
-    let mut storage = open_storage(&image, options).expect("open");
-    storage.base = Some(Box::new(SlowBase {
-        inner: RawBase::open(&dir.join("base.raw")).unwrap(),
+    let storage = SlowBase {
+        inner: open_storage(&image, options).expect("open"),
         latency,
-        requests: 0,
-    }));
+    };
     let mut driver = Driver::open(storage, options).expect("open");
     let size = size_mib << 20;
     let first = pass(&mut driver, size);

@@ -23,15 +23,16 @@ use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECT
 use super::error::{io_reason, CliError};
 use super::image::{name_path, name_text, open_fvd};
 use super::open_flags::{self, ExternalData, ForceShare};
-use crate::host::chain::BaseRead;
 use crate::host::driver::{Driver, DriverOptions};
-use crate::host::files::{open_opened_image, open_storage_with, write_zeroes_at, FileStorage};
+use crate::host::files::{
+    open_driver, open_opened_image, open_storage_with, write_zeroes_at, Base, FileStorage,
+};
 use crate::host::gate::{self, Access, Chain, OpenGate, Opened, Role};
 use crate::host::lock::FileLock;
 use clap::Args;
 use fvd_core::engine::{FileId, Mapping};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -64,24 +65,6 @@ const PIECE: u64 = 4 << 20;
 
 /// Bytes of zeros written to an FVD base per request.
 const ZERO_PIECE: u64 = 64 << 20;
-
-/// A base that refuses reads: FILE is read only where it holds the data itself, so its
-/// own copy of the base (which the commit is changing) must never be consulted.
-struct Detached {
-    len: u64,
-}
-
-impl BaseRead for Detached {
-    fn read_base(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
-        Err(io::Error::other(
-            "internal error: commit read the base through the image",
-        ))
-    }
-
-    fn base_len(&self) -> u64 {
-        self.len
-    }
-}
 
 /// The base being written.
 enum Target {
@@ -162,7 +145,7 @@ impl Target {
     }
 }
 
-/// Opens FILE read-only with its data file but without its base (see [`Detached`]), its
+/// Opens FILE read-only with its data file but without its base (a base that refuses reads), its
 /// chain checked through `gate`; also returns the files the base must differ from (FILE
 /// and its data file).
 fn open_detached(
@@ -182,9 +165,10 @@ fn open_detached(
             own.admit(member.clone())?;
         }
     }
-    storage.base = Some(Box::new(Detached { len: base_len }));
-    let driver = Driver::open(storage, options)
-        .map_err(|e| CliError::Image(format!("Could not open '{}': {e}", path.display())))?;
+    // FILE is read only where it holds the data itself, so its own copy of the base
+    // (which the commit is changing) must never be consulted: its base refuses reads.
+    storage.base = Some(Base::Refused { len: base_len });
+    let driver = open_driver(storage, path, options).map_err(open_error)?;
     Ok((driver, own))
 }
 

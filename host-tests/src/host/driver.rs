@@ -1,10 +1,13 @@
-//! A synchronous driver for the engine: it owns the engine, the guest buffers and a
-//! [`Storage`], performs commands (in order, or shuffled with injected errors for tests)
-//! and turns the event stream into blocking calls. The CLI and the tests use it; it holds
-//! no format logic.
+//! A synchronous driver for the engine: it owns the engines of an image chain (the image
+//! and each image below it, run by core's [`ChainOf`]), the guest buffers and one
+//! [`Storage`] per layer, performs each command on the storage of the layer it names (in
+//! order, or shuffled with injected errors for tests) and turns the event stream into
+//! blocking calls. Base reads between layers never reach it: the chain serves them. The
+//! CLI and the tests use it; it holds no format logic.
 
 use crate::host::faults::{Cmd, FaultPlan, Injection};
 use crate::host::storage::{earlier_flush_failed, engine_error, Storage};
+use fvd_core::chain::{ChainCommand, ChainOf, FileKey};
 use fvd_core::engine::*;
 use std::collections::HashMap;
 use std::io;
@@ -51,14 +54,29 @@ pub use crate::host::error::HostError as DriverError;
 /// Outcome of a request with its buffer.
 pub type Finished = (Result<Reply, RequestError>, Vec<u8>);
 
-/// Drives one image.
+/// The engines of a chain, owned by the driver.
+type Engines = ChainOf<Vec<Engine<Vec<u8>>>, Vec<u8>>;
+
+/// Why a chain could not be opened: the error, and the layer (0: the image) it concerns.
+#[derive(Debug)]
+pub struct LayerError {
+    /// The layer whose engine or files failed.
+    pub layer: usize,
+    /// Why.
+    pub error: DriverError,
+}
+
+/// Drives one image and the images below it.
 pub struct Driver<S: Storage> {
-    engine: Engine<Vec<u8>>,
-    /// The files.
+    chain: Engines,
+    /// The files of the image.
     pub storage: S,
+    /// The files of each image below it, the image's base first: read by their own
+    /// engines, layers 1, 2, ... of the chain.
+    lower: Vec<S>,
     buffers: Vec<Option<Vec<u8>>>,
     results: HashMap<RequestId, Finished>,
-    pending: Vec<Command>,
+    pending: Vec<ChainCommand>,
     rng: u64,
     options: DriverOptions,
     opened: Option<Result<(), OpenError>>,
@@ -80,6 +98,54 @@ pub struct Driver<S: Storage> {
     flush_failed: [bool; 2],
 }
 
+/// The engine options of layer `layer` of a chain: lower layers are only read.
+fn layer_options(options: &DriverOptions, layer: usize) -> DriverOptions {
+    if layer == 0 {
+        return *options;
+    }
+    DriverOptions {
+        writable: false,
+        shuffle_seed: None,
+        error_per_mille: 0,
+        ..*options
+    }
+}
+
+/// Starts an engine over `storage` (layer `layer` of a chain whose deepest layer is
+/// `last`): every layer but the last has a base (the layer below); the last has one when
+/// its storage has a base file.
+fn start_engine<S: Storage>(
+    storage: &mut S,
+    options: &DriverOptions,
+    layer: usize,
+    last: usize,
+) -> io::Result<Engine<Vec<u8>>> {
+    let options = layer_options(options, layer);
+    let image_len = storage.len(FileId::Image)?.unwrap_or(0);
+    let data_len = storage.len(FileId::Data)?;
+    let base_available = layer < last || storage.len(FileId::Base)?.is_some();
+    // Sized from the image's first bytes, so large blocks get room for a fill; when
+    // they cannot be read, the engine's own first read reports why.
+    let mut first = vec![0u8; SIZING_LEN];
+    if storage.read_at(FileId::Image, 0, &mut first).is_err() {
+        first.clear();
+    }
+    let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
+    Ok(Engine::open(
+        memory,
+        OpenOptions {
+            writable: options.writable,
+            image_len,
+            data_len,
+            base_available,
+            cache_bytes: options.cache_bytes,
+            storage_zero_init: true,
+            copy_on_read: options.copy_on_read,
+            prefetch: options.prefetch,
+        },
+    ))
+}
+
 impl<S: Storage> Driver<S> {
     /// Opens the image in `storage`.
     pub fn open(storage: S, options: DriverOptions) -> Result<Self, DriverError> {
@@ -89,36 +155,43 @@ impl<S: Storage> Driver<S> {
     /// Opens the image in `storage` with `faults` injected into the storage commands
     /// from the first one on (see [`crate::host::faults`]).
     pub fn open_with_faults(
-        mut storage: S,
+        storage: S,
         options: DriverOptions,
         faults: Option<FaultPlan>,
     ) -> Result<Self, DriverError> {
-        let image_len = storage.len(FileId::Image)?.unwrap_or(0);
-        let data_len = storage.len(FileId::Data)?;
-        let base_available = storage.len(FileId::Base)?.is_some();
-        // Sized from the image's first bytes, so large blocks get room for a fill; when
-        // they cannot be read, the engine's own first read reports why.
-        let mut first = vec![0u8; SIZING_LEN];
-        if storage.read_at(FileId::Image, 0, &mut first).is_err() {
-            first.clear();
+        Self::open_chain(vec![storage], &[FileKey(0)], options, faults).map_err(|e| e.error)
+    }
+
+    /// Opens the chain whose images' files are `layers` (the image first, each base
+    /// after the image it serves; only the last may have a base file, read raw), the
+    /// files being `keys` (distinct: the chain refuses a loop). Faults and injected
+    /// errors apply to the image's own commands (layer 0).
+    pub fn open_chain(
+        layers: Vec<S>,
+        keys: &[FileKey],
+        options: DriverOptions,
+        faults: Option<FaultPlan>,
+    ) -> Result<Self, LayerError> {
+        let at = |layer: usize| move |error: DriverError| LayerError { layer, error };
+        let mut layers = layers.into_iter();
+        let Some(mut storage) = layers.next() else {
+            return Err(at(0)(DriverError::Chain(
+                fvd_core::chain::ChainError::Empty,
+            )));
+        };
+        let mut lower: Vec<S> = layers.collect();
+        let last = lower.len();
+        let mut engines = Vec::with_capacity(last + 1);
+        engines.push(start_engine(&mut storage, &options, 0, last).map_err(|e| at(0)(e.into()))?);
+        for (i, s) in lower.iter_mut().enumerate() {
+            let engine = start_engine(s, &options, i + 1, last).map_err(|e| at(i + 1)(e.into()))?;
+            engines.push(engine);
         }
-        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
-        let engine = Engine::open(
-            memory,
-            OpenOptions {
-                writable: options.writable,
-                image_len,
-                data_len,
-                base_available,
-                cache_bytes: options.cache_bytes,
-                storage_zero_init: true,
-                copy_on_read: options.copy_on_read,
-                prefetch: options.prefetch,
-            },
-        );
+        let chain = Engines::new(engines, keys).map_err(|e| at(0)(DriverError::Chain(e)))?;
         let mut driver = Driver {
-            engine,
+            chain,
             storage,
+            lower,
             buffers: vec![None; MAX_REQUESTS],
             results: HashMap::new(),
             pending: Vec::new(),
@@ -133,18 +206,41 @@ impl<S: Storage> Driver<S> {
             faulted_requests: Vec::new(),
             flush_failed: [false; 2],
         };
-        while driver.opened.is_none() {
+        // Every layer opens before the first request, as each base did before the image
+        // over it when each had a driver of its own.
+        while driver.opened.is_none()
+            || (driver.opened == Some(Ok(())) && !driver.chain.layers().iter().all(Engine::is_open))
+        {
             if !driver.step() {
-                return Err(DriverError::Stalled(0));
+                return Err(at(0)(DriverError::Stalled(0)));
             }
         }
+        let layer = driver.chain.failed_layer().unwrap_or(0);
         match driver.opened {
             Some(Err(error @ OpenError::Io(_))) => match driver.last_os_error.take() {
-                Some(source) => Err(DriverError::OpenIo { error, source }),
-                None => Err(DriverError::Open(error)),
+                Some(source) => Err(at(layer)(DriverError::OpenIo { error, source })),
+                None => Err(at(layer)(DriverError::Open(error))),
             },
-            Some(Err(e)) => Err(DriverError::Open(e)),
+            Some(Err(e)) => Err(at(layer)(DriverError::Open(e))),
             _ => Ok(driver),
+        }
+    }
+
+    /// Images in the chain (1: the image has no base, or only a raw one).
+    pub fn layers(&self) -> usize {
+        self.chain.layers().len()
+    }
+
+    /// The engine of layer `layer` (0: the image; 1: the image its base is; ...).
+    pub fn layer_engine(&self, layer: usize) -> Option<&Engine<Vec<u8>>> {
+        self.chain.layers().get(layer)
+    }
+
+    /// The files of layer `layer`.
+    pub fn layer_storage(&mut self, layer: usize) -> Option<&mut S> {
+        match layer {
+            0 => Some(&mut self.storage),
+            n => self.lower.get_mut(n - 1),
         }
     }
 
@@ -181,19 +277,38 @@ impl<S: Storage> Driver<S> {
 
     /// Passes the host's clock (ms) to the engine and performs what it starts.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), DriverError> {
-        self.engine.handle_timeout(now_ms);
+        self.chain.handle_timeout(now_ms);
         self.run_until_idle()
     }
 
     /// Passes the host's clock (ms) to the engine without performing anything (a host that
     /// is busy elsewhere).
     pub fn tick(&mut self, now_ms: u64) {
-        self.engine.handle_timeout(now_ms);
+        self.chain.handle_timeout(now_ms);
     }
 
-    /// The engine (for layout and header queries).
+    /// The image's engine (for layout and header queries).
     pub fn engine(&self) -> &Engine<Vec<u8>> {
-        &self.engine
+        // A chain has at least one layer (`ChainOf::new` refuses none).
+        &self.chain.layers()[0]
+    }
+
+    /// Requests in flight in every layer (the chain's own reads of lower layers too).
+    fn requests_in_flight(&self) -> usize {
+        self.chain
+            .layers()
+            .iter()
+            .map(Engine::requests_in_flight)
+            .sum()
+    }
+
+    /// Commands in flight in every layer.
+    fn commands_in_flight(&self) -> usize {
+        self.chain
+            .layers()
+            .iter()
+            .map(Engine::commands_in_flight)
+            .sum()
     }
 
     fn next_random(&mut self) -> u64 {
@@ -207,14 +322,14 @@ impl<S: Storage> Driver<S> {
     /// performing commands while the engine is busy.
     pub fn submit(&mut self, request: Request, buffer: Vec<u8>) -> Result<RequestId, DriverError> {
         loop {
-            match self.engine.submit(request) {
+            match self.chain.submit(request) {
                 Ok(id) => {
                     self.buffers[id.slot()] = Some(buffer);
                     return Ok(id);
                 }
                 Err(SubmitError::Busy) => {
                     if !self.step() {
-                        return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+                        return Err(DriverError::Stalled(self.requests_in_flight()));
                     }
                 }
                 Err(e) => return Err(DriverError::Submit(e)),
@@ -231,7 +346,7 @@ impl<S: Storage> Driver<S> {
             return false;
         }
         let mut did = self.drain_events();
-        while let Some(command) = self.engine.poll_command() {
+        while let Some(command) = self.chain.poll_command() {
             self.pending.push(command);
             did = true;
         }
@@ -255,19 +370,20 @@ impl<S: Storage> Driver<S> {
             eprintln!("command failed: {command:?}");
         }
         if self.options.error_per_mille > 0
+            && command.layer == 0
             && self.next_random() % 1000 < u64::from(self.options.error_per_mille)
         {
             result = Err(IoError::Failed);
         }
         self.commands_run += 1;
-        self.engine.complete(command.id, result);
+        self.chain.complete(command.id, result);
         self.drain_events();
         true
     }
 
     fn drain_events(&mut self) -> bool {
         let mut any = false;
-        while let Some(event) = self.engine.poll_event() {
+        while let Some(event) = self.chain.poll_event() {
             any = true;
             match event {
                 Event::Opened => self.opened = Some(Ok(())),
@@ -317,11 +433,13 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    fn perform(&mut self, command: &Command) -> Result<(), IoError> {
-        let file = command.file;
-        let injection = match (self.faults.as_mut(), Cmd::of(file, &command.op)) {
+    fn perform(&mut self, command: &ChainCommand) -> Result<(), IoError> {
+        let (file, layer, memory_of) = (command.file, command.layer, command.memory_of);
+        // Faults are planned for the image's own files.
+        let plan = self.faults.as_mut().filter(|_| layer == 0);
+        let injection = match (plan, Cmd::of(file, &command.op)) {
             (Some(plan), Some(cmd)) => {
-                let storage = &mut self.storage;
+                let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                 plan.decide(cmd, || storage.len(file).ok().flatten())
             }
             _ => Injection::None,
@@ -343,14 +461,18 @@ impl<S: Storage> Driver<S> {
             Op::Read { offset, len, into } => {
                 let mut tmp = vec![0u8; len];
                 let result = match injection {
-                    Injection::None => self.storage.read_at(file, offset, &mut tmp),
+                    Injection::None => layer_of(&mut self.storage, &mut self.lower, layer)?
+                        .read_at(file, offset, &mut tmp),
                     injection => {
                         // A base must not end early: the host knows its length.
                         let known_len = match file {
-                            FileId::Base => self.storage.len(file).ok().flatten(),
+                            FileId::Base => layer_of(&mut self.storage, &mut self.lower, layer)?
+                                .len(file)
+                                .ok()
+                                .flatten(),
                             _ => None,
                         };
-                        let storage = &mut self.storage;
+                        let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                         let read = |buf: &mut [u8], at: u64| {
                             storage.read_at(file, at, buf).map(|()| buf.len())
                         };
@@ -358,12 +480,12 @@ impl<S: Storage> Driver<S> {
                     }
                 };
                 self.storage_result(result)?;
-                self.target(into, len)?.copy_from_slice(&tmp);
+                self.target(into, len, memory_of)?.copy_from_slice(&tmp);
                 Ok(())
             }
             Op::Write { offset, len, from } => {
-                let data = self.target(from, len)?.to_vec();
-                let storage = &mut self.storage;
+                let data = self.target(from, len, memory_of)?.to_vec();
+                let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                 let result = match injection {
                     Injection::None => storage.write_at(file, offset, &data),
                     injection => injection.write(len as u64, |n| {
@@ -373,7 +495,7 @@ impl<S: Storage> Driver<S> {
                 self.storage_result(result)
             }
             Op::WriteZeroes { offset, len, unmap } => {
-                let storage = &mut self.storage;
+                let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                 let result = match injection {
                     Injection::None => storage.write_zeroes(file, offset, len, unmap),
                     injection => {
@@ -383,42 +505,49 @@ impl<S: Storage> Driver<S> {
                 self.storage_result(result)
             }
             Op::ZeroBuffer { into, len } => {
-                self.target(into, len)?.fill(0);
+                self.target(into, len, memory_of)?.fill(0);
                 Ok(())
             }
             Op::Copy { from, into, len } => {
-                let data = self.target(from, len)?.to_vec();
-                self.target(into, len)?.copy_from_slice(&data);
+                let data = self.target(from, len, memory_of)?.to_vec();
+                self.target(into, len, memory_of)?.copy_from_slice(&data);
                 Ok(())
             }
             Op::Flush => {
                 // After a failed flush that may have lost writes, a flush that succeeds
                 // would claim them durable: none does until the file is opened again.
                 let sticky = usize::from(file == FileId::Data);
-                if self.flush_failed[sticky] {
+                if layer == 0 && self.flush_failed[sticky] {
                     return self.storage_result(Err(earlier_flush_failed()));
                 }
-                let storage = &mut self.storage;
+                let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                 let result = injection.other(|| storage.flush(file));
-                if result.is_err() && self.storage.failed_flush_loses_writes() {
+                if result.is_err() && layer == 0 && self.storage.failed_flush_loses_writes() {
                     self.flush_failed[sticky] = true;
                 }
                 self.storage_result(result)
             }
             Op::SetLength { len } => {
-                let storage = &mut self.storage;
+                let storage = layer_of(&mut self.storage, &mut self.lower, layer)?;
                 let result = injection.other(|| storage.set_len(file, len));
                 self.storage_result(result)
             }
         }
     }
 
-    fn target(&mut self, buffer: Buffer, len: usize) -> Result<&mut [u8], IoError> {
+    /// The bytes `buffer` names: a guest request's buffer, or the engine memory of layer
+    /// `memory_of`.
+    fn target(
+        &mut self,
+        buffer: Buffer,
+        len: usize,
+        memory_of: usize,
+    ) -> Result<&mut [u8], IoError> {
         match buffer {
             Buffer::Guest { request, offset } => self.guest(request, offset, len),
             Buffer::Engine { offset } => self
-                .engine
-                .memory_mut()
+                .chain
+                .memory_mut(memory_of)
                 .get_mut(offset..offset + len)
                 .ok_or(IoError::Failed),
         }
@@ -431,7 +560,7 @@ impl<S: Storage> Driver<S> {
                 return Ok(done);
             }
             if !self.step() {
-                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+                return Err(DriverError::Stalled(self.requests_in_flight()));
             }
         }
     }
@@ -443,12 +572,12 @@ impl<S: Storage> Driver<S> {
 
     /// Performs commands until nothing is in flight.
     pub fn run_until_idle(&mut self) -> Result<(), DriverError> {
-        while self.engine.requests_in_flight() > 0
+        while self.requests_in_flight() > 0
             || !self.pending.is_empty()
-            || self.engine.commands_in_flight() > 0
+            || self.commands_in_flight() > 0
         {
             if !self.step() {
-                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+                return Err(DriverError::Stalled(self.requests_in_flight()));
             }
         }
         Ok(())
@@ -524,14 +653,32 @@ impl<S: Storage> Driver<S> {
     }
 
     /// Closes the image; returns the storage and whether it was marked clean.
-    pub fn close(mut self) -> Result<(S, bool), DriverError> {
+    pub fn close(self) -> Result<(S, bool), DriverError> {
+        let (mut layers, clean) = self.close_chain()?;
+        // A chain has at least one layer: the image's own files come first.
+        Ok((layers.swap_remove(0), clean))
+    }
+
+    /// Closes the image and the images below it; returns the files of each, the image's
+    /// first, and whether the image was marked clean.
+    pub fn close_chain(mut self) -> Result<(Vec<S>, bool), DriverError> {
         self.run_until_idle()?;
-        self.engine.close();
+        self.chain.close();
         while self.closed.is_none() {
             if !self.step() {
-                return Err(DriverError::Stalled(self.engine.requests_in_flight()));
+                return Err(DriverError::Stalled(self.requests_in_flight()));
             }
         }
-        Ok((self.storage, self.closed.unwrap_or(false)))
+        let mut layers = vec![self.storage];
+        layers.append(&mut self.lower);
+        Ok((layers, self.closed.unwrap_or(false)))
+    }
+}
+
+/// The files of layer `layer`: `top` for the image, `lower` below it.
+fn layer_of<'a, S>(top: &'a mut S, lower: &'a mut [S], layer: usize) -> Result<&'a mut S, IoError> {
+    match layer.checked_sub(1) {
+        None => Ok(top),
+        Some(below) => lower.get_mut(below).ok_or(IoError::Failed),
     }
 }

@@ -54,6 +54,9 @@ pub enum HostError {
     /// The engine stopped making progress (a bug).
     #[error("engine stalled with {0} requests in flight and no command to run")]
     Stalled(usize),
+    /// The images of a chain cannot be stacked (a loop, too many).
+    #[error("{0}")]
+    Chain(fvd_core::chain::ChainError),
     /// A read or write buffer whose length differs from the request's.
     #[error("a request of {len} bytes came with a buffer of {buffer} bytes")]
     BufferLength {

@@ -4,13 +4,14 @@
 //! use ([`crate::host::lock`]); every file a header names is opened through the open gate
 //! ([`crate::host::gate`]: relative names resolve against the directory of the image that names
 //! them, and every file of the chain must be a different file). The format is told by the
-//! magic.
+//! magic. A base that is itself an image keeps its own files ([`Base::Image`]): the driver
+//! runs one engine per image of the chain over them, and core's chain serves the base reads.
 
-use crate::host::chain::BaseRead;
-use crate::host::driver::{Driver, DriverError, DriverOptions};
+use crate::host::driver::{Driver, DriverError, DriverOptions, LayerError};
 use crate::host::gate::{self, Access, Chain, GateError, OpenGate, Opened};
 use crate::host::lock::{FileLock, Usage};
 use crate::host::storage::{write_zeroes_by_writing, Storage};
+use fvd_core::chain::{FileKey, MAX_DEPTH};
 use fvd_core::engine::FileId;
 use fvd_core::fvd::header::name_field;
 use fvd_core::fvd::{parse, HeaderError, RawHeader, RAW_HEADER_LEN};
@@ -20,12 +21,12 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Deepest base chain followed.
-pub const MAX_CHAIN_DEPTH: usize = 16;
+/// Deepest base chain followed (the images of a chain, as core's chain stacks them).
+pub const MAX_CHAIN_DEPTH: usize = MAX_DEPTH;
 
 /// Reads `buf.len()` bytes at `offset`, filling zeros past the end of the file.
 pub fn read_full_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -143,20 +144,83 @@ impl RawBase {
     }
 }
 
-impl BaseRead for RawBase {
-    fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        // Past the length it had at open the base reads as zeros; a base that ends
-        // earlier now was truncated or replaced, and its missing bytes are not zeros.
+impl RawBase {
+    /// Reads `buf.len()` bytes at `offset`. Past the length it had at open the base reads
+    /// as zeros; a base that ends earlier now was truncated or replaced, and its missing
+    /// bytes are not zeros.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         read_within(&self.file, offset, buf, self.len)
     }
 
-    fn base_len(&self) -> u64 {
+    /// Its length when it was opened.
+    pub fn len(&self) -> u64 {
         self.len
     }
 
-    fn raw_file(&self) -> Option<&File> {
-        Some(&self.file)
+    /// True when it was empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
+
+    /// The file, for hosts that read it from other threads.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The base of an image.
+pub enum Base {
+    /// A raw file, read by the host.
+    Raw(RawBase),
+    /// An FVD or QED image: its own files, read by its own engine as the layer below in
+    /// the chain (never by the host as base data).
+    Image {
+        /// Its path, for messages.
+        path: PathBuf,
+        /// Its files (and its own base).
+        files: Box<FileStorage>,
+    },
+    /// A base of `len` bytes that must not be read (a commit reads only what the image
+    /// holds itself): a read of it fails.
+    Refused {
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl Base {
+    /// Its length in bytes, when the host reads it (`None` for an image: its size is its
+    /// engine's).
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            Base::Raw(raw) => Some(raw.len),
+            Base::Refused { len } => Some(*len),
+            Base::Image { .. } => None,
+        }
+    }
+
+    /// True for a base the host reads that has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+}
+
+/// The identity of an open file in a chain: its device and inode.
+pub fn file_key(file: &File) -> io::Result<FileKey> {
+    let meta = file.metadata()?;
+    Ok(FileKey(
+        u128::from(meta.dev()) << 64 | u128::from(meta.ino()),
+    ))
+}
+
+/// The files of each image of a chain, the image first, and their identities and paths.
+pub struct Layers {
+    /// Each image's files; only the last may have a base, a raw one.
+    pub files: Vec<FileStorage>,
+    /// The identity of each image file.
+    pub keys: Vec<FileKey>,
+    /// The path of each image.
+    pub paths: Vec<PathBuf>,
 }
 
 /// What an open image holds besides its files: their locks, and the files of its chain.
@@ -175,12 +239,33 @@ pub struct FileStorage {
     /// The separate data file.
     pub data: Option<File>,
     /// The base image.
-    pub base: Option<Box<dyn BaseRead>>,
+    pub base: Option<Base>,
     /// The locks and chain of the files above, held while they are open.
     pub held: Held,
 }
 
 impl FileStorage {
+    /// Splits the chain of the image at `path` into one storage per image: each base
+    /// that is an image becomes the next layer.
+    pub fn into_layers(self, path: &Path) -> io::Result<Layers> {
+        let mut layers = Layers {
+            files: Vec::new(),
+            keys: Vec::new(),
+            paths: Vec::new(),
+        };
+        let mut next = Some((self, path.to_path_buf()));
+        while let Some((mut storage, path)) = next.take() {
+            match storage.base.take() {
+                Some(Base::Image { path, files }) => next = Some((*files, path)),
+                other => storage.base = other,
+            }
+            layers.keys.push(file_key(&storage.image)?);
+            layers.files.push(storage);
+            layers.paths.push(path);
+        }
+        Ok(layers)
+    }
+
     /// The open file behind `file` (the base is not a file of this image's own).
     pub fn file(&self, file: FileId) -> io::Result<&File> {
         match file {
@@ -200,8 +285,12 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match file {
-            FileId::Base => match self.base.as_mut() {
-                Some(base) => base.read_base(offset, buf),
+            FileId::Base => match self.base.as_ref() {
+                Some(Base::Raw(raw)) => raw.read(offset, buf),
+                Some(Base::Image { .. }) => Err(image_base_error()),
+                Some(Base::Refused { .. }) => Err(io::Error::other(
+                    "internal error: a base that must not be read was read",
+                )),
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no base image")),
             },
             _ => read_full_at(self.file(file)?, offset, buf),
@@ -234,7 +323,11 @@ impl Storage for FileStorage {
                 Some(f) => Some(f.metadata()?.len()),
                 None => None,
             },
-            FileId::Base => self.base.as_ref().map(|b| b.base_len()),
+            FileId::Base => match &self.base {
+                Some(Base::Image { .. }) => return Err(image_base_error()),
+                Some(base) => base.len(),
+                None => None,
+            },
         })
     }
 
@@ -243,6 +336,12 @@ impl Storage for FileStorage {
     fn failed_flush_loses_writes(&self) -> bool {
         true
     }
+}
+
+/// A base image's files used as if they were raw data: an internal error, since the
+/// driver runs them as a layer of their own.
+fn image_base_error() -> io::Error {
+    io::Error::other("internal error: a base image's files were read as raw data")
 }
 
 /// Why an image could not be opened from a path.
@@ -324,7 +423,7 @@ fn open_base(
     header: &RawHeader,
     options: &DriverOptions,
     depth: usize,
-) -> Result<Option<Box<dyn BaseRead>>, ImageOpenError> {
+) -> Result<Option<Base>, ImageOpenError> {
     let Some(name) = name_of(&header.base_img) else {
         return Ok(None);
     };
@@ -345,7 +444,7 @@ fn open_base_named(
     format: &[u8],
     options: &DriverOptions,
     depth: usize,
-) -> Result<Box<dyn BaseRead>, ImageOpenError> {
+) -> Result<Base, ImageOpenError> {
     if depth >= MAX_CHAIN_DEPTH {
         return Err(ImageOpenError::ChainTooDeep(image.to_path_buf()));
     }
@@ -373,19 +472,22 @@ fn open_base_named(
         }
     };
     if engine_image {
+        // The image is layer `depth + 1` of the chain.
+        if depth + 1 >= MAX_CHAIN_DEPTH {
+            return Err(ImageOpenError::ChainTooDeep(image.to_path_buf()));
+        }
         let base_options = DriverOptions {
             writable: false,
-            shuffle_seed: None,
-            error_per_mille: 0,
             ..*options
         };
         let path = opened.path.clone();
-        let storage = open_files(walk, opened, &base_options, depth + 1)?;
-        let driver = Driver::open(storage, base_options)
-            .map_err(|source| ImageOpenError::Engine { path, source })?;
-        Ok(Box::new(driver))
+        let files = open_files(walk, opened, &base_options, depth + 1)?;
+        Ok(Base::Image {
+            path,
+            files: Box::new(files),
+        })
     } else {
-        Ok(Box::new(RawBase::over(opened)))
+        Ok(Base::Raw(RawBase::over(opened)))
     }
 }
 
@@ -399,7 +501,7 @@ fn open_qed_base(
     file_len: u64,
     options: &DriverOptions,
     depth: usize,
-) -> Result<Option<Box<dyn BaseRead>>, ImageOpenError> {
+) -> Result<Option<Base>, ImageOpenError> {
     let (_, layout) =
         fvd_core::qed::parse(bytes, file_len).map_err(|source| ImageOpenError::QedHeader {
             path: path.to_path_buf(),
@@ -446,9 +548,30 @@ pub fn open_image_with(
     gate: &OpenGate,
 ) -> Result<Driver<FileStorage>, ImageOpenError> {
     let storage = open_storage_with(path, options, gate)?;
-    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine {
-        path: path.to_path_buf(),
-        source,
+    open_driver(storage, path, options)
+}
+
+/// Starts the driver on the chain of the image at `path` whose files are `storage`: one
+/// engine per image, run by core's chain.
+pub fn open_driver(
+    storage: FileStorage,
+    path: &Path,
+    options: DriverOptions,
+) -> Result<Driver<FileStorage>, ImageOpenError> {
+    let layers = storage
+        .into_layers(path)
+        .map_err(|source| ImageOpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let Layers { files, keys, paths } = layers;
+    Driver::open_chain(files, &keys, options, None).map_err(|LayerError { layer, error }| {
+        ImageOpenError::Engine {
+            path: paths
+                .get(layer)
+                .map_or_else(|| path.to_path_buf(), Clone::clone),
+            source: error,
+        }
     })
 }
 
@@ -488,7 +611,7 @@ pub fn open_opened_image(
     let mut walk = Walk { gate, chain };
     let mut storage = open_files(&mut walk, opened, &options, 0)?;
     storage.held.chain = walk.chain;
-    Driver::open(storage, options).map_err(|source| ImageOpenError::Engine { path, source })
+    open_driver(storage, &path, options)
 }
 
 /// The files of the image `opened` (at chain depth `depth`): its header says which data

@@ -1,23 +1,28 @@
-//! The engine's side of the executor: each command the engine polls becomes a pool job
-//! (or is served at once on the calling thread: zeroing or copying engine memory, base
-//! reads through a chained image), finished jobs land in engine memory or the guest
-//! buffer, and the engine's completion events become the caller's completions.
+//! The engines' side of the executor: each command the chain of engines polls (the
+//! image's, or an image's below it, whose base reads core's chain serves) becomes a pool
+//! job on that layer's files (or is served at once on the calling thread: zeroing or
+//! copying engine memory), finished jobs land in the engine memory of their layer or the
+//! guest buffer, and the image's completion events become the caller's completions.
 
-use super::pool::{io_result, lock, Dest, Job, Landing, Pool, SharedBuf, Src, Target, Token, Work};
+use super::pool::{lock, Dest, Job, Landing, Pool, SharedBuf, Src, Target, Token, Work};
 use super::{take_buffer, Completion, GuestBuffers, ReqSlot};
-use crate::host::chain::BaseRead;
-use crate::host::files::{self};
-use fvd_core::engine::{Buffer, Command, Engine, Event, FileId, IoError, Op, OpenError, RequestId};
+use crate::host::files::{self, RawBase};
+use fvd_core::chain::{ChainCommand, ChainOf};
+use fvd_core::engine::{Buffer, Engine, Event, FileId, IoError, Op, OpenError, RequestId};
 use std::collections::VecDeque;
 
+/// The engines of an image chain, the image first.
+pub(super) type Engines = ChainOf<Vec<Engine<Vec<u8>>>, Vec<u8>>;
+
 pub(super) struct FvdState {
-    pub(super) engine: Box<Engine<Vec<u8>>>,
-    /// A base that is itself an image: served on the calling thread.
-    pub(super) chain: Option<Box<dyn BaseRead>>,
-    /// A raw base, kept open for its lock (the workers read a clone of its file).
-    pub(super) _raw_base_owner: Option<Box<dyn BaseRead>>,
-    /// The locks on the image and data file.
-    pub(super) _held: files::Held,
+    pub(super) chain: Box<Engines>,
+    /// The last layer's raw base, kept open for its lock (the workers read a clone of its
+    /// file).
+    pub(super) _raw_base: Option<RawBase>,
+    /// The locks on each image and data file of the chain.
+    pub(super) _held: Vec<files::Held>,
+    /// Still waiting for every layer to open.
+    pub(super) opening: bool,
     pub(super) requests: Vec<Option<ReqSlot>>,
     pub(super) opened: Option<Result<(), OpenError>>,
     pub(super) closed: Option<bool>,
@@ -31,7 +36,7 @@ pub(super) struct FvdState {
 pub(super) fn land(f: &mut FvdState, landing: Landing, bytes: &[u8]) -> Result<(), IoError> {
     match landing {
         Landing::None => Ok(()),
-        Landing::Engine(at) => copy_into(f.engine.memory_mut(), at, bytes),
+        Landing::Engine { layer, at } => copy_into(f.chain.memory_mut(layer), at, bytes),
         Landing::Guest(request, at) => match guest_buf(f, request) {
             Some(buf) => copy_into(&mut lock(&buf), at, bytes),
             None => Err(IoError::Failed),
@@ -54,15 +59,21 @@ pub(super) fn guest_buf(f: &FvdState, request: RequestId) -> Option<SharedBuf> {
         .map(|s| s.buf.clone())
 }
 
-/// Starts one engine command: on the pool, or at once when it needs no file (then
-/// returns true).
+/// Starts one command of the chain: on the pool with its layer's files, or at once when
+/// it needs no file (then returns true).
 pub(super) fn start_command(
     f: &mut FvdState,
     pool: &mut Pool,
     mode: GuestBuffers,
-    command: Command,
+    command: ChainCommand,
 ) -> bool {
-    let Command { id, file, op } = command;
+    let ChainCommand {
+        id,
+        layer,
+        file,
+        op,
+        memory_of,
+    } = command;
     let target = match file {
         FileId::Image => Target::Image,
         FileId::Data => Target::Data,
@@ -72,21 +83,21 @@ pub(super) fn start_command(
     let work = match op {
         Op::ZeroBuffer { into, len } => {
             let result = match into {
-                Buffer::Engine { offset } => zero(f.engine.memory_mut(), offset, len),
+                Buffer::Engine { offset } => zero(f.chain.memory_mut(memory_of), offset, len),
                 Buffer::Guest { request, offset } => match guest_buf(f, request) {
                     Some(buf) => zero(&mut lock(&buf), offset, len),
                     None => Err(IoError::Failed),
                 },
             };
-            f.engine.complete(id, result);
+            f.chain.complete(id, result);
             return true;
         }
         Op::Copy { from, into, len } => {
             let read = |f: &mut FvdState, b: Buffer| -> Option<Vec<u8>> {
                 match b {
                     Buffer::Engine { offset } => f
-                        .engine
-                        .memory()
+                        .chain
+                        .memory(memory_of)
                         .get(offset..offset + len)
                         .map(<[u8]>::to_vec),
                     Buffer::Guest { request, offset } => guest_buf(f, request)
@@ -96,19 +107,17 @@ pub(super) fn start_command(
             let result = match read(f, from) {
                 Some(data) => {
                     let landing = match into {
-                        Buffer::Engine { offset } => Landing::Engine(offset),
+                        Buffer::Engine { offset } => Landing::Engine {
+                            layer: memory_of,
+                            at: offset,
+                        },
                         Buffer::Guest { request, offset } => Landing::Guest(request, offset),
                     };
                     land(f, landing, &data)
                 }
                 None => Err(IoError::Failed),
             };
-            f.engine.complete(id, result);
-            return true;
-        }
-        Op::Read { offset, len, into } if target == Target::Base && f.chain.is_some() => {
-            let result = chain_read(f, offset, len, into);
-            f.engine.complete(id, result);
+            f.chain.complete(id, result);
             return true;
         }
         Op::Read { offset, len, into } => {
@@ -123,12 +132,15 @@ pub(super) fn start_command(
                         Dest::Owned(pool.spare())
                     }
                     (_, None) => {
-                        f.engine.complete(id, Err(IoError::Failed));
+                        f.chain.complete(id, Err(IoError::Failed));
                         return true;
                     }
                 },
                 Buffer::Engine { offset: at } => {
-                    landing = Landing::Engine(at);
+                    landing = Landing::Engine {
+                        layer: memory_of,
+                        at,
+                    };
                     Dest::Owned(pool.spare())
                 }
             };
@@ -146,23 +158,23 @@ pub(super) fn start_command(
                         match lock(&buf).get(at..at.saturating_add(len)) {
                             Some(bytes) => v.extend_from_slice(bytes),
                             None => {
-                                f.engine.complete(id, Err(IoError::Failed));
+                                f.chain.complete(id, Err(IoError::Failed));
                                 return true;
                             }
                         }
                         Src::Owned(v)
                     }
                     (_, None) => {
-                        f.engine.complete(id, Err(IoError::Failed));
+                        f.chain.complete(id, Err(IoError::Failed));
                         return true;
                     }
                 },
                 Buffer::Engine { offset: at } => {
                     let mut v = pool.spare();
-                    match f.engine.memory().get(at..at.saturating_add(len)) {
+                    match f.chain.memory(memory_of).get(at..at.saturating_add(len)) {
                         Some(bytes) => v.extend_from_slice(bytes),
                         None => {
-                            f.engine.complete(id, Err(IoError::Failed));
+                            f.chain.complete(id, Err(IoError::Failed));
                             return true;
                         }
                     }
@@ -177,6 +189,7 @@ pub(super) fn start_command(
     };
     pool.push(Job {
         token: Token::Command(id),
+        layer,
         target,
         work,
         landing,
@@ -192,44 +205,9 @@ pub(super) fn zero(memory: &mut [u8], at: usize, len: usize) -> Result<(), IoErr
     Ok(())
 }
 
-/// A base read through a chained image, on the calling thread.
-pub(super) fn chain_read(
-    f: &mut FvdState,
-    offset: u64,
-    len: usize,
-    into: Buffer,
-) -> Result<(), IoError> {
-    let guest = match into {
-        Buffer::Guest {
-            request,
-            offset: at,
-        } => Some((guest_buf(f, request).ok_or(IoError::Failed)?, at)),
-        Buffer::Engine { .. } => None,
-    };
-    let chain = f.chain.as_mut().ok_or(IoError::Failed)?;
-    match (into, guest) {
-        (_, Some((buf, at))) => {
-            let mut guard = lock(&buf);
-            let slice = guard
-                .get_mut(at..at.saturating_add(len))
-                .ok_or(IoError::Failed)?;
-            io_result(chain.read_base(offset, slice))
-        }
-        (Buffer::Engine { offset: at }, None) => {
-            let slice = f
-                .engine
-                .memory_mut()
-                .get_mut(at..at.saturating_add(len))
-                .ok_or(IoError::Failed)?;
-            io_result(chain.read_base(offset, slice))
-        }
-        (Buffer::Guest { .. }, None) => Err(IoError::Failed),
-    }
-}
-
-/// Turns the engine's events into completions.
+/// Turns the image's events into completions.
 pub(super) fn drain_events(f: &mut FvdState, finished: &mut VecDeque<Completion>) {
-    while let Some(event) = f.engine.poll_event() {
+    while let Some(event) = f.chain.poll_event() {
         match event {
             Event::Opened => f.opened = Some(Ok(())),
             Event::OpenFailed(e) => f.opened = Some(Err(e)),

@@ -6,8 +6,11 @@
 //! commands and queue each for the pool, take the finished jobs and report them
 //! to the engine, collect the engine's completion events, and give the engine the time
 //! (for the header's `journal_clean_buf_period`). Commands that need no file (zeroing or
-//! copying a buffer) and base reads through a chained image are served on the calling
-//! thread at once; base reads of a raw base go to the pool like any other read.
+//! copying a buffer) are served on the calling thread at once. An image over a base that
+//! is itself an image runs as core's chain of engines, one per image: base reads between
+//! images never reach the executor, and the commands of every layer go to the pool with
+//! that layer's files; base reads of the last layer's raw base go to the pool like any
+//! other read.
 //!
 //! Costs on the calling thread are kept per batch rather than per command: the jobs of
 //! consecutive submissions (or of one batch of completions) go to the shared queue under
@@ -45,7 +48,8 @@ use crate::host::driver::DriverOptions;
 use crate::host::faults::SharedPlan;
 use crate::host::files::{self, read_full_at};
 use crate::host::lock::FileLock;
-use commands::{drain_events, land, start_command, FvdState};
+use commands::{drain_events, land, start_command, Engines, FvdState};
+use files::{Base, FileStorage, Layers};
 use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
     Engine, OpenOptions, Reply, Request, RequestError, Stats, SubmitError, MAX_REQUESTS, PAGE_BYTES,
@@ -160,7 +164,8 @@ impl Executor {
 
     /// Opens the FVD image at `path` with `faults` injected into the workers' file
     /// operations from the first one on (see [`crate::host::faults`]; the caller keeps a handle
-    /// to clear them). Base reads through a chained image are not affected.
+    /// to clear them). They apply to the image's own files: the files of the images below
+    /// it in its chain are not affected.
     pub fn open_with_faults(
         path: &Path,
         options: ExecutorOptions,
@@ -173,63 +178,82 @@ impl Executor {
             ..DriverOptions::default()
         };
         let storage = files::open_storage(path, driver_options).map_err(Box::new)?;
-        let image_len = storage.image.metadata()?.len();
-        let data_len = match &storage.data {
-            Some(f) => Some(f.metadata()?.len()),
-            None => None,
-        };
-        let base_available = storage.base.is_some();
-        let base_len = storage.base.as_ref().map_or(0, |b| b.base_len());
-        let raw_base = match storage.base.as_ref().and_then(|b| b.raw_file()) {
-            Some(file) => Some(file.try_clone()?),
-            None => None,
-        };
-        // A raw base's owner stays open (it holds the base's lock); its reads go to the
-        // pool through the clone.
-        let (chain, raw_base_owner) = if raw_base.is_some() {
-            (None, storage.base)
-        } else {
-            (storage.base, None)
-        };
-        let held = storage.held;
-        let files = Files {
-            image: storage.image,
-            data: storage.data,
-            base: raw_base,
-            base_len,
-            faults,
-            flush_failed: Default::default(),
-        };
-        let mut first = vec![0u8; SIZING_LEN];
-        if read_full_at(&files.image, 0, &mut first).is_err() {
-            first.clear();
+        let Layers {
+            files: layers,
+            keys,
+            paths,
+        } = storage.into_layers(path)?;
+        let last = layers.len().saturating_sub(1);
+        let mut engines = Vec::with_capacity(layers.len());
+        let mut pool_files = Vec::with_capacity(layers.len());
+        let mut held = Vec::with_capacity(layers.len());
+        let mut raw_base = None;
+        for (layer, storage) in layers.into_iter().enumerate() {
+            let FileStorage {
+                image,
+                data,
+                base,
+                held: h,
+            } = storage;
+            held.push(h);
+            let image_len = image.metadata()?.len();
+            let data_len = match &data {
+                Some(f) => Some(f.metadata()?.len()),
+                None => None,
+            };
+            // Every layer but the last has the layer below as its base.
+            let base_available = layer < last || base.is_some();
+            let (base_file, base_len) = match base {
+                Some(Base::Raw(raw)) => {
+                    let clone = raw.file().try_clone()?;
+                    let len = raw.len();
+                    raw_base = Some(raw);
+                    (Some(clone), len)
+                }
+                _ => (None, 0),
+            };
+            let mut first = vec![0u8; SIZING_LEN];
+            if read_full_at(&image, 0, &mut first).is_err() {
+                first.clear();
+            }
+            let memory =
+                vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
+            engines.push(Engine::open(
+                memory,
+                OpenOptions {
+                    writable: options.writable && layer == 0,
+                    image_len,
+                    data_len,
+                    base_available,
+                    cache_bytes: options.cache_bytes,
+                    storage_zero_init: true,
+                    copy_on_read: None,
+                    prefetch: fvd_core::engine::PrefetchMode::Off,
+                },
+            ));
+            pool_files.push(Files {
+                image,
+                data,
+                base: base_file,
+                base_len,
+                // Faults are planned for the image's own files.
+                faults: if layer == 0 { faults.clone() } else { None },
+                flush_failed: Default::default(),
+            });
         }
-        let memory = vec![0u8; memory_needed(&first, options.cache_bytes, options.bounce_bytes)];
-        let engine = Box::new(Engine::open(
-            memory,
-            OpenOptions {
-                writable: options.writable,
-                image_len,
-                data_len,
-                base_available,
-                cache_bytes: options.cache_bytes,
-                storage_zero_init: true,
-                copy_on_read: None,
-                prefetch: fvd_core::engine::PrefetchMode::Off,
-            },
-        ));
+        let chain = Engines::new(engines, &keys).map_err(ExecutorError::Chain)?;
         let mut executor = Executor {
             mode: Mode::Fvd(FvdState {
-                engine,
-                chain,
-                _raw_base_owner: raw_base_owner,
+                chain: Box::new(chain),
+                _raw_base: raw_base,
                 _held: held,
+                opening: true,
                 requests: (0..MAX_REQUESTS).map(|_| None).collect(),
                 opened: None,
                 closed: None,
                 polled: 0,
             }),
-            pool: Pool::start(files, options.workers),
+            pool: Pool::start(pool_files, options.workers),
             options,
             finished: VecDeque::new(),
             next_ticket: 0,
@@ -239,16 +263,30 @@ impl Executor {
             clock: Instant::now(),
             last_tick: 0,
         };
+        // Every layer opens before the first request (a base's failure is reported
+        // with its own path).
         loop {
-            match executor.fvd().and_then(|f| f.opened) {
-                Some(Ok(())) => return Ok(executor),
-                Some(Err(source)) => {
-                    return Err(ExecutorError::Engine {
-                        path: path.to_path_buf(),
-                        source,
-                    })
+            let Some(f) = executor.fvd() else {
+                return Err(ExecutorError::Stalled(0));
+            };
+            match f.opened {
+                Some(Ok(())) if f.chain.layers().iter().all(Engine::is_open) => {
+                    if let Mode::Fvd(f) = &mut executor.mode {
+                        f.opening = false;
+                    }
+                    return Ok(executor);
                 }
-                None => executor.turn()?,
+                Some(Err(source)) => {
+                    let layer = f.chain.failed_layer().unwrap_or(0);
+                    return Err(ExecutorError::Engine {
+                        path: paths
+                            .get(layer)
+                            .cloned()
+                            .unwrap_or_else(|| path.to_path_buf()),
+                        source,
+                    });
+                }
+                _ => executor.turn()?,
             }
         }
     }
@@ -262,7 +300,7 @@ impl Executor {
 
     /// The engine (None in raw mode).
     pub fn engine(&self) -> Option<&Engine<Vec<u8>>> {
-        self.fvd().map(|f| &*f.engine)
+        self.fvd().and_then(|f| f.chain.layers().first())
     }
 
     /// What the engine did so far (None in raw mode).
@@ -278,7 +316,12 @@ impl Executor {
     /// The guest-visible size (the file's length at open in raw mode).
     pub fn size(&self) -> u64 {
         match &self.mode {
-            Mode::Fvd(f) => f.engine.virtual_size().unwrap_or(0),
+            Mode::Fvd(f) => f
+                .chain
+                .layers()
+                .first()
+                .and_then(Engine::virtual_size)
+                .unwrap_or(0),
             Mode::Raw { len, .. } => *len,
         }
     }
@@ -345,7 +388,7 @@ impl Executor {
                 let Mode::Fvd(f) = &mut self.mode else {
                     unreachable!()
                 };
-                match f.engine.submit(request) {
+                match f.chain.submit(request) {
                     Ok(id) => {
                         f.requests[id.slot()] = Some(ReqSlot {
                             ticket,
@@ -362,6 +405,7 @@ impl Executor {
                 requests.insert(ticket.0, ReqSlot { ticket, buf });
                 self.pool.push(Job {
                     token: Token::Raw(ticket.0),
+                    layer: 0,
                     target,
                     work,
                     landing: Landing::None,
@@ -386,8 +430,8 @@ impl Executor {
         if let Mode::Fvd(f) = &mut self.mode {
             // Commands served at once complete into the engine, which may emit more: the
             // loop condition sees those too.
-            while f.engine.commands_in_flight() > f.polled {
-                let Some(command) = f.engine.poll_command() else {
+            while f.chain.commands_in_flight() > f.polled {
+                let Some(command) = f.chain.poll_command() else {
                     break;
                 };
                 f.polled += 1;
@@ -406,7 +450,11 @@ impl Executor {
             self.pool.send_batch();
             if self.pool.outstanding == 0 {
                 let stuck = match &self.mode {
-                    Mode::Fvd(f) => f.opened.is_none() || f.engine.requests_in_flight() > 0,
+                    Mode::Fvd(f) => {
+                        f.opened.is_none()
+                            || f.chain.requests_in_flight() > 0
+                            || (f.opening && !f.chain.layers().iter().all(Engine::is_open))
+                    }
                     Mode::Raw { .. } => false,
                 };
                 if stuck || self.in_flight > self.finished.len() {
@@ -417,8 +465,8 @@ impl Executor {
         }
         self.pool.send_batch();
         let limit = self
-            .engine()
-            .and_then(|e| e.poll_timeout())
+            .fvd()
+            .and_then(|f| f.chain.poll_timeout())
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms()).max(1)));
         let mut done = std::mem::take(&mut self.done_scratch);
         self.pool.collect(limit, &mut done)?;
@@ -442,7 +490,7 @@ impl Executor {
         if now != self.last_tick {
             self.last_tick = now;
             if let Mode::Fvd(f) = &mut self.mode {
-                f.engine.handle_timeout(now);
+                f.chain.handle_timeout(now);
             }
         }
     }
@@ -463,7 +511,7 @@ impl Executor {
                     self.pool.give_back(bytes);
                 }
                 f.polled -= 1;
-                f.engine.complete(id, result);
+                f.chain.complete(id, result);
             }
             (Mode::Raw { requests, .. }, Token::Raw(key)) => {
                 if let Some(slot) = requests.remove(&key) {
@@ -559,7 +607,7 @@ impl Executor {
         self.closed = true;
         let clean = match &mut self.mode {
             Mode::Fvd(f) => {
-                f.engine.close();
+                f.chain.close();
                 loop {
                     if let Mode::Fvd(f) = &self.mode {
                         if let Some(clean) = f.closed {
@@ -582,6 +630,7 @@ impl Executor {
                 if self.options.writable {
                     self.pool.push(Job {
                         token: Token::Raw(u64::MAX),
+                        layer: 0,
                         target: Target::Image,
                         work: Work::Flush,
                         landing: Landing::None,

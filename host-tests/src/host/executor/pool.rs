@@ -6,7 +6,8 @@ use super::ExecutorError;
 use crate::host::faults::{Cmd, Injection, OpKind, SharedPlan};
 use crate::host::files::{self, read_full_at, write_zeroes_at};
 use crate::host::storage::earlier_flush_failed;
-use fvd_core::engine::{CommandId, IoError, RequestId};
+use fvd_core::chain::ChainCommandId;
+use fvd_core::engine::{IoError, RequestId};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -55,7 +56,7 @@ pub(super) enum Work {
 /// Who waits for a job.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Token {
-    Command(CommandId),
+    Command(ChainCommandId),
     Raw(u64),
 }
 
@@ -63,12 +64,18 @@ pub(super) enum Token {
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Landing {
     None,
-    Engine(usize),
+    /// Engine memory of layer `layer` of the chain.
+    Engine {
+        layer: usize,
+        at: usize,
+    },
     Guest(RequestId, usize),
 }
 
 pub(super) struct Job {
     pub(super) token: Token,
+    /// The layer of the chain whose files `target` names (0: the image).
+    pub(super) layer: usize,
     pub(super) target: Target,
     pub(super) work: Work,
     pub(super) landing: Landing,
@@ -82,7 +89,7 @@ pub(super) struct Done {
     pub(super) landing: Landing,
 }
 
-/// The files the workers use.
+/// The files of one image of the chain the workers use.
 pub(super) struct Files {
     pub(super) image: File,
     pub(super) data: Option<File>,
@@ -308,7 +315,7 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
     }
 }
 
-pub(super) fn worker(files: Arc<Files>, shared: Arc<Shared>) {
+pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
     /// Counts the worker out however it ends, so the calling thread never waits for a
     /// worker that is gone.
     struct Exit<'a>(&'a Shared);
@@ -359,6 +366,7 @@ pub(super) fn worker(files: Arc<Files>, shared: Arc<Shared>) {
         }
         let Some(Job {
             token,
+            layer,
             target,
             work,
             landing,
@@ -368,7 +376,15 @@ pub(super) fn worker(files: Arc<Files>, shared: Arc<Shared>) {
         };
         // `work` (and with it any clone of a request buffer) is consumed here, so the
         // calling thread owns the buffer alone again once it sees the completion.
-        let mut done = perform(&files, target, work, &shared.syncs);
+        let mut done = match files.get(layer) {
+            Some(files) => perform(files, target, work, &shared.syncs),
+            None => Done {
+                token,
+                result: Err(IoError::Failed),
+                data: None,
+                landing,
+            },
+        };
         done.token = token;
         done.landing = landing;
         finished = Some(done);
@@ -387,8 +403,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn start(files: Files, workers: usize) -> Pool {
-        let files = Arc::new(files);
+    /// Starts `workers` threads over the files of each layer of a chain, the image first.
+    pub(super) fn start(files: Vec<Files>, workers: usize) -> Pool {
+        let files: Arc<[Files]> = files.into();
         let shared = Arc::new(Shared::default());
         let n = workers.max(1);
         shared.state().alive = n;

@@ -43,7 +43,7 @@ impl Executor {
                 requests: HashMap::new(),
                 _lock: lock,
             },
-            pool: Pool::start(files, options.workers),
+            pool: Pool::start(vec![files], options.workers),
             options,
             finished: VecDeque::new(),
             next_ticket: 0,

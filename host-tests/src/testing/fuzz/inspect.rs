@@ -10,30 +10,23 @@ use super::input::Input;
 use super::qed;
 use super::sparse::{SparseFile, SparseStorage};
 use super::{map_runs, open, options, settle, Run};
-use crate::host::chain::{BaseRead, Chained};
 use crate::host::driver::Driver;
 use crate::host::storage::Storage;
-use fvd_core::engine::Mapping;
+use fvd_core::chain::FileKey;
+use fvd_core::engine::{FileId, Mapping};
 use fvd_core::fvd::header::NAME_FIELD_LEN;
 use fvd_core::fvd::FVD_MAGIC;
-use std::io;
 
-/// A raw base held in memory.
-struct RawMem(SparseFile);
-
-impl BaseRead for RawMem {
-    fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.read(offset, buf);
-        Ok(())
-    }
-
-    fn base_len(&self) -> u64 {
-        self.0.len()
-    }
+/// The base of a case.
+enum CaseBase {
+    /// Raw bytes.
+    Raw(Vec<u8>),
+    /// An FVD or QED image (with a raw base of its own): the second layer of the chain.
+    Image(SparseStorage),
 }
 
 /// The image file of a case and its base.
-fn case(input: &mut Input) -> (Vec<u8>, Box<dyn BaseRead>) {
+fn case(input: &mut Input) -> (Vec<u8>, CaseBase) {
     let (image, base) = match input.u8() % 3 {
         0 => {
             let c = fvd::build(input);
@@ -49,8 +42,8 @@ fn case(input: &mut Input) -> (Vec<u8>, Box<dyn BaseRead>) {
         }
     };
     let raw = base.unwrap_or_else(|| vec![0x5A; 64 << 10]);
-    let base: Box<dyn BaseRead> = match input.u8() % 3 {
-        0 => Box::new(RawMem(SparseFile::new(&raw))),
+    let base = match input.u8() % 3 {
+        0 => CaseBase::Raw(raw),
         kind => {
             // A base that is itself an image (with a raw base of its own).
             let (bytes, below) = if kind == 1 {
@@ -61,11 +54,11 @@ fn case(input: &mut Input) -> (Vec<u8>, Box<dyn BaseRead>) {
                 (c.image, c.base)
             };
             let storage = SparseStorage::new(&bytes, Some(below.as_deref().unwrap_or(&raw)));
-            match open(storage, options(false)) {
-                Ok(driver) => Box::new(driver),
+            match open(storage.clone(), options(false)) {
+                Ok(_) => CaseBase::Image(storage),
                 // The inspector would show the base's error; the image still opens over
                 // its raw stand-in.
-                Err(_) => Box::new(RawMem(SparseFile::new(&raw))),
+                Err(_) => CaseBase::Raw(raw),
             }
         }
     };
@@ -80,9 +73,11 @@ fn names_data_file(image: &[u8]) -> bool {
             .is_some_and(|f| f[0] != 0)
 }
 
-/// What sector `sector` should read as by its map run.
+/// What sector `sector` should read as by its map run: base sectors as the base reads
+/// them on its own (`reference`: the base image opened by itself; none for a raw base).
 fn expected_sector(
-    driver: &mut Driver<Chained<SparseStorage>>,
+    driver: &mut Driver<SparseStorage>,
+    reference: Option<&mut Driver<SparseStorage>>,
     run: &Run,
     sector: u64,
 ) -> Option<Vec<u8>> {
@@ -93,15 +88,24 @@ fn expected_sector(
         Mapping::Data { file, offset } => {
             driver
                 .storage
-                .top
                 .read_at(file, offset + into_run, &mut bytes)
                 .ok()?;
         }
-        Mapping::Base => driver
-            .storage
-            .base
-            .read_base(sector * 512, &mut bytes)
-            .ok()?,
+        Mapping::Base => match reference {
+            None => driver
+                .storage
+                .read_at(FileId::Base, sector * 512, &mut bytes)
+                .ok()?,
+            Some(base) => {
+                // Past the end of the base image, the base reads as zeros.
+                let size = base.engine().virtual_size()?;
+                if sector * 512 < size {
+                    let len = (size - sector * 512).min(512) as usize;
+                    let read = base.read(sector * 512, len).ok()?;
+                    bytes[..len].copy_from_slice(&read);
+                }
+            }
+        },
     }
     Some(bytes)
 }
@@ -112,13 +116,27 @@ fn expected_sector(
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let (image, base) = case(&mut input);
-    let mut top = SparseStorage::new(&image, None);
+    let raw = match &base {
+        CaseBase::Raw(raw) => Some(raw.as_slice()),
+        CaseBase::Image(_) => None,
+    };
+    let mut top = SparseStorage::new(&image, raw);
     if names_data_file(&image) {
         top.data = Some(SparseFile::new(&vec![0xD7; 64 << 10]));
     }
-    let Ok(mut driver) = open(Chained { top, base }, options(false)) else {
+    let (layers, mut reference) = match base {
+        CaseBase::Raw(_) => (vec![top], None),
+        CaseBase::Image(below) => {
+            let reference = open(below.clone(), options(false)).ok();
+            (vec![top, below], reference)
+        }
+    };
+    let keys: Vec<FileKey> = (0..layers.len() as u128).map(FileKey).collect();
+    let opened = Driver::open_chain(layers, &keys, options(false), None).map_err(|e| e.error);
+    let Ok(mut driver) = settle(opened) else {
         return;
     };
+    driver.limit_commands(super::COMMAND_LIMIT);
     let size = driver
         .engine()
         .virtual_size()
@@ -143,7 +161,7 @@ pub fn run(data: &[u8]) {
             }
             let at = runs.partition_point(|r| r.0 + r.1 <= sector * 512);
             let run = runs[at];
-            if let Some(want) = expected_sector(&mut driver, &run, sector) {
+            if let Some(want) = expected_sector(&mut driver, reference.as_mut(), &run, sector) {
                 assert!(
                     got == want.as_slice(),
                     "sector {sector} does not read as its map run {run:?} says"
