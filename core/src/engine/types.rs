@@ -7,6 +7,10 @@ use core::fmt;
 
 /// Which file a command targets. The host maps each to a file, a device or a remote
 /// object; the engine never knows which.
+///
+/// Exhaustive on purpose, like the other protocol enums ([`FileId`], [`Buffer`], [`Op`],
+/// [`Request`]): every host must handle every case, so a new one must fail to compile in
+/// each host rather than fail at run time behind a catch-all arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FileId {
@@ -43,6 +47,10 @@ pub struct CommandId {
 }
 
 /// Memory a command reads from or writes into.
+///
+/// Exhaustive on purpose, like the other protocol enums ([`FileId`], [`Buffer`], [`Op`],
+/// [`Request`]): every host must handle every case, so a new one must fail to compile in
+/// each host rather than fail at run time behind a catch-all arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Buffer {
@@ -63,6 +71,10 @@ pub enum Buffer {
 }
 
 /// What a command asks the host to do.
+///
+/// Exhaustive on purpose, like the other protocol enums ([`FileId`], [`Buffer`], [`Op`],
+/// [`Request`]): every host must handle every case, so a new one must fail to compile in
+/// each host rather than fail at run time behind a catch-all arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Op {
@@ -134,6 +146,10 @@ pub struct Command {
 }
 
 /// A guest request. Offsets and lengths are bytes and must be multiples of 512.
+///
+/// Exhaustive on purpose, like the other protocol enums ([`FileId`], [`Buffer`], [`Op`],
+/// [`Request`]): every host must handle every case, so a new one must fail to compile in
+/// each host rather than fail at run time behind a catch-all arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Request {
@@ -180,6 +196,7 @@ pub enum Request {
 /// Where a run of guest bytes lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Mapping {
     /// Still in the base image at the same guest offset.
     Base,
@@ -213,6 +230,7 @@ pub struct MapRun {
 /// What a successful request returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Reply {
     /// Done.
     Done,
@@ -433,6 +451,7 @@ impl fmt::Display for OpenError {
 /// Something the host should know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Event {
     /// The image is open; requests may be submitted.
     Opened,

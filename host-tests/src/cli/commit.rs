@@ -319,6 +319,11 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 copy_run(&mut top, &mut target, at, run.len, (file, offset))
                     .map_err(|e| context(e, &what))?
             }
+            other => {
+                return Err(CliError::Image(format!(
+                    "{what}: the engine mapped offset {at} as {other:?}, which commit cannot copy"
+                )))
+            }
         }
         at += run.len;
     }

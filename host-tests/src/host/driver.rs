@@ -393,6 +393,8 @@ impl<S: Storage> Driver<S> {
                     let buffer = self.buffers[id.slot()].take().unwrap_or_default();
                     self.results.insert(id, (result, buffer));
                 }
+                // An event this host does not know needs nothing from it.
+                _ => {}
             }
         }
         any
@@ -643,6 +645,9 @@ impl<S: Storage> Driver<S> {
                 len: 0,
                 mapping: Mapping::Unallocated,
             }),
+            other => Err(DriverError::Io(io::Error::other(format!(
+                "the engine answered a map request with {other:?}"
+            )))),
         }
     }
 

@@ -230,6 +230,9 @@ impl Disk {
                         extent.depth += 1;
                         Ok(extent)
                     }
+                    other => Err(CliError::Image(format!(
+                        "the engine mapped offset {lo} as {other:?}, which this fvd-img cannot show"
+                    ))),
                 }
             }
         }

@@ -221,6 +221,8 @@ pub(super) fn drain_events(f: &mut FvdState, finished: &mut VecDeque<Completion>
                     });
                 }
             }
+            // An event this host does not know needs nothing from it.
+            _ => {}
         }
     }
 }

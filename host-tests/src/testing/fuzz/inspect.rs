@@ -106,6 +106,7 @@ fn expected_sector(
                 }
             }
         },
+        _ => return None,
     }
     Some(bytes)
 }
