@@ -10,6 +10,7 @@ pub mod check;
 pub mod driver;
 pub mod medium;
 pub mod ram;
+pub mod selftest;
 
 pub use check::{check, CheckFailure, CheckOutcome};
 pub use driver::{create, DriverError, Geometry, Layout, OverlayDisk};
