@@ -52,5 +52,4 @@ fn main() {
         "mcopy",
         &["-i", image, hello.to_str().expect("UTF-8"), "::HELLO.TXT"],
     );
-    println!("cargo:rustc-env=FVD_SELFTEST_HELLO={HELLO}");
 }

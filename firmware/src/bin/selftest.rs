@@ -46,7 +46,7 @@ fn main() -> ! {
             },
             known: KnownFile {
                 name: "HELLO.TXT",
-                content: env!("FVD_SELFTEST_HELLO").as_bytes(),
+                content: include_bytes!(concat!(env!("OUT_DIR"), "/HELLO.TXT")),
             },
             memory: &mut engine[..],
             cache_bytes: 16 << 10,
