@@ -381,3 +381,25 @@ fn flushed_writes_survive_a_power_cut_at_every_medium_command_of_a_workload() {
         budget += 1;
     }
 }
+
+#[test]
+fn the_engine_memory_the_tests_and_the_firmware_give_is_what_core_asks_for_the_overlay() {
+    let mut bytes = factory_bytes();
+    let medium = RamMedium::<CACHE>::new(&mut bytes);
+    create(&medium, layout(), Geometry::default()).unwrap();
+    let header = medium.with_durable(|ram| ram[..4096].to_vec()).unwrap();
+    let need = fvd_core::engine::memory_needed(&header, CACHE_BYTES, 0);
+    println!(
+        "engine memory, 4 KiB blocks: {need} bytes with a 16 KiB cache, {} with the least",
+        fvd_core::engine::memory_needed(&header, 0, 0)
+    );
+    assert!(
+        need <= ENGINE_MEMORY,
+        "core asks {need}, the driver gets {ENGINE_MEMORY}"
+    );
+    let mut memory = vec![0u8; need];
+    let disk = OverlayDisk::open(&medium, layout(), &mut memory, CACHE_BYTES).unwrap();
+    disk.write(&[pattern(1, 1)], BlockIdx(1)).unwrap();
+    disk.flush().unwrap();
+    assert_eq!(read_block(&disk, 1), pattern(1, 1).contents);
+}
