@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check and every test of the project, host and cross targets. Needs the tools that
 # .ci/run installs (rustup targets thumbv7em-none-eabihf and wasm32-unknown-unknown,
-# qemu-utils).
+# qemu-utils; for the firmware qemu-system-arm, defmt-print, dosfstools and mtools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +24,9 @@ cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm
 
 echo "== fuzz smoke (nightly, cargo-fuzz)"
 scripts/fuzz-smoke.sh
+
+echo "== firmware: driver and self-test on the host, then the self-test firmware in QEMU"
+cargo clippy -p fvd-firmware --all-targets -- -D warnings
+cargo clippy -p fvd-firmware --target thumbv7em-none-eabihf --features qemu --bins -- -D warnings
+cargo test -p fvd-firmware
+cargo run -p fvd-firmware --target thumbv7em-none-eabihf --features qemu --bin selftest --release

@@ -1,9 +1,17 @@
-//! `fvd-firmware`: the Cortex-M host for `fvd-core`. Until the firmware issue lands it only
-//! proves that the engine builds for `thumbv7em-none-eabihf`.
+//! `fvd-firmware`: the Cortex-M host for `fvd-core`. A block driver ([`OverlayDisk`]) that
+//! keeps a read-only factory image and an FVD overlay on one medium and is itself an
+//! `embedded-sdmmc` block device, so a FAT volume mounts through it; the media it runs on
+//! ([`medium`]) and a RAM medium with a volatile write cache for power-cut tests ([`ram`]).
+//! No allocation, no unsafe code, no format rule: the image's bytes and meaning are core's.
 #![no_std]
 #![forbid(unsafe_code)]
 
-/// Length of the FVD header this build understands (a link-time proof that the core is in).
-pub fn header_len() -> usize {
-    fvd_core::fvd::RAW_HEADER_LEN
-}
+pub mod check;
+pub mod driver;
+pub mod medium;
+pub mod ram;
+pub mod selftest;
+
+pub use check::{check, CheckFailure, CheckOutcome};
+pub use driver::{create, DriverError, Geometry, Layout, OverlayDisk};
+pub use medium::{Extent, Medium, Partition};

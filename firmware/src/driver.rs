@@ -1,0 +1,276 @@
+//! The overlay driver: a medium carved into a base partition (the factory image, raw) and
+//! an overlay partition holding an FVD image over it, presented as a block device of
+//! 512-byte blocks. Everything about the format is core's: the overlay's bytes come from
+//! `fvd::create`, reads, writes, flushes and journal replay from core's engine through its
+//! blocking loop. This module only lays the partitions out and moves blocks.
+
+use crate::medium::{Extent, Medium, Partition, BLOCK};
+use core::cell::RefCell;
+use embedded_io::{Seek, SeekFrom, Write};
+use embedded_sdmmc::{Block, BlockCount, BlockDevice, BlockIdx};
+use fvd_core::blocking::{BlockingDisk, BlockingError, NoFile};
+use fvd_core::engine::Stats;
+use fvd_core::fvd::create::{
+    initial_bytes_at, metadata_len, plan, BaseSpec, CreateOptions, GeometryError,
+};
+
+/// Name of the base recorded in the overlay's header (a host reading the overlay as a
+/// file finds the base beside it under this name).
+pub const BASE_NAME: &[u8] = b"base.img";
+
+/// Metadata cache pages of the engine.
+pub const PAGES: usize = 16;
+
+/// Where the base and the overlay live on the medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The factory image (read-only, raw).
+    pub base: Extent,
+    /// The FVD overlay.
+    pub overlay: Extent,
+}
+
+/// How the overlay is made when it is created or reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per bitmap bit (copy-on-write unit).
+    pub block_size: u64,
+    /// Journal bytes (raised by core to what a commit needs).
+    pub journal_size: u64,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry {
+            block_size: 4096,
+            journal_size: 64 << 10,
+        }
+    }
+}
+
+/// Why a driver call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The partitions overlap, are empty or lie past the end of the medium.
+    BadLayout,
+    /// Core refused the overlay's geometry.
+    Geometry(GeometryError),
+    /// The overlay needs `need` bytes but its partition holds `have`.
+    OverlayTooSmall {
+        /// Bytes the image needs (metadata and every guest block).
+        need: u64,
+        /// Bytes of the partition.
+        have: u64,
+    },
+    /// The medium failed.
+    Medium,
+    /// Core's engine failed (open, request, or an I/O error it saw).
+    Engine(BlockingError),
+    /// A block past the end of the virtual disk.
+    OutOfRange,
+    /// A request while another one still holds the driver (re-entrant use).
+    Busy,
+}
+
+impl From<BlockingError> for DriverError {
+    fn from(e: BlockingError) -> Self {
+        DriverError::Engine(e)
+    }
+}
+
+type Disk<'d, 'm, D> =
+    BlockingDisk<&'m mut [u8], Partition<'d, D>, NoFile, Partition<'d, D>, PAGES>;
+
+/// The virtual disk: the base with the overlay's writes on top.
+pub struct OverlayDisk<'d, 'm, D: Medium> {
+    medium: &'d D,
+    layout: Layout,
+    disk: RefCell<Disk<'d, 'm, D>>,
+}
+
+fn check_layout<D: Medium>(medium: &D, layout: &Layout) -> Result<(), DriverError> {
+    let blocks = medium.num_blocks().map_err(|_| DriverError::Medium)?.0;
+    let fits = |e: &Extent| !e.is_empty() && e.end().is_some_and(|end| end <= blocks);
+    if !fits(&layout.base) || !fits(&layout.overlay) || layout.base.overlaps(&layout.overlay) {
+        return Err(DriverError::BadLayout);
+    }
+    Ok(())
+}
+
+/// Writes the overlay's first block (the header's) from core's create bytes, or zeros.
+fn write_block<D: Medium>(
+    image: &mut Partition<'_, D>,
+    offset: u64,
+    bytes: &[u8; Block::LEN],
+) -> Result<(), DriverError> {
+    image
+        .seek(SeekFrom::Start(offset))
+        .map_err(|_| DriverError::Medium)?;
+    image.write_all(bytes).map_err(|_| DriverError::Medium)
+}
+
+/// Makes a new overlay over the base in the overlay partition. The header block is
+/// zeroed first and written last, each step flushed: a cut leaves either the old image,
+/// an overlay with no header (empty: [`OverlayDisk::open_or_create`] makes it again) or
+/// the new image, never a header over half-written metadata.
+pub fn create<D: Medium>(
+    medium: &D,
+    layout: Layout,
+    geometry: Geometry,
+) -> Result<(), DriverError> {
+    check_layout(medium, &layout)?;
+    let options = CreateOptions {
+        virtual_size: layout.base.len(),
+        base: Some(BaseSpec {
+            name: BASE_NAME,
+            format: b"raw",
+            size: layout.base.len(),
+        }),
+        block_size: Some(geometry.block_size),
+        journal_size: Some(geometry.journal_size),
+        ..CreateOptions::default()
+    };
+    let header = plan(&options).map_err(DriverError::Geometry)?;
+    let metadata = metadata_len(&header);
+    let need = header
+        .data_offset
+        .get()
+        .checked_add(layout.base.len())
+        .ok_or(DriverError::BadLayout)?
+        .max(metadata);
+    let have = layout.overlay.len();
+    if need > have {
+        return Err(DriverError::OverlayTooSmall { need, have });
+    }
+    let mut image = Partition::new(medium, layout.overlay);
+    let mut bytes = [0u8; Block::LEN];
+    write_block(&mut image, 0, &bytes)?;
+    image.flush().map_err(|_| DriverError::Medium)?;
+    let mut offset = BLOCK;
+    while offset < metadata {
+        initial_bytes_at(&header, offset, &mut bytes);
+        write_block(&mut image, offset, &bytes)?;
+        offset += BLOCK;
+    }
+    image.flush().map_err(|_| DriverError::Medium)?;
+    initial_bytes_at(&header, 0, &mut bytes);
+    write_block(&mut image, 0, &bytes)?;
+    image.flush().map_err(|_| DriverError::Medium)
+}
+
+impl<'d, 'm, D: Medium> OverlayDisk<'d, 'm, D> {
+    /// Opens the overlay (replaying its journal after a cut) with `memory` for the engine
+    /// (see [`fvd_core::engine::memory_needed`]) and `cache_bytes` of metadata cache.
+    pub fn open(
+        medium: &'d D,
+        layout: Layout,
+        memory: &'m mut [u8],
+        cache_bytes: usize,
+    ) -> Result<Self, DriverError> {
+        check_layout(medium, &layout)?;
+        let image = Partition::new(medium, layout.overlay);
+        let base = Partition::new(medium, layout.base);
+        let disk = BlockingDisk::open(memory, image, NoFile, base, true, cache_bytes)?;
+        Ok(OverlayDisk {
+            medium,
+            layout,
+            disk: RefCell::new(disk),
+        })
+    }
+
+    /// Opens the overlay, first creating it when its partition starts with an empty
+    /// block (a new medium, or a create or reset the power cut interrupted). Any other
+    /// content that is not a valid image is an error, never silently replaced.
+    pub fn open_or_create(
+        medium: &'d D,
+        layout: Layout,
+        geometry: Geometry,
+        memory: &'m mut [u8],
+        cache_bytes: usize,
+    ) -> Result<Self, DriverError> {
+        check_layout(medium, &layout)?;
+        let mut first = [Block::new()];
+        medium
+            .read(&mut first, BlockIdx(layout.overlay.first))
+            .map_err(|_| DriverError::Medium)?;
+        if first[0].contents.iter().all(|b| *b == 0) {
+            create(medium, layout, geometry)?;
+        }
+        Self::open(medium, layout, memory, cache_bytes)
+    }
+
+    /// Factory reset: drops the engine (nothing written back) and makes a new, empty
+    /// overlay in its place, discarding every write; the base is untouched. Open again to
+    /// use the disk.
+    pub fn factory_reset(self, geometry: Geometry) -> Result<(), DriverError> {
+        let OverlayDisk { medium, layout, .. } = self;
+        create(medium, layout, geometry)
+    }
+
+    /// Makes every completed write durable on the medium.
+    pub fn flush(&self) -> Result<(), DriverError> {
+        let mut disk = self.disk.try_borrow_mut().map_err(|_| DriverError::Busy)?;
+        Ok(disk.flush()?)
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> Stats {
+        self.disk
+            .try_borrow()
+            .map(|d| d.engine().stats())
+            .unwrap_or_default()
+    }
+
+    /// The partitions.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Closes the image (metadata written back, marked clean); `true` when it was
+    /// marked clean. Dropping the driver instead is a power cut as far as the overlay is
+    /// concerned: the next open replays the journal.
+    pub fn close(self) -> Result<bool, DriverError> {
+        let (_, _, _, clean) = self.disk.into_inner().close()?;
+        Ok(clean)
+    }
+
+    fn span(&self, blocks: usize, start: BlockIdx) -> Result<u64, DriverError> {
+        let size = self.layout.base.len();
+        let offset = u64::from(start.0) * BLOCK;
+        let end = (blocks as u64)
+            .checked_mul(BLOCK)
+            .and_then(|len| offset.checked_add(len))
+            .ok_or(DriverError::OutOfRange)?;
+        if end > size {
+            return Err(DriverError::OutOfRange);
+        }
+        Ok(offset)
+    }
+}
+
+impl<D: Medium> BlockDevice for OverlayDisk<'_, '_, D> {
+    type Error = DriverError;
+
+    fn read(&self, blocks: &mut [Block], start: BlockIdx) -> Result<(), DriverError> {
+        let offset = self.span(blocks.len(), start)?;
+        let mut disk = self.disk.try_borrow_mut().map_err(|_| DriverError::Busy)?;
+        for (at, block) in (0u64..).zip(blocks.iter_mut()) {
+            disk.read(offset + at * BLOCK, &mut block.contents)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, blocks: &[Block], start: BlockIdx) -> Result<(), DriverError> {
+        let offset = self.span(blocks.len(), start)?;
+        let mut disk = self.disk.try_borrow_mut().map_err(|_| DriverError::Busy)?;
+        for (at, block) in (0u64..).zip(blocks.iter()) {
+            disk.write(offset + at * BLOCK, &block.contents)?;
+        }
+        Ok(())
+    }
+
+    fn num_blocks(&self) -> Result<BlockCount, DriverError> {
+        Ok(BlockCount(self.layout.base.blocks))
+    }
+}

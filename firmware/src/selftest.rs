@@ -1,0 +1,337 @@
+//! The self-test both the host tests and the QEMU firmware run: a FAT volume (the factory
+//! image, read-only at the start of a [`RamMedium`]) mounted through the overlay with
+//! `embedded-sdmmc`'s `VolumeManager`; files read, written, overwritten, flushed and
+//! remounted; power cuts at every medium command of a small FAT workload; factory reset.
+//! Each case reports a name and a result; the caller prints them and the tally.
+
+use crate::check::check;
+use crate::driver::{Geometry, Layout, OverlayDisk};
+use crate::medium::Medium;
+use crate::ram::{CutAfter, RamError, RamMedium};
+use embedded_sdmmc::{
+    Block, BlockCount, BlockDevice, BlockIdx, Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager,
+};
+
+/// A file the factory image holds, with its exact content.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownFile {
+    /// 8.3 name.
+    pub name: &'static str,
+    /// Content.
+    pub content: &'static [u8],
+}
+
+/// What the self-test needs: the medium (factory image as its read-only prefix), where
+/// the partitions are, a file of the base, and memory for the engine and the check.
+pub struct Bench<'a, 'r, const CACHE: usize> {
+    /// The medium.
+    pub medium: &'a RamMedium<'r, CACHE>,
+    /// Base = the read-only prefix; overlay after it.
+    pub layout: Layout,
+    /// A file the base's FAT volume holds.
+    pub known: KnownFile,
+    /// Engine memory.
+    pub memory: &'a mut [u8],
+    /// Metadata cache bytes.
+    pub cache_bytes: usize,
+    /// Check work memory.
+    pub check_memory: &'a mut [u8],
+}
+
+/// Why a case failed.
+pub type Failure = &'static str;
+
+/// Passed and failed cases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Cases that passed.
+    pub passed: u32,
+    /// Cases that failed.
+    pub failed: u32,
+}
+
+struct Clock;
+
+impl TimeSource for Clock {
+    fn get_timestamp(&self) -> Timestamp {
+        Timestamp {
+            year_since_1970: 56,
+            zero_indexed_month: 11,
+            zero_indexed_day: 3,
+            hours: 12,
+            minutes: 0,
+            seconds: 0,
+        }
+    }
+}
+
+/// A borrowed block device (VolumeManager owns its device; the test keeps the driver).
+struct ByRef<'a, D>(&'a D);
+
+impl<D: BlockDevice> BlockDevice for ByRef<'_, D> {
+    type Error = D::Error;
+    fn read(&self, blocks: &mut [Block], start: BlockIdx) -> Result<(), D::Error> {
+        self.0.read(blocks, start)
+    }
+    fn write(&self, blocks: &[Block], start: BlockIdx) -> Result<(), D::Error> {
+        self.0.write(blocks, start)
+    }
+    fn num_blocks(&self) -> Result<BlockCount, D::Error> {
+        self.0.num_blocks()
+    }
+}
+
+const NEW_NAME: &str = "NEW.TXT";
+const LATE_NAME: &str = "LATE.TXT";
+
+/// Bytes of the new file: long enough to span clusters and a copy-on-write block.
+fn new_byte(i: usize) -> u8 {
+    b"fvd overlay firmware self-test "[i % 31]
+}
+
+const NEW_LEN: usize = 5000;
+const OVERWRITE: &[u8] = b"overwritten through the overlay\n";
+
+fn write_file<D: BlockDevice>(
+    disk: &D,
+    name: &str,
+    mut byte: impl FnMut(usize) -> u8,
+    len: usize,
+) -> Result<(), Failure> {
+    let manager = VolumeManager::new(ByRef(disk), Clock);
+    let volume = manager
+        .open_volume(VolumeIdx(0))
+        .map_err(|_| "mount failed")?;
+    let root = volume.open_root_dir().map_err(|_| "root failed")?;
+    let file = root
+        .open_file_in_dir(name, Mode::ReadWriteCreateOrTruncate)
+        .map_err(|_| "create failed")?;
+    let mut chunk = [0u8; 512];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(chunk.len());
+        for (i, b) in chunk.iter_mut().take(n).enumerate() {
+            *b = byte(done + i);
+        }
+        file.write(chunk.get(..n).unwrap_or(&[]))
+            .map_err(|_| "file write failed")?;
+        done += n;
+    }
+    file.close().map_err(|_| "file close failed")?;
+    root.close().map_err(|_| "dir close failed")?;
+    volume.close().map_err(|_| "unmount failed")
+}
+
+/// Reads `name` and compares it with `expect(i)` for `len` bytes.
+fn file_is<D: BlockDevice>(
+    disk: &D,
+    name: &str,
+    expect: impl Fn(usize) -> u8,
+    len: usize,
+) -> Result<(), Failure> {
+    let manager = VolumeManager::new(ByRef(disk), Clock);
+    let volume = manager
+        .open_volume(VolumeIdx(0))
+        .map_err(|_| "mount failed")?;
+    let root = volume.open_root_dir().map_err(|_| "root failed")?;
+    let file = root
+        .open_file_in_dir(name, Mode::ReadOnly)
+        .map_err(|_| "open failed")?;
+    if file.length() as usize != len {
+        return Err("file length differs");
+    }
+    let mut chunk = [0u8; 512];
+    let mut done = 0;
+    while done < len {
+        let n = file.read(&mut chunk).map_err(|_| "file read failed")?;
+        if n == 0 {
+            return Err("file ended early");
+        }
+        for (i, b) in chunk.iter().take(n).enumerate() {
+            if *b != expect(done + i) {
+                return Err("file content differs");
+            }
+        }
+        done += n;
+    }
+    file.close().map_err(|_| "file close failed")?;
+    root.close().map_err(|_| "dir close failed")?;
+    volume.close().map_err(|_| "unmount failed")
+}
+
+impl<const CACHE: usize> Bench<'_, '_, CACHE> {
+    fn open<'s, D: Medium>(&'s mut self, medium: &'s D) -> Result<OverlayDisk<'s, 's, D>, Failure> {
+        OverlayDisk::open_or_create(
+            medium,
+            self.layout,
+            Geometry::default(),
+            self.memory,
+            self.cache_bytes,
+        )
+        .map_err(|_| "overlay open failed")
+    }
+
+    fn check_clean(&mut self) -> Result<(), Failure> {
+        let outcome =
+            check(self.medium, self.layout, self.check_memory).map_err(|_| "check failed")?;
+        if outcome.summary.counts.corruptions != 0 {
+            return Err("core check found corruptions");
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), Failure> {
+        crate::driver::create(self.medium, self.layout, Geometry::default())
+            .map_err(|_| "factory reset failed")
+    }
+
+    /// The base file reads through a new overlay.
+    fn base_file_reads_through_the_overlay(&mut self) -> Result<(), Failure> {
+        self.reset()?;
+        let medium = self.medium;
+        let known = self.known;
+        let disk = self.open(medium)?;
+        file_is(
+            &disk,
+            known.name,
+            |i| known.content.get(i).copied().unwrap_or(0),
+            known.content.len(),
+        )
+    }
+
+    /// New and overwritten files survive a flush, a power cut and a remount.
+    fn flushed_files_survive_a_cut_and_remount(&mut self) -> Result<(), Failure> {
+        self.reset()?;
+        let medium = self.medium;
+        let known = self.known;
+        {
+            let disk = self.open(medium)?;
+            write_file(&disk, NEW_NAME, new_byte, NEW_LEN)?;
+            write_file(
+                &disk,
+                known.name,
+                |i| OVERWRITE.get(i).copied().unwrap_or(0),
+                OVERWRITE.len(),
+            )?;
+            disk.flush().map_err(|_| "flush failed")?;
+            write_file(&disk, LATE_NAME, new_byte, 700)?;
+        }
+        medium
+            .power_cut(0x9e37_79b9_7f4a_7c15)
+            .map_err(|_| "cut failed")?;
+        self.check_clean()?;
+        let disk = self.open(medium)?;
+        file_is(&disk, NEW_NAME, new_byte, NEW_LEN)?;
+        file_is(
+            &disk,
+            known.name,
+            |i| OVERWRITE.get(i).copied().unwrap_or(0),
+            OVERWRITE.len(),
+        )?;
+        disk.close().map_err(|_| "close failed")?;
+        self.check_clean()
+    }
+
+    /// A FAT workload cut at every medium command: a file whose write and flush
+    /// completed before the cut is intact after reopen, the volume mounts, core's check
+    /// finds no corruption. Returns the number of cut points tried.
+    fn cut_at_every_command(&mut self) -> Result<u32, Failure> {
+        let medium = self.medium;
+        let mut budget = 0u64;
+        loop {
+            self.reset()?;
+            medium.flush().map_err(|_| "flush failed")?;
+            let dying = CutAfter::new(medium, budget);
+            let mut flushed = false;
+            let finished = (|| -> Result<(), ()> {
+                let disk = self.open(&dying).map_err(|_| ())?;
+                write_file(&disk, NEW_NAME, new_byte, 1500).map_err(|_| ())?;
+                disk.flush().map_err(|_| ())?;
+                flushed = true;
+                write_file(&disk, LATE_NAME, new_byte, 600).map_err(|_| ())?;
+                Ok(())
+            })()
+            .is_ok();
+            medium
+                .power_cut(budget.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5bd1)
+                .map_err(|_| "cut failed")?;
+            self.check_clean()?;
+            let known = self.known;
+            let disk = self.open(medium)?;
+            if flushed {
+                file_is(&disk, NEW_NAME, new_byte, 1500)?;
+            } else {
+                // The volume still mounts (the base's own file reads).
+                file_is(
+                    &disk,
+                    known.name,
+                    |i| known.content.get(i).copied().unwrap_or(0),
+                    known.content.len(),
+                )?;
+            }
+            // The driver goes unclosed (as after a cut): the next round resets the overlay.
+            if finished {
+                return u32::try_from(budget).map_err(|_| "too many cut points");
+            }
+            budget += 1;
+        }
+    }
+
+    /// After writes and a reset, every block of the virtual disk is the base's.
+    fn factory_reset_restores_the_base(&mut self) -> Result<(), Failure> {
+        let medium = self.medium;
+        {
+            let disk = self.open(medium)?;
+            write_file(&disk, NEW_NAME, new_byte, NEW_LEN)?;
+            disk.flush().map_err(|_| "flush failed")?;
+            disk.factory_reset(Geometry::default())
+                .map_err(|_| "factory reset failed")?;
+        }
+        let layout = self.layout;
+        let disk = self.open(medium)?;
+        let mut seen = [Block::new()];
+        let mut base = [Block::new()];
+        for index in 0..layout.base.blocks {
+            disk.read(&mut seen, BlockIdx(index))
+                .map_err(|_| "read failed")?;
+            medium
+                .read(&mut base, BlockIdx(layout.base.first + index))
+                .map_err(|_: RamError| "base read failed")?;
+            if seen[0].contents != base[0].contents {
+                return Err("a block differs from the base after reset");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every case, calling `report(name, result)` for each; returns the tally.
+    pub fn run(&mut self, mut report: impl FnMut(&'static str, Result<(), Failure>)) -> Tally {
+        let mut tally = Tally::default();
+        let mut note = |name, result: Result<(), Failure>, tally: &mut Tally| {
+            match result {
+                Ok(()) => tally.passed += 1,
+                Err(_) => tally.failed += 1,
+            }
+            report(name, result);
+        };
+        let r = self.base_file_reads_through_the_overlay();
+        note("base_file_reads_through_the_overlay", r, &mut tally);
+        let r = self.flushed_files_survive_a_cut_and_remount();
+        note("flushed_files_survive_a_cut_and_remount", r, &mut tally);
+        let r = self.cut_at_every_command().and_then(|points| {
+            if points > 10 {
+                Ok(())
+            } else {
+                Err("the workload stopped too early")
+            }
+        });
+        note(
+            "power_cut_at_every_command_of_a_fat_workload",
+            r,
+            &mut tally,
+        );
+        let r = self.factory_reset_restores_the_base();
+        note("factory_reset_restores_the_base", r, &mut tally);
+        tally
+    }
+}
