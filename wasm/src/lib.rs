@@ -1,12 +1,15 @@
 //! `fvd-wasm`: the browser host for `fvd-core`. The page hands it the first bytes of the
-//! files a user dropped and fulfils every read it asks for from `File.slice`; it shows
-//! what core says. Two parts: [`describe`] (what a file is, its header fields and base
-//! name, from its first bytes) and [`session`] (a read-only chain of engines driven one
-//! file read at a time). No format rule lives here.
+//! files a user chose and fulfils every read it asks for from `File.slice`; it shows what
+//! core says. Three parts: [`describe`] (what a file is, its header fields and base name,
+//! from its first bytes), [`session`] (a read-only chain of engines driven one file read
+//! at a time) and [`check`] (core's consistency check, driven the same way). No format
+//! rule lives here.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod describe;
 pub mod session;
 
+pub use check::{Check, CheckRead};
 pub use describe::{base_name, header_fields, probe_kind, probe_text, Field};
 pub use session::{FileRead, Inspector, Run};
