@@ -16,13 +16,14 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
 fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+target="${CARGO_TARGET_DIR:-target}"
 cargo build -p fvd-wasm --target wasm32-unknown-unknown --release
-wasm-bindgen --target web --out-dir web-demo/pkg target/wasm32-unknown-unknown/release/fvd_wasm.wasm
+wasm-bindgen --target web --out-dir web-demo/pkg "$target/wasm32-unknown-unknown/release/fvd_wasm.wasm"
 echo "built web-demo/pkg ($(stat -c %s web-demo/pkg/fvd_wasm_bg.wasm) bytes of wasm)"
 
 # Sample images: an FVD overlay on a raw base, and a QED image, small and sparse.
 cargo build -q -p fvd-host --bin fvd-img
-img=target/debug/fvd-img
+img="$target/debug/fvd-img"
 s=web-demo/samples
 rm -rf "$s" && mkdir -p "$s"
 truncate -s 4M "$s/base.raw"

@@ -12,6 +12,7 @@ const LINES = 16;          // hex lines per page
 let session = null;        // { insp, files, rawBase, size, runs }
 let queue = Promise.resolve();
 let cursor = 0;
+let wasm = null;           // the module's exports (its memory is reported after each open)
 
 /// Runs `job` after every earlier job: the inspector has one request at a time.
 function serial(job) {
@@ -175,6 +176,7 @@ async function openFiles(fileList) {
     timings.mapMs = lap();
     await runCheck();
     timings.checkMs = lap();
+    timings.wasmBytes = String(wasm.memory.buffer.byteLength);
     setStatus('ready', 'ready');
   } catch (e) {
     session = null;
@@ -322,7 +324,7 @@ function moveTo(offset) {
 }
 
 async function main() {
-  await init();
+  wasm = await init();
   $('file-input').addEventListener('change', (e) => openFiles(e.target.files));
   document.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
   document.addEventListener('dragleave', () => document.body.classList.remove('dragging'));

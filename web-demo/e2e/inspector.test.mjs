@@ -183,6 +183,8 @@ for (const name of ['huge.qed', 'huge.fvd']) {
     const limit = name.endsWith('qed') ? 1 << 20 : 32 << 20;
     assert.ok(bytes < limit, `read ${bytes} bytes`);
     assert.ok(ms < 10000, `took ${ms} ms`);
+    // Wasm memory only grows: this is the peak of every test so far.
+    assert.ok(Number(t.wasmBytes) <= 16 << 20, `wasm memory ${t.wasmBytes} bytes`);
     const last = 2 ** 40 - 256;
     assert.deepEqual(await goTo(`0x${last.toString(16)}`, last), { state: 'unallocated', bytes: row('00') },
       await page.textContent('#error'));
