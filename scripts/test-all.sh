@@ -24,3 +24,6 @@ cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm
 
 echo "== fuzz smoke (nightly, cargo-fuzz)"
 scripts/fuzz-smoke.sh
+
+echo "== browser inspector: wasm tests and Playwright e2e in headless Chromium"
+scripts/test-web.sh
