@@ -50,6 +50,10 @@ before(async () => {
   // Hostile files: random bytes, a truncated FVD header.
   fs.writeFileSync(at('random.bin'), Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 251)));
   fs.writeFileSync(at('truncated.fvd'), fs.readFileSync(at('overlay.fvd')).subarray(0, 100));
+  // An FVD header claiming a 4 EiB disk (virtual_disk_size, the u64 at byte 16, = 2^62).
+  const huge = fs.readFileSync(at('overlay.fvd'));
+  huge.writeBigUInt64LE(2n ** 62n, 16);
+  fs.writeFileSync(at('oversized.fvd'), huge);
 
   server = http.createServer((req, res) => {
     const rel = decodeURIComponent(new URL(req.url, 'http://x').pathname).replace(/^\/+/, '') || 'index.html';
@@ -134,7 +138,9 @@ test('hostile_files_show_an_error_and_the_next_file_still_opens', async () => {
   assert.equal(await open('random.bin'), 'error');
   assert.match(await page.textContent('#error'), /raw disk image/);
   assert.equal(await open('truncated.fvd'), 'error');
-  assert.notEqual((await page.textContent('#error')).trim(), '');
+  assert.match(await page.textContent('#error'), /shorter than an FVD header/);
+  assert.equal(await open('oversized.fvd', 'base.raw'), 'error');
+  assert.match(await page.textContent('#error'), /virtual disk size \d+ exceeds the supported maximum/);
   assert.equal(await open('plain.qed'), 'ready', await page.textContent('#error'));
   assert.equal(await page.isHidden('#error'), true);
   assert.deepEqual(await goTo('2M', 2 << 20), { state: 'data', bytes: row('cd') });
