@@ -184,13 +184,50 @@ async function openFiles(fileList) {
   }
 }
 
+/// Marks the bytes of the field in `row` in the header hex view.
+function markField(row) {
+  for (const r of document.querySelectorAll('#header-table tr.selected')) r.classList.remove('selected');
+  for (const b of document.querySelectorAll('#header-hex span.hl')) b.classList.remove('hl');
+  row.classList.add('selected');
+  const start = Number(row.dataset.offset), end = start + Number(row.dataset.len);
+  const bytes = $('header-hex').children;
+  for (let i = start; i < end && i < bytes.length; i++) bytes[i].classList.add('hl');
+  bytes[start]?.scrollIntoView({ block: 'nearest' });
+}
+
+/// The first bytes of the image file, 16 a line, one element per byte (up to the end of
+/// the last field).
+function showHeaderBytes(layer) {
+  const view = $('header-hex');
+  const end = Math.min(layer.first.length, Math.max(...layer.fields.map((f) => f.offset + f.len)));
+  const parts = [];
+  for (let i = 0; i < end; i++) {
+    if (i % 16 === 0) parts.push(`${i ? '\n' : ''}${hex(i, 6)} `);
+    parts.push(`<span data-offset="${i}">${hex(layer.first[i], 2)}</span>`);
+  }
+  // Only hex digits and numbers built above go into this markup.
+  view.innerHTML = parts.join(' ');
+  view.onclick = (e) => {
+    const offset = e.target.dataset?.offset;
+    if (offset === undefined) return;
+    const name = fvd.field_at(layer.first, Number(offset)) ?? '';
+    $('field-at').textContent = name || '(no field)';
+    const row = document.querySelector(`#header-table tr[data-field="${name}"]`);
+    if (row) markField(row);
+  };
+}
+
 function showHeader(layer) {
   const body = $('header-table').querySelector('tbody');
   body.replaceChildren();
+  $('field-at').textContent = '';
   for (const f of layer.fields) {
     const row = document.createElement('tr');
     row.dataset.field = f.name;
     row.dataset.value = f.value;
+    row.dataset.offset = String(f.offset);
+    row.dataset.len = String(f.len);
+    row.addEventListener('click', () => markField(row));
     for (const text of [f.name, f.text, f.unit, f.meaning, `${f.offset}+${f.len}`]) {
       const cell = document.createElement('td');
       cell.textContent = text;
@@ -198,6 +235,7 @@ function showHeader(layer) {
     }
     body.append(row);
   }
+  showHeaderBytes(layer);
 }
 
 /// `1M`, `0x100000`, `4096`, `2K`… as a byte offset (null when it is none).

@@ -2,7 +2,7 @@
 //! fields and base name, turned into values JavaScript can show.
 
 use fvd_core::fvd::header::{name_field, RawHeader};
-use fvd_core::info::{fvd_fields, qed_fields, HeaderField, Value};
+use fvd_core::info::{field_at as core_field_at, fvd_fields, qed_fields, HeaderField, Value};
 use fvd_core::probe::{probe, Probe};
 use fvd_core::qed::{self, QedHeader};
 use wasm_bindgen::prelude::*;
@@ -97,4 +97,17 @@ pub fn base_name(first: &[u8], file_len: f64) -> Option<String> {
         _ => return None,
     };
     (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+}
+
+/// The name of the header field whose bytes include byte `offset` of the image starting
+/// with `first` (the page names the field under a byte the user selects).
+#[wasm_bindgen]
+pub fn field_at(first: &[u8], offset: u32) -> Option<String> {
+    let offset = usize::try_from(offset).ok()?;
+    let name = match probe(first) {
+        Probe::Fvd => core_field_at(&fvd_fields(RawHeader::view(first)?), offset)?.name,
+        Probe::Qed => core_field_at(&qed_fields(QedHeader::view(first)?), offset)?.name,
+        _ => return None,
+    };
+    Some(name.into())
 }

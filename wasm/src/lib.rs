@@ -11,5 +11,5 @@ pub mod describe;
 pub mod session;
 
 pub use check::{Check, CheckRead};
-pub use describe::{base_name, header_fields, probe_kind, probe_text, Field};
+pub use describe::{base_name, field_at, header_fields, probe_kind, probe_text, Field};
 pub use session::{FileRead, Inspector, Run};

@@ -120,6 +120,16 @@ test('fvd_img_overlay_shows_header_values_and_written_base_and_zero_bytes', asyn
   await page.screenshot({ path: path.join(root, 'e2e', 'overlay.png'), fullPage: true });
 });
 
+test('selecting_a_header_field_marks_its_bytes_and_a_byte_names_its_field', async () => {
+  assert.equal(await open('overlay.fvd', 'base.raw'), 'ready', await page.textContent('#error'));
+  await page.click('[data-field="block_size"]');
+  const marked = await page.$$eval('#header-hex span.hl', (s) => s.map((b) => Number(b.dataset.offset)));
+  assert.deepEqual(marked, [2136, 2137, 2138, 2139, 2140, 2141, 2142, 2143]);
+  await page.click('#header-hex span[data-offset="19"]');
+  assert.equal(await page.textContent('#field-at'), 'virtual_disk_size');
+  assert.equal(await page.getAttribute('#header-table tr.selected', 'data-field'), 'virtual_disk_size');
+});
+
 test('qemu_img_qed_shows_written_and_unallocated_bytes', async () => {
   assert.equal(await open('plain.qed'), 'ready', await page.textContent('#error'));
   assert.equal(await field('image_size'), String(8 << 20));
