@@ -30,3 +30,6 @@ cargo clippy -p fvd-firmware --all-targets -- -D warnings
 cargo clippy -p fvd-firmware --target thumbv7em-none-eabihf --features qemu --bins -- -D warnings
 cargo test -p fvd-firmware
 cargo run -p fvd-firmware --target thumbv7em-none-eabihf --features qemu --bin selftest --release
+
+echo "== browser inspector: wasm tests and Playwright e2e in headless Chromium"
+scripts/test-web.sh

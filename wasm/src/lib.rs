@@ -1,8 +1,15 @@
-//! `fvd-wasm`: the browser host for `fvd-core`. Until the browser issue lands it only
-//! proves that the engine builds for `wasm32-unknown-unknown`.
+//! `fvd-wasm`: the browser host for `fvd-core`. The page hands it the first bytes of the
+//! files a user chose and fulfils every read it asks for from `File.slice`; it shows what
+//! core says. Three parts: [`describe`] (what a file is, its header fields and base name,
+//! from its first bytes), [`session`] (a read-only chain of engines driven one file read
+//! at a time) and [`check`] (core's consistency check, driven the same way). No format
+//! rule lives here.
 #![forbid(unsafe_code)]
 
-/// Length of the FVD header this build understands (a link-time proof that the core is in).
-pub fn header_len() -> usize {
-    fvd_core::fvd::RAW_HEADER_LEN
-}
+pub mod check;
+pub mod describe;
+pub mod session;
+
+pub use check::{Check, CheckRead};
+pub use describe::{base_name, field_at, header_fields, probe_kind, probe_text, Field};
+pub use session::{FileRead, Inspector, Run};

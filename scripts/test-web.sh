@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The browser inspector's tests: fvd-wasm's wasm-bindgen-test tests in headless Chromium,
+# then the page's Playwright end-to-end tests (playwright-core driving /usr/bin/chromium,
+# never a browser download) against images made by fvd-img and qemu-img. Needs chromium,
+# chromium-driver, node and npm (.ci/run installs the browser when missing); builds the
+# page with scripts/build-web.sh, which installs wasm-bindgen-cli when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+
+scripts/build-web.sh
+
+echo "== clippy (fvd-wasm's browser tests)"
+cargo clippy -p fvd-wasm --target wasm32-unknown-unknown --tests -- -D warnings
+
+echo "== fvd-wasm tests in headless Chromium"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p fvd-wasm --target wasm32-unknown-unknown --tests
+
+echo "== inspector end-to-end (Playwright, system Chromium)"
+(cd web-demo && npm ci --no-audit --no-fund --silent)
+FVD_IMG="$target/debug/fvd-img" node --test web-demo/e2e/

@@ -1,0 +1,393 @@
+// The inspector page: picks the dropped files apart into an image chain (by the base
+// names core reads from each header), fulfils every read fvd-wasm asks for with
+// File.slice, and shows what core returns. No format rule lives here.
+import init, * as fvd from './pkg/fvd_wasm.js';
+
+const $ = (id) => document.getElementById(id);
+const COLORS = { data: '#22aa77', base: '#5577cc', zero: '#dddddd', unallocated: '#ffffff' };
+const FIRST_BYTES = 65536; // the header area core reads names from
+const MAX_RUNS = 200000;   // runs drawn on the map before it says it stopped
+const LINES = 16;          // hex lines per page
+
+let session = null;        // { insp, files, rawBase, size, runs }
+let queue = Promise.resolve();
+let cursor = 0;
+let wasm = null;           // the module's exports (its memory is reported after each open)
+
+/// Runs `job` after every earlier job: the inspector has one request at a time.
+function serial(job) {
+  const next = queue.then(job, job);
+  queue = next.catch(() => {});
+  return next;
+}
+
+function setStatus(state, text) {
+  $('status').dataset.state = state;
+  $('status').textContent = text;
+}
+
+function showError(message) {
+  $('error').hidden = false;
+  $('error').textContent = message;
+  setStatus('error', 'error');
+}
+
+function errorText(e) {
+  return e instanceof Error ? e.message : String(e);
+}
+
+// Reads go through a small read-ahead cache of whole blocks: the engine asks for
+// metadata a 512-byte page at a time, and each File.slice costs a round trip. Files are
+// only read, so a cached block never goes stale. JS memory: BLOCK * MAX_BLOCKS.
+const BLOCK = 256 << 10;
+const MAX_BLOCKS = 32;
+const blocks = new Map();   // `${file id}:${block index}` -> Uint8Array, oldest first
+const fileIds = new WeakMap();
+let nextFileId = 0;
+
+async function block(file, index) {
+  if (!fileIds.has(file)) fileIds.set(file, nextFileId++);
+  const key = `${fileIds.get(file)}:${index}`;
+  let bytes = blocks.get(key);
+  if (bytes) {
+    blocks.delete(key);
+  } else {
+    bytes = new Uint8Array(await file.slice(index * BLOCK, (index + 1) * BLOCK).arrayBuffer());
+    if (blocks.size >= MAX_BLOCKS) blocks.delete(blocks.keys().next().value);
+  }
+  blocks.set(key, bytes);
+  return bytes;
+}
+
+/// `len` bytes of `file` at `offset` (fewer at its end).
+async function readFile(file, offset, len) {
+  if (len > BLOCK) return new Uint8Array(await file.slice(offset, offset + len).arrayBuffer());
+  const out = new Uint8Array(len);
+  let filled = 0;
+  while (filled < len) {
+    const at = offset + filled;
+    const index = Math.floor(at / BLOCK);
+    const b = await block(file, index);
+    const from = at - index * BLOCK;
+    const n = Math.min(len - filled, b.length - from);
+    if (n <= 0) break;
+    out.set(b.subarray(from, from + n), filled);
+    filled += n;
+  }
+  return out.subarray(0, filled);
+}
+
+async function firstBytes(file) {
+  return new Uint8Array(await file.slice(0, FIRST_BYTES).arrayBuffer());
+}
+
+/// Performs every file read the inspector asks for until it waits for none.
+async function pump(s) {
+  for (let r = s.insp.next_read(); r; r = s.insp.next_read()) {
+    const layer = s.layers[r.layer];
+    const file = r.file === 'image' ? layer.file : r.file === 'data' ? layer.data : s.rawBase;
+    const offset = r.offset, len = r.len;
+    r.free();
+    if (!file) { s.insp.fail_read(); continue; }
+    try {
+      s.insp.complete_read(await readFile(file, offset, len));
+    } catch (e) {
+      s.insp.fail_read();
+    }
+  }
+}
+
+function baseNameOf(path) {
+  return path.split(/[\\/]/).pop();
+}
+
+/// Orders the chosen files into a chain: the image (a file no other file names as its
+/// base), then each base the header before it names.
+async function arrange(files) {
+  const infos = [];
+  for (const [key, file] of files.entries()) {
+    const first = await firstBytes(file);
+    infos.push({ key, file, first, kind: fvd.probe_kind(first), base: fvd.base_name(first, file.size) ?? null });
+  }
+  const named = new Set(infos.filter((i) => i.base).map((i) => baseNameOf(i.base)));
+  const images = infos.filter((i) => i.kind === 'fvd' || i.kind === 'qed');
+  const top = images.find((i) => !named.has(i.file.name)) ?? images[0];
+  if (!top) {
+    const i = infos[0];
+    throw new Error(`${i.file.name} is ${fvd.probe_text(i.first)}, not an FVD or QED image this inspector opens`);
+  }
+  const layers = [];
+  let rawBase = null;
+  let at = top;
+  // The chain itself refuses loops and stacks deeper than it supports; this bound only
+  // stops the walk.
+  for (let depth = 0; at && depth <= 17; depth++) {
+    const fields = fvd.header_fields(at.first);
+    const dataName = fields.find((f) => f.name === 'data_file')?.value ?? '';
+    const data = dataName ? infos.find((i) => i.file.name === baseNameOf(dataName))?.file ?? null : null;
+    layers.push({ ...at, fields, data });
+    if (!at.base) break;
+    const below = infos.find((i) => i.file.name === baseNameOf(at.base));
+    if (!below) break;
+    if (below.kind === 'fvd' || below.kind === 'qed') {
+      at = below;
+    } else {
+      rawBase = below.file;
+      break;
+    }
+  }
+  return { layers, rawBase };
+}
+
+async function openFiles(fileList) {
+  const files = Array.from(fileList);
+  if (files.length === 0) return;
+  $('error').hidden = true;
+  $('error').textContent = '';
+  setStatus('loading', `opening ${files.map((f) => f.name).join(', ')}…`);
+  try {
+    await serial(async () => {
+      session?.insp.free();
+      session = null;
+      blocks.clear();
+      const { layers, rawBase } = await arrange(files);
+      const insp = new fvd.Inspector();
+      for (const l of layers) insp.add_layer(l.first, l.file.size, l.data ? l.data.size : undefined, l.key);
+      insp.start(rawBase !== null);
+      const s = { insp, layers, rawBase, size: 0, runs: [] };
+      await pump(s);
+      insp.open_result();
+      s.size = insp.virtual_size();
+      session = s;
+      showHeader(layers[0]);
+      $('summary').textContent = `${layers[0].file.name}: ${insp.format()}, ${s.size} bytes virtual` +
+        (layers.length > 1 ? `, on ${layers.slice(1).map((l) => l.file.name).join(' → ')}` : '') +
+        (rawBase ? `, raw base ${rawBase.name}` : '');
+      $('memory').textContent = `wasm memory for the engines: ${insp.memory_bytes()} bytes`;
+    });
+    cursor = Math.min(parseOffset(location.hash.slice(1)) ?? 0, Math.max(session.size - 1, 0));
+    // How long each part took, for the benchmarks (ms).
+    const timings = document.body.dataset;
+    let t = performance.now();
+    const lap = () => { const now = performance.now(); const ms = Math.round(now - t); t = now; return ms; };
+    await showCursor();
+    timings.cursorMs = lap();
+    await drawMap();
+    timings.mapMs = lap();
+    await runCheck();
+    timings.checkMs = lap();
+    timings.wasmBytes = String(wasm.memory.buffer.byteLength);
+    setStatus('ready', 'ready');
+  } catch (e) {
+    session = null;
+    showError(errorText(e));
+  }
+}
+
+/// Marks the bytes of the field in `row` in the header hex view.
+function markField(row) {
+  for (const r of document.querySelectorAll('#header-table tr.selected')) r.classList.remove('selected');
+  for (const b of document.querySelectorAll('#header-hex span.hl')) b.classList.remove('hl');
+  row.classList.add('selected');
+  const start = Number(row.dataset.offset), end = start + Number(row.dataset.len);
+  const bytes = $('header-hex').children;
+  for (let i = start; i < end && i < bytes.length; i++) bytes[i].classList.add('hl');
+  bytes[start]?.scrollIntoView({ block: 'nearest' });
+}
+
+/// The first bytes of the image file, 16 a line, one element per byte (up to the end of
+/// the last field).
+function showHeaderBytes(layer) {
+  const view = $('header-hex');
+  const end = Math.min(layer.first.length, Math.max(...layer.fields.map((f) => f.offset + f.len)));
+  const parts = [];
+  for (let i = 0; i < end; i++) {
+    if (i % 16 === 0) parts.push(`${i ? '\n' : ''}${hex(i, 6)} `);
+    parts.push(`<span data-offset="${i}">${hex(layer.first[i], 2)}</span>`);
+  }
+  // Only hex digits and numbers built above go into this markup.
+  view.innerHTML = parts.join(' ');
+  view.onclick = (e) => {
+    const offset = e.target.dataset?.offset;
+    if (offset === undefined) return;
+    const name = fvd.field_at(layer.first, Number(offset)) ?? '';
+    $('field-at').textContent = name || '(no field)';
+    const row = document.querySelector(`#header-table tr[data-field="${name}"]`);
+    if (row) markField(row);
+  };
+}
+
+function showHeader(layer) {
+  const body = $('header-table').querySelector('tbody');
+  body.replaceChildren();
+  $('field-at').textContent = '';
+  for (const f of layer.fields) {
+    const row = document.createElement('tr');
+    row.dataset.field = f.name;
+    row.dataset.value = f.value;
+    row.dataset.offset = String(f.offset);
+    row.dataset.len = String(f.len);
+    row.addEventListener('click', () => markField(row));
+    for (const text of [f.name, f.text, f.unit, f.meaning, `${f.offset}+${f.len}`]) {
+      const cell = document.createElement('td');
+      cell.textContent = text;
+      row.append(cell);
+    }
+    body.append(row);
+  }
+  showHeaderBytes(layer);
+}
+
+/// `1M`, `0x100000`, `4096`, `2K`… as a byte offset (null when it is none).
+function parseOffset(text) {
+  const t = text.trim();
+  if (/^0x[0-9a-f]+$/i.test(t)) return Number(BigInt(t));
+  const m = /^(\d+)\s*([kmgt]?)i?b?$/i.exec(t);
+  if (!m) return null;
+  const scale = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase()];
+  return Number(m[1]) * scale;
+}
+
+const hex = (n, w) => n.toString(16).padStart(w, '0');
+
+async function showCursor() {
+  const s = session;
+  if (!s) return;
+  location.replace(`#0x${cursor.toString(16)}`);
+  const sector = Math.floor(cursor / 512) * 512;
+  const end = Math.min(Math.ceil((cursor + LINES * 16) / 512) * 512, Math.ceil(s.size / 512) * 512);
+  const { bytes, state } = await serial(async () => {
+    s.insp.begin_map(sector, 512);
+    await pump(s);
+    const run = s.insp.finish_map();
+    const state = run.state;
+    run.free();
+    s.insp.begin_read(sector, end - sector);
+    await pump(s);
+    return { bytes: s.insp.finish_read(), state };
+  });
+  $('cursor-state').textContent = state;
+  const lines = [];
+  for (let off = cursor; off < Math.min(cursor + LINES * 16, s.size); off += 16) {
+    const row = bytes.subarray(off - sector, Math.min(off - sector + 16, bytes.length));
+    const hexes = Array.from(row, (b) => hex(b, 2)).join(' ');
+    const ascii = Array.from(row, (b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`${hex(off, 12)}  ${hexes.padEnd(47)}  |${ascii}|`);
+  }
+  $('hex-view').textContent = lines.join('\n');
+}
+
+async function drawMap() {
+  const s = session;
+  if (!s) return;
+  const runs = [];
+  let stopped = false;
+  await serial(async () => {
+    for (let off = 0; off < s.size;) {
+      if (runs.length >= MAX_RUNS) { stopped = true; break; }
+      s.insp.begin_map(off, s.size - off);
+      await pump(s);
+      const run = s.insp.finish_map();
+      const r = { offset: run.offset, len: run.len, state: run.state };
+      run.free();
+      runs.push(r);
+      if (r.len <= 0) break;
+      off = r.offset + r.len;
+    }
+  });
+  s.runs = runs;
+  const canvas = $('alloc-map');
+  const g = canvas.getContext('2d');
+  g.fillStyle = COLORS.unallocated;
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  for (const r of runs) {
+    const x0 = Math.floor((r.offset / s.size) * canvas.width);
+    const x1 = Math.max(x0 + 1, Math.ceil(((r.offset + r.len) / s.size) * canvas.width));
+    g.fillStyle = COLORS[r.state];
+    g.fillRect(x0, 0, x1 - x0, canvas.height);
+  }
+  canvas.dataset.runs = String(runs.length);
+  $('map-note').textContent = stopped ? `(stopped after ${MAX_RUNS} runs)` : `${runs.length} runs`;
+}
+
+/// Runs core's check of the image file (what `fvd-img check` reports), reading as it asks.
+async function runCheck() {
+  const s = session;
+  const top = s.layers[0];
+  const status = $('check-status');
+  delete status.dataset.errors;
+  delete status.dataset.leaks;
+  $('findings').replaceChildren();
+  status.textContent = 'checking…';
+  await serial(async () => {
+    const check = new fvd.Check(top.first, top.file.size, top.data ? top.data.size : undefined);
+    try {
+      for (let r = check.next_read(); r; r = check.next_read()) {
+        const file = r.data ? top.data : top.file;
+        const offset = r.offset, len = r.len;
+        r.free();
+        check.complete_read(await readFile(file, offset, len));
+      }
+      const errors = check.errors(), leaks = check.leaks();
+      status.dataset.errors = String(errors);
+      status.dataset.leaks = String(leaks);
+      status.textContent = errors === 0 && leaks === 0
+        ? 'No errors were found on the image.'
+        : `${errors} errors and ${leaks} leaked clusters were found on the image.`;
+      for (const text of check.findings()) {
+        const item = document.createElement('li');
+        item.textContent = text;
+        $('findings').append(item);
+      }
+    } catch (e) {
+      // The image opened; only its check could not run: say so where the check shows.
+      status.textContent = `the check could not run: ${errorText(e)}`;
+    } finally {
+      check.free();
+    }
+  });
+}
+
+function mapOffset(event) {
+  const canvas = $('alloc-map');
+  const rect = canvas.getBoundingClientRect();
+  const at = Math.floor(((event.clientX - rect.left) / rect.width) * session.size);
+  return Math.min(Math.max(Math.floor(at / 16) * 16, 0), session.size - 1);
+}
+
+function moveTo(offset) {
+  if (!session || offset === null || !(offset >= 0)) return;
+  cursor = Math.min(offset, Math.max(session.size - 1, 0));
+  showCursor().catch((e) => showError(errorText(e)));
+}
+
+async function main() {
+  wasm = await init();
+  $('file-input').addEventListener('change', (e) => openFiles(e.target.files));
+  document.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
+  document.addEventListener('dragleave', () => document.body.classList.remove('dragging'));
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    document.body.classList.remove('dragging');
+    openFiles(e.dataTransfer.files);
+  });
+  $('goto').addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter') return;
+    const offset = parseOffset($('goto').value);
+    if (offset === null) showError(`"${$('goto').value}" is not an offset (try 1M or 0x100000)`);
+    else moveTo(offset);
+  });
+  $('prev').addEventListener('click', () => moveTo(Math.max(cursor - LINES * 16, 0)));
+  $('next').addEventListener('click', () => moveTo(cursor + LINES * 16));
+  $('alloc-map').addEventListener('click', (e) => session && moveTo(mapOffset(e)));
+  $('alloc-map').addEventListener('mousemove', (e) => {
+    if (!session) return;
+    const at = mapOffset(e);
+    const run = session.runs.find((r) => at >= r.offset && at < r.offset + r.len);
+    $('map-hover').textContent = run ? `${hex(run.offset, 1)}–${hex(run.offset + run.len, 1)}: ${run.state}` : '';
+  });
+  setStatus('ready', 'choose an image');
+  document.body.dataset.ready = '1';
+}
+
+main().catch((e) => showError(errorText(e)));
