@@ -157,6 +157,22 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// An executor in `mode` on `pool`, with nothing submitted yet.
+    fn start(mode: Mode, pool: Pool, options: ExecutorOptions) -> Executor {
+        Executor {
+            mode,
+            pool,
+            options,
+            finished: VecDeque::new(),
+            next_ticket: 0,
+            in_flight: 0,
+            done_scratch: Vec::new(),
+            closed: false,
+            clock: Instant::now(),
+            last_tick: 0,
+        }
+    }
+
     /// Opens the FVD image at `path` with its data file and base chain.
     pub fn open(path: &Path, options: ExecutorOptions) -> Result<Executor, ExecutorError> {
         Self::open_with_faults(path, options, None)
@@ -242,8 +258,8 @@ impl Executor {
             });
         }
         let chain = Engines::new(engines, &keys).map_err(ExecutorError::Chain)?;
-        let mut executor = Executor {
-            mode: Mode::Fvd(FvdState {
+        let mut executor = Executor::start(
+            Mode::Fvd(FvdState {
                 chain: Box::new(chain),
                 _raw_base: raw_base,
                 _held: held,
@@ -253,16 +269,9 @@ impl Executor {
                 closed: None,
                 polled: 0,
             }),
-            pool: Pool::start(pool_files, options.workers),
+            Pool::start(pool_files, options.workers),
             options,
-            finished: VecDeque::new(),
-            next_ticket: 0,
-            in_flight: 0,
-            done_scratch: Vec::new(),
-            closed: false,
-            clock: Instant::now(),
-            last_tick: 0,
-        };
+        );
         // Every layer opens before the first request (a base's failure is reported
         // with its own path).
         loop {

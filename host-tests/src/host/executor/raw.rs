@@ -7,11 +7,10 @@ use super::{Executor, ExecutorError, ExecutorOptions, Mode};
 use crate::host::files::ImageOpenError;
 use crate::host::lock::{FileLock, Usage};
 use fvd_core::engine::{Request, SubmitError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::OpenOptions as FsOpenOptions;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 impl Executor {
     /// Opens the plain file at `path` with no engine: requests become `pread`/`pwrite`
@@ -37,22 +36,15 @@ impl Executor {
             faults: None,
             flush_failed: Default::default(),
         };
-        Ok(Executor {
-            mode: Mode::Raw {
+        Ok(Executor::start(
+            Mode::Raw {
                 len,
                 requests: HashMap::new(),
                 _lock: lock,
             },
-            pool: Pool::start(vec![files], options.workers),
+            Pool::start(vec![files], options.workers),
             options,
-            finished: VecDeque::new(),
-            next_ticket: 0,
-            in_flight: 0,
-            done_scratch: Vec::new(),
-            closed: false,
-            clock: Instant::now(),
-            last_tick: 0,
-        })
+        ))
     }
 }
 
