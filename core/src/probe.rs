@@ -1,9 +1,11 @@
-//! What a file is, judged from its first bytes, the way `qemu-img` probes a format: an
+//! What a file is, judged from its first sector, the way `qemu-img` probes a format: an
 //! FVD or a QED image by its magic; a file that looks like one of them but cannot be
 //! opened as one (the January 2011 FVD magic, which FORMAT.md §5 refuses, or a damaged
-//! magic in front of a header whose other fields are those of an FVD or QED header); or
-//! raw data. Hosts refuse the look-alikes with [`Probe`]'s message instead of treating
-//! them as raw disks, so a damaged image is never overwritten as raw data. No I/O.
+//! magic in front of a header whose other fields are those of an FVD or QED header); an
+//! image of another format QEMU knows (qcow2, vmdk, vdi, ...), which this project does not
+//! read; or raw data. Hosts refuse everything but FVD, QED and raw with [`Probe`]'s
+//! message instead of treating it as a raw disk, so neither a damaged image nor another
+//! format's container is ever read or overwritten as guest data. No I/O.
 
 use crate::fvd::header::RawHeader;
 use crate::fvd::validate::{MAX_HEADER_SIZE, MAX_VIRTUAL_SIZE};
@@ -15,8 +17,9 @@ use crate::qed::QED_MAGIC;
 use core::fmt;
 use core::mem::offset_of;
 
-/// Bytes [`probe`] looks at (fewer are fine: missing bytes count as zeros).
-pub const PROBE_LEN: usize = 64;
+/// Bytes [`probe`] looks at: the first sector, as QEMU probes (fewer are fine: missing
+/// bytes count as zeros).
+pub const PROBE_LEN: usize = 512;
 
 /// The magic of the January 2011 FVD driver's header (bytes `A9 F5 43 51`).
 pub const FVD_2011_MAGIC: u32 = 0x5143_F5A9;
@@ -42,9 +45,86 @@ pub enum Probe {
         /// The first four bytes, little-endian.
         magic: u32,
     },
+    /// An image of a format QEMU reads and this project does not.
+    Foreign(ForeignFormat),
     /// None of the above: raw data.
     Raw,
 }
+
+/// Image formats recognised by their signature so that they are refused by name rather
+/// than read as raw data. Names are qemu-img's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ForeignFormat {
+    /// QEMU's original copy-on-write format (`QFI\xfb`, version 1).
+    Qcow,
+    /// QEMU copy-on-write version 2 or 3 (`QFI\xfb`).
+    Qcow2,
+    /// VMware: a sparse extent (`KDMV`), a hosted sparse extent (`COWD`) or a descriptor
+    /// file (`# Disk DescriptorFile`).
+    Vmdk,
+    /// VirtualBox (signature `0xbeda107f` at byte 64).
+    Vdi,
+    /// Virtual PC / Hyper-V dynamic VHD (`conectix`); qemu-img calls it `vpc`.
+    Vpc,
+    /// Hyper-V VHDX (`vhdxfile`).
+    Vhdx,
+    /// A LUKS encrypted volume (`LUKS\xba\xbe`).
+    Luks,
+    /// Parallels (`WithoutFreeSpace` or `WithouFreSpacExt`).
+    Parallels,
+    /// Bochs growing image (`Bochs Virtual HD Image`).
+    Bochs,
+}
+
+impl ForeignFormat {
+    /// The name qemu-img gives the format (`-f`/`-O`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ForeignFormat::Qcow => "qcow",
+            ForeignFormat::Qcow2 => "qcow2",
+            ForeignFormat::Vmdk => "vmdk",
+            ForeignFormat::Vdi => "vdi",
+            ForeignFormat::Vpc => "vpc",
+            ForeignFormat::Vhdx => "vhdx",
+            ForeignFormat::Luks => "luks",
+            ForeignFormat::Parallels => "parallels",
+            ForeignFormat::Bochs => "bochs",
+        }
+    }
+
+    /// The format whose signature `bytes` (a file's first sector) carries, if any.
+    fn recognise(bytes: &[u8]) -> Option<Self> {
+        let starts = |prefix: &[u8]| bytes.starts_with(prefix);
+        if starts(b"QFI\xfb") {
+            return Some(if u32_at(bytes, 4) == 1u32.to_be() {
+                ForeignFormat::Qcow
+            } else {
+                ForeignFormat::Qcow2
+            });
+        }
+        const SIGNATURES: [(&[u8], ForeignFormat); 9] = [
+            (b"KDMV", ForeignFormat::Vmdk),
+            (b"COWD", ForeignFormat::Vmdk),
+            (b"# Disk DescriptorFile", ForeignFormat::Vmdk),
+            (b"conectix", ForeignFormat::Vpc),
+            (b"vhdxfile", ForeignFormat::Vhdx),
+            (b"LUKS\xba\xbe", ForeignFormat::Luks),
+            (b"WithoutFreeSpace", ForeignFormat::Parallels),
+            (b"WithouFreSpacExt", ForeignFormat::Parallels),
+            (b"Bochs Virtual HD Image", ForeignFormat::Bochs),
+        ];
+        if let Some((_, format)) = SIGNATURES.iter().find(|(magic, _)| starts(magic)) {
+            return Some(*format);
+        }
+        (u32_at(bytes, VDI_SIGNATURE_AT) == VDI_SIGNATURE).then_some(ForeignFormat::Vdi)
+    }
+}
+
+/// Where a VDI header keeps its signature, and the signature.
+const VDI_SIGNATURE_AT: usize = 64;
+const VDI_SIGNATURE: u32 = 0xbeda_107f;
 
 impl Probe {
     /// True for a file that may be taken as a raw disk.
@@ -78,6 +158,12 @@ impl fmt::Display for Probe {
             Probe::DamagedQed { magic } => write!(
                 f,
                 "a QED image whose magic is damaged ({magic:#010x} instead of {QED_MAGIC:#010x})"
+            ),
+            Probe::Foreign(format) => write!(
+                f,
+                "a {} image, a format this tool does not read (convert it first, e.g. \
+                 `qemu-img convert -O qed` or `-O raw`)",
+                format.name()
             ),
             Probe::Raw => f.write_str("a raw disk image"),
         }
@@ -148,12 +234,19 @@ pub fn probe(bytes: &[u8]) -> Probe {
     }
     let magic = u32_at(bytes, 0);
     match magic {
-        FVD_MAGIC => Probe::Fvd,
-        QED_MAGIC => Probe::Qed,
-        FVD_2011_MAGIC => Probe::Fvd2011,
-        _ if fvd_fields(bytes) => Probe::DamagedFvd { magic },
-        _ if qed_fields(bytes) => Probe::DamagedQed { magic },
-        _ => Probe::Raw,
+        FVD_MAGIC => return Probe::Fvd,
+        QED_MAGIC => return Probe::Qed,
+        FVD_2011_MAGIC => return Probe::Fvd2011,
+        _ => {}
+    }
+    if let Some(format) = ForeignFormat::recognise(bytes) {
+        Probe::Foreign(format)
+    } else if fvd_fields(bytes) {
+        Probe::DamagedFvd { magic }
+    } else if qed_fields(bytes) {
+        Probe::DamagedQed { magic }
+    } else {
+        Probe::Raw
     }
 }
 
@@ -162,6 +255,7 @@ mod tests {
     use super::*;
     use crate::fvd::create::{plan, CreateOptions};
     use crate::qed::{plan as qed_plan, QedCreateOptions};
+    use std::string::ToString;
     use zerocopy::IntoBytes;
 
     fn fvd_header() -> [u8; PROBE_LEN] {
@@ -194,11 +288,40 @@ mod tests {
         })
         .unwrap();
         let mut bytes = [0u8; PROBE_LEN];
-        bytes.copy_from_slice(&plan.header.as_bytes()[..PROBE_LEN]);
+        let header = plan.header.as_bytes();
+        bytes[..header.len()].copy_from_slice(header);
         assert_eq!(probe(&bytes), Probe::Qed);
         bytes[0] = b'X';
         assert!(matches!(probe(&bytes), Probe::DamagedQed { .. }));
         assert!(probe(&bytes).is_look_alike());
+    }
+
+    #[test]
+    fn other_formats_are_named_not_taken_for_raw() {
+        let cases: [(&[u8], usize, ForeignFormat); 11] = [
+            (b"QFI\xfb\0\0\0\x01", 0, ForeignFormat::Qcow),
+            (b"QFI\xfb\0\0\0\x02", 0, ForeignFormat::Qcow2),
+            (b"QFI\xfb\0\0\0\x03", 0, ForeignFormat::Qcow2),
+            (b"KDMV", 0, ForeignFormat::Vmdk),
+            (b"# Disk DescriptorFile\n", 0, ForeignFormat::Vmdk),
+            (b"conectix", 0, ForeignFormat::Vpc),
+            (b"vhdxfile", 0, ForeignFormat::Vhdx),
+            (b"LUKS\xba\xbe\0\x01", 0, ForeignFormat::Luks),
+            (b"WithoutFreeSpace", 0, ForeignFormat::Parallels),
+            (b"Bochs Virtual HD Image", 0, ForeignFormat::Bochs),
+            (
+                &[0x7f, 0x10, 0xda, 0xbe],
+                VDI_SIGNATURE_AT,
+                ForeignFormat::Vdi,
+            ),
+        ];
+        for (signature, at, format) in cases {
+            let mut sector = [0u8; PROBE_LEN];
+            sector[at..at + signature.len()].copy_from_slice(signature);
+            assert_eq!(probe(&sector), Probe::Foreign(format), "{}", format.name());
+            assert!(!probe(&sector).is_raw());
+            assert!(probe(&sector).to_string().contains(format.name()));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Image chains run as core's chain of engines: an FVD image over a QED image over an FVD
-//! image over a raw file, built and written with `fvd-img` as a user would, reads as the
+//! Image chains run as core's chain of engines: an FVD image over an FVD image over a QED
+//! image over a raw file (never QED over FVD: QEMU, QED's other reader, cannot read an FVD
+//! base), built and written with `fvd-img` as a user would, reads as the
 //! flat disk the writes describe — through `fvd-img`, the blocking driver and the
 //! threaded executor — while the host only performs commands on the files of the layer
 //! each command names: no image's base is ever read by the host except the raw file
@@ -27,8 +28,8 @@ fn write(dir: &Path, image: &str, byte: u8, at: usize, len: usize, model: &mut [
     model[at..at + len].fill(byte);
 }
 
-/// The four files: base.raw (a pattern, shorter than the disk), low.fvd over it, mid.qed
-/// over low.fvd, top.fvd over mid.qed, each image with writes of its own, some
+/// The four files: base.raw (a pattern, shorter than the disk), low.qed over it, mid.fvd
+/// over low.qed, top.fvd over mid.fvd, each image with writes of its own, some
 /// overlapping the ones below. Returns the guest bytes top.fvd must read as.
 fn three_deep_chain(dir: &Path) -> Vec<u8> {
     let raw: Vec<u8> = (0..SIZE - 100 * K)
@@ -40,18 +41,18 @@ fn three_deep_chain(dir: &Path) -> Vec<u8> {
     let size = SIZE.to_string();
     create(
         dir,
-        &["-f", "fvd", "-b", "base.raw", "-F", "raw", "low.fvd", &size],
+        &["-f", "qed", "-b", "base.raw", "-F", "raw", "low.qed", &size],
     );
-    write(dir, "low.fvd", 0x11, 64 * K, 128 * K, &mut model);
-    write(dir, "low.fvd", 0x12, SIZE - 64 * K, 64 * K, &mut model);
+    write(dir, "low.qed", 0x11, 64 * K, 128 * K, &mut model);
+    write(dir, "low.qed", 0x12, SIZE - 64 * K, 64 * K, &mut model);
     create(
         dir,
-        &["-f", "qed", "-b", "low.fvd", "-F", "fvd", "mid.qed", &size],
+        &["-f", "fvd", "-b", "low.qed", "-F", "qed", "mid.fvd", &size],
     );
-    write(dir, "mid.qed", 0x22, 128 * K, 128 * K, &mut model);
+    write(dir, "mid.fvd", 0x22, 128 * K, 128 * K, &mut model);
     create(
         dir,
-        &["-f", "fvd", "-b", "mid.qed", "-F", "qed", "top.fvd", &size],
+        &["-f", "fvd", "-b", "mid.fvd", "-F", "fvd", "top.fvd", &size],
     );
     write(dir, "top.fvd", 0x33, 160 * K, 32 * K, &mut model);
     write(dir, "top.fvd", 0x34, 512 * K + 512, 4 * K, &mut model);
@@ -128,18 +129,18 @@ fn base_reads_of_a_three_deep_chain_are_served_by_core_not_the_host() {
         |driver: &mut Driver<Counting<_>>, layer| driver.layer_storage(layer).unwrap().reads;
     // No image's base goes through the host, but the raw file under the last one.
     assert_eq!(reads(&mut driver, 0)[2], 0, "the host read top.fvd's base");
-    assert_eq!(reads(&mut driver, 1)[2], 0, "the host read mid.qed's base");
+    assert_eq!(reads(&mut driver, 1)[2], 0, "the host read mid.fvd's base");
     assert!(
         reads(&mut driver, 1)[0] > 0,
-        "mid.qed's own engine reads its file"
+        "mid.fvd's own engine reads its file"
     );
     assert!(
         reads(&mut driver, 2)[0] > 0,
-        "low.fvd's own engine reads its file"
+        "low.qed's own engine reads its file"
     );
     assert!(
         reads(&mut driver, 2)[2] > 0,
-        "base.raw is read under low.fvd"
+        "base.raw is read under low.qed"
     );
     drop(driver);
 

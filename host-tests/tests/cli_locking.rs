@@ -32,7 +32,7 @@ fn hold(program: &str, cwd: &Path, args: &[&str], file: &str) -> Holder {
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program} (it must be installed): {e}"));
@@ -73,11 +73,19 @@ fn eventually(mut condition: impl FnMut() -> bool, what: &str) {
 }
 
 /// `fvd-img io [EXTRA] -c 'sleep 60000' FILE` holding FILE.
+///
+/// Returns once its open is complete (its first command, a read, has printed), so the
+/// header writes of a writable open are behind us when a test takes the file's bytes.
 fn fvd_img_holds(cwd: &Path, extra: &[&str], file: &str) -> Holder {
     let mut args = vec!["io"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["-c", "sleep 60000", file]);
-    hold(env!("CARGO_BIN_EXE_fvd-img"), cwd, &args, file)
+    args.extend_from_slice(&["-c", "read 0 512", "-c", "sleep 60000", file]);
+    let mut holder = hold(env!("CARGO_BIN_EXE_fvd-img"), cwd, &args, file);
+    let stdout = holder.child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_contains(&line, "read 512/512 bytes at offset 0");
+    holder
 }
 
 /// `qemu-io [EXTRA] -f raw -c 'sleep 60000' FILE` holding FILE.

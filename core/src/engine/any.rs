@@ -10,8 +10,7 @@ use super::types::{
     SubmitError,
 };
 use super::{FvdEngine, OpenOptions, PrefetchProgress, Stats};
-use crate::fvd::FVD_MAGIC;
-use crate::qed::QED_MAGIC;
+use crate::probe::{probe, Probe, PROBE_LEN};
 
 /// The image formats the engine serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,10 +26,9 @@ pub enum ImageFormat {
 impl ImageFormat {
     /// The format whose magic starts `bytes`, if any.
     pub fn probe(bytes: &[u8]) -> Option<Self> {
-        let magic = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
-        match magic {
-            FVD_MAGIC => Some(ImageFormat::Fvd),
-            QED_MAGIC => Some(ImageFormat::Qed),
+        match probe(bytes) {
+            Probe::Fvd => Some(ImageFormat::Fvd),
+            Probe::Qed => Some(ImageFormat::Qed),
             _ => None,
         }
     }
@@ -44,8 +42,6 @@ impl ImageFormat {
     }
 }
 
-/// Bytes read to probe the format.
-const PROBE_LEN: usize = 512;
 /// Command slot of the probe read: outside every engine's slot range, so a late or
 /// repeated completion of it is ignored once an engine has taken over.
 const PROBE_SLOT: u16 = u16::MAX;

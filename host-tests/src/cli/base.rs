@@ -3,11 +3,11 @@
 //! bytes) and measuring the guest size it provides.
 
 use super::error::CliError;
-use super::image::{has_magic, header_reason, open_host_file_as, read_at_most};
+use super::image::{header_reason, open_host_file_as, read_at_most};
 use super::qed::qed_header_reason;
 use crate::host::lock::Usage;
-use fvd_core::fvd::{parse, FVD_MAGIC, RAW_HEADER_LEN};
-use fvd_core::qed::QED_MAGIC;
+use fvd_core::fvd::{parse, RAW_HEADER_LEN};
+use fvd_core::probe::{probe, Probe};
 use std::path::{Path, PathBuf};
 
 /// A format a base image may have (the names `base_img_fmt` allows).
@@ -80,13 +80,23 @@ pub fn inspect(image: &Path, name: &Path, format: Option<BaseFormat>) -> Result<
     // Only the size is read: like qemu-img create, sharing everything (-U).
     let host = open_host_file_as(&path, Usage::FORCE_SHARE).map_err(backing)?;
     let prefix = read_at_most(&host.file, &path, 0, RAW_HEADER_LEN).map_err(backing)?;
-    let format = format.unwrap_or(if has_magic(&prefix, FVD_MAGIC) {
-        BaseFormat::Fvd
-    } else if has_magic(&prefix, QED_MAGIC) {
-        BaseFormat::Qed
-    } else {
-        BaseFormat::Raw
-    });
+    let format = match format {
+        Some(given) => given,
+        None => match probe(&prefix) {
+            Probe::Fvd => BaseFormat::Fvd,
+            Probe::Qed => BaseFormat::Qed,
+            Probe::Raw => BaseFormat::Raw,
+            // Another format's container (or a damaged image) is not recorded as a raw
+            // base: its readers would take the container for the guest's data.
+            seems => {
+                return Err(backing(CliError::Invalid(format!(
+                    "'{}' seems to be {seems}; it is not used as a raw base unless -F raw \
+                     says so",
+                    path.display()
+                ))))
+            }
+        },
+    };
     let size = match format {
         BaseFormat::Raw => host.len,
         BaseFormat::Fvd => {

@@ -535,6 +535,15 @@ fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let file = request.file.as_path();
     check_target(file, args.force)?;
     let base = inspect_backing(file, &request.backing)?;
+    if base.as_ref().map(|base| base.format) == Some(BaseFormat::Fvd) {
+        // QEMU, the QED format's other reader, does not know FVD and would probe the base
+        // as raw data: the image would show the FVD container to the guest.
+        return Err(CliError::Usage(
+            "A QED image's backing file must be raw or qed: QEMU cannot read an FVD base \
+             (convert the base with 'fvd-img convert -O qed' first)"
+                .into(),
+        ));
+    }
     let size = size_or_backing(request.size, base.as_ref())?;
     let options = QedCreateOptions {
         size,

@@ -46,6 +46,13 @@ impl ImageFormat {
         Ok(match probe(&first) {
             Probe::Fvd | Probe::Fvd2011 | Probe::DamagedFvd { .. } => Some(ImageFormat::Fvd),
             Probe::Qed | Probe::DamagedQed { .. } => Some(ImageFormat::Qed),
+            // Another format's container is named, not checked as a broken FVD header.
+            foreign @ Probe::Foreign(_) => {
+                return Err(CliError::Invalid(format!(
+                    "'{}' is {foreign}",
+                    path.display()
+                )))
+            }
             _ => None,
         })
     }

@@ -563,7 +563,7 @@ fn foreign_entries() -> Vec<Entry> {
             "qcow2-magic.qcow2",
             "qcow2-looking file",
             "one sector holding the qcow2 magic QFI\\xfb and zeros",
-            "\"probe\":\"Raw\"",
+            "\"probe\":\"Foreign(Qcow2)\"",
             qcow2,
         ),
     ]
