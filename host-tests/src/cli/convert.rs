@@ -170,6 +170,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 backing_file: None,
                 backing_format: None,
                 options: args.options.clone(),
+                unsafe_backing: false,
                 force: args.force,
                 quiet: true,
                 file: Some(target.clone()),

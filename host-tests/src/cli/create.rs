@@ -42,6 +42,10 @@ pub struct CreateArgs {
     /// Format options KEY=VAL[,KEY=VAL...], may be repeated; '-o help' lists them
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+    /// Do not open the base image (it may not exist yet): SIZE and -F are then required,
+    /// and an FVD image records SIZE as the base's size
+    #[arg(short = 'u')]
+    pub unsafe_backing: bool,
     /// Replace FILE (and the data file) if it already exists [fvd-img extension]
     #[arg(long)]
     pub force: bool,
@@ -237,15 +241,32 @@ fn requested_backing(
 }
 
 /// The base named for a new image `file`, inspected (format probed when not given, size
-/// read); an image may not be its own base.
+/// read); an image may not be its own base. With `-u` the base is not opened: its format
+/// must be given and its size is taken to be `size`, the one the command line gives.
 fn inspect_backing(
     file: &Path,
     backing: &Option<(PathBuf, Option<BaseFormat>)>,
+    args: &CreateArgs,
+    size: Option<u64>,
 ) -> Result<Option<Base>, CliError> {
     let Some((name, format)) = backing else {
         return Ok(None);
     };
-    let base = base::inspect(file, name, *format)?;
+    let base = if args.unsafe_backing {
+        let (Some(format), Some(size)) = (format, size) else {
+            return Err(CliError::Usage(
+                "With -u the base is not opened: give its format (-F) and the image size".into(),
+            ));
+        };
+        Base {
+            name: name.clone(),
+            path: base::resolve(file, name),
+            format: *format,
+            size,
+        }
+    } else {
+        base::inspect(file, name, *format)?
+    };
     if same_file(&base.path, file) {
         return Err(CliError::Usage(
             "Trying to create an image with the same file name as its backing file".into(),
@@ -534,7 +555,7 @@ fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let request = QedRequest::new(args, opts)?;
     let file = request.file.as_path();
     check_target(file, args.force)?;
-    let base = inspect_backing(file, &request.backing)?;
+    let base = inspect_backing(file, &request.backing, args, request.size)?;
     if base.as_ref().map(|base| base.format) == Some(BaseFormat::Fvd) {
         // QEMU, the QED format's other reader, does not know FVD and would probe the base
         // as raw data: the image would show the FVD container to the guest.
@@ -648,7 +669,12 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
     let file = request.file.as_path();
     check_target(file, args.force)?;
 
-    let base = inspect_backing(file, &request.backing)?;
+    if args.unsafe_backing && request.detect_sparse_hole {
+        return Err(CliError::Usage(
+            "detect_sparse_hole=on reads the base, which -u does not open".into(),
+        ));
+    }
+    let base = inspect_backing(file, &request.backing, args, request.size)?;
     // FvdRequest::new has checked that there is a size or a base to take it from.
     let virtual_size = size_or_backing(request.size, base.as_ref())?;
 
@@ -723,6 +749,7 @@ mod tests {
             backing_file: Some("base.raw".into()),
             backing_format: Some("raw".into()),
             options: options.iter().map(|s| s.to_string()).collect(),
+            unsafe_backing: false,
             force: false,
             quiet: false,
             file: Some("x.fvd".into()),

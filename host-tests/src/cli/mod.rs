@@ -5,6 +5,7 @@
 //! A new subcommand is a module with an `Args` struct and a `run(args, out)` function,
 //! plus one variant in [`Command`] and one arm in [`Command::run`].
 
+pub mod amend;
 pub mod base;
 pub mod check;
 pub mod commit;
@@ -80,6 +81,8 @@ pub enum Command {
     Commit(commit::CommitArgs),
     /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
     Rebase(rebase::RebaseArgs),
+    /// Rewrite header fields in place, qemu-img's way: amend [-f fvd] -o KEY=VAL[,...] FILE
+    Amend(amend::AmendArgs),
 }
 
 impl Command {
@@ -98,6 +101,7 @@ impl Command {
             Command::Prefetch(args) => prefetch::run(args, out),
             Command::Commit(args) => commit::run(args, out),
             Command::Rebase(args) => rebase::run(args, out),
+            Command::Amend(args) => amend::run(args, out),
         }
     }
 }
