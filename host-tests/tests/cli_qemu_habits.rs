@@ -120,3 +120,141 @@ fn amend_sets_the_same_fields_update_does() {
     let refused = fails(d, &["amend", "-o", "no_such_key=1", "a.fvd"]);
     assert_contains(&refused, "no_such_key");
 }
+
+/// A 1 MiB raw source: pattern data at 64 KiB and at the last 4 KiB, zeros elsewhere.
+fn patterned_source(d: &std::path::Path) {
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[64 << 10..128 << 10].fill(0x5a);
+    bytes[(1 << 20) - 4096..].fill(0xc3);
+    std::fs::write(d.join("src.raw"), bytes).unwrap();
+}
+
+#[test]
+fn convert_n_overwrites_an_existing_target_including_its_zero_ranges() {
+    let dir = scratch();
+    let d = dir.path();
+    patterned_source(d);
+    for (format, target) in [("fvd", "dst.fvd"), ("qed", "dst.qed"), ("raw", "dst.raw")] {
+        ok(d, &["create", "-q", "-f", format, target, "1M"]);
+        // Old data everywhere, which the copy must replace, zeros included.
+        ok(
+            d,
+            &["io", "-f", format, "-c", "write -q -P 0xee 0 1M", target],
+        );
+        ok(d, &["convert", "-n", "-O", format, "src.raw", target]);
+        ok(
+            d,
+            &["compare", "-f", "raw", "-F", format, "src.raw", target],
+        );
+    }
+    // As with qemu-img, -n needs the target to exist, and refuses -o.
+    fails(d, &["convert", "-n", "-O", "fvd", "src.raw", "missing.fvd"]);
+    let refused = fails(
+        d,
+        &[
+            "convert",
+            "-n",
+            "-O",
+            "fvd",
+            "-o",
+            "block_size=4k",
+            "src.raw",
+            "dst.fvd",
+        ],
+    );
+    assert_contains(&refused, "-n");
+    ok(d, &["create", "-q", "-f", "fvd", "small.fvd", "512k"]);
+    let small = fails(d, &["convert", "-n", "-O", "fvd", "src.raw", "small.fvd"]);
+    assert_contains(&small, "smaller than the source");
+}
+
+/// Bytes the file at `path` occupies on disk.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn convert_s_0_writes_every_byte_while_the_default_leaves_zero_blocks_as_holes() {
+    let dir = scratch();
+    let d = dir.path();
+    patterned_source(d);
+    ok(d, &["convert", "-O", "raw", "src.raw", "sparse.raw"]);
+    ok(
+        d,
+        &["convert", "-S", "0", "-O", "raw", "src.raw", "full.raw"],
+    );
+    assert!(
+        allocated(&d.join("sparse.raw")) < 512 << 10,
+        "default output not sparse"
+    );
+    assert!(
+        allocated(&d.join("full.raw")) >= 1 << 20,
+        "-S 0 output has holes"
+    );
+    for file in ["sparse.raw", "full.raw"] {
+        ok(d, &["compare", "src.raw", file]);
+    }
+    let qemu = qemu_img(d, &["convert", "-S", "0", "-O", "raw", "src.raw", "q.raw"]);
+    assert_eq!(qemu.code, 0, "{qemu:?}");
+    assert!(allocated(&d.join("q.raw")) >= 1 << 20);
+    assert_contains(
+        &fails(d, &["convert", "-S", "1000", "src.raw", "x.raw"]),
+        "sparse",
+    );
+}
+
+#[test]
+fn convert_flags_qemu_img_takes_are_accepted_or_refused_by_name() {
+    let dir = scratch();
+    let d = dir.path();
+    patterned_source(d);
+    ok(
+        d,
+        &[
+            "convert",
+            "-t",
+            "none",
+            "-T",
+            "writeback",
+            "-W",
+            "-m",
+            "8",
+            "-O",
+            "fvd",
+            "src.raw",
+            "a.fvd",
+        ],
+    );
+    ok(d, &["compare", "src.raw", "a.fvd"]);
+    for (args, says) in [
+        (
+            &["convert", "-c", "-O", "qed", "src.raw", "c.qed"][..],
+            "Compression",
+        ),
+        (
+            &["convert", "-B", "src.raw", "-O", "fvd", "src.raw", "b.fvd"][..],
+            "-B",
+        ),
+        (
+            &["convert", "-t", "bogus", "-O", "fvd", "src.raw", "t.fvd"][..],
+            "cache",
+        ),
+        (
+            &["convert", "-m", "17", "-O", "fvd", "src.raw", "m.fvd"][..],
+            "coroutines",
+        ),
+    ] {
+        assert_contains(&fails(d, args), says);
+        assert!(!d.join(args[args.len() - 1]).exists());
+    }
+    // qemu-img refuses the same bad values.
+    for args in [
+        &[
+            "convert", "-t", "bogus", "-O", "qcow2", "src.raw", "t.qcow2",
+        ][..],
+        &["convert", "-m", "17", "-O", "qcow2", "src.raw", "m.qcow2"][..],
+    ] {
+        assert_eq!(qemu_img(d, args).code, 1);
+    }
+}

@@ -13,6 +13,7 @@ use super::error::CliError;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::options::{help_text, parse_options, ParsedOptions};
 use super::qed::stage_qed;
+use super::size::parse_size;
 use super::writer::{stage_empty, Staged};
 use crate::host::files::FileStorage;
 use crate::host::gate::OpenGate;
@@ -54,6 +55,33 @@ pub struct ConvertArgs {
     /// Replace DST if it already exists [fvd-img extension]
     #[arg(long)]
     pub force: bool,
+    /// Write into the existing DST (of format -O, at least SRC's size) instead of creating
+    /// it; ranges that read as zeros in SRC are zeroed in DST
+    #[arg(short = 'n')]
+    pub no_create: bool,
+    /// Smallest run of zero bytes (a multiple of 512) left unwritten; 0 writes every byte,
+    /// so the result is fully allocated (default 4k)
+    #[arg(short = 'S', value_name = "SPARSE_SIZE")]
+    pub sparse_size: Option<String>,
+    /// Compress the output (not supported by FVD or QED: refused)
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Give the output this backing file (not supported: convert makes standalone images)
+    #[arg(short = 'B', value_name = "BACKING_FILE")]
+    pub backing_file: Option<PathBuf>,
+    /// Cache mode of DST: none, writeback, writethrough, directsync or unsafe (accepted
+    /// for scripts; the output is flushed before convert ends in every mode)
+    #[arg(short = 't', value_name = "CACHE")]
+    pub cache: Option<String>,
+    /// Cache mode of SRC (as -t)
+    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    pub source_cache: Option<String>,
+    /// Allow out-of-order writes to DST (accepted; writes are issued in order)
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
+    /// Parallel requests, 1 to 16 (accepted; the copy runs one request at a time)
+    #[arg(short = 'm', value_name = "NUM")]
+    pub parallel: Option<u32>,
     #[command(flatten)]
     pub share: ForceShare,
     #[command(flatten)]
@@ -113,6 +141,7 @@ fn clone_file(staged: &Staged) -> Result<std::fs::File, CliError> {
 /// Runs `fvd-img convert`.
 pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let output = DiskFormat::parse(&args.output_format)?;
+    let zero_block = script_flags(args, output)?;
     let specs: &[_] = match output {
         DiskFormat::Fvd => &FVD_CREATE_OPTIONS,
         DiskFormat::Qed => &QED_CREATE_OPTIONS,
@@ -154,13 +183,35 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ..open_flags::gate(args.share, args.external)
     };
     let mut src = Disk::open_gated(source, format, false, None, gate)?;
-    check_target(target, args.force)?;
     if same_file(source, target) {
         return Err(CliError::Usage(format!(
             "'{}' is the source itself; convert into another file",
             target.display()
         )));
     }
+    let mut progress = Progress::new(args.progress && !args.quiet, src.size());
+    if args.no_create {
+        let gate = open_flags::gate(ForceShare::default(), args.external);
+        let mut dst = Disk::open_gated(target, output, true, None, gate)?;
+        if dst.size() < src.size() {
+            return Err(CliError::Invalid(format!(
+                "The target '{}' ({} bytes) is smaller than the source ({} bytes)",
+                target.display(),
+                dst.size(),
+                src.size()
+            )));
+        }
+        let policy = CopyPolicy {
+            zero_block,
+            target_reads_zero: false,
+        };
+        copy(&mut src, &mut dst, policy, &mut progress, out)?;
+        dst.flush()?;
+        dst.close()?;
+        src.close()?;
+        return progress.finish(out);
+    }
+    check_target(target, args.force)?;
     let size = src.size();
 
     let (staged, mut dst) = match options {
@@ -217,13 +268,73 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
     };
 
-    let mut progress = Progress::new(args.progress && !args.quiet, size);
-    copy(&mut src, &mut dst, &mut progress, out)?;
+    let policy = CopyPolicy {
+        zero_block,
+        target_reads_zero: true,
+    };
+    copy(&mut src, &mut dst, policy, &mut progress, out)?;
     dst.flush()?;
     dst.close()?;
     src.close()?;
     progress.finish(out)?;
     staged.commit(args.force)
+}
+
+/// Cache modes qemu-img's `-t` and `-T` take.
+const CACHE_MODES: [&str; 5] = ["none", "writeback", "writethrough", "directsync", "unsafe"];
+
+/// Checks the flags scripts pass to qemu-img convert: refuses what cannot be done (-c,
+/// -B, -o with -n) and bad values, as qemu-img does, and returns the zero-block size
+/// (`-S`; 0 writes every byte).
+fn script_flags(args: &ConvertArgs, output: DiskFormat) -> Result<u64, CliError> {
+    if args.compress {
+        return Err(CliError::Usage(format!(
+            "Compression not supported for this file format ({})",
+            output.name()
+        )));
+    }
+    if args.backing_file.is_some() {
+        return Err(CliError::Usage(
+            "-B is not supported: convert makes a standalone image (make an overlay with \
+             'fvd-img create -b' instead)"
+                .into(),
+        ));
+    }
+    if args.no_create && !args.options.is_empty() {
+        return Err(CliError::Usage(
+            "-o cannot be used with -n: the target already exists".into(),
+        ));
+    }
+    for mode in [&args.cache, &args.source_cache].into_iter().flatten() {
+        if !CACHE_MODES.contains(&mode.as_str()) {
+            return Err(CliError::Usage(format!("Invalid cache option: {mode}")));
+        }
+    }
+    if args.parallel.is_some_and(|n| !(1..=16).contains(&n)) {
+        return Err(CliError::Usage(
+            "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16".into(),
+        ));
+    }
+    match &args.sparse_size {
+        None => Ok(ZERO_BLOCK),
+        Some(text) => match parse_size(text) {
+            Ok(bytes) if bytes % SECTOR == 0 && bytes <= COPY_CHUNK => Ok(bytes),
+            _ => Err(CliError::Usage(format!(
+                "Invalid buffer size for sparse output specified: '{text}' (a multiple of \
+                 512 up to {COPY_CHUNK}, or 0)"
+            ))),
+        },
+    }
+}
+
+/// What the copy may leave unwritten.
+#[derive(Clone, Copy, Debug)]
+struct CopyPolicy {
+    /// All-zero blocks of this size are not written as data (0: everything is written).
+    zero_block: u64,
+    /// True when the target reads as zeros before the copy (a new image), so zero runs
+    /// are skipped; false for `-n`, where they are zeroed.
+    target_reads_zero: bool,
 }
 
 /// True when `a` and `b` both exist and are the same file.
@@ -294,6 +405,7 @@ impl Progress {
 fn copy(
     src: &mut Disk,
     dst: &mut Disk,
+    policy: CopyPolicy,
     progress: &mut Progress,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -311,7 +423,18 @@ fn copy(
                 ),
             )
         })?;
-        if run.zero {
+        if run.zero && policy.zero_block != 0 {
+            if !policy.target_reads_zero {
+                zero_run(dst, at, run.length).map_err(|e| {
+                    context(
+                        e,
+                        format!(
+                            "error while writing '{}' at offset {at}",
+                            dst.path().display()
+                        ),
+                    )
+                })?;
+            }
             at += run.length;
             progress.show(out, at)?;
             continue;
@@ -330,7 +453,7 @@ fn copy(
                     ),
                 )
             })?;
-            write_non_zero(dst, at, &buf).map_err(|e| {
+            write_non_zero(dst, at, &buf, policy).map_err(|e| {
                 context(
                     e,
                     format!(
@@ -346,31 +469,69 @@ fn copy(
     Ok(())
 }
 
-/// Writes the parts of `bytes` (guest bytes at `offset`) that are not all-zero
-/// [`ZERO_BLOCK`]s, merging neighbouring blocks into one write.
-fn write_non_zero(dst: &mut Disk, offset: u64, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes the parts of `bytes` (guest bytes at `offset`) that are not all-zero blocks of
+/// the policy's size, merging neighbouring blocks into one write; the zero blocks are
+/// zeroed when the target does not read as zeros already.
+fn write_non_zero(
+    dst: &mut Disk,
+    offset: u64,
+    bytes: &[u8],
+    policy: CopyPolicy,
+) -> Result<(), CliError> {
+    if policy.zero_block == 0 {
+        return write_run(dst, offset, bytes);
+    }
     let end = offset + bytes.len() as u64;
-    let mut run_start = None;
+    // The current run of blocks that are all zero (true) or not (false), from its start.
+    let mut run: Option<(u64, bool)> = None;
     let mut at = offset;
+    let slice = |from: u64, to: u64| &bytes[(from - offset) as usize..(to - offset) as usize];
+    let finish = |dst: &mut Disk, start: u64, zero: bool, to: u64| {
+        if !zero {
+            write_run(dst, start, slice(start, to))
+        } else if !policy.target_reads_zero {
+            zero_run(dst, start, to - start)
+        } else {
+            Ok(())
+        }
+    };
     while at < end {
-        let block_end = end.min((at / ZERO_BLOCK + 1) * ZERO_BLOCK);
-        let block = &bytes[(at - offset) as usize..(block_end - offset) as usize];
-        match (is_zero(block), run_start) {
-            (false, None) => run_start = Some(at),
-            (true, Some(start)) => {
-                write_run(
-                    dst,
-                    start,
-                    &bytes[(start - offset) as usize..(at - offset) as usize],
-                )?;
-                run_start = None;
+        let block_end = end.min((at / policy.zero_block + 1) * policy.zero_block);
+        let zero = is_zero(slice(at, block_end));
+        match run {
+            Some((_, kind)) if kind == zero => {}
+            Some((start, kind)) => {
+                finish(dst, start, kind, at)?;
+                run = Some((at, zero));
             }
-            _ => {}
+            None => run = Some((at, zero)),
         }
         at = block_end;
     }
-    if let Some(start) = run_start {
-        write_run(dst, start, &bytes[(start - offset) as usize..])?;
+    if let Some((start, kind)) = run {
+        finish(dst, start, kind, end)?;
+    }
+    Ok(())
+}
+
+/// Makes `len` bytes at `offset` of `dst` read as zeros: sector-aligned ranges of an image
+/// by a zero write, the unaligned tail (a raw source's last partial sector) as data.
+fn zero_run(dst: &mut Disk, offset: u64, len: u64) -> Result<(), CliError> {
+    let aligned = !dst.format().is_image() || (offset % SECTOR == 0 && len % SECTOR == 0);
+    if aligned {
+        return dst.write_zeroes(offset, len, false);
+    }
+    let head = (offset.div_ceil(SECTOR) * SECTOR).min(offset + len) - offset;
+    let body = (len - head) / SECTOR * SECTOR;
+    let tail = len - head - body;
+    if head > 0 {
+        write_run(dst, offset, &vec![0u8; head as usize])?;
+    }
+    if body > 0 {
+        dst.write_zeroes(offset + head, body, false)?;
+    }
+    if tail > 0 {
+        write_run(dst, offset + head + body, &vec![0u8; tail as usize])?;
     }
     Ok(())
 }

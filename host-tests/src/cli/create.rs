@@ -30,7 +30,7 @@ the image gets the size of its base image.\n\
 FILE is never overwritten unless --force is given; on failure no file is left behind.\n\
 List the -o options with: fvd-img create -f fvd -o help (or -f qed)")]
 pub struct CreateArgs {
-    /// Image format to create (fvd or qed)
+    /// Image format to create (fvd, qed or raw)
     #[arg(short = 'f', value_name = "FMT", default_value = "fvd")]
     pub format: String,
     /// Base (backing) image; a relative name is relative to FILE's directory
@@ -169,6 +169,9 @@ pub const QED_CREATE_OPTIONS: [OptionSpec; 6] = [
 
 /// Runs `fvd-img create`, writing the `Formatting` line (or the `-o help` listing) to `out`.
 pub fn run(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.format == "raw" {
+        return create_raw(args, out);
+    }
     match ImageFormat::parse(&args.format)? {
         ImageFormat::Fvd => create_fvd(args, out),
         ImageFormat::Qed => create_qed(args, out),
@@ -544,6 +547,52 @@ impl QedRequest {
         Ok(request)
     }
 }
+
+/// `create -f raw`: a sparse file of SIZE bytes, as qemu-img makes it (no options, no base).
+fn create_raw(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let opts = parse_options(&args.options, &RAW_CREATE_OPTIONS)?;
+    if opts.help {
+        return out
+            .write_all(help_text("raw", &RAW_CREATE_OPTIONS).as_bytes())
+            .map_err(CliError::Output);
+    }
+    if args.backing_file.is_some() || args.backing_format.is_some() || args.unsafe_backing {
+        return Err(CliError::Usage(
+            "Backing file not supported for file format 'raw'".into(),
+        ));
+    }
+    let file = args
+        .file
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("Expecting image file name".into()))?;
+    let mut opts = opts;
+    let size = one_of(
+        requested_size(args)?,
+        opts.take_size("size"),
+        "SIZE",
+        "size",
+    )?
+    .ok_or_else(|| CliError::Usage("Image creation needs a size parameter".into()))?;
+    check_target(file, args.force)?;
+    let staged = stage_empty(file)?;
+    staged
+        .file()
+        .set_len(size)
+        .map_err(|e| CliError::io("write", file, e))?;
+    staged.commit(args.force)?;
+    if !args.quiet {
+        writeln!(out, "Formatting '{}', fmt=raw size={size}", file.display())
+            .map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// The `-o` options of `create -f raw`.
+const RAW_CREATE_OPTIONS: [OptionSpec; 1] = [OptionSpec {
+    name: "size",
+    kind: OptionKind::Size,
+    help: "Virtual disk size",
+}];
 
 fn create_qed(args: &CreateArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let opts = parse_options(&args.options, &QED_CREATE_OPTIONS)?;
