@@ -258,3 +258,58 @@ fn convert_flags_qemu_img_takes_are_accepted_or_refused_by_name() {
         assert_eq!(qemu_img(d, args).code, 1);
     }
 }
+
+/// The same writes through qemu-io on QED image `file` over a raw base.
+fn qed_overlay_with_writes(d: &std::path::Path, base: &str, file: &str) {
+    std::fs::write(d.join(base), vec![7u8; 1 << 20]).unwrap();
+    ok(
+        d,
+        &["create", "-q", "-f", "qed", "-b", base, "-F", "raw", file],
+    );
+    common::qemu_io_qed(
+        d,
+        file,
+        &[
+            "write -q -P 1 0 64k",
+            "write -q -z 128k 64k",
+            "write -q -P 9 900k 3k",
+        ],
+    );
+}
+
+#[test]
+fn commit_of_a_qed_image_leaves_the_base_qemu_img_commit_leaves() {
+    let dir = scratch();
+    let d = dir.path();
+    qed_overlay_with_writes(d, "ours.raw", "ours.qed");
+    qed_overlay_with_writes(d, "theirs.raw", "theirs.qed");
+    let run = ok(d, &["commit", "-p", "ours.qed"]);
+    assert_contains(&run.stdout, "(100.00/100%)");
+    assert_contains(&run.stdout, "Image committed.");
+    let qemu = qemu_img(d, &["commit", "-q", "-d", "theirs.qed"]);
+    assert_eq!(qemu.code, 0, "{qemu:?}");
+    assert!(
+        std::fs::read(d.join("ours.raw")).unwrap() == std::fs::read(d.join("theirs.raw")).unwrap(),
+        "the committed bases differ"
+    );
+    // -b names the base to commit into: the image's own base works, another is refused.
+    ok(d, &["commit", "-q", "-b", "ours.raw", "ours.qed"]);
+    assert_contains(
+        &fails(d, &["commit", "-b", "theirs.raw", "ours.qed"]),
+        "not the backing file",
+    );
+}
+
+#[test]
+fn rebase_p_reports_progress_of_the_copy() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(d.join("b.raw"), vec![7u8; 1 << 20]).unwrap();
+    ok(d, &["create", "-q", "-b", "b.raw", "-F", "raw", "t.fvd"]);
+    let run = ok(d, &["rebase", "-p", "-b", "", "t.fvd"]);
+    assert_contains(&run.stdout, "(100.00/100%)");
+    std::fs::remove_file(d.join("b.raw")).unwrap();
+    ok(d, &["io", "-c", "read -q -P 7 0 1M", "t.fvd"]);
+    let quiet = ok(d, &["rebase", "-q", "-p", "-b", "", "t.fvd"]);
+    assert!(quiet.stdout.is_empty());
+}

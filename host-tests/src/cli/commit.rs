@@ -1,5 +1,6 @@
-//! `fvd-img commit [-f fvd] [-q] [-d] FILE`: writes every run of guest bytes FILE holds
-//! itself into its base image at the same offsets, like `qemu-img commit`. Runs the engine
+//! `fvd-img commit [-f fvd|qed] [-q] [-p] [-d] [-b BASE] FILE`: writes every run of guest
+//! bytes FILE (an FVD or QED image) holds itself into its base image at the same offsets,
+//! like `qemu-img commit`. Runs the engine
 //! maps as data are read through FILE and written to the base; runs that read as zeros
 //! without storage (unallocated chunks, which hide the base) write zeros; runs still in
 //! the base are skipped.
@@ -9,9 +10,10 @@
 //! zeros, so zero runs there write nothing, and zero runs inside the old length punch
 //! holes rather than allocate) or an FVD or QED image (opened read-write with its own
 //! chain and written through the engine; it cannot grow, so a FILE larger than it is
-//! refused before anything is written). The base is flushed at the end. FILE is left unchanged: an FVD
-//! image cannot be emptied (bitmap bits never go back to 0), so `-d` is accepted for
-//! qemu-img compatibility and changes nothing. FILE's guest view is the same afterwards,
+//! //! refused before anything is written). The base is flushed at the end. FILE is left
+//! unchanged: an FVD image cannot be emptied (bitmap bits never go back to 0), so `-d` is
+//! accepted for qemu-img compatibility and changes nothing. `-b` may name only FILE's own
+//! base (committing through an intermediate image is refused by name). FILE's guest view is the same afterwards,
 //! since every byte the commit changed in the base is one FILE does not read from it.
 //!
 //! The base is a file FILE's header chose: it is opened through the open gate (a regular
@@ -23,6 +25,8 @@ use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECT
 use super::error::{io_reason, CliError};
 use super::image::{name_path, name_text, open_fvd};
 use super::open_flags::{self, ExternalData, ForceShare};
+use super::progress::Progress;
+use super::qed::open_qed;
 use crate::host::driver::{Driver, DriverOptions};
 use crate::host::files::{
     open_driver, open_opened_image, open_storage_with, write_zeroes_at, Base, FileStorage,
@@ -33,26 +37,36 @@ use clap::Args;
 use fvd_core::engine::{FileId, Mapping};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img commit`.
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
-Writes the data FILE holds itself into its base image. A raw base smaller than FILE grows \
-to FILE's size; an FVD or QED base cannot grow, so committing a larger FILE into one is \
-refused. \
+Writes the data FILE (FVD or QED) holds itself into its base image. A raw base smaller \
+than FILE grows to FILE's size; an FVD or QED base cannot grow, so committing a larger \
+FILE into one is refused. \
 FILE is kept unchanged (-d is accepted and changes nothing).")]
 pub struct CommitArgs {
-    /// Format of FILE: fvd (default: probed)
+    /// Format of FILE: fvd or qed (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Do not print 'Image committed.'
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Do not empty FILE afterwards (always the case for FVD images)
-    #[arg(short = 'd', long = "drop")]
-    pub drop: bool,
+    /// Show progress
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Skip emptying FILE afterwards (FILE is never emptied: accepted for scripts)
+    #[arg(short = 'd', long = "skip-empty")]
+    pub skip_empty: bool,
+    /// The base to commit into: only FILE's own base is supported
+    #[arg(short = 'b', value_name = "BASE")]
+    pub base: Option<PathBuf>,
+    /// Cache mode of FILE and its base (accepted for scripts: the base is flushed at the
+    /// end in every mode): none, writeback, writethrough, directsync or unsafe
+    #[arg(short = 't', value_name = "CACHE")]
+    pub cache: Option<String>,
     #[command(flatten)]
     pub external: ExternalData,
     /// The image to commit
@@ -217,34 +231,90 @@ fn copy_run(
     Ok(())
 }
 
+/// What FILE's header says of its base: the name (byte for byte), the stated format
+/// (`None`: probe), FILE's guest size and the base size FILE reads through.
+struct NamedBase {
+    name: PathBuf,
+    format: Option<BaseFormat>,
+    size: u64,
+    base_len: u64,
+}
+
+/// Reads FILE's header (FVD or QED) for its base.
+fn named_base(path: &Path, format: DiskFormat) -> Result<NamedBase, CliError> {
+    let no_base = || CliError::Image("Image does not have a backing file".into());
+    match format {
+        DiskFormat::Raw => Err(no_base()),
+        DiskFormat::Fvd => {
+            let image = open_fvd(path)?;
+            let base_layout = image.layout.base.ok_or_else(no_base)?;
+            let format = match name_text(&image.header.base_img_fmt).as_str() {
+                "" => None,
+                other => Some(BaseFormat::parse(other)?),
+            };
+            Ok(NamedBase {
+                name: name_path(&image.header.base_img),
+                format,
+                size: image.layout.virtual_size,
+                base_len: base_layout.size,
+            })
+        }
+        DiskFormat::Qed => {
+            let image = open_qed(path)?;
+            let name = image.backing_path().ok_or_else(no_base)?;
+            let format = image.backing_format().map(BaseFormat::parse).transpose()?;
+            // QED reads its base up to the base's own size.
+            let base_len = base::inspect(path, &name, format)?.size;
+            Ok(NamedBase {
+                name,
+                format,
+                size: image.layout.image_size,
+                base_len,
+            })
+        }
+    }
+}
+
+/// Refuses `-b BASE` unless it is FILE's own base (`resolved`), and bad `-t` values.
+fn check_flags(args: &CommitArgs, resolved: &Path) -> Result<(), CliError> {
+    if let Some(mode) = &args.cache {
+        if !["none", "writeback", "writethrough", "directsync", "unsafe"].contains(&mode.as_str()) {
+            return Err(CliError::Usage(format!("Invalid cache option: {mode}")));
+        }
+    }
+    let Some(wanted) = &args.base else {
+        return Ok(());
+    };
+    let same = match (std::fs::metadata(wanted), std::fs::metadata(resolved)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!(
+            "'{}' is not the backing file of '{}' ('{}'); committing into a deeper base \
+             is not supported",
+            wanted.display(),
+            args.file.display(),
+            resolved.display()
+        )))
+    }
+}
+
 /// Runs `fvd-img commit`.
 pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
-    let no_base = || CliError::Image("Image does not have a backing file".into());
-    match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
-        DiskFormat::Raw => return Err(no_base()),
-        DiskFormat::Qed => {
-            return Err(CliError::Invalid(format!(
-                "'{}' is a QED image; commit supports FVD images only",
-                path.display()
-            )))
-        }
-        DiskFormat::Fvd => {}
-    }
-    let image = open_fvd(path)?;
-    let Some(base_layout) = image.layout.base else {
-        return Err(no_base());
-    };
-    let size = image.layout.virtual_size;
-    let name = name_path(&image.header.base_img);
-    let format_name = name_text(&image.header.base_img_fmt);
-    drop(image);
-    let format = match format_name.as_str() {
-        "" => None,
-        other => Some(BaseFormat::parse(other)?),
-    };
+    let format = DiskFormat::given_or_probed(args.format.as_deref(), path)?;
+    let NamedBase {
+        name,
+        format,
+        size,
+        base_len,
+    } = named_base(path, format)?;
+    check_flags(args, &base::resolve(path, &name))?;
     let gate = open_flags::gate(ForceShare::default(), args.external);
-    let (mut top, own) = open_detached(path, base_layout.size, &gate)?;
+    let (mut top, own) = open_detached(path, base_len, &gate)?;
     // The base, through the gate: a regular file, not FILE nor its data file, and no
     // other process using it.
     let mut chain = own;
@@ -300,6 +370,8 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
         path.display(),
         base.path.display()
     );
+    let mut progress = Progress::new(args.progress && !args.quiet, size);
+    progress.show(out, 0)?;
     let mut at = 0;
     while at < size {
         let run = top
@@ -326,9 +398,11 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
             }
         }
         at += run.len;
+        progress.show(out, at)?;
     }
     target.finish(&base.path)?;
     top.close().map_err(image_error)?;
+    progress.finish(out)?;
     if !args.quiet {
         writeln!(out, "Image committed.").map_err(CliError::Output)?;
     }

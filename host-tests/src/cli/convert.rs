@@ -12,6 +12,7 @@ use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
 use super::error::CliError;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::options::{help_text, parse_options, ParsedOptions};
+use super::progress::Progress;
 use super::qed::stage_qed;
 use super::size::parse_size;
 use super::writer::{stage_empty, Staged};
@@ -342,61 +343,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
-    }
-}
-
-/// qemu-img's `-p` progress: `    (12.50/100%)` rewritten in place.
-struct Progress {
-    enabled: bool,
-    total: u64,
-    shown: Option<u64>,
-}
-
-impl Progress {
-    fn new(enabled: bool, total: u64) -> Self {
-        Progress {
-            enabled,
-            total,
-            shown: None,
-        }
-    }
-
-    fn show(&mut self, out: &mut dyn Write, done: u64) -> Result<(), CliError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let hundredths = if self.total == 0 {
-            10_000
-        } else {
-            (u128::from(done) * 10_000 / u128::from(self.total)) as u64
-        };
-        // Print at most every whole percent (and the first time).
-        if self
-            .shown
-            .is_some_and(|shown| hundredths / 100 == shown / 100)
-        {
-            return Ok(());
-        }
-        self.shown = Some(hundredths);
-        write!(
-            out,
-            "    ({}.{:02}/100%)\r",
-            hundredths / 100,
-            hundredths % 100
-        )
-        .and_then(|()| out.flush())
-        .map_err(CliError::Output)
-    }
-
-    fn finish(&mut self, out: &mut dyn Write) -> Result<(), CliError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        if self.shown != Some(10_000) {
-            self.shown = None;
-            self.show(out, self.total)?;
-        }
-        writeln!(out).map_err(CliError::Output)
     }
 }
 

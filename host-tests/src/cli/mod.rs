@@ -23,6 +23,7 @@ pub mod open_flags;
 pub mod options;
 pub mod output;
 pub mod prefetch;
+pub mod progress;
 pub mod qed;
 pub mod rebase;
 pub mod size;

@@ -25,6 +25,7 @@ use super::error::CliError;
 use super::image::open_host_file_as;
 use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
 use super::open_flags::{self, ExternalData, ForceShare};
+use super::progress::Progress;
 use super::qed::open_qed;
 use crate::host::driver::{Driver, DriverOptions};
 use crate::host::files::{open_image_with, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
@@ -57,15 +58,18 @@ pub struct RebaseArgs {
     /// The new base image ("" for none)
     #[arg(short = 'b', value_name = "NEW")]
     pub backing: Option<std::ffi::OsString>,
-    /// Format of the new base image: raw or fvd (default: probed)
+    /// Format of the new base image: raw, fvd or qed (default: probed)
     #[arg(short = 'F', value_name = "NEW_FMT")]
     pub backing_format: Option<String>,
     /// Unsafe: only rewrite the base name and format in the header
     #[arg(short = 'u')]
     pub unsafe_mode: bool,
-    /// Print nothing (rebase prints nothing anyway)
+    /// Print nothing (not even progress)
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Show progress (of the copy safe mode makes)
+    #[arg(short = 'p')]
+    pub progress: bool,
     #[command(flatten)]
     pub external: ExternalData,
     /// The image to rebase
@@ -324,12 +328,15 @@ impl NewBase {
 fn copy_differing(
     top: &mut Driver<FileStorage>,
     mut new: Option<&mut NewBase>,
-    old_range: u64,
-    block_size: u64,
+    (old_range, block_size): (u64, u64),
+    progress: &mut Progress,
+    out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let piece = (PIECE / block_size).max(1) * block_size;
     let mut at = 0;
+    progress.show(out, 0)?;
     while at < old_range {
+        progress.show(out, at)?;
         let run = top.map(at, old_range - at).map_err(image_error)?;
         if run.len == 0 {
             return Err(CliError::Image(format!(
@@ -399,7 +406,7 @@ fn close_top(path: &Path, mut top: Driver<FileStorage>) -> Result<(), CliError> 
 }
 
 /// Runs `fvd-img rebase`.
-pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
+pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
     match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
         DiskFormat::Fvd => {}
@@ -455,10 +462,12 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
             ));
         }
         let mut top = open_top(path, &gate)?;
-        copy_differing(&mut top, None, old.size, block_size).map_err(|e| {
-            super::disk::context(e, format!("Could not rebase '{}'", path.display()))
-        })?;
+        let mut progress = Progress::new(args.progress && !args.quiet, old.size);
+        copy_differing(&mut top, None, (old.size, block_size), &mut progress, out).map_err(
+            |e| super::disk::context(e, format!("Could not rebase '{}'", path.display())),
+        )?;
         close_top(path, top)?;
+        progress.finish(out)?;
         if !all_bits_set(path)? {
             return Err(CliError::Image(format!(
                 "internal error: '{}' still has blocks in its base after copying them",
@@ -516,10 +525,18 @@ pub fn run(args: &RebaseArgs, _out: &mut dyn Write) -> Result<(), CliError> {
         disk,
         range: new_range,
     };
-    copy_differing(&mut top, Some(&mut fresh), old.size, block_size)
-        .map_err(|e| super::disk::context(e, format!("Could not rebase '{}'", path.display())))?;
+    let mut progress = Progress::new(args.progress && !args.quiet, old.size);
+    copy_differing(
+        &mut top,
+        Some(&mut fresh),
+        (old.size, block_size),
+        &mut progress,
+        out,
+    )
+    .map_err(|e| super::disk::context(e, format!("Could not rebase '{}'", path.display())))?;
     fresh.disk.close()?;
     close_top(path, top)?;
+    progress.finish(out)?;
 
     let old_blocks = old.blocks;
     let new_blocks = new_range.div_ceil(block_size);
