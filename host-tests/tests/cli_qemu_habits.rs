@@ -313,3 +313,88 @@ fn rebase_p_reports_progress_of_the_copy() {
     let quiet = ok(d, &["rebase", "-q", "-p", "-b", "", "t.fvd"]);
     assert!(quiet.stdout.is_empty());
 }
+
+#[test]
+fn resize_grows_both_formats_and_shrinks_what_can_shrink_as_qemu_img_does() {
+    let dir = scratch();
+    let d = dir.path();
+    // QED: grown by us, read by QEMU; shrinking refused by both.
+    ok(d, &["create", "-q", "-f", "qed", "a.qed", "1M"]);
+    common::qemu_io_qed(d, "a.qed", &["write -q -P 0x5 0 1M"]);
+    assert_contains(&ok(d, &["resize", "a.qed", "+1M"]).stdout, "Image resized.");
+    assert_eq!(info_json(d, "a.qed")["virtual-size"], 2 << 20);
+    common::qemu_io_qed(d, "a.qed", &["read -q -P 0x5 0 1M", "read -q -P 0 1M 1M"]);
+    assert_eq!(qemu_img(d, &["check", "a.qed"]).code, 0);
+    assert_contains(&fails(d, &["resize", "a.qed", "1M"]), "--shrink");
+    assert_eq!(qemu_img(d, &["resize", "a.qed", "1M"]).code, 1);
+    assert_contains(
+        &fails(d, &["resize", "--shrink", "a.qed", "1M"]),
+        "only grow",
+    );
+    assert_eq!(qemu_img(d, &["resize", "--shrink", "a.qed", "1M"]).code, 1);
+
+    // Plain FVD: the grown part reads as zeros, and so does a part shrunk away and grown back.
+    ok(d, &["create", "-q", "p.fvd", "1M"]);
+    ok(d, &["io", "-c", "write -q -P 0x7 0 1M", "p.fvd"]);
+    ok(d, &["resize", "-q", "p.fvd", "2M"]);
+    ok(
+        d,
+        &[
+            "io",
+            "-c",
+            "read -q -P 0x7 0 1M",
+            "-c",
+            "read -q -P 0 1M 1M",
+            "p.fvd",
+        ],
+    );
+    ok(d, &["resize", "-q", "--shrink", "p.fvd", "--", "-1536k"]);
+    assert_eq!(info_json(d, "p.fvd")["virtual-size"], 512 << 10);
+    ok(d, &["resize", "-q", "p.fvd", "1M"]);
+    ok(
+        d,
+        &[
+            "io",
+            "-c",
+            "read -q -P 0x7 0 512k",
+            "-c",
+            "read -q -P 0 512k 512k",
+            "p.fvd",
+        ],
+    );
+    ok(d, &["check", "p.fvd"]);
+
+    // Compact FVD: grows within its table, never shrinks.
+    ok(
+        d,
+        &["create", "-q", "-o", "compact_image=on", "c.fvd", "1M"],
+    );
+    ok(d, &["io", "-c", "write -q -P 0x3 0 1M", "c.fvd"]);
+    ok(d, &["resize", "-q", "c.fvd", "3M"]);
+    ok(
+        d,
+        &[
+            "io",
+            "-c",
+            "read -q -P 0x3 0 1M",
+            "-c",
+            "read -q -P 0 1M 2M",
+            "c.fvd",
+        ],
+    );
+    ok(d, &["check", "c.fvd"]);
+    assert_contains(&fails(d, &["resize", "--shrink", "c.fvd", "1M"]), "compact");
+    assert_contains(&fails(d, &["resize", "c.fvd", "1T"]), "chunk table");
+
+    // Raw, beside qemu-img.
+    ok(d, &["create", "-q", "-f", "raw", "r.raw", "1M"]);
+    std::fs::copy(d.join("r.raw"), d.join("q.raw")).unwrap();
+    ok(d, &["resize", "-q", "r.raw", "3M"]);
+    assert_eq!(
+        qemu_img(d, &["resize", "-q", "-f", "raw", "q.raw", "3M"]).code,
+        0
+    );
+    ok(d, &["resize", "-q", "--shrink", "r.raw", "512k"]);
+    assert_eq!(std::fs::metadata(d.join("r.raw")).unwrap().len(), 512 << 10);
+    assert_contains(&fails(d, &["resize", "r.raw", "x"]), "Invalid image size");
+}

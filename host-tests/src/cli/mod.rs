@@ -26,6 +26,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod qed;
 pub mod rebase;
+pub mod resize;
 pub mod size;
 pub mod sparse;
 pub mod update;
@@ -82,6 +83,8 @@ pub enum Command {
     Commit(commit::CommitArgs),
     /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
     Rebase(rebase::RebaseArgs),
+    /// Change a disk's virtual size: resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE
+    Resize(resize::ResizeArgs),
     /// Rewrite header fields in place, qemu-img's way: amend [-f fvd] -o KEY=VAL[,...] FILE
     Amend(amend::AmendArgs),
 }
@@ -103,6 +106,7 @@ impl Command {
             Command::Commit(args) => commit::run(args, out),
             Command::Rebase(args) => rebase::run(args, out),
             Command::Amend(args) => amend::run(args, out),
+            Command::Resize(args) => resize::run(args, out),
         }
     }
 }
