@@ -398,3 +398,138 @@ fn resize_grows_both_formats_and_shrinks_what_can_shrink_as_qemu_img_does() {
     assert_eq!(std::fs::metadata(d.join("r.raw")).unwrap().len(), 512 << 10);
     assert_contains(&fails(d, &["resize", "r.raw", "x"]), "Invalid image size");
 }
+
+/// The lines of a qemu-io-style run, without the timing lines.
+fn untimed(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|line| !line.contains(" ops; "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn io_commands_print_what_qemu_io_prints_on_the_same_qed_image() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(d.join("src.bin"), b"hello\n").unwrap();
+    for file in ["ours.qed", "theirs.qed"] {
+        assert_eq!(
+            qemu_img(d, &["create", "-q", "-f", "qed", file, "1M"]).code,
+            0
+        );
+    }
+    let commands = [
+        "write -P 1 1 100",
+        "read -v 0 16",
+        "write -P 0x22 1000 3000",
+        "read -P 0x22 1000 3000",
+        "alloc 0 64k",
+        "alloc 64k",
+        "map",
+        "info",
+        "readv -P 0 8192 512 512",
+        "writev -P 3 4096 512 1k",
+        "write -s src.bin 70000 6",
+        "read -v 70000 8",
+        "write -z -u 0 64k",
+        "read -P 0 0 64k",
+        "truncate 2M",
+        "length",
+        "map",
+    ];
+    let mut ours_args = vec!["io", "-f", "qed"];
+    let mut theirs_args = vec!["-f", "qed"];
+    for command in &commands {
+        ours_args.extend(["-c", command]);
+        theirs_args.extend(["-c", command]);
+    }
+    ours_args.push("ours.qed");
+    theirs_args.push("theirs.qed");
+    let ours = ok(d, &ours_args);
+    let theirs = common::run_tool("qemu-io", d, &theirs_args);
+    assert_eq!(theirs.code, 0, "{theirs:?}");
+    assert_eq!(untimed(&ours.stdout), untimed(&theirs.stdout));
+    assert_eq!(
+        qemu_img(
+            d,
+            &[
+                "compare",
+                "-f",
+                "qed",
+                "-F",
+                "qed",
+                "ours.qed",
+                "theirs.qed"
+            ]
+        )
+        .code,
+        0
+    );
+    assert_eq!(qemu_img(d, &["check", "ours.qed"]).code, 0);
+    // Both refuse compressed writes.
+    let refused = common::fvd_img(d, &["io", "-c", "write -c 0 64k", "ours.qed"]);
+    assert_eq!(refused.code, 1);
+    assert_contains(&refused.stderr, "not supported");
+}
+
+#[test]
+fn io_takes_qemu_io_cache_modes_and_nocache() {
+    let dir = scratch();
+    let d = dir.path();
+    ok(d, &["create", "-q", "-f", "qed", "a.qed", "1M"]);
+    for extra in [
+        &["-t", "none"][..],
+        &["-t", "directsync"][..],
+        &["-t", "unsafe"][..],
+        &["-t", "writethrough"][..],
+        &["-n"][..],
+    ] {
+        let mut args = vec!["io"];
+        args.extend_from_slice(extra);
+        args.extend([
+            "-c",
+            "write -q -P 7 0 4k",
+            "-c",
+            "read -q -P 7 0 4k",
+            "a.qed",
+        ]);
+        ok(d, &args);
+    }
+}
+
+#[test]
+fn sub_sector_writes_to_an_fvd_image_keep_the_rest_of_their_sectors() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(d.join("b.raw"), vec![0x44u8; 1 << 20]).unwrap();
+    ok(d, &["create", "-q", "-b", "b.raw", "-F", "raw", "t.fvd"]);
+    ok(
+        d,
+        &[
+            "io",
+            "-c",
+            "write -q -P 1 1 100",
+            "-c",
+            "write -q -P 2 1000 3000",
+            "-c",
+            "write -q -z 5000 10",
+            "-c",
+            "read -q -P 0x44 0 1",
+            "-c",
+            "read -q -P 1 1 100",
+            "-c",
+            "read -q -P 0x44 101 899",
+            "-c",
+            "read -q -P 2 1000 3000",
+            "-c",
+            "read -q -P 0x44 4000 1000",
+            "-c",
+            "read -q -P 0 5000 10",
+            "-c",
+            "read -q -P 0x44 5010 1000",
+            "t.fvd",
+        ],
+    );
+    ok(d, &["check", "t.fvd"]);
+}

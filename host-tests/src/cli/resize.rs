@@ -100,7 +100,7 @@ fn apply_fvd(path: &Path, plan: &FvdResize) -> Result<(), CliError> {
     sync(&file, path)
 }
 
-fn resize_fvd(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
+fn resize_fvd(path: &Path, args: &Target<'_>) -> Result<(), CliError> {
     let image = open_fvd_as(path, Usage::WRITE)?;
     if !image.layout.clean_shutdown {
         drop(image);
@@ -108,7 +108,7 @@ fn resize_fvd(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
         Disk::open(path, DiskFormat::Fvd, true)?.close()?;
         return resize_fvd(path, args);
     }
-    let size = new_size(&args.size, image.layout.virtual_size)?;
+    let size = new_size(args.size, image.layout.virtual_size)?;
     if image.layout.separate_data_file && size < image.layout.virtual_size {
         return Err(CliError::Invalid(
             "Shrinking an image with a separate data file is not supported".into(),
@@ -126,9 +126,9 @@ fn resize_fvd(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
     apply_fvd(path, &plan)
 }
 
-fn resize_qed(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
+fn resize_qed(path: &Path, args: &Target<'_>) -> Result<(), CliError> {
     let image = open_qed_as(path, Usage::WRITE)?;
-    let size = new_size(&args.size, image.layout.image_size)?;
+    let size = new_size(args.size, image.layout.image_size)?;
     let header = qed_plan(&image.header, image.host.len, size, args.shrink).map_err(refused)?;
     let file = writer(path)?;
     file.write_all_at(header.bytes(), 0)
@@ -136,9 +136,9 @@ fn resize_qed(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
     sync(&file, path)
 }
 
-fn resize_raw(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
+fn resize_raw(path: &Path, args: &Target<'_>) -> Result<(), CliError> {
     let host = open_host_file_as(path, Usage::WRITE)?;
-    let size = new_size(&args.size, host.len)?;
+    let size = new_size(args.size, host.len)?;
     if size < host.len && !args.shrink {
         return Err(refused(ResizeError::ShrinkNotAllowed));
     }
@@ -148,14 +148,33 @@ fn resize_raw(path: &Path, args: &ResizeArgs) -> Result<(), CliError> {
     sync(&file, path)
 }
 
+/// Resizes the disk at `path`, of `format`, to `size` (`SIZE`, `+SIZE` or `-SIZE`);
+/// smaller only when `shrink`. Also qemu-io's `truncate`, on a disk it has closed.
+pub fn resize_path(
+    path: &Path,
+    format: DiskFormat,
+    size: &str,
+    shrink: bool,
+) -> Result<(), CliError> {
+    let args = Target { size, shrink };
+    match format {
+        DiskFormat::Fvd => resize_fvd(path, &args),
+        DiskFormat::Qed => resize_qed(path, &args),
+        DiskFormat::Raw => resize_raw(path, &args),
+    }
+}
+
+/// The size asked for and whether it may be smaller.
+struct Target<'a> {
+    size: &'a str,
+    shrink: bool,
+}
+
 /// Runs `fvd-img resize`.
 pub fn run(args: &ResizeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
-    match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
-        DiskFormat::Fvd => resize_fvd(path, args)?,
-        DiskFormat::Qed => resize_qed(path, args)?,
-        DiskFormat::Raw => resize_raw(path, args)?,
-    }
+    let format = DiskFormat::given_or_probed(args.format.as_deref(), path)?;
+    resize_path(path, format, &args.size, args.shrink)?;
     if !args.quiet {
         writeln!(out, "Image resized.").map_err(CliError::Output)?;
     }

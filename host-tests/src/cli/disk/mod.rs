@@ -397,11 +397,43 @@ impl Disk {
         }
     }
 
-    /// Writes `data` at guest `offset` (sector-aligned for FVD images).
+    /// Writes `data` at guest `offset` (any alignment: an image's partial first and last
+    /// sectors are read, merged and written whole, as QEMU does).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
         self.check_first_sector(offset, data)?;
+        if let Backend::Raw { storage } = &mut self.backend {
+            return storage
+                .write_at(FileId::Image, offset, data)
+                .map_err(host_error);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        // A partial first sector (which may also be the last).
+        if at % SECTOR != 0 || (end - at) < SECTOR {
+            let lo = at / SECTOR * SECTOR;
+            let to = end.min(lo + SECTOR);
+            self.merge_sector(lo, at, &data[..(to - offset) as usize])?;
+            at = to;
+        }
+        let whole_end = end / SECTOR * SECTOR;
+        if whole_end > at {
+            let piece = &data[(at - offset) as usize..(whole_end - offset) as usize];
+            self.write_sectors(at, piece)?;
+            at = whole_end;
+        }
+        if at < end {
+            self.merge_sector(at, at, &data[(at - offset) as usize..])?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole sectors of an image (`offset` and `data.len()` multiples of 512).
+    fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         match &mut self.backend {
             Backend::Raw { storage } => storage
                 .write_at(FileId::Image, offset, data)
@@ -417,19 +449,44 @@ impl Disk {
         }
     }
 
+    /// Read-modify-write of the sector at `sector`: `bytes` replace its bytes from `at`.
+    fn merge_sector(&mut self, sector: u64, at: u64, bytes: &[u8]) -> Result<(), CliError> {
+        let mut whole = [0u8; SECTOR as usize];
+        self.read(sector, &mut whole)?;
+        let from = (at - sector) as usize;
+        whole[from..from + bytes.len()].copy_from_slice(bytes);
+        self.write_sectors(sector, &whole)
+    }
+
     /// Makes `len` guest bytes at `offset` read as zeros; `discard` lets the storage be
-    /// released (a discard request, a punched hole).
+    /// released (a discard request, a punched hole). An image's partial first and last
+    /// sectors are zeroed by read-modify-write.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, discard: bool) -> Result<(), CliError> {
         self.check_writable()?;
         self.check_range(offset, len)?;
+        let end = offset + len;
+        let (mut lo, mut hi) = (offset, end);
+        if self.format.is_image() && len > 0 {
+            lo = offset.div_ceil(SECTOR) * SECTOR;
+            hi = end / SECTOR * SECTOR;
+            if lo >= hi {
+                // Within one or two partial sectors: plain zero data.
+                return self.write(offset, &vec![0u8; len as usize]);
+            }
+            if offset < lo {
+                self.write(offset, &vec![0u8; (lo - offset) as usize])?;
+            }
+            if hi < end {
+                self.write(hi, &vec![0u8; (end - hi) as usize])?;
+            }
+        }
+        let len = hi - lo;
         match &mut self.backend {
             Backend::Raw { storage } => storage
-                .write_zeroes(FileId::Image, offset, len, discard)
+                .write_zeroes(FileId::Image, lo, len, discard)
                 .map_err(host_error),
-            Backend::Fvd { driver, .. } if discard => {
-                driver.discard(offset, len).map_err(driver_error)
-            }
-            Backend::Fvd { driver, .. } => driver.write_zeroes(offset, len).map_err(driver_error),
+            Backend::Fvd { driver, .. } if discard => driver.discard(lo, len).map_err(driver_error),
+            Backend::Fvd { driver, .. } => driver.write_zeroes(lo, len).map_err(driver_error),
         }
     }
 
