@@ -24,6 +24,7 @@ pub mod check;
 pub mod engine;
 pub mod fvd;
 pub mod info;
+pub mod measure;
 pub mod probe;
 pub mod qed;
 pub mod resize;

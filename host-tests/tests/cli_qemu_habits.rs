@@ -533,3 +533,64 @@ fn sub_sector_writes_to_an_fvd_image_keep_the_rest_of_their_sectors() {
     );
     ok(d, &["check", "t.fvd"]);
 }
+
+/// (required, fully-allocated) from `fvd-img measure --output json ARGS`.
+fn measured(d: &std::path::Path, args: &[&str]) -> (u64, u64) {
+    let mut all = vec!["measure", "--output", "json"];
+    all.extend_from_slice(args);
+    let run = ok(d, &all);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(run.stdout.find("required") < run.stdout.find("fully-allocated"));
+    (
+        value["required"].as_u64().unwrap(),
+        value["fully-allocated"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn measure_gives_the_size_convert_then_produces() {
+    let dir = scratch();
+    let d = dir.path();
+    let source = d.join("src.raw");
+    let file = std::fs::File::create(&source).unwrap();
+    file.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&vec![0x11u8; 3 << 20], 0).unwrap();
+    file.write_all_at(&vec![0x22u8; 100_000], 40 << 20).unwrap();
+    drop(file);
+    for (format, options, file) in [
+        ("qed", "", "a.qed"),
+        ("fvd", "", "a.fvd"),
+        (
+            "fvd",
+            "compact_image=on,chunk_size=64k,storage_grow_unit=64k",
+            "c.fvd",
+        ),
+    ] {
+        let mut args = vec!["-O", format];
+        let mut convert = vec!["convert", "-O", format];
+        if !options.is_empty() {
+            args.extend(["-o", options]);
+            convert.extend(["-o", options]);
+        }
+        args.push("src.raw");
+        convert.extend(["src.raw", file]);
+        let (required, full) = measured(d, &args);
+        ok(d, &convert);
+        let meta = std::fs::metadata(d.join(file)).unwrap();
+        // What convert made takes exactly the required bytes: as file length where the
+        // format appends (QED, compact), as allocated bytes where it places data (plain).
+        let used = if format == "fvd" && options.is_empty() {
+            allocated(&d.join(file))
+        } else {
+            meta.len()
+        };
+        assert_eq!(used, required, "{format} {options}");
+        assert!(full >= required && full >= 64 << 20);
+    }
+    // An empty disk of a given size, and raw.
+    let (required, full) = measured(d, &["-O", "qed", "--size", "1G"]);
+    assert!(required < 1 << 20 && full > 1 << 30);
+    assert_eq!(measured(d, &["--size", "1G"]), (1 << 30, 1 << 30));
+    assert_contains(&fails(d, &["measure", "-O", "qed"]), "--size");
+}

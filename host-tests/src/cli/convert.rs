@@ -119,7 +119,7 @@ enum TargetOptions {
 }
 
 /// The QED geometry `-o` asks for (qemu-img's defaults otherwise).
-fn qed_geometry(mut opts: ParsedOptions, size: u64) -> QedCreateOptions<'static> {
+pub fn qed_geometry(mut opts: ParsedOptions, size: u64) -> QedCreateOptions<'static> {
     let defaults = QedCreateOptions::default();
     QedCreateOptions {
         size,

@@ -706,6 +706,60 @@ impl StagedFvd {
     }
 }
 
+/// The header `create -f fvd` writes for `request`, with this size and base.
+fn fvd_header(
+    request: &FvdRequest,
+    virtual_size: u64,
+    base: Option<&Base>,
+) -> Result<RawHeader, CliError> {
+    let options = CreateOptions {
+        virtual_size,
+        base: base.map(|base| BaseSpec {
+            name: base.name.as_os_str().as_bytes(),
+            format: base.format.name().as_bytes(),
+            size: base.size,
+        }),
+        compact_image: request.compact_image,
+        block_size: request.block_size,
+        chunk_size: request.chunk_size,
+        storage_grow_unit: request.storage_grow_unit,
+        journal_size: request.journal_size,
+        copy_on_read: request.copy_on_read,
+        prefetch_start_delay: request.prefetch_start_delay,
+        data_file: request.data_file.as_ref().map(|(name, _)| name.as_bytes()),
+        data_file_fmt: request
+            .data_file
+            .as_ref()
+            .map_or(&b""[..], |(_, fmt)| fmt.as_bytes()),
+        need_zero_init: request.need_zero_init,
+    };
+    plan(&options).map_err(|e| CliError::Invalid(e.to_string()))
+}
+
+/// The header `create -f fvd -o OPTIONS FILE SIZE` would write, with no file touched and
+/// no base (for `measure`).
+pub fn planned_fvd_header(options: &[String], size: u64) -> Result<RawHeader, CliError> {
+    let opts = parse_options(options, &FVD_CREATE_OPTIONS)?;
+    let args = CreateArgs {
+        format: "fvd".into(),
+        backing_file: None,
+        backing_format: None,
+        options: options.to_vec(),
+        unsafe_backing: false,
+        force: false,
+        quiet: true,
+        file: None,
+        size: Some(size.to_string()),
+    };
+    let request = FvdRequest::new(&args, opts, PathBuf::from("measure"))?;
+    if request.backing.is_some() || request.data_file.is_some() {
+        return Err(CliError::Usage(
+            "measure takes no backing_file or data_file option".into(),
+        ));
+    }
+    fvd_header(&request, size, None)
+}
+
 /// Checks `args` and the already parsed `-o` options `opts` (without `help`), plans the
 /// header and writes the new image and data file beside their targets. Nothing is renamed
 /// into place: see [`StagedFvd::commit`].
@@ -727,28 +781,7 @@ pub fn stage_fvd(args: &CreateArgs, opts: ParsedOptions) -> Result<StagedFvd, Cl
     // FvdRequest::new has checked that there is a size or a base to take it from.
     let virtual_size = size_or_backing(request.size, base.as_ref())?;
 
-    let options = CreateOptions {
-        virtual_size,
-        base: base.as_ref().map(|base| BaseSpec {
-            name: base.name.as_os_str().as_bytes(),
-            format: base.format.name().as_bytes(),
-            size: base.size,
-        }),
-        compact_image: request.compact_image,
-        block_size: request.block_size,
-        chunk_size: request.chunk_size,
-        storage_grow_unit: request.storage_grow_unit,
-        journal_size: request.journal_size,
-        copy_on_read: request.copy_on_read,
-        prefetch_start_delay: request.prefetch_start_delay,
-        data_file: request.data_file.as_ref().map(|(name, _)| name.as_bytes()),
-        data_file_fmt: request
-            .data_file
-            .as_ref()
-            .map_or(&b""[..], |(_, fmt)| fmt.as_bytes()),
-        need_zero_init: request.need_zero_init,
-    };
-    let header = plan(&options).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let header = fvd_header(&request, virtual_size, base.as_ref())?;
 
     let data_path = match &request.data_file {
         Some((name, _)) => {

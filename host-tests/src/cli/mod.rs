@@ -19,6 +19,7 @@ pub mod image_format;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod measure;
 pub mod open_flags;
 pub mod options;
 pub mod output;
@@ -83,6 +84,8 @@ pub enum Command {
     Commit(commit::CommitArgs),
     /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
     Rebase(rebase::RebaseArgs),
+    /// Size of a new image: measure [--output human|json] [-O fmt] [-o OPTIONS] (--size N | [-f fmt] FILE)
+    Measure(measure::MeasureArgs),
     /// Change a disk's virtual size: resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE
     Resize(resize::ResizeArgs),
     /// Rewrite header fields in place, qemu-img's way: amend [-f fvd] -o KEY=VAL[,...] FILE
@@ -107,6 +110,7 @@ impl Command {
             Command::Rebase(args) => rebase::run(args, out),
             Command::Amend(args) => amend::run(args, out),
             Command::Resize(args) => resize::run(args, out),
+            Command::Measure(args) => measure::run(args, out),
         }
     }
 }
