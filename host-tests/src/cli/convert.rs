@@ -96,14 +96,15 @@ pub struct ConvertArgs {
 }
 
 /// The staged target files, published by [`Target::commit`].
-enum Target {
+pub enum Target {
     Fvd(Box<super::create::StagedFvd>),
     /// A QED image or a raw file: one file.
     File(Staged),
 }
 
 impl Target {
-    fn commit(self, force: bool) -> Result<(), CliError> {
+    /// Renames the files into place (replacing existing ones only when `force`).
+    pub fn commit(self, force: bool) -> Result<(), CliError> {
         match self {
             Target::Fvd(staged) => (*staged).commit(force),
             Target::File(staged) => staged.commit(force),
@@ -112,9 +113,12 @@ impl Target {
 }
 
 /// The `-o` options checked against the target format's list.
-enum TargetOptions {
+pub enum TargetOptions {
+    /// FVD, with its `-o` options.
     Fvd(ParsedOptions),
+    /// QED, with its `-o` options.
     Qed(ParsedOptions),
+    /// A raw file.
     Raw,
 }
 
@@ -215,59 +219,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     check_target(target, args.force)?;
     let size = src.size();
 
-    let (staged, mut dst) = match options {
-        TargetOptions::Fvd(opts) => {
-            let create = CreateArgs {
-                format: "fvd".into(),
-                backing_file: None,
-                backing_format: None,
-                options: args.options.clone(),
-                unsafe_backing: false,
-                force: args.force,
-                quiet: true,
-                file: Some(target.clone()),
-                size: Some(size.to_string()),
-            };
-            let staged = stage_fvd(&create, opts)?;
-            let storage = FileStorage {
-                image: clone_file(&staged.image)?,
-                data: staged.data.as_ref().map(clone_file).transpose()?,
-                base: None,
-                held: Default::default(),
-            };
-            let data_path = staged
-                .data
-                .as_ref()
-                .map_or(staged.image.path(), Staged::path)
-                .to_path_buf();
-            let dst = Disk::image_over(target, storage, data_path)?;
-            (Target::Fvd(Box::new(staged)), dst)
-        }
-        TargetOptions::Qed(opts) => {
-            let plan = qed_plan(&qed_geometry(opts, size))
-                .map_err(|e| CliError::Invalid(e.to_string()))?;
-            let staged = stage_qed(target, &plan)?;
-            let storage = FileStorage {
-                image: clone_file(&staged)?,
-                data: None,
-                base: None,
-                held: Default::default(),
-            };
-            let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
-            (Target::File(staged), dst)
-        }
-        TargetOptions::Raw => {
-            let staged = stage_empty(target)?;
-            let file = staged
-                .file()
-                .try_clone()
-                .map_err(|e| CliError::io("open", target, e))?;
-            file.set_len(size)
-                .map_err(|e| CliError::io("write", target, e))?;
-            let dst = Disk::raw_over(target, file, size);
-            (Target::File(staged), dst)
-        }
-    };
+    let (staged, mut dst) = stage_target(options, &args.options, target, size, args.force)?;
 
     let policy = CopyPolicy {
         zero_block,
@@ -330,12 +282,78 @@ fn script_flags(args: &ConvertArgs, output: DiskFormat) -> Result<u64, CliError>
 
 /// What the copy may leave unwritten.
 #[derive(Clone, Copy, Debug)]
-struct CopyPolicy {
+pub struct CopyPolicy {
     /// All-zero blocks of this size are not written as data (0: everything is written).
-    zero_block: u64,
+    pub zero_block: u64,
     /// True when the target reads as zeros before the copy (a new image), so zero runs
     /// are skipped; false for `-n`, where they are zeroed.
-    target_reads_zero: bool,
+    pub target_reads_zero: bool,
+}
+
+/// Creates DST (in temporary files beside it, published by [`Target::commit`]) as an
+/// empty disk of `size` bytes in the format `options` names, opened for writing. Shared
+/// by `convert` and `dd`.
+pub fn stage_target(
+    options: TargetOptions,
+    raw_options: &[String],
+    target: &Path,
+    size: u64,
+    force: bool,
+) -> Result<(Target, Disk), CliError> {
+    let staged = match options {
+        TargetOptions::Fvd(opts) => {
+            let create = CreateArgs {
+                format: "fvd".into(),
+                backing_file: None,
+                backing_format: None,
+                options: raw_options.to_vec(),
+                unsafe_backing: false,
+                force,
+                quiet: true,
+                file: Some(target.to_path_buf()),
+                size: Some(size.to_string()),
+            };
+            let staged = stage_fvd(&create, opts)?;
+            let storage = FileStorage {
+                image: clone_file(&staged.image)?,
+                data: staged.data.as_ref().map(clone_file).transpose()?,
+                base: None,
+                held: Default::default(),
+            };
+            let data_path = staged
+                .data
+                .as_ref()
+                .map_or(staged.image.path(), Staged::path)
+                .to_path_buf();
+            let dst = Disk::image_over(target, storage, data_path)?;
+            (Target::Fvd(Box::new(staged)), dst)
+        }
+        TargetOptions::Qed(opts) => {
+            let plan = qed_plan(&qed_geometry(opts, size))
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let staged = stage_qed(target, &plan)?;
+            let storage = FileStorage {
+                image: clone_file(&staged)?,
+                data: None,
+                base: None,
+                held: Default::default(),
+            };
+            let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
+            (Target::File(staged), dst)
+        }
+        TargetOptions::Raw => {
+            let staged = stage_empty(target)?;
+            let file = staged
+                .file()
+                .try_clone()
+                .map_err(|e| CliError::io("open", target, e))?;
+            file.set_len(size)
+                .map_err(|e| CliError::io("write", target, e))?;
+            let dst = Disk::raw_over(target, file, size);
+            (Target::File(staged), dst)
+        }
+    };
+    Ok(staged)
 }
 
 /// True when `a` and `b` both exist and are the same file.
@@ -418,7 +436,7 @@ fn copy(
 /// Writes the parts of `bytes` (guest bytes at `offset`) that are not all-zero blocks of
 /// the policy's size, merging neighbouring blocks into one write; the zero blocks are
 /// zeroed when the target does not read as zeros already.
-fn write_non_zero(
+pub fn write_non_zero(
     dst: &mut Disk,
     offset: u64,
     bytes: &[u8],

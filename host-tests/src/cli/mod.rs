@@ -12,6 +12,7 @@ pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod dd;
 pub mod disk;
 pub mod error;
 pub mod image;
@@ -84,6 +85,8 @@ pub enum Command {
     Commit(commit::CommitArgs),
     /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
     Rebase(rebase::RebaseArgs),
+    /// Copy part of a disk into a new one: dd [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=INPUT of=OUTPUT
+    Dd(dd::DdArgs),
     /// Size of a new image: measure [--output human|json] [-O fmt] [-o OPTIONS] (--size N | [-f fmt] FILE)
     Measure(measure::MeasureArgs),
     /// Change a disk's virtual size: resize [-f fmt] [--shrink] [-q] FILE [+|-]SIZE
@@ -111,6 +114,7 @@ impl Command {
             Command::Amend(args) => amend::run(args, out),
             Command::Resize(args) => resize::run(args, out),
             Command::Measure(args) => measure::run(args, out),
+            Command::Dd(args) => dd::run(args, out),
         }
     }
 }
