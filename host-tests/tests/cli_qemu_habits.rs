@@ -638,3 +638,25 @@ fn dd_copies_the_blocks_qemu_img_dd_copies() {
     );
     assert!(!d.join("x.raw").exists());
 }
+
+#[test]
+fn a_base_without_a_format_is_probed_only_among_our_formats_and_said_so() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(d.join("b.raw"), vec![0u8; 1 << 20]).unwrap();
+    // qemu-img refuses; fvd-img probes among raw, fvd and qed and warns.
+    assert_eq!(
+        qemu_img(d, &["create", "-f", "qcow2", "-b", "b.raw", "q.qcow2"]).code,
+        1
+    );
+    let run = common::fvd_img(d, &["create", "-b", "b.raw", "t.fvd"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_contains(&run.stderr, "warning: no backing format given (-F)");
+    assert_contains(&run.stdout, "backing_fmt=raw");
+    // -F, or -o backing_fmt, says it: no warning.
+    let run = common::fvd_img(
+        d,
+        &["create", "-b", "b.raw", "-o", "backing_fmt=raw", "u.fvd"],
+    );
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+}
