@@ -26,4 +26,5 @@ pub mod fvd;
 pub mod info;
 pub mod probe;
 pub mod qed;
+pub mod report;
 pub mod units;
