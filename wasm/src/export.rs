@@ -22,7 +22,8 @@ use fvd_core::report::info_scan::InfoScan;
 use wasm_bindgen::prelude::*;
 
 fn bytes_len(value: f64, what: &str) -> Result<u64, JsError> {
-    length(value).ok_or_else(|| JsError::new(&format!("{what} {value} is not a byte count")))
+    // The value is not shown: formatting a double would pull float printing into the module.
+    length(value).ok_or_else(|| JsError::new(&format!("the {what} is not a byte count")))
 }
 
 fn lossy(name: &[u8]) -> String {
