@@ -17,9 +17,30 @@ fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
 target="${CARGO_TARGET_DIR:-target}"
-cargo build -p fvd-wasm --target wasm32-unknown-unknown --release
-wasm-bindgen --target web --out-dir web-demo/pkg "$target/wasm32-unknown-unknown/release/fvd_wasm.wasm"
-echo "built web-demo/pkg ($(stat -c %s web-demo/pkg/fvd_wasm_bg.wasm) bytes of wasm)"
+# Sized for download, for this build only (the workspace's release profile, which the
+# host tools use, stays as it is; overflow checks stay on): smallest code, whole-program
+# optimisation, no unwinding, no debug info. BENCHMARKS.md section 9 has the sizes.
+cargo build -p fvd-wasm --target wasm32-unknown-unknown --release \
+  --config 'profile.release.opt-level="z"' --config profile.release.lto=true \
+  --config profile.release.codegen-units=1 --config 'profile.release.panic="abort"' \
+  --config profile.release.debug=0
+wasm-bindgen --target web --remove-name-section --remove-producers-section \
+  --out-dir web-demo/pkg "$target/wasm32-unknown-unknown/release/fvd_wasm.wasm"
+# wasm-opt from npm's binaryen (a devDependency of web-demo/; never Debian's binaryen,
+# which emits broken modules). The features are those rustc's wasm32 target enables.
+wasm_opt=web-demo/node_modules/.bin/wasm-opt
+if [ ! -x "$wasm_opt" ] && command -v npm >/dev/null; then
+  (cd web-demo && npm ci --no-audit --no-fund --silent)
+fi
+if [ -x "$wasm_opt" ]; then
+  "$wasm_opt" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+    --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    web-demo/pkg/fvd_wasm_bg.wasm -o web-demo/pkg/fvd_wasm_bg.wasm
+else
+  echo "wasm-opt not found (needs npm): the module is not size-optimised" >&2
+fi
+wasm_bytes=$(stat -c %s web-demo/pkg/fvd_wasm_bg.wasm)
+echo "built web-demo/pkg ($wasm_bytes bytes of wasm, $(gzip -9c web-demo/pkg/fvd_wasm_bg.wasm | wc -c) gzipped)"
 
 # Sample images: an FVD overlay on a raw base, and a QED image, small and sparse.
 cargo build -q -p fvd-host --bin fvd-img

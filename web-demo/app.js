@@ -391,3 +391,65 @@ async function main() {
 }
 
 main().catch((e) => showError(errorText(e)));
+
+/// "Export JSON": the `fvd-img KIND --output json` document of the open image, written by
+/// core through fvd-wasm's export (reads served from File.slice like every other read);
+/// shown in #export-json (data-kind, data-state) and offered as a download.
+async function exportJson(kind) {
+  const out = $('export-json');
+  const s = session;
+  out.dataset.kind = kind;
+  out.dataset.state = 'loading';
+  out.textContent = '';
+  try {
+    if (!s) throw new Error('open an image first');
+    const top = s.layers[0];
+    const fileOf = (r) => (r.file === 'image' ? s.layers[r.layer].file : r.file === 'data' ? s.layers[r.layer].data : s.rawBase);
+    const text = await serial(async () => {
+      let exp;
+      try {
+        if (kind === 'info') {
+          const dataName = top.data ? top.fields.find((f) => f.name === 'data_file')?.value : undefined;
+          exp = new fvd.InfoExport(top.first, top.file.name, top.file.size, dataName, top.data?.size);
+          for (let r = exp.next_read(); r; r = exp.next_read()) {
+            const offset = r.offset, len = r.len;
+            r.free();
+            exp.complete_read(await readFile(top.file, offset, len));
+          }
+        } else if (kind === 'check') {
+          exp = new fvd.CheckExport(top.first, top.file.name, top.file.size, top.data?.size);
+          for (let r = exp.next_read(); r; r = exp.next_read()) {
+            const file = r.data ? top.data : top.file, offset = r.offset, len = r.len;
+            r.free();
+            exp.complete_read(await readFile(file, offset, len));
+          }
+        } else {
+          exp = new fvd.MapExport();
+          for (const l of s.layers) exp.add_layer(l.first, l.file.size, l.data ? l.data.size : undefined, l.key);
+          exp.start(s.rawBase ? s.rawBase.size : undefined);
+          for (let r = exp.next_read(); r; r = exp.next_read()) {
+            const file = fileOf(r), offset = r.offset, len = r.len;
+            r.free();
+            if (!file) { exp.fail_read(); continue; }
+            exp.complete_read(await readFile(file, offset, len));
+          }
+        }
+        return exp.json();
+      } finally {
+        exp?.free();
+      }
+    });
+    out.textContent = text;
+    out.dataset.state = 'ready';
+    const link = $('export-download');
+    if (link.href) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(new Blob([text], { type: 'application/json' }));
+    link.download = `${top.file.name}.${kind}.json`;
+    link.textContent = `download ${link.download}`;
+    link.hidden = false;
+  } catch (e) {
+    out.textContent = `the ${kind} export failed: ${errorText(e)}`;
+    out.dataset.state = 'error';
+  }
+}
+for (const kind of ['info', 'map', 'check']) $(`export-${kind}`).addEventListener('click', () => exportJson(kind));

@@ -4,7 +4,9 @@
 //! - on-disk types and their rules: [`fvd`] (header, bitmap, table, journal, validation,
 //!   record replay, the bytes of a new image) and [`qed`] (the same shape), [`units`];
 //! - rules every host shows: [`check`] (the consistency check and its repair plan, a
-//!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is);
+//!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is),
+//!   [`report`] (the JSON documents of info, map and check both hosts print), [`resize`]
+//!   and [`measure`] (which sizes an image may take, and what a new one needs);
 //! - the sans-IO [`engine`] that turns guest requests into I/O commands, [`chain`] (images
 //!   stacked on images) and [`blocking`] (a blocking loop for simple hosts).
 //!
@@ -27,5 +29,6 @@ pub mod info;
 pub mod measure;
 pub mod probe;
 pub mod qed;
+pub mod report;
 pub mod resize;
 pub mod units;

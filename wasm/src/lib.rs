@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod describe;
+pub mod export;
 pub mod session;
 
 pub use check::{Check, CheckRead};

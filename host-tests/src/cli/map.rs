@@ -1,19 +1,20 @@
 //! `fvd-img map`: where each run of the guest disk lives, from the engine's `Map`
 //! requests, following the base chain like `qemu-img map` follows a backing chain. Runs
 //! with the same properties and contiguous storage are merged. The JSON output has
-//! qemu-img's keys (one object per line, as qemu-img prints them) plus `kind`:
+//! qemu-img's keys (one object per line, as qemu-img prints them; written by core's
+//! `report::map`, as the browser inspector exports it) plus `kind`:
 //! `local` (in this image), `base` (still in a base image) or `zero` (reads as zeros,
 //! nothing stored, past the end of a shorter base included). Runs are printed as they are
 //! found, so memory does not grow with their number. A QED image's allocated
 //! clusters are `local` data and its zero clusters `zero`, as `qemu-img map` shows them.
 
-use super::disk::{context, Disk, DiskFormat, Extent, ExtentKind};
+use super::disk::{context, Disk, DiskFormat, Extent};
 use super::error::CliError;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::output::OutputFormat;
 use super::size::parse_size;
 use clap::Args;
-use serde_json::Value;
+use fvd_core::report::map::{write_end, write_entry};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -114,12 +115,14 @@ impl<'a> MapPrinter<'a> {
         if let Some(done) = self.pending.take() {
             self.write(&done)?;
         }
-        let tail = match (self.format, self.written) {
-            (OutputFormat::Json, 0) => "[]\n",
-            (OutputFormat::Json, _) => "]\n",
-            (OutputFormat::Human, 0) => HUMAN_HEADER,
-            (OutputFormat::Human, _) => "",
-        };
+        let mut tail = String::new();
+        match (self.format, self.written) {
+            (OutputFormat::Json, written) => {
+                let _ = write_end(&mut tail, written);
+            }
+            (OutputFormat::Human, 0) => tail.push_str(HUMAN_HEADER),
+            (OutputFormat::Human, _) => {}
+        }
         self.out
             .write_all(tail.as_bytes())
             .map_err(CliError::Output)
@@ -129,12 +132,8 @@ impl<'a> MapPrinter<'a> {
         let mut text = String::new();
         match self.format {
             OutputFormat::Json => {
-                text.push_str(if self.written == 0 { "[" } else { ",\n" });
-                let fields: Vec<String> = extent_fields(extent)
-                    .into_iter()
-                    .map(|(key, value)| format!("\"{key}\": {value}"))
-                    .collect();
-                text += &format!("{{ {}}}", fields.join(", "));
+                write_entry(&mut text, self.written == 0, &extent.entry())
+                    .map_err(|_| CliError::Invalid("the map could not be written".into()))?;
             }
             OutputFormat::Human => {
                 if self.written == 0 {
@@ -158,24 +157,6 @@ impl<'a> MapPrinter<'a> {
             .write_all(text.as_bytes())
             .map_err(CliError::Output)
     }
-}
-
-/// One extent's keys and values in qemu-img map's order, plus `kind`.
-pub fn extent_fields(extent: &Extent) -> Vec<(&'static str, Value)> {
-    let mut fields = vec![
-        ("start", Value::from(extent.start)),
-        ("length", extent.length.into()),
-        ("depth", extent.depth.into()),
-        ("present", (extent.kind != ExtentKind::Unallocated).into()),
-        ("zero", extent.zero.into()),
-        ("data", extent.data.into()),
-        ("compressed", false.into()),
-    ];
-    if let Some(offset) = extent.offset {
-        fields.push(("offset", offset.into()));
-    }
-    fields.push(("kind", extent.kind.name().into()));
-    fields
 }
 
 /// The title line of the table `qemu-img map` prints.
@@ -205,6 +186,7 @@ pub fn render(extents: &[Extent], format: OutputFormat) -> Result<String, CliErr
 mod tests {
     use super::*;
     use crate::cli::disk::ExtentKind;
+    use serde_json::Value;
 
     fn sample() -> Vec<Extent> {
         vec![

@@ -2,7 +2,7 @@
 //! part in `check` is this I/O loop. Reads past the end of a file fill zeros; a write,
 //! flush or truncation is done when the scanner asks (only a repair asks).
 
-use super::report::{self, Listed, MAX_LISTED};
+use super::report::Listed;
 use crate::cli::error::CliError;
 use fvd_core::check::{Checker, FileId, Finding, Repair, Report, Step};
 use std::fs::File;
@@ -139,15 +139,13 @@ pub enum Show<'a> {
     Silent,
 }
 
-/// The findings and leaks of a run, for JSON, and the first findings as values.
+/// The first findings and leaked runs of a run (for JSON), and how many were left out.
 #[derive(Default)]
 pub struct Lists {
-    /// Findings as JSON items.
-    pub findings: Listed,
-    /// Leaked runs as JSON items.
-    pub leaks: Listed,
-    /// The first [`MAX_LISTED`] findings.
-    pub first: Vec<Finding>,
+    /// Findings.
+    pub findings: Listed<Finding>,
+    /// Leaked runs, `[start, end)`.
+    pub leaks: Listed<(u64, u64)>,
 }
 
 /// Runs a check (no repair), showing what it finds as `show` says; `print` writes one
@@ -163,13 +161,8 @@ pub fn check<M: AsRef<[u8]> + AsMut<[u8]>>(
         Show::Print(out) => print(event, &mut **out).map_err(CliError::Output),
         Show::Collect => {
             match event {
-                Event::Finding(f) => {
-                    if lists.first.len() < MAX_LISTED {
-                        lists.first.push(f);
-                    }
-                    lists.findings.push(report::finding_item(&f));
-                }
-                Event::Leak(start, end) => lists.leaks.push(report::leak_item(start, end)),
+                Event::Finding(f) => lists.findings.push(f),
+                Event::Leak(start, end) => lists.leaks.push((start, end)),
                 Event::Repaired(_) => {}
             }
             Ok(())

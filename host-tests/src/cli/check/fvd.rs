@@ -10,11 +10,11 @@ use crate::cli::base::resolve;
 use crate::cli::error::CliError;
 use crate::cli::image::{chain_of, measure_data_file, name_path, open_fvd_as, FvdImage};
 use crate::cli::image_format::ImageFormat;
-use crate::cli::output::{write_json, OutputFormat};
+use crate::cli::output::OutputFormat;
 use crate::host::gate::{self, Access, OpenGate};
 use fvd_core::check::fvd::{plan, FvdCheck, FvdFiles, FvdRepairPlan, FvdSummary};
 use fvd_core::check::{Checker, Report};
-use serde_json::Value;
+use fvd_core::report::check::FvdFacts;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -138,21 +138,27 @@ fn summary(s: &FvdSummary, repaired: bool, out: &mut dyn Write) -> Result<(), Cl
 }
 
 /// The JSON report of the (last) check, with the repair's outcome when there was one.
-fn json(filename: &str, s: &FvdSummary, lists: Lists, outcome: Option<Outcome>) -> Value {
-    let fixed = outcome.as_ref().map(|o| o.counts);
-    let mut top = report::qemu_check_object(filename, ImageFormat::Fvd, &s.counts, fixed);
-    top.insert("journal-records".into(), s.journal_records.into());
-    top.insert("journal-sectors".into(), s.journal_sectors.into());
-    lists.findings.insert_into(&mut top, "findings");
-    lists.leaks.insert_into(&mut top, "leaked-chunks");
-    if let Some((in_image, in_base)) = s.bitmap {
-        top.insert("blocks-in-image".into(), in_image.into());
-        top.insert("blocks-in-base".into(), in_base.into());
-    }
-    if let Some(outcome) = outcome {
-        outcome.insert_into(&mut top);
-    }
-    Value::Object(top)
+fn json(
+    filename: &str,
+    s: &FvdSummary,
+    lists: &Lists,
+    outcome: Option<&Outcome>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let fvd = FvdFacts {
+        journal_records: s.journal_records,
+        journal_sectors: s.journal_sectors,
+        bitmap: s.bitmap,
+    };
+    report::json(
+        filename,
+        ImageFormat::Fvd,
+        s.counts,
+        Some(fvd),
+        lists,
+        outcome,
+        out,
+    )
 }
 
 /// Checks (and with `mode`, repairs) the FVD image at `path`.
@@ -183,7 +189,7 @@ pub fn run(
             return finish(out, status(&s.counts, false));
         }
         let (s, lists) = check(&opened, Show::Collect)?;
-        write_json(&mut out, &json(&filename, &s, lists, None))?;
+        json(&filename, &s, &lists, None, &mut out)?;
         return finish(out, status(&s.counts, false));
     };
     let (first, lists) = check(&opened, if human { Show::Silent } else { Show::Collect })?;
@@ -195,10 +201,8 @@ pub fn run(
             writeln!(out, "{refusal}").map_err(CliError::Output)?;
             summary(&first, false, &mut out)?;
         } else {
-            write_json(
-                &mut out,
-                &json(&filename, &first, lists, Some(Outcome::refused(refusal))),
-            )?;
+            let outcome = Outcome::refused(refusal);
+            json(&filename, &first, &lists, Some(&outcome), &mut out)?;
         }
         return finish(out, status(&first.counts, false));
     }
@@ -243,7 +247,7 @@ pub fn run(
         return finish(out, status(&last.counts, true));
     }
     let (last, lists) = check(&last_opened, Show::Collect)?;
-    write_json(&mut out, &json(&filename, &last, lists, Some(outcome)))?;
+    json(&filename, &last, &lists, Some(&outcome), &mut out)?;
     finish(out, status(&last.counts, true))
 }
 
@@ -278,7 +282,7 @@ fn repair(
         if let Event::Repaired(r) = event {
             let line = report::repair_line(&r, &o.storage.path);
             sink(&line)?;
-            outcome.lines.push(line.into());
+            outcome.lines.push(line);
         }
         Ok(())
     })?;

@@ -14,12 +14,11 @@ use super::report::{self, Outcome};
 use super::{RepairMode, EXIT_CORRUPT, EXIT_LEAKS};
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
-use crate::cli::output::{write_json, OutputFormat};
+use crate::cli::output::OutputFormat;
 use crate::cli::qed::{open_qed, open_qed_as, QedImage};
 use crate::host::lock::Usage;
 use fvd_core::check::qed::{memory_needed, plan, QedCheck, QedProblem, QedSummary};
 use fvd_core::check::{Checker, Finding, Report};
-use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 
@@ -68,7 +67,8 @@ pub struct QedAnalysis {
 pub fn analyze(image: &QedImage) -> Result<QedAnalysis, CliError> {
     let (summary, lists) = check(image, Show::Collect)?;
     let problems = lists
-        .first
+        .findings
+        .items
         .iter()
         .filter_map(|f| match f {
             Finding::Qed(p) => Some(*p),
@@ -117,15 +117,22 @@ fn summary(s: &QedSummary, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 /// The JSON report of the (last) check, with the repair's outcome when there was one.
-fn json(filename: &str, s: &QedSummary, lists: Lists, outcome: Option<Outcome>) -> Value {
-    let fixed = outcome.as_ref().map(|o| o.counts);
-    let mut top = report::qemu_check_object(filename, ImageFormat::Qed, &s.counts, fixed);
-    lists.findings.insert_into(&mut top, "findings");
-    lists.leaks.insert_into(&mut top, "leaked-clusters");
-    if let Some(outcome) = outcome {
-        outcome.insert_into(&mut top);
-    }
-    Value::Object(top)
+fn json(
+    filename: &str,
+    s: &QedSummary,
+    lists: &Lists,
+    outcome: Option<&Outcome>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    report::json(
+        filename,
+        ImageFormat::Qed,
+        s.counts,
+        None,
+        lists,
+        outcome,
+        out,
+    )
 }
 
 fn status(s: &QedSummary) -> u8 {
@@ -165,7 +172,7 @@ pub fn run(
             s
         } else {
             let (s, lists) = check(&image, Show::Collect)?;
-            write_json(&mut out, &json(&filename, &s, lists, None))?;
+            json(&filename, &s, &lists, None, &mut out)?;
             s
         };
         return super::finish(out, status(&last));
@@ -179,10 +186,8 @@ pub fn run(
             writeln!(out, "{refusal}").map_err(CliError::Output)?;
             summary(&first, &mut out)?;
         } else {
-            write_json(
-                &mut out,
-                &json(&filename, &first, lists, Some(Outcome::refused(refusal))),
-            )?;
+            let outcome = Outcome::refused(refusal);
+            json(&filename, &first, &lists, Some(&outcome), &mut out)?;
         }
         return super::finish(out, status(&first));
     }
@@ -203,7 +208,7 @@ pub fn run(
             if human {
                 writeln!(out, "{line}").map_err(CliError::Output)?;
             }
-            outcome.lines.push(line.into());
+            outcome.lines.push(line);
         }
         Ok(())
     })?;
@@ -214,7 +219,7 @@ pub fn run(
     let image = open_qed(path)?;
     if !human {
         let (last, lists) = check(&image, Show::Collect)?;
-        write_json(&mut out, &json(&filename, &last, lists, Some(outcome)))?;
+        json(&filename, &last, &lists, Some(&outcome), &mut out)?;
         return super::finish(out, status(&last));
     }
     if outcome.lines.count() > 0 {

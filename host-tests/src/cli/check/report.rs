@@ -1,31 +1,39 @@
 //! How `check` prints what the core scanner reports: text laid out like qemu-img
 //! check's, each finding written as it comes, and JSON with qemu-img's keys (counts) plus
-//! this tool's own (bounded lists of findings, leaks and repair lines).
+//! this tool's own (bounded lists of findings, leaks and repair lines), written by core's
+//! `report::check` (the document the browser inspector exports too).
 
+use super::drive::Lists;
 use crate::cli::error::CliError;
 use crate::cli::image_format::ImageFormat;
 use fvd_core::check::{CheckCounts, FixAction, Repair, RepairCounts, RepairRefusal};
-use serde_json::{Map, Value};
+pub use fvd_core::report::check::MAX_LISTED;
+use fvd_core::report::check::{write_check, CheckFacts, FvdFacts, RepairFacts};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 
-/// Findings, leaked runs and repair lines listed in JSON at most (counts are always
-/// complete).
-pub const MAX_LISTED: usize = 1000;
-
-/// A JSON list of at most [`MAX_LISTED`] items and the count of those left out.
-#[derive(Clone, Debug, Default)]
-pub struct Listed {
+/// A list of at most [`MAX_LISTED`] items and the count of those left out.
+#[derive(Clone, Debug)]
+pub struct Listed<T> {
     /// The items kept.
-    pub items: Vec<Value>,
+    pub items: Vec<T>,
     /// Items left out.
     pub omitted: u64,
 }
 
-impl Listed {
+impl<T> Default for Listed<T> {
+    fn default() -> Self {
+        Listed {
+            items: Vec::new(),
+            omitted: 0,
+        }
+    }
+}
+
+impl<T> Listed<T> {
     /// Keeps `item` while there is room, counts it otherwise.
-    pub fn push(&mut self, item: Value) {
+    pub fn push(&mut self, item: T) {
         if self.items.len() < MAX_LISTED {
             self.items.push(item);
         } else {
@@ -37,44 +45,63 @@ impl Listed {
     pub fn count(&self) -> u64 {
         self.items.len() as u64 + self.omitted
     }
-
-    /// Puts the list under `key` in `top`, and the count left out under `key-omitted`
-    /// when there is one.
-    pub fn insert_into(self, top: &mut Map<String, Value>, key: &str) {
-        top.insert(key.into(), Value::Array(self.items));
-        if self.omitted > 0 {
-            top.insert(format!("{key}-omitted"), self.omitted.into());
-        }
-    }
 }
 
 /// What a repair did.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     /// Its lines, in order (every line also went out as it was made).
-    pub lines: Listed,
+    pub lines: Listed<String>,
     /// Corruptions repaired and leaks released.
     pub counts: RepairCounts,
     /// Why nothing was repaired, when that was refused.
-    pub refused: Option<String>,
+    pub refused: Option<RepairRefusal>,
 }
 
 impl Outcome {
     /// An outcome that refused to repair, and why.
     pub fn refused(why: RepairRefusal) -> Self {
         Outcome {
-            refused: Some(why.to_string()),
+            refused: Some(why),
             ..Outcome::default()
         }
     }
+}
 
-    /// Puts the repair's counts-independent keys into a JSON report.
-    pub fn insert_into(self, top: &mut Map<String, Value>) {
-        self.lines.insert_into(top, "repairs");
-        if let Some(refused) = self.refused {
-            top.insert("repair-refused".into(), refused.into());
-        }
-    }
+/// The JSON report (core's `report::check` document) of a check whose scanner counted
+/// `counts`, found `lists` and (FVD) `fvd`, after the repair `outcome` if there was one.
+pub fn json(
+    filename: &str,
+    format: ImageFormat,
+    counts: CheckCounts,
+    fvd: Option<FvdFacts>,
+    lists: &Lists,
+    outcome: Option<&Outcome>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let lines: Vec<&str> = outcome
+        .map(|o| o.lines.items.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let facts = CheckFacts {
+        filename,
+        format: format.name(),
+        counts,
+        fvd,
+        findings: &lists.findings.items,
+        findings_omitted: lists.findings.omitted,
+        leaks: &lists.leaks.items,
+        leaks_omitted: lists.leaks.omitted,
+        repair: outcome.map(|o| RepairFacts {
+            counts: o.counts,
+            lines: &lines,
+            lines_omitted: o.lines.omitted,
+            refused: o.refused.as_ref().map(|r| r as &dyn std::fmt::Display),
+        }),
+    };
+    let mut text = String::new();
+    write_check(&mut text, &facts)
+        .map_err(|_| CliError::Invalid("the report could not be written".into()))?;
+    out.write_all(text.as_bytes()).map_err(CliError::Output)
 }
 
 /// The line a repair step is reported by; `storage` names the file released storage
@@ -187,38 +214,4 @@ pub fn repairs_summary(counts: RepairCounts, out: &mut dyn Write) -> Result<(), 
     }
     text.push_str("Double checking the fixed image now...\n");
     out.write_all(text.as_bytes()).map_err(CliError::Output)
-}
-
-/// The JSON object `qemu-img check --output json` starts with, for `format`.
-pub fn qemu_check_object(
-    filename: &str,
-    format: ImageFormat,
-    c: &CheckCounts,
-    fixed: Option<RepairCounts>,
-) -> Map<String, Value> {
-    let fixed = fixed.unwrap_or_default();
-    let mut top = Map::new();
-    top.insert("filename".into(), filename.into());
-    top.insert("format".into(), format.name().into());
-    top.insert("check-errors".into(), 0.into());
-    top.insert("image-end-offset".into(), c.image_end_offset.into());
-    top.insert("total-clusters".into(), c.total_clusters.into());
-    top.insert("allocated-clusters".into(), c.allocated_clusters.into());
-    top.insert("fragmented-clusters".into(), c.fragmented_clusters.into());
-    top.insert("corruptions".into(), c.corruptions.into());
-    top.insert("leaks".into(), c.leaks.into());
-    top.insert("corruptions-fixed".into(), fixed.corruptions_fixed.into());
-    top.insert("leaks-fixed".into(), fixed.leaks_fixed.into());
-    top.insert("dirty".into(), c.dirty.into());
-    top
-}
-
-/// A finding as a JSON list item.
-pub fn finding_item(finding: &fvd_core::check::Finding) -> Value {
-    serde_json::json!({"kind": finding.kind(), "message": finding.to_string()})
-}
-
-/// A leaked run as a JSON list item.
-pub fn leak_item(start: u64, end: u64) -> Value {
-    serde_json::json!({"start": start, "count": end - start})
 }

@@ -6,37 +6,15 @@ use super::{driver_error, host_error, Backend, BaseLink, Disk, DiskFormat, SECTO
 use crate::cli::error::CliError;
 use crate::host::gate::OpenGate;
 use fvd_core::engine::Mapping;
+use fvd_core::report::map::MapEntry;
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
-/// What holds a run of guest bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExtentKind {
-    /// Stored in this image (its data storage, or the raw file).
-    Local,
-    /// Not in this image: served by the base image (any depth).
-    Base,
-    /// Reads as zeros without being stored anywhere (a zero cluster, a hole in a raw
-    /// file, or past the end of a base).
-    Zero,
-    /// Reads as zeros because nothing was ever stored and no base lies below (an
-    /// unallocated chunk or cluster): what `qemu-img map` reports as not present.
-    Unallocated,
-}
-
-impl ExtentKind {
-    /// The name `map --output json` uses.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ExtentKind::Local => "local",
-            ExtentKind::Base => "base",
-            ExtentKind::Zero => "zero",
-            ExtentKind::Unallocated => "unallocated",
-        }
-    }
-}
+/// What holds a run of guest bytes (core's map kinds, named as `map --output json`
+/// names them).
+pub use fvd_core::report::map::MapKind as ExtentKind;
 
 /// A run of guest bytes with one kind of storage, like one entry of `qemu-img map`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,20 +44,23 @@ impl Extent {
         self.start + self.length
     }
 
-    /// True when `next` directly follows this run and has the same properties, with
-    /// contiguous storage offsets.
+    /// The run as core's map document has it (everything but the file).
+    pub fn entry(&self) -> MapEntry {
+        MapEntry {
+            start: self.start,
+            length: self.length,
+            kind: self.kind,
+            depth: self.depth,
+            zero: self.zero,
+            data: self.data,
+            offset: self.offset,
+        }
+    }
+
+    /// True when `next` directly follows this run in the same file and core's map rule
+    /// ([`MapEntry::joins`]) merges them.
     pub fn joins(&self, next: &Extent) -> bool {
-        self.end() == next.start
-            && self.kind == next.kind
-            && self.depth == next.depth
-            && self.zero == next.zero
-            && self.data == next.data
-            && self.file == next.file
-            && match (self.offset, next.offset) {
-                (None, None) => true,
-                (Some(a), Some(b)) => a + self.length == b,
-                _ => false,
-            }
+        self.file == next.file && self.entry().joins(&next.entry())
     }
 
     fn zeros(start: u64, length: u64, depth: u32) -> Self {
