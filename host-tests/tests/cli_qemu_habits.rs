@@ -644,19 +644,20 @@ fn a_base_without_a_format_is_probed_only_among_our_formats_and_said_so() {
     let dir = scratch();
     let d = dir.path();
     std::fs::write(d.join("b.raw"), vec![0u8; 1 << 20]).unwrap();
-    // qemu-img refuses; fvd-img probes among raw, fvd and qed and warns.
+    // qemu-img refuses; fvd-img probes among raw, fvd and qed and names the result.
     assert_eq!(
         qemu_img(d, &["create", "-f", "qcow2", "-b", "b.raw", "q.qcow2"]).code,
         1
     );
-    let run = common::fvd_img(d, &["create", "-b", "b.raw", "t.fvd"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_contains(&run.stderr, "warning: no backing format given (-F)");
+    let run = ok(d, &["create", "-b", "b.raw", "t.fvd"]);
     assert_contains(&run.stdout, "backing_fmt=raw");
-    // -F, or -o backing_fmt, says it: no warning.
-    let run = common::fvd_img(
-        d,
-        &["create", "-b", "b.raw", "-o", "backing_fmt=raw", "u.fvd"],
+    assert_eq!(info_json(d, "t.fvd")["backing-filename-format"], "raw");
+    let help = ok(d, &["create", "--help"]);
+    assert_contains(&help.stdout, "probed among these three");
+    // A base of another format is not probed as raw.
+    assert_eq!(
+        qemu_img(d, &["create", "-q", "-f", "qcow2", "q.qcow2", "1M"]).code,
+        0
     );
-    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+    assert_contains(&fails(d, &["create", "-b", "q.qcow2", "u.fvd"]), "qcow2");
 }

@@ -100,7 +100,7 @@ impl Command {
     /// on after a failure (`io`), the failure lines to `err`.
     pub fn run(&self, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
         match self {
-            Command::Create(args) => create::run(args, out, err),
+            Command::Create(args) => create::run(args, out),
             Command::Info(args) => info::run(args, out),
             Command::Io(args) => io::run(args, out, err),
             Command::Convert(args) => convert::run(args, out),
