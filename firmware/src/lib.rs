@@ -8,10 +8,14 @@
 
 pub mod check;
 pub mod driver;
+#[cfg(feature = "qemu")]
+pub mod hostfile;
 pub mod medium;
 pub mod ram;
 pub mod selftest;
 
 pub use check::{check, CheckFailure, CheckOutcome};
-pub use driver::{create, DriverError, Geometry, Layout, OverlayDisk};
+pub use driver::{
+    create, create_over, BaseFormat, BaseSpecOf, DriverError, Geometry, Layout, OverlayDisk,
+};
 pub use medium::{Extent, Medium, Partition};

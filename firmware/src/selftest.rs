@@ -5,8 +5,8 @@
 //! Each case reports a name and a result; the caller prints them and the tally.
 
 use crate::check::check;
-use crate::driver::{Geometry, Layout, OverlayDisk};
-use crate::medium::Medium;
+use crate::driver::{BaseFormat, BaseSpecOf, Geometry, Layout, OverlayDisk};
+use crate::medium::{Extent, Medium, Partition};
 use crate::ram::{CutAfter, RamError, RamMedium};
 use embedded_sdmmc::{
     Block, BlockCount, BlockDevice, BlockIdx, Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager,
@@ -48,6 +48,16 @@ pub struct Tally {
     pub passed: u32,
     /// Cases that failed.
     pub failed: u32,
+}
+
+impl Tally {
+    /// Counts one case.
+    pub fn note(&mut self, passed: bool) {
+        match passed {
+            true => self.passed += 1,
+            false => self.failed += 1,
+        }
+    }
 }
 
 struct Clock;
@@ -334,4 +344,55 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
         note("factory_reset_restores_the_base", r, &mut tally);
         tally
     }
+}
+
+/// A file written through a new overlay in `overlay` of `medium` over the raw base
+/// `base_extent` of another medium `base` (a factory image kept as its own file): written,
+/// flushed and closed, then read back through a second open. What stays on `medium` is an
+/// FVD image whose header names the base `base.img`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_through_overlay_over<D: Medium, B: Medium>(
+    medium: &D,
+    overlay: Extent,
+    base: &B,
+    base_extent: Extent,
+    memory: &mut [u8],
+    cache_bytes: usize,
+    name: &str,
+    content: &[u8],
+) -> Result<(), Failure> {
+    let spec = BaseSpecOf {
+        len: base_extent.len(),
+        format: BaseFormat::Raw,
+    };
+    let byte = |i: usize| content.get(i).copied().unwrap_or(0);
+    {
+        let disk = OverlayDisk::open_or_create_over(
+            medium,
+            overlay,
+            Partition::new(base, base_extent),
+            spec,
+            Geometry::default(),
+            &mut *memory,
+            cache_bytes,
+        )
+        .map_err(|_| "overlay create failed")?;
+        write_file(&disk, name, byte, content.len())?;
+        disk.flush().map_err(|_| "flush failed")?;
+        if !disk.close().map_err(|_| "close failed")? {
+            return Err("the overlay was not marked clean");
+        }
+    }
+    let disk = OverlayDisk::open_over(
+        medium,
+        overlay,
+        Partition::new(base, base_extent),
+        spec,
+        memory,
+        cache_bytes,
+    )
+    .map_err(|_| "overlay reopen failed")?;
+    file_is(&disk, name, byte, content.len())?;
+    disk.close().map_err(|_| "close failed")?;
+    Ok(())
 }
