@@ -10,13 +10,13 @@ elf="$(realpath "$1")"
 shift
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p target/firmware
-args=()
-for arg in "$@"; do args+=(-semihosting-config "arg=${arg//,/,,}"); done
+semihosting=enable=on,target=native
+for arg in "$(basename "$elf")" "$@"; do semihosting+=",arg=${arg//,/,,}"; done
 for tool in qemu-system-arm defmt-print; do
   command -v "$tool" >/dev/null || { echo "qemu-run: $tool is missing (see .ci/run)" >&2; exit 127; }
 done
 qemu=(timeout --foreground "${QEMU_TIMEOUT:-120}" qemu-system-arm -machine mps2-an386 -nographic
-      -monitor none -serial none -semihosting-config enable=on,target=native "${args[@]}" -kernel "$elf")
+      -monitor none -serial none -semihosting-config "$semihosting" -kernel "$elf")
 "${qemu[@]}" | defmt-print -e "$elf" stdin
 status=${PIPESTATUS[0]}
 [ "$status" -eq 124 ] && echo "qemu-run: TIMEOUT after ${QEMU_TIMEOUT:-120} s" >&2

@@ -10,6 +10,7 @@ pub mod check;
 pub mod driver;
 #[cfg(feature = "qemu")]
 pub mod hostfile;
+pub mod logger;
 pub mod medium;
 pub mod ram;
 pub mod selftest;

@@ -60,7 +60,8 @@ impl Tally {
     }
 }
 
-struct Clock;
+/// A fixed clock for FAT timestamps (the firmware has no real-time clock).
+pub struct Clock;
 
 impl TimeSource for Clock {
     fn get_timestamp(&self) -> Timestamp {
@@ -75,8 +76,8 @@ impl TimeSource for Clock {
     }
 }
 
-/// A borrowed block device (VolumeManager owns its device; the test keeps the driver).
-struct ByRef<'a, D>(&'a D);
+/// A borrowed block device (VolumeManager owns its device; the caller keeps the driver).
+pub struct ByRef<'a, D>(pub &'a D);
 
 impl<D: BlockDevice> BlockDevice for ByRef<'_, D> {
     type Error = D::Error;
