@@ -14,6 +14,7 @@ pub mod logger;
 pub mod medium;
 pub mod ram;
 pub mod selftest;
+pub mod workload;
 
 pub use check::{check, CheckFailure, CheckOutcome};
 pub use driver::{

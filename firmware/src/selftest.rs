@@ -1,13 +1,15 @@
 //! The self-test both the host tests and the QEMU firmware run: a FAT volume (the factory
 //! image, read-only at the start of a [`RamMedium`]) mounted through the overlay with
 //! `embedded-sdmmc`'s `VolumeManager`; files read, written, overwritten, flushed and
-//! remounted; power cuts at every medium command of a small FAT workload; factory reset.
+//! remounted; power cuts at every medium command of a small FAT workload and at seeded
+//! random points of a long one ([`crate::workload`]); factory reset.
 //! Each case reports a name and a result; the caller prints them and the tally.
 
 use crate::check::check;
 use crate::driver::{BaseFormat, BaseSpecOf, Geometry, Layout, OverlayDisk};
 use crate::medium::{Extent, Medium, Partition};
 use crate::ram::{CutAfter, RamError, RamMedium};
+use crate::workload::{self, Rng, FILES, GENERATIONS};
 use embedded_sdmmc::{
     Block, BlockCount, BlockDevice, BlockIdx, Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager,
 };
@@ -288,6 +290,64 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
         }
     }
 
+    /// The long workload cut at `rounds` random command counts drawn from `rng` (each cut
+    /// keeping or dropping every unflushed block at random): the core check finds no
+    /// corruption, every file holds its last flushed generation, and the file in flight
+    /// holds, block by block, the old generation or the new one.
+    fn cut_at_random_points_of_a_long_workload(
+        &mut self,
+        rng: &mut Rng,
+        rounds: u32,
+    ) -> Result<(), Failure> {
+        let medium = self.medium;
+        let mut total = None;
+        for _ in 0..=rounds {
+            self.reset()?;
+            {
+                let disk = self.open(medium)?;
+                for file in 0..FILES.len() {
+                    workload::write_generation(&disk, file, 0)?;
+                }
+                disk.flush().map_err(|_| "flush failed")?;
+            }
+            medium.flush().map_err(|_| "flush failed")?;
+            // Round 0 measures the workload (no cut); the others cut it at random.
+            let budget = match total {
+                None => u64::MAX,
+                Some(total) => rng.below(total),
+            };
+            let dying = CutAfter::new(medium, budget);
+            let mut durable = [0u32; FILES.len()];
+            let mut in_flight = None;
+            let finished = (|| -> Result<(), ()> {
+                let disk = self.open(&dying).map_err(|_| ())?;
+                for generation in 1..=GENERATIONS {
+                    for (file, done) in durable.iter_mut().enumerate() {
+                        in_flight = Some(file);
+                        workload::write_generation(&disk, file, generation).map_err(|_| ())?;
+                        disk.flush().map_err(|_| ())?;
+                        *done = generation;
+                        in_flight = None;
+                    }
+                }
+                Ok(())
+            })()
+            .is_ok();
+            if total.is_none() {
+                if !finished {
+                    return Err("the long workload failed without a cut");
+                }
+                total = Some(u64::MAX - dying.left());
+                continue;
+            }
+            medium.power_cut(rng.next_u64()).map_err(|_| "cut failed")?;
+            self.check_clean()?;
+            let disk = self.open(medium)?;
+            workload::verify(&disk, &durable, in_flight)?;
+        }
+        Ok(())
+    }
+
     /// After writes and a reset, every block of the virtual disk is the base's.
     fn factory_reset_restores_the_base(&mut self) -> Result<(), Failure> {
         let medium = self.medium;
@@ -315,8 +375,13 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
         Ok(())
     }
 
-    /// Runs every case, calling `report(name, result)` for each; returns the tally.
-    pub fn run(&mut self, mut report: impl FnMut(&'static str, Result<(), Failure>)) -> Tally {
+    /// Runs every case, calling `report(name, result)` for each; returns the tally. `seed`
+    /// picks the random cut points (the caller prints it, so a failure replays).
+    pub fn run(
+        &mut self,
+        seed: u64,
+        mut report: impl FnMut(&'static str, Result<(), Failure>),
+    ) -> Tally {
         let mut tally = Tally::default();
         let mut note = |name, result: Result<(), Failure>, tally: &mut Tally| {
             match result {
@@ -338,6 +403,12 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
         });
         note(
             "power_cut_at_every_command_of_a_fat_workload",
+            r,
+            &mut tally,
+        );
+        let r = self.cut_at_random_points_of_a_long_workload(&mut Rng::new(seed), 12);
+        note(
+            "power_cuts_at_random_points_of_a_long_workload",
             r,
             &mut tally,
         );

@@ -60,8 +60,31 @@ fn host_file_overlay_beside_its_base(engine: &mut [u8]) -> Result<(), Failure> {
     )
 }
 
+/// The seed of the random cut points: the first command-line argument (`cargo run ...
+/// -- SEED` replays a run), else the host's clock.
+fn seed() -> u64 {
+    let args = semihosting::experimental::env::args::<64>();
+    let given = args.ok().and_then(|args| {
+        (&args)
+            .into_iter()
+            .nth(1)
+            .and_then(|a| a.ok().and_then(|a| a.parse::<u64>().ok()))
+    });
+    given.unwrap_or_else(|| {
+        let now = semihosting::experimental::time::SystemTime::now();
+        let since = now.duration_since(semihosting::experimental::time::SystemTime::UNIX_EPOCH);
+        since.map_or(0x5eed, |d| d.as_secs())
+    })
+}
+
 #[cortex_m_rt::entry]
 fn main() -> ! {
+    let seed = seed();
+    defmt::println!(
+        "selftest: seed {=u64} (cargo run ... -- {=u64} replays it)",
+        seed,
+        seed
+    );
     let tally = interrupt::free(|cs| {
         let mut overlay = OVERLAY.borrow(cs).borrow_mut();
         let mut engine = ENGINE.borrow(cs).borrow_mut();
@@ -91,7 +114,7 @@ fn main() -> ! {
             Ok(()) => defmt::println!("{=str}: ok", name),
             Err(why) => defmt::println!("{=str}: FAILED: {=str}", name, why),
         };
-        let mut tally = bench.run(report);
+        let mut tally = bench.run(seed, report);
         let name = "host_file_overlay_beside_its_base";
         let result = host_file_overlay_beside_its_base(&mut engine[..]);
         tally.note(result.is_ok());
