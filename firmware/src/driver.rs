@@ -16,6 +16,7 @@ use fvd_core::engine::Stats;
 use fvd_core::fvd::create::{
     initial_bytes_at, metadata_len, plan, BaseSpec, CreateOptions, GeometryError,
 };
+use fvd_core::fvd::RawHeader;
 
 /// Name of the base recorded in the overlay's header (a host reading the overlay as a
 /// file finds the base beside it under this name).
@@ -167,10 +168,6 @@ pub fn create_over<D: Medium>(
     base: BaseSpecOf,
     geometry: Geometry,
 ) -> Result<(), DriverError> {
-    let blocks = medium.num_blocks().map_err(|_| DriverError::Medium)?.0;
-    if overlay.is_empty() || overlay.end().is_none_or(|end| end > blocks) {
-        return Err(DriverError::BadLayout);
-    }
     let options = CreateOptions {
         virtual_size: base.len,
         base: Some(BaseSpec {
@@ -183,29 +180,46 @@ pub fn create_over<D: Medium>(
         ..CreateOptions::default()
     };
     let header = plan(&options).map_err(DriverError::Geometry)?;
-    let metadata = metadata_len(&header);
     let need = header
         .data_offset
         .get()
         .checked_add(base.len)
-        .ok_or(DriverError::BadLayout)?
-        .max(metadata);
-    let have = overlay.len();
-    if need > have {
-        return Err(DriverError::OverlayTooSmall { need, have });
+        .ok_or(DriverError::BadLayout)?;
+    write_new_image(medium, overlay, &header, need)
+}
+
+/// Writes a new image planned as `header` into `extent` of `medium`, which must hold
+/// `need` bytes: the header block zeroed first and written last, each step flushed.
+pub(crate) fn write_new_image<D: Medium>(
+    medium: &D,
+    extent: Extent,
+    header: &RawHeader,
+    need: u64,
+) -> Result<(), DriverError> {
+    let blocks = medium.num_blocks().map_err(|_| DriverError::Medium)?.0;
+    if extent.is_empty() || extent.end().is_none_or(|end| end > blocks) {
+        return Err(DriverError::BadLayout);
     }
-    let mut image = Partition::new(medium, overlay);
+    let metadata = metadata_len(header);
+    let have = extent.len();
+    if need.max(metadata) > have {
+        return Err(DriverError::OverlayTooSmall {
+            need: need.max(metadata),
+            have,
+        });
+    }
+    let mut image = Partition::new(medium, extent);
     let mut bytes = [0u8; Block::LEN];
     write_block(&mut image, 0, &bytes)?;
     image.flush().map_err(|_| DriverError::Medium)?;
     let mut offset = BLOCK;
     while offset < metadata {
-        initial_bytes_at(&header, offset, &mut bytes);
+        initial_bytes_at(header, offset, &mut bytes);
         write_block(&mut image, offset, &bytes)?;
         offset += BLOCK;
     }
     image.flush().map_err(|_| DriverError::Medium)?;
-    initial_bytes_at(&header, 0, &mut bytes);
+    initial_bytes_at(header, 0, &mut bytes);
     write_block(&mut image, 0, &bytes)?;
     image.flush().map_err(|_| DriverError::Medium)
 }

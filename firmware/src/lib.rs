@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod driver;
+pub mod factory;
 #[cfg(feature = "qemu")]
 pub mod hostfile;
 pub mod logger;

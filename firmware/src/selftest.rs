@@ -6,7 +6,8 @@
 //! Each case reports a name and a result; the caller prints them and the tally.
 
 use crate::check::check;
-use crate::driver::{BaseFormat, BaseSpecOf, Geometry, Layout, OverlayDisk};
+use crate::driver::{create_over, BaseFormat, BaseSpecOf, Geometry, Layout, OverlayDisk};
+use crate::factory::{create_factory, open_factory};
 use crate::medium::{Extent, Medium, Partition};
 use crate::ram::{CutAfter, RamError, RamMedium};
 use crate::workload::{self, Rng, FILES, GENERATIONS};
@@ -348,6 +349,109 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
         Ok(())
     }
 
+    /// The factory image as an FVD image: the raw FAT copied into a compact FVD image in
+    /// the first `FACTORY_BLOCKS` of the writable blocks, an overlay after it whose base
+    /// is that image (opened read-only by a second engine). The base file reads through
+    /// both layers, a new file survives a close and reopen, core's check finds both images
+    /// clean, and a factory reset brings back the raw FAT block for block.
+    fn factory_image_as_fvd_under_the_overlay(&mut self) -> Result<(), Failure> {
+        const FACTORY_BLOCKS: u32 = 512;
+        let medium = self.medium;
+        let known = self.known;
+        let raw = self.layout.base;
+        let factory = Extent {
+            first: self.layout.overlay.first,
+            blocks: FACTORY_BLOCKS,
+        };
+        let overlay = Extent {
+            first: factory.end().ok_or("layout")?,
+            blocks: self
+                .layout
+                .overlay
+                .blocks
+                .checked_sub(FACTORY_BLOCKS)
+                .ok_or("layout")?,
+        };
+        let spec = BaseSpecOf {
+            len: raw.len(),
+            format: BaseFormat::Fvd,
+        };
+        let geometry = Geometry::default();
+        create_factory(medium, factory, raw.len(), geometry)
+            .map_err(|_| "factory create failed")?;
+        {
+            let mut image = open_factory(medium, factory, self.check_memory, 8 << 10, true)
+                .map_err(|_| "factory open failed")?;
+            let mut block = [Block::new()];
+            for index in 0..raw.blocks {
+                medium
+                    .read(&mut block, BlockIdx(raw.first + index))
+                    .map_err(|_: RamError| "raw read failed")?;
+                if block[0].contents.iter().any(|b| *b != 0) {
+                    image
+                        .write(u64::from(index) * 512, &block[0].contents)
+                        .map_err(|_| "factory fill failed (partition too small?)")?;
+                }
+            }
+            if !image.close().map_err(|_| "factory close failed")?.3 {
+                return Err("the factory image was not closed clean");
+            }
+        }
+        create_over(medium, overlay, spec, geometry).map_err(|_| "overlay create failed")?;
+        let hello = |i: usize| known.content.get(i).copied().unwrap_or(0);
+        for round in 0..2 {
+            let base = open_factory(medium, factory, self.check_memory, 8 << 10, false)
+                .map_err(|_| "factory open failed")?;
+            let disk =
+                OverlayDisk::open_over(medium, overlay, base, spec, self.memory, self.cache_bytes)
+                    .map_err(|_| "overlay open failed")?;
+            file_is(&disk, known.name, hello, known.content.len())?;
+            if round == 0 {
+                write_file(&disk, NEW_NAME, new_byte, NEW_LEN)?;
+                disk.flush().map_err(|_| "flush failed")?;
+                disk.close().map_err(|_| "close failed")?;
+            } else {
+                file_is(&disk, NEW_NAME, new_byte, NEW_LEN)?;
+                disk.factory_reset(geometry)
+                    .map_err(|_| "factory reset failed")?;
+            }
+        }
+        for extent in [factory, overlay] {
+            let outcome = check(
+                medium,
+                Layout {
+                    base: raw,
+                    overlay: extent,
+                },
+                self.check_memory,
+            )
+            .map_err(|_| "check failed")?;
+            if !outcome.is_clean() {
+                return Err("core check of the factory image or its overlay is not clean");
+            }
+        }
+        {
+            let base = open_factory(medium, factory, self.check_memory, 8 << 10, false)
+                .map_err(|_| "factory open failed")?;
+            let disk =
+                OverlayDisk::open_over(medium, overlay, base, spec, self.memory, self.cache_bytes)
+                    .map_err(|_| "overlay open failed")?;
+            let (mut seen, mut want) = ([Block::new()], [Block::new()]);
+            for index in 0..raw.blocks {
+                disk.read(&mut seen, BlockIdx(index))
+                    .map_err(|_| "read failed")?;
+                medium
+                    .read(&mut want, BlockIdx(raw.first + index))
+                    .map_err(|_: RamError| "raw read failed")?;
+                if seen[0].contents != want[0].contents {
+                    return Err("after reset a block differs from the factory FAT");
+                }
+            }
+        }
+        // The next case starts from the usual overlay again.
+        self.reset()
+    }
+
     /// After writes and a reset, every block of the virtual disk is the base's.
     fn factory_reset_restores_the_base(&mut self) -> Result<(), Failure> {
         let medium = self.medium;
@@ -412,6 +516,8 @@ impl<const CACHE: usize> Bench<'_, '_, CACHE> {
             r,
             &mut tally,
         );
+        let r = self.factory_image_as_fvd_under_the_overlay();
+        note("factory_image_as_fvd_under_the_overlay", r, &mut tally);
         let r = self.factory_reset_restores_the_base();
         note("factory_reset_restores_the_base", r, &mut tally);
         tally

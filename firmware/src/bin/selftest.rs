@@ -22,8 +22,9 @@ use fvd_firmware::Layout;
 /// The factory image, in flash.
 static BASE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/base.img"));
 const BASE_BLOCKS: usize = BASE.len() / 512;
-/// The overlay partition: the base's size plus room for the FVD metadata.
-const OVERLAY_BLOCKS: usize = BASE_BLOCKS + 512;
+/// The writable blocks: the base's size plus room for the FVD metadata and, in the case
+/// that keeps the factory image as FVD, for that image (its metadata and used chunks).
+const OVERLAY_BLOCKS: usize = BASE_BLOCKS + 1024;
 
 static OVERLAY: Mutex<RefCell<[u8; OVERLAY_BLOCKS * 512]>> =
     Mutex::new(RefCell::new([0; OVERLAY_BLOCKS * 512]));
