@@ -9,6 +9,7 @@
 pub mod check;
 pub mod driver;
 pub mod factory;
+pub mod footprint;
 #[cfg(feature = "qemu")]
 pub mod hostfile;
 pub mod logger;
