@@ -25,6 +25,10 @@ pub const BASE_NAME: &[u8] = b"base.img";
 /// Metadata cache pages of the engine.
 pub const PAGES: usize = 16;
 
+/// Most blocks one engine request moves: a multi-block read or write goes through a
+/// bounce buffer of this many blocks (4 KiB of stack) in runs.
+pub const RUN_BLOCKS: usize = 8;
+
 /// Where the base and the overlay live on the medium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -384,20 +388,45 @@ where
 {
     type Error = DriverError;
 
+    /// One engine request per run of up to [`RUN_BLOCKS`] blocks (through a bounce
+    /// buffer: the blocks are not one byte slice); a single block goes straight through.
     fn read(&self, blocks: &mut [Block], start: BlockIdx) -> Result<(), DriverError> {
-        let offset = self.span(blocks.len(), start)?;
+        let mut offset = self.span(blocks.len(), start)?;
         let mut disk = self.disk.try_borrow_mut().map_err(|_| DriverError::Busy)?;
-        for (at, block) in (0u64..).zip(blocks.iter_mut()) {
-            disk.read(offset + at * BLOCK, &mut block.contents)?;
+        if let [block] = blocks {
+            return Ok(disk.read(offset, &mut block.contents)?);
+        }
+        let mut bounce = [0u8; RUN_BLOCKS * Block::LEN];
+        for run in blocks.chunks_mut(RUN_BLOCKS) {
+            let bytes = bounce
+                .get_mut(..run.len() * Block::LEN)
+                .ok_or(DriverError::OutOfRange)?;
+            disk.read(offset, bytes)?;
+            for (block, from) in run.iter_mut().zip(bytes.chunks_exact(Block::LEN)) {
+                block.contents.copy_from_slice(from);
+            }
+            offset += bytes.len() as u64;
         }
         Ok(())
     }
 
+    /// Like `read`: one engine request per run of up to [`RUN_BLOCKS`] blocks.
     fn write(&self, blocks: &[Block], start: BlockIdx) -> Result<(), DriverError> {
-        let offset = self.span(blocks.len(), start)?;
+        let mut offset = self.span(blocks.len(), start)?;
         let mut disk = self.disk.try_borrow_mut().map_err(|_| DriverError::Busy)?;
-        for (at, block) in (0u64..).zip(blocks.iter()) {
-            disk.write(offset + at * BLOCK, &block.contents)?;
+        if let [block] = blocks {
+            return Ok(disk.write(offset, &block.contents)?);
+        }
+        let mut bounce = [0u8; RUN_BLOCKS * Block::LEN];
+        for run in blocks.chunks(RUN_BLOCKS) {
+            let bytes = bounce
+                .get_mut(..run.len() * Block::LEN)
+                .ok_or(DriverError::OutOfRange)?;
+            for (block, to) in run.iter().zip(bytes.chunks_exact_mut(Block::LEN)) {
+                to.copy_from_slice(&block.contents);
+            }
+            disk.write(offset, bytes)?;
+            offset += bytes.len() as u64;
         }
         Ok(())
     }
