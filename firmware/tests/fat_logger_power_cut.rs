@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KILLS: usize = 20;
+const KILLS: usize = 25;
 const BASE_BYTES: u64 = 2560 << 10;
 
 /// xorshift64*: the kill moments, reproducible from the printed seed.
@@ -168,6 +168,7 @@ fn every_line_flushed_before_a_sigkill_survives_and_the_numbering_has_no_gap() {
     let started = Instant::now();
     let mut durable = 0u32; // highest line reported flushed so far
     let mut torn_seen = 0;
+    let mut before_mount = 0;
     for round in 0..KILLS {
         // Up to ~0.25 s: some kills land in QEMU's start, the overlay's open and journal
         // replay, or the log's scan; most in the appending.
@@ -176,6 +177,7 @@ fn every_line_flushed_before_a_sigkill_survives_and_the_numbering_has_no_gap() {
         let Some(last) = out.last else {
             // Killed before the logger reported: nothing new was flushed.
             assert!(out.flushed.is_empty(), "{:?}", out.lines);
+            before_mount += 1;
             continue;
         };
         assert!(
@@ -202,15 +204,14 @@ fn every_line_flushed_before_a_sigkill_survives_and_the_numbering_has_no_gap() {
     let end = out.done.expect("the final run reports its end");
     assert_eq!(end, last + 25);
     println!(
-        "fat_logger_power_cut: {KILLS} kills, {durable} lines flushed before the last kill, {torn_seen} torn tails, {end} lines in the end, {:.1} s",
+        "fat_logger_power_cut: {KILLS} kills ({before_mount} before the log was found), {durable} lines flushed before the last kill, {torn_seen} torn tails, {end} lines in the end, {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     let image = image.to_str().unwrap();
     let (code, report) = fvd_img(&["check", image]);
-    // Clusters a cut leaked are leaks (exit code 3 like qemu-img), never corruption.
+    // Clusters a cut leaked are leaks (exit code 3 like qemu-img), never corruption (2).
     assert!(code == 0 || code == 3, "fvd-img check: {code}\n{report}");
-    assert!(!report.to_lowercase().contains("corrupt"), "{report}");
     let flat = dir.join("flat.raw");
     let flat = flat.to_str().unwrap();
     let (code, text) = fvd_img(&["convert", "-O", "raw", image, flat]);
