@@ -25,7 +25,7 @@ cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm
 echo "== fuzz smoke (nightly, cargo-fuzz)"
 scripts/fuzz-smoke.sh
 
-echo "== firmware: driver and self-test on the host, then the self-test firmware in QEMU"
+echo "== firmware: driver, self-test and logger on the host, the host-file image and fat-logger kills in QEMU, then the self-test firmware in QEMU"
 cargo clippy -p fvd-firmware --all-targets -- -D warnings
 cargo clippy -p fvd-firmware --target thumbv7em-none-eabihf --features qemu --bins -- -D warnings
 cargo test -p fvd-firmware

@@ -196,6 +196,11 @@ impl<'m, M> CutAfter<'m, M> {
         }
     }
 
+    /// Writes and flushes left before the cut.
+    pub fn left(&self) -> u64 {
+        self.budget.get()
+    }
+
     /// Whether the budget ran out.
     pub fn is_dead(&self) -> bool {
         self.budget.get() == 0

@@ -403,3 +403,48 @@ fn the_engine_memory_the_tests_and_the_firmware_give_is_what_core_asks_for_the_o
     disk.flush().unwrap();
     assert_eq!(read_block(&disk, 1), pattern(1, 1).contents);
 }
+
+#[test]
+fn multi_block_requests_split_in_runs_read_back_what_any_run_size_wrote() {
+    let original = factory_bytes();
+    let mut bytes = original.clone();
+    let medium = RamMedium::<CACHE>::new(&mut bytes);
+    let mut memory = vec![0u8; ENGINE_MEMORY];
+    let disk = OverlayDisk::open_or_create(
+        &medium,
+        layout(),
+        Geometry::default(),
+        &mut memory,
+        CACHE_BYTES,
+    )
+    .unwrap();
+    // The model: what each block of the virtual disk holds.
+    let mut model: Vec<[u8; 512]> = (0..BASE_BLOCKS).map(|i| base_block(&original, i)).collect();
+    let mut start = 5u32;
+    for (generation, len) in (1u8..).zip([1usize, 2, 7, 8, 9, 16, 17, 20, 3]) {
+        let blocks: Vec<Block> = (0..len as u32)
+            .map(|i| pattern(start + i, generation))
+            .collect();
+        disk.write(&blocks, BlockIdx(start)).unwrap();
+        for (i, block) in blocks.iter().enumerate() {
+            model[start as usize + i] = block.contents;
+        }
+        start += len as u32 * 3 + 1; // unaligned starts, gaps of base blocks between runs
+    }
+    for run in [1usize, 5, 8, 13, 24] {
+        let mut at = 0u32;
+        while at < start {
+            let mut blocks = vec![Block::new(); run];
+            disk.read(&mut blocks, BlockIdx(at)).unwrap();
+            for (i, block) in blocks.iter().enumerate() {
+                assert_eq!(
+                    block.contents,
+                    model[at as usize + i],
+                    "block {} (runs of {run})",
+                    at as usize + i
+                );
+            }
+            at += run as u32;
+        }
+    }
+}
