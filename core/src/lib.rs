@@ -4,7 +4,8 @@
 //! - on-disk types and their rules: [`fvd`] (header, bitmap, table, journal, validation,
 //!   record replay, the bytes of a new image) and [`qed`] (the same shape), [`units`];
 //! - rules every host shows: [`check`] (the consistency check and its repair plan, a
-//!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is);
+//!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is),
+//!   [`partition`] (the MBR or GPT inside a virtual disk);
 //! - the sans-IO [`engine`] that turns guest requests into I/O commands, [`chain`] (images
 //!   stacked on images) and [`blocking`] (a blocking loop for simple hosts).
 //!
@@ -24,6 +25,7 @@ pub mod check;
 pub mod engine;
 pub mod fvd;
 pub mod info;
+pub mod partition;
 pub mod probe;
 pub mod qed;
 pub mod units;
