@@ -382,6 +382,7 @@ async function runCheck() {
 const SAMPLES = { fvd: ['overlay.fvd', 'base.raw'], qed: ['disk.qed'] };
 
 async function openSample(which) {
+  setStatus('loading', `fetching the ${which} sample…`);
   const files = [];
   for (const name of SAMPLES[which] ?? []) {
     const res = await fetch(`samples/${name}`);

@@ -133,7 +133,8 @@ export async function showPartitions(ctx, s) {
         } else {
           cells(row, [String(r.index), r.kind + (r.extended ? ' — extended' : ''), r.name,
             `0x${hex(r.start)} (sector ${r.start / 512})`, `0x${hex(r.start + r.size)} (${human(r.size)})`]);
-          row.addEventListener('click', () => ctx.moveTo(r.start));
+          const start = r.start; // r is freed below
+          row.addEventListener('click', () => ctx.moveTo(start));
         }
         body.append(row);
         r.free();
