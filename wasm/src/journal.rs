@@ -9,6 +9,7 @@ use crate::session::length;
 use fvd_core::fvd::journal::{
     fold_seen, next_epoch, Record, SectorError, SectorHeader, VerifiedSector, JOURNAL_SECTOR_SIZE,
 };
+use fvd_core::fvd::table::TABLE_EMPTY;
 use fvd_core::fvd::{parse, ImageLayout, Region};
 use wasm_bindgen::prelude::*;
 
@@ -246,7 +247,7 @@ impl Journal {
             Record::Bitmap { byte_offset, bytes } => (
                 "bitmap",
                 format!(
-                    "OR {} byte(s) into the bitmap at byte {byte_offset}: blocks now local",
+                    "OR {} bitmap byte(s) in at byte {byte_offset}: their set bits mark blocks local",
                     bytes.len()
                 ),
             ),
@@ -254,19 +255,26 @@ impl Journal {
                 first_entry,
                 entries,
             } => {
-                let values: Vec<String> = entries
+                // An EMPTY value in a record fills nothing: only the others are listed.
+                let set: Vec<(u64, u32)> = entries
                     .chunks_exact(4)
-                    .take(4)
-                    .map(|v| format!("{:#x}", u32::from_le_bytes([v[0], v[1], v[2], v[3]])))
+                    .zip(u64::from(first_entry)..)
+                    .map(|(v, chunk)| (chunk, u32::from_le_bytes([v[0], v[1], v[2], v[3]])))
+                    .filter(|&(_, v)| v != TABLE_EMPTY)
                     .collect();
-                let count = entries.len() / 4;
-                let more = if count > 4 { ", …" } else { "" };
+                let shown: Vec<String> = set
+                    .iter()
+                    .take(4)
+                    .map(|(chunk, v)| format!("chunk {chunk} → storage chunk {v:#x}"))
+                    .collect();
+                let more = if set.len() > 4 { ", …" } else { "" };
                 (
                     "table",
                     format!(
-                        "fill {count} empty table entr{} from chunk {first_entry}: {}{more}",
-                        if count == 1 { "y" } else { "ies" },
-                        values.join(", ")
+                        "map {} of {} entries (chunks {first_entry}+) if still empty: {}{more}",
+                        set.len(),
+                        entries.len() / 4,
+                        shown.join(", ")
                     ),
                 )
             }

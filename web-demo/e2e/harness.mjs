@@ -73,11 +73,11 @@ export async function start(init) {
     const first = (await page.textContent('#hex-view')).split('\n')[0];
     return { state: await page.textContent('#cursor-state'), bytes: first.slice(14, 14 + 47) };
   };
-  /// Saves a screenshot of the element `selector` (or the whole page) as NAME.png.
+  /// Saves a screenshot of the element `selector` (or the viewport) as NAME.png.
   h.shot = async (name, selector) => {
     const file = path.join(screens, `${name}.png`);
     if (selector) await page.locator(selector).screenshot({ path: file });
-    else await page.screenshot({ path: file, fullPage: true });
+    else await page.screenshot({ path: file });
     return file;
   };
   h.close = async () => {
