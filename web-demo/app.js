@@ -153,6 +153,7 @@ async function openFiles(fileList) {
   if (files.length === 0) return;
   token.cancelled = true;
   token = { cancelled: false };
+  clearViews();
   $('error').hidden = true;
   $('error').textContent = '';
   setStatus('loading', `opening ${files.map((f) => f.name).join(', ')}…`);
@@ -197,6 +198,19 @@ async function openFiles(fileList) {
     session = null;
     showError(errorText(e));
   }
+}
+
+/// Empties every view, so an image that fails to open leaves none of the last one's.
+function clearViews() {
+  for (const id of ['summary', 'memory', 'layout-list', 'map-note', 'map-hover', 'map-range', 'cursor-state',
+    'hex-view', 'partition-label', 'journal-status', 'findings', 'header-hex', 'field-at']) $(id).replaceChildren();
+  for (const id of ['partitions', 'journal-rows', 'header-table']) $(id).querySelector('tbody').replaceChildren();
+  $('check-status').textContent = 'not run';
+  for (const id of ['layout-bar', 'alloc-map']) {
+    const c = $(id);
+    c.getContext('2d').clearRect(0, 0, c.width, c.height);
+  }
+  if (mapView) mapView.s = null;
 }
 
 /// Marks the bytes of the field in `row` in the header hex view.
@@ -300,7 +314,11 @@ async function drawMap() {
   let stopped = false;
   const mine = token;
   s.runs = runs;
-  const unit = Number(s.layers[0].fields.find((f) => f.name === 'cluster_size' || f.name === 'block_size')?.value ?? 65536);
+  // The map's block: QED's cluster; FVD's chunk when only the table maps it, else the
+  // bitmap's block.
+  const field = (name) => s.layers[0].fields.find((f) => f.name === name)?.value;
+  const unit = Number(field('cluster_size') ??
+    (field('table_offset') !== '0' && !field('base_img') ? field('chunk_size') : field('block_size')) ?? 65536);
   mapView.reset(s, unit);
   let shown = performance.now();
   await serial(async () => {

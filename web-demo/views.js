@@ -66,11 +66,11 @@ export async function showLayout(ctx, s) {
   const size = Math.max(top.file.size, 1);
   g.fillStyle = '#f4f4f4';
   g.fillRect(0, 0, canvas.width, canvas.height);
-  // The data area first, metadata over it; a region is at least 2 px so it can be seen.
-  const order = (r) => (r.name === 'data' || r.name === 'clusters' ? 0 : 1);
-  for (const r of [...rows].sort((a, b) => order(a) - order(b))) {
+  // Largest first, so a small region (a header beside a 16 MiB journal) is drawn over
+  // its neighbours; each is at least 3 px wide so it can be seen.
+  for (const r of [...rows].sort((a, b) => b.len - a.len)) {
     const x0 = Math.floor((r.offset / size) * canvas.width);
-    const w = Math.max(2, Math.ceil((r.len / size) * canvas.width));
+    const w = Math.max(3, Math.ceil((r.len / size) * canvas.width));
     g.fillStyle = REGION_COLORS[r.name] ?? '#888';
     g.fillRect(x0, 0, w, canvas.height);
   }
@@ -255,6 +255,8 @@ export class MapView {
     this.len = Math.max(s.size, 1);
     this.unit = unit;
     this.minLen = Math.min(this.len, Math.max(16 * unit, 4096));
+    $('map-note').textContent = '';
+    $('map-hover').textContent = '';
     this.render();
   }
 
@@ -312,7 +314,7 @@ export class MapView {
     // Block boundaries once a block is at least 6 px wide.
     const px = (this.unit / this.len) * W;
     if (px >= 6) {
-      g.fillStyle = 'rgba(0,0,0,0.25)';
+      g.fillStyle = 'rgba(0,0,0,0.12)';
       for (let b = Math.ceil(this.start / this.unit) * this.unit; b < this.start + this.len; b += this.unit) {
         g.fillRect(Math.floor(x(b)), 0, 1, top);
       }
