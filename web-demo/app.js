@@ -50,6 +50,7 @@ function errorText(e) {
 // only read, so a cached block never goes stale. JS memory: BLOCK * MAX_BLOCKS.
 const BLOCK = 256 << 10;
 const MAX_BLOCKS = 32;
+let bytesRead = 0;          // bytes taken from files since the last open began
 const blocks = new Map();   // `${file id}:${block index}` -> Uint8Array, oldest first
 const fileIds = new WeakMap();
 let nextFileId = 0;
@@ -62,6 +63,7 @@ async function block(file, index) {
     blocks.delete(key);
   } else {
     bytes = new Uint8Array(await file.slice(index * BLOCK, (index + 1) * BLOCK).arrayBuffer());
+    bytesRead += bytes.length;
     if (blocks.size >= MAX_BLOCKS) blocks.delete(blocks.keys().next().value);
   }
   blocks.set(key, bytes);
@@ -70,7 +72,11 @@ async function block(file, index) {
 
 /// `len` bytes of `file` at `offset` (fewer at its end).
 async function readFile(file, offset, len) {
-  if (len > BLOCK) return new Uint8Array(await file.slice(offset, offset + len).arrayBuffer());
+  if (len > BLOCK) {
+    const bytes = new Uint8Array(await file.slice(offset, offset + len).arrayBuffer());
+    bytesRead += bytes.length;
+    return bytes;
+  }
   const out = new Uint8Array(len);
   let filled = 0;
   while (filled < len) {
@@ -87,7 +93,9 @@ async function readFile(file, offset, len) {
 }
 
 async function firstBytes(file) {
-  return new Uint8Array(await file.slice(0, FIRST_BYTES).arrayBuffer());
+  const bytes = new Uint8Array(await file.slice(0, FIRST_BYTES).arrayBuffer());
+  bytesRead += bytes.length;
+  return bytes;
 }
 
 /// Performs every file read the inspector asks for until it waits for none.
@@ -154,6 +162,8 @@ async function openFiles(fileList) {
   token.cancelled = true;
   token = { cancelled: false };
   clearViews();
+  bytesRead = 0;
+  const began = performance.now();
   $('error').hidden = true;
   $('error').textContent = '';
   setStatus('loading', `opening ${files.map((f) => f.name).join(', ')}…`);
@@ -188,11 +198,15 @@ async function openFiles(fileList) {
     await showPartitions(ctx, session);
     await drawMap();
     timings.mapMs = lap();
+    // From choosing the files to a drawn map, and the file bytes read by then.
+    timings.firstMapMs = String(Math.round(performance.now() - began));
+    timings.firstMapBytes = String(bytesRead);
     await showJournal(ctx, session);
     timings.journalMs = lap();
     await runCheck();
     timings.checkMs = lap();
     timings.wasmBytes = String(wasm.memory.buffer.byteLength);
+    timings.bytesRead = String(bytesRead);
     setStatus('ready', 'ready');
   } catch (e) {
     session = null;

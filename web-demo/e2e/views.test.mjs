@@ -285,7 +285,10 @@ test('sparse_images_of_1_gib_64_gib_and_1_tib_draw_their_map_reading_only_metada
     const ms = Date.now() - started;
     const t = await h.page.evaluate(() => ({ ...document.body.dataset, bytes: window.bytesRead }));
     const file = fs.statSync(h.at(name));
+    // The page counts what it reads itself; the wrapped Blob.slice agrees.
+    assert.equal(Number(t.bytesRead), t.bytes);
     figures.push({ image: name, file_bytes: file.size, bytes_read: t.bytes, ready_ms: ms,
+      first_map_ms: Number(t.firstMapMs), first_map_bytes: Number(t.firstMapBytes),
       cursor_ms: Number(t.cursorMs), map_ms: Number(t.mapMs), journal_ms: Number(t.journalMs),
       check_ms: Number(t.checkMs), wasm_memory_bytes: Number(t.wasmBytes),
       runs: Number(await h.page.getAttribute('#alloc-map', 'data-runs')) });
