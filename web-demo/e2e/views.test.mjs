@@ -80,7 +80,23 @@ test('mbr_and_gpt_partitions_match_sfdisk_and_are_marked_on_the_map', async () =
   // The MBR listing marks the extended partition.
   assert.equal(await h.open('mbr.fvd'), 'ready');
   assert.match((await listedPartitions())[2].text, /extended/);
+  // A damaged primary GPT header: the backup at the last sector is used, and said so.
+  const damaged = fs.readFileSync(h.at('gpt.raw'));
+  damaged[512 + 60] ^= 0xff; // the disk GUID, under the header CRC
+  fs.writeFileSync(h.at('gpt-bad.raw'), damaged);
+  h.run(fvdImg, 'convert', '-q', '-f', 'raw', '-O', 'qed', 'gpt-bad.raw', 'gpt-bad.qed');
+  assert.equal(await h.open('gpt-bad.qed'), 'ready', await h.error());
+  assert.match(await h.page.textContent('#partition-label'), /backup used/);
+  assert.equal((await listedPartitions()).length, 2);
+  // Both headers damaged: the page says why and still shows the rest of the image.
+  damaged[64 * 1024 * 1024 - 512 + 60] ^= 0xff;
+  fs.writeFileSync(h.at('gpt-worse.raw'), damaged);
+  h.run(fvdImg, 'convert', '-q', '-f', 'raw', '-O', 'qed', 'gpt-worse.raw', 'gpt-worse.qed');
+  assert.equal(await h.open('gpt-worse.qed'), 'ready', await h.error());
+  assert.match(await h.page.textContent('#partition-label'), /unreadable: GPT header at LBA 1 has CRC-32/);
+  assert.equal((await listedPartitions()).length, 0);
   // A partition row moves the cursor to its first byte.
+  assert.equal(await h.open('mbr.fvd'), 'ready');
   await h.page.click('#partitions tbody tr:nth-child(2)');
   await h.page.waitForFunction(() => document.getElementById('hex-view').textContent.startsWith('000000b00000'));
 });
