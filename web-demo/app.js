@@ -18,6 +18,7 @@ let mapView = null;
 // What views.js needs from this file.
 const ctx = {
   fvd, serial, readFile, moveTo,
+  mapWindow: (start, end) => mapWindow(start, end).catch((e) => showError(errorText(e))),
   pump: (s) => pump(s),
   cursor: () => cursor,
   token: () => token,
@@ -220,6 +221,7 @@ function clearViews() {
     'hex-view', 'partition-label', 'journal-status', 'findings', 'header-hex', 'field-at']) $(id).replaceChildren();
   for (const id of ['partitions', 'journal-rows', 'header-table']) $(id).querySelector('tbody').replaceChildren();
   $('check-status').textContent = 'not run';
+  delete $('alloc-map').dataset.windows;
   for (const id of ['layout-bar', 'alloc-map']) {
     const c = $(id);
     c.getContext('2d').clearRect(0, 0, c.width, c.height);
@@ -362,8 +364,45 @@ async function drawMap() {
   canvas.dataset.runs = String(runs.length);
   const end = runs.length ? runs[runs.length - 1].offset + runs[runs.length - 1].len : 0;
   canvas.dataset.mapped = String(end);
+  s.mapped = end;
   $('map-note').textContent = stopped ? `(stopped after ${MAX_RUNS} runs)`
     : mine.cancelled ? `(cancelled: ${runs.length} runs, up to 0x${hex(end, 1)})` : `${runs.length} runs`;
+}
+
+/// Maps the part of the virtual bytes [start, end) the whole-disk scan did not reach (it
+/// stopped or was cancelled), so a zoomed view shows its runs; at most MAX_RUNS runs.
+async function mapWindow(start, end) {
+  const s = session;
+  if (!s || s.mapped === undefined) return;
+  const windows = (s.windows ??= []);
+  // The engine maps whole sectors.
+  const from = Math.floor(Math.max(start, s.mapped) / 512) * 512;
+  end = Math.min(Math.ceil(end / 512) * 512, s.size);
+  if (from >= end || windows.some(([a, b]) => a <= from && end <= b)) return;
+  // A cancel ends the scans of an open; this scan was asked for afterwards.
+  if (token.cancelled) token = { cancelled: false };
+  const mine = token;
+  const found = [];
+  await serial(async () => {
+    for (let off = from; off < end && found.length < MAX_RUNS && !mine.cancelled;) {
+      s.insp.begin_map(off, end - off);
+      await pump(s);
+      const run = s.insp.finish_map();
+      const r = { offset: run.offset, len: run.len, state: run.state };
+      run.free();
+      found.push(r);
+      if (r.len <= 0) break;
+      off = r.offset + r.len;
+    }
+  });
+  if (session !== s || found.length === 0) return;
+  const last = found[found.length - 1];
+  const to = last.offset + last.len;
+  windows.push([from, to]);
+  $('alloc-map').dataset.windows = String(windows.length);
+  s.runs = s.runs.filter((r) => r.offset + r.len <= from || r.offset >= to).concat(found)
+    .sort((a, b) => a.offset - b.offset);
+  mapView.render();
 }
 
 /// Runs core's check of the image file (what `fvd-img check` reports), reading as it asks.

@@ -276,6 +276,8 @@ export class MapView {
     this.start = start;
     this.len = len;
     this.render();
+    // A view past where the whole-disk scan stopped is mapped now.
+    this.ctx.mapWindow(start, start + len);
   }
 
   /// The run holding virtual byte `at` (binary search over the scanned runs).
