@@ -2,6 +2,7 @@
 // Test disks are a few KiB: offsets fit usize.
 #![allow(clippy::cast_possible_truncation)]
 
+use super::gpt::{le_guid, CRC32};
 use super::*;
 use std::string::ToString;
 use std::vec;
