@@ -21,4 +21,8 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 
 echo "== inspector end-to-end (Playwright, system Chromium)"
 (cd web-demo && npm ci --no-audit --no-fund --silent)
-FVD_IMG="$target/debug/fvd-img" node --test web-demo/e2e/
+# One test file at a time: each drives its own Chromium, and the machine has few cores.
+# Screenshots of each view land in target/web-screens/ (look at them after a UI change);
+# the sparse-image figures for BENCHMARKS.md in target/web-screens/sparse-figures.json.
+FVD_IMG="$target/debug/fvd-img" WEB_SCREENS="$target/web-screens" \
+  node --test --test-concurrency=1 web-demo/e2e/

@@ -2,9 +2,9 @@
 // names core reads from each header), fulfils every read fvd-wasm asks for with
 // File.slice, and shows what core returns. No format rule lives here.
 import init, * as fvd from './pkg/fvd_wasm.js';
+import { MapView, progress, showJournal, showLayout, showPartitions } from './views.js';
 
 const $ = (id) => document.getElementById(id);
-const COLORS = { data: '#22aa77', base: '#5577cc', zero: '#dddddd', unallocated: '#ffffff' };
 const FIRST_BYTES = 65536; // the header area core reads names from
 const MAX_RUNS = 200000;   // runs drawn on the map before it says it stopped
 const LINES = 16;          // hex lines per page
@@ -13,6 +13,16 @@ let session = null;        // { insp, files, rawBase, size, runs }
 let queue = Promise.resolve();
 let cursor = 0;
 let wasm = null;           // the module's exports (its memory is reported after each open)
+let token = { cancelled: false }; // the scans of the current image stop when it is set
+let mapView = null;
+// What views.js needs from this file.
+const ctx = {
+  fvd, serial, readFile, moveTo,
+  mapWindow: (start, end) => mapWindow(start, end).catch((e) => showError(errorText(e))),
+  pump: (s) => pump(s),
+  cursor: () => cursor,
+  token: () => token,
+};
 
 /// Runs `job` after every earlier job: the inspector has one request at a time.
 function serial(job) {
@@ -41,6 +51,7 @@ function errorText(e) {
 // only read, so a cached block never goes stale. JS memory: BLOCK * MAX_BLOCKS.
 const BLOCK = 256 << 10;
 const MAX_BLOCKS = 32;
+let bytesRead = 0;          // bytes taken from files since the last open began
 const blocks = new Map();   // `${file id}:${block index}` -> Uint8Array, oldest first
 const fileIds = new WeakMap();
 let nextFileId = 0;
@@ -53,6 +64,7 @@ async function block(file, index) {
     blocks.delete(key);
   } else {
     bytes = new Uint8Array(await file.slice(index * BLOCK, (index + 1) * BLOCK).arrayBuffer());
+    bytesRead += bytes.length;
     if (blocks.size >= MAX_BLOCKS) blocks.delete(blocks.keys().next().value);
   }
   blocks.set(key, bytes);
@@ -61,7 +73,11 @@ async function block(file, index) {
 
 /// `len` bytes of `file` at `offset` (fewer at its end).
 async function readFile(file, offset, len) {
-  if (len > BLOCK) return new Uint8Array(await file.slice(offset, offset + len).arrayBuffer());
+  if (len > BLOCK) {
+    const bytes = new Uint8Array(await file.slice(offset, offset + len).arrayBuffer());
+    bytesRead += bytes.length;
+    return bytes;
+  }
   const out = new Uint8Array(len);
   let filled = 0;
   while (filled < len) {
@@ -78,7 +94,9 @@ async function readFile(file, offset, len) {
 }
 
 async function firstBytes(file) {
-  return new Uint8Array(await file.slice(0, FIRST_BYTES).arrayBuffer());
+  const bytes = new Uint8Array(await file.slice(0, FIRST_BYTES).arrayBuffer());
+  bytesRead += bytes.length;
+  return bytes;
 }
 
 /// Performs every file read the inspector asks for until it waits for none.
@@ -142,6 +160,11 @@ async function arrange(files) {
 async function openFiles(fileList) {
   const files = Array.from(fileList);
   if (files.length === 0) return;
+  token.cancelled = true;
+  token = { cancelled: false };
+  clearViews();
+  bytesRead = 0;
+  const began = performance.now();
   $('error').hidden = true;
   $('error').textContent = '';
   setStatus('loading', `opening ${files.map((f) => f.name).join(', ')}…`);
@@ -170,18 +193,40 @@ async function openFiles(fileList) {
     const timings = document.body.dataset;
     let t = performance.now();
     const lap = () => { const now = performance.now(); const ms = Math.round(now - t); t = now; return ms; };
+    await showLayout(ctx, session);
     await showCursor();
     timings.cursorMs = lap();
+    await showPartitions(ctx, session);
     await drawMap();
     timings.mapMs = lap();
+    // From choosing the files to a drawn map, and the file bytes read by then.
+    timings.firstMapMs = String(Math.round(performance.now() - began));
+    timings.firstMapBytes = String(bytesRead);
+    await showJournal(ctx, session);
+    timings.journalMs = lap();
     await runCheck();
     timings.checkMs = lap();
     timings.wasmBytes = String(wasm.memory.buffer.byteLength);
+    timings.bytesRead = String(bytesRead);
     setStatus('ready', 'ready');
   } catch (e) {
     session = null;
     showError(errorText(e));
   }
+}
+
+/// Empties every view, so an image that fails to open leaves none of the last one's.
+function clearViews() {
+  for (const id of ['summary', 'memory', 'layout-list', 'map-note', 'map-hover', 'map-range', 'cursor-state',
+    'hex-view', 'partition-label', 'journal-status', 'findings', 'header-hex', 'field-at']) $(id).replaceChildren();
+  for (const id of ['partitions', 'journal-rows', 'header-table']) $(id).querySelector('tbody').replaceChildren();
+  $('check-status').textContent = 'not run';
+  delete $('alloc-map').dataset.windows;
+  for (const id of ['layout-bar', 'alloc-map']) {
+    const c = $(id);
+    c.getContext('2d').clearRect(0, 0, c.width, c.height);
+  }
+  if (mapView) mapView.s = null;
 }
 
 /// Marks the bytes of the field in `row` in the header hex view.
@@ -275,6 +320,7 @@ async function showCursor() {
     lines.push(`${hex(off, 12)}  ${hexes.padEnd(47)}  |${ascii}|`);
   }
   $('hex-view').textContent = lines.join('\n');
+  mapView?.render();
 }
 
 async function drawMap() {
@@ -282,9 +328,26 @@ async function drawMap() {
   if (!s) return;
   const runs = [];
   let stopped = false;
+  const mine = token;
+  s.runs = runs;
+  // The map's block: QED's cluster; FVD's chunk when only the table maps it, else the
+  // bitmap's block.
+  const field = (name) => s.layers[0].fields.find((f) => f.name === name)?.value;
+  const unit = Number(field('cluster_size') ??
+    (field('table_offset') !== '0' && !field('base_img') ? field('chunk_size') : field('block_size')) ?? 65536);
+  mapView.reset(s, unit);
+  let shown = performance.now();
   await serial(async () => {
     for (let off = 0; off < s.size;) {
       if (runs.length >= MAX_RUNS) { stopped = true; break; }
+      if (mine.cancelled) break;
+      if (performance.now() - shown > 100) {
+        // Let the page paint and the cancel button be clicked.
+        progress('mapping', off / s.size);
+        mapView.render();
+        await new Promise((ok) => setTimeout(ok, 0));
+        shown = performance.now();
+      }
       s.insp.begin_map(off, s.size - off);
       await pump(s);
       const run = s.insp.finish_map();
@@ -295,19 +358,51 @@ async function drawMap() {
       off = r.offset + r.len;
     }
   });
-  s.runs = runs;
+  progress(null);
+  mapView.render();
   const canvas = $('alloc-map');
-  const g = canvas.getContext('2d');
-  g.fillStyle = COLORS.unallocated;
-  g.fillRect(0, 0, canvas.width, canvas.height);
-  for (const r of runs) {
-    const x0 = Math.floor((r.offset / s.size) * canvas.width);
-    const x1 = Math.max(x0 + 1, Math.ceil(((r.offset + r.len) / s.size) * canvas.width));
-    g.fillStyle = COLORS[r.state];
-    g.fillRect(x0, 0, x1 - x0, canvas.height);
-  }
   canvas.dataset.runs = String(runs.length);
-  $('map-note').textContent = stopped ? `(stopped after ${MAX_RUNS} runs)` : `${runs.length} runs`;
+  const end = runs.length ? runs[runs.length - 1].offset + runs[runs.length - 1].len : 0;
+  canvas.dataset.mapped = String(end);
+  s.mapped = end;
+  $('map-note').textContent = stopped ? `(stopped after ${MAX_RUNS} runs)`
+    : mine.cancelled ? `(cancelled: ${runs.length} runs, up to 0x${hex(end, 1)})` : `${runs.length} runs`;
+}
+
+/// Maps the part of the virtual bytes [start, end) the whole-disk scan did not reach (it
+/// stopped or was cancelled), so a zoomed view shows its runs; at most MAX_RUNS runs.
+async function mapWindow(start, end) {
+  const s = session;
+  if (!s || s.mapped === undefined) return;
+  const windows = (s.windows ??= []);
+  // The engine maps whole sectors.
+  const from = Math.floor(Math.max(start, s.mapped) / 512) * 512;
+  end = Math.min(Math.ceil(end / 512) * 512, s.size);
+  if (from >= end || windows.some(([a, b]) => a <= from && end <= b)) return;
+  // A cancel ends the scans of an open; this scan was asked for afterwards.
+  if (token.cancelled) token = { cancelled: false };
+  const mine = token;
+  const found = [];
+  await serial(async () => {
+    for (let off = from; off < end && found.length < MAX_RUNS && !mine.cancelled;) {
+      s.insp.begin_map(off, end - off);
+      await pump(s);
+      const run = s.insp.finish_map();
+      const r = { offset: run.offset, len: run.len, state: run.state };
+      run.free();
+      found.push(r);
+      if (r.len <= 0) break;
+      off = r.offset + r.len;
+    }
+  });
+  if (session !== s || found.length === 0) return;
+  const last = found[found.length - 1];
+  const to = last.offset + last.len;
+  windows.push([from, to]);
+  $('alloc-map').dataset.windows = String(windows.length);
+  s.runs = s.runs.filter((r) => r.offset + r.len <= from || r.offset >= to).concat(found)
+    .sort((a, b) => a.offset - b.offset);
+  mapView.render();
 }
 
 /// Runs core's check of the image file (what `fvd-img check` reports), reading as it asks.
@@ -321,12 +416,17 @@ async function runCheck() {
   status.textContent = 'checking…';
   await serial(async () => {
     const check = new fvd.Check(top.first, top.file.size, top.data ? top.data.size : undefined);
+    const mine = token;
     try {
+      let read = 0;
       for (let r = check.next_read(); r; r = check.next_read()) {
         const file = r.data ? top.data : top.file;
         const offset = r.offset, len = r.len;
         r.free();
+        if (mine.cancelled) throw new Error('cancelled');
         check.complete_read(await readFile(file, offset, len));
+        read += len;
+        progress(`checking (${Math.round(read / 1024)} KiB read)`, Math.min(1, offset / Math.max(file.size, 1)));
       }
       const errors = check.errors(), leaks = check.leaks();
       status.dataset.errors = String(errors);
@@ -343,16 +443,24 @@ async function runCheck() {
       // The image opened; only its check could not run: say so where the check shows.
       status.textContent = `the check could not run: ${errorText(e)}`;
     } finally {
+      progress(null);
       check.free();
     }
   });
 }
 
-function mapOffset(event) {
-  const canvas = $('alloc-map');
-  const rect = canvas.getBoundingClientRect();
-  const at = Math.floor(((event.clientX - rect.left) / rect.width) * session.size);
-  return Math.min(Math.max(Math.floor(at / 16) * 16, 0), session.size - 1);
+/// The sample images build-web.sh writes into samples/ (fetched from this server).
+const SAMPLES = { fvd: ['overlay.fvd', 'base.raw'], qed: ['disk.qed'] };
+
+async function openSample(which) {
+  setStatus('loading', `fetching the ${which} sample…`);
+  const files = [];
+  for (const name of SAMPLES[which] ?? []) {
+    const res = await fetch(`samples/${name}`);
+    if (!res.ok) throw new Error(`sample ${name} is missing (run scripts/build-web.sh)`);
+    files.push(new File([await res.blob()], name));
+  }
+  await openFiles(files);
 }
 
 function moveTo(offset) {
@@ -379,13 +487,10 @@ async function main() {
   });
   $('prev').addEventListener('click', () => moveTo(Math.max(cursor - LINES * 16, 0)));
   $('next').addEventListener('click', () => moveTo(cursor + LINES * 16));
-  $('alloc-map').addEventListener('click', (e) => session && moveTo(mapOffset(e)));
-  $('alloc-map').addEventListener('mousemove', (e) => {
-    if (!session) return;
-    const at = mapOffset(e);
-    const run = session.runs.find((r) => at >= r.offset && at < r.offset + r.len);
-    $('map-hover').textContent = run ? `${hex(run.offset, 1)}–${hex(run.offset + run.len, 1)}: ${run.state}` : '';
-  });
+  mapView = new MapView(ctx);
+  $('cancel').addEventListener('click', () => { token.cancelled = true; });
+  $('journal-scan').addEventListener('click', () => session && showJournal(ctx, session, true).catch((e) => showError(errorText(e))));
+  $('samples').addEventListener('click', () => openSample($('sample-choice').value).catch((e) => showError(errorText(e))));
   setStatus('ready', 'choose an image');
   document.body.dataset.ready = '1';
 }

@@ -6,7 +6,8 @@
 //! - rules every host shows: [`check`] (the consistency check and its repair plan, a
 //!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is),
 //!   [`report`] (the JSON documents of info, map and check both hosts print), [`resize`]
-//!   and [`measure`] (which sizes an image may take, and what a new one needs);
+//!   and [`measure`] (which sizes an image may take, and what a new one needs),
+//!   [`partition`] (the MBR or GPT inside a virtual disk);
 //! - the sans-IO [`engine`] that turns guest requests into I/O commands, [`chain`] (images
 //!   stacked on images) and [`blocking`] (a blocking loop for simple hosts).
 //!
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod fvd;
 pub mod info;
 pub mod measure;
+pub mod partition;
 pub mod probe;
 pub mod qed;
 pub mod report;

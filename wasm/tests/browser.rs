@@ -4,7 +4,10 @@
 #![cfg(target_arch = "wasm32")]
 
 use fvd_core::qed::{self, QedBacking, QedCreateOptions};
-use fvd_wasm::{base_name, header_fields, probe_kind, Check, Inspector};
+use fvd_wasm::{
+    base_name, header_fields, probe_kind, qed_l2_tables, qed_need_check, regions, Check, Inspector,
+    Partitions,
+};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -142,4 +145,55 @@ fn a_fresh_qed_image_checks_clean() {
     }
     assert_eq!((check.errors(), check.leaks()), (0.0, 0.0));
     assert!(check.findings().is_empty());
+}
+
+#[wasm_bindgen_test]
+fn the_mbr_of_a_raw_base_is_listed_through_the_overlay_above_it() {
+    let image = qed_over_raw_base();
+    let mut base = raw_base();
+    base[..512].fill(0);
+    // Partition 1: type 0x83 from sector 2048 (1 MiB) for 8 sectors, boot flag set.
+    base[446] = 0x80;
+    base[446 + 4] = 0x83;
+    base[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    base[446 + 12..446 + 16].copy_from_slice(&8u32.to_le_bytes());
+    base[510] = 0x55;
+    base[511] = 0xaa;
+    let mut inspector = open(&image, Some(&base));
+    let mut scan = Partitions::new(MIB as f64).map_err(|_| "size").unwrap();
+    while let Some(offset) = scan.want_offset() {
+        inspector.begin_read(offset, scan.want_len()).expect("open");
+        drive(&mut inspector, &image, &base);
+        let bytes = inspector.finish_read().map_err(|_| "read failed").unwrap();
+        scan.give(&bytes).map_err(|_| "scan failed").unwrap();
+    }
+    assert!(scan.label().starts_with("MBR"));
+    let rows = scan.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].index, rows[0].start, rows[0].size),
+        (1, MIB as f64, 4096.0)
+    );
+    assert!(rows[0].kind.starts_with("Linux"));
+    // A short read is an error, not a trap.
+    let mut scan = Partitions::new(MIB as f64).map_err(|_| "size").unwrap();
+    assert!(scan.give(&[0u8; 10]).is_err());
+    assert!(Partitions::new(-5.0).is_err());
+}
+
+#[wasm_bindgen_test]
+fn a_fresh_qed_image_has_a_header_and_an_l1_table_and_no_need_check() {
+    let image = qed_over_raw_base();
+    let len = image.len() as f64;
+    let rows = regions(&image, len).map_err(|_| "regions").unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, ["header", "L1 table"]);
+    assert_eq!(rows[0].offset, 0.0);
+    let l1 = &image[rows[1].offset as usize..(rows[1].offset + rows[1].len) as usize];
+    assert!(qed_l2_tables(&image, len, l1)
+        .map_err(|_| "l2")
+        .unwrap()
+        .is_empty());
+    assert_eq!(qed_need_check(&image, len).ok(), Some(false));
+    assert!(regions(&[0u8; 100], 100.0).is_err());
 }

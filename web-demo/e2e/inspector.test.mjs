@@ -117,7 +117,9 @@ test('fvd_img_overlay_shows_header_values_and_written_base_and_zero_bytes', asyn
   assert.deepEqual(await goTo('1M', 1 << 20), { state: 'base', bytes: row('42') });
   assert.deepEqual(await goTo('0x300000', 3 << 20), { state: 'base', bytes: row('00') });
   assert.ok(Number(await page.getAttribute('#alloc-map', 'data-runs')) >= 2);
-  await page.screenshot({ path: path.join(root, 'e2e', 'overlay.png'), fullPage: true });
+  const screens = path.resolve(process.env.WEB_SCREENS ?? path.join(root, '../target/web-screens'));
+  fs.mkdirSync(screens, { recursive: true });
+  await page.screenshot({ path: path.join(screens, 'overlay.png') });
 });
 
 test('selecting_a_header_field_marks_its_bytes_and_a_byte_names_its_field', async () => {

@@ -51,6 +51,29 @@ impl RecordSpan {
             .unwrap_or(0);
         (first, last)
     }
+
+    /// The guest bytes `[start, end)` whose metadata the span patches (the blocks of its
+    /// bitmap bits, the chunks of its table entries), clamped to the disk; `None` when the
+    /// layout has no such region or a product overflows.
+    pub fn guest_range(&self, layout: &ImageLayout) -> Option<(u64, u64)> {
+        let (start, end, limit) = match self.target {
+            RecordTarget::Bitmap => {
+                let base = layout.base?;
+                let unit = layout.block_size.checked_mul(8)?;
+                let start = self.start.checked_mul(unit)?;
+                let end = self.end.checked_mul(unit)?;
+                (start, end, base.size)
+            }
+            RecordTarget::Table => {
+                let table = layout.table?;
+                let start = self.start.checked_div(4)?.checked_mul(table.chunk_size)?;
+                let end = self.end.div_ceil(4).checked_mul(table.chunk_size)?;
+                (start, end, layout.virtual_size)
+            }
+        };
+        let end = end.min(limit);
+        Some((start.min(end), end))
+    }
 }
 
 /// Why a record, or a part of it, is not applied (corruption: no writer produces it).
@@ -96,6 +119,38 @@ pub enum RecordFault {
         /// The value the slot holds.
         current: u32,
     },
+}
+
+impl core::fmt::Display for RecordFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::NoBitmap => write!(f, "bitmap record in an image without a bitmap"),
+            Self::NoTable => write!(f, "table record in an image without a table"),
+            Self::BitmapOutOfRange {
+                byte_offset,
+                len,
+                bitmap_len,
+            } => write!(
+                f,
+                "bitmap bytes {byte_offset}+{len} past the {bitmap_len}-byte bitmap"
+            ),
+            Self::TableOutOfRange { first, end, chunks } => write!(
+                f,
+                "table entries {first}..{end} past the last of {chunks} chunks"
+            ),
+            Self::DirtyEntry { chunk, value } => {
+                write!(f, "table entry {value:#x} for chunk {chunk} has bit 31 set")
+            }
+            Self::Conflict {
+                chunk,
+                value,
+                current,
+            } => write!(
+                f,
+                "table entry {value:#x} for chunk {chunk} contradicts {current:#x} already there"
+            ),
+        }
+    }
 }
 
 /// What laying a record over a slice did.
@@ -414,5 +469,38 @@ mod tests {
                 .apply_to(RecordTarget::Table, 4096, &mut page)
                 .changed
         );
+    }
+
+    #[test]
+    fn a_record_names_the_guest_bytes_whose_metadata_it_patches() {
+        let l = layout(10, 2);
+        let e = entries(&[7, 8]);
+        let table = Record::Table {
+            first_entry: 3,
+            entries: &e,
+        };
+        let span = table.span(&l).unwrap();
+        assert_eq!(span.guest_range(&l), Some((3 * 65536, 5 * 65536)));
+        let bits = [0xff];
+        let bitmap = Record::Bitmap {
+            byte_offset: 1,
+            bytes: &bits,
+        };
+        // Byte 1 holds blocks 8..16 of 4 KiB; the base is 16 blocks long.
+        let span = bitmap.span(&l).unwrap();
+        assert_eq!(span.guest_range(&l), Some((8 * 4096, 16 * 4096)));
+        // A span past the disk is clamped to it, never wrapped.
+        let far = RecordSpan {
+            target: RecordTarget::Table,
+            start: u64::MAX - 3,
+            end: u64::MAX,
+        };
+        assert_eq!(far.guest_range(&l), None);
+        let past = RecordSpan {
+            target: RecordTarget::Table,
+            start: 40,
+            end: 48,
+        };
+        assert_eq!(past.guest_range(&l), Some((10 * 65536, 10 * 65536)));
     }
 }
