@@ -15,6 +15,9 @@ scripts/build-web.sh
 echo "== clippy (fvd-wasm's browser tests)"
 cargo clippy -p fvd-wasm --target wasm32-unknown-unknown --tests -- -D warnings
 
+echo "== fvd-wasm's exports equal fvd-img's JSON (native)"
+cargo test -p fvd-wasm --test export_matches_cli
+
 echo "== fvd-wasm tests in headless Chromium"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p fvd-wasm --target wasm32-unknown-unknown --tests

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    assert_contains, compact, create, fails, header_of, header_str, info_data, scratch, status,
+    assert_contains, compact, create, fails, fails_with, header_of, header_str, info_data, scratch,
+    status,
 };
 use fvd_core::fvd::journal::SectorBuilder;
 use fvd_core::fvd::table::{TABLE_DIRTY, TABLE_EMPTY};
@@ -289,8 +290,14 @@ fn what_is_not_an_image_cannot_be_checked() {
     let dir = scratch();
     let d = dir.path();
     fs::write(d.join("junk"), vec![0x5a; 10000]).unwrap();
-    let line = fails(d, &["check", "junk"]);
-    assert!(line.contains("is not an FVD image"), "{line}");
+    // Raw data: qemu-img's message and status 63.
+    let line = fails_with(d, 63, &["check", "junk"]);
+    assert_eq!(line, "fvd-img: This image format does not support checks");
+    let line = fails(d, &["check", "-f", "fvd", "junk"]);
+    assert!(
+        line.contains("is not an FVD image: it is a raw disk image"),
+        "{line}"
+    );
     let line = fails(d, &["check", "missing.fvd"]);
     assert!(line.contains("Could not open 'missing.fvd'"), "{line}");
     let line = fails(d, &["check", "-f", "qcow2", "junk"]);

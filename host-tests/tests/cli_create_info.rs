@@ -569,19 +569,30 @@ fn info_human_output_looks_like_qemu_img() {
 }
 
 #[test]
-fn info_refuses_what_is_not_an_fvd_image() {
+fn info_reports_raw_files_as_qemu_img_does_and_refuses_what_is_no_disk() {
     let dir = scratch();
     sparse_file(&dir.path().join("disk.raw"), 1 << 20);
     fs::write(dir.path().join("empty"), b"").unwrap();
     fs::create_dir(dir.path().join("adir")).unwrap();
 
-    let line = fails(dir.path(), &["info", "disk.raw"]);
+    // A file with no image magic is a raw disk, as qemu-img info says.
+    let run = ok(dir.path(), &["info", "disk.raw"]);
     assert!(
-        line.starts_with("fvd-img: 'disk.raw' is not an FVD image: "),
+        run.stdout
+            .starts_with("image: disk.raw\nfile format: raw\n"),
+        "{run:?}"
+    );
+    let json = info_json(dir.path(), "disk.raw");
+    assert_eq!(json["format"], "raw");
+    assert_eq!(json["virtual-size"], 1 << 20);
+    // Asked to read it as FVD, the refusal says what it is.
+    let line = fails(dir.path(), &["info", "-f", "fvd", "disk.raw"]);
+    assert!(
+        line.starts_with("fvd-img: 'disk.raw' is not an FVD image: it is a raw disk image"),
         "{line}"
     );
     assert!(line.contains("magic"), "{line}");
-    let line = fails(dir.path(), &["info", "empty"]);
+    let line = fails(dir.path(), &["info", "-f", "fvd", "empty"]);
     assert!(
         line.starts_with("fvd-img: 'empty' is not an FVD image: "),
         "{line}"
@@ -597,7 +608,10 @@ fn info_refuses_what_is_not_an_fvd_image() {
         "fvd-img: Could not open 'missing.fvd': No such file or directory"
     );
     // The same in JSON mode: nothing on stdout.
-    fails(dir.path(), &["info", "--output", "json", "disk.raw"]);
+    fails(
+        dir.path(),
+        &["info", "--output", "json", "-f", "fvd", "disk.raw"],
+    );
 }
 
 #[test]

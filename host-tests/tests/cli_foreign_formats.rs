@@ -37,7 +37,7 @@ fn commands_name_a_qcow2_image_instead_of_reading_its_container_as_raw() {
 
     for command in ["info", "check"] {
         let refused = fails(d, &[command, "disk.qcow2"]);
-        assert_contains(&refused, "is a qcow2 image");
+        assert_contains(&refused, "a qcow2 image, a format this tool does not read");
     }
     let io = common::fvd_img(d, &["io", "-c", "read 0 512", "disk.qcow2"]);
     assert_ne!(io.code, 0, "{io:?}");

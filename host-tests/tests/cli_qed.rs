@@ -340,7 +340,7 @@ fn info_reports_what_qemu_img_info_reports() {
     let line = fails(d, &["info", "-f", "qed", "junk"]);
     assert_contains(
         &line,
-        "'junk' is not a valid QED image: magic is 0x5a5a5a5a",
+        "'junk' is not a valid QED image: it is a raw disk image; magic is 0x5a5a5a5a",
     );
 }
 

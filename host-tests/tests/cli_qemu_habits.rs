@@ -661,3 +661,80 @@ fn a_base_without_a_format_is_probed_only_among_our_formats_and_said_so() {
     );
     assert_contains(&fails(d, &["create", "-b", "q.qcow2", "u.fvd"]), "qcow2");
 }
+
+#[test]
+fn info_and_check_treat_raw_files_as_qemu_img_does() {
+    let dir = scratch();
+    let d = dir.path();
+    ok(d, &["create", "-q", "-f", "raw", "r.raw", "1M"]);
+    let ours = info_json(d, "r.raw");
+    let theirs: serde_json::Value =
+        serde_json::from_str(&qemu_img(d, &["info", "--output", "json", "r.raw"]).stdout).unwrap();
+    for key in ["format", "virtual-size", "filename", "dirty-flag"] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    // qemu-img 8 and later list the protocol node as the "file" child.
+    assert_eq!(ours["children"][0]["name"], "file");
+    assert_eq!(ours["children"][0]["info"]["format"], "file");
+    let qemu = qemu_img(d, &["check", "r.raw"]);
+    let run = common::fvd_img(d, &["check", "r.raw"]);
+    assert_eq!((run.code, qemu.code), (63, 63));
+    assert_contains(&run.stderr, "This image format does not support checks");
+    // -q prints nothing whatever the result.
+    ok(d, &["create", "-q", "-f", "qed", "a.qed", "1M"]);
+    assert_eq!(ok(d, &["check", "-q", "a.qed"]).stdout, "");
+}
+
+#[test]
+fn info_backing_chain_lists_every_image_as_qemu_img_does() {
+    let dir = scratch();
+    let d = dir.path();
+    ok(d, &["create", "-q", "-f", "raw", "base.raw", "1M"]);
+    ok(
+        d,
+        &[
+            "create", "-q", "-f", "qed", "-b", "base.raw", "-F", "raw", "mid.qed",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "create", "-q", "-f", "qed", "-b", "mid.qed", "-F", "qed", "top.qed",
+        ],
+    );
+    let ours = ok(
+        d,
+        &["info", "--backing-chain", "--output", "json", "top.qed"],
+    );
+    let theirs = qemu_img(
+        d,
+        &["info", "--backing-chain", "--output", "json", "top.qed"],
+    );
+    let names = |text: &str| -> Vec<(String, String)> {
+        let list: serde_json::Value = serde_json::from_str(text).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["filename"].to_string(), i["format"].to_string()))
+            .collect()
+    };
+    assert_eq!(names(&ours.stdout), names(&theirs.stdout));
+    let human = ok(d, &["info", "--backing-chain", "top.qed"]).stdout;
+    let images: Vec<&str> = human.lines().filter(|l| l.starts_with("image: ")).collect();
+    assert_eq!(
+        images,
+        ["image: top.qed", "image: mid.qed", "image: base.raw"]
+    );
+    // An FVD image made independent of its base shows no backing file any more.
+    ok(
+        d,
+        &[
+            "create", "-q", "-f", "fvd", "-b", "base.raw", "-F", "raw", "f.fvd",
+        ],
+    );
+    ok(d, &["rebase", "-b", "", "f.fvd"]);
+    let info = info_json(d, "f.fvd");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let chain = ok(d, &["info", "--backing-chain", "f.fvd"]).stdout;
+    assert_eq!(chain.lines().filter(|l| l.starts_with("image: ")).count(), 1);
+}

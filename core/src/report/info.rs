@@ -97,6 +97,8 @@ pub enum ImageFacts<'a> {
         /// Its layout.
         layout: QedLayout,
     },
+    /// A raw disk: the file's bytes are the guest's.
+    Raw,
 }
 
 /// Everything `info` reports.
@@ -126,6 +128,7 @@ impl<'a> InfoFacts<'a> {
         match self.image {
             ImageFacts::Fvd { .. } => "fvd",
             ImageFacts::Qed { .. } => "qed",
+            ImageFacts::Raw => "raw",
         }
     }
 
@@ -134,13 +137,14 @@ impl<'a> InfoFacts<'a> {
         match &self.image {
             ImageFacts::Fvd { layout, .. } => layout.virtual_size,
             ImageFacts::Qed { layout, .. } => layout.image_size,
+            ImageFacts::Raw => self.file_len,
         }
     }
 
     /// Bytes per cluster (QED only).
     pub fn cluster_size(&self) -> Option<u64> {
         match &self.image {
-            ImageFacts::Fvd { .. } => None,
+            ImageFacts::Fvd { .. } | ImageFacts::Raw => None,
             ImageFacts::Qed { layout, .. } => Some(layout.cluster_size),
         }
     }
@@ -150,7 +154,13 @@ impl<'a> InfoFacts<'a> {
         match &self.image {
             ImageFacts::Fvd { layout, .. } => !layout.clean_shutdown,
             ImageFacts::Qed { layout, .. } => layout.need_check,
+            ImageFacts::Raw => false,
         }
+    }
+
+    /// True when the format has a header with fields of its own (not raw).
+    pub fn has_format_specific(&self) -> bool {
+        !matches!(self.image, ImageFacts::Raw)
     }
 
     /// Calls `each` with every header field, in on-disk order.
@@ -161,6 +171,7 @@ impl<'a> InfoFacts<'a> {
         match self.image {
             ImageFacts::Fvd { header, .. } => fvd_fields(header).iter().try_for_each(&mut each),
             ImageFacts::Qed { header, .. } => qed_fields(header).iter().try_for_each(&mut each),
+            ImageFacts::Raw => Ok(()),
         }
     }
 
@@ -175,7 +186,9 @@ impl<'a> InfoFacts<'a> {
             }
         };
         let c = &self.counts;
-        add("file_length", FactValue::Number(self.file_len));
+        if self.has_format_specific() {
+            add("file_length", FactValue::Number(self.file_len));
+        }
         match &self.image {
             ImageFacts::Fvd {
                 layout, data_file, ..
@@ -205,6 +218,7 @@ impl<'a> InfoFacts<'a> {
                 add("zero_clusters", FactValue::Number(c.zero_clusters));
                 add("invalid_table_entries", FactValue::Number(c.qed_invalid));
             }
+            ImageFacts::Raw => {}
         }
         facts.into_iter().flatten()
     }
@@ -255,6 +269,7 @@ impl<'a> InfoFacts<'a> {
                 regions[0] = region("header", 0, layout.header_len);
                 regions[1] = region("l1_table", layout.l1_table.offset, layout.l1_table.len);
             }
+            ImageFacts::Raw => {}
         }
         regions.into_iter().flatten()
     }
@@ -288,6 +303,25 @@ pub fn write_field_value<W: Write>(
 pub fn write_info(out: &mut impl Write, facts: &InfoFacts<'_>) -> fmt::Result {
     let mut j = JsonWriter::new(out);
     j.begin_object()?;
+    // qemu-img 8 and later describe the protocol node under the image as its "file"
+    // child: the image file itself, its length as its size.
+    j.key("children")?;
+    j.begin_array()?;
+    j.begin_object()?;
+    j.member_str("name", "file")?;
+    j.key("info")?;
+    j.begin_object()?;
+    j.key("children")?;
+    j.begin_array()?;
+    j.end_array()?;
+    j.member_u64("virtual-size", facts.file_len)?;
+    j.member_str("filename", facts.filename)?;
+    j.member_str("format", "file")?;
+    j.member_u64("actual-size", facts.actual_size)?;
+    j.member_bool("dirty-flag", false)?;
+    j.end_object()?;
+    j.end_object()?;
+    j.end_array()?;
     j.member_str("filename", facts.filename)?;
     j.member_str("format", facts.format())?;
     j.member_u64("virtual-size", facts.virtual_size())?;
@@ -303,6 +337,9 @@ pub fn write_info(out: &mut impl Write, facts: &InfoFacts<'_>) -> fmt::Result {
         }
     }
     j.member_bool("dirty-flag", facts.dirty())?;
+    if !facts.has_format_specific() {
+        return j.end_object();
+    }
     j.key("format-specific")?;
     j.begin_object()?;
     j.member_str("type", facts.format())?;

@@ -71,7 +71,7 @@ pub const FVD_CREATE_OPTIONS: [OptionSpec; 13] = [
     OptionSpec {
         name: "backing_fmt",
         kind: OptionKind::Str,
-        help: "Format of the base image: raw or fvd (same as -F; default: probed)",
+        help: "Format of the base image: raw, fvd or qed (same as -F; default: probed among these)",
     },
     OptionSpec {
         name: "compact_image",

@@ -135,6 +135,20 @@ pub fn has_magic(bytes: &[u8], magic: u32) -> bool {
     bytes.get(..4) == Some(&magic.to_le_bytes()[..])
 }
 
+/// "it is a QED image" (or raw, qcow2...) for a file whose first bytes are another
+/// format's than the one it was opened as; `None` when they are that format's, so the
+/// header's own error explains.
+pub fn what_it_is(bytes: &[u8], opened_as: fvd_core::probe::Probe) -> Option<String> {
+    use fvd_core::probe::Probe;
+    let seems = fvd_core::probe::probe(bytes);
+    let same_format = match seems {
+        Probe::Fvd | Probe::Fvd2011 | Probe::DamagedFvd { .. } => opened_as == Probe::Fvd,
+        Probe::Qed | Probe::DamagedQed { .. } => opened_as == Probe::Qed,
+        _ => false,
+    };
+    (!same_format).then(|| format!("it is {seems}"))
+}
+
 /// A header error worded to follow "'FILE' is not an FVD image: ".
 pub fn header_reason(err: &HeaderError) -> String {
     match *err {
@@ -189,7 +203,10 @@ pub fn open_fvd_as(path: &Path, usage: Usage) -> Result<FvdImage, CliError> {
     let bytes = read_at_most(&host.file, path, 0, RAW_HEADER_LEN)?;
     let (header, layout) = parse(&bytes, host.len).map_err(|err| CliError::NotFvd {
         path: path.to_path_buf(),
-        reason: header_reason(&err),
+        reason: match what_it_is(&bytes, fvd_core::probe::Probe::Fvd) {
+            Some(what) => format!("{what}; {}", header_reason(&err)),
+            None => header_reason(&err),
+        },
     })?;
     Ok(FvdImage {
         path: path.to_path_buf(),

@@ -47,12 +47,12 @@ pub const PROGRAM: &str = "fvd-img";
 /// Exit status of any failure (qemu-img uses 1 for everything, usage errors included).
 pub const EXIT_FAILURE: u8 = 1;
 
-/// `fvd-img`: create and inspect FVD disk images, with qemu-img's habits.
+/// `fvd-img`: create, inspect and convert FVD and QED disk images, with qemu-img's habits.
 #[derive(Parser, Debug)]
 #[command(
     name = "fvd-img",
     version,
-    about = "Create and inspect FVD (Fast Virtual Disk) images; the commands and options follow qemu-img"
+    about = "Create, inspect and convert FVD (Fast Virtual Disk) and QED (QEMU Enhanced Disk) images; the commands and options follow qemu-img and qemu-io"
 )]
 pub struct Cli {
     /// The subcommand to run.
@@ -63,27 +63,27 @@ pub struct Cli {
 /// Every subcommand.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a new image: create [-f fvd|qed] [-b BASE [-F BASE_FMT]] [-o OPTIONS] FILE [SIZE]
+    /// Create a new image: create [-f fvd|qed|raw] [-b BASE [-F raw|fvd|qed]] [-u] [-o OPTIONS] FILE [SIZE]
     Create(create::CreateArgs),
-    /// Show an image's header, regions and allocation: info [-f fvd|qed] [--output human|json] FILE
+    /// Show an image's header, regions and allocation: info [-f fmt] [--output human|json] [--backing-chain] [-U] FILE
     Info(info::InfoArgs),
     /// Run qemu-io style commands on an image: io [-f fmt] [-t cache] [-r] [--cor|--no-cor] [-c CMD]... FILE
     Io(io::IoArgs),
-    /// Copy a disk into a new image: convert [-f fmt] [-O fmt] [-o OPTIONS] [-p] SRC DST
+    /// Copy a disk into a new image: convert [-f fmt] [-O raw|fvd|qed] [-o OPTIONS] [-p] [-n] [-S SIZE] SRC DST
     Convert(convert::ConvertArgs),
     /// Compare the guest contents of two disks: compare [-f fmt] [-F fmt] [-s] [-q] A B
     Compare(compare::CompareArgs),
     /// Show where each run of the guest disk lives: map [-f fmt] [--output human|json] FILE
     Map(map::MapArgs),
-    /// Check an image's metadata, and repair it: check [-f fvd|qed] [-r leaks|all] [--output human|json] FILE
+    /// Check an image's metadata, and repair it: check [-f fvd|qed] [-q] [-r leaks|all] [--output human|json] FILE
     Check(check::CheckArgs),
-    /// Rewrite header fields in place: update [-f fvd] FILE KEY=VAL...
+    /// Rewrite FVD header fields in place: update [-f fvd] FILE KEY=VAL...
     Update(update::UpdateArgs),
     /// Copy every base block into the image now: prefetch [-r RATE] [-q] FILE
     Prefetch(prefetch::PrefetchArgs),
-    /// Write an image's own data into its base image: commit [-f fvd] [-q] FILE
+    /// Write an image's own data into its base image: commit [-f fvd|qed] [-q] [-p] [-b BASE] FILE
     Commit(commit::CommitArgs),
-    /// Put an image over another base image: rebase [-f fvd] -b NEW [-F NEW_FMT] [-u] FILE
+    /// Put an FVD image over another base image: rebase [-f fvd] [-p] -b NEW [-F raw|fvd|qed] [-u] FILE
     Rebase(rebase::RebaseArgs),
     /// Copy part of a disk into a new one: dd [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=INPUT of=OUTPUT
     Dd(dd::DdArgs),

@@ -73,7 +73,10 @@ pub fn open_qed_as(path: &Path, usage: Usage) -> Result<QedImage, CliError> {
     let bytes = read_at_most(&host.file, path, 0, QED_HEADER_LEN)?;
     let (header, layout) = parse(&bytes, host.len).map_err(|err| CliError::NotQed {
         path: path.to_path_buf(),
-        reason: qed_header_reason(&err),
+        reason: match super::image::what_it_is(&bytes, fvd_core::probe::Probe::Qed) {
+            Some(what) => format!("{what}; {}", qed_header_reason(&err)),
+            None => qed_header_reason(&err),
+        },
     })?;
     let header = header.clone();
     // The name lies inside the header area, which validation has placed inside the file.

@@ -15,6 +15,7 @@ pub mod qed;
 pub mod repair;
 pub mod report;
 
+use super::disk::DiskFormat;
 use super::error::CliError;
 use super::image_format::ImageFormat;
 use super::open_flags::{self, ExternalData, ForceShare};
@@ -28,6 +29,8 @@ use std::path::PathBuf;
 pub const EXIT_CORRUPT: u8 = 2;
 /// Exit status: the image has leaked chunks and no corruptions.
 pub const EXIT_LEAKS: u8 = 3;
+/// Exit status: the format has nothing to check (raw), as qemu-img's.
+pub const EXIT_UNSUPPORTED: u8 = 63;
 
 /// What `-r` repairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,14 +55,14 @@ impl From<RepairMode> for fvd_core::check::RepairMode {
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "\
 Exit status: 0 no problems, 1 the check could not be completed, 2 corruptions found, \
-3 leaked chunks found (and no corruptions).\n\
+3 leaked chunks found (and no corruptions), 63 the format (raw) has nothing to check.\n\
 Leaked chunks are physical chunks below the highest mapped one that no table entry maps; \
 the engine reuses them for new writes. After -r, leaks that cannot be released are reported \
 but do not set status 3.\n\
 QED images: leaked clusters are clusters of the file nothing references; -r truncates those \
 at the end of the file away, and those before used clusters still set status 3.")]
 pub struct CheckArgs {
-    /// Image format (fvd or qed; default: probed)
+    /// Image format (fvd, qed or raw; default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// Repair: 'leaks' (replay and release unused storage) or 'all' (also corruptions)
@@ -68,6 +71,9 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, value_enum, value_name = "FMT", default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    /// Print nothing; only the exit status tells the result
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub share: ForceShare,
     #[command(flatten)]
@@ -83,12 +89,30 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
     args.share.check_read_only(args.repair.is_some())?;
     let gate = open_flags::gate(args.share, args.external);
-    match ImageFormat::given_or_probed(args.format.as_deref(), path)? {
-        ImageFormat::Fvd => fvd::run(path, args.repair, args.output, &gate, out),
-        ImageFormat::Qed => {
+    // -q: the report goes nowhere; the exit status still says what was found.
+    let mut sink = std::io::sink();
+    let out: &mut dyn Write = if args.quiet { &mut sink } else { out };
+    let format = match args.format.as_deref() {
+        Some(name) => DiskFormat::parse(name)?,
+        // A file that is neither FVD nor QED but looks like one of them is checked as
+        // that format, so that the header check explains what is wrong with it.
+        None => match ImageFormat::probe(path)? {
+            Some(ImageFormat::Fvd) => DiskFormat::Fvd,
+            Some(ImageFormat::Qed) => DiskFormat::Qed,
+            None => DiskFormat::probe(path)?,
+        },
+    };
+    match format {
+        DiskFormat::Fvd => fvd::run(path, args.repair, args.output, &gate, out),
+        DiskFormat::Qed => {
             let usage = gate.image_usage(args.repair.is_some())?;
             qed::run(path, args.repair, args.output, usage, out)
         }
+        // qemu-img's words and status for a format without metadata to check.
+        DiskFormat::Raw => Err(CliError::Invalid(
+            "This image format does not support checks".into(),
+        )
+        .with_status(EXIT_UNSUPPORTED)),
     }
 }
 
