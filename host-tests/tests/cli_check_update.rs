@@ -561,7 +561,7 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     let report = check_json(d, &["c.fvd"], 3);
     assert_eq!(report["leaks"], 1);
     assert_eq!(report["corruptions"], 0);
-    assert_eq!(report["leaked-chunks"][0]["start"], 0);
+    assert_eq!(report["leaked-clusters"][0]["start"], 0);
 
     // -r leaks releases the unused tail; the leak below mapped chunks stays, reusable.
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);

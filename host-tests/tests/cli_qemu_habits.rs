@@ -736,5 +736,8 @@ fn info_backing_chain_lists_every_image_as_qemu_img_does() {
     let info = info_json(d, "f.fvd");
     assert!(info.get("backing-filename").is_none(), "{info}");
     let chain = ok(d, &["info", "--backing-chain", "f.fvd"]).stdout;
-    assert_eq!(chain.lines().filter(|l| l.starts_with("image: ")).count(), 1);
+    assert_eq!(
+        chain.lines().filter(|l| l.starts_with("image: ")).count(),
+        1
+    );
 }
