@@ -22,8 +22,11 @@ echo "== fvd-wasm tests in headless Chromium"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p fvd-wasm --target wasm32-unknown-unknown --tests
 
-echo "== inspector end-to-end (Playwright, system Chromium)"
 (cd web-demo && npm ci --no-audit --no-fund --silent)
+echo "== the page's JavaScript type-checked against fvd-wasm's generated TypeScript typings"
+(cd web-demo && npx tsc -p jsconfig.json)
+
+echo "== inspector end-to-end (Playwright, system Chromium)"
 # One test file at a time: each drives its own Chromium, and the machine has few cores.
 # Screenshots of each view land in target/web-screens/ (look at them after a UI change);
 # the sparse-image figures for BENCHMARKS.md in target/web-screens/sparse-figures.json.

@@ -4,12 +4,15 @@
 import init, * as fvd from './pkg/fvd_wasm.js';
 import { MapView, progress, showJournal, showLayout, showPartitions } from './views.js';
 
+/** Looks an element up by id (the page's elements, of whatever kind each one is).
+ * @type {(id: string) => any} */
 const $ = (id) => document.getElementById(id);
 const FIRST_BYTES = 65536; // the header area core reads names from
 const MAX_RUNS = 200000;   // runs drawn on the map before it says it stopped
 const LINES = 16;          // hex lines per page
 
 let session = null;        // { insp, files, rawBase, size, runs }
+/** @type {Promise<unknown>} */
 let queue = Promise.resolve();
 let cursor = 0;
 let wasm = null;           // the module's exports (its memory is reported after each open)
@@ -24,8 +27,14 @@ const ctx = {
   token: () => token,
 };
 
-/// Runs `job` after every earlier job: the inspector has one request at a time.
+/**
+ * Runs `job` after every earlier job: the inspector has one request at a time.
+ * @template T
+ * @param {() => Promise<T>} job
+ * @returns {Promise<T>}
+ */
 function serial(job) {
+  /** @type {Promise<T>} */
   const next = queue.then(job, job);
   queue = next.catch(() => {});
   return next;
@@ -195,17 +204,17 @@ async function openFiles(fileList) {
     const lap = () => { const now = performance.now(); const ms = Math.round(now - t); t = now; return ms; };
     await showLayout(ctx, session);
     await showCursor();
-    timings.cursorMs = lap();
+    timings.cursorMs = String(lap());
     await showPartitions(ctx, session);
     await drawMap();
-    timings.mapMs = lap();
+    timings.mapMs = String(lap());
     // From choosing the files to a drawn map, and the file bytes read by then.
     timings.firstMapMs = String(Math.round(performance.now() - began));
     timings.firstMapBytes = String(bytesRead);
     await showJournal(ctx, session);
-    timings.journalMs = lap();
+    timings.journalMs = String(lap());
     await runCheck();
-    timings.checkMs = lap();
+    timings.checkMs = String(lap());
     timings.wasmBytes = String(wasm.memory.buffer.byteLength);
     timings.bytesRead = String(bytesRead);
     setStatus('ready', 'ready');
@@ -253,7 +262,7 @@ function showHeaderBytes(layer) {
   // Only hex digits and numbers built above go into this markup.
   view.innerHTML = parts.join(' ');
   view.onclick = (e) => {
-    const offset = e.target.dataset?.offset;
+    const offset = /** @type {HTMLElement} */ (e.target).dataset?.offset;
     if (offset === undefined) return;
     const name = fvd.field_at(layer.first, Number(offset)) ?? '';
     $('field-at').textContent = name || '(no field)';
@@ -471,7 +480,7 @@ function moveTo(offset) {
 
 async function main() {
   wasm = await init();
-  $('file-input').addEventListener('change', (e) => openFiles(e.target.files));
+  $('file-input').addEventListener('change', (e) => openFiles(/** @type {HTMLInputElement} */ (e.target).files));
   document.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
   document.addEventListener('dragleave', () => document.body.classList.remove('dragging'));
   document.addEventListener('drop', (e) => {

@@ -4,6 +4,8 @@
 // from fvd-wasm (core); this file only draws. `ctx` carries what app.js owns: the wasm
 // module (fvd), serial(), pump(), readFile(), moveTo() and the cancel token.
 
+/** Looks an element up by id (the page's elements, of whatever kind each one is).
+ * @type {(id: string) => any} */
 const $ = (id) => document.getElementById(id);
 const hex = (n, w = 1) => n.toString(16).padStart(w, '0');
 
@@ -80,7 +82,7 @@ export async function showLayout(ctx, s) {
     const li = document.createElement('li');
     li.dataset.region = r.name;
     li.innerHTML = `<span class="swatch"></span>`;
-    li.firstChild.style.background = REGION_COLORS[r.name] ?? '#888';
+    /** @type {HTMLElement} */ (li.firstChild).style.background = REGION_COLORS[r.name] ?? '#888';
     li.append(`${r.name}: bytes 0x${hex(r.offset)}–0x${hex(r.offset + r.len)} (${human(r.len)})`);
     list.append(li);
   }
@@ -88,7 +90,7 @@ export async function showLayout(ctx, s) {
     const li = document.createElement('li');
     li.dataset.region = 'L2 table';
     li.innerHTML = `<span class="swatch"></span>`;
-    li.firstChild.style.background = REGION_COLORS['L2 table'];
+    /** @type {HTMLElement} */ (li.firstChild).style.background = REGION_COLORS['L2 table'];
     li.append(`${l2.length} L2 table(s) of ${human(l2[0].len)}: first at 0x${hex(l2[0].offset)}`);
     list.append(li);
   }
