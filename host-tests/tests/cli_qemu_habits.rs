@@ -741,3 +741,78 @@ fn info_backing_chain_lists_every_image_as_qemu_img_does() {
         1
     );
 }
+
+/// Guest bytes of `file` (any format fvd-img reads), through convert.
+fn guest_bytes(d: &std::path::Path, file: &str) -> Vec<u8> {
+    let out = format!("{file}.flat");
+    ok(d, &["convert", "-O", "raw", file, &out]);
+    let bytes = std::fs::read(d.join(&out)).unwrap();
+    std::fs::remove_file(d.join(&out)).unwrap();
+    bytes
+}
+
+#[test]
+fn rebase_of_a_qed_image_keeps_its_guest_view_and_qemu_reads_the_result() {
+    let dir = scratch();
+    let d = dir.path();
+    let old: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 7) as u8 + 1).collect();
+    let mut new = old.clone();
+    new[200_000..300_000].fill(0x99);
+    std::fs::write(d.join("old.raw"), &old).unwrap();
+    std::fs::write(d.join("new.raw"), &new).unwrap();
+    ok(
+        d,
+        &[
+            "create", "-q", "-f", "qed", "-b", "old.raw", "-F", "raw", "t.qed",
+        ],
+    );
+    common::qemu_io_qed(d, "t.qed", &["write -q -P 0x5 0 64k"]);
+    let before = guest_bytes(d, "t.qed");
+
+    // Safe mode: same guest bytes over the new base, and QEMU agrees.
+    let run = ok(d, &["rebase", "-p", "-b", "new.raw", "-F", "raw", "t.qed"]);
+    assert_contains(&run.stdout, "(100.00/100%)");
+    assert!(
+        guest_bytes(d, "t.qed") == before,
+        "safe rebase changed the guest view"
+    );
+    assert_eq!(info_json(d, "t.qed")["backing-filename"], "new.raw");
+    assert_eq!(qemu_img(d, &["check", "t.qed"]).code, 0);
+    std::fs::write(d.join("flat.raw"), &before).unwrap();
+    let qemu = qemu_img(
+        d,
+        &["compare", "-f", "qed", "-F", "raw", "t.qed", "flat.raw"],
+    );
+    assert_eq!(qemu.code, 0, "{qemu:?}");
+
+    // -u renames only; -b '' drops the base and keeps the bytes.
+    std::fs::copy(d.join("new.raw"), d.join("moved.raw")).unwrap();
+    ok(
+        d,
+        &["rebase", "-u", "-b", "moved.raw", "-F", "raw", "t.qed"],
+    );
+    assert_eq!(info_json(d, "t.qed")["backing-filename"], "moved.raw");
+    ok(d, &["rebase", "-b", "", "t.qed"]);
+    assert!(info_json(d, "t.qed").get("backing-filename").is_none());
+    std::fs::remove_file(d.join("moved.raw")).unwrap();
+    assert!(guest_bytes(d, "t.qed") == before);
+    assert_eq!(
+        qemu_img(
+            d,
+            &["compare", "-f", "qed", "-F", "raw", "t.qed", "flat.raw"]
+        )
+        .code,
+        0
+    );
+
+    // A base added to an image that had none does not show through.
+    ok(d, &["create", "-q", "-f", "qed", "z.qed", "1M"]);
+    ok(d, &["rebase", "-b", "new.raw", "-F", "raw", "z.qed"]);
+    assert!(guest_bytes(d, "z.qed").iter().all(|&b| b == 0));
+    // Never an FVD base under QED.
+    ok(d, &["create", "-q", "-f", "fvd", "b.fvd", "1M"]);
+    assert_contains(
+        &fails(d, &["rebase", "-b", "b.fvd", "-F", "fvd", "z.qed"]),
+        "FVD base",
+    );
+}

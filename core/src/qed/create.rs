@@ -171,6 +171,53 @@ impl QedPlan<'_> {
     }
 }
 
+/// The header of an existing QED image (`header`, validated) put over another backing
+/// file, or over none, as `qemu-img rebase` rewrites it: the name at byte 64 of the header
+/// area (which must hold it: `header_size` clusters less the 64-byte header), the
+/// backing-file feature bits set for `backing` (with `BACKING_FORMAT_NO_PROBE` for a raw
+/// one) or cleared without. Every other field is kept. The host writes the returned header
+/// and the name in one write, with zeros over the rest of the old name.
+pub fn rebased_header(
+    header: &QedHeader,
+    backing: Option<QedBacking<'_>>,
+) -> Result<QedHeader, QedCreateError> {
+    let mut new = header.clone();
+    let mut bits =
+        header.features.get() & !(features::BACKING_FILE | features::BACKING_FORMAT_NO_PROBE);
+    match backing {
+        None => {
+            new.backing_filename_offset = U32::new(0);
+            new.backing_filename_size = U32::new(0);
+        }
+        Some(backing) => {
+            let name = backing.name;
+            if name.is_empty() {
+                return Err(QedCreateError::BackingNameEmpty);
+            }
+            if name.contains(&0) {
+                return Err(QedCreateError::BackingNameHasNul);
+            }
+            let area = u64::from(header.cluster_size.get())
+                .saturating_mul(u64::from(header.header_size.get()));
+            let max_name = area
+                .saturating_sub(QED_HEADER_LEN as u64)
+                .min(u64::from(MAX_BACKING_NAME_LEN));
+            let len = name.len() as u64;
+            let Some(stored_len) = u32::try_from(len).ok().filter(|_| len <= max_name) else {
+                return Err(QedCreateError::BackingNameTooLong { len, max: max_name });
+            };
+            bits |= features::BACKING_FILE;
+            if backing.format == b"raw" {
+                bits |= features::BACKING_FORMAT_NO_PROBE;
+            }
+            new.backing_filename_offset = U32::new(NAME_OFFSET);
+            new.backing_filename_size = U32::new(stored_len);
+        }
+    }
+    new.features = U64::new(bits);
+    Ok(new)
+}
+
 fn power_of_two_in(value: u64, min: u32, max: u32) -> bool {
     value.is_power_of_two() && value >= u64::from(min) && value <= u64::from(max)
 }
@@ -249,4 +296,42 @@ pub fn plan<'a>(options: &QedCreateOptions<'a>) -> Result<QedPlan<'a>, QedCreate
         },
         file_len: cluster_size.saturating_add(table_len),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebased_header_names_the_new_base_or_none_and_keeps_the_rest() {
+        let p = plan(&QedCreateOptions {
+            size: 1 << 30,
+            backing: Some(QedBacking {
+                name: b"old.raw",
+                format: b"raw",
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let new = QedBacking {
+            name: b"new.qed",
+            format: b"qed",
+        };
+        let q = rebased_header(&p.header, Some(new)).unwrap();
+        assert_eq!(q.backing_filename_size.get(), 7);
+        assert_eq!(q.features.get(), features::BACKING_FILE);
+        assert_eq!(q.image_size, p.header.image_size);
+        let none = rebased_header(&p.header, None).unwrap();
+        assert_eq!(none.features.get(), 0);
+        assert_eq!(none.backing_filename_offset.get(), 0);
+        let long = [b'a'; 70_000];
+        let too_long = QedBacking {
+            name: &long,
+            format: b"raw",
+        };
+        assert!(matches!(
+            rebased_header(&p.header, Some(too_long)),
+            Err(QedCreateError::BackingNameTooLong { .. })
+        ));
+    }
 }

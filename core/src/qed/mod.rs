@@ -27,7 +27,7 @@ pub mod header;
 pub mod table;
 pub mod validate;
 
-pub use create::{plan, QedBacking, QedCreateError, QedCreateOptions, QedPlan};
+pub use create::{plan, rebased_header, QedBacking, QedCreateError, QedCreateOptions, QedPlan};
 pub use error::QedHeaderError;
 pub use header::{features, probe, QedHeader, QED_HEADER_LEN, QED_MAGIC};
 pub use table::{L1Entry, L2Entry, TableIndex};

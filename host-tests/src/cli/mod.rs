@@ -28,6 +28,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod qed;
 pub mod rebase;
+pub mod rebase_qed;
 pub mod resize;
 pub mod size;
 pub mod sparse;
@@ -83,7 +84,7 @@ pub enum Command {
     Prefetch(prefetch::PrefetchArgs),
     /// Write an image's own data into its base image: commit [-f fvd|qed] [-q] [-p] [-b BASE] FILE
     Commit(commit::CommitArgs),
-    /// Put an FVD image over another base image: rebase [-f fvd] [-p] -b NEW [-F raw|fvd|qed] [-u] FILE
+    /// Put an image over another base image: rebase [-f fvd|qed] [-p] -b NEW [-F raw|fvd|qed] [-u] FILE
     Rebase(rebase::RebaseArgs),
     /// Copy part of a disk into a new one: dd [-f fmt] [-O fmt] [bs=N] [count=N] [skip=N] if=INPUT of=OUTPUT
     Dd(dd::DdArgs),

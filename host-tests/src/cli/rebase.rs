@@ -52,7 +52,7 @@ base had. -b \"\" copies the whole base into FILE and marks it fully prefetched 
 stays in the header, but the base is never read again). A relative NEW is relative to FILE's \
 directory.")]
 pub struct RebaseArgs {
-    /// Format of FILE: fvd (default: probed)
+    /// Format of FILE: fvd or qed (default: probed)
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
     /// The new base image ("" for none)
@@ -80,12 +80,12 @@ pub struct RebaseArgs {
 /// Bytes compared at a time (at least one block).
 const PIECE: u64 = 4 << 20;
 
-fn image_error(err: impl std::fmt::Display) -> CliError {
+pub(super) fn image_error(err: impl std::fmt::Display) -> CliError {
     CliError::Image(err.to_string())
 }
 
 /// True when `a` and `b` both exist and are the same file.
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
@@ -218,7 +218,7 @@ fn all_bits_set(path: &Path) -> Result<bool, CliError> {
 }
 
 /// Refuses a NEW whose own base chain leads back to FILE.
-fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
+pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
     let mut path = new.path.clone();
     let mut format = new.format;
     for _ in 0..=MAX_CHAIN_DEPTH {
@@ -302,12 +302,12 @@ fn inspect_new(file: &Path, name: &Path, format: Option<BaseFormat>) -> Result<B
 }
 
 /// The new base for safe mode, opened for reading.
-struct NewBase {
-    disk: Disk,
+pub(super) struct NewBase {
+    pub(super) disk: Disk,
     /// Guest bytes it has.
-    size: u64,
-    /// `base_img_size` once FILE names it.
-    range: u64,
+    pub(super) size: u64,
+    /// `base_img_size` once FILE names it (a QED image: its whole size).
+    pub(super) range: u64,
 }
 
 impl NewBase {
@@ -325,7 +325,7 @@ impl NewBase {
 /// Makes FILE's blocks that are still in the old base local where the new view would
 /// differ: every such block when `new` is `None` (no base any more); otherwise blocks whose
 /// data differs in NEW or whose extent inside the base range changes.
-fn copy_differing(
+pub(super) fn copy_differing(
     top: &mut Driver<FileStorage>,
     mut new: Option<&mut NewBase>,
     (old_range, block_size): (u64, u64),
@@ -382,7 +382,7 @@ fn copy_differing(
 
 /// Opens FILE read-write without copy-on-read (base reads must not change it behind the
 /// comparison's back).
-fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliError> {
+pub(super) fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliError> {
     let options = DriverOptions {
         writable: true,
         copy_on_read: Some(false),
@@ -391,7 +391,7 @@ fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliErro
     open_image_with(path, options, gate).map_err(open_error)
 }
 
-fn close_top(path: &Path, mut top: Driver<FileStorage>) -> Result<(), CliError> {
+pub(super) fn close_top(path: &Path, mut top: Driver<FileStorage>) -> Result<(), CliError> {
     top.flush().map_err(image_error)?;
     let (_, clean) = top.close().map_err(image_error)?;
     if clean {
@@ -410,11 +410,11 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.file.as_path();
     match DiskFormat::given_or_probed(args.format.as_deref(), path)? {
         DiskFormat::Fvd => {}
-        DiskFormat::Raw | DiskFormat::Qed => {
+        DiskFormat::Qed => return super::rebase_qed::run(args, out),
+        DiskFormat::Raw => {
             return Err(CliError::Invalid(format!(
-                "'{}' is a {} image; only FVD images can be rebased",
+                "'{}' is a raw image; only FVD and QED images can be rebased",
                 path.display(),
-                DiskFormat::probe(path).map_or("raw", |f| f.name())
             )))
         }
     }
