@@ -23,7 +23,8 @@
 use super::base::{self, BaseFormat};
 use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
 use super::error::{io_reason, CliError};
-use super::image::{name_path, name_text, open_fvd};
+use super::image::{name_path, name_text, open_fvd, same_file};
+use super::io::CacheMode;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::progress::Progress;
 use super::qed::open_qed;
@@ -37,7 +38,7 @@ use clap::Args;
 use fvd_core::engine::{FileId, Mapping};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img commit`.
@@ -278,18 +279,12 @@ fn named_base(path: &Path, format: DiskFormat) -> Result<NamedBase, CliError> {
 /// Refuses `-b BASE` unless it is FILE's own base (`resolved`), and bad `-t` values.
 fn check_flags(args: &CommitArgs, resolved: &Path) -> Result<(), CliError> {
     if let Some(mode) = &args.cache {
-        if !["none", "writeback", "writethrough", "directsync", "unsafe"].contains(&mode.as_str()) {
-            return Err(CliError::Usage(format!("Invalid cache option: {mode}")));
-        }
+        CacheMode::parse(mode)?;
     }
     let Some(wanted) = &args.base else {
         return Ok(());
     };
-    let same = match (std::fs::metadata(wanted), std::fs::metadata(resolved)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    };
-    if same {
+    if same_file(wanted, resolved) {
         Ok(())
     } else {
         Err(CliError::Usage(format!(

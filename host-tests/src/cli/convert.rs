@@ -10,6 +10,8 @@
 use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS, QED_CREATE_OPTIONS};
 use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
 use super::error::CliError;
+use super::image::same_file;
+use super::io::CacheMode;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::options::{help_text, parse_options, ParsedOptions};
 use super::progress::Progress;
@@ -21,7 +23,6 @@ use crate::host::gate::OpenGate;
 use clap::Args;
 use fvd_core::qed::{plan as qed_plan, QedCreateOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes read from the source at once.
@@ -233,9 +234,6 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     staged.commit(args.force)
 }
 
-/// Cache modes qemu-img's `-t` and `-T` take.
-const CACHE_MODES: [&str; 5] = ["none", "writeback", "writethrough", "directsync", "unsafe"];
-
 /// Checks the flags scripts pass to qemu-img convert: refuses what cannot be done (-c,
 /// -B, -o with -n) and bad values, as qemu-img does, and returns the zero-block size
 /// (`-S`; 0 writes every byte).
@@ -259,9 +257,7 @@ fn script_flags(args: &ConvertArgs, output: DiskFormat) -> Result<u64, CliError>
         ));
     }
     for mode in [&args.cache, &args.source_cache].into_iter().flatten() {
-        if !CACHE_MODES.contains(&mode.as_str()) {
-            return Err(CliError::Usage(format!("Invalid cache option: {mode}")));
-        }
+        CacheMode::parse(mode)?;
     }
     if args.parallel.is_some_and(|n| !(1..=16).contains(&n)) {
         return Err(CliError::Usage(
@@ -354,14 +350,6 @@ pub fn stage_target(
         }
     };
     Ok(staged)
-}
-
-/// True when `a` and `b` both exist and are the same file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 /// Copies every run of `src` that may hold non-zero bytes into `dst`, skipping all-zero

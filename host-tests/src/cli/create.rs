@@ -5,6 +5,7 @@
 
 use super::base::{self, Base, BaseFormat};
 use super::error::CliError;
+use super::image::same_file;
 use super::image_format::ImageFormat;
 use super::options::{help_text, parse_options, OptionKind, OptionSpec, ParsedOptions};
 use super::qed::stage_qed;
@@ -19,7 +20,6 @@ use fvd_core::units::{checked_round_up, PAGE_SIZE};
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img create`.
@@ -421,14 +421,6 @@ pub fn check_target(path: &Path, force: bool) -> Result<(), CliError> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(CliError::io("create", path, e)),
-    }
-}
-
-/// True when `a` and `b` both exist and are the same file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
 

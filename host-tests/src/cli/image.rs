@@ -135,6 +135,28 @@ pub fn has_magic(bytes: &[u8], magic: u32) -> bool {
     bytes.get(..4) == Some(&magic.to_le_bytes()[..])
 }
 
+/// Writes `bytes` at the start of the file at `path` (a header, in place) with one
+/// positioned write, then syncs. The caller holds the image's lock.
+pub fn write_header_bytes(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| CliError::open(path, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| CliError::io("write", path, e))?;
+    file.sync_all().map_err(|e| CliError::io("sync", path, e))
+}
+
+/// True when `a` and `b` both exist and are the same file (device and inode).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// "it is a QED image" (or raw, qcow2...) for a file whose first bytes are another
 /// format's than the one it was opened as; `None` when they are that format's, so the
 /// header's own error explains.

@@ -22,8 +22,8 @@
 use super::base::{self, Base, BaseFormat};
 use super::disk::{open_error, Disk, DiskFormat};
 use super::error::CliError;
-use super::image::open_host_file_as;
 use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
+use super::image::{open_host_file_as, same_file, write_header_bytes};
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::progress::Progress;
 use super::qed::open_qed;
@@ -39,7 +39,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::mem::offset_of;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img rebase`.
@@ -84,14 +84,6 @@ pub(super) fn image_error(err: impl std::fmt::Display) -> CliError {
     CliError::Image(err.to_string())
 }
 
-/// True when `a` and `b` both exist and are the same file.
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 /// The first [`RAW_HEADER_LEN`] bytes of FILE and its length.
 fn read_header(path: &Path) -> Result<(Vec<u8>, u64), CliError> {
     let host = open_host_file(path)?;
@@ -131,17 +123,6 @@ fn check_header(new: &[u8], file_len: u64) -> Result<(), CliError> {
                 header_reason(&err)
             ))
         })
-}
-
-/// Writes the whole header with one positioned write, then syncs.
-fn write_header(path: &Path, new: &[u8]) -> Result<(), CliError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| CliError::open(path, e))?;
-    file.write_all_at(new, 0)
-        .map_err(|e| CliError::io("write", path, e))?;
-    file.sync_all().map_err(|e| CliError::io("sync", path, e))
 }
 
 /// `header` naming base `new` with `base_img_size` = `base_size`.
@@ -478,7 +459,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let flag = offset_of!(RawHeader, base_img_fully_prefetched);
         bytes[flag..flag + 4].copy_from_slice(&1u32.to_le_bytes());
         check_header(&bytes, file_len)?;
-        return write_header(path, &bytes);
+        return write_header_bytes(path, &bytes);
     }
 
     let new = inspect_new(path, &name, format)?;
@@ -508,7 +489,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
             )));
         }
         if planned != header {
-            write_header(path, &planned)?;
+            write_header_bytes(path, &planned)?;
         }
         return Ok(());
     }
@@ -546,7 +527,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let (bytes, file_len) = read_header(path)?;
     let bytes = renamed(&bytes, &new, &name, new_range)?;
     check_header(&bytes, file_len)?;
-    write_header(path, &bytes)?;
+    write_header_bytes(path, &bytes)?;
     // Bits past the new last block are meaningless now; the format wants them clear.
     set_bits(path, new_blocks, old_blocks, false)
 }

@@ -13,19 +13,15 @@
 use super::base::{self, BaseFormat};
 use super::disk::{Disk, DiskFormat};
 use super::error::CliError;
-use super::image::open_host_file_as;
+use super::image::{open_host_file_as, same_file, write_header_bytes};
 use super::open_flags::{self, ForceShare};
 use super::progress::Progress;
 use super::qed::open_qed_as;
-use super::rebase::{
-    check_no_loop, close_top, copy_differing, open_top, same_file, NewBase, RebaseArgs,
-};
+use super::rebase::{check_no_loop, close_top, copy_differing, open_top, NewBase, RebaseArgs};
 use crate::host::lock::Usage;
 use fvd_core::qed::{rebased_header, QedBacking};
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Writes the header and the new name (zeros over the rest of the old one), then syncs.
@@ -39,13 +35,7 @@ fn write_header_area(
     bytes.extend_from_slice(name);
     let end = header.bytes().len() + name.len().max(old_name_len);
     bytes.resize(end, 0);
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| CliError::open(path, e))?;
-    file.write_all_at(&bytes, 0)
-        .map_err(|e| CliError::io("write", path, e))?;
-    file.sync_all().map_err(|e| CliError::io("sync", path, e))
+    write_header_bytes(path, &bytes)
 }
 
 /// Writes zeros into every cluster of `top` (which has no base) that nothing was ever

@@ -7,7 +7,7 @@
 
 use super::disk::{Disk, DiskFormat};
 use super::error::CliError;
-use super::image::{open_fvd_as, open_host_file_as};
+use super::image::{open_fvd_as, open_host_file_as, write_header_bytes};
 use super::qed::open_qed_as;
 use super::size::parse_size;
 use crate::host::lock::Usage;
@@ -130,10 +130,7 @@ fn resize_qed(path: &Path, args: &Target<'_>) -> Result<(), CliError> {
     let image = open_qed_as(path, Usage::WRITE)?;
     let size = new_size(args.size, image.layout.image_size)?;
     let header = qed_plan(&image.header, image.host.len, size, args.shrink).map_err(refused)?;
-    let file = writer(path)?;
-    file.write_all_at(header.bytes(), 0)
-        .map_err(|e| CliError::io("write", path, e))?;
-    sync(&file, path)
+    write_header_bytes(path, header.bytes())
 }
 
 fn resize_raw(path: &Path, args: &Target<'_>) -> Result<(), CliError> {

@@ -6,7 +6,9 @@
 //! refused (by device and inode); the image stays locked for writing throughout.
 
 use super::error::CliError;
-use super::image::{chain_of, has_magic, header_reason, open_host_file_as, read_at_most};
+use super::image::{
+    chain_of, has_magic, header_reason, open_host_file_as, read_at_most, write_header_bytes,
+};
 use super::image_format::ImageFormat;
 use super::size::parse_size;
 use crate::host::gate::{self, FileKey, Member, Role};
@@ -16,11 +18,10 @@ use fvd_core::fvd::header::{name_field, set_name_field, FORMAT_FIELD_LEN, NAME_F
 use fvd_core::fvd::{validate, RawHeader, FVD_MAGIC, RAW_HEADER_LEN};
 use fvd_core::probe::{probe, Probe};
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::mem::offset_of;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `fvd-img update`.
@@ -375,14 +376,7 @@ pub fn run(args: &UpdateArgs, _out: &mut dyn Write) -> Result<(), CliError> {
     if new == old {
         return Ok(());
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| CliError::open(path, e))?;
-    file.write_all_at(&new, 0)
-        .map_err(|e| CliError::io("write", path, e))?;
-    file.sync_all().map_err(|e| CliError::io("sync", path, e))?;
-    Ok(())
+    write_header_bytes(path, &new)
 }
 
 #[cfg(test)]

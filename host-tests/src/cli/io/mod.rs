@@ -44,6 +44,13 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
+    /// A cache mode given as text (`convert -t`, `commit -t`), with qemu-img's message
+    /// for a name it does not know.
+    pub fn parse(text: &str) -> Result<CacheMode, CliError> {
+        <CacheMode as ValueEnum>::from_str(text, false)
+            .map_err(|_| CliError::Usage(format!("Invalid cache option: {text}")))
+    }
+
     /// True when every write command is followed by a flush.
     pub const fn writes_through(self) -> bool {
         matches!(self, CacheMode::Writethrough | CacheMode::Directsync)
