@@ -10,13 +10,12 @@
 //! `zero` flag never marks stored data that lies in a hole of the host file (a `File`
 //! has no holes).
 
+use crate::check::CheckRun;
 use crate::session::length;
-use fvd_core::check::fvd::{FvdCheck, FvdFiles};
-use fvd_core::check::qed::{memory_needed, QedCheck};
-use fvd_core::check::{Checker, FileId, Finding, Report, Step};
+use fvd_core::check::Report;
 use fvd_core::fvd::header::name_field;
 use fvd_core::probe::{probe, Probe};
-use fvd_core::report::check::{write_check, CheckFacts, FvdFacts, MAX_LISTED};
+use fvd_core::report::check::{write_check, CheckFacts, FvdFacts};
 use fvd_core::report::info::{write_info, BackingFacts, DataFileFacts, ImageFacts, InfoFacts};
 use fvd_core::report::info_scan::InfoScan;
 use wasm_bindgen::prelude::*;
@@ -166,17 +165,12 @@ pub struct ExportRead {
     pub len: u32,
 }
 
-/// `fvd-img check --output json` of the image the page opened, run by core's scanner.
+/// `fvd-img check --output json` of the image the page opened, run by core's scanner
+/// (the same run as the page's check view, [`crate::check::Check`]).
 #[wasm_bindgen]
 pub struct CheckExport {
-    checker: Checker<Vec<u8>>,
+    run: CheckRun,
     name: String,
-    pending: Option<(FileId, u64, usize)>,
-    findings: Vec<Finding>,
-    findings_omitted: u64,
-    leaks: Vec<(u64, u64)>,
-    leaks_omitted: u64,
-    report: Option<Report>,
 }
 
 #[wasm_bindgen]
@@ -190,83 +184,26 @@ impl CheckExport {
         image_len: f64,
         data_len: Option<f64>,
     ) -> Result<CheckExport, JsError> {
-        let image_len = bytes_len(image_len, "image length")?;
-        let data_len = data_len
-            .map(|d| bytes_len(d, "data file length"))
-            .transpose()?;
-        let error = |e: fvd_core::check::CheckError| JsError::new(&e.to_string());
-        let memory = crate::check::WORK_MEMORY;
-        let checker = match probe(first) {
-            Probe::Fvd => {
-                let files = FvdFiles {
-                    image_len,
-                    data_len,
-                };
-                Checker::Fvd(FvdCheck::new(first, files, vec![0u8; memory]).map_err(error)?)
-            }
-            Probe::Qed => {
-                let (_, layout) = fvd_core::qed::parse(first, image_len)
-                    .map_err(|e| JsError::new(&e.to_string()))?;
-                let memory = vec![0u8; memory.max(memory_needed(&layout))];
-                Checker::Qed(QedCheck::new(first, image_len, memory).map_err(error)?)
-            }
-            other => return Err(JsError::new(&format!("cannot check {other}"))),
-        };
         Ok(CheckExport {
-            checker,
+            run: CheckRun::new(first, image_len, data_len)?,
             name,
-            pending: None,
-            findings: Vec::new(),
-            findings_omitted: 0,
-            leaks: Vec::new(),
-            leaks_omitted: 0,
-            report: None,
         })
     }
 
     /// The next read (`data`: of the data file), or nothing once the check is done.
     pub fn next_read(&mut self) -> Result<Option<crate::check::CheckRead>, JsError> {
-        loop {
-            if let Some((file, offset, len)) = self.pending {
-                return Ok(Some(crate::check::CheckRead {
-                    data: file == FileId::Data,
-                    offset: offset as f64,
-                    len: u32::try_from(len).unwrap_or(u32::MAX),
-                }));
-            }
-            if self.report.is_some() {
-                return Ok(None);
-            }
-            match self.checker.poll() {
-                Step::Read { file, offset, len } => self.pending = Some((file, offset, len)),
-                Step::Finding(f) if self.findings.len() < MAX_LISTED => self.findings.push(f),
-                Step::Finding(_) => self.findings_omitted = self.findings_omitted.saturating_add(1),
-                Step::Leak { start, end } if self.leaks.len() < MAX_LISTED => {
-                    self.leaks.push((start, end));
-                }
-                Step::Leak { .. } => self.leaks_omitted = self.leaks_omitted.saturating_add(1),
-                Step::Done(report) => self.report = Some(report),
-                other => return Err(JsError::new(&format!("the check asked for {other:?}"))),
-            }
-        }
+        self.run.next_read()
     }
 
     /// Fulfils the pending read (fewer bytes at the end of the file: zeros follow).
     pub fn complete_read(&mut self, bytes: &[u8]) -> Result<(), JsError> {
-        if self.pending.take().is_none() {
-            return Err(JsError::new("no check read is outstanding"));
-        }
-        let io = self.checker.io_mut();
-        let n = bytes.len().min(io.len());
-        io[..n].copy_from_slice(&bytes[..n]);
-        io[n..].fill(0);
-        self.checker.complete();
-        Ok(())
+        self.run.complete_read(bytes)
     }
 
     /// The document (once the check is done).
     pub fn json(&self) -> Result<String, JsError> {
-        let (format, counts, fvd) = match self.report {
+        let run = &self.run;
+        let (format, counts, fvd) = match run.report {
             Some(Report::Fvd(s)) => (
                 "fvd",
                 s.counts,
@@ -284,10 +221,10 @@ impl CheckExport {
             format,
             counts,
             fvd,
-            findings: &self.findings,
-            findings_omitted: self.findings_omitted,
-            leaks: &self.leaks,
-            leaks_omitted: self.leaks_omitted,
+            findings: &run.findings,
+            findings_omitted: run.findings_omitted,
+            leaks: &run.leaks,
+            leaks_omitted: run.leaks_omitted,
             repair: None,
         };
         let mut text = String::new();
