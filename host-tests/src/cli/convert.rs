@@ -315,6 +315,7 @@ pub fn stage_target(
                 data: staged.data.as_ref().map(clone_file).transpose()?,
                 base: None,
                 held: Default::default(),
+                direct: None,
             };
             let data_path = staged
                 .data
@@ -333,6 +334,7 @@ pub fn stage_target(
                 data: None,
                 base: None,
                 held: Default::default(),
+                direct: None,
             };
             let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
             (Target::File(staged), dst)

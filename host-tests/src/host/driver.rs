@@ -651,6 +651,11 @@ impl<S: Storage> Driver<S> {
         }
     }
 
+    /// The files of every image of the chain, the image's own first.
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        std::iter::once(&mut self.storage).chain(self.lower.iter_mut())
+    }
+
     /// Drops the engine without closing, as a power cut or a crash would, and returns
     /// the storage as it is.
     pub fn into_storage(self) -> S {

@@ -7,6 +7,7 @@
 //! magic. A base that is itself an image keeps its own files ([`Base::Image`]): the driver
 //! runs one engine per image of the chain over them, and core's chain serves the base reads.
 
+use crate::host::direct::DirectFile;
 use crate::host::driver::{Driver, DriverError, DriverOptions, LayerError};
 use crate::host::gate::{self, Access, Chain, GateError, OpenGate, Opened};
 use crate::host::lock::{FileLock, Usage};
@@ -242,6 +243,16 @@ pub struct FileStorage {
     pub base: Option<Base>,
     /// The locks and chain of the files above, held while they are open.
     pub held: Held,
+    /// `O_DIRECT` descriptors of the image and its data file (`cache=none`), set by
+    /// [`FileStorage::bypass_page_cache`].
+    pub direct: Option<DirectFiles>,
+}
+
+/// The `O_DIRECT` descriptors of an image's own files.
+#[derive(Debug)]
+pub struct DirectFiles {
+    image: DirectFile,
+    data: Option<DirectFile>,
 }
 
 impl FileStorage {
@@ -264,6 +275,31 @@ impl FileStorage {
             layers.paths.push(path);
         }
         Ok(layers)
+    }
+
+    /// Makes reads and writes of the image and its data file bypass the host page cache
+    /// (`O_DIRECT`, QEMU's `cache=none`); a raw base is read as before.
+    pub fn bypass_page_cache(&mut self, writable: bool) -> io::Result<()> {
+        if self.direct.is_none() {
+            self.direct = Some(DirectFiles {
+                image: DirectFile::over(&self.image, writable)?,
+                data: self
+                    .data
+                    .as_ref()
+                    .map(|f| DirectFile::over(f, writable))
+                    .transpose()?,
+            });
+        }
+        Ok(())
+    }
+
+    fn direct_file(&self, file: FileId) -> Option<&DirectFile> {
+        let direct = self.direct.as_ref()?;
+        match file {
+            FileId::Image => Some(&direct.image),
+            FileId::Data => direct.data.as_ref(),
+            FileId::Base => None,
+        }
     }
 
     /// The open file behind `file` (the base is not a file of this image's own).
@@ -293,11 +329,23 @@ impl Storage for FileStorage {
                 )),
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no base image")),
             },
-            _ => read_full_at(self.file(file)?, offset, buf),
+            _ => {
+                if let Some(direct) = self.direct_file(file) {
+                    if direct.read_at(offset, buf)? {
+                        return Ok(());
+                    }
+                }
+                read_full_at(self.file(file)?, offset, buf)
+            }
         }
     }
 
     fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if let Some(direct) = self.direct_file(file) {
+            if direct.write_at(offset, buf)? {
+                return Ok(());
+            }
+        }
         self.file(file)?.write_all_at(buf, offset)
     }
 
@@ -646,6 +694,7 @@ fn open_files(
                 locks,
                 chain: Chain::default(),
             },
+            direct: None,
         });
     }
     let (header, _) = parse(&bytes, len).map_err(|source| ImageOpenError::Header {
@@ -674,5 +723,6 @@ fn open_files(
             locks,
             chain: Chain::default(),
         },
+        direct: None,
     })
 }

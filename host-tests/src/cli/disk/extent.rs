@@ -185,7 +185,7 @@ impl Disk {
                         ..Extent::zeros(offset, length, 0)
                     }),
                     Mapping::Base => {
-                        let mut extent = match Self::base_disk(base, self.gate)? {
+                        let mut extent = match Self::base_disk(base, self.gate, self.direct)? {
                             // Past the end of a shorter base: zeros, nothing stored
                             // anywhere, as `qemu-img map` shows them (depth 0, not
                             // present).
@@ -220,13 +220,20 @@ impl Disk {
     }
 
     /// The base disk of an FVD image, opened read-only on first use.
-    fn base_disk(link: &mut BaseLink, gate: OpenGate) -> Result<Option<&mut Disk>, CliError> {
+    fn base_disk(
+        link: &mut BaseLink,
+        gate: OpenGate,
+        direct: bool,
+    ) -> Result<Option<&mut Disk>, CliError> {
         if let BaseLink::Closed { path, format } = link {
             let format = match format {
                 Some(format) => *format,
                 None => DiskFormat::probe(path)?,
             };
-            let disk = Disk::open_gated(path, format, false, None, gate)?;
+            let mut disk = Disk::open_gated(path, format, false, None, gate)?;
+            if direct {
+                disk.bypass_page_cache()?;
+            }
             *link = BaseLink::Open(Box::new(disk));
         }
         Ok(match link {

@@ -70,6 +70,8 @@ pub struct Disk {
     /// A raw file whose format was probed: writes that would make its first sector probe
     /// as an image are refused (see [`Disk::restrict_first_sector`]).
     restricted: bool,
+    /// Reads and writes bypass the host page cache ([`Disk::bypass_page_cache`]).
+    direct: bool,
 }
 
 fn driver_error(err: DriverError) -> CliError {
@@ -154,9 +156,11 @@ impl Disk {
                                 locks: vec![host.lock],
                                 ..Held::default()
                             },
+                            direct: None,
                         },
                     },
                     restricted: false,
+                    direct: false,
                 })
             }
             DiskFormat::Fvd => {
@@ -238,6 +242,7 @@ impl Disk {
                 base: BaseLink::None,
             },
             restricted: false,
+            direct: false,
         }
         .with_base(base)
     }
@@ -288,9 +293,11 @@ impl Disk {
                     data: None,
                     base: None,
                     held: Held::default(),
+                    direct: None,
                 },
             },
             restricted: false,
+            direct: false,
         }
     }
 
@@ -322,6 +329,30 @@ impl Disk {
             Ok(())
         } else {
             Err(host_error(io::Error::from_raw_os_error(libc::EPERM)))
+        }
+    }
+
+    /// Makes every later read and write of the disk's files bypass the host page cache
+    /// (`O_DIRECT`), as QEMU's `cache=none` and `cache=directsync` do: the image, its data
+    /// file and the images below it (a base opened later inherits it).
+    pub fn bypass_page_cache(&mut self) -> Result<(), CliError> {
+        self.direct = true;
+        let writable = self.writable;
+        let path = self.path.clone();
+        let fail = |e: io::Error| CliError::io("open", &path, e);
+        match &mut self.backend {
+            Backend::Raw { storage } => storage.bypass_page_cache(writable).map_err(fail),
+            Backend::Fvd { driver, base, .. } => {
+                let mut layer_writable = writable;
+                for storage in driver.layers_mut() {
+                    storage.bypass_page_cache(layer_writable).map_err(fail)?;
+                    layer_writable = false;
+                }
+                if let BaseLink::Open(disk) = base {
+                    disk.bypass_page_cache()?;
+                }
+                Ok(())
+            }
         }
     }
 

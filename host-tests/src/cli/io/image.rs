@@ -63,6 +63,10 @@ impl Session<'_> {
                 if open.restricted {
                     disk.restrict_first_sector();
                 }
+                if open.direct {
+                    disk.bypass_page_cache()
+                        .map_err(|e| format!("truncate: the image could not be reopened: {e}"))?;
+                }
                 self.disk = Some(disk);
             }
             Err(e) => return Err(format!("truncate: the image could not be reopened: {e}")),

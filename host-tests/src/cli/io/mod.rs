@@ -26,18 +26,18 @@ use std::time::{Duration, Instant};
 pub use words::MAX_REQUEST_BYTES;
 use words::{check_length, getopt, offset_and_len, parse_pattern, Parsed, TooLong};
 
-/// The cache modes of `-t`, by QEMU's names. The host page cache is always used (no
-/// O_DIRECT yet); what differs is when writes are durable.
+/// The cache modes of `-t`, by QEMU's names: whether the host page cache is bypassed
+/// (`O_DIRECT`) and when writes are durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
-    /// Writes are durable after a flush (QEMU also bypasses the host page cache)
+    /// Bypasses the host page cache (O_DIRECT); writes are durable after a flush
     None,
     /// Writes are durable after a flush (the default)
     #[default]
     Writeback,
     /// Every write command is followed by a flush
     Writethrough,
-    /// Every write command is followed by a flush (QEMU also bypasses the host page cache)
+    /// Bypasses the host page cache (O_DIRECT); every write command is followed by a flush
     Directsync,
     /// Writes are durable after a flush; like writeback here
     Unsafe,
@@ -54,6 +54,11 @@ impl CacheMode {
     /// True when every write command is followed by a flush.
     pub const fn writes_through(self) -> bool {
         matches!(self, CacheMode::Writethrough | CacheMode::Directsync)
+    }
+
+    /// True when reads and writes bypass the host page cache (`O_DIRECT`).
+    pub const fn bypasses_page_cache(self) -> bool {
+        matches!(self, CacheMode::None | CacheMode::Directsync)
     }
 }
 
@@ -153,6 +158,10 @@ pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()
     args.share.check_read_only(!args.read_only)?;
     let gate = open_flags::gate(args.share, args.external);
     let mut disk = Disk::open_gated(&args.file, format, !args.read_only, copy_on_read, gate)?;
+    let direct = args.nocache || args.cache.bypasses_page_cache();
+    if direct {
+        disk.bypass_page_cache()?;
+    }
     if args.format.is_none() && format == DiskFormat::Raw && !args.read_only {
         // QEMU's warning and restriction for a raw file opened for writing by probing.
         write!(err, "{}", probed_raw_warning(&args.file)).map_err(CliError::Output)?;
@@ -167,6 +176,7 @@ pub fn run(args: &IoArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<()
             copy_on_read,
             gate,
             restricted: args.format.is_none() && format == DiskFormat::Raw && !args.read_only,
+            direct,
         },
         write_through: !args.nocache && args.cache.writes_through(),
         queue: VecDeque::new(),
@@ -232,6 +242,8 @@ struct Reopen {
     copy_on_read: Option<bool>,
     gate: crate::host::gate::OpenGate,
     restricted: bool,
+    /// Bypass the host page cache (`-t none`, `-t directsync`, `-n`).
+    direct: bool,
 }
 
 impl Session<'_> {

@@ -210,6 +210,8 @@ impl Executor {
                 data,
                 base,
                 held: h,
+                // The executor's pool reads and writes through the page cache.
+                direct: _,
             } = storage;
             held.push(h);
             let image_len = image.metadata()?.len();
