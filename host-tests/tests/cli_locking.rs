@@ -376,3 +376,74 @@ fn qemu_img_is_refused_a_qed_image_fvd_img_writes() {
     let run = qemu_img(d, &["info", "-U", "-f", "qed", "a.qed"]);
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[test]
+fn rebase_u_reads_bases_past_a_writer_but_never_shares_the_image_as_qemu_img_does() {
+    let dir = scratch();
+    let d = dir.path();
+    for name in ["old.qed", "new.qed"] {
+        assert_eq!(
+            qemu_img(d, &["create", "-q", "-f", "qed", name, "1M"]).code,
+            0
+        );
+    }
+    let q = qemu_img(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "old.qed",
+            "-F",
+            "qed",
+            "top.qcow2",
+        ],
+    );
+    assert_eq!(q.code, 0, "{q:?}");
+    create(d, &["-f", "qed", "-b", "old.qed", "-F", "qed", "top.qed"]);
+    create(d, &["-f", "fvd", "-b", "old.qed", "-F", "qed", "top.fvd"]);
+    let writer = hold(
+        "qemu-io",
+        d,
+        &["-f", "qed", "-c", "sleep 60000", "new.qed"],
+        "new.qed",
+    );
+    let rebase = |u: bool, top: &str| {
+        let mut args = vec!["rebase"];
+        if u {
+            args.push("-U");
+        }
+        args.extend(["-b", "new.qed", "-F", "qed", top]);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // Without -U both refuse a base another process writes; with -U both read it.
+    let q = qemu_img(d, &as_strs(&rebase(false, "top.qcow2")));
+    assert_eq!(q.code, 1, "{q:?}");
+    assert_contains(&q.stderr, "lock");
+    for top in ["top.qed", "top.fvd"] {
+        refused_as_in_use(d, &as_strs(&rebase(false, top)), "new.qed");
+    }
+    let q = qemu_img(d, &as_strs(&rebase(true, "top.qcow2")));
+    assert_eq!(q.code, 0, "{q:?}");
+    for top in ["top.qed", "top.fvd"] {
+        ok(d, &as_strs(&rebase(true, top)));
+        assert_eq!(info_json(d, top)["backing-filename"], "new.qed");
+    }
+    drop(writer);
+
+    // -U never shares the image being rebased: a writer of it still refuses the rebase.
+    let _writer = fvd_img_holds(d, &[], "top.qed");
+    refused_as_in_use(
+        d,
+        &[
+            "rebase", "-U", "-u", "-b", "old.qed", "-F", "qed", "top.qed",
+        ],
+        "top.qed",
+    );
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

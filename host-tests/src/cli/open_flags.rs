@@ -43,5 +43,15 @@ pub fn gate(share: ForceShare, external: ExternalData) -> OpenGate {
         allow_external_data_file: external.allow_external_data_file,
         force_share: share.force_share,
         no_share: false,
+        force_share_bases: false,
+    }
+}
+
+/// The gate of a command that writes an image and only reads its bases, with `-U`
+/// sharing the bases only (`rebase -U`, as qemu-img).
+pub fn bases_gate(share: ForceShare, external: ExternalData) -> OpenGate {
+    OpenGate {
+        force_share_bases: share.force_share,
+        ..gate(ForceShare::default(), external)
     }
 }

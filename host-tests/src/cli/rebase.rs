@@ -22,11 +22,14 @@
 use super::base::{self, Base, BaseFormat};
 use super::disk::{open_error, Disk, DiskFormat};
 use super::error::CliError;
-use super::image::{header_reason, name_path, name_text, open_fvd, open_host_file, read_at_most};
+use super::image::{
+    header_reason, name_path, name_text, open_fvd, open_fvd_as, open_host_file, read_at_most,
+};
 use super::image::{open_host_file_as, same_file, write_header_bytes};
+use super::io::CacheMode;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::progress::Progress;
-use super::qed::open_qed;
+use super::qed::open_qed_as;
 use crate::host::driver::{Driver, DriverOptions};
 use crate::host::files::{open_image_with, resolve_relative, FileStorage, MAX_CHAIN_DEPTH};
 use crate::host::gate::OpenGate;
@@ -70,6 +73,17 @@ pub struct RebaseArgs {
     /// Show progress (of the copy safe mode makes)
     #[arg(short = 'p')]
     pub progress: bool,
+    /// Read the old and new bases without locking other processes out of them, like
+    /// qemu-img rebase -U (FILE itself stays locked for writing)
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// Cache mode of FILE: none, writeback, writethrough, directsync or unsafe (none and
+    /// directsync bypass the host page cache)
+    #[arg(short = 't', value_name = "CACHE")]
+    pub cache: Option<String>,
+    /// Cache mode of the bases (as -t)
+    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    pub src_cache: Option<String>,
     #[command(flatten)]
     pub external: ExternalData,
     /// The image to rebase
@@ -198,7 +212,8 @@ fn all_bits_set(path: &Path) -> Result<bool, CliError> {
     Ok((0..base.blocks).all(|block| fvd_core::fvd::bitmap::is_set(&bytes, 0, block) == Some(true)))
 }
 
-/// Refuses a NEW whose own base chain leads back to FILE.
+/// Refuses a NEW whose own base chain leads back to FILE. Only headers are looked at,
+/// taking no lock (the real opens that follow lock what they read).
 pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
     let mut path = new.path.clone();
     let mut format = new.format;
@@ -211,7 +226,7 @@ pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
             )));
         }
         if format == BaseFormat::Qed {
-            let image = open_qed(&path)?;
+            let image = open_qed_as(&path, Usage::PROBE)?;
             let Some(name) = image.backing_path() else {
                 return Ok(());
             };
@@ -230,7 +245,7 @@ pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
         if format != BaseFormat::Fvd {
             return Ok(());
         }
-        let image = open_fvd(&path)?;
+        let image = open_fvd_as(&path, Usage::PROBE)?;
         if image.layout.base.is_none() || image.layout.base_fully_prefetched {
             return Ok(());
         }
@@ -361,15 +376,56 @@ pub(super) fn copy_differing(
     Ok(())
 }
 
+impl RebaseArgs {
+    /// How files are opened: `-U` shares the bases, never FILE.
+    fn gate(&self) -> OpenGate {
+        let share = ForceShare {
+            force_share: self.force_share,
+        };
+        open_flags::bases_gate(share, self.external)
+    }
+
+    /// Whether `-t` (FILE) and `-T` (the bases) bypass the host page cache; refuses
+    /// names qemu-img does not know.
+    fn direct_io(&self) -> Result<(bool, bool), CliError> {
+        let direct = |mode: &Option<String>| -> Result<bool, CliError> {
+            Ok(match mode {
+                Some(mode) => CacheMode::parse(mode)?.bypasses_page_cache(),
+                None => false,
+            })
+        };
+        Ok((direct(&self.cache)?, direct(&self.src_cache)?))
+    }
+
+    /// Opens the new base for reading (shared with `-U`, direct with `-T none`).
+    pub(super) fn open_new_base(&self, path: &Path, format: DiskFormat) -> Result<Disk, CliError> {
+        let mut disk = Disk::open_gated(path, format, false, None, self.gate())?;
+        if self.direct_io()?.1 {
+            disk.bypass_page_cache()?;
+        }
+        Ok(disk)
+    }
+}
+
 /// Opens FILE read-write without copy-on-read (base reads must not change it behind the
-/// comparison's back).
-pub(super) fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliError> {
+/// comparison's back), with its bases as `-U`, `-t` and `-T` say.
+pub(super) fn open_top(path: &Path, args: &RebaseArgs) -> Result<Driver<FileStorage>, CliError> {
     let options = DriverOptions {
         writable: true,
         copy_on_read: Some(false),
         ..DriverOptions::default()
     };
-    open_image_with(path, options, gate).map_err(open_error)
+    let mut top = open_image_with(path, options, &args.gate()).map_err(open_error)?;
+    let (direct_top, direct_bases) = args.direct_io()?;
+    for (layer, storage) in top.layers_mut().enumerate() {
+        let direct = if layer == 0 { direct_top } else { direct_bases };
+        if direct {
+            storage
+                .bypass_page_cache(layer == 0)
+                .map_err(|e| CliError::io("open", path, e))?;
+        }
+    }
+    Ok(top)
 }
 
 pub(super) fn close_top(path: &Path, mut top: Driver<FileStorage>) -> Result<(), CliError> {
@@ -401,7 +457,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     // FILE stays locked for writing from the first look at its header to the last write.
     let _held = open_host_file_as(path, Usage::WRITE)?;
-    let gate = open_flags::gate(ForceShare::default(), args.external);
+    args.direct_io()?;
     let format = args
         .backing_format
         .as_deref()
@@ -442,7 +498,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
                     .into(),
             ));
         }
-        let mut top = open_top(path, &gate)?;
+        let mut top = open_top(path, args)?;
         let mut progress = Progress::new(args.progress && !args.quiet, old.size);
         copy_differing(&mut top, None, (old.size, block_size), &mut progress, out).map_err(
             |e| super::disk::context(e, format!("Could not rebase '{}'", path.display())),
@@ -494,13 +550,13 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
         return Ok(());
     }
 
-    let mut top = open_top(path, &gate)?;
+    let mut top = open_top(path, args)?;
     let disk_format = match new.format {
         BaseFormat::Fvd => DiskFormat::Fvd,
         BaseFormat::Qed => DiskFormat::Qed,
         BaseFormat::Raw => DiskFormat::Raw,
     };
-    let disk = Disk::open(&new.path, disk_format, false)?;
+    let disk = args.open_new_base(&new.path, disk_format)?;
     let mut fresh = NewBase {
         size: disk.size(),
         disk,

@@ -11,10 +11,9 @@
 //! QED image never gets an FVD base: QEMU, its other reader, could not open one.
 
 use super::base::{self, BaseFormat};
-use super::disk::{Disk, DiskFormat};
+use super::disk::DiskFormat;
 use super::error::CliError;
 use super::image::{open_host_file_as, same_file, write_header_bytes};
-use super::open_flags::{self, ForceShare};
 use super::progress::Progress;
 use super::qed::open_qed_as;
 use super::rebase::{check_no_loop, close_top, copy_differing, open_top, NewBase, RebaseArgs};
@@ -46,12 +45,13 @@ fn keep_zeros(
     base: &base::Base,
     size: u64,
     cluster: u64,
+    args: &RebaseArgs,
 ) -> Result<(), CliError> {
     let disk_format = match base.format {
         BaseFormat::Qed => DiskFormat::Qed,
         BaseFormat::Raw | BaseFormat::Fvd => DiskFormat::Raw,
     };
-    let mut disk = Disk::open(&base.path, disk_format, false)?;
+    let mut disk = args.open_new_base(&base.path, disk_format)?;
     let base_size = disk.size();
     let mut buf = vec![0u8; cluster as usize];
     let zeros = vec![0u8; cluster as usize];
@@ -167,15 +167,13 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if !args.unsafe_mode && !had_base {
         if let Some(base) = &new {
             // No base so far: unwritten clusters read as zeros, and must go on doing so.
-            let gate = open_flags::gate(ForceShare::default(), args.external);
-            let mut top = open_top(path, &gate)?;
-            keep_zeros(&mut top, base, layout.image_size, layout.cluster_size)?;
+            let mut top = open_top(path, args)?;
+            keep_zeros(&mut top, base, layout.image_size, layout.cluster_size, args)?;
             close_top(path, top)?;
         }
     }
     if !args.unsafe_mode && had_base {
-        let gate = open_flags::gate(ForceShare::default(), args.external);
-        let mut top = open_top(path, &gate)?;
+        let mut top = open_top(path, args)?;
         let size = layout.image_size;
         let mut fresh = match &new {
             Some(base) => {
@@ -183,7 +181,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
                     BaseFormat::Qed => DiskFormat::Qed,
                     BaseFormat::Raw | BaseFormat::Fvd => DiskFormat::Raw,
                 };
-                let disk = Disk::open(&base.path, disk_format, false)?;
+                let disk = args.open_new_base(&base.path, disk_format)?;
                 Some(NewBase {
                     size: disk.size(),
                     disk,

@@ -37,15 +37,18 @@ pub struct OpenGate {
     pub force_share: bool,
     /// Refuse other writers even of a raw disk (qemu-img convert's source).
     pub no_share: bool,
+    /// Share every permission on the files opened read-only (the bases) while the image
+    /// itself is written (`qemu-img rebase -U`).
+    pub force_share_bases: bool,
 }
 
 impl OpenGate {
     /// The lock usage of an FVD or QED image file (or its data file, or a base) opened
     /// for writing or not.
     pub fn image_usage(&self, write: bool) -> Result<Usage, GateError> {
-        match (write, self.force_share) {
-            (true, true) => Err(GateError::ForceShareWritable),
-            (true, false) => Ok(Usage::WRITE),
+        match (write, self.force_share || self.force_share_bases) {
+            (true, _) if self.force_share => Err(GateError::ForceShareWritable),
+            (true, _) => Ok(Usage::WRITE),
             (false, true) => Ok(Usage::FORCE_SHARE),
             (false, false) => Ok(Usage::READ),
         }
@@ -54,10 +57,11 @@ impl OpenGate {
     /// The lock usage of a raw disk opened for writing or not (QEMU's raw driver shares
     /// everything, except for `no_share`).
     pub fn raw_usage(&self, write: bool) -> Result<Usage, GateError> {
-        match (write, self.force_share, self.no_share) {
-            (true, true, _) => Err(GateError::ForceShareWritable),
-            (true, false, false) => Ok(Usage::RAW_WRITE),
-            (true, false, true) => Ok(Usage::WRITE),
+        let share_read = self.force_share || self.force_share_bases;
+        match (write, share_read, self.no_share) {
+            (true, _, _) if self.force_share => Err(GateError::ForceShareWritable),
+            (true, _, false) => Ok(Usage::RAW_WRITE),
+            (true, _, true) => Ok(Usage::WRITE),
             (false, true, _) => Ok(Usage::FORCE_SHARE),
             (false, false, false) => Ok(Usage::RAW_READ),
             (false, false, true) => Ok(Usage::READ),
@@ -428,5 +432,17 @@ mod tests {
         assert!(gate.image_usage(true).is_err());
         assert!(gate.raw_usage(true).is_err());
         assert_eq!(gate.image_usage(false).unwrap(), Usage::FORCE_SHARE);
+    }
+
+    #[test]
+    fn force_share_of_bases_leaves_the_written_image_locked() {
+        let gate = OpenGate {
+            force_share_bases: true,
+            ..OpenGate::default()
+        };
+        assert_eq!(gate.image_usage(true).unwrap(), Usage::WRITE);
+        assert_eq!(gate.raw_usage(true).unwrap(), Usage::RAW_WRITE);
+        assert_eq!(gate.image_usage(false).unwrap(), Usage::FORCE_SHARE);
+        assert_eq!(gate.raw_usage(false).unwrap(), Usage::FORCE_SHARE);
     }
 }
