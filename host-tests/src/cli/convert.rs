@@ -71,6 +71,9 @@ pub struct ConvertArgs {
     /// Give the output this backing file (not supported: convert makes standalone images)
     #[arg(short = 'B', value_name = "BACKING_FILE")]
     pub backing_file: Option<PathBuf>,
+    /// Format of the -B backing file (accepted with -B, which is not supported)
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
     /// Cache mode of DST: none, writeback, writethrough, directsync or unsafe (accepted
     /// for scripts; the output is flushed before convert ends in every mode)
     #[arg(short = 't', value_name = "CACHE")]
@@ -243,6 +246,11 @@ fn script_flags(args: &ConvertArgs, output: DiskFormat) -> Result<u64, CliError>
             "Compression not supported for this file format ({})",
             output.name()
         )));
+    }
+    if args.backing_format.is_some() && args.backing_file.is_none() {
+        return Err(CliError::Usage(
+            "-F (the backing format) needs -B (the backing file)".into(),
+        ));
     }
     if args.backing_file.is_some() {
         return Err(CliError::Usage(
