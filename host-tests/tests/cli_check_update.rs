@@ -227,8 +227,8 @@ fn clean_images_of_every_kind_check_clean() {
         );
         assert!(run.stdout.contains("Image end offset: "), "{name}");
         let report = check_json(d, &[name], 0);
-        assert_eq!(report["corruptions"], 0, "{name}: {report}");
-        assert_eq!(report["leaks"], 0, "{name}: {report}");
+        assert_eq!(common::count(&report, "corruptions"), 0, "{name}: {report}");
+        assert_eq!(common::count(&report, "leaks"), 0, "{name}: {report}");
         assert_eq!(report["dirty"], false, "{name}");
         assert!(
             report["allocated-clusters"].as_u64().unwrap() > 0,
@@ -257,18 +257,23 @@ fn json_report_has_qemu_img_keys() {
         "image-end-offset",
         "total-clusters",
         "allocated-clusters",
-        "fragmented-clusters",
         "check-errors",
-        "corruptions",
-        "leaks",
-        "corruptions-fixed",
-        "leaks-fixed",
         "filename",
         "format",
         "dirty",
         "journal-records",
     ] {
         assert!(report.get(key).is_some(), "missing {key}: {report}");
+    }
+    // qemu-img leaves a counter out when it is zero; so does fvd-img.
+    for key in [
+        "fragmented-clusters",
+        "corruptions",
+        "leaks",
+        "corruptions-fixed",
+        "leaks-fixed",
+    ] {
+        assert!(report.get(key).is_none(), "zero {key} is printed: {report}");
     }
     let (_, l, _) = header_of(&d.join("c.fvd"));
     assert_eq!(report["filename"], "c.fvd");
@@ -387,7 +392,7 @@ fn duplicate_mapping_names_both_chunks_and_repair_keeps_the_first() {
     assert_eq!(fs::read(&path).unwrap(), before);
 
     let report = check_json(d, &["-r", "all", "c.fvd"], 0);
-    assert_eq!(report["corruptions"], 0);
+    assert_eq!(common::count(&report, "corruptions"), 0);
     assert_eq!(report["corruptions-fixed"], 1);
     assert_eq!(entry(&path, 2), TABLE_EMPTY);
     assert_eq!(read(&path, 0, 4096), pattern(1, 4096));
@@ -521,7 +526,7 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
     assert_contains(&run.stdout, "dropped the record");
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["dirty"], false);
-    assert_eq!(report["journal-records"], 0);
+    assert_eq!(common::count(&report, "journal-records"), 0);
     assert_eq!(entry(&path, 0), 0);
     assert_eq!(entry(&path, 2), 2);
     assert_eq!(read(&path, 0, 4096), pattern(1, 4096));
@@ -560,7 +565,7 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     );
     let report = check_json(d, &["c.fvd"], 3);
     assert_eq!(report["leaks"], 1);
-    assert_eq!(report["corruptions"], 0);
+    assert_eq!(common::count(&report, "corruptions"), 0);
     assert_eq!(report["leaked-clusters"][0]["start"], 0);
 
     // -r leaks releases the unused tail; the leak below mapped chunks stays, reusable.
@@ -577,7 +582,7 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     write(&path, &[(10 * CHUNK, 4, 4096)]);
     assert_eq!(entry(&path, 10), 0);
     let report = check_json(d, &["c.fvd"], 0);
-    assert_eq!(report["leaks"], 0);
+    assert_eq!(common::count(&report, "leaks"), 0);
     assert_eq!(info_data(d, "c.fvd")["chunks_relocated"], true);
     assert_eq!(read(&path, 10 * CHUNK, 8192), {
         let mut v = pattern(4, 4096);
@@ -606,7 +611,7 @@ fn repair_releases_unused_storage_of_a_separate_data_file() {
     assert!(storage_len(&d.join("c.data")) > 2 * CHUNK);
     let image_before = fs::read(&path).unwrap();
     let report = check_json(d, &["-r", "leaks", "c.fvd"], 0);
-    assert_eq!(report["leaks"], 0);
+    assert_eq!(common::count(&report, "leaks"), 0);
     assert_eq!(storage_len(&d.join("c.data")), 2 * CHUNK);
     // Only header sector 4 was rewritten, and it is back to what it was (epoch moved on).
     let image_after = fs::read(&path).unwrap();
@@ -691,7 +696,7 @@ fn dirty_image_checks_clean_with_a_note_and_repair_replays_it() {
     assert_contains(&run.stdout, "Marked the image clean");
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["dirty"], false);
-    assert_eq!(report["journal-records"], 0);
+    assert_eq!(common::count(&report, "journal-records"), 0);
     assert_eq!(info_data(d, "c.fvd")["clean_shutdown"], true);
 
     let (_, l, _) = header_of(&path);

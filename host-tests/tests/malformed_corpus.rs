@@ -120,8 +120,9 @@ fn fvd_img_outcome(dir: &Path, file: &str) -> Value {
         }
         let mut check = json!({
             "exit": status,
-            "corruptions": report["corruptions"],
-            "leaks": report["leaks"],
+            // Zero counts are left out of the report, as qemu-img leaves them out.
+            "corruptions": report.get("corruptions").cloned().unwrap_or(json!(0)),
+            "leaks": report.get("leaks").cloned().unwrap_or(json!(0)),
             "findings": kinds,
         });
         if let Some(records) = report.get("journal-records") {

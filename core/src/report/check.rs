@@ -1,5 +1,6 @@
 //! The JSON document of a consistency check (`fvd-img check --output json`, the
-//! inspector's check export): qemu-img check's keys with their counts, then this
+//! inspector's check export): qemu-img check's keys with their counts (a zero count
+//! left out, as qemu-img leaves it out), then this
 //! project's own — the first [`MAX_LISTED`] findings and leaked runs, FVD's journal and
 //! bitmap numbers, and a repair's lines. Hosts collect what the scanner reports and hand
 //! it here; the keys, their order and their values are decided only here.
@@ -68,14 +69,22 @@ pub fn write_check(out: &mut impl Write, facts: &CheckFacts<'_>) -> fmt::Result 
     j.member_str("filename", facts.filename)?;
     j.member_str("format", facts.format)?;
     j.member_u64("check-errors", 0)?;
-    j.member_u64("image-end-offset", c.image_end_offset)?;
-    j.member_u64("total-clusters", c.total_clusters)?;
-    j.member_u64("allocated-clusters", c.allocated_clusters)?;
-    j.member_u64("fragmented-clusters", c.fragmented_clusters)?;
-    j.member_u64("corruptions", c.corruptions)?;
-    j.member_u64("leaks", c.leaks)?;
-    j.member_u64("corruptions-fixed", fixed.corruptions_fixed)?;
-    j.member_u64("leaks-fixed", fixed.leaks_fixed)?;
+    // qemu-img's counters, under its rule: a counter that is zero is left out, so a
+    // script that asks whether "corruptions" is there reads our report as it reads its.
+    for (key, value) in [
+        ("image-end-offset", c.image_end_offset),
+        ("total-clusters", c.total_clusters),
+        ("allocated-clusters", c.allocated_clusters),
+        ("fragmented-clusters", c.fragmented_clusters),
+        ("corruptions", c.corruptions),
+        ("leaks", c.leaks),
+        ("corruptions-fixed", fixed.corruptions_fixed),
+        ("leaks-fixed", fixed.leaks_fixed),
+    ] {
+        if value != 0 {
+            j.member_u64(key, value)?;
+        }
+    }
     j.member_bool("dirty", c.dirty)?;
     if let Some(fvd) = &facts.fvd {
         j.member_u64("journal-records", fvd.journal_records)?;
@@ -153,4 +162,73 @@ fn omitted<W: Write, T>(
         j.member_u64(key, total)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::String;
+
+    fn report(counts: CheckCounts, repaired: Option<RepairCounts>) -> String {
+        let lines: [&str; 0] = [];
+        let facts = CheckFacts {
+            filename: "a.qed",
+            format: "qed",
+            counts,
+            fvd: None,
+            findings: &[],
+            findings_omitted: 0,
+            leaks: &[],
+            leaks_omitted: 0,
+            repair: repaired.map(|counts| RepairFacts {
+                counts,
+                lines: &lines,
+                lines_omitted: 0,
+                refused: None,
+            }),
+        };
+        let mut text = String::new();
+        write_check(&mut text, &facts).unwrap();
+        text
+    }
+
+    #[test]
+    fn zero_counters_are_left_out_as_qemu_img_leaves_them_out() {
+        let clean = report(
+            CheckCounts {
+                total_clusters: 64,
+                ..CheckCounts::default()
+            },
+            None,
+        );
+        assert!(clean.contains("\"check-errors\": 0"), "{clean}");
+        assert!(clean.contains("\"total-clusters\": 64"), "{clean}");
+        for key in [
+            "image-end-offset",
+            "allocated-clusters",
+            "fragmented-clusters",
+            "\"corruptions\"",
+            "\"leaks\"",
+            "corruptions-fixed",
+            "leaks-fixed",
+        ] {
+            assert!(!clean.contains(key), "{key} in {clean}");
+        }
+        let damaged = report(
+            CheckCounts {
+                total_clusters: 64,
+                corruptions: 2,
+                leaks: 3,
+                ..CheckCounts::default()
+            },
+            Some(RepairCounts {
+                corruptions_fixed: 0,
+                leaks_fixed: 3,
+            }),
+        );
+        assert!(damaged.contains("\"corruptions\": 2"), "{damaged}");
+        assert!(damaged.contains("\"leaks\": 3"), "{damaged}");
+        assert!(damaged.contains("\"leaks-fixed\": 3"), "{damaged}");
+        assert!(!damaged.contains("corruptions-fixed"), "{damaged}");
+    }
 }

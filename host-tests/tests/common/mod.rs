@@ -194,3 +194,10 @@ pub fn qemu_io_qed<S: AsRef<str>>(cwd: &Path, file: &str, commands: &[S]) {
         "qemu-io {args:?}: {run:#?}"
     );
 }
+
+/// A count in a check report, which leaves zero counts out as qemu-img does.
+pub fn count(report: &Value, key: &str) -> u64 {
+    report
+        .get(key)
+        .map_or(0, |n| n.as_u64().unwrap_or_else(|| panic!("{key}: {n}")))
+}
