@@ -8,14 +8,13 @@
 
 mod common;
 
-use common::{build_firmware, fvd_img, qemu_or_skip, run, target_dir};
+use common::{build_firmware, factory_fat16, fvd_img, qemu_or_skip, run, target_dir};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KILLS: usize = 25;
-const BASE_BYTES: u64 = 2560 << 10;
 
 /// xorshift64*: the kill moments, reproducible from the printed seed.
 struct Rng(u64);
@@ -129,19 +128,6 @@ fn logger(
     (run, exited_ok)
 }
 
-fn factory_image(path: &Path) {
-    let _ = std::fs::remove_file(path);
-    std::fs::File::create(path)
-        .unwrap()
-        .set_len(BASE_BYTES)
-        .unwrap();
-    let path = path.to_str().unwrap();
-    run(
-        "mkfs.fat",
-        &["-F", "16", "-s", "1", "--mbr=y", "-n", "FVDBASE", path],
-    );
-}
-
 #[test]
 fn every_line_flushed_before_a_sigkill_survives_and_the_numbering_has_no_gap() {
     let Some(()) = qemu_or_skip("fat_logger_power_cut") else {
@@ -163,7 +149,7 @@ fn every_line_flushed_before_a_sigkill_survives_and_the_numbering_has_no_gap() {
     std::fs::create_dir_all(&dir).unwrap();
     let (image, base) = (dir.join("disk.fvd"), dir.join("base.img"));
     let _ = std::fs::remove_file(&image);
-    factory_image(&base);
+    factory_fat16(&base, &[]);
 
     let started = Instant::now();
     let mut durable = 0u32; // highest line reported flushed so far

@@ -6,13 +6,11 @@
 
 mod common;
 
-use common::run;
+use common::factory_fat16;
 use fvd_firmware::logger::{self, LineScan, LogEvent};
 use fvd_firmware::medium::Extent;
 use fvd_firmware::ram::{CutAfter, RamMedium};
 use fvd_firmware::{Geometry, Layout, OverlayDisk};
-
-const BASE_BYTES: u64 = 2560 << 10;
 
 fn scan(bytes: &[u8]) -> LineScan {
     let mut scan = LineScan::default();
@@ -42,25 +40,11 @@ fn the_last_line_is_the_end_of_the_longest_run_of_lines_numbered_from_one() {
     assert_eq!(scan(b"1\n99999999999999999999\n").last, 1);
 }
 
-fn factory_image() -> Vec<u8> {
-    let path = std::env::temp_dir().join(format!("fvd-fw-logger-{}.img", std::process::id()));
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(BASE_BYTES)
-        .unwrap();
-    let name = path.to_str().unwrap();
-    run(
-        "mkfs.fat",
-        &["-F", "16", "-s", "1", "--mbr=y", "-n", "FVDBASE", name],
-    );
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    bytes
-}
-
 #[test]
 fn a_power_cut_at_every_command_of_the_logger_loses_no_flushed_line() {
-    let rom = factory_image();
+    let path = std::env::temp_dir().join(format!("fvd-fw-logger-{}.img", std::process::id()));
+    let rom = factory_fat16(&path, &[]);
+    std::fs::remove_file(&path).unwrap();
     let base_blocks = (rom.len() / 512) as u32;
     let overlay_blocks = base_blocks + 512;
     let layout = Layout {

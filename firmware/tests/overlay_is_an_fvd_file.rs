@@ -3,38 +3,15 @@
 //! flattens it, and `fsck.fat -n` and `mtype` (dosfstools, mtools) read the FAT volume with
 //! the file written through the overlay.
 
+mod common;
+
+use common::{factory_fat16, fvd_img_ok, run};
 use embedded_sdmmc::{Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager};
 use fvd_firmware::medium::{Extent, Medium};
 use fvd_firmware::ram::RamMedium;
 use fvd_firmware::{Geometry, Layout, OverlayDisk};
-use std::path::Path;
-use std::process::Command;
 
-const BASE_BYTES: u64 = 2560 << 10;
 const NEW: &[u8] = b"written by the firmware driver through its FVD overlay\n";
-
-fn run(program: &str, args: &[&str]) -> Vec<u8> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} (dosfstools/mtools) is needed: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-fn fvd_img(args: &[&str]) -> String {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let argv = std::iter::once("fvd-img").chain(args.iter().copied());
-    let code = fvd_host::cli::run_with(argv, &mut out, &mut err);
-    let text = String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err);
-    assert_eq!(code, 0, "fvd-img {args:?}: {text}");
-    text
-}
 
 struct Clock;
 
@@ -44,25 +21,11 @@ impl TimeSource for Clock {
     }
 }
 
-fn factory_image(dir: &Path) -> Vec<u8> {
-    let image = dir.join("base.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(BASE_BYTES)
-        .unwrap();
-    let image = image.to_str().unwrap();
-    run(
-        "mkfs.fat",
-        &["-F", "16", "-s", "1", "--mbr=y", "-n", "FVDBASE", image],
-    );
-    std::fs::read(image).unwrap()
-}
-
 #[test]
 fn the_overlay_the_driver_writes_is_an_image_fvd_img_checks_and_converts_to_a_clean_fat() {
     let dir = std::env::temp_dir().join(format!("fvd-fw-interop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let rom = factory_image(&dir);
+    let rom = factory_fat16(&dir.join("base.img"), &[]);
     let base_blocks = (rom.len() / 512) as u32;
     let overlay_blocks = base_blocks + 512;
     let layout = Layout {
@@ -103,9 +66,9 @@ fn the_overlay_the_driver_writes_is_an_image_fvd_img_checks_and_converts_to_a_cl
     let flat = dir.join("flat.raw");
     let flat = flat.to_str().unwrap();
 
-    let report = fvd_img(&["check", image]);
+    let report = fvd_img_ok(&["check", image]);
     assert!(report.contains("No errors"), "{report}");
-    fvd_img(&["convert", "-O", "raw", image, flat]);
+    fvd_img_ok(&["convert", "-O", "raw", image, flat]);
     run("fsck.fat", &["-n", flat]);
     assert_eq!(run("mtype", &["-i", flat, "::NEW.TXT"]), NEW);
     // The base was only read.
@@ -119,7 +82,7 @@ fn an_overlay_over_a_factory_image_kept_as_fvd_is_a_two_image_chain_fvd_img_read
     use fvd_firmware::{create_over, BaseFormat, BaseSpecOf};
     let dir = std::env::temp_dir().join(format!("fvd-fw-chain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let raw = factory_image(&dir);
+    let raw = factory_fat16(&dir.join("base.img"), &[]);
     let factory = Extent {
         first: 0,
         blocks: 512,
@@ -177,11 +140,11 @@ fn an_overlay_over_a_factory_image_kept_as_fvd_is_a_two_image_chain_fvd_img_read
     let flat = dir.join("flat.raw");
     let flat = flat.to_str().unwrap();
 
-    assert!(fvd_img(&["check", base.to_str().unwrap()]).contains("No errors"));
-    assert!(fvd_img(&["check", image]).contains("No errors"));
-    let info = fvd_img(&["info", image]);
+    assert!(fvd_img_ok(&["check", base.to_str().unwrap()]).contains("No errors"));
+    assert!(fvd_img_ok(&["check", image]).contains("No errors"));
+    let info = fvd_img_ok(&["info", image]);
     assert!(info.contains("backing file format: fvd"), "{info}");
-    fvd_img(&["convert", "-O", "raw", image, flat]);
+    fvd_img_ok(&["convert", "-O", "raw", image, flat]);
     run("fsck.fat", &["-n", flat]);
     assert_eq!(run("mtype", &["-i", flat, "::NEW.TXT"]), NEW);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -2,49 +2,21 @@
 //! reset) run on the host over a FAT16 factory image made by `mkfs.fat` and `mcopy`
 //! (dosfstools, mtools), the same cases the QEMU firmware runs.
 
+mod common;
+
+use common::factory_fat16;
 use fvd_firmware::medium::Extent;
 use fvd_firmware::ram::RamMedium;
 use fvd_firmware::selftest::{Bench, KnownFile};
 use fvd_firmware::Layout;
-use std::process::Command;
 
-const BASE_BYTES: u64 = 2560 << 10;
 const HELLO: &[u8] = b"hello from the factory image\n";
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program} (dosfstools/mtools) is needed: {e}"));
-    assert!(status.success(), "{program} {args:?} failed");
-}
-
-/// A FAT16 volume with a fake MBR (embedded-sdmmc mounts partition 0) holding HELLO.TXT.
-fn factory_image(dir: &std::path::Path) -> Vec<u8> {
-    let image = dir.join("base.img");
-    let hello = dir.join("HELLO.TXT");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(BASE_BYTES)
-        .unwrap();
-    std::fs::write(&hello, HELLO).unwrap();
-    let image = image.to_str().unwrap();
-    run(
-        "mkfs.fat",
-        &["-F", "16", "-s", "1", "--mbr=y", "-n", "FVDBASE", image],
-    );
-    run(
-        "mcopy",
-        &["-i", image, hello.to_str().unwrap(), "::HELLO.TXT"],
-    );
-    std::fs::read(image).unwrap()
-}
 
 #[test]
 fn the_self_test_passes_on_a_fat16_factory_image() {
     let dir = std::env::temp_dir().join(format!("fvd-fw-selftest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let rom = factory_image(&dir);
+    let rom = factory_fat16(&dir.join("base.img"), &[("HELLO.TXT", HELLO)]);
     std::fs::remove_dir_all(&dir).unwrap();
     let base_blocks = (rom.len() / 512) as u32;
     let overlay_blocks = base_blocks + 1024;

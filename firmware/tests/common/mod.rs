@@ -1,6 +1,6 @@
-//! What the QEMU-backed host tests share: finding the tools, building a firmware binary
-//! for the thumb target (a nested `cargo build`), where the workspace keeps its files, and
-//! fvd-img run in process.
+//! What the firmware's host tests share: finding the tools, building a firmware binary
+//! for the thumb target (a nested `cargo build`), where the workspace keeps its files,
+//! fvd-img run in process, and the FAT16 factory image the tests start from.
 
 #![allow(dead_code)] // each test binary uses part of it
 
@@ -79,4 +79,41 @@ pub fn fvd_img(args: &[&str]) -> (u8, String) {
     let code = fvd_host::cli::run_with(argv, &mut out, &mut err);
     let text = String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err);
     (code, text)
+}
+
+/// fvd-img in process, required to succeed; everything it printed.
+pub fn fvd_img_ok(args: &[&str]) -> String {
+    let (code, text) = fvd_img(args);
+    assert_eq!(code, 0, "fvd-img {args:?}: {text}");
+    text
+}
+
+/// Bytes of the factory image every test formats (2.5 MiB: FAT16 with one sector per
+/// cluster).
+pub const FACTORY_BYTES: u64 = 2560 << 10;
+
+/// Makes `path` a FAT16 factory image with a fake MBR (embedded-sdmmc mounts partition 0)
+/// labelled FVDBASE, holding `files` (name, content) in its root directory, and returns
+/// its bytes (mkfs.fat and mcopy: dosfstools, mtools).
+pub fn factory_fat16(path: &Path, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let _ = std::fs::remove_file(path);
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(FACTORY_BYTES)
+        .unwrap();
+    let image = path.to_str().unwrap();
+    run(
+        "mkfs.fat",
+        &["-F", "16", "-s", "1", "--mbr=y", "-n", "FVDBASE", image],
+    );
+    for (name, content) in files {
+        let staged = path.with_extension(format!("{name}.src"));
+        std::fs::write(&staged, content).unwrap();
+        run(
+            "mcopy",
+            &["-i", image, staged.to_str().unwrap(), &format!("::{name}")],
+        );
+        std::fs::remove_file(&staged).unwrap();
+    }
+    std::fs::read(path).unwrap()
 }
