@@ -9,13 +9,11 @@
 mod common;
 
 use common::{create, ok, scratch};
-use fvd_core::engine::FileId;
 use fvd_host::host::driver::{Driver, DriverOptions};
 use fvd_host::host::executor::{Executor, ExecutorOptions};
 use fvd_host::host::files::{open_image, open_storage, Layers};
-use fvd_host::host::storage::Storage;
+use fvd_host::testing::hooked::{Hooked, ReadCounter};
 use std::fs;
-use std::io;
 use std::path::Path;
 
 const K: usize = 1024;
@@ -59,39 +57,6 @@ fn three_deep_chain(dir: &Path) -> Vec<u8> {
     model
 }
 
-/// An image's files that count the reads of each file.
-struct Counting<S> {
-    inner: S,
-    /// Reads of the image, data and base file.
-    reads: [u64; 3],
-}
-
-impl<S: Storage> Storage for Counting<S> {
-    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.reads[match file {
-            FileId::Image => 0,
-            FileId::Data => 1,
-            FileId::Base => 2,
-        }] += 1;
-        self.inner.read_at(file, offset, buf)
-    }
-    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_at(file, offset, buf)
-    }
-    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.inner.write_zeroes(file, offset, len, unmap)
-    }
-    fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.inner.flush(file)
-    }
-    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.inner.set_len(file, len)
-    }
-    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
-        self.inner.len(file)
-    }
-}
-
 #[test]
 fn base_reads_of_a_three_deep_chain_are_served_by_core_not_the_host() {
     let dir = scratch();
@@ -116,17 +81,15 @@ fn base_reads_of_a_three_deep_chain_are_served_by_core_not_the_host() {
     assert_eq!(files.len(), 3, "three images, three layers");
     let layers: Vec<_> = files
         .into_iter()
-        .map(|inner| Counting {
-            inner,
-            reads: [0; 3],
-        })
+        .map(|inner| Hooked::new(inner, ReadCounter::default()))
         .collect();
     let mut driver = Driver::open_chain(layers, &keys, options, None).unwrap();
     assert_eq!(driver.layers(), 3);
     let got = driver.read(0, SIZE).unwrap();
     assert!(got == model, "driver read");
-    let reads =
-        |driver: &mut Driver<Counting<_>>, layer| driver.layer_storage(layer).unwrap().reads;
+    let reads = |driver: &mut Driver<Hooked<_, ReadCounter>>, layer| {
+        driver.layer_storage(layer).unwrap().hook.reads
+    };
     // No image's base goes through the host, but the raw file under the last one.
     assert_eq!(reads(&mut driver, 0)[2], 0, "the host read top.fvd's base");
     assert_eq!(reads(&mut driver, 1)[2], 0, "the host read mid.fvd's base");

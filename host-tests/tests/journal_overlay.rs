@@ -5,7 +5,7 @@
 use fvd_core::engine::{FileId, Mapping};
 use fvd_core::fvd::create::{plan, CreateOptions};
 use fvd_host::host::driver::{Driver, DriverOptions};
-use fvd_host::host::storage::Storage;
+use fvd_host::testing::hooked::{Hook, Hooked, Op};
 use fvd_host::testing::memstore::{MemFile, MemStorage};
 use fvd_host::testing::newimage::initial_metadata;
 use std::io;
@@ -13,37 +13,25 @@ use std::io;
 const CHUNK: u64 = 64 << 10;
 const SIZE: u64 = 512 << 20;
 
-/// A storage that counts the bytes read from a range of the image file.
-struct Counting {
-    inner: MemStorage,
+/// Counts the bytes read from a range of the image file.
+struct RangeReads {
     range: (u64, u64),
     bytes: u64,
 }
 
-impl Storage for Counting {
-    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if file == FileId::Image
-            && offset < self.range.1
-            && offset + buf.len() as u64 > self.range.0
+impl Hook for RangeReads {
+    fn before(&mut self, op: Op) -> io::Result<()> {
+        if let Op::Read {
+            file: FileId::Image,
+            offset,
+            len,
+        } = op
         {
-            self.bytes += buf.len() as u64;
+            if offset < self.range.1 && offset + len as u64 > self.range.0 {
+                self.bytes += len as u64;
+            }
         }
-        self.inner.read_at(file, offset, buf)
-    }
-    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_at(file, offset, buf)
-    }
-    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.inner.write_zeroes(file, offset, len, unmap)
-    }
-    fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.inner.flush(file)
-    }
-    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.inner.set_len(file, len)
-    }
-    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
-        self.inner.len(file)
+        Ok(())
     }
 }
 
@@ -90,12 +78,13 @@ fn a_read_only_open_of_a_dirty_image_reads_the_journal_only_for_pages_it_touches
     let (_, layout) = fvd_core::fvd::parse(&image, image.len() as u64).unwrap();
     assert!(!layout.clean_shutdown, "the cut must leave the image dirty");
     let journal = layout.journal.unwrap();
-    let mut counting = Counting {
-        inner: storage,
-        range: (journal.offset, journal.end()),
-        bytes: 0,
-    };
-    counting.bytes = 0;
+    let counting = Hooked::new(
+        storage,
+        RangeReads {
+            range: (journal.offset, journal.end()),
+            bytes: 0,
+        },
+    );
     let read_only = DriverOptions {
         writable: false,
         cache_bytes: 4 * 512,
@@ -129,9 +118,9 @@ fn a_read_only_open_of_a_dirty_image_reads_the_journal_only_for_pages_it_touches
     let table_pages = layout.table.unwrap().region.len / 512;
     assert_eq!(table_pages, 64);
     assert!(
-        counting.bytes <= journal.len + 8 * extent,
+        counting.hook.bytes <= journal.len + 8 * extent,
         "read {} journal bytes: a {}-byte journal and a {extent}-byte valid extent",
-        counting.bytes,
+        counting.hook.bytes,
         journal.len
     );
     assert_eq!(

@@ -9,7 +9,7 @@ use fvd_core::engine::{
 };
 use fvd_core::fvd::create::{plan, BaseSpec, CreateOptions};
 use fvd_host::host::driver::{Driver, DriverOptions};
-use fvd_host::host::storage::Storage;
+use fvd_host::testing::hooked::{Hook, Hooked, Op, ReadCounter};
 use fvd_host::testing::memstore::{MemFile, MemStorage};
 use fvd_host::testing::newimage::initial_metadata;
 use std::io;
@@ -21,35 +21,8 @@ fn base_bytes() -> Vec<u8> {
     (0..SIZE).map(|i| (i / 512) as u8 ^ 0x3c).collect()
 }
 
-/// MemStorage that counts base bytes read.
-struct Counting {
-    inner: MemStorage,
-    base_read: u64,
-}
-
-impl Storage for Counting {
-    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if file == FileId::Base {
-            self.base_read += buf.len() as u64;
-        }
-        self.inner.read_at(file, offset, buf)
-    }
-    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_at(file, offset, buf)
-    }
-    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.inner.write_zeroes(file, offset, len, unmap)
-    }
-    fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.inner.flush(file)
-    }
-    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.inner.set_len(file, len)
-    }
-    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
-        self.inner.len(file)
-    }
-}
+/// MemStorage that counts the reads (and bytes) of each file.
+type Counting = Hooked<MemStorage, ReadCounter>;
 
 fn image(compact: bool, max_read_kib: u64) -> Counting {
     let options = CreateOptions {
@@ -74,10 +47,7 @@ fn image(compact: bool, max_read_kib: u64) -> Counting {
         base: Some(MemFile::new(base_bytes())),
         writes: 0,
     };
-    Counting {
-        inner,
-        base_read: 0,
-    }
+    Hooked::new(inner, ReadCounter::default())
 }
 
 fn now_options() -> DriverOptions {
@@ -120,7 +90,7 @@ fn prefetch_copies_every_block_and_the_base_is_no_longer_needed() {
         assert!(layout.base_fully_prefetched);
         // The base is gone: the image opens without it and reads the same.
         storage.inner.base = None;
-        storage.base_read = 0;
+        storage.hook = ReadCounter::default();
         let mut d = Driver::open(
             storage,
             DriverOptions {
@@ -130,7 +100,7 @@ fn prefetch_copies_every_block_and_the_base_is_no_longer_needed() {
         )
         .unwrap();
         assert_eq!(d.read(0, SIZE as usize).unwrap(), base_bytes());
-        assert_eq!(d.storage.base_read, 0);
+        assert_eq!(d.storage.hook.bytes_of(FileId::Base), 0);
     }
 }
 
@@ -204,7 +174,8 @@ fn prefetch_respects_the_read_cap() {
     assert_eq!(d.engine().prefetch_progress().state, PrefetchState::Off);
     let mut d2 = Driver::open(image(false, 2048), now_options()).unwrap();
     let took = run_to_done(&mut d2, 1, 100_000);
-    let rate_kib_s = d2.storage.base_read as f64 / 1024.0 / (took as f64 / 1000.0);
+    let rate_kib_s =
+        d2.storage.hook.bytes_of(FileId::Base) as f64 / 1024.0 / (took as f64 / 1000.0);
     assert!(
         rate_kib_s <= 2048.0 * 1.1,
         "prefetch read at {rate_kib_s:.0} KiB/s, cap 2048"
@@ -222,7 +193,8 @@ fn prefetch_respects_the_read_cap() {
     };
     let mut d3 = Driver::open(image(false, 0), options).unwrap();
     let took = run_to_done(&mut d3, 1, 100_000);
-    let rate_kib_s = d3.storage.base_read as f64 / 1024.0 / (took as f64 / 1000.0);
+    let rate_kib_s =
+        d3.storage.hook.bytes_of(FileId::Base) as f64 / 1024.0 / (took as f64 / 1000.0);
     assert!(
         rate_kib_s <= 1024.0 * 1.1,
         "prefetch read at {rate_kib_s:.0} KiB/s, cap 1024"
@@ -279,15 +251,15 @@ fn prefetch_backs_off_when_throughput_falls_below_the_minimum() {
     };
     let header = plan(&options).unwrap();
     // Defaults: minimum 5120 KiB/s, 100 ms windows, pauses up to 30 s.
-    let storage = Counting {
-        inner: MemStorage {
+    let storage = Hooked::new(
+        MemStorage {
             image: MemFile::new(initial_metadata(&header)),
             data: None,
             base: Some(MemFile::new(base_bytes())),
             writes: 0,
         },
-        base_read: 0,
-    };
+        ReadCounter::default(),
+    );
     let mut d = Driver::open(storage, now_options()).unwrap();
     // A slow (or busy) host: 100 ms pass for every 4 commands it performs, about 2 blocks
     // (1.3 MiB/s), below the 5 MiB/s minimum.
@@ -349,41 +321,20 @@ fn prefetch_progress_survives_a_restart() {
     assert_eq!(d.read(0, SIZE as usize).unwrap(), base_bytes());
 }
 
-/// A base behind a slow link: every read costs latency plus its bytes at a bandwidth, on
-/// a clock the test passes to the engine; foreground guest I/O shares the same link.
-struct ThrottledBase {
-    inner: Counting,
+/// A simulated link: every read or write of any file costs its latency plus its bytes at
+/// the link's rate, on a clock the test reads.
+struct Throttle {
     clock_us: u64,
     latency_us: u64,
     bytes_per_ms: u64,
 }
 
-impl ThrottledBase {
-    fn charge(&mut self, bytes: usize) {
-        self.clock_us += self.latency_us + bytes as u64 * 1000 / self.bytes_per_ms;
-    }
-}
-
-impl Storage for ThrottledBase {
-    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.charge(buf.len());
-        self.inner.read_at(file, offset, buf)
-    }
-    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.charge(buf.len());
-        self.inner.write_at(file, offset, buf)
-    }
-    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.inner.write_zeroes(file, offset, len, unmap)
-    }
-    fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.inner.flush(file)
-    }
-    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.inner.set_len(file, len)
-    }
-    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
-        self.inner.len(file)
+impl Hook for Throttle {
+    fn before(&mut self, op: Op) -> io::Result<()> {
+        if let Op::Read { len, .. } | Op::Write { len, .. } = op {
+            self.clock_us += self.latency_us + len as u64 * 1000 / self.bytes_per_ms;
+        }
+        Ok(())
     }
 }
 
@@ -394,24 +345,26 @@ fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_gue
     // Back off below 2 MiB/s (header offset 3300: prefetch_min_read_throughput, KiB/s).
     inner.inner.image.current[3300..3308].copy_from_slice(&2048u64.to_le_bytes());
     inner.inner.image.durable = inner.inner.image.current.clone();
-    let storage = ThrottledBase {
+    let storage = Hooked::new(
         inner,
-        clock_us: 0,
-        latency_us: 2000,
-        bytes_per_ms: 20 * 1024,
-    };
+        Throttle {
+            clock_us: 0,
+            latency_us: 2000,
+            bytes_per_ms: 20 * 1024,
+        },
+    );
     let mut d = Driver::open(storage, now_options()).unwrap();
     let mut model = base_bytes();
     let mut paused_under_load = false;
     let mut round = 0u64;
     while d.engine().prefetch_progress().state != PrefetchState::Done {
-        let now = d.storage.clock_us / 1000;
+        let now = d.storage.hook.clock_us / 1000;
         d.handle_timeout(now).unwrap();
         if (10..120).contains(&round) {
             paused_under_load |= d.engine().prefetch_progress().state == PrefetchState::Paused;
         }
         // Idle links still let time pass.
-        d.storage.clock_us += 1000;
+        d.storage.hook.clock_us += 1000;
         // A burst of foreground writes for a while: they take the link's time, so
         // prefetch's measured throughput drops and it may pause.
         if (10..70).contains(&round) {
@@ -420,7 +373,7 @@ fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_gue
             d.write(at, &data).unwrap();
             model[at as usize..at as usize + 65536].copy_from_slice(&data);
             // A heavy foreground load: 300 ms of the link per round.
-            d.storage.clock_us += 300_000;
+            d.storage.hook.clock_us += 300_000;
             paused_under_load |= d.engine().prefetch_progress().state == PrefetchState::Paused;
         }
         round += 1;
@@ -430,7 +383,7 @@ fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_gue
             d.engine().prefetch_progress()
         );
     }
-    let elapsed_s = d.storage.clock_us as f64 / 1e6;
+    let elapsed_s = d.storage.hook.clock_us as f64 / 1e6;
     let prefetch_bytes = d.engine().stats().prefetched_blocks * BLOCK;
     let rate_kib_s = prefetch_bytes as f64 / 1024.0 / elapsed_s;
     assert!(
@@ -454,44 +407,37 @@ fn prefetch_over_a_throttled_base_completes_within_its_cap_and_yields_to_the_gue
     assert_eq!(d.read(0, SIZE as usize).unwrap(), model);
 }
 
-/// Storage whose base reads fail for blocks in `bad` (by block index), or whose image
-/// flushes fail when `flush_fails`, counting what was tried.
-struct Failing {
-    inner: Counting,
+/// Fails base reads of the blocks in `bad` (by block index), or every flush when
+/// `flush_fails`, counting the base reads tried.
+struct FailingBase {
     bad: std::ops::Range<u64>,
     flush_fails: bool,
     base_reads: u64,
 }
 
-impl Storage for Failing {
-    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if file == FileId::Base {
-            self.base_reads += 1;
-            if self.bad.contains(&(offset / BLOCK)) {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
+impl Hook for FailingBase {
+    fn before(&mut self, op: Op) -> io::Result<()> {
+        match op {
+            Op::Read {
+                file: FileId::Base,
+                offset,
+                ..
+            } => {
+                self.base_reads += 1;
+                if self.bad.contains(&(offset / BLOCK)) {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
             }
+            Op::Flush { .. } if self.flush_fails => {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            _ => {}
         }
-        self.inner.read_at(file, offset, buf)
-    }
-    fn write_at(&mut self, file: FileId, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_at(file, offset, buf)
-    }
-    fn write_zeroes(&mut self, file: FileId, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        self.inner.write_zeroes(file, offset, len, unmap)
-    }
-    fn flush(&mut self, file: FileId) -> io::Result<()> {
-        if self.flush_fails {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        self.inner.flush(file)
-    }
-    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
-        self.inner.set_len(file, len)
-    }
-    fn len(&mut self, file: FileId) -> io::Result<Option<u64>> {
-        self.inner.len(file)
+        Ok(())
     }
 }
+
+type Failing = Hooked<Counting, FailingBase>;
 
 /// Advances the clock until prefetch leaves its working states; returns the final state.
 fn run_until_settled(d: &mut Driver<Failing>) -> PrefetchState {
@@ -511,12 +457,14 @@ fn run_until_settled(d: &mut Driver<Failing>) -> PrefetchState {
 #[test]
 fn prefetch_gives_up_on_blocks_that_keep_failing_after_bounded_passes() {
     let blocks = SIZE / BLOCK;
-    let storage = Failing {
-        inner: image(false, 0),
-        bad: 5..7,
-        flush_fails: false,
-        base_reads: 0,
-    };
+    let storage = Hooked::new(
+        image(false, 0),
+        FailingBase {
+            bad: 5..7,
+            flush_fails: false,
+            base_reads: 0,
+        },
+    );
     let mut d = Driver::open(storage, now_options()).unwrap();
     assert_eq!(run_until_settled(&mut d), PrefetchState::Failed);
     let progress = d.engine().prefetch_progress();
@@ -531,7 +479,7 @@ fn prefetch_gives_up_on_blocks_that_keep_failing_after_bounded_passes() {
     // pass (which copied the others) and the fruitless ones after it.
     assert_eq!(d.engine().stats().prefetched_blocks, blocks - 2);
     let tries = u64::from(MAX_FRUITLESS_PASSES) + 1;
-    assert_eq!(d.storage.base_reads, blocks - 2 + 2 * tries);
+    assert_eq!(d.storage.hook.base_reads, blocks - 2 + 2 * tries);
     // Nothing waits for time any more, and the image stays usable and closes cleanly.
     assert_eq!(d.engine().poll_timeout(), None);
     assert_eq!(
@@ -544,14 +492,16 @@ fn prefetch_gives_up_on_blocks_that_keep_failing_after_bounded_passes() {
 
 #[test]
 fn prefetch_gives_up_when_its_final_commit_keeps_failing() {
-    let storage = Failing {
-        inner: image(false, 0),
-        bad: 0..0,
-        flush_fails: false,
-        base_reads: 0,
-    };
+    let storage = Hooked::new(
+        image(false, 0),
+        FailingBase {
+            bad: 0..0,
+            flush_fails: false,
+            base_reads: 0,
+        },
+    );
     let mut d = Driver::open(storage, now_options()).unwrap();
-    d.storage.flush_fails = true;
+    d.storage.hook.flush_fails = true;
     assert_eq!(run_until_settled(&mut d), PrefetchState::Failed);
     match d.engine().prefetch_progress().failure {
         Some(PrefetchFailure::Finish { attempts, .. }) => {
