@@ -21,16 +21,43 @@
 #[cfg(test)]
 extern crate std;
 
+/// Declares modules that take numbers straight from untrusted bytes, under stricter lints
+/// than the crate's (Cargo.toml): besides never truncating, indexing, unwrapping or
+/// panicking, no arithmetic that could wrap (release builds do not check overflow).
+/// Tests may do all of these (a failure there is the test failing).
+macro_rules! strictly_checked {
+    ($($(#[$meta:meta])* pub mod $name:ident;)*) => {
+        $(
+            $(#[$meta])*
+            #[cfg_attr(
+                not(test),
+                deny(
+                    clippy::arithmetic_side_effects,
+                    clippy::cast_possible_truncation,
+                    clippy::indexing_slicing,
+                    clippy::unwrap_used,
+                    clippy::expect_used,
+                    clippy::panic
+                )
+            )]
+            pub mod $name;
+        )*
+    };
+}
+
 pub mod blocking;
 pub mod chain;
 pub mod check;
 pub mod engine;
-pub mod fvd;
 pub mod info;
-pub mod measure;
-pub mod partition;
 pub mod probe;
-pub mod qed;
 pub mod report;
-pub mod resize;
-pub mod units;
+
+strictly_checked! {
+    pub mod fvd;
+    pub mod measure;
+    pub mod partition;
+    pub mod qed;
+    pub mod resize;
+    pub mod units;
+}

@@ -6,17 +6,6 @@
 //! `storage_grow_unit`), a plain FVD image's blocks at their fixed places, QED's data
 //! clusters and the L2 tables that map them. No I/O, no allocation.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation,
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
 
 use crate::fvd::create::metadata_len;
 use crate::fvd::RawHeader;

@@ -13,17 +13,6 @@
 //!
 //! Every new header is checked by the format's validation before a plan is returned.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation,
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
 
 use crate::fvd::{validate, HeaderError, RawHeader};
 use crate::qed::error::QedHeaderError;

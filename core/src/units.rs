@@ -3,17 +3,6 @@
 
 // Every number here may come from an untrusted file or command line: arithmetic is
 // checked, casts are fallible and slices are taken with `get`.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation,
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
 
 /// Bytes in a sector, the unit of every guest request and of journal commits.
 pub const SECTOR_SIZE: u64 = 512;

@@ -9,17 +9,6 @@
 
 // Every byte here comes from a guest's disk: arithmetic is checked, casts are fallible and
 // slices are taken with `get`.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::arithmetic_side_effects,
-        clippy::cast_possible_truncation,
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
 
 pub mod error;
 pub mod gpt;
