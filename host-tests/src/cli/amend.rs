@@ -2,6 +2,7 @@
 //! for rewriting header fields in place. The `-o` items are the settings of
 //! [`update`](super::update), which does the work, so the two commands cannot disagree.
 
+use super::disk::DiskFormat;
 use super::error::CliError;
 use super::options::split_items;
 use super::update::{self, UpdateArgs};
@@ -31,6 +32,20 @@ pub struct AmendArgs {
 
 /// Runs `fvd-img amend` as the `update` it stands for.
 pub fn run(args: &AmendArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    // QEMU amends neither QED nor raw images, and says so before it looks at the options.
+    match DiskFormat::given_or_probed(args.format.as_deref(), &args.file)? {
+        DiskFormat::Fvd => {}
+        other => {
+            return Err(CliError::Invalid(format!(
+                "Format driver '{}' does not support option amendment{}",
+                other.name(),
+                match other {
+                    DiskFormat::Qed => " (to name another base, use 'fvd-img rebase -u')",
+                    _ => "",
+                }
+            )))
+        }
+    }
     let settings: Vec<String> = args.options.iter().flat_map(|o| split_items(o)).collect();
     if settings.is_empty() {
         return Err(CliError::Usage(
