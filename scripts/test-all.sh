@@ -18,6 +18,10 @@ cargo clippy -p fvd-core -p fvd-wasm --target wasm32-unknown-unknown -- -D warni
 echo "== build fvd-core for the embedded and browser targets"
 cargo build -p fvd-core --target thumbv7em-none-eabihf
 cargo build -p fvd-core --target wasm32-unknown-unknown
+echo "== fvd-core without the QED engine (as the firmware builds it)"
+cargo clippy -p fvd-core --no-default-features --all-targets -- -D warnings
+cargo test -p fvd-core --no-default-features --lib
+cargo build -p fvd-core --no-default-features --target thumbv7em-none-eabihf
 
 echo "== host tests"
 cargo test --workspace --exclude fvd-firmware --exclude fvd-wasm

@@ -625,7 +625,33 @@ mod tests {
         );
     }
 
+    /// A build without the QED engine (the firmware's) names what it cannot open.
     #[test]
+    #[cfg(not(feature = "qed-engine"))]
+    fn a_build_without_the_qed_engine_refuses_qed_images_by_name() {
+        use crate::engine::{ImageFormat, OpenError};
+        use crate::qed::{plan as qed_plan, QedCreateOptions};
+        let plan = qed_plan(&QedCreateOptions {
+            size: 256 * 1024,
+            cluster_size: 4096,
+            table_size: 1,
+            backing: None,
+        })
+        .unwrap();
+        let mut bytes = vec![0u8; plan.file_len as usize];
+        plan.write_header_area(&mut bytes).unwrap();
+        let image = MemFile { bytes, at: 0 };
+        let opened: Result<BlockingDisk<_, _, NoFile, NoFile>, _> =
+            BlockingDisk::open(vec![0u8; 64 * 1024], image, NoFile, NoFile, false, 4096);
+        let Err(BlockingError::Open(error)) = opened else {
+            panic!("a QED image opened without the QED engine");
+        };
+        assert_eq!(error, OpenError::FormatNotBuilt(ImageFormat::Qed));
+        assert!(std::format!("{error}").contains("no qed engine"), "{error}");
+    }
+
+    #[test]
+    #[cfg(feature = "qed-engine")]
     fn blocking_disk_serves_qed_images_too() {
         use crate::qed::{plan as qed_plan, QedBacking, QedCreateOptions};
         let base: Vec<u8> = (0..64 * 1024).map(|i| (i / 512) as u8 ^ 0x33).collect();

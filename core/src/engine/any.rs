@@ -3,6 +3,7 @@
 //! every call, so a host (CLI, browser, firmware) holds no format-specific code.
 
 use super::protocol::{self, FormatEngine};
+#[cfg(feature = "qed-engine")]
 use super::qed::QedEngine;
 use super::slots::EventQueue;
 use super::types::{
@@ -42,6 +43,14 @@ impl ImageFormat {
     }
 }
 
+/// An engine that only reports that `format`'s engine is not in this build.
+#[cfg(not(feature = "qed-engine"))]
+fn not_built<M, const PAGES: usize>(memory: M, format: ImageFormat) -> Inner<M, PAGES> {
+    let mut events = EventQueue::new();
+    events.push(Event::OpenFailed(OpenError::FormatNotBuilt(format)));
+    Inner::Failed { memory, events }
+}
+
 /// Command slot of the probe read: outside every engine's slot range, so a late or
 /// repeated completion of it is ignored once an engine has taken over.
 const PROBE_SLOT: u16 = u16::MAX;
@@ -62,6 +71,7 @@ enum Inner<M, const PAGES: usize> {
         events: EventQueue,
     },
     Fvd(FvdEngine<M, PAGES>),
+    #[cfg(feature = "qed-engine")]
     Qed(QedEngine<M, PAGES>),
     /// Only while switching from probing to an engine.
     Switching,
@@ -116,6 +126,7 @@ macro_rules! forward {
     ($self:ident, $e:ident => $call:expr, $otherwise:expr) => {
         match &$self.inner {
             Inner::Fvd($e) => $call,
+            #[cfg(feature = "qed-engine")]
             Inner::Qed($e) => $call,
             _ => $otherwise,
         }
@@ -126,6 +137,7 @@ macro_rules! forward_mut {
     ($self:ident, $e:ident => $call:expr, $otherwise:expr) => {
         match &mut $self.inner {
             Inner::Fvd($e) => $call,
+            #[cfg(feature = "qed-engine")]
             Inner::Qed($e) => $call,
             _ => $otherwise,
         }
@@ -151,7 +163,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         Engine {
             inner: match format {
                 ImageFormat::Fvd => Inner::Fvd(FvdEngine::open(memory, options)),
+                #[cfg(feature = "qed-engine")]
                 ImageFormat::Qed => Inner::Qed(QedEngine::open(memory, options)),
+                #[cfg(not(feature = "qed-engine"))]
+                ImageFormat::Qed => not_built(memory, ImageFormat::Qed),
             },
         }
     }
@@ -160,6 +175,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     pub fn format(&self) -> Option<ImageFormat> {
         match self.inner {
             Inner::Fvd(_) => Some(ImageFormat::Fvd),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(_) => Some(ImageFormat::Qed),
             _ => None,
         }
@@ -182,6 +198,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 prefetch: e.prefetch_progress(),
                 stats,
             }),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.layout().map(|layout| EngineInfo {
                 format: ImageFormat::Qed,
                 virtual_size: layout.image_size,
@@ -198,18 +215,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         }
     }
 
-    #[allow(dead_code)] // Kept beside `fvd` for crate-internal tests.
-    pub(crate) fn qed(&self) -> Option<&QedEngine<M, PAGES>> {
-        match &self.inner {
-            Inner::Qed(e) => Some(e),
-            _ => None,
-        }
-    }
-
     /// The guest-visible size in bytes, once the header has been read.
     pub fn virtual_size(&self) -> Option<u64> {
         match &self.inner {
             Inner::Fvd(e) => e.layout().map(|l| l.virtual_size),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.layout().map(|l| l.image_size),
             _ => None,
         }
@@ -248,6 +258,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
                 })
             }
             Inner::Fvd(e) => protocol::poll_command(e),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => protocol::poll_command(e),
             _ => None,
         }
@@ -259,6 +270,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         match &mut self.inner {
             Inner::Probing { issued: true, .. } if id == probe_id() => self.probed(result),
             Inner::Fvd(e) => protocol::complete(e, id, result),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => protocol::complete(e, id, result),
             _ => {}
         }
@@ -288,7 +300,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             }
             None => {
                 match ImageFormat::probe(memory.as_ref().get(..PROBE_LEN).unwrap_or_default()) {
+                    #[cfg(feature = "qed-engine")]
                     Some(ImageFormat::Qed) => Inner::Qed(QedEngine::open(memory, options)),
+                    #[cfg(not(feature = "qed-engine"))]
+                    Some(ImageFormat::Qed) => not_built(memory, ImageFormat::Qed),
                     _ => Inner::Fvd(FvdEngine::open(memory, options)),
                 }
             }
@@ -300,6 +315,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         match &mut self.inner {
             Inner::Failed { events, .. } => events.pop(),
             Inner::Fvd(e) => protocol::poll_event(e),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => protocol::poll_event(e),
             _ => None,
         }
@@ -332,6 +348,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         match &self.inner {
             Inner::Probing { memory, .. } | Inner::Failed { memory, .. } => memory.as_ref(),
             Inner::Fvd(e) => e.memory(),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.memory(),
             Inner::Switching => &[],
         }
@@ -342,6 +359,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
         match &mut self.inner {
             Inner::Probing { memory, .. } | Inner::Failed { memory, .. } => memory.as_mut(),
             Inner::Fvd(e) => e.memory_mut(),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.memory_mut(),
             Inner::Switching => &mut [],
         }
@@ -351,6 +369,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
     pub fn header_bytes(&self) -> &[u8] {
         match &self.inner {
             Inner::Fvd(e) => e.header_bytes(),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.header_bytes(),
             _ => &[],
         }
@@ -362,6 +381,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> Engine<M, PAGES> {
             // The probe read counts from the start: it is emitted at open.
             Inner::Probing { .. } => 1,
             Inner::Fvd(e) => e.commands_in_flight(),
+            #[cfg(feature = "qed-engine")]
             Inner::Qed(e) => e.commands_in_flight(),
             _ => 0,
         }

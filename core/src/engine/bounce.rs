@@ -32,6 +32,7 @@ impl BouncePool {
     }
 
     /// Number of slots.
+    #[cfg_attr(not(feature = "qed-engine"), allow(dead_code))] // only QED asks
     pub fn capacity(&self) -> usize {
         self.count
     }

@@ -12,6 +12,7 @@ mod cache;
 pub(crate) mod fvd;
 mod guest;
 mod protocol;
+#[cfg(feature = "qed-engine")]
 pub(crate) mod qed;
 mod sizing;
 mod slot_table;
@@ -24,6 +25,7 @@ pub use fvd::prefetch::{
     PrefetchFailure, PrefetchMode, PrefetchProgress, PrefetchState, MAX_FINISH_ATTEMPTS,
     MAX_FRUITLESS_PASSES,
 };
+#[cfg(feature = "qed-engine")]
 pub use qed::QUIET_MS;
 pub use sizing::{memory_needed, SIZING_LEN};
 pub use types::*;

@@ -27,6 +27,7 @@ impl<T, const N: usize> SlotTable<T, N> {
         self.0.iter()
     }
 
+    #[cfg_attr(not(feature = "qed-engine"), allow(dead_code))] // only QED walks it mutably
     pub(crate) fn iter_mut(&mut self) -> core::slice::IterMut<'_, T> {
         self.0.iter_mut()
     }
@@ -35,6 +36,7 @@ impl<T, const N: usize> SlotTable<T, N> {
         self.0.get_mut(slot)
     }
 
+    #[cfg_attr(not(feature = "qed-engine"), allow(dead_code))] // only QED asks
     pub(crate) fn len(&self) -> usize {
         N
     }

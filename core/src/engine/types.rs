@@ -411,6 +411,9 @@ pub enum OpenError {
     Io(IoError),
     /// Metadata is corrupt.
     Corrupt(Corruption),
+    /// The image is of a format whose engine this build leaves out (fvd-core without its
+    /// `qed-engine` feature, as a firmware that serves only FVD builds it).
+    FormatNotBuilt(super::ImageFormat),
 }
 
 impl fmt::Display for OpenError {
@@ -444,6 +447,11 @@ impl fmt::Display for OpenError {
             ),
             OpenError::Io(e) => write!(f, "{e} while opening the image"),
             OpenError::Corrupt(c) => write!(f, "{}", RequestError::Corrupt(*c)),
+            OpenError::FormatNotBuilt(format) => write!(
+                f,
+                "this build has no {} engine (fvd-core's qed-engine feature is off)",
+                format.name()
+            ),
         }
     }
 }
