@@ -33,7 +33,13 @@ pub(crate) fn length(value: f64) -> Option<u64> {
 }
 
 fn length_or_error(value: f64, what: &str) -> Result<u64, JsError> {
-    length(value).ok_or_else(|| JsError::new(&format!("{what} {value} is not a byte count")))
+    // The value is not printed: formatting a double would link float printing (about
+    // 15 KB of wasm) for this one message.
+    length(value).ok_or_else(|| {
+        JsError::new(&format!(
+            "{what} is not a byte count (a whole number from 0 to 2^53)"
+        ))
+    })
 }
 
 /// A file read the page must perform.
