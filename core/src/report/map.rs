@@ -70,6 +70,87 @@ impl MapEntry {
     }
 }
 
+impl MapEntry {
+    /// This run of a base image as the image above it sees it: served by its base, one
+    /// level deeper.
+    pub fn seen_through_base(self) -> MapEntry {
+        MapEntry {
+            kind: MapKind::Base,
+            depth: self.depth.saturating_add(1),
+            ..self
+        }
+    }
+}
+
+/// The layer under a run that an image leaves to its base, as the host has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Below {
+    /// A layer of `size` guest bytes the host maps in turn (an image, or a raw file whose
+    /// holes the host can find).
+    Mappable {
+        /// Its guest size.
+        size: u64,
+    },
+    /// A raw file of `size` bytes the host cannot look into: every byte it has is stored,
+    /// at the same offset.
+    Raw {
+        /// Its length.
+        size: u64,
+    },
+    /// No layer is open there (the base was not opened).
+    Unknown,
+}
+
+/// What a run an image leaves to its base becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseStep {
+    /// The run, final.
+    Entry(MapEntry),
+    /// Map the first `len` bytes at the same offset of the layer below, then see its
+    /// first run [`MapEntry::seen_through_base`].
+    Descend {
+        /// Bytes to map below (the run cut at the end of the layer below).
+        len: u64,
+    },
+}
+
+/// The rule for `len` bytes at `at` that an image leaves to its base (`qemu-img map`'s):
+/// past the end of a shorter base they are zeros stored nowhere (depth 0, not present);
+/// a raw file stores what it has at the same offset, one level down; anything else the
+/// layer below says, one level deeper.
+pub fn base_step(at: u64, len: u64, below: Below) -> BaseStep {
+    let unallocated = MapEntry {
+        start: at,
+        length: len,
+        kind: MapKind::Unallocated,
+        depth: 0,
+        zero: true,
+        data: false,
+        offset: None,
+    };
+    let stored = MapEntry {
+        kind: MapKind::Base,
+        depth: 1,
+        zero: false,
+        data: true,
+        ..unallocated
+    };
+    match below {
+        Below::Mappable { size } | Below::Raw { size } if at >= size => {
+            BaseStep::Entry(unallocated)
+        }
+        Below::Mappable { size } => BaseStep::Descend {
+            len: len.min(size.saturating_sub(at)),
+        },
+        Below::Raw { size } => BaseStep::Entry(MapEntry {
+            length: len.min(size.saturating_sub(at)),
+            offset: Some(at),
+            ..stored
+        }),
+        Below::Unknown => BaseStep::Entry(stored),
+    }
+}
+
 /// Writes one finished run: `[` before the first, `,` and a newline before the others.
 pub fn write_entry(out: &mut impl Write, first: bool, e: &MapEntry) -> fmt::Result {
     out.write_str(if first { "[" } else { ",\n" })?;
@@ -156,6 +237,37 @@ mod tests {
             data: kind != MapKind::Zero,
             offset,
         }
+    }
+
+    #[test]
+    fn a_run_left_to_the_base_follows_qemu_img_maps_rule() {
+        // Past the end of a shorter base: zeros stored nowhere, at the image's depth.
+        let BaseStep::Entry(past) = base_step(4096, 512, Below::Mappable { size: 4096 }) else {
+            panic!("past the base's end is final");
+        };
+        assert_eq!(
+            (past.kind, past.depth, past.data),
+            (MapKind::Unallocated, 0, false)
+        );
+        // A layer the host maps: cut at its end.
+        assert_eq!(
+            base_step(1024, 8192, Below::Mappable { size: 4096 }),
+            BaseStep::Descend { len: 3072 }
+        );
+        // A raw file the host cannot look into: stored at the same offset, cut at its end.
+        let BaseStep::Entry(raw) = base_step(1024, 8192, Below::Raw { size: 4096 }) else {
+            panic!("a raw base is final");
+        };
+        assert_eq!(
+            (raw.kind, raw.depth, raw.length, raw.offset, raw.data),
+            (MapKind::Base, 1, 3072, Some(1024), true)
+        );
+        // What the layer below says is one level deeper, served by the base.
+        let below = run(0, 512, MapKind::Local, Some(65536)).seen_through_base();
+        assert_eq!(
+            (below.kind, below.depth, below.offset),
+            (MapKind::Base, 1, Some(65536))
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! map` opens each base), so every run has the depth and file offset the CLI reports.
 //! Core's `report::map` merges the runs and writes them.
 //!
-//! The rule for a base run follows `fvd-img map` (host-tests/src/cli/disk/extent.rs):
-//! past the end of a shorter base the bytes are unallocated at depth 0; anything a base
-//! reports becomes a `base` run one level deeper; a raw base stores every byte it has.
+//! What a run left to the base becomes is core's rule (`report::map::base_step`, which
+//! `fvd-img map` follows too); the page cannot look for holes in a raw base, so a raw base
+//! stores every byte it has.
 
 use crate::session::{FileRead, Inspector};
-use fvd_core::report::map::{MapEntry, MapKind, MapWriter};
+use fvd_core::report::map::{base_step, BaseStep, Below, MapEntry, MapKind, MapWriter};
 use wasm_bindgen::prelude::*;
 
 struct LayerFiles {
@@ -246,40 +246,25 @@ impl MapExport {
             "zero" => entry(MapKind::Zero, true, false, None),
             "base" => {
                 let below = k + 1;
-                let below_size = match self.chains.get(below) {
-                    Some(chain) => Some(chain.virtual_size().unwrap_or(0.0) as u64),
-                    None => self.raw_base_len,
+                let layer = match self.chains.get(below) {
+                    Some(chain) => Below::Mappable {
+                        size: chain.virtual_size().unwrap_or(0.0) as u64,
+                    },
+                    // The page hands the raw base over as a file it cannot look into.
+                    None => match self.raw_base_len {
+                        Some(size) => Below::Raw { size },
+                        None => Below::Unknown,
+                    },
                 };
-                match below_size {
-                    // Past the end of a shorter base: unallocated at this level.
-                    Some(size) if at >= size => entry(MapKind::Unallocated, true, false, None),
-                    Some(size) if below < self.chains.len() => {
-                        return self.ask(below, at, len.min(size - at));
-                    }
-                    // The raw base stores every byte it has.
-                    Some(size) => MapEntry {
-                        length: len.min(size - at),
-                        depth: 1,
-                        kind: MapKind::Base,
-                        ..entry(MapKind::Base, false, true, Some(at))
-                    },
-                    None => MapEntry {
-                        depth: 1,
-                        ..entry(MapKind::Base, false, true, None)
-                    },
+                match base_step(at, len, layer) {
+                    BaseStep::Descend { len } => return self.ask(below, at, len),
+                    BaseStep::Entry(entry) => entry,
                 }
             }
             _ => entry(MapKind::Unallocated, true, false, None),
         };
         // Every level above `k` sees the run through its base.
-        let found = match k {
-            0 => found,
-            k => MapEntry {
-                kind: MapKind::Base,
-                depth: found.depth.saturating_add(k as u32),
-                ..found
-            },
-        };
+        let found = (0..k).fold(found, |run, _| run.seen_through_base());
         self.at = at.saturating_add(found.length);
         self.writer.push(&mut self.text, found).map_err(write_error)
     }

@@ -6,7 +6,7 @@ use super::{driver_error, host_error, Backend, BaseLink, Disk, DiskFormat, SECTO
 use crate::cli::error::CliError;
 use crate::host::gate::OpenGate;
 use fvd_core::engine::Mapping;
-use fvd_core::report::map::MapEntry;
+use fvd_core::report::map::{base_step, BaseStep, Below, MapEntry};
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -61,6 +61,20 @@ impl Extent {
     /// ([`MapEntry::joins`]) merges them.
     pub fn joins(&self, next: &Extent) -> bool {
         self.file == next.file && self.entry().joins(&next.entry())
+    }
+
+    /// A run core's map rule decided (stored in no file this host names).
+    fn from_entry(e: MapEntry) -> Self {
+        Extent {
+            start: e.start,
+            length: e.length,
+            kind: e.kind,
+            depth: e.depth,
+            zero: e.zero,
+            data: e.data,
+            offset: e.offset,
+            file: None,
+        }
     }
 
     fn zeros(start: u64, length: u64, depth: u32) -> Self {
@@ -185,31 +199,29 @@ impl Disk {
                         ..Extent::zeros(offset, length, 0)
                     }),
                     Mapping::Base => {
-                        let mut extent = match Self::base_disk(base, self.gate, self.direct)? {
-                            // Past the end of a shorter base: zeros, nothing stored
-                            // anywhere, as `qemu-img map` shows them (depth 0, not
-                            // present).
-                            Some(disk) if offset >= disk.size() => {
-                                return Ok(Extent {
-                                    kind: ExtentKind::Unallocated,
-                                    ..Extent::zeros(offset, length, 0)
-                                });
-                            }
-                            Some(disk) => disk.extent(offset, length)?,
-                            None => Extent {
-                                start: offset,
-                                length,
-                                kind: ExtentKind::Base,
-                                depth: 0,
-                                zero: false,
-                                data: true,
-                                offset: None,
-                                file: None,
-                            },
+                        // A raw base is opened as a disk too, whose holes lseek finds.
+                        let gate = self.gate;
+                        let direct = self.direct;
+                        let disk = Self::base_disk(base, gate, direct)?;
+                        let below = match &disk {
+                            Some(disk) => Below::Mappable { size: disk.size() },
+                            None => Below::Unknown,
                         };
-                        extent.kind = ExtentKind::Base;
-                        extent.depth += 1;
-                        Ok(extent)
+                        match (base_step(offset, length, below), disk) {
+                            (BaseStep::Descend { len }, Some(disk)) => {
+                                let below = disk.extent(offset, len)?;
+                                Ok(Extent {
+                                    kind: ExtentKind::Base,
+                                    depth: below.depth + 1,
+                                    ..below
+                                })
+                            }
+                            (BaseStep::Entry(entry), _) => Ok(Extent::from_entry(entry)),
+                            (BaseStep::Descend { .. }, None) => Err(CliError::Image(format!(
+                                "the base of '{}' is not open",
+                                self.path.display()
+                            ))),
+                        }
                     }
                     other => Err(CliError::Image(format!(
                         "the engine mapped offset {lo} as {other:?}, which this fvd-img cannot show"
