@@ -6,6 +6,7 @@
 mod common;
 
 use common::{create, fvd_img, ok, qemu_img, scratch};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,27 +35,38 @@ fn flags_on(pid: u32, file: &Path) -> Vec<u32> {
     flags
 }
 
-/// Starts `program ARGS` (which sleeps with the image open) and returns the flags of its
-/// descriptors on `file` once it has opened it.
+/// Starts `program ARGS` (whose commands read 512 bytes, then sleep with the image open)
+/// and returns the flags of its descriptors on `file` once its open is complete (for
+/// fvd-img: once the read has printed).
 fn open_flags_while_running(program: &str, dir: &Path, args: &[&str], file: &Path) -> Vec<u32> {
     let mut child: Child = Command::new(program)
         .args(args)
         .current_dir(dir)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let mut flags = Vec::new();
-    while start.elapsed() < Duration::from_secs(10) {
-        flags = flags_on(child.id(), file);
-        // Our tool opens the O_DIRECT descriptor right after the image: wait for the
-        // last one to appear.
-        if flags.len() >= 2 || (!flags.is_empty() && start.elapsed() > Duration::from_millis(700)) {
-            break;
+    let flags = if program == "qemu-io" {
+        // qemu-io buffers a pipe until it exits: wait for its one descriptor instead
+        // (QEMU opens the image once, with O_DIRECT from the start for cache=none).
+        let start = Instant::now();
+        loop {
+            let flags = flags_on(child.id(), file);
+            if !flags.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break flags;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    } else {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("read 512/512"),
+            "{program} {args:?}: {line:?}"
+        );
+        flags_on(child.id(), file)
+    };
     let _ = child.kill();
     let _ = child.wait();
     flags
@@ -81,7 +93,15 @@ fn cache_none_and_directsync_open_the_image_with_o_direct_as_qemu_io_does() {
         let qemu = open_flags_while_running(
             "qemu-io",
             d,
-            &["-t", mode, "-c", "sleep 3000", "q.qcow2"],
+            &[
+                "-t",
+                mode,
+                "-c",
+                "read 0 512",
+                "-c",
+                "sleep 3000",
+                "q.qcow2",
+            ],
             &d.join("q.qcow2"),
         );
         assert!(!qemu.is_empty(), "qemu-io -t {mode} did not open the image");
@@ -90,7 +110,18 @@ fn cache_none_and_directsync_open_the_image_with_o_direct_as_qemu_io_does() {
             let ours = open_flags_while_running(
                 env!("CARGO_BIN_EXE_fvd-img"),
                 d,
-                &["io", "-f", format, "-t", mode, "-c", "sleep 3000", file],
+                &[
+                    "io",
+                    "-f",
+                    format,
+                    "-t",
+                    mode,
+                    "-c",
+                    "read 0 512",
+                    "-c",
+                    "sleep 3000",
+                    file,
+                ],
                 &d.join(file),
             );
             assert!(!ours.is_empty(), "fvd-img io -t {mode} {file}: not opened");
@@ -105,7 +136,7 @@ fn cache_none_and_directsync_open_the_image_with_o_direct_as_qemu_io_does() {
     let ours = open_flags_while_running(
         env!("CARGO_BIN_EXE_fvd-img"),
         d,
-        &["io", "-n", "-c", "sleep 3000", "a.fvd"],
+        &["io", "-n", "-c", "read 0 512", "-c", "sleep 3000", "a.fvd"],
         &d.join("a.fvd"),
     );
     assert!(has_direct(&ours), "fvd-img io -n: {ours:?}");
