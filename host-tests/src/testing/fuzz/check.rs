@@ -80,12 +80,18 @@ fn check(path: &Path, repair: bool) -> Report {
     }
 }
 
+/// A counter of the JSON report, which leaves a zero counter out (as qemu-img does).
 fn count(report: &Report, key: &str) -> u64 {
-    report
+    let json = report
         .json
         .as_ref()
-        .and_then(|j| j[key].as_u64())
-        .unwrap_or_else(|| panic!("no '{key}' in the check report"))
+        .unwrap_or_else(|| panic!("no JSON check report for '{key}'"));
+    match json.get(key) {
+        None => 0,
+        Some(n) => n
+            .as_u64()
+            .unwrap_or_else(|| panic!("'{key}' in the check report is {n}")),
+    }
 }
 
 /// An FVD header in `bytes` naming a data file gets the name `data` instead (a file in
