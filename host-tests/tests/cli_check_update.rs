@@ -537,7 +537,7 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
 }
 
 #[test]
-fn leaked_chunks_exit_3_and_are_reused_after_repair() {
+fn leaked_chunks_exit_3_until_repair_relocates_them_and_the_next_check_exits_0() {
     let dir = scratch();
     let d = dir.path();
     compact(d, "c.fvd", "1M");
@@ -550,6 +550,8 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     // The storage grew by a whole storage_grow_unit (100 MiB, sparse).
     assert!(storage_len(&path) > data_offset + 3 * CHUNK);
     set_entry(&path, 0, TABLE_EMPTY);
+    let guest = |path: &Path| read(path, 0, 4 * CHUNK as usize);
+    let before = guest(&path);
 
     let run = status(d, &["check", "c.fvd"], 3);
     assert_contains(&run.stdout, "Leaked chunk 0: no table entry maps it\n");
@@ -563,29 +565,31 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     assert_eq!(report["corruptions"], 0);
     assert_eq!(report["leaked-clusters"][0]["start"], 0);
 
-    // -r leaks releases the unused tail; the leak below mapped chunks stays, reusable.
+    // -r leaks moves physical chunk 2 (guest chunk 2) down into the leaked chunk 0 and
+    // releases everything past the two chunks in use.
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
-    assert_contains(&run.stdout, "Released ");
     assert_contains(
         &run.stdout,
-        "\n1 leaked clusters will be reused by the next writes.\n",
+        "Relocated 1 chunk(s) into leaked chunks below them",
     );
-    assert_eq!(storage_len(&path), data_offset + 3 * CHUNK);
-    status(d, &["check", "c.fvd"], 3);
-
-    // The engine reuses it for the next new chunk.
-    write(&path, &[(10 * CHUNK, 4, 4096)]);
-    assert_eq!(entry(&path, 10), 0);
+    assert_contains(&run.stdout, "Released ");
+    assert_contains(&run.stdout, "    1 leaked clusters\n");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(storage_len(&path), data_offset + 2 * CHUNK);
+    assert_eq!(entry(&path, 2), 0);
+    assert_eq!(entry(&path, 1), 1);
+    assert_eq!(info_data(d, "c.fvd")["chunks_relocated"], true);
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(report["leaks"], 0);
-    assert_eq!(info_data(d, "c.fvd")["chunks_relocated"], true);
-    assert_eq!(read(&path, 10 * CHUNK, 8192), {
-        let mut v = pattern(4, 4096);
-        v.extend(vec![0; 4096]);
-        v
-    });
-    assert_eq!(read(&path, CHUNK, 4096), pattern(2, 4096));
-    assert_eq!(read(&path, 0, 4096), vec![0; 4096]);
+    assert_eq!(report["dirty"], false);
+    assert_eq!(guest(&path), before, "the guest data is unchanged");
+
+    // The next new chunk goes to the frontier.
+    write(&path, &[(10 * CHUNK, 4, 4096)]);
+    assert_eq!(entry(&path, 10), 2);
+    check_json(d, &["c.fvd"], 0);
+    assert_eq!(read(&path, 10 * CHUNK, 4096), pattern(4, 4096));
+    assert_eq!(read(&path, 2 * CHUNK, 4096), pattern(3, 4096));
 }
 
 #[test]
