@@ -530,7 +530,7 @@ fn an_l2_table_overlapping_another_is_reported() {
 }
 
 #[test]
-fn leaked_clusters_are_found_and_released() {
+fn leaked_clusters_are_released_even_before_used_ones() {
     let dir = scratch();
     let d = dir.path();
     two_cluster_image(d, "tail.qed");
@@ -577,18 +577,42 @@ fn leaked_clusters_are_found_and_released() {
     assert_eq!((code, report["leaks-fixed"].as_u64()), (0, Some(1)));
     assert_eq!(file_len(&path), 0xb0000);
 
-    // A leak before used clusters cannot be truncated away: it stays reported.
+    // A leak before used clusters (cluster 5, the data cluster of guest offset 0, whose
+    // L2 entry is gone) is filled with the data cluster after it, then truncated away.
     two_cluster_image(d, "middle.qed");
     let path = d.join("middle.qed");
     write_u64(&path, 0x60000, 0);
+    let guest = d.join("guest.raw");
+    let run = qemu_img(d, &["convert", "-O", "raw", "middle.qed", "guest.raw"]);
+    assert_eq!(run.code, 0, "{run:#?}");
     let (code, report) = assert_checks_agree(d, "middle.qed");
     assert_eq!(code, 3, "{report:#}");
     assert_eq!(report["leaked-clusters"][0]["start"], 5);
-    let (code, report) = check_json(d, "middle.qed", &["-r", "leaks"]);
-    assert_eq!(code, 3, "{report:#}");
-    assert_eq!(report["leaks"], 1);
-    assert_eq!(file_len(&path), 0xb0000);
-    assert_eq!(qemu_check(d, "middle.qed").0, 3);
+    let run = status(d, &["check", "-r", "leaks", "middle.qed"], 0);
+    assert_contains(&run.stdout, "Relocated 1 data cluster(s) and 0 L2 table(s)");
+    assert_contains(&run.stdout, "Released 1 leaked cluster(s)");
+    assert_contains(&run.stdout, "    1 leaked clusters\n");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(file_len(&path), 0xa0000);
+    let (code, report) = check_json(d, "middle.qed", &[]);
+    assert_eq!((code, report["leaks"].as_u64()), (0, Some(0)), "{report:#}");
+    assert_eq!(report["dirty"], false);
+    assert_eq!(qemu_check(d, "middle.qed").0, 0);
+    let run = qemu_img(
+        d,
+        &[
+            "compare",
+            "-f",
+            "qed",
+            "-F",
+            "raw",
+            "middle.qed",
+            "guest.raw",
+        ],
+    );
+    assert_eq!(run.code, 0, "the guest data is unchanged: {run:#?}");
+    qemu_io(d, "middle.qed", &["read -P 0x22 1M 64k", "read -P 0 0 64k"]);
+    let _ = fs::remove_file(guest);
 }
 
 #[test]

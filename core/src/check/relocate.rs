@@ -14,7 +14,9 @@ use super::memory::Area;
 use super::{Core, FileId, Step};
 
 /// Bytes of the sector an entry write covers.
-pub(crate) const SECTOR: u64 = 512;
+const SECTOR_LEN: usize = 512;
+/// [`SECTOR_LEN`] as a file offset.
+const SECTOR: u64 = SECTOR_LEN as u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -114,12 +116,12 @@ impl Mover {
 pub(crate) fn entry_sector(entry_at: u64, unit_at: u64, unit: Area) -> Option<(u64, Area)> {
     let sector = entry_at / SECTOR * SECTOR;
     let into = usize::try_from(sector.checked_sub(unit_at)?).ok()?;
-    let end = into.checked_add(SECTOR as usize)?;
+    let end = into.checked_add(SECTOR_LEN)?;
     (end <= unit.len).then_some((
         sector,
         Area {
             at: unit.at + into,
-            len: SECTOR as usize,
+            len: SECTOR_LEN,
         },
     ))
 }

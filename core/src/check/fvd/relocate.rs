@@ -144,9 +144,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             at: self.unit.at,
             len: 512,
         };
-        let bytes = area.bytes_mut(self.core.mem.as_mut());
-        bytes.copy_from_slice(&self.relocation_sector);
-        bytes[FLAG..FLAG + 4].copy_from_slice(&1u32.to_le_bytes());
+        self.relocation_sector[FLAG..FLAG + 4].copy_from_slice(&1u32.to_le_bytes());
+        area.bytes_mut(self.core.mem.as_mut())
+            .copy_from_slice(&self.relocation_sector);
         self.layout.chunks_relocated = true;
         let step = Step::Write {
             file: FileId::Image,
