@@ -60,6 +60,8 @@ pub(crate) struct Relocation {
     mover: Option<Mover>,
     /// Chunks moved.
     pub(crate) moved: u64,
+    /// The frontier before the moves.
+    old_frontier: u64,
 }
 
 impl Relocation {
@@ -128,8 +130,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                 if moved == 0 {
                     return None;
                 }
+                // The leaked chunks below the old frontier that the truncation releases:
+                // those filled and those left above the chunks in use.
+                let released = self
+                    .relocation
+                    .old_frontier
+                    .saturating_sub(self.table.frontier);
                 if let Some(r) = self.repair.as_mut() {
-                    r.counts.leaks_fixed += moved;
+                    r.counts.leaks_fixed += released;
                 }
                 Some(Step::Repaired(Repair::RelocatedChunks { chunks: moved }))
             }
@@ -266,6 +274,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         let r = &mut self.relocation;
         match r.stage {
             Stage::Count => {
+                r.old_frontier = r.frontier;
                 if r.frontier <= r.used {
                     r.stage = Stage::Done;
                 } else if self.layout.chunks_relocated {

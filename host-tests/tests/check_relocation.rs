@@ -1,0 +1,501 @@
+//! `check -r leaks` releasing leaked storage that lies below used storage by moving the
+//! used units down into it (FVD physical chunks; QED data clusters and L2 tables), driven
+//! through the core scanner over in-memory files with a volatile write cache:
+//!
+//! - cut at every write, flush and length change the repair makes, every image a power
+//!   cut can leave behind (nothing pending, everything, each prefix torn, random subsets)
+//!   checks with no corruption, reads the same guest data, and a repair run on it then
+//!   releases every leak;
+//! - with a work memory much smaller than the image's chunk window, many leaks take
+//!   several windows (more passes, not more memory) and are all released.
+
+use fvd_core::check::fvd::{FvdCheck, FvdFiles};
+use fvd_core::check::qed::{memory_needed, QedCheck};
+use fvd_core::check::{CheckCounts, Checker, Repair, RepairMode, Report, Step};
+use fvd_core::fvd::create::{plan, CreateOptions};
+use fvd_core::fvd::table::TABLE_EMPTY;
+use fvd_core::qed::{QedCreateOptions, QedLayout};
+use fvd_host::host::driver::{Driver, DriverOptions};
+use fvd_host::host::files::open_image;
+use fvd_host::host::storage::Storage;
+use fvd_host::testing::memstore::{survivors, MemFile, MemStorage};
+use fvd_host::testing::newimage::initial_metadata;
+use std::os::unix::fs::FileExt;
+
+const K4: u64 = 4096;
+/// The smallest work memory an FVD check takes.
+const SMALL: usize = fvd_core::check::fvd::MIN_MEMORY;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Fvd,
+    Qed,
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed as u8).wrapping_mul(37).wrapping_add((i / 512) as u8) | 1)
+        .collect()
+}
+
+fn storage_of(image: Vec<u8>) -> MemStorage {
+    MemStorage {
+        image: MemFile::new(image),
+        data: None,
+        base: None,
+        writes: 0,
+    }
+}
+
+/// A scanner over `storage` (a repair as `mode` says, planned from a check first).
+fn scanner(
+    format: Format,
+    storage: &mut MemStorage,
+    memory: usize,
+    mode: Option<RepairMode>,
+) -> Checker<Vec<u8>> {
+    let bytes = storage.image.current.clone();
+    let len = bytes.len() as u64;
+    match format {
+        Format::Fvd => {
+            let files = FvdFiles {
+                image_len: len,
+                data_len: None,
+            };
+            let check = FvdCheck::new(&bytes, files, vec![0u8; memory]).unwrap();
+            let Some(mode) = mode else {
+                return Checker::Fvd(check);
+            };
+            let Some(Report::Fvd(first)) =
+                drive(Checker::Fvd(check), storage, usize::MAX, &mut Vec::new())
+            else {
+                panic!("the check did not end with its summary");
+            };
+            let plan = fvd_core::check::fvd::plan(&first, mode, true);
+            Checker::Fvd(FvdCheck::repair(&bytes, files, vec![0u8; memory], plan).unwrap())
+        }
+        Format::Qed => {
+            let (_, layout) = fvd_core::qed::parse(&bytes, len).unwrap();
+            let memory = memory.max(memory_needed(&layout));
+            let check = QedCheck::new(&bytes, len, vec![0u8; memory]).unwrap();
+            let Some(mode) = mode else {
+                return Checker::Qed(check);
+            };
+            let Some(Report::Qed(first)) =
+                drive(Checker::Qed(check), storage, usize::MAX, &mut Vec::new())
+            else {
+                panic!("the check did not end with its summary");
+            };
+            let plan = fvd_core::check::qed::plan(&first, mode);
+            Checker::Qed(QedCheck::repair(&bytes, len, vec![0u8; memory], plan).unwrap())
+        }
+    }
+}
+
+/// Runs `checker` over `storage`, performing at most `budget` writes, flushes and length
+/// changes (`None`: the budget ran out first, the storage is left as the cut found it).
+fn drive(
+    mut checker: Checker<Vec<u8>>,
+    storage: &mut MemStorage,
+    budget: usize,
+    lines: &mut Vec<Repair>,
+) -> Option<Report> {
+    let mut done = 0;
+    loop {
+        let step = checker.poll();
+        match step {
+            Step::Read { file, offset, .. } => {
+                storage.read_at(file, offset, checker.io_mut()).unwrap();
+            }
+            Step::Write { file, offset, .. } => {
+                if done == budget {
+                    return None;
+                }
+                done += 1;
+                let bytes = checker.io().to_vec();
+                storage.write_at(file, offset, &bytes).unwrap();
+            }
+            Step::Flush { file } => {
+                if done == budget {
+                    return None;
+                }
+                done += 1;
+                storage.flush(file).unwrap();
+            }
+            Step::SetLength { file, len } => {
+                if done == budget {
+                    return None;
+                }
+                done += 1;
+                storage.set_len(file, len).unwrap();
+                storage.flush(file).unwrap();
+            }
+            Step::Repaired(r) => {
+                lines.push(r);
+                continue;
+            }
+            Step::Done(report) => return Some(report),
+            _ => continue,
+        }
+        checker.complete();
+    }
+}
+
+fn counts(format: Format, storage: &MemStorage, memory: usize) -> CheckCounts {
+    let mut storage = storage.clone();
+    let checker = scanner(format, &mut storage, memory, None);
+    match drive(checker, &mut storage, 0, &mut Vec::new()) {
+        Some(Report::Fvd(s)) => s.counts,
+        Some(Report::Qed(s)) => s.counts,
+        other => panic!("a check wrote something or ended without a summary: {other:?}"),
+    }
+}
+
+fn guest(storage: &MemStorage, size: u64) -> Vec<u8> {
+    let options = DriverOptions {
+        writable: false,
+        ..DriverOptions::default()
+    };
+    let mut d = Driver::open(storage.clone(), options).unwrap();
+    d.read(0, size as usize).unwrap()
+}
+
+/// Repairs `storage` to the end; returns what the repair said.
+fn repair(format: Format, storage: &mut MemStorage, memory: usize) -> (Vec<Repair>, Report) {
+    let checker = scanner(format, storage, memory, Some(RepairMode::Leaks));
+    let mut lines = Vec::new();
+    let report = drive(checker, storage, usize::MAX, &mut lines).unwrap();
+    (lines, report)
+}
+
+/// A compact FVD image of 4 KiB chunks with guest chunks `0..written` written (each to
+/// the physical chunk of the same number), then the entries of `unmapped` set EMPTY: their
+/// physical chunks are leaked.
+fn fvd_image(chunks: u64, written: u64, unmapped: &[u64]) -> MemStorage {
+    let options = CreateOptions {
+        virtual_size: chunks * K4,
+        compact_image: true,
+        chunk_size: Some(K4),
+        storage_grow_unit: Some(K4),
+        journal_size: Some(8192),
+        ..Default::default()
+    };
+    let header = plan(&options).unwrap();
+    let mut d = Driver::open(
+        storage_of(initial_metadata(&header)),
+        DriverOptions::default(),
+    )
+    .unwrap();
+    for i in 0..written {
+        d.write(i * K4, &pattern(i, K4 as usize)).unwrap();
+    }
+    let (storage, clean) = d.close().unwrap();
+    assert!(clean);
+    let mut bytes = storage.image.current;
+    let (_, layout) = fvd_core::fvd::parse(&bytes, bytes.len() as u64).unwrap();
+    let table = layout.table.unwrap().region.offset as usize;
+    for &chunk in unmapped {
+        let at = table + chunk as usize * 4;
+        assert_eq!(
+            bytes[at..at + 4],
+            (chunk as u32).to_le_bytes(),
+            "chunks are laid out in order"
+        );
+        bytes[at..at + 4].copy_from_slice(&TABLE_EMPTY.to_le_bytes());
+    }
+    storage_of(bytes)
+}
+
+/// A QED image of 4 KiB clusters and 2-cluster L2 tables (each mapping 4 MiB), written at
+/// `writes` (guest offsets, 4 KiB each), then the L1 and L2 entries at the file offsets
+/// that `leak` picks set to 0 (what they named is leaked).
+fn qed_image(
+    size: u64,
+    writes: &[u64],
+    leak: impl Fn(&QedLayout, &[u8]) -> Vec<u64>,
+) -> MemStorage {
+    let options = QedCreateOptions {
+        size,
+        cluster_size: K4,
+        table_size: 2,
+        backing: None,
+    };
+    let plan = fvd_core::qed::plan(&options).unwrap();
+    let mut image = vec![0u8; plan.file_len as usize];
+    plan.write_header_area(&mut image).unwrap();
+    let mut d = Driver::open(storage_of(image), DriverOptions::default()).unwrap();
+    for &offset in writes {
+        d.write(offset, &pattern(offset / K4, K4 as usize)).unwrap();
+    }
+    let (storage, clean) = d.close().unwrap();
+    assert!(clean);
+    let mut bytes = storage.image.current;
+    let (_, layout) = fvd_core::qed::parse(&bytes, bytes.len() as u64).unwrap();
+    for at in leak(&layout, &bytes) {
+        bytes[at as usize..at as usize + 8].fill(0);
+    }
+    storage_of(bytes)
+}
+
+fn u64_at(bytes: &[u8], at: u64) -> u64 {
+    u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap())
+}
+
+/// Cuts the repair of `image` after every write, flush and length change in turn and
+/// checks what each power cut can leave; returns how many cut points there were.
+fn sweep(format: Format, image: &MemStorage, size: u64) -> usize {
+    let before = guest(image, size);
+    let leaks = counts(format, image, SMALL).leaks;
+    assert!(leaks > 0, "the image has leaks to release");
+    let mut cut = 0;
+    loop {
+        let mut storage = image.clone();
+        let checker = scanner(format, &mut storage, SMALL, Some(RepairMode::Leaks));
+        if drive(checker, &mut storage, cut, &mut Vec::new()).is_some() {
+            break;
+        }
+        for (name, survivor) in survivors(&storage, cut as u64) {
+            let c = counts(format, &survivor, SMALL);
+            assert_eq!(c.corruptions, 0, "cut {cut} ({name}): corruption {c:?}");
+            assert!(c.leaks <= leaks + 8, "cut {cut} ({name}): {c:?}");
+            assert!(
+                guest(&survivor, size) == before,
+                "cut {cut} ({name}): the guest data changed"
+            );
+            let mut again = survivor.clone();
+            repair(format, &mut again, SMALL);
+            let c = counts(format, &again, SMALL);
+            assert_eq!(
+                (c.corruptions, c.leaks),
+                (0, 0),
+                "cut {cut} ({name}): a repair after the cut left {c:?}"
+            );
+            assert!(
+                guest(&again, size) == before,
+                "cut {cut} ({name}): the guest data changed in the second repair"
+            );
+        }
+        cut += 1;
+    }
+    cut
+}
+
+#[test]
+fn fvd_relocation_cut_at_every_write_flush_and_truncation_leaves_the_guest_data_and_no_corruption()
+{
+    let image = fvd_image(64, 12, &[1, 4, 5, 9]);
+    let size = 64 * K4;
+    let cuts = sweep(Format::Fvd, &image, size);
+    // Dirty, the flag, three moves of three steps, the flush, truncation, clean.
+    assert!(cuts >= 14, "{cuts} cut points");
+    let mut storage = image.clone();
+    let (lines, report) = repair(Format::Fvd, &mut storage, SMALL);
+    assert!(
+        lines.contains(&Repair::RelocatedChunks { chunks: 3 }),
+        "{lines:?}"
+    );
+    let Report::Repaired(fixed) = report else {
+        panic!("{report:?}")
+    };
+    // Chunks 1, 4 and 5 filled; chunk 9, above the eight in use, truncated away with them.
+    assert_eq!(fixed.leaks_fixed, 4);
+    assert_eq!(counts(Format::Fvd, &storage, SMALL).leaks, 0);
+    let (_, layout) =
+        fvd_core::fvd::parse(&image.image.current, image.image.current.len() as u64).unwrap();
+    assert_eq!(
+        storage.image.current.len() as u64,
+        layout.data_offset + 8 * K4
+    );
+    assert!(guest(&storage, size) == guest(&image, size));
+}
+
+/// Leaks: the data cluster of guest 4 KiB (its L2 entry zeroed), and the L2 table of the
+/// second 4 MiB with its two data clusters (its L1 entry zeroed); the L2 tables of the
+/// third and fourth 4 MiB and their data lie after them.
+fn qed_leaky() -> (MemStorage, u64) {
+    let size = 16 << 20;
+    let m4 = 4 << 20;
+    let writes = [0, K4, m4, m4 + K4, 2 * m4, 3 * m4, 3 * m4 + K4];
+    let image = qed_image(size, &writes, |layout, bytes| {
+        let l1 = layout.l1_table.offset;
+        let l2 = u64_at(bytes, l1);
+        vec![l2 + 8, l1 + 8]
+    });
+    (image, size)
+}
+
+#[test]
+fn qed_relocation_cut_at_every_write_flush_and_truncation_leaves_the_guest_data_and_no_corruption()
+{
+    let (image, size) = qed_leaky();
+    let cuts = sweep(Format::Qed, &image, size);
+    assert!(cuts >= 14, "{cuts} cut points");
+    let mut storage = image.clone();
+    let (lines, _) = repair(Format::Qed, &mut storage, SMALL);
+    assert!(
+        lines
+            .iter()
+            .any(|l| matches!(l, Repair::RelocatedClusters { tables, .. } if *tables > 0)),
+        "an L2 table was moved: {lines:?}"
+    );
+    let c = counts(Format::Qed, &storage, SMALL);
+    assert_eq!((c.corruptions, c.leaks, c.dirty), (0, 0, false));
+    assert!(guest(&storage, size) == guest(&image, size));
+    let before = image.image.current.len() as u64;
+    assert_eq!(storage.image.current.len() as u64, before - 5 * K4);
+}
+
+/// Runs `checker` to its end over the file at `path`; also counts the reads at
+/// `watch` (the start of the table: one per table walk).
+fn drive_file(
+    checker: Checker<Vec<u8>>,
+    path: &std::path::Path,
+    watch: u64,
+) -> (Vec<Repair>, Report, u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let (mut lines, mut walks) = (Vec::new(), 0);
+    let mut checker = checker;
+    loop {
+        match checker.poll() {
+            Step::Read { offset, .. } => {
+                walks += u64::from(offset == watch);
+                let buf = checker.io_mut();
+                buf.fill(0);
+                let mut done = 0;
+                while done < buf.len() {
+                    match file
+                        .read_at(&mut buf[done..], offset + done as u64)
+                        .unwrap()
+                    {
+                        0 => break,
+                        n => done += n,
+                    }
+                }
+            }
+            Step::Write { offset, .. } => file.write_all_at(checker.io(), offset).unwrap(),
+            Step::Flush { .. } => file.sync_data().unwrap(),
+            Step::SetLength { len, .. } => file.set_len(len).unwrap(),
+            Step::Repaired(r) => {
+                lines.push(r);
+                continue;
+            }
+            Step::Done(report) => return (lines, report, walks),
+            _ => continue,
+        }
+        checker.complete();
+    }
+}
+
+fn fvd_file_check(
+    path: &std::path::Path,
+    repair: Option<RepairMode>,
+) -> (Vec<Repair>, Report, u64) {
+    let bytes = std::fs::read(path).unwrap();
+    let header = &bytes[..bytes.len().min(64 << 10)];
+    let files = FvdFiles {
+        image_len: bytes.len() as u64,
+        data_len: None,
+    };
+    let check = FvdCheck::new(header, files, vec![0u8; SMALL]).unwrap();
+    let table = check.layout().table.unwrap().region.offset;
+    let (_, first, walks) = drive_file(Checker::Fvd(check), path, table);
+    let Some(mode) = repair else {
+        return (Vec::new(), first, walks);
+    };
+    let Report::Fvd(first) = first else {
+        panic!("{first:?}")
+    };
+    let plan = fvd_core::check::fvd::plan(&first, mode, true);
+    let scanner = FvdCheck::repair(header, files, vec![0u8; SMALL], plan).unwrap();
+    drive_file(Checker::Fvd(scanner), path, table)
+}
+
+#[test]
+fn many_fvd_leaks_with_a_small_work_memory_take_several_windows_and_are_all_released() {
+    // 128 Ki chunks mapped in order (a sparse file), every 50th leaked: the smallest work
+    // memory holds a window of fewer chunks than are in use, so the repair takes several.
+    let chunks: u64 = 128 << 10;
+    let options = CreateOptions {
+        virtual_size: chunks * K4,
+        compact_image: true,
+        chunk_size: Some(K4),
+        storage_grow_unit: Some(K4),
+        journal_size: Some(chunks * 4),
+        ..Default::default()
+    };
+    let header = plan(&options).unwrap();
+    let mut bytes = initial_metadata(&header);
+    let (_, layout) = fvd_core::fvd::parse(&bytes, bytes.len() as u64).unwrap();
+    let table = layout.table.unwrap().region.offset as usize;
+    let data = layout.data_offset;
+    let leaked = |i: u64| i % 50 == 7;
+    for i in 0..chunks {
+        let entry = if leaked(i) { TABLE_EMPTY } else { i as u32 };
+        bytes[table + i as usize * 4..][..4].copy_from_slice(&entry.to_le_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.fvd");
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(data + chunks * K4).unwrap();
+    // Guest data in some chunks that stay and in the chunks that move.
+    let written = |i: u64| !leaked(i) && (i % 997 == 0 || i >= chunks - 3000);
+    for i in (0..chunks).filter(|&i| written(i)) {
+        file.write_all_at(&pattern(i, K4 as usize), data + i * K4)
+            .unwrap();
+    }
+    drop(file);
+    let leaks = chunks.div_ceil(50);
+    let Report::Fvd(first) = fvd_file_check(&path, None).1 else {
+        panic!("no summary")
+    };
+    assert_eq!(first.counts.leaks, leaks);
+
+    let (lines, report, walks) = fvd_file_check(&path, Some(RepairMode::Leaks));
+    // Every leaked chunk below the chunks in use is filled; those above are truncated.
+    let used = chunks - leaks;
+    let holes = (0..used).filter(|&i| leaked(i)).count() as u64;
+    assert!(
+        lines.contains(&Repair::RelocatedChunks { chunks: holes }),
+        "{lines:?}"
+    );
+    assert_eq!(
+        report,
+        Report::Repaired(fvd_core::check::RepairCounts {
+            corruptions_fixed: 0,
+            leaks_fixed: leaks
+        })
+    );
+    // The window (a bit per chunk in half of what the I/O buffers leave of 32 KiB) holds
+    // fewer chunks than are in use: besides the check's walk, the count and the recount,
+    // a marking and a moving walk per window, in several windows.
+    assert!(walks >= 3 + 2 * 2, "{walks} table walks");
+    let Report::Fvd(last) = fvd_file_check(&path, None).1 else {
+        panic!("no summary")
+    };
+    assert_eq!((last.counts.corruptions, last.counts.leaks), (0, 0));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        data + (chunks - leaks) * K4
+    );
+    let options = DriverOptions {
+        writable: false,
+        ..DriverOptions::default()
+    };
+    let mut d = open_image(&path, options).unwrap();
+    for i in (0..chunks).filter(|&i| written(i) || i % 101 == 0) {
+        let want = if written(i) {
+            pattern(i, K4 as usize)
+        } else {
+            vec![0; K4 as usize]
+        };
+        assert!(
+            d.read(i * K4, K4 as usize).unwrap() == want,
+            "guest chunk {i}"
+        );
+    }
+}
