@@ -616,6 +616,60 @@ fn leaked_clusters_are_released_even_before_used_ones() {
 }
 
 #[test]
+fn leaked_l2_tables_are_filled_by_moving_later_tables_and_qemu_agrees() {
+    let dir = scratch();
+    let d = dir.path();
+    // 4 KiB clusters, 2-cluster L2 tables (4 MiB of guest each).
+    qemu_create(d, &["-o", "cluster_size=4096,table_size=2", "t.qed", "16M"]);
+    let m4 = 4 << 20;
+    let writes: Vec<String> = [0, 4096, m4, m4 + 4096, 2 * m4, 3 * m4, 3 * m4 + 4096]
+        .iter()
+        .enumerate()
+        .map(|(i, at)| format!("write -P {} {at} 4k", 0x31 + i))
+        .collect();
+    let writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(d, "t.qed", &writes);
+    let path = d.join("t.qed");
+    let len = file_len(&path);
+    // Leak the L2 table of the second 4 MiB (and its two data clusters) and the data
+    // cluster of guest 4 KiB: the tables and data of the third and fourth 4 MiB lie after.
+    let l1 = 4096;
+    let l2 = read_u64(&path, l1);
+    write_u64(&path, l2 + 8, 0);
+    write_u64(&path, l1 + 8, 0);
+    let (code, report) = assert_checks_agree(d, "t.qed");
+    assert_eq!((code, report["leaks"].as_u64()), (3, Some(5)), "{report:#}");
+    let run = qemu_img(d, &["convert", "-O", "raw", "t.qed", "guest.raw"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+
+    let run = status(d, &["check", "-r", "leaks", "t.qed"], 0);
+    assert_contains(&run.stdout, "L2 table(s) into leaked clusters before them");
+    assert_contains(&run.stdout, "Released 5 leaked cluster(s)");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(file_len(&path), len - 5 * 4096);
+    let (code, report) = assert_checks_agree(d, "t.qed");
+    assert_eq!((code, report["leaks"].as_u64()), (0, Some(0)), "{report:#}");
+    assert_eq!(report["dirty"], false);
+    let run = qemu_img(
+        d,
+        &["compare", "-f", "qed", "-F", "raw", "t.qed", "guest.raw"],
+    );
+    assert_eq!(run.code, 0, "the guest data is unchanged: {run:#?}");
+    qemu_io(
+        d,
+        "t.qed",
+        &[
+            "read -P 0x31 0 4k",
+            "read -P 0 4k 4k",
+            "read -P 0 4M 8k",
+            "read -P 0x35 8M 4k",
+            "read -P 0x36 12M 4k",
+            "read -P 0x37 12292k 4k",
+        ],
+    );
+}
+
+#[test]
 fn repair_clears_the_need_check_flag() {
     let dir = scratch();
     let d = dir.path();
