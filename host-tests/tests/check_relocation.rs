@@ -652,3 +652,32 @@ fn many_qed_leaks_with_a_small_work_memory_take_more_passes_not_more_memory() {
         walks[1]
     );
 }
+
+#[test]
+fn leaks_stay_where_they_are_when_the_data_storage_cannot_be_shortened() {
+    // A device: relocating chunks could release nothing, so the repair moves none.
+    let mut storage = fvd_image(64, 12, &[1, 4]);
+    let bytes = storage.image.current.clone();
+    let files = FvdFiles {
+        image_len: bytes.len() as u64,
+        data_len: None,
+    };
+    let check = FvdCheck::new(&bytes, files, vec![0u8; SMALL]).unwrap();
+    let Some(Report::Fvd(first)) = drive(Checker::Fvd(check), &mut storage, 0, &mut Vec::new())
+    else {
+        panic!("no summary")
+    };
+    let plan = fvd_core::check::fvd::plan(&first, RepairMode::Leaks, false);
+    let repair = FvdCheck::repair(&bytes, files, vec![0u8; SMALL], plan).unwrap();
+    let mut lines = Vec::new();
+    drive(Checker::Fvd(repair), &mut storage, usize::MAX, &mut lines).unwrap();
+    assert!(
+        !lines.iter().any(|l| matches!(
+            l,
+            Repair::RelocatedChunks { .. } | Repair::ReleasedStorage { .. }
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(storage.image.current.len(), bytes.len());
+    assert_eq!(counts(Format::Fvd, &storage, SMALL).leaks, 2);
+}

@@ -593,6 +593,55 @@ fn leaked_chunks_exit_3_until_repair_relocates_them_and_the_next_check_exits_0()
 }
 
 #[test]
+fn leaked_chunks_of_a_separate_data_file_are_relocated_and_released() {
+    let dir = scratch();
+    let d = dir.path();
+    create(
+        d,
+        &[
+            "-o",
+            "compact_image=on,chunk_size=64k,data_file=c.data",
+            "c.fvd",
+            "1M",
+        ],
+    );
+    let path = d.join("c.fvd");
+    write(
+        &path,
+        &[
+            (0, 1, 4096),
+            (CHUNK, 2, 4096),
+            (2 * CHUNK, 3, 4096),
+            (5 * CHUNK, 4, 4096),
+        ],
+    );
+    set_entry(&path, 1, TABLE_EMPTY);
+    let before = read(&path, 0, 8 * CHUNK as usize);
+    assert_eq!(check_json(d, &["c.fvd"], 3)["leaks"], 1);
+    let image_len = storage_len(&path);
+
+    let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
+    assert_contains(
+        &run.stdout,
+        "Relocated 1 chunk(s) into leaked chunks below them",
+    );
+    assert_contains(&run.stdout, "'c.data' is now 196608 bytes");
+    assert_eq!(storage_len(&d.join("c.data")), 3 * CHUNK);
+    assert_eq!(storage_len(&path), image_len);
+    assert_eq!(entry(&path, 5), 1);
+    let report = check_json(d, &["c.fvd"], 0);
+    assert_eq!(
+        (report["leaks"].as_u64(), report["dirty"].as_bool()),
+        (Some(0), Some(false))
+    );
+    assert_eq!(
+        read(&path, 0, 8 * CHUNK as usize),
+        before,
+        "the guest data is unchanged"
+    );
+}
+
+#[test]
 fn repair_releases_unused_storage_of_a_separate_data_file() {
     let dir = scratch();
     let d = dir.path();
