@@ -80,6 +80,11 @@ impl Mover {
                 };
                 Some(core.start(step, Area { at: buf.at, len: n }))
             }
+            // Without a copy buffer nothing was copied: the entry must not change.
+            Stage::Read if buf.len == 0 => {
+                self.stage = Stage::Finished;
+                None
+            }
             Stage::Read => {
                 self.stage = Stage::Entry;
                 let step = Step::Flush { file: self.storage };

@@ -90,6 +90,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             walk: self.sector_walk(),
             ..Relocation::default()
         };
+        // Work memory is at least MIN_MEMORY, which leaves both; without them nothing
+        // moves.
+        if self.relocation.bits == 0 || copy.len == 0 {
+            self.relocation.stage = Stage::Done;
+        }
         self.phase = Phase::Relocate;
     }
 
@@ -243,12 +248,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
     /// Starts moving physical chunk `p`, named by entry `k` of the walk's unit, into
     /// `hole`.
     fn move_chunk(&mut self, walk: &Walk, k: usize, p: u64, hole: u64) -> Option<Step> {
-        let (Some(table), Ok(entry)) = (self.layout.table, u32::try_from(hole)) else {
-            return None;
-        };
+        let table = self.layout.table?;
+        let entry = u32::try_from(hole).ok()?;
+        let cs = table.chunk_size;
+        let base = self.layout.data_offset;
+        let from = p.checked_mul(cs).and_then(|o| o.checked_add(base))?;
+        let to = hole.checked_mul(cs).and_then(|o| o.checked_add(base))?;
         let region = self.region_of(RecordTarget::Table).offset;
-        let entry_at = region + walk.pos + k as u64 * 4;
-        let (sector_at, sector) = entry_sector(entry_at, region + walk.pos, walk.area())?;
+        let unit_at = region.checked_add(walk.pos)?;
+        let entry_at = unit_at.checked_add(k as u64 * 4)?;
+        let (sector_at, sector) = entry_sector(entry_at, unit_at, walk.area())?;
         let at = walk.area().at + k * 4;
         // Entry `k` lies in the unit, which lies in work memory.
         self.core
@@ -260,10 +269,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         r.seen.set(self.core.mem.as_mut(), hole - r.window);
         r.hole = hole + 1;
         r.moved += 1;
-        let cs = table.chunk_size;
-        let base = self.layout.data_offset;
-        let span = (base + p * cs, base + hole * cs, cs);
-        let mut mover = Mover::new(self.storage_file(), span, sector_at, sector);
+        let mut mover = Mover::new(self.storage_file(), (from, to, cs), sector_at, sector);
         let step = mover.step(&mut self.core, self.relocation.copy);
         self.relocation.mover = Some(mover);
         step

@@ -72,6 +72,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             copy,
             ..Relocation::default()
         };
+        // `memory_needed` leaves both a window and a copy buffer; without them nothing
+        // moves.
+        if self.t.0.bits() == 0 || copy.len == 0 {
+            self.relocation.stage = Stage::Flush;
+            return;
+        }
         self.relocation_window(0);
     }
 
