@@ -567,6 +567,13 @@ fn leaked_chunks_exit_3_until_repair_relocates_them_and_the_next_check_exits_0()
 
     // -r leaks moves physical chunk 2 (guest chunk 2) down into the leaked chunk 0 and
     // releases everything past the two chunks in use.
+    fs::copy(&path, d.join("j.fvd")).unwrap();
+    let report = check_json(d, &["-r", "leaks", "j.fvd"], 0);
+    assert_eq!(
+        (report["leaks-fixed"].as_u64(), report["leaks"].as_u64()),
+        (Some(1), Some(0)),
+        "{report:#}"
+    );
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
     assert_contains(
         &run.stdout,

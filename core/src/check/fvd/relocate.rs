@@ -282,6 +282,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             Stage::Count => {
                 r.old_frontier = r.frontier;
                 if r.frontier <= r.used {
+                    // Nothing to move; the frontier is the one after the fixes.
+                    self.table.frontier = r.frontier;
                     r.stage = Stage::Done;
                 } else if self.layout.chunks_relocated {
                     self.relocation_window(0);
