@@ -280,7 +280,7 @@ fn json_report_has_qemu_img_keys() {
     assert_eq!(report["format"], "fvd");
     assert_eq!(report["total-clusters"], 16);
     assert_eq!(report["allocated-clusters"], 2);
-    assert_eq!(report["check-errors"], 0);
+    assert_eq!(common::count(&report, "check-errors"), 0);
     assert_eq!(report["image-end-offset"], l.data_offset + 2 * CHUNK);
     let human = status(d, &["check", "c.fvd"], 0).stdout;
     assert!(
@@ -542,7 +542,7 @@ fn corrupt_journal_records_with_valid_checksums_are_corruption() {
 }
 
 #[test]
-fn leaked_chunks_exit_3_and_are_reused_after_repair() {
+fn leaked_chunks_exit_3_until_repair_relocates_them_and_the_next_check_exits_0() {
     let dir = scratch();
     let d = dir.path();
     compact(d, "c.fvd", "1M");
@@ -555,6 +555,8 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     // The storage grew by a whole storage_grow_unit (100 MiB, sparse).
     assert!(storage_len(&path) > data_offset + 3 * CHUNK);
     set_entry(&path, 0, TABLE_EMPTY);
+    let guest = |path: &Path| read(path, 0, 4 * CHUNK as usize);
+    let before = guest(&path);
 
     let run = status(d, &["check", "c.fvd"], 3);
     assert_contains(&run.stdout, "Leaked chunk 0: no table entry maps it\n");
@@ -568,29 +570,90 @@ fn leaked_chunks_exit_3_and_are_reused_after_repair() {
     assert_eq!(common::count(&report, "corruptions"), 0);
     assert_eq!(report["leaked-clusters"][0]["start"], 0);
 
-    // -r leaks releases the unused tail; the leak below mapped chunks stays, reusable.
+    // -r leaks moves physical chunk 2 (guest chunk 2) down into the leaked chunk 0 and
+    // releases everything past the two chunks in use.
+    fs::copy(&path, d.join("j.fvd")).unwrap();
+    let report = check_json(d, &["-r", "leaks", "j.fvd"], 0);
+    assert_eq!(
+        (
+            common::count(&report, "leaks-fixed"),
+            common::count(&report, "leaks")
+        ),
+        (1, 0),
+        "{report:#}"
+    );
     let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
-    assert_contains(&run.stdout, "Released ");
     assert_contains(
         &run.stdout,
-        "\n1 leaked clusters will be reused by the next writes.\n",
+        "Relocated 1 chunk(s) into leaked chunks below them",
     );
-    assert_eq!(storage_len(&path), data_offset + 3 * CHUNK);
-    status(d, &["check", "c.fvd"], 3);
-
-    // The engine reuses it for the next new chunk.
-    write(&path, &[(10 * CHUNK, 4, 4096)]);
-    assert_eq!(entry(&path, 10), 0);
+    assert_contains(&run.stdout, "Released ");
+    assert_contains(&run.stdout, "    1 leaked clusters\n");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(storage_len(&path), data_offset + 2 * CHUNK);
+    assert_eq!(entry(&path, 2), 0);
+    assert_eq!(entry(&path, 1), 1);
+    assert_eq!(info_data(d, "c.fvd")["chunks_relocated"], true);
     let report = check_json(d, &["c.fvd"], 0);
     assert_eq!(common::count(&report, "leaks"), 0);
-    assert_eq!(info_data(d, "c.fvd")["chunks_relocated"], true);
-    assert_eq!(read(&path, 10 * CHUNK, 8192), {
-        let mut v = pattern(4, 4096);
-        v.extend(vec![0; 4096]);
-        v
-    });
-    assert_eq!(read(&path, CHUNK, 4096), pattern(2, 4096));
-    assert_eq!(read(&path, 0, 4096), vec![0; 4096]);
+    assert_eq!(report["dirty"], false);
+    assert_eq!(guest(&path), before, "the guest data is unchanged");
+
+    // The next new chunk goes to the frontier.
+    write(&path, &[(10 * CHUNK, 4, 4096)]);
+    assert_eq!(entry(&path, 10), 2);
+    check_json(d, &["c.fvd"], 0);
+    assert_eq!(read(&path, 10 * CHUNK, 4096), pattern(4, 4096));
+    assert_eq!(read(&path, 2 * CHUNK, 4096), pattern(3, 4096));
+}
+
+#[test]
+fn leaked_chunks_of_a_separate_data_file_are_relocated_and_released() {
+    let dir = scratch();
+    let d = dir.path();
+    create(
+        d,
+        &[
+            "-o",
+            "compact_image=on,chunk_size=64k,data_file=c.data",
+            "c.fvd",
+            "1M",
+        ],
+    );
+    let path = d.join("c.fvd");
+    write(
+        &path,
+        &[
+            (0, 1, 4096),
+            (CHUNK, 2, 4096),
+            (2 * CHUNK, 3, 4096),
+            (5 * CHUNK, 4, 4096),
+        ],
+    );
+    set_entry(&path, 1, TABLE_EMPTY);
+    let before = read(&path, 0, 8 * CHUNK as usize);
+    assert_eq!(check_json(d, &["c.fvd"], 3)["leaks"], 1);
+    let image_len = storage_len(&path);
+
+    let run = status(d, &["check", "-r", "leaks", "c.fvd"], 0);
+    assert_contains(
+        &run.stdout,
+        "Relocated 1 chunk(s) into leaked chunks below them",
+    );
+    assert_contains(&run.stdout, "'c.data' is now 196608 bytes");
+    assert_eq!(storage_len(&d.join("c.data")), 3 * CHUNK);
+    assert_eq!(storage_len(&path), image_len);
+    assert_eq!(entry(&path, 5), 1);
+    let report = check_json(d, &["c.fvd"], 0);
+    assert_eq!(
+        (common::count(&report, "leaks"), report["dirty"].as_bool()),
+        (0, Some(false))
+    );
+    assert_eq!(
+        read(&path, 0, 8 * CHUNK as usize),
+        before,
+        "the guest data is unchanged"
+    );
 }
 
 #[test]

@@ -530,7 +530,7 @@ fn an_l2_table_overlapping_another_is_reported() {
 }
 
 #[test]
-fn leaked_clusters_are_found_and_released() {
+fn leaked_clusters_are_released_even_before_used_ones() {
     let dir = scratch();
     let d = dir.path();
     two_cluster_image(d, "tail.qed");
@@ -577,18 +577,104 @@ fn leaked_clusters_are_found_and_released() {
     assert_eq!((code, report["leaks-fixed"].as_u64()), (0, Some(1)));
     assert_eq!(file_len(&path), 0xb0000);
 
-    // A leak before used clusters cannot be truncated away: it stays reported.
+    // A leak before used clusters (cluster 5, the data cluster of guest offset 0, whose
+    // L2 entry is gone) is filled with the data cluster after it, then truncated away.
     two_cluster_image(d, "middle.qed");
     let path = d.join("middle.qed");
     write_u64(&path, 0x60000, 0);
+    let guest = d.join("guest.raw");
+    let run = qemu_img(d, &["convert", "-O", "raw", "middle.qed", "guest.raw"]);
+    assert_eq!(run.code, 0, "{run:#?}");
     let (code, report) = assert_checks_agree(d, "middle.qed");
     assert_eq!(code, 3, "{report:#}");
     assert_eq!(report["leaked-clusters"][0]["start"], 5);
-    let (code, report) = check_json(d, "middle.qed", &["-r", "leaks"]);
-    assert_eq!(code, 3, "{report:#}");
-    assert_eq!(report["leaks"], 1);
-    assert_eq!(file_len(&path), 0xb0000);
-    assert_eq!(qemu_check(d, "middle.qed").0, 3);
+    let run = status(d, &["check", "-r", "leaks", "middle.qed"], 0);
+    assert_contains(&run.stdout, "Relocated 1 data cluster(s) and 0 L2 table(s)");
+    assert_contains(&run.stdout, "Released 1 leaked cluster(s)");
+    assert_contains(&run.stdout, "    1 leaked clusters\n");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(file_len(&path), 0xa0000);
+    let (code, report) = check_json(d, "middle.qed", &[]);
+    assert_eq!(
+        (code, common::count(&report, "leaks")),
+        (0, 0),
+        "{report:#}"
+    );
+    assert_eq!(report["dirty"], false);
+    assert_eq!(qemu_check(d, "middle.qed").0, 0);
+    let run = qemu_img(
+        d,
+        &[
+            "compare",
+            "-f",
+            "qed",
+            "-F",
+            "raw",
+            "middle.qed",
+            "guest.raw",
+        ],
+    );
+    assert_eq!(run.code, 0, "the guest data is unchanged: {run:#?}");
+    qemu_io(d, "middle.qed", &["read -P 0x22 1M 64k", "read -P 0 0 64k"]);
+    let _ = fs::remove_file(guest);
+}
+
+#[test]
+fn leaked_l2_tables_are_filled_by_moving_later_tables_and_qemu_agrees() {
+    let dir = scratch();
+    let d = dir.path();
+    // 4 KiB clusters, 2-cluster L2 tables (4 MiB of guest each).
+    qemu_create(d, &["-o", "cluster_size=4096,table_size=2", "t.qed", "16M"]);
+    let m4 = 4 << 20;
+    let writes: Vec<String> = [0, 4096, m4, m4 + 4096, 2 * m4, 3 * m4, 3 * m4 + 4096]
+        .iter()
+        .enumerate()
+        .map(|(i, at)| format!("write -P {} {at} 4k", 0x31 + i))
+        .collect();
+    let writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(d, "t.qed", &writes);
+    let path = d.join("t.qed");
+    let len = file_len(&path);
+    // Leak the L2 table of the second 4 MiB (and its two data clusters) and the data
+    // cluster of guest 4 KiB: the tables and data of the third and fourth 4 MiB lie after.
+    let l1 = 4096;
+    let l2 = read_u64(&path, l1);
+    write_u64(&path, l2 + 8, 0);
+    write_u64(&path, l1 + 8, 0);
+    let (code, report) = assert_checks_agree(d, "t.qed");
+    assert_eq!((code, report["leaks"].as_u64()), (3, Some(5)), "{report:#}");
+    let run = qemu_img(d, &["convert", "-O", "raw", "t.qed", "guest.raw"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+
+    let run = status(d, &["check", "-r", "leaks", "t.qed"], 0);
+    assert_contains(&run.stdout, "L2 table(s) into leaked clusters before them");
+    assert_contains(&run.stdout, "Released 5 leaked cluster(s)");
+    assert_contains(&run.stdout, "No errors were found on the image.");
+    assert_eq!(file_len(&path), len - 5 * 4096);
+    let (code, report) = assert_checks_agree(d, "t.qed");
+    assert_eq!(
+        (code, common::count(&report, "leaks")),
+        (0, 0),
+        "{report:#}"
+    );
+    assert_eq!(report["dirty"], false);
+    let run = qemu_img(
+        d,
+        &["compare", "-f", "qed", "-F", "raw", "t.qed", "guest.raw"],
+    );
+    assert_eq!(run.code, 0, "the guest data is unchanged: {run:#?}");
+    qemu_io(
+        d,
+        "t.qed",
+        &[
+            "read -P 0x31 0 4k",
+            "read -P 0 4k 4k",
+            "read -P 0 4M 8k",
+            "read -P 0x35 8M 4k",
+            "read -P 0x36 12M 4k",
+            "read -P 0x37 12292k 4k",
+        ],
+    );
 }
 
 #[test]

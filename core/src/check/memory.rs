@@ -136,6 +136,22 @@ impl Bits {
         None
     }
 
+    /// The first run of `len` clear bits in `[start, end)`: where it starts.
+    pub(crate) fn clear_run(self, mem: &[u8], start: u64, end: u64, len: u64) -> Option<u64> {
+        let mut from = start;
+        loop {
+            let first = self.find(mem, from, end, false)?;
+            let run_end = first.checked_add(len)?;
+            if run_end > end {
+                return None;
+            }
+            match self.find(mem, first, run_end, true) {
+                Some(set) => from = set + 1,
+                None => return Some(first),
+            }
+        }
+    }
+
     /// The last set bit in `[start, end)`.
     pub(crate) fn last_set(self, mem: &[u8], start: u64, end: u64) -> Option<u64> {
         let mut bit = end;
@@ -280,6 +296,12 @@ mod tests {
         assert_eq!(bits.last_set(&mem, 0, 200), Some(3));
         bits.unset(&mut mem, 3);
         assert_eq!(bits.last_set(&mem, 0, 200), None);
+        for bit in [10, 11, 14] {
+            bits.set(&mut mem, bit);
+        }
+        assert_eq!(bits.clear_run(&mem, 10, 256, 3), Some(15));
+        assert_eq!(bits.clear_run(&mem, 10, 17, 3), None);
+        assert_eq!(bits.clear_run(&mem, 0, 256, 1), Some(0));
         assert_eq!(mem[..8], [0; 8], "nothing outside the area changed");
     }
 

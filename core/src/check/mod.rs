@@ -21,6 +21,7 @@
 //! modules document.
 
 pub(crate) mod memory;
+mod relocate;
 mod walk;
 
 pub mod fvd;
@@ -175,6 +176,20 @@ pub enum Repair {
         clusters: u64,
         /// The file's length now.
         len: u64,
+    },
+    /// FVD: used chunks above leaked ones were moved down into them (their entries
+    /// rewritten), so that the data storage can be shortened past them.
+    RelocatedChunks {
+        /// Chunks moved.
+        chunks: u64,
+    },
+    /// QED: data clusters and L2 tables after leaked clusters were moved down into them
+    /// (their entries rewritten), so that the file can be shortened past them.
+    RelocatedClusters {
+        /// Data clusters moved.
+        clusters: u64,
+        /// L2 tables moved.
+        tables: u64,
     },
     /// FVD: the image was marked clean.
     MarkedClean,

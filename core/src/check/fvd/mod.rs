@@ -30,12 +30,14 @@
 //! in chunk order, window after window, each window's leaks after its findings.
 //!
 //! A repair ([`repair`]) is a scanner too: it replays the journal back into the regions,
-//! moves the epoch on, unmaps bad entries, clears stray bits, truncates the data storage
-//! and marks the image clean, yielding the writes in that crash-safe order.
+//! moves the epoch on, unmaps bad entries, clears stray bits, moves the chunks above
+//! leaked ones down into them (`relocate.rs`), truncates the data storage and marks the
+//! image clean, yielding the writes in that crash-safe order.
 
 mod bitmap;
 mod journal;
 mod problem;
+mod relocate;
 pub mod repair;
 mod table;
 mod walk;
@@ -113,6 +115,7 @@ pub(crate) enum Phase {
     Replay,
     Table,
     Bitmap,
+    Relocate,
     Repair(repair::Stage),
     Done,
 }
@@ -124,6 +127,8 @@ pub struct FvdCheck<M> {
     pub(crate) files: FvdFiles,
     /// The header sector holding `clean_shutdown` and `stable_journal_epoch`.
     pub(crate) state_sector: [u8; 512],
+    /// The header sector holding `chunks_relocated`.
+    pub(crate) relocation_sector: [u8; 512],
     /// The I/O buffer (units of the table and bitmap, header writes).
     pub(crate) unit: Area,
     pub(crate) phase: Phase,
@@ -134,6 +139,7 @@ pub struct FvdCheck<M> {
     /// Memory left for replay pages and table windows.
     pub(crate) rest: Area,
     pub(crate) repair: Option<repair::Repairing>,
+    pub(crate) relocation: relocate::Relocation,
 }
 
 fn floor_to(value: usize, unit: usize) -> usize {
@@ -175,6 +181,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         if let Some(sector) = bytes.get(start..start + 512) {
             state_sector.copy_from_slice(sector);
         }
+        let start = mutable_sectors::RELOCATION_AND_PREFETCH * 512;
+        let mut relocation_sector = [0u8; 512];
+        if let Some(sector) = bytes.get(start..start + 512) {
+            relocation_sector.copy_from_slice(sector);
+        }
         let mut check = FvdCheck {
             core: Core {
                 mem: memory,
@@ -183,6 +194,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             layout,
             files,
             state_sector,
+            relocation_sector,
             unit,
             phase: Phase::JournalScan,
             journal: Journal::new(&layout, journal_buf, filter, pages_total),
@@ -191,6 +203,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             bitmap: bitmap::BitmapScan::default(),
             rest,
             repair: None,
+            relocation: relocate::Relocation::default(),
         };
         filter.clear(check.core.mem.as_mut());
         Ok(check)
@@ -234,6 +247,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             Phase::Replay => self.step_replay(),
             Phase::Table => self.step_table(),
             Phase::Bitmap => self.step_bitmap(),
+            Phase::Relocate => self.step_relocation(),
             Phase::Repair(stage) => self.step_repair(stage),
             Phase::Done => Some(Step::Done(self.report())),
         }

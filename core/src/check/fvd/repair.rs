@@ -9,9 +9,15 @@
 //!    ([`crate::fvd::journal::next_epoch`], header sector 4, flushed): the journal is now stale.
 //! 3. Fixes (`-r all`): corrupt table entries are unmapped, stray bitmap bits cleared;
 //!    the changed units are written and flushed.
-//! 4. A compact image's data storage is truncated to the end of its last mapped chunk
+//! 4. Relocation (a compact image whose data storage the host can shorten, with leaked
+//!    chunks): `chunks_relocated` is set (sector 6, flushed); then each chunk above the
+//!    chunks in use is copied into a leaked chunk below and flushed before the one table
+//!    sector naming it is rewritten (`relocate.rs`): at every flush the table on disk
+//!    names only chunks whose bytes are durable, and the chunks it no longer names are
+//!    leaks. The table sectors are flushed before anything is truncated.
+//! 5. A compact image's data storage is truncated to the end of its last mapped chunk
 //!    (when the host says it can be).
-//! 5. The header is marked clean (sector 4, flushed).
+//! 6. The header is marked clean (sector 4, flushed).
 
 use super::{FvdCheck, FvdFiles, FvdSummary, Phase, Problem, Step};
 use crate::check::memory::Area;
@@ -35,6 +41,8 @@ pub struct FvdRepairPlan {
     needs_write: bool,
     replaying: Option<(u64, u64)>,
     truncatable: bool,
+    /// Leaked chunks are filled with the chunks above them before truncation.
+    relocate: bool,
     dirty: bool,
     epoch: Option<u64>,
 }
@@ -48,7 +56,9 @@ pub fn plan(first: &FvdSummary, mode: RepairMode, truncatable: bool) -> FvdRepai
         RepairMode::Leaks => 0,
     };
     let truncate = truncatable && first.data_end.is_some_and(|end| first.storage_len > end);
+    let relocate = truncatable && first.frontier.is_some() && (c.leaks > 0 || structure_fixes > 0);
     let needs_write = c.dirty
+        || relocate
         || first.journal_sectors > 0
         || first.head_problems > 0
         || structure_fixes > 0
@@ -72,10 +82,12 @@ pub fn plan(first: &FvdSummary, mode: RepairMode, truncatable: bool) -> FvdRepai
             || first.head_problems > 0
             || structure_fixes > 0
             || truncate
+            || relocate
             || (c.dirty && needs_write),
         needs_write,
         replaying,
         truncatable,
+        relocate,
         dirty: c.dirty,
         epoch: first.next_epoch,
     }
@@ -89,6 +101,7 @@ pub(crate) enum Stage {
     FlushDirty,
     Fixes,
     FlushFixes,
+    Relocate,
     Truncate,
     Released { end: u64 },
     MarkClean,
@@ -231,8 +244,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
                 None
             }
             Stage::FlushFixes => {
-                self.phase = next(Stage::Truncate);
+                self.phase = next(Stage::Relocate);
                 self.flush_if_written(FileId::Image)
+            }
+            Stage::Relocate => {
+                if repair.plan.relocate && self.layout.table.is_some() {
+                    self.start_relocation();
+                } else {
+                    self.phase = next(Stage::Truncate);
+                }
+                None
             }
             Stage::Truncate => {
                 self.phase = next(Stage::MarkClean);

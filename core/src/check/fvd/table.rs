@@ -60,7 +60,7 @@ pub(crate) struct TableScan {
 }
 
 /// What an entry is, for the check.
-enum Entry {
+pub(super) enum Entry {
     Empty,
     Bad(Problem),
     Mapped(u64),
@@ -104,7 +104,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         self.phase = Phase::Table;
     }
 
-    fn table_walk(&self) -> Walk {
+    pub(super) fn table_walk(&self) -> Walk {
         let chunks = self.layout.table.map_or(0, |t| t.chunks);
         self.region_walk(RecordTarget::Table, chunks * 4)
     }
@@ -118,7 +118,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         self.table.walk = self.table_walk();
     }
 
-    fn entry(&self, chunk: u64, raw: u32) -> Entry {
+    pub(super) fn entry(&self, chunk: u64, raw: u32) -> Entry {
         match TableEntry::decode(raw) {
             TableEntry::Empty => Entry::Empty,
             TableEntry::Invalid(entry) => Entry::Bad(Problem::DirtyEntry { chunk, entry }),
@@ -139,7 +139,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
         }
     }
 
-    fn raw(&self, area: Area, k: usize) -> u32 {
+    pub(super) fn raw(&self, area: Area, k: usize) -> u32 {
         // Table areas are carved from work memory; an entry outside it would read as empty.
         let at = area.at + k * 4;
         let mut b = TABLE_EMPTY.to_le_bytes();

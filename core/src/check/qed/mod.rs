@@ -30,6 +30,7 @@
 mod data;
 mod passes;
 mod problem;
+mod relocate;
 pub mod repair;
 mod tables;
 
@@ -89,6 +90,7 @@ pub struct QedCheck<M> {
     pub(crate) nested: Option<passes::Nested>,
     pub(crate) scan: passes::Scan,
     pub(crate) repair: Option<repair::Repairing>,
+    pub(crate) relocation: relocate::Relocation,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
@@ -138,6 +140,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             nested: None,
             scan: passes::Scan::default(),
             repair: None,
+            relocation: relocate::Relocation::default(),
         };
         check.start(false);
         Ok(check)

@@ -2,10 +2,15 @@
 //! scanner whose writes come in a crash-safe order: the need-check bit is set (and
 //! flushed) before any table entry changes; a fixing run of the check sets every entry it
 //! reports to 0 (L2 entries as they are reported, L1 entries in a last L1 pass), flushed;
-//! a second, silent run finds what is left; when no corruption is, the file is truncated
-//! past its last used cluster and only then is the need-check bit cleared (flushed).
+//! a second, silent run finds what is left; when no corruption is and leaked clusters lie
+//! before used ones, the need-check bit is set (if it is not) and the clusters after them
+//! are moved down into them (`relocate.rs`: each copied and flushed before the one table
+//! sector naming it is rewritten; flushed at the end), and the image is checked again;
+//! then the file is truncated past its last used cluster and only then is the need-check
+//! bit cleared (flushed).
 
 use super::passes::Pass;
+use super::relocate;
 use super::{QedCheck, QedSummary};
 use crate::check::memory::Area;
 use crate::check::{
@@ -48,6 +53,7 @@ enum Stage {
     Fix,
     FlushFixes,
     Recheck,
+    Relocate,
     Truncate,
     Released { clusters: u64, len: u64 },
     ClearNeedCheck,
@@ -64,6 +70,11 @@ pub(crate) struct Repairing {
     counts: RepairCounts,
     /// No corruption is left after the fixes.
     clean: bool,
+    /// The need-check bit was set by this repair.
+    need_check_set: bool,
+    /// Relocation rounds run, and whether the last one moved anything.
+    rounds: u32,
+    moved: bool,
 }
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
@@ -88,6 +99,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
             stage,
             counts: RepairCounts::default(),
             clean: false,
+            need_check_set: false,
+            rounds: 0,
+            moved: false,
         });
         check.pass = Pass::Done;
         Ok(check)
@@ -137,11 +151,25 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
         let step = match r.stage {
             Stage::SetNeedCheck => {
                 r.stage = Stage::FlushNeedCheck;
+                r.need_check_set = true;
                 Some(self.write_features(true))
             }
             Stage::FlushNeedCheck => {
-                r.stage = Stage::Fix;
+                r.stage = if r.rounds > 0 {
+                    Stage::Relocate
+                } else {
+                    Stage::Fix
+                };
                 Some(self.flush())
+            }
+            Stage::Relocate => {
+                let (step, over) = self.step_relocation();
+                if over {
+                    let moved = self.relocation.clusters + self.relocation.tables;
+                    r.moved = moved > 0;
+                    r.stage = Stage::Recheck;
+                }
+                step
             }
             Stage::Fix => {
                 r.stage = Stage::FlushFixes;
@@ -164,6 +192,21 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
                 let mid = self.summary();
                 r.clean = mid.counts.corruptions == 0;
                 let end = mid.counts.image_end_offset;
+                // Clusters in use; leaked ones before `end` when that is past them.
+                let used = self.scan_clusters().saturating_sub(mid.counts.leaks);
+                let holes = end.div_ceil(self.layout.cluster_size) > used;
+                let progress = r.rounds == 0 || r.moved;
+                if r.clean && holes && progress && r.rounds < relocate::MAX_ROUNDS {
+                    r.rounds += 1;
+                    self.start_relocation(used);
+                    r.stage = if r.need_check_set || self.layout.need_check {
+                        Stage::Relocate
+                    } else {
+                        Stage::SetNeedCheck
+                    };
+                    self.repair = Some(r);
+                    return None;
+                }
                 r.stage = Stage::ClearNeedCheck;
                 if r.clean && end < self.file_len {
                     let clusters = self
@@ -186,7 +229,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> QedCheck<M> {
                 Some(Step::Repaired(Repair::ReleasedClusters { clusters, len }))
             }
             Stage::ClearNeedCheck => {
-                let need_check = r.plan.need_check || r.plan.corruptions > 0;
+                let need_check = r.plan.need_check || r.need_check_set;
                 if r.clean && need_check {
                     r.stage = Stage::FlushClear;
                     Some(self.write_features(false))

@@ -35,7 +35,8 @@ pub const EXIT_UNSUPPORTED: u8 = 63;
 /// What `-r` repairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RepairMode {
-    /// Replay the journal of a dirty image and release unused data storage.
+    /// Replay the journal of a dirty image and release leaked storage (relocating what
+    /// lies above it).
     Leaks,
     /// Also repair corruptions: unmap bad or duplicate table entries (their data is lost),
     /// clear stray bitmap bits, drop bad journal records.
@@ -57,10 +58,11 @@ impl From<RepairMode> for fvd_core::check::RepairMode {
 Exit status: 0 no problems, 1 the check could not be completed, 2 corruptions found, \
 3 leaked chunks found (and no corruptions), 63 the format (raw) has nothing to check.\n\
 Leaked chunks are physical chunks below the highest mapped one that no table entry maps; \
-the engine reuses them for new writes. After -r, leaks that cannot be released are reported \
-but do not set status 3.\n\
-QED images: leaked clusters are clusters of the file nothing references; -r truncates those \
-at the end of the file away, and those before used clusters still set status 3.")]
+the engine reuses them for new writes. -r moves the chunks above them down into them and \
+shortens the data storage; when it cannot be shortened (a device), the leaks stay, are \
+reported and do not set status 3 after -r.\n\
+QED images: leaked clusters are clusters of the file nothing references; -r moves the data \
+clusters and L2 tables after them down into them and truncates the file.")]
 pub struct CheckArgs {
     /// Image format (fvd, qed or raw; default: probed)
     #[arg(short = 'f', value_name = "FMT")]

@@ -4,9 +4,9 @@
 //! say something, runs the core's repair and checks again.
 //!
 //! Unlike qemu-img, an overlap is one corruption per entry (not per overlapping
-//! cluster), `-r leaks` repairs no corruption (it refuses, as for FVD), and a repair also
-//! truncates leaked clusters at the end of the file away; leaked clusters before used
-//! ones still set status 3 after a repair.
+//! cluster), `-r leaks` repairs no corruption (it refuses, as for FVD), and a repair
+//! releases leaked clusters: those before used ones by moving the data clusters and L2
+//! tables after them down into them, then all of them by truncating the file.
 
 use super::drive::{self, Event, Files, Lists, Show, Target, WORK_MEMORY};
 use super::repair::open_writable;
@@ -230,7 +230,8 @@ pub fn run(
     if last.counts.leaks > 0 {
         writeln!(
             out,
-            "The remaining leaked clusters lie before used ones, so they cannot be truncated away."
+            "The remaining leaked clusters lie before used ones that could not be moved into \
+             them (an L2 table needs a run of free clusters), so they cannot be truncated away."
         )
         .map_err(CliError::Output)?;
     }

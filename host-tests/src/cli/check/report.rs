@@ -143,14 +143,20 @@ pub fn repair_line(repair: &Repair, storage: &Path) -> String {
             "Released {clusters} leaked cluster(s) at the end of the file ('{}' is now {len} bytes)",
             storage.display()
         ),
+        Repair::RelocatedChunks { chunks } => format!(
+            "Relocated {chunks} chunk(s) into leaked chunks below them (their table entries rewritten)"
+        ),
+        Repair::RelocatedClusters { clusters, tables } => format!(
+            "Relocated {clusters} data cluster(s) and {tables} L2 table(s) into leaked clusters before them"
+        ),
         Repair::MarkedClean => "Marked the image clean".into(),
         Repair::ClearedNeedCheck => "Cleared the need-check flag".into(),
         other => format!("{other:?}"),
     }
 }
 
-/// The closing summary. `reused`: leaks remain after a repair and the next writes reuse
-/// them (FVD). `fragmented_of`: what the fragmented share is a share of (FVD: all
+/// The closing summary. `reused`: leaks remain after a repair (which relocates what it
+/// can) and the next writes reuse them (FVD). `fragmented_of`: what the fragmented share is a share of (FVD: all
 /// clusters; QED, as qemu-img: the allocated ones).
 pub fn summary(
     c: &CheckCounts,
@@ -174,7 +180,8 @@ pub fn summary(
         let _ = writeln!(
             text,
             "\n{leaks} leaked clusters will be reused by the next writes.\n\
-             They lie below mapped chunks, so they cannot be released from the data storage."
+             They lie below mapped chunks and the data storage cannot be shortened (it is not \
+             a regular file), so they were not relocated."
         );
     } else if leaks > 0 {
         let _ = writeln!(
