@@ -1,5 +1,5 @@
 //! Bounce blocks: fixed-size slots of engine memory that hold base data on its way into
-//! the image (copy-on-write heads and tails). When every slot is taken the request that
+//! the image (copy-on-write heads and tails, copy-on-read fills). When every slot is taken the request that
 //! wants one waits; nothing is allocated.
 
 /// At most this many bounce slots exist, whatever the memory.
@@ -55,6 +55,11 @@ impl BouncePool {
         if index < self.count {
             self.free |= 1u64 << index;
         }
+    }
+
+    /// Bytes of one slot.
+    pub fn slot_len(&self) -> u64 {
+        self.slot_len as u64
     }
 
     /// Slots free now.

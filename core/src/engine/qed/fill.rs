@@ -1,13 +1,38 @@
 //! QED copy-on-read: fills are internal write requests whose data comes from a bounce
-//! slot, spawned for the backing-file parts of a guest read and dropped when a guest write
-//! reaches their clusters first.
+//! slot, started for the backing-file clusters of a guest read and dropped when a guest
+//! write reaches their clusters first. The guest read is answered from the fill's data
+//! (an [`Op::Copy`] out of the bounce slot), so each cluster is read from the backing
+//! file once; only the parts no fill could take are read by the guest directly.
 
 use super::requests::State;
 use super::writes::Segment;
 use super::QedEngine;
 use crate::engine::guest::Kind;
-use crate::engine::slot_table::buffer_len;
+use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::types::*;
+
+/// The guest read waiting for its part of a fill's cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Reader {
+    slot: u16,
+    generation: u16,
+    /// Offset of the part in the reader's buffer.
+    guest_offset: usize,
+    /// Offset of the part in the cluster.
+    delta: usize,
+    len: usize,
+}
+
+/// What became of an attempt to start a fill for a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadFill {
+    /// Started; the reader's part is this many bytes.
+    Started(u64),
+    /// A write touches the cluster: the guest reads it directly.
+    Busy,
+    /// No slot, bounce memory or budget now.
+    NoRoom,
+}
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// Marks fills of clusters in `[start, end)` that have not started writing as
@@ -22,40 +47,62 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
     }
 
-    /// Starts copy-on-read fills for the clusters of `[start, end)` (read from the backing
-    /// file) when the cap, bounce slots and request slots allow.
-    pub(super) fn spawn_fills(&mut self, start: u64, end: u64) {
+    /// Starts a fill of the cluster holding `at` for read `reader`, which wants
+    /// `[at, end)` of the backing file; the fill hands it the part within the cluster.
+    pub(super) fn start_read_fill(&mut self, reader: usize, at: u64, end: u64) -> ReadFill {
         let Some(layout) = self.layout else {
-            return;
+            return ReadFill::Busy;
         };
         let cs = layout.cluster_size;
-        let mut cluster = start / cs;
-        while cluster * cs < end {
-            let (lo, hi) = (cluster * cs, (cluster + 1) * cs);
-            cluster += 1;
-            if self.fill_bytes + cs > self.cor_cap || self.bounce.available() == 0 {
-                return;
+        let (lo, hi) = (at / cs * cs, (at / cs + 1) * cs);
+        let busy = self
+            .requests
+            .iter()
+            .any(|o| o.active() && o.kind.writes() && o.start < hi && lo < o.end);
+        if busy {
+            return ReadFill::Busy;
+        }
+        if self.fill_bytes + cs > self.cor_cap || self.bounce.available() == 0 {
+            return ReadFill::NoRoom;
+        }
+        let Some(slot) = self.free_slot() else {
+            return ReadFill::NoRoom;
+        };
+        let Some(bounce) = self.bounce.take() else {
+            return ReadFill::NoRoom;
+        };
+        let piece = end.min(hi) - at;
+        let reader_slot = self.requests[reader];
+        self.start_request(slot, Kind::Fill, State::FillRead, lo, hi);
+        let fill = &mut self.requests[slot];
+        fill.bounce = Some(bounce);
+        fill.reader = Some(Reader {
+            slot: slot_u16(reader),
+            generation: reader_slot.generation,
+            guest_offset: buffer_len(at - reader_slot.start),
+            delta: buffer_len(at - lo),
+            len: buffer_len(piece),
+        });
+        self.fill_bytes += cs;
+        self.stats.cor_fills += 1;
+        ReadFill::Started(piece)
+    }
+
+    /// Lets the read waiting for fill `slot` go on, failing it with `error` if any.
+    pub(super) fn release_reader(&mut self, slot: usize, error: Option<RequestError>) {
+        let Some(reader) = self.requests[slot].reader.take() else {
+            return;
+        };
+        let waiting = &mut self.requests[usize::from(reader.slot)];
+        if waiting.generation == reader.generation && waiting.active() {
+            waiting.outstanding = waiting.outstanding.saturating_sub(1);
+            if let Some(error) = error {
+                waiting.error.get_or_insert(error);
             }
-            let busy = self
-                .requests
-                .iter()
-                .any(|o| o.active() && o.kind.writes() && o.start < hi && lo < o.end);
-            if busy {
-                continue;
-            }
-            let Some(slot) = self.free_slot() else {
-                return;
-            };
-            let Some(bounce) = self.bounce.take() else {
-                return;
-            };
-            self.start_request(slot, Kind::Fill, State::FillRead, lo, hi);
-            self.requests[slot].bounce = Some(bounce);
-            self.fill_bytes += cs;
-            self.stats.cor_fills += 1;
         }
     }
 
+    /// The backing-file read, the reader's copy, then the fill becomes a write (or ends).
     pub(super) fn step_fill_read(&mut self, slot: usize) -> bool {
         let r = self.requests[slot];
         if !r.seg.main_emitted {
@@ -75,6 +122,27 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         if r.outstanding > 0 {
             return false;
         }
+        if let (Some(reader), false) = (r.reader, r.copied) {
+            let op = Op::Copy {
+                from: Buffer::Engine {
+                    offset: r.bounce.unwrap_or(0) + reader.delta,
+                },
+                into: Buffer::Guest {
+                    request: RequestId {
+                        slot: reader.slot,
+                        generation: reader.generation,
+                    },
+                    offset: reader.guest_offset,
+                },
+                len: reader.len,
+            };
+            if !self.emit(slot, FileId::Image, op) {
+                return false;
+            }
+            self.requests[slot].copied = true;
+            return true;
+        }
+        self.release_reader(slot, r.error);
         if r.cancelled {
             self.finish(slot, Ok(Reply::Done));
             return true;
