@@ -552,3 +552,35 @@ mod arbitrary_tables {
         }
     }
 }
+
+#[test]
+fn qed_first_copy_on_read_pass_reads_each_base_cluster_once() {
+    let size = 1u64 << 20;
+    let mut d = Driver::open(
+        storage(size, Some(size as usize)),
+        DriverOptions {
+            copy_on_read: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Reads of a cluster and a half: each cluster is met by two reads, and each is read
+    // from the backing file once, by its fill, which also answers the guest.
+    let piece = CLUSTER + CLUSTER / 2;
+    let mut at = 0;
+    while at < size {
+        let len = piece.min(size - at);
+        assert_eq!(
+            d.read(at, len as usize).unwrap(),
+            base_bytes(size as usize)[at as usize..][..len as usize]
+        );
+        at += len;
+    }
+    d.run_until_idle().unwrap();
+    let stats = d.engine().stats();
+    assert_eq!(stats.base_read_bytes, size, "{stats:?}");
+    assert_eq!(stats.cor_fills_done, size / CLUSTER);
+    // The second pass reads nothing from the backing file.
+    d.read(0, size as usize).unwrap();
+    assert_eq!(d.engine().stats().base_read_bytes, size);
+}

@@ -83,6 +83,9 @@ pub struct Stats {
     pub cor_fills_dropped: u64,
     /// Blocks copied in by whole-image prefetch.
     pub prefetched_blocks: u64,
+    /// Bytes read from the base image (every kind of read: guest, copy-on-write,
+    /// copy-on-read, prefetch).
+    pub base_read_bytes: u64,
 }
 
 /// How the host opens an image.

@@ -103,7 +103,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
             match self.start_fill(FillFor::Deferred, lo, run.len) {
                 FillStart::Started(taken) => self.deferred.advance(lo + taken),
-                FillStart::Busy => {
+                FillStart::Busy | FillStart::Filling => {
                     // A write or another fill is making the first block local.
                     let bs = self.layout.map_or(hi - lo, |l| l.block_size);
                     self.deferred.advance((lo / bs + 1).saturating_mul(bs));

@@ -39,6 +39,8 @@ pub(crate) enum FillStart {
     Started(u64),
     /// A write touches the block (or the base is gone): it will not come from the base.
     Busy,
+    /// Another fill is copying the block: it will be local shortly.
+    Filling,
     /// No memory, slot or budget now: try again later.
     NoRoom,
 }
@@ -94,11 +96,12 @@ impl FillInfo {
 
 impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Serves the base run `[offset, offset + len)` of read `slot` through a fill, or
-    /// reads it directly and defers its fill. Returns the bytes of the run it took on (0
-    /// when nothing could be emitted now).
-    pub(crate) fn read_through_fill(&mut self, slot: usize, offset: u64, len: u64) -> u64 {
+    /// reads it directly and defers its fill. Returns the bytes of the run it took on (0:
+    /// read it directly), or `None` when the read should wait for a fill already copying
+    /// the blocks (then it reads them from the image, and the base is read once).
+    pub(crate) fn read_through_fill(&mut self, slot: usize, offset: u64, len: u64) -> Option<u64> {
         let (Some(layout), Some(base)) = (self.layout, self.live_base()) else {
-            return 0;
+            return Some(0);
         };
         let bs = layout.block_size;
         let end = offset + len;
@@ -112,9 +115,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         match started {
             FillStart::Started(taken) => {
                 self.requests[slot].outstanding += 1;
-                taken
+                Some(taken)
             }
-            FillStart::Busy => 0,
+            FillStart::Busy => Some(0),
+            FillStart::Filling => None,
             FillStart::NoRoom => {
                 // Read directly now; fill later. The part deferred is the one the fill
                 // would have taken: up to the end of the run's last block it touches.
@@ -123,7 +127,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                     self.stats.cor_fills_dropped += 1;
                 }
                 self.stats.cor_fills_deferred += 1;
-                0
+                Some(0)
             }
         }
     }
@@ -183,23 +187,30 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
 
     /// Why [`Self::fill_slot`] found none.
     fn fill_refusal(&self, lo: u64, hi: u64) -> FillStart {
-        if self.fill_busy(lo, hi) {
-            FillStart::Busy
-        } else {
-            FillStart::NoRoom
-        }
+        self.fill_overlap(lo, hi).unwrap_or(FillStart::NoRoom)
     }
 
     /// A write (or another fill) touches the blocks `[lo, hi)` (block-aligned).
     fn fill_busy(&self, lo: u64, hi: u64) -> bool {
+        self.fill_overlap(lo, hi).is_some()
+    }
+
+    /// [`FillStart::Busy`] when a write touches the blocks `[lo, hi)`, else
+    /// [`FillStart::Filling`] when a fill does.
+    fn fill_overlap(&self, lo: u64, hi: u64) -> Option<FillStart> {
         let bs = self.layout.map_or(1, |l| l.block_size);
-        self.request_order
-            .prefix(self.active_requests)
-            .iter()
-            .any(|&o| {
-                let r = &self.requests[usize::from(o)];
-                r.kind.writes() && !r.fill.cancelled && r.start < hi && lo < r.end.div_ceil(bs) * bs
-            })
+        let mut found = None;
+        for &o in self.request_order.prefix(self.active_requests) {
+            let r = &self.requests[usize::from(o)];
+            if r.kind.writes() && !r.fill.cancelled && r.start < hi && lo < r.end.div_ceil(bs) * bs
+            {
+                if r.kind != Kind::Fill {
+                    return Some(FillStart::Busy);
+                }
+                found = Some(FillStart::Filling);
+            }
+        }
+        found
     }
 
     fn occupy_fill_slot(&mut self, slot: usize, start: u64, end: u64, fill: FillInfo) {

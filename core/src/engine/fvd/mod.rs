@@ -277,7 +277,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> protocol::FormatEngine
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            base_read_bytes: self.commands.base_read_bytes(),
+            ..self.stats
+        }
     }
 
     fn cache_pages(&self) -> usize {

@@ -534,7 +534,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             match self.start_fill(FillFor::Prefetch, block * bs, bs) {
                 FillStart::Started(_) => {}
                 // A write is making the block local; check again on the next pass.
-                FillStart::Busy => self.prefetch.pass_found_work = true,
+                FillStart::Busy | FillStart::Filling => self.prefetch.pass_found_work = true,
                 FillStart::NoRoom => return moved,
             }
             self.prefetch.cursor += 1;

@@ -432,7 +432,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 }
             };
             if run.mapping == Mapping::Base && self.copy_on_read {
-                let taken = self.read_through_fill(slot, run.offset, run.len);
+                let Some(taken) = self.read_through_fill(slot, run.offset, run.len) else {
+                    // A fill is copying these blocks: read them once it is done.
+                    return moved;
+                };
                 if taken > 0 {
                     self.requests[slot].cursor += taken;
                     moved = true;

@@ -30,6 +30,8 @@ pub(super) enum ReadFill {
     Started(u64),
     /// A write touches the cluster: the guest reads it directly.
     Busy,
+    /// Another fill is copying the cluster: the guest waits and reads it from the image.
+    Filling,
     /// No slot, bounce memory or budget now.
     NoRoom,
 }
@@ -55,12 +57,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         };
         let cs = layout.cluster_size;
         let (lo, hi) = (at / cs * cs, (at / cs + 1) * cs);
-        let busy = self
-            .requests
-            .iter()
-            .any(|o| o.active() && o.kind.writes() && o.start < hi && lo < o.end);
-        if busy {
-            return ReadFill::Busy;
+        let mut filling = false;
+        for o in self.requests.iter() {
+            if o.active() && o.kind.writes() && o.start < hi && lo < o.end {
+                if o.kind != Kind::Fill || o.cancelled {
+                    return ReadFill::Busy;
+                }
+                filling = true;
+            }
+        }
+        if filling {
+            return ReadFill::Filling;
         }
         if self.fill_bytes + cs > self.cor_cap || self.bounce.available() == 0 {
             return ReadFill::NoRoom;

@@ -252,7 +252,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FormatEngine for QedEngin
 
     /// `chunks_allocated` counts clusters and L2 tables.
     fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            base_read_bytes: self.commands.base_read_bytes(),
+            ..self.stats
+        }
     }
 
     fn cache_pages(&self) -> usize {

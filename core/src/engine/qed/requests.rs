@@ -416,6 +416,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                         len = len.min((r.cursor / cs + 1) * cs - r.cursor);
                     }
                     ReadFill::NoRoom => {}
+                    // Read the cluster from the image once its fill is done.
+                    ReadFill::Filling => break,
                 }
             }
             let into = self.guest(slot, r.cursor);
