@@ -5,9 +5,13 @@
 //!
 //! Two kinds of fill serve a guest read:
 //! - A *guest fill* takes the whole blocks a read covers (any number of them, one base
-//!   read): the base read lands in the guest's buffer, and the fill writes the blocks
-//!   from there. The read completes once that write is acknowledged (its buffer must stay
-//!   valid until then). It needs no engine memory, so memory never turns it away.
+//!   read): the base read lands in the guest's buffer. When enough adjacent bounce slots
+//!   are free (two always stay free for guest writes), the fill copies the blocks into
+//!   them with [`Op::Copy`], the read completes at once, and the write to the image
+//!   overlaps the guest's next reads. Otherwise the fill writes from the guest's buffer
+//!   and the read completes once that write is acknowledged (its buffer must stay valid
+//!   until then). Memory never turns a guest fill away, and neither does
+//!   `max_outstanding_copy_on_read_data` (the bounce slots bound its memory).
 //! - A *bounce fill* takes the blocks a read covers only in part (an unaligned head or
 //!   tail, a read shorter than a block): it reads whole blocks into a bounce slot, hands
 //!   the guest its part with [`Op::Copy`], and writes the blocks from the slot. Its bytes
@@ -71,8 +75,13 @@ pub(crate) struct Reader {
 /// A fill's own state (in its request slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FillInfo {
-    /// Memory offset of the bounce slot holding the blocks (bounce fills).
+    /// Memory offset of the bounce slot(s) holding the blocks.
     pub(crate) bounce: usize,
+    /// Adjacent bounce slots held from `bounce` on (0: none).
+    bounce_slots: u8,
+    /// Its bytes count against `max_outstanding_copy_on_read_data` (bounce fills for a
+    /// reader or the deferred queue).
+    budgeted: bool,
     reader: Option<Reader>,
     /// The data lives in the reader's buffer (a guest fill).
     guest: bool,
@@ -86,6 +95,8 @@ pub(crate) struct FillInfo {
 impl FillInfo {
     pub(crate) const NONE: FillInfo = FillInfo {
         bounce: 0,
+        bounce_slots: 0,
+        budgeted: false,
         reader: None,
         guest: false,
         prefetch: false,
@@ -294,6 +305,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         };
         let info = FillInfo {
             bounce,
+            bounce_slots: 1,
+            budgeted: who != FillFor::Prefetch,
             reader,
             prefetch: who == FillFor::Prefetch,
             ..FillInfo::NONE
@@ -309,16 +322,55 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         FillStart::Started(piece)
     }
 
-    /// Base read, then (bounce fills) the reader's copy; then the fill becomes a write (or
-    /// ends).
+    /// Base read, then the reader's copy; then the fill becomes a write (or ends). A guest
+    /// fill copies its blocks out of the reader's buffer into bounce slots when room and
+    /// budget allow, so the read completes without waiting for the write.
     pub(crate) fn step_fill_read(&mut self, slot: usize) -> bool {
         let r = self.requests[slot];
         if r.outstanding > 0 {
             return false;
         }
-        if let (Some(reader), false, false, None) =
-            (r.fill.reader, r.fill.guest, r.fill.copy_issued, r.error)
-        {
+        let copy_wanted = r.error.is_none() && !r.fill.cancelled && !r.fill.copy_issued;
+        if let (Some(reader), true, true) = (r.fill.reader, copy_wanted, r.fill.guest) {
+            let bytes = r.end - r.start;
+            let slots = usize::try_from(bytes.div_ceil(self.bounce.slot_len().max(1)))
+                .unwrap_or(usize::MAX);
+            // Two slots stay free for guest writes' copy-on-write heads and tails.
+            if self.bounce.available() < slots + 2 {
+                return self.keep_guest_data(slot);
+            }
+            let Some(bounce) = self.bounce.take_run(slots) else {
+                return self.keep_guest_data(slot);
+            };
+            let op = Op::Copy {
+                from: Buffer::Guest {
+                    request: RequestId {
+                        slot: reader.slot,
+                        generation: reader.generation,
+                    },
+                    offset: reader.guest_offset,
+                },
+                into: Buffer::Engine { offset: bounce },
+                len: reader.len,
+            };
+            if !self
+                .commands
+                .emit(Owner::Request(slot_u16(slot)), FileId::Image, op)
+            {
+                self.bounce.give_back_run(bounce, slots);
+                return false;
+            }
+            let r = &mut self.requests[slot];
+            r.outstanding = 1;
+            r.fill.copy_issued = true;
+            r.fill.bounce = bounce;
+            r.fill.bounce_slots = u8::try_from(slots).unwrap_or(u8::MAX);
+            return true;
+        }
+        // A bounce fill hands the reader its part even when cancelled: the base read was
+        // issued before the write that cancelled it.
+        let hand_over = r.error.is_none() && !r.fill.copy_issued && !r.fill.guest;
+        if let (Some(reader), true) = (r.fill.reader, hand_over) {
             let from = Buffer::Engine {
                 offset: r.fill.bounce + reader.delta,
             };
@@ -345,17 +397,30 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             r.fill.copy_issued = true;
             return true;
         }
+        if r.fill.guest && r.fill.copy_issued {
+            // The blocks are in bounce slots now: the fill writes from there.
+            self.requests[slot].fill.guest = false;
+        }
         // A bounce fill's reader has its part (or the read failed); a guest fill's reader
-        // keeps waiting for the write unless the fill ends here.
+        // keeps waiting for the write unless the fill ends here. Only a failed base read
+        // fails the reader.
         let ends = r.error.is_some() || r.fill.cancelled;
-        if !r.fill.guest || ends {
-            self.release_reader(slot, r.error);
+        if !self.requests[slot].fill.guest || ends {
+            let read_failed = !(r.fill.guest && r.fill.copy_issued);
+            self.release_reader(slot, r.error.filter(|_| read_failed));
         }
         if ends {
             self.finish(slot, Err(RequestError::Failed));
         } else {
             self.requests[slot].state = State::Blocked;
         }
+        true
+    }
+
+    /// A guest fill without room to copy its blocks out: it writes them from the reader's
+    /// buffer, and the reader waits for that write.
+    fn keep_guest_data(&mut self, slot: usize) -> bool {
+        self.requests[slot].state = State::Blocked;
         true
     }
 
@@ -441,13 +506,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn fill_finished(&mut self, slot: usize, wrote: bool) {
         self.release_reader(slot, None);
         let r = self.requests[slot];
-        if r.fill.guest {
-            if wrote {
-                self.stats.cor_fills_done += 1;
-            }
-            return;
+        if r.fill.bounce_slots > 0 {
+            self.bounce
+                .give_back_run(r.fill.bounce, usize::from(r.fill.bounce_slots));
         }
-        self.bounce.give_back(r.fill.bounce);
         if r.fill.prefetch {
             // A cancelled fill, or one whose block became local, did not fail.
             let error = r.error.filter(|_| !wrote && !r.fill.cancelled);
@@ -457,7 +519,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 self.stats.prefetched_blocks += 1;
             }
         } else {
-            self.fill_bytes = self.fill_bytes.saturating_sub(r.end - r.start);
+            if r.fill.budgeted {
+                self.fill_bytes = self.fill_bytes.saturating_sub(r.end - r.start);
+            }
             if wrote {
                 self.stats.cor_fills_done += 1;
             }
