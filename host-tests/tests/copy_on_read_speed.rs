@@ -20,9 +20,16 @@ fn base_bytes() -> Vec<u8> {
 /// A 2 MiB image over a 1 MiB raw base; `block_size` None is the default geometry (512-byte
 /// blocks for a base this small).
 fn image(block_size: Option<u64>) -> MemStorage {
+    image_with(block_size, false)
+}
+
+/// As [`image`], compact (256 KiB chunks, so one guest read spans several) when asked.
+fn image_with(block_size: Option<u64>, compact: bool) -> MemStorage {
     let options = CreateOptions {
         virtual_size: 2 * BASE,
         block_size,
+        compact_image: compact,
+        chunk_size: compact.then_some(256 * K),
         base: Some(BaseSpec {
             name: b"base",
             format: b"raw",
@@ -82,13 +89,26 @@ fn bytes_in_base(d: &mut Driver<MemStorage>) -> u64 {
 
 #[test]
 fn one_guest_reads_fills_become_one_base_read() {
-    for block in [None, Some(64 * K)] {
-        let mut d = driver(image(block), DriverOptions::default());
-        assert_eq!(d.read(0, BASE as usize).unwrap(), base_bytes(), "{block:?}");
+    for (block, compact) in [(None, false), (Some(64 * K), false), (None, true)] {
+        let case = format!("block {block:?}, compact {compact}");
+        let mut d = driver(image_with(block, compact), DriverOptions::default());
+        assert_eq!(d.read(0, BASE as usize).unwrap(), base_bytes(), "{case}");
         d.run_until_idle().unwrap();
-        assert_eq!(base_reads(&d), [(0, BASE)], "one base read ({block:?})");
-        assert_eq!(d.engine().stats().cor_fills_done, 1, "{block:?}");
-        assert_eq!(bytes_in_base(&mut d), 0, "every block is local ({block:?})");
+        assert_eq!(base_reads(&d), [(0, BASE)], "one base read ({case})");
+        assert_eq!(d.engine().stats().cor_fills_done, 1, "{case}");
+        assert_eq!(bytes_in_base(&mut d), 0, "every block is local ({case})");
+        // The copies are the base's bytes, chunk by chunk.
+        let (mut storage, _) = d.close().unwrap();
+        storage.base = Some(MemFile::new(vec![0xEE; BASE as usize]));
+        let mut d = Driver::open(
+            storage,
+            DriverOptions {
+                writable: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(d.read(0, BASE as usize).unwrap() == base_bytes(), "{case}");
     }
 }
 
