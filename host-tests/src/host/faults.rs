@@ -1,7 +1,8 @@
 //! Deterministic fault injection for tests: a [`FaultPlan`] says which storage commands
 //! fail and how (EIO, ENOSPC or EFBIG, before or after taking effect, a torn write, a
-//! short read, a file that can no longer grow), chosen by command number and by what the
-//! command touches (file, kind of operation, byte range).
+//! short read, a file that can no longer grow) or are only delayed (a slow base for
+//! benchmarks), chosen by command number and by what the command touches (file, kind of
+//! operation, byte range).
 //!
 //! The plan only numbers commands and decides; the hosts carry the decision out where the
 //! operating system would have failed: the synchronous [`crate::host::driver::Driver`] around
