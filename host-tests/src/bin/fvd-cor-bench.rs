@@ -225,4 +225,5 @@ fn main() {
         }
     }
     let _ = std::fs::remove_file(&base);
+    let _ = std::fs::remove_dir(&dir);
 }
