@@ -584,3 +584,53 @@ fn qed_first_copy_on_read_pass_reads_each_base_cluster_once() {
     d.read(0, size as usize).unwrap();
     assert_eq!(d.engine().stats().base_read_bytes, size);
 }
+
+#[test]
+fn a_qed_fill_that_cannot_get_memory_now_runs_later_and_the_cluster_ends_up_local() {
+    use fvd_core::engine::Request;
+    let size = 1u64 << 20;
+    // Bounce room for two clusters: one fill at a time. Eight small reads in eight
+    // clusters at once: seven find no room.
+    let mut d = Driver::open(
+        storage(size, Some(size as usize)),
+        DriverOptions {
+            copy_on_read: Some(true),
+            bounce_bytes: 2 * CLUSTER as usize,
+            max_pending: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let base = base_bytes(size as usize);
+    let ids: Vec<_> = (0..8u64)
+        .map(|c| {
+            let at = c * CLUSTER + 4096;
+            let request = Request::Read {
+                offset: at,
+                len: 4096,
+            };
+            (at, d.submit(request, vec![0; 4096]).unwrap())
+        })
+        .collect();
+    for (at, id) in ids {
+        let (result, data) = d.wait(id).unwrap();
+        result.unwrap();
+        assert!(data == base[at as usize..][..4096]);
+    }
+    d.run_until_idle().unwrap();
+    let stats = d.engine().stats();
+    assert!(stats.cor_fills_deferred >= 1, "{stats:?}");
+    assert_eq!(stats.cor_fills_dropped, 0);
+    for c in 0..8 {
+        assert!(
+            matches!(
+                d.map(c * CLUSTER, CLUSTER).unwrap().mapping,
+                Mapping::Data { .. }
+            ),
+            "cluster {c} ended up local"
+        );
+    }
+    let (s, _) = d.close().unwrap();
+    let mut d = open(s, false);
+    assert!(d.read(0, 8 * CLUSTER as usize).unwrap() == base[..8 * CLUSTER as usize]);
+}

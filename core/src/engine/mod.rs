@@ -9,6 +9,7 @@
 mod any;
 mod bounce;
 mod cache;
+mod deferred;
 pub(crate) mod fvd;
 mod guest;
 mod protocol;

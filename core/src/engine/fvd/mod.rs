@@ -84,7 +84,7 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     fill_bytes: u64,
     prefetch: prefetch::Prefetch,
     /// Copy-on-read fills waiting for room.
-    deferred: deferred::Deferred,
+    deferred: crate::engine::deferred::Deferred,
     /// Flush requests waiting for a commit.
     flushes_waiting: usize,
     /// Requests something happened to since they last could not move (a ready list: a
@@ -136,7 +136,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             cor_cap: 0,
             fill_bytes: 0,
             prefetch: prefetch::Prefetch::OFF,
-            deferred: deferred::Deferred::EMPTY,
+            deferred: crate::engine::deferred::Deferred::EMPTY,
             flushes_waiting: 0,
             awake: SlotTable([false; MAX_REQUESTS]),
             wake_all: true,

@@ -2,12 +2,16 @@
 //! slot, started for the backing-file clusters of a guest read and dropped when a guest
 //! write reaches their clusters first. The guest read is answered from the fill's data
 //! (an [`Op::Copy`] out of the bounce slot), so each cluster is read from the backing
-//! file once; only the parts no fill could take are read by the guest directly.
+//! file once; only the parts no fill could take are read by the guest directly, and their
+//! clusters wait in the deferred queue ([`crate::engine::deferred`]) for a fill as soon as
+//! room frees up.
 
+use super::meta::{ExtentKind, Stall};
 use super::requests::State;
 use super::writes::Segment;
 use super::QedEngine;
 use crate::engine::guest::Kind;
+use crate::engine::protocol::FormatEngine;
 use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::types::*;
 
@@ -49,9 +53,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
     }
 
-    /// Starts a fill of the cluster holding `at` for read `reader`, which wants
+    /// Starts a fill of the cluster holding `at` for read `reader` (if any), which wants
     /// `[at, end)` of the backing file; the fill hands it the part within the cluster.
-    pub(super) fn start_read_fill(&mut self, reader: usize, at: u64, end: u64) -> ReadFill {
+    pub(super) fn start_read_fill(&mut self, reader: Option<usize>, at: u64, end: u64) -> ReadFill {
         let Some(layout) = self.layout else {
             return ReadFill::Busy;
         };
@@ -79,20 +83,75 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             return ReadFill::NoRoom;
         };
         let piece = end.min(hi) - at;
-        let reader_slot = self.requests[reader];
+        let reader = reader.map(|reader| {
+            let reader_slot = &self.requests[reader];
+            Reader {
+                slot: slot_u16(reader),
+                generation: reader_slot.generation,
+                guest_offset: buffer_len(at - reader_slot.start),
+                delta: buffer_len(at - lo),
+                len: buffer_len(piece),
+            }
+        });
         self.start_request(slot, Kind::Fill, State::FillRead, lo, hi);
         let fill = &mut self.requests[slot];
         fill.bounce = Some(bounce);
-        fill.reader = Some(Reader {
-            slot: slot_u16(reader),
-            generation: reader_slot.generation,
-            guest_offset: buffer_len(at - reader_slot.start),
-            delta: buffer_len(at - lo),
-            len: buffer_len(piece),
-        });
+        fill.reader = reader;
         self.fill_bytes += cs;
         self.stats.cor_fills += 1;
         ReadFill::Started(piece)
+    }
+
+    /// Remembers the clusters of `[start, end)` for a fill later: the guest read them from
+    /// the backing file directly because no fill could start.
+    pub(super) fn defer_fills(&mut self, start: u64, end: u64) {
+        let cs = self.layout.map_or(1, |l| l.cluster_size);
+        if !self
+            .deferred
+            .push(start / cs * cs, end.div_ceil(cs).saturating_mul(cs))
+        {
+            self.stats.cor_fills_dropped += 1;
+        }
+        self.stats.cor_fills_deferred += 1;
+    }
+
+    /// Starts fills for deferred clusters still unallocated over the backing file while
+    /// room allows; true when something moved.
+    pub(super) fn step_deferred(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((lo, hi)) = self.deferred.first() {
+            let backing = self.layout.is_some_and(|l| l.backing.is_some());
+            if !self.is_open() || !self.copy_on_read || !backing {
+                self.deferred.clear();
+                return true;
+            }
+            let cs = self.layout.map_or(hi - lo, |l| l.cluster_size);
+            let ext = match self.extent(lo, hi) {
+                Ok(ext) => ext,
+                Err(Stall::Wait) => return moved,
+                Err(_) => {
+                    // Copy-on-read is best effort: the range is dropped (the next request
+                    // that needs the table reports the error).
+                    self.deferred.advance(hi);
+                    return true;
+                }
+            };
+            if ext.kind != ExtentKind::Unallocated {
+                self.deferred
+                    .advance(ext.end.div_ceil(cs).saturating_mul(cs).max(lo + cs));
+                moved = true;
+                continue;
+            }
+            match self.start_read_fill(None, lo, lo + cs) {
+                ReadFill::NoRoom => return moved,
+                // Started, or a write or another fill is making the cluster local.
+                ReadFill::Started(_) | ReadFill::Busy | ReadFill::Filling => {
+                    self.deferred.advance(lo + cs)
+                }
+            }
+            moved = true;
+        }
+        moved
     }
 
     /// Lets the read waiting for fill `slot` go on, failing it with `error` if any.

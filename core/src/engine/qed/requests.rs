@@ -402,7 +402,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             let from_base = ext.kind == ExtentKind::Unallocated && backing;
             let mut len = ext.end - r.cursor;
             if from_base && self.copy_on_read {
-                match self.start_read_fill(slot, r.cursor, ext.end) {
+                match self.start_read_fill(Some(slot), r.cursor, ext.end) {
                     ReadFill::Started(piece) => {
                         let r = &mut self.requests[slot];
                         r.outstanding += 1;
@@ -415,7 +415,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                         let cs = self.layout.map_or(len, |l| l.cluster_size);
                         len = len.min((r.cursor / cs + 1) * cs - r.cursor);
                     }
-                    ReadFill::NoRoom => {}
+                    ReadFill::NoRoom => self.defer_fills(r.cursor, ext.end),
                     // Read the cluster from the image once its fill is done.
                     ReadFill::Filling => break,
                 }
