@@ -310,14 +310,33 @@ fn perform(
         }
         Op::Flush => storage.flush(file).unwrap(),
         Op::SetLength { len } => storage.set_len(file, len).unwrap(),
-        Op::Copy { .. } => unreachable!("the QED engine copies nothing"),
+        // Copy-on-read hands the guest its part of a fill's cluster.
+        Op::Copy { from, into, len } => {
+            let data = match from {
+                Buffer::Engine { offset: at } => engine.memory()[at..at + len].to_vec(),
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => buffers[request.slot()][at..at + len].to_vec(),
+            };
+            match into {
+                Buffer::Engine { offset: at } => {
+                    engine.memory_mut()[at..at + len].copy_from_slice(&data)
+                }
+                Buffer::Guest {
+                    request,
+                    offset: at,
+                } => buffers[request.slot()][at..at + len].copy_from_slice(&data),
+            }
+        }
     }
     engine.complete(command.id, Ok(()));
 }
 
 /// The interleaving of seed 004 on QED: a guest read starts a copy-on-read fill; while
 /// the fill's backing read is in flight, a guest write to another sector of the same
-/// cluster completes; then the fill's read lands. The fill must not write the cluster.
+/// cluster completes; then the fill's read lands (and answers the read). The fill must
+/// not write the cluster.
 #[test]
 fn a_copy_on_read_fill_never_overwrites_a_newer_guest_write() {
     use fvd_core::engine::{
@@ -380,16 +399,19 @@ fn a_copy_on_read_fill_never_overwrites_a_newer_guest_write() {
     while let Some(e) = engine.poll_event() {
         completed.push(e);
     }
-    assert_eq!(
-        completed.len(),
-        2,
-        "read and write completed: {completed:?}"
-    );
+    // The read is answered from the fill's data, so it waits for the fill's read; the
+    // write does not.
+    assert_eq!(completed.len(), 1, "the write completed: {completed:?}");
     // Now the fill's read lands; whatever it does next must keep the guest's data.
     for c in held.drain(..) {
         perform(&mut engine, &mut storage, &mut buffers, c);
     }
     run(&mut engine, &mut storage, &mut buffers, &mut held);
+    while let Some(e) = engine.poll_event() {
+        completed.push(e);
+    }
+    assert_eq!(completed.len(), 2, "the read completed too: {completed:?}");
+    assert_eq!(buffers[read.slot()][..], base_bytes(512)[..]);
     assert_eq!(engine.stats().cor_fills_done, 0);
     assert_eq!(engine.stats().cor_fills_cancelled, 1);
     engine.close();
@@ -529,4 +551,86 @@ mod arbitrary_tables {
             }
         }
     }
+}
+
+#[test]
+fn qed_first_copy_on_read_pass_reads_each_base_cluster_once() {
+    let size = 1u64 << 20;
+    let mut d = Driver::open(
+        storage(size, Some(size as usize)),
+        DriverOptions {
+            copy_on_read: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Reads of a cluster and a half: each cluster is met by two reads, and each is read
+    // from the backing file once, by its fill, which also answers the guest.
+    let piece = CLUSTER + CLUSTER / 2;
+    let mut at = 0;
+    while at < size {
+        let len = piece.min(size - at);
+        assert_eq!(
+            d.read(at, len as usize).unwrap(),
+            base_bytes(size as usize)[at as usize..][..len as usize]
+        );
+        at += len;
+    }
+    d.run_until_idle().unwrap();
+    let stats = d.engine().stats();
+    assert_eq!(stats.base_read_bytes, size, "{stats:?}");
+    assert_eq!(stats.cor_fills_done, size / CLUSTER);
+    // The second pass reads nothing from the backing file.
+    d.read(0, size as usize).unwrap();
+    assert_eq!(d.engine().stats().base_read_bytes, size);
+}
+
+#[test]
+fn a_qed_fill_that_cannot_get_memory_now_runs_later_and_the_cluster_ends_up_local() {
+    use fvd_core::engine::Request;
+    let size = 1u64 << 20;
+    // Bounce room for two clusters: one fill at a time. Eight small reads in eight
+    // clusters at once: seven find no room.
+    let mut d = Driver::open(
+        storage(size, Some(size as usize)),
+        DriverOptions {
+            copy_on_read: Some(true),
+            bounce_bytes: 2 * CLUSTER as usize,
+            max_pending: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let base = base_bytes(size as usize);
+    let ids: Vec<_> = (0..8u64)
+        .map(|c| {
+            let at = c * CLUSTER + 4096;
+            let request = Request::Read {
+                offset: at,
+                len: 4096,
+            };
+            (at, d.submit(request, vec![0; 4096]).unwrap())
+        })
+        .collect();
+    for (at, id) in ids {
+        let (result, data) = d.wait(id).unwrap();
+        result.unwrap();
+        assert!(data == base[at as usize..][..4096]);
+    }
+    d.run_until_idle().unwrap();
+    let stats = d.engine().stats();
+    assert!(stats.cor_fills_deferred >= 1, "{stats:?}");
+    assert_eq!(stats.cor_fills_dropped, 0);
+    for c in 0..8 {
+        assert!(
+            matches!(
+                d.map(c * CLUSTER, CLUSTER).unwrap().mapping,
+                Mapping::Data { .. }
+            ),
+            "cluster {c} ended up local"
+        );
+    }
+    let (s, _) = d.close().unwrap();
+    let mut d = open(s, false);
+    assert!(d.read(0, 8 * CLUSTER as usize).unwrap() == base[..8 * CLUSTER as usize]);
 }

@@ -1,5 +1,5 @@
 //! Bounce blocks: fixed-size slots of engine memory that hold base data on its way into
-//! the image (copy-on-write heads and tails). When every slot is taken the request that
+//! the image (copy-on-write heads and tails, copy-on-read fills). When every slot is taken the request that
 //! wants one waits; nothing is allocated.
 
 /// At most this many bounce slots exist, whatever the memory.
@@ -47,6 +47,24 @@ impl BouncePool {
         Some(self.base + index * self.slot_len)
     }
 
+    /// Takes `n` adjacent free slots (1..=64) and returns the memory offset of the first.
+    pub fn take_run(&mut self, n: usize) -> Option<usize> {
+        if n == 0 || n > self.count {
+            return None;
+        }
+        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let index = (0..=self.count - n).find(|&i| (self.free >> i) & mask == mask)?;
+        self.free &= !(mask << index);
+        Some(self.base + index * self.slot_len)
+    }
+
+    /// Returns the `n` adjacent slots starting at memory offset `offset`.
+    pub fn give_back_run(&mut self, offset: usize, n: usize) {
+        for i in 0..n {
+            self.give_back(offset.saturating_add(i.saturating_mul(self.slot_len)));
+        }
+    }
+
     /// Returns the slot at memory offset `offset`.
     pub fn give_back(&mut self, offset: usize) {
         if self.slot_len == 0 || offset < self.base {
@@ -56,6 +74,11 @@ impl BouncePool {
         if index < self.count {
             self.free |= 1u64 << index;
         }
+    }
+
+    /// Bytes of one slot.
+    pub fn slot_len(&self) -> u64 {
+        self.slot_len as u64
     }
 
     /// Slots free now.
@@ -83,5 +106,17 @@ mod tests {
             BouncePool::new(0, 1 << 30, 512).capacity(),
             MAX_BOUNCE_SLOTS
         );
+    }
+
+    #[test]
+    fn a_run_of_slots_is_adjacent_and_comes_back_whole() {
+        let mut pool = BouncePool::new(0, 8 * 512, 512);
+        let one = pool.take().unwrap();
+        let run = pool.take_run(4).unwrap();
+        assert_eq!((one, run), (0, 512));
+        assert_eq!(pool.take_run(4), None, "only three slots are left");
+        pool.give_back_run(run, 4);
+        assert_eq!(pool.take_run(7), Some(512));
+        assert_eq!(pool.available(), 0);
     }
 }

@@ -9,6 +9,7 @@
 mod any;
 mod bounce;
 mod cache;
+mod deferred;
 pub(crate) mod fvd;
 mod guest;
 mod protocol;
@@ -77,8 +78,17 @@ pub struct Stats {
     pub cor_fills_done: u64,
     /// Copy-on-read fills dropped because a guest write reached the block first.
     pub cor_fills_cancelled: u64,
+    /// Guest reads of base blocks that could not start their fill at once (no room): the
+    /// blocks were queued to be filled as soon as room frees up.
+    pub cor_fills_deferred: u64,
+    /// Deferred fills that found the queue full and were dropped (their blocks stay in
+    /// the base until read again).
+    pub cor_fills_dropped: u64,
     /// Blocks copied in by whole-image prefetch.
     pub prefetched_blocks: u64,
+    /// Bytes read from the base image (every kind of read: guest, copy-on-write,
+    /// copy-on-read, prefetch).
+    pub base_read_bytes: u64,
 }
 
 /// How the host opens an image.

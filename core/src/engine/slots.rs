@@ -50,6 +50,8 @@ pub struct CommandSlots {
     queued: usize,
     in_flight: usize,
     starved: bool,
+    /// Bytes of every base read emitted so far.
+    base_read_bytes: u64,
 }
 
 impl CommandSlots {
@@ -67,6 +69,7 @@ impl CommandSlots {
             queued: 0,
             in_flight: 0,
             starved: false,
+            base_read_bytes: 0,
         }
     }
 
@@ -78,6 +81,11 @@ impl CommandSlots {
     /// Free slots.
     pub fn free(&self) -> usize {
         MAX_COMMANDS - self.in_flight
+    }
+
+    /// Bytes of every base read emitted so far.
+    pub fn base_read_bytes(&self) -> u64 {
+        self.base_read_bytes
     }
 
     /// Commands not yet completed.
@@ -94,6 +102,9 @@ impl CommandSlots {
         let Some(slot) = self.slots.get_mut(index) else {
             return false;
         };
+        if let (FileId::Base, Op::Read { len, .. }) = (file, op) {
+            self.base_read_bytes = self.base_read_bytes.saturating_add(len as u64);
+        }
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = SlotState::Queued;
         slot.owner = owner;

@@ -1,7 +1,8 @@
 //! Deterministic fault injection for tests: a [`FaultPlan`] says which storage commands
 //! fail and how (EIO, ENOSPC or EFBIG, before or after taking effect, a torn write, a
-//! short read, a file that can no longer grow), chosen by command number and by what the
-//! command touches (file, kind of operation, byte range).
+//! short read, a file that can no longer grow) or are only delayed (a slow base for
+//! benchmarks), chosen by command number and by what the command touches (file, kind of
+//! operation, byte range).
 //!
 //! The plan only numbers commands and decides; the hosts carry the decision out where the
 //! operating system would have failed: the synchronous [`crate::host::driver::Driver`] around
@@ -146,6 +147,12 @@ pub enum Fault {
     /// The file cannot grow: a command that would make it longer fails with the error (a
     /// write lands the part below the current end first); others are not affected.
     NoGrowth(Errno),
+    /// Not a failure: the command waits this many microseconds, then takes effect
+    /// normally (a slow or remote device; benchmarks use it for a base with latency).
+    Delay {
+        /// Microseconds.
+        micros: u64,
+    },
 }
 
 /// Which commands a fault hits.
@@ -296,6 +303,19 @@ pub enum Injection {
         /// What the following calls do.
         then: AfterShort,
     },
+    /// Waits this many microseconds, then performs it normally.
+    Delay(u64),
+}
+
+impl Injection {
+    /// Sleeps for a [`Injection::Delay`] and returns what to do then.
+    fn after_delay(self) -> Injection {
+        if let Injection::Delay(micros) = self {
+            std::thread::sleep(std::time::Duration::from_micros(micros));
+            return Injection::None;
+        }
+        self
+    }
 }
 
 impl Injection {
@@ -303,8 +323,8 @@ impl Injection {
     /// bytes.
     #[inline]
     pub fn write(self, len: u64, mut perform: impl FnMut(u64) -> io::Result<()>) -> io::Result<()> {
-        match self {
-            Injection::None | Injection::ShortRead { .. } => perform(len),
+        match self.after_delay() {
+            Injection::None | Injection::ShortRead { .. } | Injection::Delay(_) => perform(len),
             Injection::Fail(errno) => Err(errno.error()),
             Injection::AfterEffect(errno) => perform(len).and(Err(errno.error())),
             Injection::Prefix { bytes, errno } => {
@@ -327,8 +347,8 @@ impl Injection {
         buf: &mut [u8],
         known_len: Option<u64>,
     ) -> io::Result<()> {
-        match self {
-            Injection::None => read_full_with(read, offset, buf, known_len),
+        match self.after_delay() {
+            Injection::None | Injection::Delay(_) => read_full_with(read, offset, buf, known_len),
             Injection::ShortRead { bytes, then } => {
                 read_full_with(short_reader(read, bytes, then), offset, buf, known_len)
             }
@@ -342,8 +362,8 @@ impl Injection {
     /// Carries out a command without bytes (a flush, a length change).
     #[inline]
     pub fn other(self, perform: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        match self {
-            Injection::None | Injection::ShortRead { .. } => perform(),
+        match self.after_delay() {
+            Injection::None | Injection::ShortRead { .. } | Injection::Delay(_) => perform(),
             Injection::Fail(errno) | Injection::Prefix { errno, .. } => Err(errno.error()),
             Injection::AfterEffect(errno) => perform().and(Err(errno.error())),
         }
@@ -423,6 +443,7 @@ impl FaultPlan {
                 Injection::ShortRead { bytes, then }
             }
             Fault::ShortRead { .. } => return Injection::None,
+            Fault::Delay { micros } => Injection::Delay(micros),
             Fault::NoGrowth(errno) => {
                 let Some(len) = file_len() else {
                     return Injection::None;

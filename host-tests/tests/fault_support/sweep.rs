@@ -479,6 +479,7 @@ fn fault_name(rule: &Rule) -> &'static str {
             ..
         } => "short read, then EIO",
         Fault::ShortRead { .. } => "short read, then the rest",
+        Fault::Delay { .. } => "delayed, then performed",
     }
 }
 

@@ -1,5 +1,6 @@
 //! The FVD engine: guest requests on an FVD image from submission to completion
-//! ([`requests`], copy-on-read fills in [`fill`], whole-image prefetch in [`prefetch`]),
+//! ([`requests`], copy-on-read fills in [`fill`] and [`deferred`], whole-image prefetch in
+//! [`prefetch`]),
 //! the bitmap and table through the page cache ([`meta`]), journal commits ([`commit`]),
 //! the image's life from open (validation, journal replay, the allocator's scan) to close
 //! ([`open`]), and the read-only view of a dirty image with its journal laid over
@@ -8,6 +9,7 @@
 
 pub(crate) mod allocator;
 pub(crate) mod commit;
+pub(crate) mod deferred;
 pub(crate) mod fill;
 pub(crate) mod meta;
 pub(crate) mod open;
@@ -81,6 +83,8 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     /// Copy-on-read bytes in flight.
     fill_bytes: u64,
     prefetch: prefetch::Prefetch,
+    /// Copy-on-read fills waiting for room.
+    deferred: crate::engine::deferred::Deferred,
     /// Flush requests waiting for a commit.
     flushes_waiting: usize,
     /// Requests something happened to since they last could not move (a ready list: a
@@ -132,6 +136,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             cor_cap: 0,
             fill_bytes: 0,
             prefetch: prefetch::Prefetch::OFF,
+            deferred: crate::engine::deferred::Deferred::EMPTY,
             flushes_waiting: 0,
             awake: SlotTable([false; MAX_REQUESTS]),
             wake_all: true,
@@ -206,6 +211,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 moved = true;
             }
             moved |= self.step_requests();
+            if !self.deferred.is_empty() {
+                moved |= self.step_deferred();
+            }
             if !moved {
                 // Safety net: requests waiting with nothing in flight must get a full look.
                 if self.active_requests > 0 && self.commands.in_flight() == 0 && !self.swept {
@@ -269,7 +277,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> protocol::FormatEngine
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            base_read_bytes: self.commands.base_read_bytes(),
+            ..self.stats
+        }
     }
 
     fn cache_pages(&self) -> usize {

@@ -4,7 +4,7 @@
 use super::commit::Purpose;
 use super::replay::BATCH_SECTORS;
 use super::FvdEngine;
-use crate::engine::bounce::BouncePool;
+use crate::engine::bounce::{BouncePool, MAX_BOUNCE_SLOTS};
 use crate::engine::cache::{PageCache, PAGE_BYTES};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
@@ -289,6 +289,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         self.cache = PageCache::new(cache_base, pages);
         self.bounce_area = (bounce_base, total - bounce_base);
         if self.options.writable {
+            // Slots hold whole blocks; when the area allows more than the pool's slots of
+            // one block, each slot holds several (a copy-on-read fill then copies that
+            // many blocks with one base read).
+            let per_slot = (total - bounce_base) / MAX_BOUNCE_SLOTS;
+            let slot_len = match slot_len {
+                0 => 0,
+                block => block.max(per_slot / block * block),
+            };
             self.bounce = BouncePool::new(bounce_base, total - bounce_base, slot_len);
         } else {
             // A read-only open never copies on write or fills: the bounce area holds the

@@ -15,7 +15,7 @@
 //! The final commit and header update are tried at most [`MAX_FINISH_ATTEMPTS`] times.
 //! A bitmap page that cannot be read ends prefetch at once.
 
-use super::fill::FillStart;
+use super::fill::{FillFor, FillStart};
 use super::meta::Stall;
 use super::FvdEngine;
 use crate::engine::slots::Owner;
@@ -531,10 +531,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 moved = true;
                 continue;
             }
-            match self.start_fill(None, block * bs, bs) {
+            match self.start_fill(FillFor::Prefetch, block * bs, bs) {
                 FillStart::Started(_) => {}
                 // A write is making the block local; check again on the next pass.
-                FillStart::Busy => self.prefetch.pass_found_work = true,
+                FillStart::Busy | FillStart::Filling => self.prefetch.pass_found_work = true,
                 FillStart::NoRoom => return moved,
             }
             self.prefetch.cursor += 1;

@@ -432,12 +432,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 }
             };
             if run.mapping == Mapping::Base && self.copy_on_read {
-                if let super::fill::FillStart::Started(taken) =
-                    self.start_fill(Some(slot), run.offset, run.len)
-                {
-                    let r = &mut self.requests[slot];
-                    r.cursor += taken;
-                    r.outstanding += 1;
+                let Some(taken) = self.read_through_fill(slot, run.offset, run.len) else {
+                    // A fill is copying these blocks: read them once it is done.
+                    return moved;
+                };
+                if taken > 0 {
+                    self.requests[slot].cursor += taken;
                     moved = true;
                     continue;
                 }
@@ -710,9 +710,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 Kind::Fill => Op::Write {
                     offset,
                     len: buffer_len(len),
-                    from: Buffer::Engine {
-                        offset: r.fill.bounce + buffer_len(seg.start - r.start),
-                    },
+                    from: self.fill_source(slot, seg.start),
                 },
                 _ => Op::Write {
                     offset,
@@ -758,7 +756,13 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if self.requests[slot].outstanding > 0 {
             return moved;
         }
-        if let Some(error) = self.requests[slot].error {
+        let r = self.requests[slot];
+        if r.kind == Kind::Fill && (seg.end >= r.end || r.error.is_some()) {
+            // A guest fill's last data is written: its reader's buffer is free again (a
+            // failed image write is the fill's failure, not the reader's).
+            self.release_reader(slot, None);
+        }
+        if let Some(error) = r.error {
             self.finish(slot, Err(error));
         } else {
             self.requests[slot].state = State::Apply;

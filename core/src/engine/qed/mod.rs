@@ -106,6 +106,8 @@ pub(crate) struct QedEngine<M, const PAGES: usize = 256> {
     last_change_ms: u64,
     copy_on_read: bool,
     cor_cap: u64,
+    /// Copy-on-read fills waiting for room.
+    deferred: super::deferred::Deferred,
     fill_bytes: u64,
 }
 
@@ -150,6 +152,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             last_change_ms: 0,
             copy_on_read: false,
             cor_cap: 0,
+            deferred: super::deferred::Deferred::EMPTY,
             fill_bytes: 0,
         };
         engine.pump();
@@ -178,6 +181,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             moved |= self.step_commit();
             moved |= self.step_header();
             moved |= self.step_requests();
+            if !self.deferred.is_empty() {
+                moved |= self.step_deferred();
+            }
             if !moved {
                 return;
             }
@@ -252,7 +258,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FormatEngine for QedEngin
 
     /// `chunks_allocated` counts clusters and L2 tables.
     fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            base_read_bytes: self.commands.base_read_bytes(),
+            ..self.stats
+        }
     }
 
     fn cache_pages(&self) -> usize {

@@ -4,6 +4,7 @@
 //! backing file and zeros. Writes are carried out in [`super::writes`], copy-on-read
 //! fills in [`super::fill`].
 
+use super::fill::ReadFill;
 use super::meta::{Extent, ExtentKind, Stall};
 use super::writes::{Action, CowStage, Segment};
 use super::QedEngine;
@@ -59,6 +60,10 @@ pub(super) struct Req {
     pub(super) bounce: Option<usize>,
     /// A fill overtaken by a newer guest write: it must not write.
     pub(super) cancelled: bool,
+    /// A fill: the guest read waiting for its part of the cluster.
+    pub(super) reader: Option<super::fill::Reader>,
+    /// A fill: the reader's part was copied out.
+    pub(super) copied: bool,
 }
 
 impl Req {
@@ -76,6 +81,8 @@ impl Req {
         seg: Segment::NONE,
         bounce: None,
         cancelled: false,
+        reader: None,
+        copied: false,
     };
 
     /// Waits for a length change that covers space it claimed.
@@ -175,6 +182,8 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
 
     pub(super) fn finish(&mut self, slot: usize, result: Result<Reply, RequestError>) {
         self.unreserve(slot);
+        // A fill ending before it let its reader go failed in its read or copy.
+        self.release_reader(slot, self.requests[slot].error);
         if let Some(offset) = self.requests[slot].bounce.take() {
             self.bounce.give_back(offset);
         }
@@ -390,7 +399,27 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     break;
                 }
             };
-            let len = ext.end - r.cursor;
+            let from_base = ext.kind == ExtentKind::Unallocated && backing;
+            let mut len = ext.end - r.cursor;
+            if from_base && self.copy_on_read {
+                match self.start_read_fill(Some(slot), r.cursor, ext.end) {
+                    ReadFill::Started(piece) => {
+                        let r = &mut self.requests[slot];
+                        r.outstanding += 1;
+                        r.cursor += piece;
+                        moved = true;
+                        continue;
+                    }
+                    // This cluster is being written: read it, try the next one again.
+                    ReadFill::Busy => {
+                        let cs = self.layout.map_or(len, |l| l.cluster_size);
+                        len = len.min((r.cursor / cs + 1) * cs - r.cursor);
+                    }
+                    ReadFill::NoRoom => self.defer_fills(r.cursor, ext.end),
+                    // Read the cluster from the image once its fill is done.
+                    ReadFill::Filling => break,
+                }
+            }
             let into = self.guest(slot, r.cursor);
             let (file, op) = match ext.kind {
                 ExtentKind::Data(p) => (
@@ -401,7 +430,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                         into,
                     },
                 ),
-                ExtentKind::Unallocated if backing => (
+                ExtentKind::Unallocated if from_base => (
                     FileId::Base,
                     Op::Read {
                         offset: r.cursor,
@@ -420,10 +449,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             if !self.emit(slot, file, op) {
                 break;
             }
-            if ext.kind == ExtentKind::Unallocated && backing && self.copy_on_read {
-                self.spawn_fills(r.cursor, ext.end);
-            }
-            self.requests[slot].cursor = ext.end;
+            self.requests[slot].cursor = r.cursor + len;
             moved = true;
         }
         let r = self.requests[slot];

@@ -93,6 +93,43 @@ pub(super) fn start_command(
             return true;
         }
         Op::Copy { from, into, len } => {
+            // Between a guest buffer and engine memory (copy-on-read), straight across.
+            let direct = match (from, into) {
+                (
+                    Buffer::Guest {
+                        request,
+                        offset: at,
+                    },
+                    Buffer::Engine { offset },
+                ) => guest_buf(f, request).map(|buf| {
+                    let guard = lock(&buf);
+                    match guard.get(at..at.saturating_add(len)) {
+                        Some(bytes) => copy_into(f.chain.memory_mut(memory_of), offset, bytes),
+                        None => Err(IoError::Failed),
+                    }
+                }),
+                (
+                    Buffer::Engine { offset },
+                    Buffer::Guest {
+                        request,
+                        offset: at,
+                    },
+                ) => guest_buf(f, request).map(|buf| {
+                    match f
+                        .chain
+                        .memory(memory_of)
+                        .get(offset..offset.saturating_add(len))
+                    {
+                        Some(bytes) => copy_into(&mut lock(&buf), at, bytes),
+                        None => Err(IoError::Failed),
+                    }
+                }),
+                _ => None,
+            };
+            if let Some(result) = direct {
+                f.chain.complete(id, result);
+                return true;
+            }
             let read = |f: &mut FvdState, b: Buffer| -> Option<Vec<u8>> {
                 match b {
                     Buffer::Engine { offset } => f

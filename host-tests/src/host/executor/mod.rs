@@ -84,6 +84,8 @@ pub struct ExecutorOptions {
     pub bounce_bytes: usize,
     /// How guest buffers reach the workers.
     pub guest_buffers: GuestBuffers,
+    /// Copy-on-read: `None` follows the image header.
+    pub copy_on_read: Option<bool>,
 }
 
 impl Default for ExecutorOptions {
@@ -94,6 +96,7 @@ impl Default for ExecutorOptions {
             cache_bytes: 256 * PAGE_BYTES,
             bounce_bytes: 4 << 20,
             guest_buffers: GuestBuffers::Shared,
+            copy_on_read: None,
         }
     }
 }
@@ -245,7 +248,7 @@ impl Executor {
                     base_available,
                     cache_bytes: options.cache_bytes,
                     storage_zero_init: true,
-                    copy_on_read: None,
+                    copy_on_read: options.copy_on_read.filter(|_| layer == 0),
                     prefetch: fvd_core::engine::PrefetchMode::Off,
                 },
             ));
