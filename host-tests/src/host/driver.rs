@@ -619,6 +619,18 @@ impl<S: Storage> Driver<S> {
         .map(|_| ())
     }
 
+    /// Reads `buffer.len()` bytes at `offset` into `buffer` (no copy, no allocation).
+    pub fn read_into(&mut self, offset: u64, buffer: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        let len = buffer.len() as u64;
+        Ok(self.run(Request::Read { offset, len }, buffer)?.1)
+    }
+
+    /// Writes `buffer` at `offset` and hands it back (no copy, no allocation).
+    pub fn write_from(&mut self, offset: u64, buffer: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        let len = buffer.len() as u64;
+        Ok(self.run(Request::Write { offset, len }, buffer)?.1)
+    }
+
     /// Makes `len` bytes at `offset` read as zeros.
     pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DriverError> {
         self.run(Request::WriteZeroes { offset, len }, Vec::new())

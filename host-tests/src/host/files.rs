@@ -242,6 +242,9 @@ pub struct FileStorage {
     pub base: Option<Base>,
     /// The locks and chain of the files above, held while they are open.
     pub held: Held,
+    /// Flushes return without syncing (cache mode `unsafe`, `qemu-img convert`'s
+    /// default for its output): writes reach the disk whenever the kernel writes them.
+    pub unsafe_cache: bool,
 }
 
 impl FileStorage {
@@ -309,7 +312,11 @@ impl Storage for FileStorage {
     }
 
     fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.file(file)?.sync_data()
+        let file = self.file(file)?;
+        if self.unsafe_cache {
+            return Ok(());
+        }
+        file.sync_data()
     }
 
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
@@ -646,6 +653,7 @@ fn open_files(
                 locks,
                 chain: Chain::default(),
             },
+            unsafe_cache: false,
         });
     }
     let (header, _) = parse(&bytes, len).map_err(|source| ImageOpenError::Header {
@@ -674,5 +682,6 @@ fn open_files(
             locks,
             chain: Chain::default(),
         },
+        unsafe_cache: false,
     })
 }

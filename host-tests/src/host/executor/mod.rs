@@ -210,6 +210,7 @@ impl Executor {
                 data,
                 base,
                 held: h,
+                ..
             } = storage;
             held.push(h);
             let image_len = image.metadata()?.len();
