@@ -5,6 +5,10 @@
 //! blocks is recorded as zeros (a hole, a zero write, a bitmap bit) instead of being
 //! written as data.
 
+/// The granularity of the holes hosts leave in the metadata of a new image (a file-system
+/// block): its all-zero blocks of this size are not written.
+pub const HOLE_BLOCK: u64 = 4096;
+
 /// True when every byte of `bytes` is zero.
 pub fn is_zero(bytes: &[u8]) -> bool {
     // OR-folding fixed pieces vectorizes; stopping at the first non-zero piece stays cheap.

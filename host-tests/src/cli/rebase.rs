@@ -183,21 +183,6 @@ fn set_bits(path: &Path, first: u64, end: u64, value: bool) -> Result<(), CliErr
     file.sync_all().map_err(|e| CliError::io("sync", path, e))
 }
 
-/// True when every bitmap bit of blocks `[0, blocks)` is set on disk.
-fn all_bits_set(path: &Path) -> Result<bool, CliError> {
-    let image = open_fvd(path)?;
-    let Some(base) = image.layout.base else {
-        return Ok(true);
-    };
-    let bytes = read_at_most(
-        &image.host.file,
-        path,
-        base.bitmap.offset,
-        base.blocks.div_ceil(8) as usize,
-    )?;
-    Ok((0..base.blocks).all(|block| fvd_core::fvd::bitmap::is_set(&bytes, 0, block) == Some(true)))
-}
-
 /// Refuses a NEW whose own base chain leads back to FILE.
 pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
     let mut path = new.path.clone();
@@ -442,24 +427,11 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
                     .into(),
             ));
         }
-        let mut top = open_top(path, &gate)?;
-        let mut progress = Progress::new(args.progress && !args.quiet, old.size);
-        copy_differing(&mut top, None, (old.size, block_size), &mut progress, out).map_err(
-            |e| super::disk::context(e, format!("Could not rebase '{}'", path.display())),
-        )?;
-        close_top(path, top)?;
-        progress.finish(out)?;
-        if !all_bits_set(path)? {
-            return Err(CliError::Image(format!(
-                "internal error: '{}' still has blocks in its base after copying them",
-                path.display()
-            )));
-        }
-        let (mut bytes, file_len) = read_header(path)?;
-        let flag = offset_of!(RawHeader, base_img_fully_prefetched);
-        bytes[flag..flag + 4].copy_from_slice(&1u32.to_le_bytes());
-        check_header(&bytes, file_len)?;
-        return write_header_bytes(path, &bytes);
+        let show = args.progress && !args.quiet;
+        super::flatten::flatten(path, gate, show, out).map_err(|e| {
+            super::disk::context(e, format!("Could not rebase '{}'", path.display()))
+        })?;
+        return Ok(());
     }
 
     let new = inspect_new(path, &name, format)?;
