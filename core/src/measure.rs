@@ -22,13 +22,13 @@ use crate::fvd::create::{initial_bytes_at, metadata_len};
 use crate::fvd::RawHeader;
 use crate::qed::create::QedPlan;
 use crate::qed::table::ENTRY_SIZE;
-use crate::zeros::{is_zero, HOLE_BLOCK};
+use crate::zeros::{is_zero, HOLE_BLOCK, HOLE_BLOCK_BYTES};
 
 /// Bytes the metadata of a new FVD image takes on disk: its [`HOLE_BLOCK`]s that hold
 /// something other than zeros (hosts leave the others as holes).
 pub fn metadata_on_disk(header: &RawHeader) -> u64 {
     let len = metadata_len(header);
-    let mut block = [0u8; HOLE_BLOCK as usize];
+    let mut block = [0u8; HOLE_BLOCK_BYTES];
     let (mut at, mut used) = (0u64, 0u64);
     while at < len {
         let n = len.saturating_sub(at).min(HOLE_BLOCK);

@@ -7,7 +7,10 @@
 
 /// The granularity of the holes hosts leave in the metadata of a new image (a file-system
 /// block): its all-zero blocks of this size are not written.
-pub const HOLE_BLOCK: u64 = 4096;
+pub const HOLE_BLOCK: u64 = HOLE_BLOCK_BYTES as u64;
+
+/// [`HOLE_BLOCK`] as a buffer length.
+pub const HOLE_BLOCK_BYTES: usize = 4096;
 
 /// True when every byte of `bytes` is zero.
 pub fn is_zero(bytes: &[u8]) -> bool {
