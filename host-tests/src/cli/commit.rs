@@ -1,9 +1,10 @@
 //! `fvd-img commit [-f fvd|qed] [-q] [-p] [-d] [-b BASE] FILE`: writes every run of guest
 //! bytes FILE (an FVD or QED image) holds itself into its base image at the same offsets,
-//! like `qemu-img commit`. Runs the engine
-//! maps as data are read through FILE and written to the base; runs that read as zeros
-//! without storage (unallocated chunks, which hide the base) write zeros; runs still in
-//! the base are skipped.
+//! like `qemu-img commit`. The runs FILE holds are read through FILE on their own thread
+//! ([`Stream`]: holes of its storage are not read) in large pieces and written to the
+//! base; runs and 4 KiB blocks that read as zeros (unallocated chunks, which hide the
+//! base; zero runs; all-zero blocks) are zeroed in the base instead; runs still in the
+//! base are skipped.
 //!
 //! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
 //! qemu-img grows it, with `set_len` so the new part stays a hole: it already reads as
@@ -21,8 +22,8 @@
 //! path is printed before anything is written to it.
 
 use super::base::{self, BaseFormat};
-use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
-use super::error::{io_reason, CliError};
+use super::disk::{context, open_error, Disk, DiskFormat, Piece, Stream};
+use super::error::CliError;
 use super::image::{name_path, name_text, open_fvd, same_file};
 use super::io::CacheMode;
 use super::open_flags::{self, ExternalData, ForceShare};
@@ -35,7 +36,8 @@ use crate::host::files::{
 use crate::host::gate::{self, Access, Chain, OpenGate, Opened, Role};
 use crate::host::lock::FileLock;
 use clap::Args;
-use fvd_core::engine::{FileId, Mapping};
+use fvd_core::engine::Mapping;
+use fvd_core::zeros::HOLE_BLOCK;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -74,9 +76,6 @@ pub struct CommitArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 }
-
-/// Bytes read through FILE and written to the base at a time.
-const PIECE: u64 = 4 << 20;
 
 /// Bytes of zeros written to an FVD base per request.
 const ZERO_PIECE: u64 = 64 << 20;
@@ -187,49 +186,34 @@ fn open_detached(
     Ok((driver, own))
 }
 
-/// Copies `len` guest bytes at `offset`, stored at `stored` of FILE's data storage, into
-/// the base. Holes of the host file and all-zero pieces are written as zeros.
-fn copy_run(
-    top: &mut Driver<FileStorage>,
-    target: &mut Target,
-    offset: u64,
-    len: u64,
-    (held_in, stored): (FileId, u64),
-) -> Result<(), CliError> {
-    let end = offset + len;
-    let mut at = offset;
-    while at < end {
-        let file = top
-            .storage
-            .file(held_in)
-            .map_err(|e| CliError::Image(io_reason(&e)))?;
-        let (run, written) = raw_allocation(file, stored + (at - offset), end - at);
-        // Holes start and end on file-system blocks; keep requests sector-aligned (a
-        // hole shorter than a sector is simply copied).
-        let run = run.min(end - at);
-        let run = if run == end - at {
-            run
-        } else {
-            run / SECTOR * SECTOR
-        };
-        if !written && run > 0 {
-            target.zero(at, run)?;
-            at += run;
-            continue;
+/// The runs of FILE's first `size` guest bytes it holds itself (data, zeros, unallocated
+/// chunks that hide the base), merged: everything but what it reads from its base.
+fn own_runs(top: &mut Driver<FileStorage>, size: u64) -> Result<Vec<(u64, u64)>, CliError> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let run = top.map(at, size - at).map_err(image_error)?;
+        if run.len == 0 {
+            return Err(CliError::Image(format!(
+                "the engine mapped an empty run at offset {at}"
+            )));
         }
-        let run_end = at + run.max(SECTOR).min(end - at);
-        while at < run_end {
-            let n = (run_end - at).min(PIECE);
-            let data = top.read(at, n as usize).map_err(image_error)?;
-            if is_zero(&data) {
-                target.zero(at, n)?;
-            } else {
-                target.write(at, &data)?;
+        let end = at.saturating_add(run.len).min(size);
+        match run.mapping {
+            Mapping::Base => {}
+            Mapping::Zero | Mapping::Unallocated | Mapping::Data { .. } => match runs.last_mut() {
+                Some(last) if last.1 == at => last.1 = end,
+                _ => runs.push((at, end)),
+            },
+            other => {
+                return Err(CliError::Image(format!(
+                    "the engine mapped offset {at} as {other:?}, which commit cannot copy"
+                )))
             }
-            at += n;
         }
+        at = end;
     }
-    Ok(())
+    Ok(runs)
 }
 
 /// What FILE's header says of its base: the name (byte for byte), the stated format
@@ -367,34 +351,29 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     );
     let mut progress = Progress::new(args.progress && !args.quiet, size);
     progress.show(out, 0)?;
-    let mut at = 0;
-    while at < size {
-        let run = top
-            .map(at, size - at)
-            .map_err(|e| context(image_error(e), &what))?;
-        if run.len == 0 {
-            return Err(CliError::Image(format!(
-                "{what}: the engine mapped an empty run at offset {at}"
-            )));
-        }
-        match run.mapping {
-            Mapping::Base => {}
-            Mapping::Zero | Mapping::Unallocated => {
-                target.zero(at, run.len).map_err(|e| context(e, &what))?
+    let runs = own_runs(&mut top, size).map_err(|e| context(e, &what))?;
+    let src = Disk::over_driver(path, top, path.to_path_buf());
+    let mut stream = Stream::start(src, runs, HOLE_BLOCK);
+    let copied = stream.for_each(|piece| {
+        let end = piece.end();
+        let spare = match piece {
+            Piece::Zero { offset, len } => {
+                target.zero(offset, len)?;
+                None
             }
-            Mapping::Data { file, offset } => {
-                copy_run(&mut top, &mut target, at, run.len, (file, offset))
-                    .map_err(|e| context(e, &what))?
+            Piece::Data { offset, bytes } => {
+                target.write(offset, &bytes)?;
+                Some(bytes)
             }
-            other => {
-                return Err(CliError::Image(format!(
-                    "{what}: the engine mapped offset {at} as {other:?}, which commit cannot copy"
-                )))
-            }
-        }
-        at += run.len;
-        progress.show(out, at)?;
-    }
+        };
+        progress.show(out, end)?;
+        Ok(spare)
+    });
+    let src = stream.finish();
+    copied.map_err(|e| context(e, &what))?;
+    let top = src?
+        .into_driver()
+        .ok_or_else(|| CliError::Image("internal error: the image is not an image".into()))?;
     target.finish(&base.path)?;
     top.close().map_err(image_error)?;
     progress.finish(out)?;

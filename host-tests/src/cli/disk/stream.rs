@@ -324,3 +324,33 @@ impl Disk {
         }
     }
 }
+
+impl Disk {
+    /// An FVD or QED image already opened read-only as `driver` (without a base: bulk
+    /// copies that read only what the image holds itself), for a [`Stream`]. `path`
+    /// names it in messages; `data_path` is the file holding guest data.
+    pub fn over_driver(
+        path: &std::path::Path,
+        driver: crate::host::driver::Driver<crate::host::files::FileStorage>,
+        data_path: std::path::PathBuf,
+    ) -> Disk {
+        Disk::from_driver(
+            path,
+            driver,
+            data_path,
+            super::BaseLink::None,
+            false,
+            crate::host::gate::OpenGate::default(),
+        )
+    }
+
+    /// The driver of an image made by [`Disk::over_driver`], back for closing.
+    pub fn into_driver(
+        self,
+    ) -> Option<crate::host::driver::Driver<crate::host::files::FileStorage>> {
+        match self.backend {
+            Backend::Fvd { driver, .. } => Some(*driver),
+            Backend::Raw { .. } => None,
+        }
+    }
+}
