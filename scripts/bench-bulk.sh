@@ -52,22 +52,22 @@ for i in $(seq 0 63); do
   small_writes+=(-c "write -q -P 0x5a $((i * 32))M 64k")
 done
 
-# best_of CMD...: runs CMD (after its setup function, if any) REPS times; prints the
-# fastest wall time in seconds.
+# best_of SETUP CMD...: runs CMD (after SETUP, a function, or - for none) REPS times;
+# prints the fastest wall time and the smallest CPU time (user + system) in seconds. On a
+# shared machine the CPU time is the steadier figure.
 best_of() {
   local setup=$1
   shift
-  local best=""
+  local best="" cpu=""
   for _ in $(seq "$reps"); do
     [ "$setup" = - ] || "$setup"
     sync
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" > /dev/null
-    t1=$(date +%s.%N)
-    best=$(echo "$t0 $t1 $best" | awk '{ t = $2 - $1; if ($3 == "" || t < $3) print t; else print $3 }')
+    /usr/bin/time -f '%e %U %S' -o time.txt "$@" > /dev/null
+    read -r wall user sys < time.txt
+    best=$(echo "$wall $best" | awk '{ if ($2 == "" || $1 < $2) print $1; else print $2 }')
+    cpu=$(echo "$user $sys $cpu" | awk '{ t = $1 + $2; if ($3 == "" || t < $3) print t; else print $3 }')
   done
-  echo "$best"
+  echo "$best $cpu"
 }
 
 # usage FILE...: bytes on disk and apparent bytes of the files together.
@@ -81,13 +81,16 @@ usage() {
 }
 
 rows=()
-# row NAME FVD_TIME QEMU_TIME FVD_FILES QEMU_FILES
+# row NAME "FVD_WALL FVD_CPU" "QEMU_WALL QEMU_CPU" FVD_FILES QEMU_FILES
 row() {
-  local name=$1 tf=$2 tq=$3 uf uq
+  local name=$1 uf uq
+  local -a tf=($2) tq=($3)
   uf=$(usage $4)
   uq=$(usage $5)
-  rows+=("$(printf '%-26s %8.2f %8.2f %6.2fx %14s %14s %14s %14s' "$name" "$tf" "$tq" \
-    "$(echo "$tf $tq" | awk '{ print $1 / $2 }')" ${uf% *} ${uq% *} ${uf#* } ${uq#* })")
+  rows+=("$(printf '%-26s %6.2f %6.2f %6.2fx   %5.2f %5.2f %6.2fx %12s %12s %12s %12s' "$name" \
+    "${tf[0]}" "${tq[0]}" "$(echo "${tf[0]} ${tq[0]}" | awk '{ print $1 / $2 }')" \
+    "${tf[1]}" "${tq[1]}" "$(echo "${tf[1]} ${tq[1]}" | awk '{ print ($2 > 0 ? $1 / $2 : 0) }')" \
+    ${uf% *} ${uq% *} ${uf#* } ${uq#* })")
 }
 
 check_same() {
@@ -164,7 +167,8 @@ same_as_qcow2 ov.fvd ov.qcow2
 row "prefetch" "$t_p" "$t_q" ov.fvd ov.qcow2
 
 echo "== $(date -u +%F), best of $reps runs, 2 GiB disk with 500 MiB of data"
-printf '%-26s %8s %8s %7s %14s %14s %14s %14s\n' operation fvd-img qemu-img ratio \
-  "fvd on disk" "qemu on disk" "fvd apparent" "qemu apparent"
+echo "wall: seconds, fvd-img / qemu-img / ratio; cpu: user + system seconds, the same; sizes in bytes"
+printf '%-26s %6s %6s %7s   %5s %5s %7s %12s %12s %12s %12s\n' operation fvd qemu wall \
+  fvd qemu cpu "fvd disk" "qemu disk" "fvd apparent" "qemu apparent"
 for r in "${rows[@]}"; do echo "$r"; done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -155,3 +155,31 @@ fn convert_output_is_no_larger_than_qemu_img_qcow2() {
     );
     assert_eq!(same.code, 0, "{}{}", same.stdout, same.stderr);
 }
+
+#[test]
+fn compare_reports_the_first_differing_sector_as_qemu_img_does() {
+    let dir = scratch();
+    let d = dir.path();
+    sparse_source(&d.join("a.raw"));
+    ok(d, &["convert", "-O", "fvd", "a.raw", "a.fvd"]);
+    // One byte in a hole of the source, one inside its data: the earlier one is reported.
+    for (offset, other) in [(12 * MIB + 777, None), (9 * MIB + 5, Some(12 * MIB + 777))] {
+        sparse_source(&d.join("b.raw"));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(d.join("b.raw"))
+            .unwrap();
+        for at in [Some(offset), other].into_iter().flatten() {
+            file.write_all_at(b"x", at).unwrap();
+        }
+        let expected = format!("Content mismatch at offset {}!", offset / 512 * 512);
+        for a in ["a.raw", "a.fvd"] {
+            let ours = fvd_img(d, &["compare", a, "b.raw"]);
+            assert_eq!(ours.code, 1, "{}", ours.stderr);
+            assert_eq!(ours.stdout.trim(), expected);
+        }
+        let theirs = qemu_img(d, &["compare", "-f", "raw", "-F", "raw", "a.raw", "b.raw"]);
+        assert_eq!(theirs.stdout.trim(), expected);
+    }
+    assert_eq!(fvd_img(d, &["compare", "a.fvd", "a.raw"]).code, 0);
+}
