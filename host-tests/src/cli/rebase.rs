@@ -323,6 +323,8 @@ pub(super) fn copy_differing(
                 new.read(at, &mut fresh)?;
             }
             let mut block_start = at;
+            // Neighbouring blocks to copy go in one write: [first, block_start).
+            let mut copying: Option<u64> = None;
             while block_start < end {
                 let block_end = ((block_start / block_size + 1) * block_size).min(end);
                 let range = (block_start - at) as usize..(block_end - at) as usize;
@@ -335,10 +337,20 @@ pub(super) fn copy_differing(
                         new_end != full_end || old[range.clone()] != fresh[range.clone()]
                     }
                 };
-                if must_copy {
-                    top.write(block_start, &old[range]).map_err(image_error)?;
+                match (must_copy, copying) {
+                    (true, None) => copying = Some(block_start),
+                    (false, Some(first)) => {
+                        let bytes = &old[(first - at) as usize..(block_start - at) as usize];
+                        top.write(first, bytes).map_err(image_error)?;
+                        copying = None;
+                    }
+                    _ => {}
                 }
                 block_start = block_end;
+            }
+            if let Some(first) = copying {
+                top.write(first, &old[(first - at) as usize..(end - at) as usize])
+                    .map_err(image_error)?;
             }
             at = end;
         }
