@@ -3,9 +3,11 @@
 //! temporary files beside DST, created by `create`'s own code path with the source's size
 //! and the `-o` options (a QED target from `fvd_core::qed::plan`, as `create -f qed`),
 //! filled through the engine, flushed, closed, and only then renamed into place: a failed
-//! convert leaves nothing behind. Runs that read as zeros (unallocated chunks, zero
-//! clusters, holes, all-zero blocks) are not written, so compact, QED and raw targets stay
-//! sparse, as with `qemu-img convert`.
+//! convert leaves nothing behind. The source is read ahead on its own thread
+//! ([`Stream`]), which asks it for its map first. Runs that read as zeros (unallocated
+//! chunks, zero clusters, holes, all-zero blocks) are not written, so every target stays
+//! sparse, as with `qemu-img convert`. As there, the target's default cache mode is
+//! `unsafe`: flushes do not sync unless `-t` names another mode.
 
 use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS, QED_CREATE_OPTIONS};
 use super::disk::{context, is_zero, Disk, DiskFormat, Piece, Stream, SECTOR};
