@@ -5,7 +5,7 @@
 # QED; FVD -> raw against qcow2 -> raw), commit (an overlay holding 500 MiB into an empty
 # raw base), rebase -b '' and prefetch (flattening an overlay over that disk) against
 # qemu-img rebase -b ''. Prints each time, the ratio fvd-img / qemu-img (best of REPS runs
-# each) and the bytes on disk and apparent size of both outputs.
+# each, the two run alternately) and the bytes on disk and apparent size of both outputs.
 #
 # Usage: scripts/bench-bulk.sh [DIR] [REPS]
 #   DIR defaults to /var/tmp (must not be tmpfs); the images go into a fresh directory
@@ -70,6 +70,33 @@ best_of() {
   echo "$best $cpu"
 }
 
+# minimum "WALL CPU" "WALL CPU": the smaller wall and the smaller CPU time (either may
+# be empty).
+minimum() {
+  echo "$1 $2" | awk 'NF == 2 { print $1, $2; next } { print ($1 < $3 ? $1 : $3), ($2 < $4 ? $2 : $4) }'
+}
+
+# pair FVD_SETUP QEMU_SETUP FVD_CMD... -- QEMU_CMD...: runs the two commands alternately,
+# REPS times each, so both meet the same moments of the machine's load; sets t_fvd and
+# t_q to "WALL CPU" (the best of each).
+pair() {
+  local fs=$1 qs=$2
+  shift 2
+  local -a fc=()
+  while [ "$1" != -- ]; do
+    fc+=("$1")
+    shift
+  done
+  shift
+  local f="" q=""
+  for _ in $(seq "$reps"); do
+    f=$(minimum "$f" "$(reps=1 best_of "$fs" "${fc[@]}")")
+    q=$(minimum "$q" "$(reps=1 best_of "$qs" "$@")")
+  done
+  t_fvd=$f
+  t_q=$q
+}
+
 # usage FILE...: bytes on disk and apparent bytes of the files together.
 usage() {
   local disk=0 apparent=0
@@ -99,26 +126,30 @@ check_same() {
 
 # convert
 clean_convert() { rm -f out.*; }
-t_fvd=$(best_of clean_convert "$fvd" convert -f raw -O fvd src.raw out.fvd)
-t_q=$(best_of clean_convert qemu-img convert -f raw -O qcow2 src.raw out.qcow2)
+pair clean_convert clean_convert "$fvd" convert -f raw -O fvd src.raw out.fvd \
+  -- qemu-img convert -f raw -O qcow2 src.raw out.qcow2
 "$fvd" convert -f raw -O fvd src.raw out.fvd
 # Kept for fvd -> raw and the compact row.
 mv out.fvd plain.fvd
 mv out.qcow2 plain.qcow2
 row "convert raw->fvd" "$t_fvd" "$t_q" plain.fvd plain.qcow2
 
-t_fvd=$(best_of clean_convert "$fvd" convert -f raw -O fvd -o compact_image=on src.raw out.fvd)
+pair clean_convert clean_convert "$fvd" convert -f raw -O fvd -o compact_image=on src.raw out.fvd \
+  -- qemu-img convert -f raw -O qcow2 src.raw out.qcow2
+"$fvd" convert -f raw -O fvd -o compact_image=on src.raw out.fvd
 row "convert raw->fvd compact" "$t_fvd" "$t_q" out.fvd plain.qcow2
 
-t_fvd=$(best_of clean_convert "$fvd" convert -f raw -O qed src.raw out.qed)
-t_q=$(best_of clean_convert qemu-img convert -f raw -O qed src.raw out.qemu.qed)
+pair clean_convert clean_convert "$fvd" convert -f raw -O qed src.raw out.qed \
+  -- qemu-img convert -f raw -O qed src.raw out.qemu.qed
+qemu-img convert -f raw -O qed src.raw out.qemu.qed
 "$fvd" convert -f raw -O qed src.raw out.qed
 qemu-img check -q -f qed out.qed
 check_same -f raw -F qed src.raw out.qed
 row "convert raw->qed" "$t_fvd" "$t_q" out.qed out.qemu.qed
 
-t_fvd=$(best_of clean_convert "$fvd" convert -f fvd -O raw plain.fvd out.raw)
-t_q=$(best_of clean_convert qemu-img convert -f qcow2 -O raw plain.qcow2 out.qemu.raw)
+pair clean_convert clean_convert "$fvd" convert -f fvd -O raw plain.fvd out.raw \
+  -- qemu-img convert -f qcow2 -O raw plain.qcow2 out.qemu.raw
+qemu-img convert -f qcow2 -O raw plain.qcow2 out.qemu.raw
 "$fvd" convert -f fvd -O raw plain.fvd out.raw
 check_same -f raw -F raw src.raw out.raw
 row "convert fvd->raw" "$t_fvd" "$t_q" out.raw out.qemu.raw
@@ -133,8 +164,7 @@ setup_commit_q
 "$fvd" io "${data_writes[@]}" cov.fvd
 qemu-img create -q -f qcow2 -b cbase.q.raw -F raw cov.qcow2
 qemu-io "${data_writes[@]}" cov.qcow2
-t_fvd=$(best_of setup_commit "$fvd" commit -q cov.fvd)
-t_q=$(best_of setup_commit_q qemu-img commit -q -d cov.qcow2)
+pair setup_commit setup_commit_q "$fvd" commit -q cov.fvd -- qemu-img commit -q -d cov.qcow2
 check_same -f raw -F raw cbase.raw cbase.q.raw
 row "commit" "$t_fvd" "$t_q" cbase.raw cbase.q.raw
 rm -f cbase.raw cbase.q.raw cov.fvd cov.qcow2
@@ -157,14 +187,13 @@ same_as_qcow2() {
   check_same -f raw -F qcow2 check.raw "$2"
   rm -f check.raw
 }
-t_fvd=$(best_of setup_flat "$fvd" rebase -b '' ov.fvd)
-t_q=$(best_of setup_flat_q qemu-img rebase -b '' ov.qcow2)
+pair setup_flat setup_flat_q "$fvd" rebase -b '' ov.fvd -- qemu-img rebase -b '' ov.qcow2
 same_as_qcow2 ov.fvd ov.qcow2
 row "rebase -b ''" "$t_fvd" "$t_q" ov.fvd ov.qcow2
 
-t_p=$(best_of setup_flat "$fvd" prefetch -q ov.fvd)
+pair setup_flat setup_flat_q "$fvd" prefetch -q ov.fvd -- qemu-img rebase -b '' ov.qcow2
 same_as_qcow2 ov.fvd ov.qcow2
-row "prefetch" "$t_p" "$t_q" ov.fvd ov.qcow2
+row "prefetch" "$t_fvd" "$t_q" ov.fvd ov.qcow2
 
 # The same with 64 KiB blocks (the default block size of a 2 GiB image is 512 bytes,
 # whose bitmap alone is 512 KiB).
@@ -173,9 +202,9 @@ setup_flat64() {
   "$fvd" create -q -f fvd -o block_size=64k -b src.raw -F raw ov.fvd
   "$fvd" io "${small_writes[@]}" ov.fvd
 }
-t_p=$(best_of setup_flat64 "$fvd" prefetch -q ov.fvd)
+pair setup_flat64 setup_flat_q "$fvd" prefetch -q ov.fvd -- qemu-img rebase -b '' ov.qcow2
 same_as_qcow2 ov.fvd ov.qcow2
-row "prefetch, 64 KiB blocks" "$t_p" "$t_q" ov.fvd ov.qcow2
+row "prefetch, 64 KiB blocks" "$t_fvd" "$t_q" ov.fvd ov.qcow2
 
 echo "== $(date -u +%F), best of $reps runs, 2 GiB disk with 500 MiB of data"
 echo "wall: seconds, fvd-img / qemu-img / ratio; cpu: user + system seconds, the same; sizes in bytes"
