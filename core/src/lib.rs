@@ -7,7 +7,8 @@
 //!   sans-IO scanner), [`info`] (every header field described), [`probe`] (what a file is),
 //!   [`report`] (the JSON documents of info, map and check both hosts print), [`resize`]
 //!   and [`measure`] (which sizes an image may take, and what a new one needs),
-//!   [`partition`] (the MBR or GPT inside a virtual disk);
+//!   [`partition`] (the MBR or GPT inside a virtual disk), [`zeros`] (which blocks a bulk
+//!   copy records as zeros instead of writing);
 //! - the sans-IO [`engine`] that turns guest requests into I/O commands, [`chain`] (images
 //!   stacked on images) and [`blocking`] (a blocking loop for simple hosts).
 //!
@@ -60,4 +61,5 @@ strictly_checked! {
     pub mod qed;
     pub mod resize;
     pub mod units;
+    pub mod zeros;
 }

@@ -7,10 +7,31 @@
 //! clusters and the L2 tables that map them. No I/O, no allocation.
 
 
-use crate::fvd::create::metadata_len;
+use crate::fvd::create::{initial_bytes_at, metadata_len};
 use crate::fvd::RawHeader;
 use crate::qed::create::QedPlan;
 use crate::qed::table::ENTRY_SIZE;
+use crate::zeros::{is_zero, HOLE_BLOCK, HOLE_BLOCK_BYTES};
+
+/// Bytes the metadata of a new FVD image takes on disk: its [`HOLE_BLOCK`]s that hold
+/// something other than zeros (hosts leave the others as holes).
+pub fn metadata_on_disk(header: &RawHeader) -> u64 {
+    let len = metadata_len(header);
+    let mut block = [0u8; HOLE_BLOCK_BYTES];
+    let (mut at, mut used) = (0u64, 0u64);
+    while at < len {
+        let n = len.saturating_sub(at).min(HOLE_BLOCK);
+        let Some(part) = block.get_mut(..usize::try_from(n).unwrap_or(0)) else {
+            break;
+        };
+        initial_bytes_at(header, at, part);
+        if !is_zero(part) {
+            used = used.saturating_add(n);
+        }
+        at = at.saturating_add(n);
+    }
+    used
+}
 
 /// The two sizes qemu-img measure prints, in bytes (saturating on absurd inputs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,7 +110,13 @@ impl FvdMeasure {
             header.block_size.get()
         };
         FvdMeasure {
-            metadata: metadata_len(header),
+            // Compact images count the metadata as file length (the storage follows
+            // it); plain ones as bytes on disk, where its all-zero blocks are holes.
+            metadata: if compact {
+                metadata_len(header)
+            } else {
+                metadata_on_disk(header)
+            },
             data_offset: header.data_offset.get(),
             virtual_size: header.virtual_disk_size.get(),
             grow_unit: compact.then(|| header.storage_grow_unit.get()),
@@ -217,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_fvd_image_needs_its_metadata_and_touched_blocks() {
+    fn a_plain_fvd_image_needs_its_metadata_on_disk_and_touched_blocks() {
         let h = plan(&CreateOptions {
             virtual_size: 64 * M,
             ..Default::default()
@@ -226,10 +253,11 @@ mod tests {
         let mut m = FvdMeasure::new(&h);
         m.add(0, 4096);
         let block = h.block_size.get();
-        assert_eq!(
-            m.result().required,
-            metadata_len(&h) + 4096_u64.div_ceil(block) * block
-        );
+        // The header's first 4 KiB hold something; the rest of the metadata is zeros,
+        // left as holes.
+        assert_eq!(metadata_on_disk(&h), 4096);
+        assert!(metadata_len(&h) > 4096);
+        assert_eq!(m.result().required, 4096 + 4096_u64.div_ceil(block) * block);
         assert_eq!(m.result().fully_allocated, h.data_offset.get() + 64 * M);
     }
 

@@ -339,6 +339,26 @@ fn table() -> Vec<Row> {
             },
         ),
         row(
+            "convert -t none -T directsync",
+            Img,
+            &[
+                "convert",
+                "-t",
+                "none",
+                "-T",
+                "directsync",
+                "-O",
+                "{fmt}",
+                "{img}",
+                "out.{ext}",
+            ],
+            ALL,
+            SameBytes {
+                file: "out.{ext}",
+                format: "{fmt}",
+            },
+        ),
+        row(
             "convert -O raw",
             Img,
             &["convert", "-O", "raw", "{img}", "out.raw"],
@@ -437,6 +457,16 @@ fn table() -> Vec<Row> {
             "commit -p -b",
             Img,
             &["commit", "-p", "-b", "base.raw", "{img}"],
+            IMAGES,
+            SameBytes {
+                file: "base.raw",
+                format: "raw",
+            },
+        ),
+        row(
+            "commit -t none",
+            Img,
+            &["commit", "-t", "none", "{img}"],
             IMAGES,
             SameBytes {
                 file: "base.raw",

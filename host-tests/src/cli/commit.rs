@@ -1,9 +1,10 @@
 //! `fvd-img commit [-f fvd|qed] [-q] [-p] [-d] [-b BASE] FILE`: writes every run of guest
 //! bytes FILE (an FVD or QED image) holds itself into its base image at the same offsets,
-//! like `qemu-img commit`. Runs the engine
-//! maps as data are read through FILE and written to the base; runs that read as zeros
-//! without storage (unallocated chunks, which hide the base) write zeros; runs still in
-//! the base are skipped.
+//! like `qemu-img commit`. The runs FILE holds are read through FILE on their own thread
+//! ([`Stream`]: holes of its storage are not read) in large pieces and written to the
+//! base; runs and 4 KiB blocks that read as zeros (unallocated chunks, which hide the
+//! base; zero runs; all-zero blocks) are zeroed in the base instead; runs still in the
+//! base are skipped.
 //!
 //! The base is a raw file (positioned writes; grown to FILE's size when smaller, as
 //! qemu-img grows it, with `set_len` so the new part stays a hole: it already reads as
@@ -21,13 +22,14 @@
 //! path is printed before anything is written to it.
 
 use super::base::{self, BaseFormat};
-use super::disk::{context, is_zero, open_error, raw_allocation, DiskFormat, SECTOR};
-use super::error::{io_reason, CliError};
+use super::disk::{context, open_error, Disk, DiskFormat, Piece, Stream};
+use super::error::CliError;
 use super::image::{name_path, name_text, open_fvd, same_file};
 use super::io::CacheMode;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::progress::Progress;
 use super::qed::open_qed;
+use crate::host::direct::DirectFile;
 use crate::host::driver::{Driver, DriverOptions};
 use crate::host::files::{
     open_driver, open_opened_image, open_storage_with, write_zeroes_at, Base, FileStorage,
@@ -35,7 +37,8 @@ use crate::host::files::{
 use crate::host::gate::{self, Access, Chain, OpenGate, Opened, Role};
 use crate::host::lock::FileLock;
 use clap::Args;
-use fvd_core::engine::{FileId, Mapping};
+use fvd_core::engine::Mapping;
+use fvd_core::zeros::HOLE_BLOCK;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -64,8 +67,9 @@ pub struct CommitArgs {
     /// The base to commit into: only FILE's own base is supported
     #[arg(short = 'b', value_name = "BASE")]
     pub base: Option<PathBuf>,
-    /// Cache mode of FILE and its base (accepted for scripts: the base is flushed at the
-    /// end in every mode): none, writeback, writethrough, directsync or unsafe
+    /// Cache mode of FILE and its base: none, writeback, writethrough, directsync or unsafe
+    /// (none and directsync bypass the host page cache; the base is flushed at the end in
+    /// every mode)
     #[arg(short = 't', value_name = "CACHE")]
     pub cache: Option<String>,
     #[command(flatten)]
@@ -75,9 +79,6 @@ pub struct CommitArgs {
     pub file: PathBuf,
 }
 
-/// Bytes read through FILE and written to the base at a time.
-const PIECE: u64 = 4 << 20;
-
 /// Bytes of zeros written to an FVD base per request.
 const ZERO_PIECE: u64 = 64 << 20;
 
@@ -86,6 +87,8 @@ enum Target {
     /// A raw base; bytes from `old_len` on were added by growing it and read as zeros.
     Raw {
         file: File,
+        /// `file` again with `O_DIRECT` (`-t none` / `directsync`) for aligned writes.
+        direct: Option<DirectFile>,
         path: PathBuf,
         old_len: u64,
         _lock: FileLock,
@@ -101,9 +104,21 @@ fn image_error(err: impl std::fmt::Display) -> CliError {
 impl Target {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), CliError> {
         match self {
-            Target::Raw { file, path, .. } => file
-                .write_all_at(data, offset)
-                .map_err(|e| CliError::io("write", path, e)),
+            Target::Raw {
+                file, direct, path, ..
+            } => {
+                let done = match direct {
+                    Some(direct) => direct
+                        .write_at(offset, data)
+                        .map_err(|e| CliError::io("write", path, e))?,
+                    None => false,
+                };
+                if done {
+                    return Ok(());
+                }
+                file.write_all_at(data, offset)
+                    .map_err(|e| CliError::io("write", path, e))
+            }
             Target::Image(driver) => driver.write(offset, data).map_err(image_error),
         }
     }
@@ -187,49 +202,34 @@ fn open_detached(
     Ok((driver, own))
 }
 
-/// Copies `len` guest bytes at `offset`, stored at `stored` of FILE's data storage, into
-/// the base. Holes of the host file and all-zero pieces are written as zeros.
-fn copy_run(
-    top: &mut Driver<FileStorage>,
-    target: &mut Target,
-    offset: u64,
-    len: u64,
-    (held_in, stored): (FileId, u64),
-) -> Result<(), CliError> {
-    let end = offset + len;
-    let mut at = offset;
-    while at < end {
-        let file = top
-            .storage
-            .file(held_in)
-            .map_err(|e| CliError::Image(io_reason(&e)))?;
-        let (run, written) = raw_allocation(file, stored + (at - offset), end - at);
-        // Holes start and end on file-system blocks; keep requests sector-aligned (a
-        // hole shorter than a sector is simply copied).
-        let run = run.min(end - at);
-        let run = if run == end - at {
-            run
-        } else {
-            run / SECTOR * SECTOR
-        };
-        if !written && run > 0 {
-            target.zero(at, run)?;
-            at += run;
-            continue;
+/// The runs of FILE's first `size` guest bytes it holds itself (data, zeros, unallocated
+/// chunks that hide the base), merged: everything but what it reads from its base.
+fn own_runs(top: &mut Driver<FileStorage>, size: u64) -> Result<Vec<(u64, u64)>, CliError> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let run = top.map(at, size - at).map_err(image_error)?;
+        if run.len == 0 {
+            return Err(CliError::Image(format!(
+                "the engine mapped an empty run at offset {at}"
+            )));
         }
-        let run_end = at + run.max(SECTOR).min(end - at);
-        while at < run_end {
-            let n = (run_end - at).min(PIECE);
-            let data = top.read(at, n as usize).map_err(image_error)?;
-            if is_zero(&data) {
-                target.zero(at, n)?;
-            } else {
-                target.write(at, &data)?;
+        let end = at.saturating_add(run.len).min(size);
+        match run.mapping {
+            Mapping::Base => {}
+            Mapping::Zero | Mapping::Unallocated | Mapping::Data { .. } => match runs.last_mut() {
+                Some(last) if last.1 == at => last.1 = end,
+                _ => runs.push((at, end)),
+            },
+            other => {
+                return Err(CliError::Image(format!(
+                    "the engine mapped offset {at} as {other:?}, which commit cannot copy"
+                )))
             }
-            at += n;
         }
+        at = end;
     }
-    Ok(())
+    Ok(runs)
 }
 
 /// What FILE's header says of its base: the name (byte for byte), the stated format
@@ -276,6 +276,17 @@ fn named_base(path: &Path, format: DiskFormat) -> Result<NamedBase, CliError> {
     }
 }
 
+/// Makes every file of `driver`'s chain bypass the host page cache (the first layer
+/// writable).
+fn bypass_page_cache(driver: &mut Driver<FileStorage>, path: &Path) -> Result<(), CliError> {
+    for (layer, storage) in driver.layers_mut().enumerate() {
+        storage
+            .bypass_page_cache(layer == 0)
+            .map_err(|e| CliError::io("open", path, e))?;
+    }
+    Ok(())
+}
+
 /// Refuses `-b BASE` unless it is FILE's own base (`resolved`), and bad `-t` values.
 fn check_flags(args: &CommitArgs, resolved: &Path) -> Result<(), CliError> {
     if let Some(mode) = &args.cache {
@@ -310,6 +321,14 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     check_flags(args, &base::resolve(path, &name))?;
     let gate = open_flags::gate(ForceShare::default(), args.external);
     let (mut top, own) = open_detached(path, base_len, &gate)?;
+    // -t none / directsync: FILE and its base bypass the host page cache, as in QEMU.
+    let direct_io = match &args.cache {
+        Some(mode) => CacheMode::parse(mode)?.bypasses_page_cache(),
+        None => false,
+    };
+    if direct_io {
+        bypass_page_cache(&mut top, path)?;
+    }
     // The base, through the gate: a regular file, not FILE nor its data file, and no
     // other process using it.
     let mut chain = own;
@@ -341,8 +360,17 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 file.set_len(size)
                     .map_err(|e| CliError::io("resize", &base.path, e))?;
             }
+            let direct = if direct_io {
+                Some(
+                    DirectFile::over(&file, true)
+                        .map_err(|e| CliError::io("open", &base.path, e))?,
+                )
+            } else {
+                None
+            };
             Target::Raw {
                 file,
+                direct,
                 path: base.path.clone(),
                 old_len: base.size,
                 _lock: lock,
@@ -354,9 +382,12 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 copy_on_read: Some(false),
                 ..DriverOptions::default()
             };
-            Target::Image(Box::new(
-                open_opened_image(opened, options, &gate, chain).map_err(open_error)?,
-            ))
+            let mut driver =
+                open_opened_image(opened, options, &gate, chain).map_err(open_error)?;
+            if direct_io {
+                bypass_page_cache(&mut driver, &base.path)?;
+            }
+            Target::Image(Box::new(driver))
         }
     };
 
@@ -367,34 +398,29 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     );
     let mut progress = Progress::new(args.progress && !args.quiet, size);
     progress.show(out, 0)?;
-    let mut at = 0;
-    while at < size {
-        let run = top
-            .map(at, size - at)
-            .map_err(|e| context(image_error(e), &what))?;
-        if run.len == 0 {
-            return Err(CliError::Image(format!(
-                "{what}: the engine mapped an empty run at offset {at}"
-            )));
-        }
-        match run.mapping {
-            Mapping::Base => {}
-            Mapping::Zero | Mapping::Unallocated => {
-                target.zero(at, run.len).map_err(|e| context(e, &what))?
+    let runs = own_runs(&mut top, size).map_err(|e| context(e, &what))?;
+    let src = Disk::over_driver(path, top, path.to_path_buf());
+    let mut stream = Stream::start(src, runs, HOLE_BLOCK);
+    let copied = stream.for_each(|piece| {
+        let end = piece.end();
+        let spare = match piece {
+            Piece::Zero { offset, len } => {
+                target.zero(offset, len)?;
+                None
             }
-            Mapping::Data { file, offset } => {
-                copy_run(&mut top, &mut target, at, run.len, (file, offset))
-                    .map_err(|e| context(e, &what))?
+            Piece::Data { offset, bytes } => {
+                target.write(offset, &bytes)?;
+                Some(bytes)
             }
-            other => {
-                return Err(CliError::Image(format!(
-                    "{what}: the engine mapped offset {at} as {other:?}, which commit cannot copy"
-                )))
-            }
-        }
-        at += run.len;
-        progress.show(out, at)?;
-    }
+        };
+        progress.show(out, end)?;
+        Ok(spare)
+    });
+    let src = stream.finish();
+    copied.map_err(|e| context(e, &what))?;
+    let top = src?
+        .into_driver()
+        .ok_or_else(|| CliError::Image("internal error: the image is not an image".into()))?;
     target.finish(&base.path)?;
     top.close().map_err(image_error)?;
     progress.finish(out)?;

@@ -2,10 +2,11 @@
 //! do, 1 when they differ (`Content mismatch at offset N!`, N the first differing
 //! 512-byte sector), 2 on any error, as `qemu-img compare`. Disks of different sizes are
 //! compared over their common part, and the rest of the larger one must read as zeros;
-//! `-s` makes any size difference a mismatch. Runs both disks know to read as zeros
-//! (unallocated chunks, holes) are skipped without reading.
+//! `-s` makes any size difference a mismatch. The first disk is read ahead on its own
+//! thread ([`Stream`]) while the second is read on this one; runs both disks know to read
+//! as zeros (unallocated chunks, holes) are skipped without reading.
 
-use super::disk::{context, is_zero, Disk, DiskFormat, Extent, SECTOR};
+use super::disk::{context, is_zero, Disk, DiskFormat, Extent, Piece, Stream, SECTOR};
 use super::error::CliError;
 use super::open_flags::{self, ExternalData, ForceShare};
 use clap::Args;
@@ -19,6 +20,10 @@ pub const EXIT_ERROR: u8 = 2;
 
 /// Bytes compared per read.
 const COMPARE_CHUNK: u64 = 2 << 20;
+
+/// Blocks of the first disk that read as zeros are not handed over as data when they are
+/// whole blocks of this size (holes are not read at all).
+const ZERO_BLOCK: u64 = 64 << 10;
 
 /// Arguments of `fvd-img compare`.
 #[derive(Args, Debug, Clone)]
@@ -69,7 +74,7 @@ fn compare(args: &CompareArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let format_a = DiskFormat::given_or_probed(args.format_a.as_deref(), &args.a)?;
     let format_b = DiskFormat::given_or_probed(args.format_b.as_deref(), &args.b)?;
     let gate = open_flags::gate(args.share, args.external);
-    let mut a = Disk::open_gated(&args.a, format_a, false, None, gate)?;
+    let a = Disk::open_gated(&args.a, format_a, false, None, gate)?;
     let mut b = Disk::open_gated(&args.b, format_b, false, None, gate)?;
     let (size_a, size_b) = (a.size(), b.size());
     let differ = |out: &mut dyn Write, line: &str| {
@@ -80,7 +85,8 @@ fn compare(args: &CompareArgs, out: &mut dyn Write) -> Result<(), CliError> {
         return differ(out, "Strict mode: Image size mismatch!");
     }
     let common = size_a.min(size_b);
-    if let Some(at) = first_difference(&mut a, &mut b, common)? {
+    let (mut a, found) = first_difference(a, &mut b, common)?;
+    if let Some(at) = found {
         return differ(out, &format!("Content mismatch at offset {at}!"));
     }
     if size_a != size_b {
@@ -130,29 +136,79 @@ fn run_at(disk: &mut Disk, at: u64, max: u64) -> Result<Extent, CliError> {
     })
 }
 
-/// The first differing sector of `a` and `b` below `end`.
-pub fn first_difference(a: &mut Disk, b: &mut Disk, end: u64) -> Result<Option<u64>, CliError> {
-    let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
-    let mut at = 0;
-    while at < end {
-        let run_a = run_at(a, at, end - at)?;
-        let run_b = run_at(b, at, end - at)?;
-        let run = run_a.length.min(run_b.length);
-        if run_a.zero && run_b.zero {
-            at += run;
-            continue;
+/// The first differing sector of `a` and `b` below `end`; `a` is read ahead on its own
+/// thread and handed back.
+pub fn first_difference(a: Disk, b: &mut Disk, end: u64) -> Result<(Disk, Option<u64>), CliError> {
+    let mut stream = Stream::start(a, vec![(0, end)], ZERO_BLOCK);
+    let mut found = None;
+    let mut buf_b = Vec::new();
+    let compared = stream.for_each(|piece| {
+        let (at, spare) = match piece {
+            Piece::Zero { offset, len } => (first_non_zero_in(b, offset, offset + len)?, None),
+            Piece::Data { offset, bytes } => {
+                let at = first_mismatch(b, offset, &bytes, &mut buf_b)?;
+                (at, Some(bytes))
+            }
+        };
+        if at.is_some() {
+            found = at;
+            // Stops the reader: the rest need not be read.
+            return Err(CliError::Exit(EXIT_DIFFERENT));
         }
-        let n = run.min(COMPARE_CHUNK) as usize;
-        buf_a.resize(n, 0);
-        buf_b.resize(n, 0);
-        fill(a, at, run_a.zero, &mut buf_a)?;
-        fill(b, at, run_b.zero, &mut buf_b)?;
-        if buf_a != buf_b {
-            let i = buf_a
+        Ok(spare)
+    });
+    let a = stream.finish()?;
+    match compared {
+        Err(CliError::Exit(EXIT_DIFFERENT)) if found.is_some() => Ok((a, found)),
+        Err(e) => Err(e),
+        Ok(()) => Ok((a, None)),
+    }
+}
+
+/// The first sector where `disk` differs from `bytes` (guest bytes at `start`).
+fn first_mismatch(
+    disk: &mut Disk,
+    start: u64,
+    bytes: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<Option<u64>, CliError> {
+    let end = start + bytes.len() as u64;
+    let mut at = start;
+    while at < end {
+        let run = run_at(disk, at, end - at)?;
+        let n = run.length.min(end - at).min(COMPARE_CHUNK) as usize;
+        let expected = &bytes[(at - start) as usize..(at - start) as usize + n];
+        buf.resize(n, 0);
+        fill(disk, at, run.zero, buf)?;
+        if buf[..] != *expected {
+            let i = buf
                 .iter()
-                .zip(&buf_b)
+                .zip(expected)
                 .position(|(x, y)| x != y)
                 .unwrap_or(0);
+            return Ok(Some(sector_of(at + i as u64)));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
+/// The first sector of `disk` in `[start, end)` that does not read as zeros.
+fn first_non_zero_in(disk: &mut Disk, start: u64, end: u64) -> Result<Option<u64>, CliError> {
+    let mut buf = Vec::new();
+    let mut at = start;
+    while at < end {
+        let run = run_at(disk, at, end - at)?;
+        let len = run.length.min(end - at);
+        if run.zero {
+            at += len;
+            continue;
+        }
+        let n = len.min(COMPARE_CHUNK) as usize;
+        buf.resize(n, 0);
+        fill(disk, at, false, &mut buf)?;
+        if !is_zero(&buf) {
+            let i = buf.iter().position(|&x| x != 0).unwrap_or(0);
             return Ok(Some(sector_of(at + i as u64)));
         }
         at += n as u64;
@@ -163,22 +219,5 @@ pub fn first_difference(a: &mut Disk, b: &mut Disk, end: u64) -> Result<Option<u
 /// The first sector of `disk` from `start` on that does not read as zeros.
 pub fn first_non_zero(disk: &mut Disk, start: u64) -> Result<Option<u64>, CliError> {
     let end = disk.size();
-    let mut buf = Vec::new();
-    let mut at = start;
-    while at < end {
-        let run = run_at(disk, at, end - at)?;
-        if run.zero {
-            at += run.length;
-            continue;
-        }
-        let n = run.length.min(COMPARE_CHUNK) as usize;
-        buf.resize(n, 0);
-        fill(disk, at, false, &mut buf)?;
-        if !is_zero(&buf) {
-            let i = buf.iter().position(|&x| x != 0).unwrap_or(0);
-            return Ok(Some(sector_of(at + i as u64)));
-        }
-        at += n as u64;
-    }
-    Ok(None)
+    first_non_zero_in(disk, start, end)
 }

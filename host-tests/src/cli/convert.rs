@@ -3,12 +3,14 @@
 //! temporary files beside DST, created by `create`'s own code path with the source's size
 //! and the `-o` options (a QED target from `fvd_core::qed::plan`, as `create -f qed`),
 //! filled through the engine, flushed, closed, and only then renamed into place: a failed
-//! convert leaves nothing behind. Runs that read as zeros (unallocated chunks, zero
-//! clusters, holes, all-zero blocks) are not written, so compact, QED and raw targets stay
-//! sparse, as with `qemu-img convert`.
+//! convert leaves nothing behind. The source is read ahead on its own thread
+//! ([`Stream`]), which asks it for its map first. Runs that read as zeros (unallocated
+//! chunks, zero clusters, holes, all-zero blocks) are not written, so every target stays
+//! sparse, as with `qemu-img convert`. As there, the target's default cache mode is
+//! `unsafe`: flushes do not sync unless `-t` names another mode.
 
 use super::create::{check_target, stage_fvd, CreateArgs, FVD_CREATE_OPTIONS, QED_CREATE_OPTIONS};
-use super::disk::{context, is_zero, Disk, DiskFormat, SECTOR};
+use super::disk::{context, is_zero, Disk, DiskFormat, Piece, Stream, SECTOR};
 use super::error::CliError;
 use super::image::same_file;
 use super::io::CacheMode;
@@ -27,6 +29,10 @@ use std::path::{Path, PathBuf};
 
 /// Bytes read from the source at once.
 const COPY_CHUNK: u64 = 2 << 20;
+
+/// Guest bytes between two starts of write-back of the target (see
+/// [`Disk::start_writeback`]).
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// Granularity of zero detection: all-zero blocks of this size are not written.
 const ZERO_BLOCK: u64 = 4096;
@@ -74,8 +80,9 @@ pub struct ConvertArgs {
     /// Format of the -B backing file (accepted with -B, which is not supported)
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
-    /// Cache mode of DST: none, writeback, writethrough, directsync or unsafe (accepted
-    /// for scripts; the output is flushed before convert ends in every mode)
+    /// Cache mode of DST: none, writeback, writethrough, directsync or unsafe (the
+    /// default, as for qemu-img convert: the output is not synced; every other mode
+    /// syncs it before convert ends; none and directsync bypass the host page cache)
     #[arg(short = 't', value_name = "CACHE")]
     pub cache: Option<String>,
     /// Cache mode of SRC (as -t)
@@ -192,6 +199,9 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ..open_flags::gate(args.share, args.external)
     };
     let mut src = Disk::open_gated(source, format, false, None, gate)?;
+    if bypasses_page_cache(&args.source_cache)? {
+        src.bypass_page_cache()?;
+    }
     if same_file(source, target) {
         return Err(CliError::Usage(format!(
             "'{}' is the source itself; convert into another file",
@@ -202,6 +212,10 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if args.no_create {
         let gate = open_flags::gate(ForceShare::default(), args.external);
         let mut dst = Disk::open_gated(target, output, true, None, gate)?;
+        dst.set_unsafe_cache(unsafe_cache(args)?);
+        if bypasses_page_cache(&args.cache)? {
+            dst.bypass_page_cache()?;
+        }
         if dst.size() < src.size() {
             return Err(CliError::Invalid(format!(
                 "The target '{}' ({} bytes) is smaller than the source ({} bytes)",
@@ -214,7 +228,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
             zero_block,
             target_reads_zero: false,
         };
-        copy(&mut src, &mut dst, policy, &mut progress, out)?;
+        let src = copy(src, &mut dst, policy, &mut progress, out)?;
         dst.flush()?;
         dst.close()?;
         src.close()?;
@@ -224,17 +238,37 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let size = src.size();
 
     let (staged, mut dst) = stage_target(options, &args.options, target, size, args.force)?;
+    dst.set_unsafe_cache(unsafe_cache(args)?);
+    if bypasses_page_cache(&args.cache)? {
+        dst.bypass_page_cache()?;
+    }
 
     let policy = CopyPolicy {
         zero_block,
         target_reads_zero: true,
     };
-    copy(&mut src, &mut dst, policy, &mut progress, out)?;
+    let src = copy(src, &mut dst, policy, &mut progress, out)?;
     dst.flush()?;
     dst.close()?;
     src.close()?;
     progress.finish(out)?;
     staged.commit(args.force)
+}
+
+/// True when a `-t`/`-T` cache mode bypasses the host page cache (none, directsync).
+fn bypasses_page_cache(mode: &Option<String>) -> Result<bool, CliError> {
+    Ok(match mode {
+        Some(mode) => CacheMode::parse(mode)?.bypasses_page_cache(),
+        None => false,
+    })
+}
+
+/// True when DST is written with cache mode `unsafe` (`-t`; qemu-img convert's default).
+fn unsafe_cache(args: &ConvertArgs) -> Result<bool, CliError> {
+    Ok(match &args.cache {
+        Some(mode) => CacheMode::parse(mode)? == CacheMode::Unsafe,
+        None => true,
+    })
 }
 
 /// Checks the flags scripts pass to qemu-img convert: refuses what cannot be done (-c,
@@ -324,6 +358,7 @@ pub fn stage_target(
                 base: None,
                 held: Default::default(),
                 direct: None,
+                unsafe_cache: false,
             };
             let data_path = staged
                 .data
@@ -343,6 +378,7 @@ pub fn stage_target(
                 base: None,
                 held: Default::default(),
                 direct: None,
+                unsafe_cache: false,
             };
             let dst = Disk::image_over(target, storage, staged.path().to_path_buf())?;
             (Target::File(staged), dst)
@@ -362,73 +398,62 @@ pub fn stage_target(
     Ok(staged)
 }
 
-/// Copies every run of `src` that may hold non-zero bytes into `dst`, skipping all-zero
-/// blocks.
+/// Copies every run of `src` that may hold non-zero bytes into `dst`: `src` is read
+/// ahead on its own thread ([`Stream`]), which reports holes, zero runs and all-zero
+/// blocks of the policy's size as zeros; those are skipped (or zeroed with `-n`). Returns
+/// `src` for closing.
 fn copy(
-    src: &mut Disk,
+    src: Disk,
     dst: &mut Disk,
     policy: CopyPolicy,
     progress: &mut Progress,
     out: &mut dyn Write,
-) -> Result<(), CliError> {
+) -> Result<Disk, CliError> {
     let size = src.size();
-    let mut buf = Vec::new();
-    let mut at = 0;
     progress.show(out, 0)?;
-    while at < size {
-        let run = src.extent(at, size - at).map_err(|e| {
-            context(
-                e,
-                format!(
-                    "error while mapping '{}' at offset {at}",
-                    src.path().display()
-                ),
+    let mut stream = Stream::start(src, vec![(0, size)], policy.zero_block);
+    let dst_path = dst.path().to_path_buf();
+    let written = stream.for_each(|piece| {
+        let end = piece.end();
+        let at = match &piece {
+            Piece::Zero { offset, .. } | Piece::Data { offset, .. } => *offset,
+        };
+        let what = || {
+            format!(
+                "error while writing '{}' at offset {at}",
+                dst_path.display()
             )
-        })?;
-        if run.zero && policy.zero_block != 0 {
-            if !policy.target_reads_zero {
-                zero_run(dst, at, run.length).map_err(|e| {
-                    context(
-                        e,
-                        format!(
-                            "error while writing '{}' at offset {at}",
-                            dst.path().display()
-                        ),
-                    )
-                })?;
+        };
+        let spare = match piece {
+            Piece::Zero { offset, len } => {
+                if !policy.target_reads_zero {
+                    zero_run(dst, offset, len).map_err(|e| context(e, what()))?;
+                }
+                None
             }
-            at += run.length;
-            progress.show(out, at)?;
-            continue;
+            Piece::Data { offset, bytes } => {
+                let aligned = !dst.format().is_image()
+                    || (offset % SECTOR == 0 && bytes.len() as u64 % SECTOR == 0);
+                if aligned {
+                    Some(
+                        dst.write_vec(offset, bytes)
+                            .map_err(|e| context(e, what()))?,
+                    )
+                } else {
+                    write_run(dst, offset, &bytes).map_err(|e| context(e, what()))?;
+                    Some(bytes)
+                }
+            }
+        };
+        if end / WRITEBACK_EVERY != at / WRITEBACK_EVERY {
+            dst.start_writeback();
         }
-        let run_end = at + run.length;
-        while at < run_end {
-            // Pieces end on COPY_CHUNK boundaries so the zero blocks stay aligned.
-            let piece_end = run_end.min((at / COPY_CHUNK + 1) * COPY_CHUNK);
-            buf.resize((piece_end - at) as usize, 0);
-            src.read(at, &mut buf).map_err(|e| {
-                context(
-                    e,
-                    format!(
-                        "error while reading '{}' at offset {at}",
-                        src.path().display()
-                    ),
-                )
-            })?;
-            write_non_zero(dst, at, &buf, policy).map_err(|e| {
-                context(
-                    e,
-                    format!(
-                        "error while writing '{}' at offset {at}",
-                        dst.path().display()
-                    ),
-                )
-            })?;
-            at = piece_end;
-            progress.show(out, at)?;
-        }
-    }
-    Ok(())
+        progress.show(out, end)?;
+        Ok(spare)
+    });
+    let src = stream.finish();
+    written?;
+    src
 }
 
 /// Writes the parts of `bytes` (guest bytes at `offset`) that are not all-zero blocks of

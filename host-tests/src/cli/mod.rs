@@ -15,6 +15,7 @@ pub mod create;
 pub mod dd;
 pub mod disk;
 pub mod error;
+pub mod flatten;
 pub mod image;
 pub mod image_format;
 pub mod info;

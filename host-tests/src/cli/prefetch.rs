@@ -1,11 +1,16 @@
-//! `fvd-img prefetch`: copy every block still in the base into the image now, with the
-//! engine's adaptive prefetch, a progress bar and an optional rate limit; afterwards the
-//! image no longer needs its base. Time for the engine comes from a monotonic clock.
+//! `fvd-img prefetch`: copy every block still in the base into the image now; afterwards
+//! the image no longer needs its base. Without a rate limit this is one bulk pass
+//! ([`super::flatten`]: the base's map first, large requests, all-zero blocks recorded
+//! as zeros instead of written). With `-r` it is the engine's adaptive prefetch, whose
+//! reads stay under the rate; time for the engine comes from a monotonic clock. `-p`
+//! shows qemu-img's progress line in both cases.
 
 use super::disk::open_error;
 use super::error::{io_reason, CliError};
+use super::flatten::flatten;
 use super::image::open_host_file_as;
 use super::open_flags::{self, ExternalData, ForceShare};
+use super::progress::Progress;
 use super::size::{human_size, parse_size};
 use crate::host::driver::{Driver, DriverOptions};
 use crate::host::files::{open_image_with, FileStorage};
@@ -25,7 +30,10 @@ pub struct PrefetchArgs {
     /// Most bytes per second read from the base (size suffixes: 10M = 10 MiB/s)
     #[arg(short = 'r', long = "rate", value_name = "RATE")]
     pub rate: Option<String>,
-    /// No progress bar or summary
+    /// Show progress
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// No progress or summary
     #[arg(short = 'q')]
     pub quiet: bool,
     #[command(flatten)]
@@ -92,16 +100,15 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
             args.file.display()
         )));
     }
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(progress.blocks);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    let show = args.progress && !args.quiet;
+    if max_read_kib_s.is_none() {
+        driver.close().map_err(|e| CliError::Image(e.to_string()))?;
+        let start = Instant::now();
+        let done = flatten(&args.file, gate, show, out)?;
+        return summary(args, out, done.copied, start);
+    }
+    let mut bar = Progress::new(show, progress.blocks);
+    bar.show(out, 0)?;
     let start = Instant::now();
     loop {
         let now = start.elapsed().as_millis() as u64;
@@ -109,12 +116,11 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
             .handle_timeout(now)
             .map_err(|e| CliError::Image(format!("prefetch failed: {e}")))?;
         let progress = driver.engine().prefetch_progress();
-        bar.set_position(progress.cursor.min(progress.blocks));
-        bar.set_message(format!("{:?}", progress.state).to_lowercase());
+        bar.show(out, progress.cursor.min(progress.blocks))?;
         match progress.state {
             PrefetchState::Done => break,
             PrefetchState::Failed | PrefetchState::Off => {
-                bar.finish_and_clear();
+                bar.finish(out)?;
                 let error = gave_up(&mut driver, progress.failure);
                 // Keep what was copied; the failure is what the user needs to hear about.
                 let _ = driver.close();
@@ -128,18 +134,28 @@ pub fn run(args: &PrefetchArgs, out: &mut dyn Write) -> Result<(), CliError> {
             std::thread::sleep(Duration::from_millis(wait.clamp(1, 200)));
         }
     }
-    bar.finish_and_clear();
+    bar.finish(out)?;
     let copied = driver.engine().stats().prefetched_blocks;
     let block = match driver.engine().info().map(|i| i.layout) {
         Some(Layout::Fvd(layout)) => layout.block_size,
         _ => 0,
     };
     driver.close().map_err(|e| CliError::Image(e.to_string()))?;
+    summary(args, out, copied * block, start)
+}
+
+/// Says what was copied (unless `-q`).
+fn summary(
+    args: &PrefetchArgs,
+    out: &mut dyn Write,
+    copied: u64,
+    start: Instant,
+) -> Result<(), CliError> {
     if !args.quiet {
         writeln!(
             out,
-            "Prefetched {copied} blocks ({}) in {:.1} s; the image no longer needs its base.",
-            human_size(copied * block),
+            "Prefetched {} in {:.1} s; the image no longer needs its base.",
+            human_size(copied),
             start.elapsed().as_secs_f64()
         )
         .map_err(CliError::Output)?;

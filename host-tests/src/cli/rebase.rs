@@ -197,21 +197,6 @@ fn set_bits(path: &Path, first: u64, end: u64, value: bool) -> Result<(), CliErr
     file.sync_all().map_err(|e| CliError::io("sync", path, e))
 }
 
-/// True when every bitmap bit of blocks `[0, blocks)` is set on disk.
-fn all_bits_set(path: &Path) -> Result<bool, CliError> {
-    let image = open_fvd(path)?;
-    let Some(base) = image.layout.base else {
-        return Ok(true);
-    };
-    let bytes = read_at_most(
-        &image.host.file,
-        path,
-        base.bitmap.offset,
-        base.blocks.div_ceil(8) as usize,
-    )?;
-    Ok((0..base.blocks).all(|block| fvd_core::fvd::bitmap::is_set(&bytes, 0, block) == Some(true)))
-}
-
 /// Refuses a NEW whose own base chain leads back to FILE. Only headers are looked at,
 /// taking no lock (the real opens that follow lock what they read).
 pub(super) fn check_no_loop(file: &Path, new: &Base) -> Result<(), CliError> {
@@ -353,6 +338,8 @@ pub(super) fn copy_differing(
                 new.read(at, &mut fresh)?;
             }
             let mut block_start = at;
+            // Neighbouring blocks to copy go in one write: [first, block_start).
+            let mut copying: Option<u64> = None;
             while block_start < end {
                 let block_end = ((block_start / block_size + 1) * block_size).min(end);
                 let range = (block_start - at) as usize..(block_end - at) as usize;
@@ -365,10 +352,20 @@ pub(super) fn copy_differing(
                         new_end != full_end || old[range.clone()] != fresh[range.clone()]
                     }
                 };
-                if must_copy {
-                    top.write(block_start, &old[range]).map_err(image_error)?;
+                match (must_copy, copying) {
+                    (true, None) => copying = Some(block_start),
+                    (false, Some(first)) => {
+                        let bytes = &old[(first - at) as usize..(block_start - at) as usize];
+                        top.write(first, bytes).map_err(image_error)?;
+                        copying = None;
+                    }
+                    _ => {}
                 }
                 block_start = block_end;
+            }
+            if let Some(first) = copying {
+                top.write(first, &old[(first - at) as usize..(end - at) as usize])
+                    .map_err(image_error)?;
             }
             at = end;
         }
@@ -378,7 +375,7 @@ pub(super) fn copy_differing(
 
 impl RebaseArgs {
     /// How files are opened: `-U` shares the bases, never FILE.
-    fn gate(&self) -> OpenGate {
+    pub(super) fn gate(&self) -> OpenGate {
         let share = ForceShare {
             force_share: self.force_share,
         };
@@ -408,14 +405,22 @@ impl RebaseArgs {
 }
 
 /// Opens FILE read-write without copy-on-read (base reads must not change it behind the
-/// comparison's back), with its bases as `-U`, `-t` and `-T` say.
-pub(super) fn open_top(path: &Path, args: &RebaseArgs) -> Result<Driver<FileStorage>, CliError> {
+/// comparison's back).
+pub(super) fn open_top(path: &Path, gate: &OpenGate) -> Result<Driver<FileStorage>, CliError> {
     let options = DriverOptions {
         writable: true,
         copy_on_read: Some(false),
         ..DriverOptions::default()
     };
-    let mut top = open_image_with(path, options, &args.gate()).map_err(open_error)?;
+    open_image_with(path, options, gate).map_err(open_error)
+}
+
+/// [`open_top`] with its bases as `-U`, `-t` and `-T` say.
+pub(super) fn open_top_for(
+    path: &Path,
+    args: &RebaseArgs,
+) -> Result<Driver<FileStorage>, CliError> {
+    let mut top = open_top(path, &args.gate())?;
     let (direct_top, direct_bases) = args.direct_io()?;
     for (layer, storage) in top.layers_mut().enumerate() {
         let direct = if layer == 0 { direct_top } else { direct_bases };
@@ -498,24 +503,11 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
                     .into(),
             ));
         }
-        let mut top = open_top(path, args)?;
-        let mut progress = Progress::new(args.progress && !args.quiet, old.size);
-        copy_differing(&mut top, None, (old.size, block_size), &mut progress, out).map_err(
-            |e| super::disk::context(e, format!("Could not rebase '{}'", path.display())),
-        )?;
-        close_top(path, top)?;
-        progress.finish(out)?;
-        if !all_bits_set(path)? {
-            return Err(CliError::Image(format!(
-                "internal error: '{}' still has blocks in its base after copying them",
-                path.display()
-            )));
-        }
-        let (mut bytes, file_len) = read_header(path)?;
-        let flag = offset_of!(RawHeader, base_img_fully_prefetched);
-        bytes[flag..flag + 4].copy_from_slice(&1u32.to_le_bytes());
-        check_header(&bytes, file_len)?;
-        return write_header_bytes(path, &bytes);
+        let show = args.progress && !args.quiet;
+        super::flatten::flatten(path, args.gate(), show, out).map_err(|e| {
+            super::disk::context(e, format!("Could not rebase '{}'", path.display()))
+        })?;
+        return Ok(());
     }
 
     let new = inspect_new(path, &name, format)?;
@@ -550,7 +542,7 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
         return Ok(());
     }
 
-    let mut top = open_top(path, args)?;
+    let mut top = open_top_for(path, args)?;
     let disk_format = match new.format {
         BaseFormat::Fvd => DiskFormat::Fvd,
         BaseFormat::Qed => DiskFormat::Qed,

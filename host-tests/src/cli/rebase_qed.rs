@@ -16,7 +16,7 @@ use super::error::CliError;
 use super::image::{open_host_file_as, same_file, write_header_bytes};
 use super::progress::Progress;
 use super::qed::open_qed_as;
-use super::rebase::{check_no_loop, close_top, copy_differing, open_top, NewBase, RebaseArgs};
+use super::rebase::{check_no_loop, close_top, copy_differing, open_top_for, NewBase, RebaseArgs};
 use crate::host::lock::Usage;
 use fvd_core::qed::{rebased_header, QedBacking};
 use std::io::Write;
@@ -167,13 +167,13 @@ pub fn run(args: &RebaseArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if !args.unsafe_mode && !had_base {
         if let Some(base) = &new {
             // No base so far: unwritten clusters read as zeros, and must go on doing so.
-            let mut top = open_top(path, args)?;
+            let mut top = open_top_for(path, args)?;
             keep_zeros(&mut top, base, layout.image_size, layout.cluster_size, args)?;
             close_top(path, top)?;
         }
     }
     if !args.unsafe_mode && had_base {
-        let mut top = open_top(path, args)?;
+        let mut top = open_top_for(path, args)?;
         let size = layout.image_size;
         let mut fresh = match &new {
             Some(base) => {

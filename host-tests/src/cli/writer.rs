@@ -9,6 +9,7 @@ use crate::host::gate::open_no_block;
 use crate::host::lock::{FileLock, Usage};
 use fvd_core::fvd::create::{initial_bytes_at, metadata_len};
 use fvd_core::fvd::{parse, RawHeader, RAW_HEADER_LEN};
+use fvd_core::zeros::{zero_runs, HOLE_BLOCK};
 use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -57,7 +58,7 @@ fn write_at(file: &File, target: &Path, bytes: &[u8], offset: u64) -> Result<(),
 
 /// Writes the image described by `header` into a temporary file beside `target`: its
 /// metadata as core lays it out ([`initial_bytes_at`]: header, EMPTY table, zeroed bitmap
-/// and journal), written in pieces, all-zero pieces left as holes, for a file of
+/// and journal), written in pieces, all-zero 4 KiB blocks left as holes, for a file of
 /// [`metadata_len`] bytes. The file is synced, then read back and validated.
 pub fn stage_image(target: &Path, header: &RawHeader) -> Result<Staged, CliError> {
     let temp = temp_beside(target)?;
@@ -70,8 +71,12 @@ pub fn stage_image(target: &Path, header: &RawHeader) -> Result<Staged, CliError
         let n = (len - at).min(FILL_CHUNK as u64) as usize;
         let bytes = &mut piece[..n];
         initial_bytes_at(header, at, bytes);
-        if bytes.iter().any(|&b| b != 0) {
-            write_at(file, target, bytes, at)?;
+        // Only the file-system blocks holding something are written: the zeros of the
+        // table, bitmap and journal stay holes, so a new image takes a few KiB on disk.
+        for run in zero_runs(at, bytes, HOLE_BLOCK).filter(|run| !run.zero) {
+            let from = (run.start - at) as usize;
+            let to = (run.end - at) as usize;
+            write_at(file, target, &bytes[from..to], run.start)?;
         }
         at += n as u64;
     }

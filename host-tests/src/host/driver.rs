@@ -406,11 +406,7 @@ impl<S: Storage> Driver<S> {
         offset: usize,
         len: usize,
     ) -> Result<&mut [u8], IoError> {
-        self.buffers
-            .get_mut(request.slot())
-            .and_then(|b| b.as_mut())
-            .and_then(|b| b.get_mut(offset..offset + len))
-            .ok_or(IoError::Failed)
+        guest_slice(&mut self.buffers, request, offset, len)
     }
 
     /// `result` as the engine sees it, remembering the storage's reason for a failure.
@@ -460,6 +456,36 @@ impl<S: Storage> Driver<S> {
             }
         }
         match command.op {
+            // A guest buffer is read into and written from in place (no copy): it is a
+            // field of its own, borrowed beside the storage.
+            Op::Read {
+                offset,
+                len,
+                into:
+                    Buffer::Guest {
+                        request,
+                        offset: at,
+                    },
+            } if matches!(injection, Injection::None) => {
+                let buf = guest_slice(&mut self.buffers, request, at, len)?;
+                let result =
+                    layer_of(&mut self.storage, &mut self.lower, layer)?.read_at(file, offset, buf);
+                self.storage_result(result)
+            }
+            Op::Write {
+                offset,
+                len,
+                from:
+                    Buffer::Guest {
+                        request,
+                        offset: at,
+                    },
+            } if matches!(injection, Injection::None) => {
+                let data = guest_slice(&mut self.buffers, request, at, len)?;
+                let result = layer_of(&mut self.storage, &mut self.lower, layer)?
+                    .write_at(file, offset, data);
+                self.storage_result(result)
+            }
             Op::Read { offset, len, into } => {
                 let mut tmp = vec![0u8; len];
                 let result = match injection {
@@ -619,6 +645,18 @@ impl<S: Storage> Driver<S> {
         .map(|_| ())
     }
 
+    /// Reads `buffer.len()` bytes at `offset` into `buffer` (no copy, no allocation).
+    pub fn read_into(&mut self, offset: u64, buffer: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        let len = buffer.len() as u64;
+        Ok(self.run(Request::Read { offset, len }, buffer)?.1)
+    }
+
+    /// Writes `buffer` at `offset` and hands it back (no copy, no allocation).
+    pub fn write_from(&mut self, offset: u64, buffer: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        let len = buffer.len() as u64;
+        Ok(self.run(Request::Write { offset, len }, buffer)?.1)
+    }
+
     /// Makes `len` bytes at `offset` read as zeros.
     pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DriverError> {
         self.run(Request::WriteZeroes { offset, len }, Vec::new())
@@ -686,6 +724,20 @@ impl<S: Storage> Driver<S> {
 }
 
 /// The files of layer `layer`: `top` for the image, `lower` below it.
+/// Bytes `[offset, offset + len)` of the buffer of guest request `request`.
+fn guest_slice(
+    buffers: &mut [Option<Vec<u8>>],
+    request: RequestId,
+    offset: usize,
+    len: usize,
+) -> Result<&mut [u8], IoError> {
+    buffers
+        .get_mut(request.slot())
+        .and_then(|b| b.as_mut())
+        .and_then(|b| b.get_mut(offset..offset.checked_add(len)?))
+        .ok_or(IoError::Failed)
+}
+
 fn layer_of<'a, S>(top: &'a mut S, lower: &'a mut [S], layer: usize) -> Result<&'a mut S, IoError> {
     match layer.checked_sub(1) {
         None => Ok(top),

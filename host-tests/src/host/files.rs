@@ -246,6 +246,9 @@ pub struct FileStorage {
     /// `O_DIRECT` descriptors of the image and its data file (`cache=none`), set by
     /// [`FileStorage::bypass_page_cache`].
     pub direct: Option<DirectFiles>,
+    /// Flushes return without syncing (cache mode `unsafe`, `qemu-img convert`'s
+    /// default for its output): writes reach the disk whenever the kernel writes them.
+    pub unsafe_cache: bool,
 }
 
 /// The `O_DIRECT` descriptors of an image's own files.
@@ -357,7 +360,11 @@ impl Storage for FileStorage {
     }
 
     fn flush(&mut self, file: FileId) -> io::Result<()> {
-        self.file(file)?.sync_data()
+        let file = self.file(file)?;
+        if self.unsafe_cache {
+            return Ok(());
+        }
+        file.sync_data()
     }
 
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
@@ -695,6 +702,7 @@ fn open_files(
                 chain: Chain::default(),
             },
             direct: None,
+            unsafe_cache: false,
         });
     }
     let (header, _) = parse(&bytes, len).map_err(|source| ImageOpenError::Header {
@@ -724,5 +732,6 @@ fn open_files(
             chain: Chain::default(),
         },
         direct: None,
+        unsafe_cache: false,
     })
 }

@@ -7,10 +7,12 @@
 mod extent;
 mod format;
 mod queue;
+mod stream;
 
 pub use extent::{push_merged, raw_allocation, Extent, ExtentKind};
 pub use format::DiskFormat;
 pub use queue::Pending;
+pub use stream::{Piece, Stream};
 
 use crate::cli::error::{io_reason, CliError};
 use crate::cli::image::open_host_file_as;
@@ -157,6 +159,7 @@ impl Disk {
                                 ..Held::default()
                             },
                             direct: None,
+                            unsafe_cache: false,
                         },
                     },
                     restricted: false,
@@ -294,6 +297,7 @@ impl Disk {
                     base: None,
                     held: Held::default(),
                     direct: None,
+                    unsafe_cache: false,
                 },
             },
             restricted: false,
@@ -565,13 +569,7 @@ pub fn context(err: CliError, what: impl std::fmt::Display) -> CliError {
     }
 }
 
-/// True when every byte of `bytes` is zero.
-pub fn is_zero(bytes: &[u8]) -> bool {
-    // OR-folding fixed pieces vectorizes; stopping at the first non-zero piece stays cheap.
-    bytes
-        .chunks(256)
-        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}
+pub use fvd_core::zeros::is_zero;
 
 #[cfg(test)]
 mod tests {

@@ -213,8 +213,9 @@ impl Executor {
                 data,
                 base,
                 held: h,
-                // The executor's pool reads and writes through the page cache.
-                direct: _,
+                // The executor's pool reads and writes through the page cache, and
+                // always syncs.
+                ..
             } = storage;
             held.push(h);
             let image_len = image.metadata()?.len();
