@@ -22,7 +22,7 @@
 //! path is printed before anything is written to it.
 
 use super::base::{self, BaseFormat};
-use super::disk::{context, open_error, Disk, DiskFormat, Piece, Stream};
+use super::disk::{context, open_error, split_runs, Disk, DiskFormat, Piece, Stream};
 use super::error::CliError;
 use super::image::{name_path, name_text, open_fvd, same_file};
 use super::io::CacheMode;
@@ -37,7 +37,6 @@ use crate::host::files::{
 use crate::host::gate::{self, Access, Chain, OpenGate, Opened, Role};
 use crate::host::lock::FileLock;
 use clap::Args;
-use fvd_core::engine::Mapping;
 use fvd_core::zeros::HOLE_BLOCK;
 use std::fs::File;
 use std::io::Write;
@@ -200,36 +199,6 @@ fn open_detached(
     storage.base = Some(Base::Refused { len: base_len });
     let driver = open_driver(storage, path, options).map_err(open_error)?;
     Ok((driver, own))
-}
-
-/// The runs of FILE's first `size` guest bytes it holds itself (data, zeros, unallocated
-/// chunks that hide the base), merged: everything but what it reads from its base.
-fn own_runs(top: &mut Driver<FileStorage>, size: u64) -> Result<Vec<(u64, u64)>, CliError> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let run = top.map(at, size - at).map_err(image_error)?;
-        if run.len == 0 {
-            return Err(CliError::Image(format!(
-                "the engine mapped an empty run at offset {at}"
-            )));
-        }
-        let end = at.saturating_add(run.len).min(size);
-        match run.mapping {
-            Mapping::Base => {}
-            Mapping::Zero | Mapping::Unallocated | Mapping::Data { .. } => match runs.last_mut() {
-                Some(last) if last.1 == at => last.1 = end,
-                _ => runs.push((at, end)),
-            },
-            other => {
-                return Err(CliError::Image(format!(
-                    "the engine mapped offset {at} as {other:?}, which commit cannot copy"
-                )))
-            }
-        }
-        at = end;
-    }
-    Ok(runs)
 }
 
 /// What FILE's header says of its base: the name (byte for byte), the stated format
@@ -398,7 +367,9 @@ pub fn run(args: &CommitArgs, out: &mut dyn Write) -> Result<(), CliError> {
     );
     let mut progress = Progress::new(args.progress && !args.quiet, size);
     progress.show(out, 0)?;
-    let runs = own_runs(&mut top, size).map_err(|e| context(e, &what))?;
+    let runs = split_runs(&mut top, size)
+        .map_err(|e| context(e, &what))?
+        .own;
     let src = Disk::over_driver(path, top, path.to_path_buf());
     let mut stream = Stream::start(src, runs, HOLE_BLOCK);
     let copied = stream.for_each(|piece| {

@@ -9,13 +9,12 @@
 //! bitmap exactly when it names a base) but the base is never opened again.
 
 use super::base::{self, BaseFormat};
-use super::disk::{context, Disk, DiskFormat, Piece, Stream};
+use super::disk::{context, split_runs, Disk, DiskFormat, Piece, Stream};
 use super::error::CliError;
 use super::image::{name_path, name_text, open_fvd, read_at_most, write_header_bytes};
 use super::progress::Progress;
 use super::rebase::{close_top, image_error, open_top};
 use crate::host::gate::OpenGate;
-use fvd_core::engine::Mapping;
 use fvd_core::fvd::{validate, RawHeader, RAW_HEADER_LEN};
 use std::io::Write;
 use std::mem::offset_of;
@@ -30,33 +29,6 @@ pub struct Flattened {
     pub zeroed: u64,
     /// The image's block size.
     pub block_size: u64,
-}
-
-/// The runs `[start, end)` of the first `range` guest bytes that `top` reads from its
-/// base.
-fn base_runs(
-    top: &mut crate::host::driver::Driver<crate::host::files::FileStorage>,
-    range: u64,
-) -> Result<Vec<(u64, u64)>, CliError> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut at = 0;
-    while at < range {
-        let run = top.map(at, range - at).map_err(image_error)?;
-        if run.len == 0 {
-            return Err(CliError::Image(format!(
-                "the engine mapped an empty run at offset {at}"
-            )));
-        }
-        let end = at.saturating_add(run.len).min(range);
-        if run.mapping == Mapping::Base {
-            match runs.last_mut() {
-                Some(last) if last.1 == at => last.1 = end,
-                _ => runs.push((at, end)),
-            }
-        }
-        at = end;
-    }
-    Ok(runs)
 }
 
 /// Copies every run the FVD image at `path` still reads from its base into it (zero
@@ -99,7 +71,7 @@ pub fn flatten(
     };
 
     let mut top = open_top(path, &gate)?;
-    let runs = base_runs(&mut top, layout.size)?;
+    let runs = split_runs(&mut top, layout.size)?.base;
     let src = Disk::open_gated(&base.path, format, false, None, gate)?;
     let mut progress = Progress::new(show_progress, layout.size);
     progress.show(out, 0)?;

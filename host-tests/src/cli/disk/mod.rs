@@ -12,7 +12,7 @@ mod stream;
 pub use extent::{push_merged, raw_allocation, Extent, ExtentKind};
 pub use format::DiskFormat;
 pub use queue::Pending;
-pub use stream::{Piece, Stream};
+pub use stream::{split_runs, Piece, SplitRuns, Stream};
 
 use crate::cli::error::{io_reason, CliError};
 use crate::cli::image::open_host_file_as;

@@ -7,11 +7,62 @@
 
 use super::{driver_error, Backend, Disk, SECTOR};
 use crate::cli::error::CliError;
+use crate::host::driver::Driver;
+use crate::host::files::FileStorage;
+use fvd_core::engine::Mapping;
 use fvd_core::engine::MAX_DATA_REQUEST;
 use fvd_core::zeros::{zero_runs, ZeroRun};
 use std::os::unix::io::AsRawFd;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
+
+/// The first `size` guest bytes of an image split by who serves them: the runs `[start,
+/// end)` it reads from its base, and the runs it holds itself (data, zeros, unallocated
+/// ranges that hide the base), each list merged. `rebase -b ''` and `prefetch` copy the
+/// first; `commit` copies the second.
+pub struct SplitRuns {
+    /// Served by the base.
+    pub base: Vec<(u64, u64)>,
+    /// Held by the image itself.
+    pub own: Vec<(u64, u64)>,
+}
+
+/// Maps `top`'s first `size` bytes into [`SplitRuns`].
+pub fn split_runs(top: &mut Driver<FileStorage>, size: u64) -> Result<SplitRuns, CliError> {
+    fn push(runs: &mut Vec<(u64, u64)>, at: u64, end: u64) {
+        match runs.last_mut() {
+            Some(last) if last.1 == at => last.1 = end,
+            _ => runs.push((at, end)),
+        }
+    }
+    let mut split = SplitRuns {
+        base: Vec::new(),
+        own: Vec::new(),
+    };
+    let mut at = 0;
+    while at < size {
+        let run = top.map(at, size - at).map_err(driver_error)?;
+        if run.len == 0 {
+            return Err(CliError::Image(format!(
+                "the engine mapped an empty run at offset {at}"
+            )));
+        }
+        let end = at.saturating_add(run.len).min(size);
+        match run.mapping {
+            Mapping::Base => push(&mut split.base, at, end),
+            Mapping::Zero | Mapping::Unallocated | Mapping::Data { .. } => {
+                push(&mut split.own, at, end)
+            }
+            other => {
+                return Err(CliError::Image(format!(
+                    "the engine mapped offset {at} as {other:?}, which this fvd-img cannot copy"
+                )))
+            }
+        }
+        at = end;
+    }
+    Ok(split)
+}
 
 /// Bytes read from the source at once (rounded down to whole blocks).
 const PIECE: u64 = 4 << 20;
