@@ -10,6 +10,7 @@ mod any;
 mod bounce;
 mod cache;
 mod deferred;
+mod fill_reader;
 pub(crate) mod fvd;
 mod guest;
 mod protocol;

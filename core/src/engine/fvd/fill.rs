@@ -31,6 +31,7 @@
 use super::meta::{Stall, BITS_PER_PAGE};
 use super::requests::{Kind, RequestSlot, State};
 use super::FvdEngine;
+use crate::engine::fill_reader::Reader;
 use crate::engine::slot_table::{buffer_len, slot_u16};
 use crate::engine::slots::Owner;
 use crate::engine::types::*;
@@ -58,18 +59,6 @@ pub(crate) enum FillFor {
     Prefetch,
     /// The deferred queue (blocks a guest read could not fill at the time).
     Deferred,
-}
-
-/// The guest read waiting for a fill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reader {
-    slot: u16,
-    generation: u16,
-    /// Offset of the part in the reader's buffer.
-    guest_offset: usize,
-    /// Offset of the part in the fill's range.
-    delta: usize,
-    len: usize,
 }
 
 /// A fill's own state (in its request slot).
@@ -150,13 +139,15 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             return self.fill_refusal(offset, end);
         };
         let reader_slot = self.requests[reader];
-        let into = Buffer::Guest {
-            request: RequestId {
-                slot: slot_u16(reader),
-                generation: reader_slot.generation,
-            },
-            offset: buffer_len(offset - reader_slot.start),
-        };
+        let part = Reader::new(
+            reader,
+            reader_slot.generation,
+            reader_slot.start,
+            offset,
+            offset,
+            len,
+        );
+        let into = part.buffer(0);
         let op = Op::Read {
             offset,
             len: buffer_len(len),
@@ -169,13 +160,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             return FillStart::NoRoom;
         }
         let info = FillInfo {
-            reader: Some(Reader {
-                slot: slot_u16(reader),
-                generation: reader_slot.generation,
-                guest_offset: buffer_len(offset - reader_slot.start),
-                delta: 0,
-                len: buffer_len(len),
-            }),
+            reader: Some(part),
             guest: true,
             ..FillInfo::NONE
         };
@@ -293,13 +278,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         let reader = match who {
             FillFor::Reader(reader) => {
                 let reader_slot = &self.requests[reader];
-                Some(Reader {
-                    slot: slot_u16(reader),
-                    generation: reader_slot.generation,
-                    guest_offset: buffer_len(offset - reader_slot.start),
-                    delta: buffer_len(offset - block_start),
-                    len: buffer_len(piece),
-                })
+                Some(Reader::new(
+                    reader,
+                    reader_slot.generation,
+                    reader_slot.start,
+                    block_start,
+                    offset,
+                    piece,
+                ))
             }
             _ => None,
         };
@@ -343,13 +329,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 return self.keep_guest_data(slot);
             };
             let op = Op::Copy {
-                from: Buffer::Guest {
-                    request: RequestId {
-                        slot: reader.slot,
-                        generation: reader.generation,
-                    },
-                    offset: reader.guest_offset,
-                },
+                from: reader.buffer(0),
                 into: Buffer::Engine { offset: bounce },
                 len: reader.len,
             };
@@ -374,13 +354,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let from = Buffer::Engine {
                 offset: r.fill.bounce + reader.delta,
             };
-            let into = Buffer::Guest {
-                request: RequestId {
-                    slot: reader.slot,
-                    generation: reader.generation,
-                },
-                offset: reader.guest_offset,
-            };
+            let into = reader.buffer(0);
             let op = Op::Copy {
                 from,
                 into,
@@ -445,13 +419,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn fill_source(&self, slot: usize, at: u64) -> Buffer {
         let r = &self.requests[slot];
         match (r.fill.guest, r.fill.reader) {
-            (true, Some(reader)) => Buffer::Guest {
-                request: RequestId {
-                    slot: reader.slot,
-                    generation: reader.generation,
-                },
-                offset: reader.guest_offset + buffer_len(at - r.start),
-            },
+            (true, Some(reader)) => reader.buffer(buffer_len(at - r.start)),
             _ => Buffer::Engine {
                 offset: r.fill.bounce + buffer_len(at - r.start),
             },

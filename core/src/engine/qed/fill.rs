@@ -10,22 +10,11 @@ use super::meta::{ExtentKind, Stall};
 use super::requests::State;
 use super::writes::Segment;
 use super::QedEngine;
+use crate::engine::fill_reader::Reader;
 use crate::engine::guest::Kind;
 use crate::engine::protocol::FormatEngine;
-use crate::engine::slot_table::{buffer_len, slot_u16};
+use crate::engine::slot_table::buffer_len;
 use crate::engine::types::*;
-
-/// The guest read waiting for its part of a fill's cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Reader {
-    slot: u16,
-    generation: u16,
-    /// Offset of the part in the reader's buffer.
-    guest_offset: usize,
-    /// Offset of the part in the cluster.
-    delta: usize,
-    len: usize,
-}
 
 /// What became of an attempt to start a fill for a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,13 +74,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         let piece = end.min(hi) - at;
         let reader = reader.map(|reader| {
             let reader_slot = &self.requests[reader];
-            Reader {
-                slot: slot_u16(reader),
-                generation: reader_slot.generation,
-                guest_offset: buffer_len(at - reader_slot.start),
-                delta: buffer_len(at - lo),
-                len: buffer_len(piece),
-            }
+            Reader::new(
+                reader,
+                reader_slot.generation,
+                reader_slot.start,
+                lo,
+                at,
+                piece,
+            )
         });
         self.start_request(slot, Kind::Fill, State::FillRead, lo, hi);
         let fill = &mut self.requests[slot];
@@ -193,13 +183,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                 from: Buffer::Engine {
                     offset: r.bounce.unwrap_or(0) + reader.delta,
                 },
-                into: Buffer::Guest {
-                    request: RequestId {
-                        slot: reader.slot,
-                        generation: reader.generation,
-                    },
-                    offset: reader.guest_offset,
-                },
+                into: reader.buffer(0),
                 len: reader.len,
             };
             if !self.emit(slot, FileId::Image, op) {

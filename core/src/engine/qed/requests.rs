@@ -61,7 +61,7 @@ pub(super) struct Req {
     /// A fill overtaken by a newer guest write: it must not write.
     pub(super) cancelled: bool,
     /// A fill: the guest read waiting for its part of the cluster.
-    pub(super) reader: Option<super::fill::Reader>,
+    pub(super) reader: Option<crate::engine::fill_reader::Reader>,
     /// A fill: the reader's part was copied out.
     pub(super) copied: bool,
 }
