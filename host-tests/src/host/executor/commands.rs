@@ -30,6 +30,8 @@ pub(super) struct FvdState {
     /// its `commands_in_flight` exceeds this (each poll runs the engine's state
     /// machines, so the executor never polls just to hear "none").
     pub(super) polled: usize,
+    /// Writes from engine memory started but not yet copied out ([`copy_engine_writes`]).
+    pub(super) engine_writes: Vec<EngineWrite>,
 }
 
 /// Copies bytes a worker returned to where they belong.
@@ -207,15 +209,30 @@ pub(super) fn start_command(
                     }
                 },
                 Buffer::Engine { offset: at } => {
-                    let mut v = pool.spare();
-                    match f.chain.memory(memory_of).get(at..at.saturating_add(len)) {
-                        Some(bytes) => v.extend_from_slice(bytes),
-                        None => {
-                            f.chain.complete(id, Err(IoError::Failed));
-                            return true;
-                        }
+                    if f.chain.memory(memory_of).len() < at.saturating_add(len) {
+                        f.chain.complete(id, Err(IoError::Failed));
+                        return true;
                     }
-                    Src::Owned(v)
+                    // Copied out later, when the calling thread is about to wait
+                    // ([`copy_engine_writes`]): the engine keeps these bytes unchanged
+                    // until the write completes, and the copy then overlaps the jobs
+                    // already sent (a copy-on-read fill's write overlaps the next read).
+                    f.engine_writes.push(EngineWrite {
+                        job: Job {
+                            token: Token::Command(id),
+                            layer,
+                            target,
+                            work: Work::Write {
+                                offset,
+                                len,
+                                from: Src::Owned(Vec::new()),
+                            },
+                            landing,
+                        },
+                        memory_of,
+                        at,
+                    });
+                    return false;
                 }
             };
             Work::Write { offset, len, from }
@@ -232,6 +249,39 @@ pub(super) fn start_command(
         landing,
     });
     false
+}
+
+/// A write from engine memory whose bytes are not copied out yet.
+pub(super) struct EngineWrite {
+    job: Job,
+    /// The layer whose engine memory holds the bytes.
+    memory_of: usize,
+    /// Where they start in it.
+    at: usize,
+}
+
+/// Copies the bytes of every write from engine memory waiting in `f` into a job of its
+/// own and queues the jobs for the pool.
+pub(super) fn copy_engine_writes(f: &mut FvdState, pool: &mut Pool) {
+    let mut writes = std::mem::take(&mut f.engine_writes);
+    for EngineWrite {
+        mut job,
+        memory_of,
+        at,
+    } in writes.drain(..)
+    {
+        let Work::Write { len, from, .. } = &mut job.work else {
+            continue;
+        };
+        let mut v = pool.spare();
+        // In range: checked when the command was started, and engine memory never shrinks.
+        if let Some(bytes) = f.chain.memory(memory_of).get(at..at.saturating_add(*len)) {
+            v.extend_from_slice(bytes);
+        }
+        *from = Src::Owned(v);
+        pool.push(job);
+    }
+    f.engine_writes = writes;
 }
 
 pub(super) fn zero(memory: &mut [u8], at: usize, len: usize) -> Result<(), IoError> {

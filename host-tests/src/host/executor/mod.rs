@@ -35,6 +35,10 @@
 //! request and 13-28 % less read throughput; no difference at 4 KiB), because the copies
 //! land on the one thread every request already passes through. Engine memory (metadata pages, copy-on-write bounce
 //! blocks) is always copied: out into the job for writes, back in on completion for reads.
+//! A write's copy is made when the calling thread is about to wait, after the jobs batched
+//! so far have gone out (the engine keeps the bytes of a command unchanged until it
+//! completes), so that a copy-on-read fill's write is copied while the guest's next read
+//! is already on a worker instead of before it is sent.
 //!
 //! The raw mode ([`Executor::open_raw`]) runs the same pool and the same buffers over a
 //! plain file without an engine, so benchmarks compare like with like. It does not order
@@ -48,7 +52,7 @@ use crate::host::driver::DriverOptions;
 use crate::host::faults::SharedPlan;
 use crate::host::files::{self, read_full_at};
 use crate::host::lock::FileLock;
-use commands::{drain_events, land, start_command, Engines, FvdState};
+use commands::{copy_engine_writes, drain_events, land, start_command, Engines, FvdState};
 use files::{Base, FileStorage, Layers};
 use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
@@ -274,6 +278,7 @@ impl Executor {
                 opened: None,
                 closed: None,
                 polled: 0,
+                engine_writes: Vec::new(),
             }),
             Pool::start(pool_files, options.workers),
             options,
@@ -460,8 +465,10 @@ impl Executor {
 
     /// One round: wait for at least one completion, report all that arrived, dispatch.
     fn turn(&mut self) -> Result<(), ExecutorError> {
+        self.release_engine_writes();
         if self.pool.outstanding == 0 {
             self.dispatch();
+            self.release_engine_writes();
             self.pool.send_batch();
             if self.pool.outstanding == 0 {
                 let stuck = match &self.mode {
@@ -492,6 +499,17 @@ impl Executor {
         self.tick();
         self.dispatch();
         Ok(())
+    }
+
+    /// Sends the jobs batched so far, then copies the engine's writes out of its memory
+    /// and queues them: the copying overlaps the jobs just sent.
+    fn release_engine_writes(&mut self) {
+        if let Mode::Fvd(f) = &mut self.mode {
+            if !f.engine_writes.is_empty() {
+                self.pool.send_batch();
+                copy_engine_writes(f, &mut self.pool);
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -632,6 +650,7 @@ impl Executor {
                     self.turn()?;
                     if self.pool.outstanding == 0 {
                         self.dispatch();
+                        self.release_engine_writes();
                         let Mode::Fvd(f) = &self.mode else {
                             unreachable!()
                         };
