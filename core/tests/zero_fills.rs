@@ -269,6 +269,32 @@ fn a_bounce_fill_of_all_zero_base_blocks_on_an_unallocated_compact_chunk_only_se
         .all(|&b| b == 0x5A));
 }
 
+#[test]
+fn a_guest_fill_whose_blocks_were_copied_into_engine_memory_writes_zeros_for_zero_blocks() {
+    let mut host = Host::new(image_over_base(false));
+    let mut engine = host.open(true, PrefetchMode::Off);
+    let data = data_offset(&engine);
+    // Whole blocks from an aligned start: a guest fill, copied into a bounce slot (there
+    // is room), so the engine sees its bytes. Blocks 8 and 9 are zero, block 3 is not.
+    let zeros = host.read(&mut engine, 8 * BLOCK, 2 * BLOCK as usize);
+    assert!(zeros.iter().all(|&b| b == 0));
+    assert_eq!(
+        host.read(&mut engine, 3 * BLOCK, BLOCK as usize),
+        base_block(3)
+    );
+    assert_eq!(
+        host.data_writes(data),
+        vec![
+            (data + 8 * BLOCK, 2 * BLOCK, true),
+            (data + 3 * BLOCK, BLOCK, false)
+        ]
+    );
+    assert_eq!(engine.stats().fills_recorded_as_zeros, 1);
+    host.poison_base();
+    let local = host.read(&mut engine, 8 * BLOCK, 2 * BLOCK as usize);
+    assert!(local.iter().all(|&b| b == 0), "the bits are set");
+}
+
 /// Prefetches the whole base of `files` and checks that only the data blocks were
 /// written as data; returns the host and engine for more checks.
 fn prefetch_all(compact: bool) -> (Host, Engine<Vec<u8>, 64>) {
