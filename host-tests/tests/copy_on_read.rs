@@ -18,6 +18,11 @@ fn base_bytes() -> Vec<u8> {
 }
 
 fn image(compact: bool) -> MemStorage {
+    image_over(compact, base_bytes())
+}
+
+/// An image over a 1 MiB base holding `base`.
+fn image_over(compact: bool, base: Vec<u8>) -> MemStorage {
     let options = CreateOptions {
         virtual_size: 2 << 20,
         compact_image: compact,
@@ -33,7 +38,7 @@ fn image(compact: bool) -> MemStorage {
     MemStorage {
         image: MemFile::new(initial_metadata(&plan(&options).unwrap())),
         data: None,
-        base: Some(MemFile::new(base_bytes())),
+        base: Some(MemFile::new(base)),
         writes: 0,
     }
 }
@@ -259,10 +264,19 @@ fn is_fill_read(c: &Command) -> bool {
         && matches!(c.op, Op::Read { len, into: Buffer::Engine { .. }, .. } if len as u64 == BLOCK)
 }
 
+/// The bases the never-clobber tests run over: data, and all zeros (whose fills write
+/// zeros instead of data, or on an unallocated compact chunk only set bits).
+fn bases() -> [Vec<u8>; 2] {
+    [base_bytes(), vec![0; 1 << 20]]
+}
+
 #[test]
 fn cor_never_overwrites_a_newer_guest_write_issued_during_the_base_read() {
-    for compact in [false, true] {
-        let mut m = Manual::open(image(compact));
+    for (compact, base) in [false, true]
+        .into_iter()
+        .flat_map(|c| bases().map(|b| (c, b)))
+    {
+        let mut m = Manual::open(image_over(compact, base.clone()));
         // 1. The guest reads sector 0; the fill's base read of block 0 is in flight.
         let read = m.submit(
             Request::Read {
@@ -294,8 +308,8 @@ fn cor_never_overwrites_a_newer_guest_write_issued_during_the_base_read() {
         // 3. Only now the fill's base read completes, and everything else runs.
         m.run_all();
         assert_eq!(m.done.remove(&read), Some(Ok(Reply::Done)));
-        assert_eq!(m.buffers.remove(&read.slot()).unwrap(), base_bytes()[..512]);
-        let mut expected = base_bytes()[..BLOCK as usize].to_vec();
+        assert_eq!(m.buffers.remove(&read.slot()).unwrap(), base[..512]);
+        let mut expected = base[..BLOCK as usize].to_vec();
         expected[8192..8704].fill(0x77);
         assert_eq!(
             m.read(0, BLOCK as usize),
@@ -308,7 +322,14 @@ fn cor_never_overwrites_a_newer_guest_write_issued_during_the_base_read() {
 
 #[test]
 fn a_guest_write_after_the_fill_started_writing_waits_and_wins() {
-    let mut m = Manual::open(image(false));
+    for base in bases() {
+        guest_write_after_the_fill_started_writing_waits_and_wins(base);
+    }
+}
+
+fn guest_write_after_the_fill_started_writing_waits_and_wins(base: Vec<u8>) {
+    let zeros = base.iter().all(|&b| b == 0);
+    let mut m = Manual::open(image_over(false, base.clone()));
     let read = m.submit(
         Request::Read {
             offset: 0,
@@ -317,14 +338,16 @@ fn a_guest_write_after_the_fill_started_writing_waits_and_wins() {
         vec![0; 512],
     );
     m.until_fill_reads();
-    // The fill's base read and the reader's copy complete; the fill's data write is issued.
+    // The fill's base read and the reader's copy complete; the fill's data write (its zero
+    // write, for a zero block) is issued.
     m.perform_where(is_fill_read);
     m.perform_where(|c| matches!(c.op, Op::Copy { .. }));
     assert_eq!(m.done.remove(&read), Some(Ok(Reply::Done)));
-    let fill_write = m
-        .pending
-        .iter()
-        .position(|c| matches!(c.op, Op::Write { len, .. } if len as u64 == BLOCK));
+    let fill_write = m.pending.iter().position(|c| match c.op {
+        Op::Write { len, .. } => !zeros && len as u64 == BLOCK,
+        Op::WriteZeroes { len, unmap, .. } => zeros && unmap && len == BLOCK,
+        _ => false,
+    });
     assert!(
         fill_write.is_some(),
         "the fill is writing its block: {:?}",
@@ -350,8 +373,9 @@ fn a_guest_write_after_the_fill_started_writing_waits_and_wins() {
     );
     m.run_all();
     assert_eq!(m.done.remove(&write), Some(Ok(Reply::Done)));
-    let mut expected = base_bytes()[..BLOCK as usize].to_vec();
+    let mut expected = base[..BLOCK as usize].to_vec();
     expected[..512].fill(0x55);
     assert_eq!(m.read(0, BLOCK as usize), expected);
     assert_eq!(m.engine.stats().cor_fills_done, 1);
+    assert_eq!(m.engine.stats().fills_recorded_as_zeros, u64::from(zeros));
 }

@@ -87,6 +87,9 @@ pub struct Stats {
     pub cor_fills_dropped: u64,
     /// Blocks copied in by whole-image prefetch.
     pub prefetched_blocks: u64,
+    /// Copy-on-read and prefetch fills whose base blocks were all zero: recorded as zeros
+    /// (a zero write, or only the bitmap on an unallocated compact chunk), no data written.
+    pub fills_recorded_as_zeros: u64,
     /// Bytes read from the base image (every kind of read: guest, copy-on-write,
     /// copy-on-read, prefetch).
     pub base_read_bytes: u64,

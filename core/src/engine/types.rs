@@ -104,7 +104,8 @@ pub enum Op {
         offset: u64,
         /// Bytes.
         len: u64,
-        /// The guest discarded the range: deallocating is welcome.
+        /// Deallocating is welcome (the guest discarded the range, or a fill found its
+        /// base blocks all zero).
         unmap: bool,
     },
     /// Fill `len` bytes of `into` with zeros (no file I/O; complete it at once).

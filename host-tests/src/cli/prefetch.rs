@@ -2,7 +2,8 @@
 //! the image no longer needs its base. Without a rate limit this is one bulk pass
 //! ([`super::flatten`]: the base's map first, large requests, all-zero blocks recorded
 //! as zeros instead of written). With `-r` it is the engine's adaptive prefetch, whose
-//! reads stay under the rate; time for the engine comes from a monotonic clock. `-p`
+//! reads stay under the rate (all-zero blocks recorded as zeros there too, by the
+//! engine's fills); time for the engine comes from a monotonic clock. `-p`
 //! shows qemu-img's progress line in both cases.
 
 use super::disk::open_error;

@@ -22,6 +22,12 @@
 //! the guest reads the base directly and the blocks go to the deferred queue
 //! ([`super::deferred`]), whose fills run as soon as room frees up.
 //!
+//! A fill whose blocks sit in engine memory (every bounce fill, and a guest fill once
+//! copied into bounce slots) and are all zero writes no data: it becomes a zero write
+//! (`Op::WriteZeroes` with unmap, a hole on hosts that can punch one; on a compact image
+//! whose chunk is unallocated, no command at all), so prefetch and copy-on-read keep the
+//! image as sparse as the base. Its bits are set after that zero write, as for any write.
+//!
 //! A fill can never clobber guest data: it is only started when no write touching its
 //! blocks is in flight; a guest write submitted later either cancels it (while it has not
 //! started writing) or, through the order rule, waits for its write and then overwrites
@@ -79,6 +85,8 @@ pub(crate) struct FillInfo {
     copy_issued: bool,
     /// A guest write reached the blocks before the fill started writing.
     pub(crate) cancelled: bool,
+    /// Its blocks, read into engine memory, are all zero: it writes zeros, not data.
+    pub(crate) zero: bool,
 }
 
 impl FillInfo {
@@ -91,6 +99,7 @@ impl FillInfo {
         prefetch: false,
         copy_issued: false,
         cancelled: false,
+        zero: false,
     };
 }
 
@@ -386,9 +395,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if ends {
             self.finish(slot, Err(RequestError::Failed));
         } else {
+            if !self.requests[slot].fill.guest {
+                self.requests[slot].fill.zero = self.fill_data_is_zero(slot);
+            }
             self.requests[slot].state = State::Blocked;
         }
         true
+    }
+
+    /// Whether the blocks of fill `slot`, held in its bounce slot(s), are all zero.
+    fn fill_data_is_zero(&self, slot: usize) -> bool {
+        let r = &self.requests[slot];
+        let Ok(len) = usize::try_from(r.end - r.start) else {
+            return false;
+        };
+        let from = r.fill.bounce;
+        from.checked_add(len)
+            .and_then(|end| self.memory.as_ref().get(from..end))
+            .is_some_and(crate::zeros::is_zero)
     }
 
     /// A guest fill without room to copy its blocks out: it writes them from the reader's
@@ -474,6 +498,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     pub(crate) fn fill_finished(&mut self, slot: usize, wrote: bool) {
         self.release_reader(slot, None);
         let r = self.requests[slot];
+        if wrote && r.fill.zero {
+            self.stats.fills_recorded_as_zeros += 1;
+        }
         if r.fill.bounce_slots > 0 {
             self.bounce
                 .give_back_run(r.fill.bounce, usize::from(r.fill.bounce_slots));

@@ -574,7 +574,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 bounce_needed += 1;
             }
         }
-        let zero_write = matches!(r.kind, Kind::Zeroes { .. });
+        // A fill whose base blocks are all zero is planned as a zero write.
+        let zero_write =
+            matches!(r.kind, Kind::Zeroes { .. }) || (r.kind == Kind::Fill && r.fill.zero);
         match (layout.table, table_page) {
             (Some(table), Some(page)) => {
                 let cs = table.chunk_size;
@@ -707,6 +709,14 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             let len = seg.end - seg.start;
             let op = match r.kind {
                 Kind::Zeroes { unmap } => Op::WriteZeroes { offset, len, unmap },
+                // All-zero base blocks: a hole where the host can punch one. The range
+                // may hold stale bytes of an interrupted write, so it is always zeroed
+                // before the bits say the blocks are local.
+                Kind::Fill if r.fill.zero => Op::WriteZeroes {
+                    offset,
+                    len,
+                    unmap: true,
+                },
                 Kind::Fill => Op::Write {
                     offset,
                     len: buffer_len(len),
