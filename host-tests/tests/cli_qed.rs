@@ -830,3 +830,44 @@ fn copy_on_read_is_a_create_option_that_io_can_override() {
         0
     );
 }
+
+#[test]
+fn copy_on_read_of_zero_backing_clusters_leaves_zero_clusters_that_qemu_reads_as_zeros() {
+    let dir = scratch();
+    let d = dir.path();
+    common::sparse_file(&d.join("zb.raw"), 4 << 20);
+    let raw = fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("zb.raw"))
+        .unwrap();
+    raw.write_all_at(&[0x77; K64 as usize], 1 << 20).unwrap();
+    drop(raw);
+    qemu_create(d, &["-b", "zb.raw", "-F", "raw", "zq.qed"]);
+    let before = fs::metadata(d.join("zq.qed")).unwrap().len();
+    ok(d, &["io", "--cor", "-c", "read 0 4M", "zq.qed"]);
+    // One data cluster and its L2 table: the zero clusters took no space.
+    let grown = fs::metadata(d.join("zq.qed")).unwrap().len() - before;
+    assert!(grown <= K64 + 4 * K64, "grew {grown} bytes");
+    let (code, report) = qemu_check(d, "zq.qed");
+    assert_eq!(code, 0, "{report:#}");
+    let map = qemu_img(d, &["map", "--output", "json", "zq.qed"]);
+    let runs: Value = parse_json(&map);
+    let runs = runs.as_array().unwrap();
+    // QEMU sees the whole disk in the image: zero runs and the one data cluster.
+    assert!(runs.iter().all(|r| r["depth"] == 0), "{runs:#?}");
+    let data: Vec<_> = runs.iter().filter(|r| r["data"] == true).collect();
+    assert_eq!(data.len(), 1, "{runs:#?}");
+    assert_eq!(
+        (data[0]["start"].as_u64(), data[0]["length"].as_u64()),
+        (Some(1 << 20), Some(K64))
+    );
+    qemu_io(
+        d,
+        "zq.qed",
+        &[
+            "read -P 0 0 1M",
+            "read -P 0x77 1M 64k",
+            "read -P 0 1088k 2944k",
+        ],
+    );
+}

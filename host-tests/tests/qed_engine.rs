@@ -634,3 +634,53 @@ fn a_qed_fill_that_cannot_get_memory_now_runs_later_and_the_cluster_ends_up_loca
     let mut d = open(s, false);
     assert!(d.read(0, 8 * CLUSTER as usize).unwrap() == base[..8 * CLUSTER as usize]);
 }
+
+#[test]
+fn a_qed_fill_of_an_all_zero_backing_cluster_records_a_zero_cluster_without_data() {
+    let size = 8 * CLUSTER;
+    // Backing data in clusters 0, 2 and 5; the rest all zero.
+    let data = [0u64, 2, 5];
+    let mut backing = vec![0u8; size as usize];
+    for &c in &data {
+        backing[(c * CLUSTER) as usize..][..CLUSTER as usize].fill(0x3c + c as u8);
+    }
+    let mut st = storage(size, Some(0));
+    st.base = Some(MemFile::new(backing.clone()));
+    let len_before = st.image.current.len() as u64;
+    let mut d = Driver::open(
+        st,
+        DriverOptions {
+            copy_on_read: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(d.read(0, size as usize).unwrap() == backing);
+    d.run_until_idle().unwrap();
+    let stats = d.engine().stats();
+    assert_eq!(
+        stats.fills_recorded_as_zeros,
+        8 - data.len() as u64,
+        "{stats:?}"
+    );
+    for c in 0..8 {
+        let mapping = d.map(c * CLUSTER, CLUSTER).unwrap().mapping;
+        if data.contains(&c) {
+            assert!(
+                matches!(mapping, Mapping::Data { .. }),
+                "cluster {c}: {mapping:?}"
+            );
+        } else {
+            assert_eq!(mapping, Mapping::Zero, "cluster {c}");
+        }
+    }
+    let (mut s, _) = d.close().unwrap();
+    // Data clusters and one L2 table were appended; no zero cluster took space.
+    let grown = s.image.current.len() as u64 - len_before;
+    let table = grown - data.len() as u64 * CLUSTER;
+    assert!(table <= 4 * CLUSTER, "grew {grown} bytes");
+    // Every cluster is now the image's own: other backing bytes change nothing.
+    s.base = Some(MemFile::new(vec![0xee; size as usize]));
+    let mut d = open(s, false);
+    assert!(d.read(0, size as usize).unwrap() == backing);
+}

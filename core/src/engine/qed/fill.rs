@@ -158,6 +158,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
         }
     }
 
+    /// Whether the backing data fill `slot` holds in its bounce slot is all zero.
+    pub(super) fn fill_data_is_zero(&self, slot: usize) -> bool {
+        let r = &self.requests[slot];
+        let (Some(from), Ok(len)) = (r.bounce, usize::try_from(r.end - r.start)) else {
+            return false;
+        };
+        from.checked_add(len)
+            .and_then(|end| self.memory.as_ref().get(from..end))
+            .is_some_and(crate::zeros::is_zero)
+    }
+
     /// The backing-file read, the reader's copy, then the fill becomes a write (or ends).
     pub(super) fn step_fill_read(&mut self, slot: usize) -> bool {
         let r = self.requests[slot];

@@ -159,7 +159,16 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             }
             (Kind::Fill, ExtentKind::Unallocated) if !r.cancelled => {
                 seg.end = r.end;
-                allocate(&mut seg, Source::Bounce, false);
+                if self.fill_data_is_zero(slot) {
+                    // An all-zero backing cluster becomes a zero cluster: no data written,
+                    // and the image stays sparse.
+                    seg.action = Action::Marker;
+                    seg.cluster = cluster;
+                    seg.clusters = (seg.end - c).div_ceil(cs);
+                    self.stats.fills_recorded_as_zeros += 1;
+                } else {
+                    allocate(&mut seg, Source::Bounce, false);
+                }
                 State::NeedCheck
             }
             // A fill whose cluster changed meanwhile, or any other request: nothing to do.
