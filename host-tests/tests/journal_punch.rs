@@ -224,10 +224,7 @@ fn a_dirty_image_whose_stale_journal_sectors_were_partly_zeroed_replays_its_curr
         .filter(|&i| epochs[i].is_some_and(|e| e != layout.stable_journal_epoch))
         .collect();
     assert!(
-        epochs
-            .iter()
-            .any(|e| *e == Some(layout.stable_journal_epoch))
-            && stale.len() >= 4,
+        epochs.contains(&Some(layout.stable_journal_epoch)) && stale.len() >= 4,
         "the journal holds current and stale sectors: {epochs:?}"
     );
     for &i in stale.iter().step_by(2) {
