@@ -64,11 +64,20 @@ pub struct InfoScan {
 
 impl InfoScan {
     /// A scan of a validated FVD image.
+    /// A fully prefetched image's bitmap is not read: every block is in the image, and the
+    /// region may have been punched to zeros (FORMAT.md §7).
     pub fn fvd(layout: &ImageLayout) -> Self {
+        let prefetched = layout.base.filter(|_| layout.base_fully_prefetched);
         let mut scan = InfoScan {
             format: Format::Fvd(*layout),
-            phase: Phase::Bitmap(0),
-            counts: InfoCounts::default(),
+            phase: match prefetched {
+                Some(_) => Phase::Table(0),
+                None => Phase::Bitmap(0),
+            },
+            counts: InfoCounts {
+                blocks_in_image: prefetched.map_or(0, |b| b.blocks),
+                ..InfoCounts::default()
+            },
         };
         scan.settle();
         scan

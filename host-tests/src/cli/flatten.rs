@@ -6,7 +6,9 @@
 //! discarded in the image, which sets their bitmap bits and leaves their storage a hole
 //! (or their chunk unallocated), so the image reads zeros there and stays sparse. Then
 //! `base_img_fully_prefetched` is set; the base name stays in the header (FVD keeps a
-//! bitmap exactly when it names a base) but the base is never opened again.
+//! bitmap exactly when it names a base) but the base is never opened again. Once that
+//! header is durable the bitmap is never consulted (FORMAT.md §7), so its region is
+//! punched to a hole: a flattened image holds no bitmap on disk.
 
 use super::base::{self, BaseFormat};
 use super::disk::{context, split_runs, Disk, DiskFormat, Piece, Stream};
@@ -125,7 +127,21 @@ pub fn flatten(
     })?;
     write_header_bytes(path, &bytes)
         .map_err(|e| context(e, format!("Could not mark '{}' prefetched", path.display())))?;
+    punch_bitmap(path, layout.bitmap)?;
     Ok(done)
+}
+
+/// Deallocates the bitmap `region` of the image at `path`, whose header marking it fully
+/// prefetched is durable (written and synced): the bits are never read again, so a crash
+/// that leaves any mix of old bits and zeros is as good as either. A file system that
+/// cannot punch holes keeps the bits (writing zeros instead would save nothing).
+fn punch_bitmap(path: &Path, region: fvd_core::fvd::Region) -> Result<(), CliError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| CliError::open(path, e))?;
+    crate::host::files::fallocate_zero(&file, region.offset, region.len, true);
+    Ok(())
 }
 
 /// True when every bitmap bit of the image at `path` is set on disk.

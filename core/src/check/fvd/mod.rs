@@ -350,9 +350,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             head_problems: head,
             table_corruptions: self.table.corruptions,
             stray_bits: stray,
-            bitmap: l
-                .base
-                .map(|_| (self.bitmap.in_image, self.bitmap.in_base(l))),
+            // A fully prefetched image has every block (its bitmap, maybe punched to
+            // zeros, is not consulted: FORMAT.md §7).
+            bitmap: l.base.map(|b| match l.base_fully_prefetched {
+                true => (b.blocks, 0),
+                false => (self.bitmap.in_image, self.bitmap.in_base(l)),
+            }),
             frontier: l.table.map(|_| self.table.frontier),
             data_end,
             storage_len: self.storage_len(),

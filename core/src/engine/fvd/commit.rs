@@ -2,7 +2,9 @@
 //! demand. A guest flush, a cache that needs room, a close and an open all run through
 //! the same steps: flush data, then journal the changed metadata bytes (or, when the
 //! journal is full or the image closes, write the pages back to their regions and move
-//! the journal epoch on through the header), then flush the image.
+//! the journal epoch on through the header), then flush the image. A clean close then
+//! punches the journal sectors the session wrote: the header naming the new epoch is
+//! durable, so they are stale (FORMAT.md §10.5) and need no disk space.
 //!
 //! Table changes always become durable before bitmap changes (a flush between them): a
 //! bitmap bit that says "local" must never reach the disk before the table entry that
@@ -18,6 +20,10 @@ use crate::engine::{HEADER_AREA, SCRATCH_AREA};
 use crate::fvd::header::{mutable_sectors, FVD_VERSION};
 use crate::fvd::journal::{next_epoch, SectorBuilder, JOURNAL_SECTOR_SIZE};
 use zerocopy::little_endian::{U32, U64};
+
+/// A clean close punches the stale journal in whole units of this many bytes (a common
+/// file system block).
+const PUNCH_UNIT: u64 = 4096;
 
 /// Why a commit runs; decides its steps and what happens at its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +48,8 @@ enum Step {
     BackFlush,
     Header,
     HeaderFlush,
+    /// After a clean close's header flush: punch the stale journal sectors.
+    JournalPunch,
 }
 
 /// The commit machine's state.
@@ -115,6 +123,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             Purpose::OpenClean => Step::Header,
         };
         self.stats.commits += 1;
+        if purpose == Purpose::OpenReplayed {
+            // The replayed journal's sectors all go stale with this commit.
+            self.journal_stale = self.journal_sectors;
+        }
         self.commit = CommitState {
             step: first,
             purpose,
@@ -166,6 +178,11 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
         if self.commit.outstanding > 0 || (self.commit.step == Step::WriteBack && writing_back) {
             return false;
         }
+        if self.commit.step == Step::JournalPunch {
+            // The image is clean already; a punch that failed (or zeroed only part) leaves
+            // stale sectors, which are never replayed: not an error of the close.
+            self.commit.error = None;
+        }
         if let Some(error) = self.commit.error.or(self.commit.write_back_failed.take()) {
             if self.commit.step == Step::Journal {
                 self.mark_all_unjournaled();
@@ -188,6 +205,24 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
             Step::JournalFlush | Step::BackFlush | Step::HeaderFlush => {
                 self.commands.free() > 0 && self.emit_commit(image, Op::Flush)
+            }
+            Step::JournalPunch => {
+                let (offset, journal_len) = self
+                    .layout
+                    .and_then(|l| l.journal)
+                    .map_or((0, 0), |j| (j.offset, j.len));
+                // Every sector is stale now, so the punch may reach past the ones written:
+                // up to whole 4 KiB (a file system block), which a partial punch would only
+                // zero. Never past the journal (`journal_stale <= journal_sectors`).
+                let len = (self.journal_stale * JOURNAL_SECTOR_SIZE as u64)
+                    .next_multiple_of(PUNCH_UNIT)
+                    .min(journal_len);
+                let op = Op::WriteZeroes {
+                    offset,
+                    len,
+                    unmap: true,
+                };
+                self.commands.free() > 0 && self.emit_commit(image, op)
             }
             Step::Journal => {
                 let phase = self.commit.phase;
@@ -301,6 +336,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             Step::Journal => {
                 if self.commit.batch_sectors > 0 {
                     self.journal_next += self.commit.batch_sectors;
+                    self.journal_stale = self.journal_stale.max(self.journal_next);
                     self.commit.batch_sectors = 0;
                     self.commit.wrote_journal = true;
                     self.commit.phase_wrote = true;
@@ -352,9 +388,17 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
                 }
             }
             Step::Header => Step::HeaderFlush,
+            Step::JournalPunch => {
+                self.journal_stale = 0;
+                return self.end_commit(None);
+            }
             Step::HeaderFlush => {
                 self.journal_next = 0;
-                if self.commit.recycling && self.commit.purpose == Purpose::Flush {
+                if self.commit.purpose == Purpose::Close && self.journal_stale > 0 {
+                    // Only a clean close punches: after a recycle the journal fills again
+                    // at once, and after an open the session is about to write it.
+                    Step::JournalPunch
+                } else if self.commit.recycling && self.commit.purpose == Purpose::Flush {
                     self.commit.recycling = false;
                     self.commit.phase = Meta::Table;
                     self.stats.recycles += 1;

@@ -55,6 +55,10 @@ pub(crate) struct FvdEngine<M, const PAGES: usize = 256> {
     alloc: allocator::Allocator,
     journal_next: u64,
     journal_sectors: u64,
+    /// The journal's first sectors that may hold sectors written since it was last known
+    /// to read as zeros (this session's, or all of it after a replay): a clean close
+    /// punches them.
+    journal_stale: u64,
     /// Highest epoch of an intact journal sector of another epoch seen by the replay.
     journal_epoch_seen: u64,
     /// The journal laid over loaded pages (read-only open of a dirty image).
@@ -121,6 +125,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             alloc: allocator::Allocator::EMPTY,
             journal_next: 0,
             journal_sectors: 0,
+            journal_stale: 0,
             journal_epoch_seen: 0,
             overlay: overlay::JournalOverlay::NONE,
             page_error: None,
