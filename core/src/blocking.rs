@@ -165,6 +165,8 @@ where
             base_available: length(&mut base).is_some(),
             cache_bytes,
             storage_zero_init: false,
+            // Raw media: zeroing stale journal sectors would be real writes.
+            release_stale_journal: false,
             copy_on_read: None,
             prefetch: PrefetchMode::Off,
         };

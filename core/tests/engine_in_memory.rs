@@ -13,7 +13,7 @@
 
 mod support;
 
-use fvd_core::engine::Request;
+use fvd_core::engine::{OpenOptions, Request};
 use fvd_core::fvd::create::CreateOptions;
 use support::*;
 
@@ -88,4 +88,45 @@ fn a_qed_image_keeps_what_was_written_across_reopen() {
         image: qed_image(&small_qed(M, None)),
         ..Default::default()
     });
+}
+
+/// The journal region of a cleanly closed compact image after one session of flushed
+/// writes, with the host's `release_stale_journal` as given.
+fn journal_after_close(release_stale_journal: bool) -> Vec<u8> {
+    let mut files = Files {
+        image: fvd_image(&CreateOptions {
+            virtual_size: M,
+            compact_image: true,
+            chunk_size: Some(64 * 1024),
+            storage_grow_unit: Some(64 * 1024),
+            journal_size: Some(8192),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = OpenOptions {
+        release_stale_journal,
+        ..options(&files, true, false)
+    };
+    let mut engine = open_engine_with(&mut files, options);
+    for chunk in 0..4u64 {
+        let request = Request::Write {
+            offset: chunk * 64 * 1024,
+            len: 4096,
+        };
+        run_engine(&mut engine, &mut files, request, vec![7; 4096]).unwrap();
+        run_engine(&mut engine, &mut files, Request::Flush, Vec::new()).unwrap();
+    }
+    assert!(close_engine(&mut engine, &mut files));
+    let (_, layout) = fvd_core::fvd::parse(&files.image, files.image.len() as u64).unwrap();
+    let journal = layout.journal.unwrap();
+    files.image[journal.offset as usize..][..journal.len as usize].to_vec()
+}
+
+#[test]
+fn a_clean_close_releases_the_stale_journal_only_where_the_host_asks_for_it() {
+    // A file host: the sectors the session wrote are zeroed (punched) at close.
+    assert!(journal_after_close(true).iter().all(|&b| b == 0));
+    // A host on raw media (the firmware) keeps them: stale, never replayed, no writes.
+    assert!(journal_after_close(false).iter().any(|&b| b != 0));
 }

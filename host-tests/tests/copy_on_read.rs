@@ -132,6 +132,7 @@ impl Manual {
             base_available: true,
             cache_bytes: 64 * 512,
             storage_zero_init: true,
+            release_stale_journal: true,
             copy_on_read: Some(true),
             prefetch: PrefetchMode::Off,
         };

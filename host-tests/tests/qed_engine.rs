@@ -354,6 +354,7 @@ fn a_copy_on_read_fill_never_overwrites_a_newer_guest_write() {
             base_available: true,
             cache_bytes: 64 * 512,
             storage_zero_init: true,
+            release_stale_journal: true,
             copy_on_read: Some(true),
             prefetch: PrefetchMode::Off,
         },

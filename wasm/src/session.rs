@@ -190,6 +190,7 @@ impl Inspector {
                     base_available: i < last || raw_base,
                     cache_bytes: CACHE_BYTES,
                     storage_zero_init: true,
+                    release_stale_journal: true,
                     copy_on_read: Some(false),
                     prefetch: PrefetchMode::Off,
                 },

@@ -111,6 +111,11 @@ pub struct OpenOptions {
     pub cache_bytes: usize,
     /// Space the host adds with [`Op::SetLength`] reads as zeros (true for files).
     pub storage_zero_init: bool,
+    /// After a clean close, release the journal sectors the session wrote with one
+    /// [`Op::WriteZeroes`] (`unmap`): they are stale then (FORMAT.md §10.5). Worth it where
+    /// the host frees the space (files: a punched hole); a host on raw media, which would
+    /// write the zeros, leaves it off (no wear, no time at close).
+    pub release_stale_journal: bool,
     /// Copy-on-read: `None` follows the header's `copy_on_read`. Only a writable image
     /// with a base that is still read copies on read.
     pub copy_on_read: Option<bool>,

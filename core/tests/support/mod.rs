@@ -63,6 +63,7 @@ pub fn options(files: &Files, writable: bool, base_available: bool) -> OpenOptio
         base_available,
         cache_bytes: CACHE,
         storage_zero_init: true,
+        release_stale_journal: true,
         copy_on_read: Some(false),
         prefetch: PrefetchMode::Off,
     }
@@ -132,7 +133,13 @@ pub fn perform(
 /// One engine over `files`, pumped until it opens; `base_available`: its base is a raw
 /// file in `files` or, in a chain, the layer below.
 pub fn open_engine(files: &mut Files, writable: bool, base_available: bool) -> Engine<Vec<u8>, 64> {
-    let mut engine = Engine::open(vec![0u8; MEMORY], options(files, writable, base_available));
+    let options = options(files, writable, base_available);
+    open_engine_with(files, options)
+}
+
+/// One engine over `files` with `options`, pumped until it opens.
+pub fn open_engine_with(files: &mut Files, options: OpenOptions) -> Engine<Vec<u8>, 64> {
+    let mut engine = Engine::open(vec![0u8; MEMORY], options);
     let mut guests = HashMap::new();
     loop {
         while let Some(event) = engine.poll_event() {

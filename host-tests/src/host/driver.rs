@@ -140,6 +140,7 @@ fn start_engine<S: Storage>(
             base_available,
             cache_bytes: options.cache_bytes,
             storage_zero_init: true,
+            release_stale_journal: true,
             copy_on_read: options.copy_on_read,
             prefetch: options.prefetch,
         },

@@ -394,7 +394,10 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
             }
             Step::HeaderFlush => {
                 self.journal_next = 0;
-                if self.commit.purpose == Purpose::Close && self.journal_stale > 0 {
+                if self.commit.purpose == Purpose::Close
+                    && self.journal_stale > 0
+                    && self.options.release_stale_journal
+                {
                     // Only a clean close punches: after a recycle the journal fills again
                     // at once, and after an open the session is about to write it.
                     Step::JournalPunch

@@ -253,6 +253,7 @@ impl Executor {
                     base_available,
                     cache_bytes: options.cache_bytes,
                     storage_zero_init: true,
+                    release_stale_journal: true,
                     copy_on_read: options.copy_on_read.filter(|_| layer == 0),
                     prefetch: fvd_core::engine::PrefetchMode::Off,
                 },
