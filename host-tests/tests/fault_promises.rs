@@ -406,7 +406,14 @@ fn a_storage_whose_flushes_or_writes_keep_failing_fails_requests_and_never_spins
                         maybe.retain(|(o, _)| *o != at);
                     }
                     Ok(()) => {}
-                    Err(DriverError::RequestIo { .. }) => {
+                    // A request that needed room the failed write-back of an earlier one
+                    // should have made (a QED copy-on-read fill's zero-cluster marker is
+                    // metadata only) fails with the engine's I/O error: the storage's reason
+                    // went to the request that met it first.
+                    Err(
+                        DriverError::RequestIo { .. }
+                        | DriverError::Request(fvd_core::engine::RequestError::Io(_)),
+                    ) => {
                         failed += 1;
                         if i % 3 != 0 {
                             maybe.push((at, fill((i as u8).wrapping_add(100), 8)));
