@@ -87,6 +87,8 @@ pub(super) struct Done {
     /// A vector the job owned (bytes read, or a spent write source for the pool).
     pub(super) data: Option<Vec<u8>>,
     pub(super) landing: Landing,
+    /// The operating system's reason when the job failed on a file.
+    pub(super) os_error: Option<io::Error>,
 }
 
 /// The files of one image of the chain the workers use.
@@ -175,10 +177,6 @@ impl Shared {
     }
 }
 
-pub(super) fn io_result(result: io::Result<()>) -> Result<(), IoError> {
-    result.map_err(|e| crate::host::storage::engine_error(&e))
-}
-
 /// Reads `buf.len()` bytes at `offset` of `file` (a raw base: of `base_len` bytes, which
 /// may not end early), through an injected fault if any.
 pub(super) fn read_job(
@@ -234,6 +232,15 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
     let mut data = None;
     let injection = injection_for(files, target, &work);
     let base_len = files.base_len;
+    // The operating system's reason for a failure, handed back with the engine's error.
+    let mut os_error = None;
+    let mut keep = |result: io::Result<()>| {
+        result.map_err(|e| {
+            let error = crate::host::storage::engine_error(&e);
+            os_error = Some(e);
+            error
+        })
+    };
     let result = match files.get(target) {
         None => Err(IoError::Failed),
         Some(file) => match work {
@@ -242,7 +249,7 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                     let mut guard = lock(&buf);
                     match guard.get_mut(at..at.saturating_add(len)) {
                         Some(slice) => {
-                            io_result(read_job(file, target, base_len, offset, slice, injection))
+                            keep(read_job(file, target, base_len, offset, slice, injection))
                         }
                         None => Err(IoError::Failed),
                     }
@@ -250,16 +257,16 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                 Dest::Owned(mut v) => {
                     v.clear();
                     v.resize(len, 0);
-                    let r = io_result(read_job(file, target, base_len, offset, &mut v, injection));
+                    let r = keep(read_job(file, target, base_len, offset, &mut v, injection));
                     data = Some(v);
                     r
                 }
             },
             Work::Write { offset, len, from } => {
                 // Without a fault plan, straight to the system call.
-                let write = |slice: &[u8]| match injection {
-                    Injection::None => io_result(file.write_all_at(slice, offset)),
-                    injection => io_result(injection.write(len as u64, |n| {
+                let mut write = |slice: &[u8]| match injection {
+                    Injection::None => keep(file.write_all_at(slice, offset)),
+                    injection => keep(injection.write(len as u64, |n| {
                         file.write_all_at(&slice[..n as usize], offset)
                     })),
                 };
@@ -282,9 +289,9 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                 }
             }
             Work::WriteZeroes { offset, len, unmap } => match injection {
-                Injection::None => io_result(write_zeroes_at(file, offset, len, unmap)),
+                Injection::None => keep(write_zeroes_at(file, offset, len, unmap)),
                 injection => {
-                    io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
+                    keep(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
                 }
             },
             Work::Flush => {
@@ -299,11 +306,11 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                     r
                 };
                 syncs.fetch_add(1, Ordering::Relaxed);
-                io_result(r)
+                keep(r)
             }
             Work::SetLength { len } => match injection {
-                Injection::None => io_result(file.set_len(len)),
-                injection => io_result(injection.other(|| file.set_len(len))),
+                Injection::None => keep(file.set_len(len)),
+                injection => keep(injection.other(|| file.set_len(len))),
             },
         },
     };
@@ -312,6 +319,7 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
         result,
         data,
         landing: Landing::None,
+        os_error,
     }
 }
 
@@ -383,6 +391,7 @@ pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
                 result: Err(IoError::Failed),
                 data: None,
                 landing,
+                os_error: None,
             },
         };
         done.token = token;
