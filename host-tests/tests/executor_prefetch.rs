@@ -170,6 +170,49 @@ fn prefetch_through_the_executor_keeps_all_zero_base_blocks_sparse() {
 }
 
 #[test]
+fn a_zero_fill_that_grows_the_image_never_cuts_off_a_copy_written_past_it_meanwhile() {
+    // Every other block of the base is data: each zero block's fill punches a hole at the
+    // end of the plain image (and grows the file to cover it) while the next block's copy
+    // is written past it by another worker.
+    let dir = scratch();
+    let d = dir.path();
+    let len = 8 * MIB;
+    let block = 64 * K;
+    let file = std::fs::File::create(d.join("base.raw")).unwrap();
+    file.set_len(len).unwrap();
+    let mut base = vec![0u8; len as usize];
+    for b in (1..len / block).step_by(2) {
+        let at = (b * block) as usize;
+        base[at..at + block as usize].fill(b as u8 | 1);
+        file.write_all_at(&base[at..at + block as usize], b * block)
+            .unwrap();
+    }
+    drop(file);
+    for round in 0..12 {
+        image_over_base(d, "block_size=65536");
+        let mut e = Executor::open(&d.join("img.fvd"), prefetching(1 << 20, 32)).unwrap();
+        assert_eq!(settle(&mut e), PrefetchState::Done);
+        e.close().unwrap();
+        std::fs::rename(d.join("base.raw"), d.join("away.raw")).unwrap();
+        let mut e = Executor::open(&d.join("img.fvd"), ExecutorOptions::default()).unwrap();
+        let read = e.read(0, len as usize).unwrap();
+        e.close().unwrap();
+        std::fs::rename(d.join("away.raw"), d.join("base.raw")).unwrap();
+        let lost: Vec<u64> = (0..len / block)
+            .filter(|&b| {
+                let at = (b * block) as usize;
+                read[at..at + block as usize] != base[at..at + block as usize]
+            })
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: blocks {lost:?} differ from the base"
+        );
+        std::fs::remove_file(d.join("img.fvd")).unwrap();
+    }
+}
+
+#[test]
 fn prefetch_through_the_executor_overlaps_base_reads_over_a_slow_base() {
     let dir = scratch();
     let d = dir.path();

@@ -289,6 +289,7 @@ impl Executor {
                 // Faults are planned for the image's own files.
                 faults: if layer == 0 { faults.clone() } else { None },
                 flush_failed: Default::default(),
+                growing: Default::default(),
             });
         }
         let chain = Engines::new(engines, &keys).map_err(ExecutorError::Chain)?;
