@@ -349,3 +349,37 @@ fn base_reads_that_keep_failing_end_executor_prefetch_as_they_end_the_drivers() 
     let out = fvd_img(d, &["compare", "-F", "raw", "img.fvd", "base.raw"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[test]
+fn run_background_sleeps_through_throttle_windows_keeps_the_callers_completions_and_ends_when_idle()
+{
+    let dir = scratch();
+    let d = dir.path();
+    let base = half_data_base(&d.join("base.raw"), 4 * MIB);
+    image_over_base(d, "block_size=65536");
+    // Capped at 256 KiB/s: most of each 100 ms window the engine only waits for the next.
+    let mut e = Executor::open(&d.join("img.fvd"), prefetching(256, 4)).unwrap();
+    let ticket = e.submit_read(MIB, (64 * K) as usize).unwrap();
+    let start = Instant::now();
+    for _ in 0..5 {
+        e.run_background(Duration::from_millis(60)).unwrap();
+    }
+    let took = start.elapsed();
+    // It waited (not a busy return, not a stall) for about the time asked.
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let progress = e.engine().unwrap().prefetch_progress();
+    assert_eq!(progress.state, PrefetchState::Running, "{progress:?}");
+    assert!(progress.copied > 0 && progress.copied < 64, "{progress:?}");
+    // The guest read finished meanwhile and is still there to collect.
+    let done = e.wait(ticket).unwrap();
+    done.result.unwrap();
+    assert!(done.data[..] == base[MIB as usize..(MIB + 64 * K) as usize]);
+    e.close().unwrap();
+    // With no prefetch and nothing in flight, it returns at once rather than sleeping.
+    let mut e = Executor::open(&d.join("img.fvd"), ExecutorOptions::default()).unwrap();
+    let start = Instant::now();
+    e.run_background(Duration::from_secs(30)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    e.close().unwrap();
+}
