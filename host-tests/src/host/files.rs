@@ -79,6 +79,13 @@ pub fn read_full_with(
 /// Makes `len` bytes at `offset` of `file` read as zeros with `fallocate`, punching a hole
 /// when `unmap`. Returns false when the file system cannot do it.
 pub fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
+    fallocate_range(file, offset, len, unmap)
+        && (!unmap || grow_to(file, offset.saturating_add(len)))
+}
+
+/// [`fallocate_zero`] without making the file cover a hole punched past its end (see
+/// [`grow_to`]): the file's length never changes when `unmap`.
+pub fn fallocate_range(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
     let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
         return false;
     };
@@ -89,18 +96,19 @@ pub fn fallocate_zero(file: &File, offset: u64, len: u64, unmap: bool) -> bool {
     };
     // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, n) };
-    if rc != 0 {
-        return false;
+    rc == 0
+}
+
+/// Extends `file` to `end` bytes if it is shorter (a punched hole past the end does not
+/// extend the file; a write would have). Looking at the length and setting it are two
+/// steps: a host that writes in parallel must keep writes past the end from landing
+/// between them, or the file is cut back over them.
+pub fn grow_to(file: &File, end: u64) -> bool {
+    match file.metadata() {
+        Ok(meta) if meta.len() < end => file.set_len(end).is_ok(),
+        Ok(_) => true,
+        Err(_) => false,
     }
-    if unmap {
-        // A punched hole past the end does not extend the file; a write would have.
-        if let Ok(meta) = file.metadata() {
-            if meta.len() < offset + len {
-                return file.set_len(offset + len).is_ok();
-            }
-        }
-    }
-    true
 }
 
 /// Makes `len` bytes at `offset` of `file` read as zeros: `fallocate` when the file system
@@ -109,6 +117,11 @@ pub fn write_zeroes_at(file: &File, offset: u64, len: u64, unmap: bool) -> io::R
     if fallocate_zero(file, offset, len, unmap) {
         return Ok(());
     }
+    write_zero_bytes_at(file, offset, len)
+}
+
+/// Writes `len` zero bytes at `offset` of `file`.
+pub fn write_zero_bytes_at(file: &File, offset: u64, len: u64) -> io::Result<()> {
     const ZERO_CHUNK: usize = 1 << 20;
     static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
     let mut done = 0;

@@ -40,10 +40,16 @@
 //! completes), so that a copy-on-read fill's write is copied while the guest's next read
 //! is already on a worker instead of before it is sent.
 //!
+//! Background work ([`Executor::run_background`], in `background`): the engine's own
+//! commands (whole-image prefetch, `ExecutorOptions::prefetch`) go to the pool many at
+//! once while no request of the caller's is in flight, and the calling thread sleeps while
+//! the engine only waits for a time (a throttle window).
+//!
 //! The raw mode ([`Executor::open_raw`]) runs the same pool and the same buffers over a
 //! plain file without an engine, so benchmarks compare like with like. It does not order
 //! overlapping writes in flight (the engine does).
 
+mod background;
 mod commands;
 mod pool;
 mod raw;
@@ -51,12 +57,14 @@ mod raw;
 use crate::host::driver::DriverOptions;
 use crate::host::faults::SharedPlan;
 use crate::host::files::{self, read_full_at};
+use crate::host::gate::OpenGate;
 use crate::host::lock::FileLock;
 use commands::{copy_engine_writes, drain_events, land, start_command, Engines, FvdState};
 use files::{Base, FileStorage, Layers};
 use fvd_core::engine::{memory_needed, SIZING_LEN};
 use fvd_core::engine::{
-    Engine, OpenOptions, Reply, Request, RequestError, Stats, SubmitError, MAX_REQUESTS, PAGE_BYTES,
+    Engine, OpenOptions, PrefetchMode, Reply, Request, RequestError, Stats, SubmitError,
+    MAX_REQUESTS, PAGE_BYTES,
 };
 use pool::{lock, Done, Files, Job, Landing, Pool, SharedBuf, Target, Token, Work};
 use raw::raw_work;
@@ -90,6 +98,12 @@ pub struct ExecutorOptions {
     pub guest_buffers: GuestBuffers,
     /// Copy-on-read: `None` follows the image header.
     pub copy_on_read: Option<bool>,
+    /// Whole-image prefetch of the image (its bases never prefetch); it moves while the
+    /// caller waits for requests or runs [`Executor::run_background`].
+    pub prefetch: PrefetchMode,
+    /// The policy for the files the image's headers name, and how every file is shared
+    /// with other processes.
+    pub gate: OpenGate,
 }
 
 impl Default for ExecutorOptions {
@@ -101,6 +115,8 @@ impl Default for ExecutorOptions {
             bounce_bytes: 4 << 20,
             guest_buffers: GuestBuffers::Shared,
             copy_on_read: None,
+            prefetch: PrefetchMode::Off,
+            gate: OpenGate::default(),
         }
     }
 }
@@ -161,6 +177,8 @@ pub struct Executor {
     /// The engine's clock starts at zero here (for `journal_clean_buf_period`).
     clock: Instant,
     last_tick: u64,
+    /// The operating system's reason for the last job that failed on a file.
+    last_os_error: Option<std::io::Error>,
 }
 
 impl Executor {
@@ -177,6 +195,7 @@ impl Executor {
             closed: false,
             clock: Instant::now(),
             last_tick: 0,
+            last_os_error: None,
         }
     }
 
@@ -200,7 +219,8 @@ impl Executor {
             bounce_bytes: options.bounce_bytes,
             ..DriverOptions::default()
         };
-        let storage = files::open_storage(path, driver_options).map_err(Box::new)?;
+        let storage =
+            files::open_storage_with(path, driver_options, &options.gate).map_err(Box::new)?;
         let Layers {
             files: layers,
             keys,
@@ -255,7 +275,11 @@ impl Executor {
                     storage_zero_init: true,
                     release_stale_journal: true,
                     copy_on_read: options.copy_on_read.filter(|_| layer == 0),
-                    prefetch: fvd_core::engine::PrefetchMode::Off,
+                    prefetch: if layer == 0 {
+                        options.prefetch
+                    } else {
+                        PrefetchMode::Off
+                    },
                 },
             ));
             pool_files.push(Files {
@@ -266,6 +290,7 @@ impl Executor {
                 // Faults are planned for the image's own files.
                 faults: if layer == 0 { faults.clone() } else { None },
                 flush_failed: Default::default(),
+                growing: Default::default(),
             });
         }
         let chain = Engines::new(engines, &keys).map_err(ExecutorError::Chain)?;
@@ -466,6 +491,11 @@ impl Executor {
 
     /// One round: wait for at least one completion, report all that arrived, dispatch.
     fn turn(&mut self) -> Result<(), ExecutorError> {
+        self.turn_until(None)
+    }
+
+    /// [`Self::turn`], waiting for a completion no later than `until` either.
+    fn turn_until(&mut self, until: Option<Instant>) -> Result<(), ExecutorError> {
         self.release_engine_writes();
         if self.pool.outstanding == 0 {
             self.dispatch();
@@ -491,6 +521,10 @@ impl Executor {
             .fvd()
             .and_then(|f| f.chain.poll_timeout())
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.now_ms()).max(1)));
+        let limit = match until.map(|until| until.saturating_duration_since(Instant::now())) {
+            Some(left) => Some(limit.map_or(left, |limit| limit.min(left))),
+            None => limit,
+        };
         let mut done = std::mem::take(&mut self.done_scratch);
         self.pool.collect(limit, &mut done)?;
         for d in done.drain(..) {
@@ -535,7 +569,11 @@ impl Executor {
             mut result,
             data,
             landing,
+            os_error,
         } = done;
+        if os_error.is_some() {
+            self.last_os_error = os_error;
+        }
         match (&mut self.mode, token) {
             (Mode::Fvd(f), Token::Command(id)) => {
                 if let Some(bytes) = data {

@@ -4,7 +4,7 @@
 
 use super::ExecutorError;
 use crate::host::faults::{Cmd, Injection, OpKind, SharedPlan};
-use crate::host::files::{self, read_full_at, write_zeroes_at};
+use crate::host::files::{self, read_full_at};
 use crate::host::storage::earlier_flush_failed;
 use fvd_core::chain::ChainCommandId;
 use fvd_core::engine::{IoError, RequestId};
@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,8 @@ pub(super) struct Done {
     /// A vector the job owned (bytes read, or a spent write source for the pool).
     pub(super) data: Option<Vec<u8>>,
     pub(super) landing: Landing,
+    /// The operating system's reason when the job failed on a file.
+    pub(super) os_error: Option<io::Error>,
 }
 
 /// The files of one image of the chain the workers use.
@@ -102,9 +104,49 @@ pub(super) struct Files {
     /// the writes before it, so every later flush of that file fails (see
     /// `Storage::failed_flush_loses_writes`).
     pub(super) flush_failed: [AtomicBool; 2],
+    /// Held shared by every job that may extend a file of this image, and alone by a
+    /// zeroing job that extends the file over the hole it punched past the end (a look at
+    /// the length, then `set_len`): a write past the end landing between the two would be
+    /// cut off.
+    pub(super) growing: RwLock<()>,
 }
 
 impl Files {
+    /// Keeps a zeroing job from setting a file's length while the caller may extend it.
+    fn may_extend(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.growing
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `len` bytes at `offset` of `file` (one of this image's) read as zeros, as
+    /// `files::write_zeroes_at` does, with other workers writing meanwhile: a hole punched
+    /// past the end is covered by extending the file with every other extension held off,
+    /// so the file is never cut back over a write that landed past it.
+    fn write_zeroes(&self, file: &File, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let end = offset.saturating_add(len);
+        if unmap {
+            // Punching (the length kept) changes no length: it needs no one held off.
+            if files::fallocate_range(file, offset, len, true) {
+                if file.metadata().is_ok_and(|meta| meta.len() >= end) {
+                    return Ok(());
+                }
+                let _alone = self
+                    .growing
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if files::grow_to(file, end) {
+                    return Ok(());
+                }
+            }
+        }
+        let _extending = self.may_extend();
+        if !unmap && files::fallocate_range(file, offset, len, false) {
+            return Ok(());
+        }
+        files::write_zero_bytes_at(file, offset, len)
+    }
+
     pub(super) fn get(&self, target: Target) -> Option<&File> {
         match target {
             Target::Image => Some(&self.image),
@@ -175,10 +217,6 @@ impl Shared {
     }
 }
 
-pub(super) fn io_result(result: io::Result<()>) -> Result<(), IoError> {
-    result.map_err(|e| crate::host::storage::engine_error(&e))
-}
-
 /// Reads `buf.len()` bytes at `offset` of `file` (a raw base: of `base_len` bytes, which
 /// may not end early), through an injected fault if any.
 pub(super) fn read_job(
@@ -234,6 +272,15 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
     let mut data = None;
     let injection = injection_for(files, target, &work);
     let base_len = files.base_len;
+    // The operating system's reason for a failure, handed back with the engine's error.
+    let mut os_error = None;
+    let mut keep = |result: io::Result<()>| {
+        result.map_err(|e| {
+            let error = crate::host::storage::engine_error(&e);
+            os_error = Some(e);
+            error
+        })
+    };
     let result = match files.get(target) {
         None => Err(IoError::Failed),
         Some(file) => match work {
@@ -242,7 +289,7 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                     let mut guard = lock(&buf);
                     match guard.get_mut(at..at.saturating_add(len)) {
                         Some(slice) => {
-                            io_result(read_job(file, target, base_len, offset, slice, injection))
+                            keep(read_job(file, target, base_len, offset, slice, injection))
                         }
                         None => Err(IoError::Failed),
                     }
@@ -250,18 +297,21 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                 Dest::Owned(mut v) => {
                     v.clear();
                     v.resize(len, 0);
-                    let r = io_result(read_job(file, target, base_len, offset, &mut v, injection));
+                    let r = keep(read_job(file, target, base_len, offset, &mut v, injection));
                     data = Some(v);
                     r
                 }
             },
             Work::Write { offset, len, from } => {
                 // Without a fault plan, straight to the system call.
-                let write = |slice: &[u8]| match injection {
-                    Injection::None => io_result(file.write_all_at(slice, offset)),
-                    injection => io_result(injection.write(len as u64, |n| {
-                        file.write_all_at(&slice[..n as usize], offset)
-                    })),
+                let mut write = |slice: &[u8]| {
+                    let _extending = files.may_extend();
+                    match injection {
+                        Injection::None => keep(file.write_all_at(slice, offset)),
+                        injection => keep(injection.write(len as u64, |n| {
+                            file.write_all_at(&slice[..n as usize], offset)
+                        })),
+                    }
                 };
                 match from {
                     Src::Guest(buf, at) => {
@@ -282,9 +332,9 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                 }
             }
             Work::WriteZeroes { offset, len, unmap } => match injection {
-                Injection::None => io_result(write_zeroes_at(file, offset, len, unmap)),
+                Injection::None => keep(files.write_zeroes(file, offset, len, unmap)),
                 injection => {
-                    io_result(injection.write(len, |n| write_zeroes_at(file, offset, n, unmap)))
+                    keep(injection.write(len, |n| files.write_zeroes(file, offset, n, unmap)))
                 }
             },
             Work::Flush => {
@@ -299,12 +349,15 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
                     r
                 };
                 syncs.fetch_add(1, Ordering::Relaxed);
-                io_result(r)
+                keep(r)
             }
-            Work::SetLength { len } => match injection {
-                Injection::None => io_result(file.set_len(len)),
-                injection => io_result(injection.other(|| file.set_len(len))),
-            },
+            Work::SetLength { len } => {
+                let _extending = files.may_extend();
+                match injection {
+                    Injection::None => keep(file.set_len(len)),
+                    injection => keep(injection.other(|| file.set_len(len))),
+                }
+            }
         },
     };
     Done {
@@ -312,6 +365,7 @@ pub(super) fn perform(files: &Files, target: Target, work: Work, syncs: &AtomicU
         result,
         data,
         landing: Landing::None,
+        os_error,
     }
 }
 
@@ -383,6 +437,7 @@ pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
                 result: Err(IoError::Failed),
                 data: None,
                 landing,
+                os_error: None,
             },
         };
         done.token = token;

@@ -35,6 +35,7 @@ impl Executor {
             base_len: 0,
             faults: None,
             flush_failed: Default::default(),
+            growing: Default::default(),
         };
         Ok(Executor::start(
             Mode::Raw {
