@@ -69,7 +69,17 @@ fn engine_prefetch_with_a_rate_records_all_zero_base_blocks_as_zeros() {
             grown <= data + 512 * 1024,
             "{name}: prefetch took {grown} bytes on disk for {data} bytes of data"
         );
-        assert!(header_of(&d.join(name)).1.base_fully_prefetched, "{name}");
+        let layout = header_of(&d.join(name)).1;
+        assert!(layout.base_fully_prefetched, "{name}");
+        // The bitmap is never read again: it holds no space (a hole, reading as zeros).
+        let bitmap = layout.base.unwrap().bitmap;
+        let bytes = std::fs::read(d.join(name)).unwrap();
+        assert!(
+            bytes[bitmap.offset as usize..][..bitmap.len as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "{name}: bitmap released"
+        );
         let out = ok(d, &["check", name]);
         assert!(
             out.stdout.contains("No errors were found"),

@@ -131,6 +131,20 @@ pub fn flatten(
     Ok(done)
 }
 
+/// Deallocates the bitmap of the FVD image at `path` if its header (on disk) marks it
+/// fully prefetched: after the engine's own prefetch has finished and the image is
+/// closed (its last bitmap write-back done).
+pub fn release_prefetched_bitmap(path: &Path) -> Result<(), CliError> {
+    let image = open_fvd(path)?;
+    match image.layout.base {
+        Some(base) if image.layout.base_fully_prefetched => {
+            drop(image);
+            punch_bitmap(path, base.bitmap)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Deallocates the bitmap `region` of the image at `path`, whose header marking it fully
 /// prefetched is durable (written and synced): the bits are never read again, so a crash
 /// that leaves any mix of old bits and zeros is as good as either. A file system that

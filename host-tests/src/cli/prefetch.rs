@@ -10,7 +10,7 @@
 
 use super::disk::open_error;
 use super::error::{io_reason, CliError};
-use super::flatten::flatten;
+use super::flatten::{flatten, release_prefetched_bitmap};
 use super::image::open_host_file_as;
 use super::open_flags::{self, ExternalData, ForceShare};
 use super::progress::Progress;
@@ -220,6 +220,8 @@ fn throttled(
     executor
         .close()
         .map_err(|e| CliError::Image(e.to_string()))?;
+    // The flag is durable and the image closed: the bits are never read again.
+    release_prefetched_bitmap(&args.file)?;
     summary(args, out, copied.saturating_mul(block), start)
 }
 
