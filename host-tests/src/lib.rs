@@ -9,6 +9,7 @@
 //!
 //! Format rules live in `fvd-core`; nothing here decodes a table, a bitmap or a journal.
 
+pub mod bench;
 pub mod cli;
 pub mod host;
 pub mod testing;

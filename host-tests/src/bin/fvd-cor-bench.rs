@@ -13,28 +13,12 @@
 //! Each figure is the best of `--repeat` runs (default 3), the modes alternating, since
 //! other load on the machine only ever adds time.
 
-use fvd_core::engine::FileId;
+use fvd_host::bench::{arg, delayed_base_reads, fresh_overlay, list};
 use fvd_host::host::executor::{Executor, ExecutorOptions};
-use fvd_host::host::faults::{Fault, FaultPlan, Kinds, Rule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn list<T: std::str::FromStr + Clone>(args: &[String], name: &str, default: &[T]) -> Vec<T> {
-    match arg(args, name) {
-        Some(s) => s.split(',').filter_map(|v| v.parse().ok()).collect(),
-        None => default.to_vec(),
-    }
-}
 
 /// One sequential pass of `piece`-byte reads over `size` bytes, `depth` in flight.
 fn pass(e: &mut Executor, size: u64, piece: usize, depth: usize) -> Duration {
@@ -74,28 +58,8 @@ struct Outcome {
 }
 
 fn run(dir: &Path, size: u64, case: &Case, copy_on_read: bool) -> Outcome {
-    let image = dir.join("bench.fvd");
-    let _ = std::fs::remove_file(&image);
-    let mut create = Command::new(std::env::current_exe().unwrap().with_file_name("fvd-img"));
-    create.args(["create", "-q", "-f", "fvd", "-b", "base.raw", "-F", "raw"]);
-    if let Some(block) = case.blocks {
-        create.args(["-o", &format!("block_size={block}")]);
-    }
-    assert!(create
-        .arg(&image)
-        .status()
-        .expect("fvd-img create")
-        .success());
-    let plan = Arc::new(Mutex::new(FaultPlan::with(
-        Rule::from(
-            0,
-            Fault::Delay {
-                micros: case.latency_us,
-            },
-        )
-        .on(FileId::Base)
-        .kinds(Kinds::READS),
-    )));
+    let image = fresh_overlay(dir, case.blocks);
+    let plan = Arc::new(Mutex::new(delayed_base_reads(case.latency_us)));
     let options = ExecutorOptions {
         // Sleeping workers stand for requests waiting on a remote base: one per request
         // in flight, and a few to write while reads wait.

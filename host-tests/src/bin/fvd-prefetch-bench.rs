@@ -13,31 +13,16 @@
 //! best of `--repeat` runs (default 1), the hosts alternating, since other load on the
 //! machine only ever adds time.
 
-use fvd_core::engine::{FileId, PrefetchMode, PrefetchState};
+use fvd_core::engine::{PrefetchMode, PrefetchState};
+use fvd_host::bench::{arg, delayed_base_reads, fresh_overlay, list};
 use fvd_host::host::driver::{Driver, DriverOptions};
 use fvd_host::host::executor::{Executor, ExecutorOptions};
-use fvd_host::host::faults::{Fault, FaultPlan, Kinds, Rule};
 use fvd_host::host::files::{open_storage, FileStorage, Layers};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn list<T: std::str::FromStr + Clone>(args: &[String], name: &str, default: &[T]) -> Vec<T> {
-    match arg(args, name) {
-        Some(s) => s.split(',').filter_map(|v| v.parse().ok()).collect(),
-        None => default.to_vec(),
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Host {
@@ -68,37 +53,6 @@ struct Outcome {
     base_bytes: u64,
 }
 
-/// Every base read is delayed by the case's latency.
-fn slow_base(case: &Case) -> FaultPlan {
-    FaultPlan::with(
-        Rule::from(
-            0,
-            Fault::Delay {
-                micros: case.latency_us,
-            },
-        )
-        .on(FileId::Base)
-        .kinds(Kinds::READS),
-    )
-}
-
-/// A fresh image over `base.raw` in `dir`.
-fn fresh_image(dir: &Path, case: &Case) -> PathBuf {
-    let image = dir.join("bench.fvd");
-    let _ = std::fs::remove_file(&image);
-    let mut create = Command::new(std::env::current_exe().unwrap().with_file_name("fvd-img"));
-    create.args(["create", "-q", "-f", "fvd", "-b", "base.raw", "-F", "raw"]);
-    if let Some(block) = case.blocks {
-        create.args(["-o", &format!("block_size={block}")]);
-    }
-    assert!(create
-        .arg(&image)
-        .status()
-        .expect("fvd-img create")
-        .success());
-    image
-}
-
 /// Prefetch through the serial driver, driven as `fvd-img prefetch -r` drove it: pass
 /// the time, perform every command, sleep until the engine wants time again.
 fn by_driver(image: &Path, case: &Case) -> Outcome {
@@ -110,8 +64,13 @@ fn by_driver(image: &Path, case: &Case) -> Outcome {
     };
     let storage = open_storage(image, options).expect("open");
     let Layers { files, keys, .. } = storage.into_layers(image).expect("layers");
-    let mut d: Driver<FileStorage> =
-        Driver::open_chain(files, &keys, options, Some(slow_base(case))).expect("open");
+    let mut d: Driver<FileStorage> = Driver::open_chain(
+        files,
+        &keys,
+        options,
+        Some(delayed_base_reads(case.latency_us)),
+    )
+    .expect("open");
     let start = Instant::now();
     loop {
         d.handle_timeout(start.elapsed().as_millis() as u64)
@@ -145,7 +104,7 @@ fn by_executor(image: &Path, case: &Case) -> Outcome {
         },
         ..ExecutorOptions::default()
     };
-    let plan = Arc::new(Mutex::new(slow_base(case)));
+    let plan = Arc::new(Mutex::new(delayed_base_reads(case.latency_us)));
     let mut e = Executor::open_with_faults(image, options, Some(plan)).expect("open");
     let start = Instant::now();
     loop {
@@ -168,7 +127,7 @@ fn by_executor(image: &Path, case: &Case) -> Outcome {
 }
 
 fn run(dir: &Path, case: &Case, host: Host) -> Outcome {
-    let image = fresh_image(dir, case);
+    let image = fresh_overlay(dir, case.blocks);
     let outcome = match host {
         Host::Driver => by_driver(&image, case),
         Host::Executor => by_executor(&image, case),
@@ -273,4 +232,5 @@ fn main() {
         }
     }
     let _ = std::fs::remove_file(dir.join("base.raw"));
+    let _ = std::fs::remove_dir(&dir);
 }
