@@ -383,3 +383,46 @@ fn run_background_sleeps_through_throttle_windows_keeps_the_callers_completions_
     assert!(start.elapsed() < Duration::from_secs(2));
     e.close().unwrap();
 }
+
+#[test]
+fn reads_of_a_slow_base_never_hold_every_worker_while_image_writes_wait() {
+    // Two workers, base reads of 200 ms: four guest reads of the base are submitted
+    // first, then a write to the image. One worker stays free for the image, so the write
+    // completes while the reads still wait on the base (before, both workers took reads
+    // and the write came after two of them). The same holds for prefetch over a slow base
+    // with few workers: its writes no longer wait behind its reads.
+    let dir = scratch();
+    let d = dir.path();
+    half_data_base(&d.join("base.raw"), 8 * MIB);
+    image_over_base(d, "block_size=65536");
+    let options = ExecutorOptions {
+        workers: 2,
+        ..ExecutorOptions::default()
+    };
+    let mut e =
+        Executor::open_with_faults(&d.join("img.fvd"), options, Some(slow_base(200_000))).unwrap();
+    let reads: Vec<_> = (0..4u64)
+        .map(|i| e.submit_read(i * 2 * MIB, 64 * K as usize).unwrap())
+        .collect();
+    let write = e
+        .submit_write(7 * MIB, vec![0x5a; 64 * K as usize])
+        .unwrap();
+    let mut order = Vec::new();
+    while order.len() < 5 {
+        for done in e.wait_some().unwrap() {
+            done.result.unwrap();
+            order.push(done.ticket);
+        }
+    }
+    let write_at = order.iter().position(|&t| t == write).unwrap();
+    let reads_before = order[..write_at]
+        .iter()
+        .filter(|t| reads.contains(t))
+        .count();
+    assert!(
+        reads_before <= 1,
+        "the image write finished after {reads_before} base reads: {order:?}"
+    );
+    assert!(e.read(7 * MIB, 64 * K as usize).unwrap() == vec![0x5a; 64 * K as usize]);
+    e.close().unwrap();
+}

@@ -170,7 +170,29 @@ pub(super) struct PoolState {
     caller_waits: bool,
     /// Workers still running.
     alive: usize,
+    /// Jobs on the base being performed, and how many may be at once: one worker fewer
+    /// than the pool has (at least one), so reads of a slow base never hold every worker
+    /// while the image's writes wait behind them.
+    base_running: usize,
+    base_limit: usize,
     closed: bool,
+}
+
+impl PoolState {
+    /// The next job a worker may take: the first in the queue, or while the base's share
+    /// of workers is taken, the first that is not on the base.
+    fn take(&mut self) -> Option<Job> {
+        let index = if self.base_running < self.base_limit {
+            0
+        } else {
+            self.jobs.iter().position(|j| j.target != Target::Base)?
+        };
+        let job = self.jobs.remove(index)?;
+        if job.target == Target::Base {
+            self.base_running += 1;
+        }
+        Some(job)
+    }
 }
 
 /// What the calling thread and the workers share: the job queue and the finished jobs,
@@ -381,6 +403,8 @@ pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
     }
     let _exit = Exit(&shared);
     let mut finished: Option<Done> = None;
+    // The job just performed was on the base (it counts against the base's share).
+    let mut on_base = false;
     loop {
         let mut state = shared.state();
         // Hand back the last result and take the next job in one critical section; wake
@@ -390,8 +414,11 @@ pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
             state.done.push(done);
             wake_caller = std::mem::take(&mut state.caller_waits);
         }
+        if std::mem::take(&mut on_base) {
+            state.base_running = state.base_running.saturating_sub(1);
+        }
         let job = loop {
-            if let Some(job) = state.jobs.pop_front() {
+            if let Some(job) = state.take() {
                 break Some(job);
             }
             if state.closed {
@@ -428,6 +455,7 @@ pub(super) fn worker(files: Arc<[Files]>, shared: Arc<Shared>) {
         else {
             return;
         };
+        on_base = target == Target::Base;
         // `work` (and with it any clone of a request buffer) is consumed here, so the
         // calling thread owns the buffer alone again once it sees the completion.
         let mut done = match files.get(layer) {
@@ -463,7 +491,11 @@ impl Pool {
         let files: Arc<[Files]> = files.into();
         let shared = Arc::new(Shared::default());
         let n = workers.max(1);
-        shared.state().alive = n;
+        {
+            let mut state = shared.state();
+            state.alive = n;
+            state.base_limit = n.saturating_sub(1).max(1);
+        }
         let workers = (0..n)
             .map(|i| {
                 let (files, shared) = (files.clone(), shared.clone());
