@@ -1,6 +1,9 @@
 //! The worker pool: jobs (a positioned read, write, zeroing, sync or length change on one
 //! of the open files) queued in batches under one lock, performed by worker threads with
-//! the fault plan's injections, and their results collected on the calling thread.
+//! the fault plan's injections, and their results collected on the calling thread. Jobs
+//! are taken in queue order, except that at most one worker fewer than the pool has may
+//! work on the base at once: a slow (remote) base never holds every worker while the
+//! image's writes wait.
 
 use super::ExecutorError;
 use crate::host::faults::{Cmd, Injection, OpKind, SharedPlan};
