@@ -20,6 +20,16 @@ pub fn is_zero(bytes: &[u8]) -> bool {
         .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
+/// True when `memory` holds `len` bytes from `at` and every one is zero (false when the
+/// range does not fit): the engines' test of a fill's base data in a bounce slot.
+pub fn is_zero_at(memory: &[u8], at: usize, len: u64) -> bool {
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| at.checked_add(len))
+        .and_then(|end| memory.get(at..end))
+        .is_some_and(is_zero)
+}
+
 /// A run of guest bytes `[start, end)` whose blocks are all zero (`zero`) or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZeroRun {
@@ -122,6 +132,17 @@ mod tests {
         let mut bytes = vec![0u8; 1001];
         bytes[1000] = 1;
         assert!(!is_zero(&bytes));
+    }
+
+    #[test]
+    fn a_range_is_zero_only_when_it_fits_and_every_byte_is() {
+        let mut memory = vec![0u8; 64];
+        memory[40] = 7;
+        assert!(is_zero_at(&memory, 0, 40));
+        assert!(!is_zero_at(&memory, 32, 16));
+        assert!(!is_zero_at(&memory, 48, 17), "past the end");
+        assert!(!is_zero_at(&memory, usize::MAX, 1), "wrapping start");
+        assert!(!is_zero_at(&memory, 0, u64::MAX), "length beyond memory");
     }
 
     #[test]

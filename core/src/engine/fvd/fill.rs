@@ -406,13 +406,7 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> FvdEngine<M, PAGES> {
     /// Whether the blocks of fill `slot`, held in its bounce slot(s), are all zero.
     fn fill_data_is_zero(&self, slot: usize) -> bool {
         let r = &self.requests[slot];
-        let Ok(len) = usize::try_from(r.end - r.start) else {
-            return false;
-        };
-        let from = r.fill.bounce;
-        from.checked_add(len)
-            .and_then(|end| self.memory.as_ref().get(from..end))
-            .is_some_and(crate::zeros::is_zero)
+        crate::zeros::is_zero_at(self.memory.as_ref(), r.fill.bounce, r.end - r.start)
     }
 
     /// A guest fill without room to copy its blocks out: it writes them from the reader's

@@ -161,12 +161,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
     /// Whether the backing data fill `slot` holds in its bounce slot is all zero.
     pub(super) fn fill_data_is_zero(&self, slot: usize) -> bool {
         let r = &self.requests[slot];
-        let (Some(from), Ok(len)) = (r.bounce, usize::try_from(r.end - r.start)) else {
-            return false;
-        };
-        from.checked_add(len)
-            .and_then(|end| self.memory.as_ref().get(from..end))
-            .is_some_and(crate::zeros::is_zero)
+        r.bounce.is_some_and(|from| {
+            crate::zeros::is_zero_at(self.memory.as_ref(), from, r.end - r.start)
+        })
     }
 
     /// The backing-file read, the reader's copy, then the fill becomes a write (or ends).
