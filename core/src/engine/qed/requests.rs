@@ -196,6 +196,9 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
             self.fill_bytes = self.fill_bytes.saturating_sub(cs);
             if result.is_ok() && !r.cancelled && r.seg.publish_next > 0 {
                 self.stats.cor_fills_done += 1;
+                if r.seg.action == Action::Marker {
+                    self.stats.fills_recorded_as_zeros += 1;
+                }
             } else {
                 self.stats.cor_fills_cancelled += 1;
             }

@@ -165,7 +165,6 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>, const PAGES: usize> QedEngine<M, PAGES> {
                     seg.action = Action::Marker;
                     seg.cluster = cluster;
                     seg.clusters = (seg.end - c).div_ceil(cs);
-                    self.stats.fills_recorded_as_zeros += 1;
                 } else {
                     allocate(&mut seg, Source::Bounce, false);
                 }
