@@ -352,9 +352,12 @@ impl<M: AsRef<[u8]> + AsMut<[u8]>> FvdCheck<M> {
             stray_bits: stray,
             // A fully prefetched image has every block (its bitmap, maybe punched to
             // zeros, is not consulted: FORMAT.md §7).
-            bitmap: l.base.map(|b| match l.base_fully_prefetched {
-                true => (b.blocks, 0),
-                false => (self.bitmap.in_image, self.bitmap.in_base(l)),
+            bitmap: l.base.map(|b| {
+                if l.base_fully_prefetched {
+                    (b.blocks, 0)
+                } else {
+                    (self.bitmap.in_image, self.bitmap.in_base(l))
+                }
             }),
             frontier: l.table.map(|_| self.table.frontier),
             data_end,
