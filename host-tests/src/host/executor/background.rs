@@ -20,10 +20,7 @@ impl Executor {
         let over = |until: Option<Instant>| until.is_some_and(|until| Instant::now() >= until);
         loop {
             self.tick();
-            self.dispatch();
-            // The engine's writes go out after the jobs batched before them (as in `turn`).
-            self.release_engine_writes();
-            self.pool.send_batch();
+            self.dispatch_and_send();
             if self.pool.outstanding > 0 {
                 self.turn_until(until)?;
             } else {
@@ -48,9 +45,7 @@ impl Executor {
                 // The time it slept or waited is the engine's too, and what that starts
                 // goes out now: the workers go on while the caller does something else.
                 self.tick();
-                self.dispatch();
-                self.release_engine_writes();
-                self.pool.send_batch();
+                self.dispatch_and_send();
                 return Ok(());
             }
         }

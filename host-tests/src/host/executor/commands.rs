@@ -218,17 +218,11 @@ pub(super) fn start_command(
                     // until the write completes, and the copy then overlaps the jobs
                     // already sent (a copy-on-read fill's write overlaps the next read).
                     f.engine_writes.push(EngineWrite {
-                        job: Job {
-                            token: Token::Command(id),
-                            layer,
-                            target,
-                            work: Work::Write {
-                                offset,
-                                len,
-                                from: Src::Owned(Vec::new()),
-                            },
-                            landing,
-                        },
+                        token: Token::Command(id),
+                        layer,
+                        target,
+                        offset,
+                        len,
                         memory_of,
                         at,
                     });
@@ -253,7 +247,13 @@ pub(super) fn start_command(
 
 /// A write from engine memory whose bytes are not copied out yet.
 pub(super) struct EngineWrite {
-    job: Job,
+    token: Token,
+    /// The layer of the chain whose files `target` names.
+    layer: usize,
+    target: Target,
+    /// File offset and length of the write.
+    offset: u64,
+    len: usize,
     /// The layer whose engine memory holds the bytes.
     memory_of: usize,
     /// Where they start in it.
@@ -264,22 +264,27 @@ pub(super) struct EngineWrite {
 /// own and queues the jobs for the pool.
 pub(super) fn copy_engine_writes(f: &mut FvdState, pool: &mut Pool) {
     let mut writes = std::mem::take(&mut f.engine_writes);
-    for EngineWrite {
-        mut job,
-        memory_of,
-        at,
-    } in writes.drain(..)
-    {
-        let Work::Write { len, from, .. } = &mut job.work else {
-            continue;
-        };
-        let mut v = pool.spare();
+    for w in writes.drain(..) {
+        let mut bytes = pool.spare();
         // In range: checked when the command was started, and engine memory never shrinks.
-        if let Some(bytes) = f.chain.memory(memory_of).get(at..at.saturating_add(*len)) {
-            v.extend_from_slice(bytes);
+        if let Some(from) = f
+            .chain
+            .memory(w.memory_of)
+            .get(w.at..w.at.saturating_add(w.len))
+        {
+            bytes.extend_from_slice(from);
         }
-        *from = Src::Owned(v);
-        pool.push(job);
+        pool.push(Job {
+            token: w.token,
+            layer: w.layer,
+            target: w.target,
+            work: Work::Write {
+                offset: w.offset,
+                len: w.len,
+                from: Src::Owned(bytes),
+            },
+            landing: Landing::None,
+        });
     }
     f.engine_writes = writes;
 }

@@ -498,9 +498,7 @@ impl Executor {
     fn turn_until(&mut self, until: Option<Instant>) -> Result<(), ExecutorError> {
         self.release_engine_writes();
         if self.pool.outstanding == 0 {
-            self.dispatch();
-            self.release_engine_writes();
-            self.pool.send_batch();
+            self.dispatch_and_send();
             if self.pool.outstanding == 0 {
                 let stuck = match &self.mode {
                     Mode::Fvd(f) => {
@@ -534,6 +532,14 @@ impl Executor {
         self.tick();
         self.dispatch();
         Ok(())
+    }
+
+    /// Queues every command the engine has, then sends them all: the jobs batched first,
+    /// the engine's writes (copied out of its memory meanwhile) after them.
+    fn dispatch_and_send(&mut self) {
+        self.dispatch();
+        self.release_engine_writes();
+        self.pool.send_batch();
     }
 
     /// Sends the jobs batched so far, then copies the engine's writes out of its memory
@@ -688,8 +694,7 @@ impl Executor {
                     }
                     self.turn()?;
                     if self.pool.outstanding == 0 {
-                        self.dispatch();
-                        self.release_engine_writes();
+                        self.dispatch_and_send();
                         let Mode::Fvd(f) = &self.mode else {
                             unreachable!()
                         };
