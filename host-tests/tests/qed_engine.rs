@@ -263,6 +263,42 @@ fn unknown_feature_bits_are_refused_or_cleared_as_the_spec_says() {
 }
 
 /// Performs `command` on `storage`, with guest buffers in `buffers` (by request slot).
+/// The bytes `len` bytes long at `from` (engine memory or a request's buffer).
+fn bytes_at(
+    engine: &fvd_core::engine::Engine<Vec<u8>>,
+    buffers: &[Vec<u8>],
+    from: fvd_core::engine::Buffer,
+    len: usize,
+) -> Vec<u8> {
+    use fvd_core::engine::Buffer;
+    match from {
+        Buffer::Engine { offset: at } => engine.memory()[at..at + len].to_vec(),
+        Buffer::Guest {
+            request,
+            offset: at,
+        } => buffers[request.slot()][at..at + len].to_vec(),
+    }
+}
+
+/// Puts `data` at `into` (engine memory or a request's buffer).
+fn put_at(
+    engine: &mut fvd_core::engine::Engine<Vec<u8>>,
+    buffers: &mut [Vec<u8>],
+    into: fvd_core::engine::Buffer,
+    data: &[u8],
+) {
+    use fvd_core::engine::Buffer;
+    match into {
+        Buffer::Engine { offset: at } => {
+            engine.memory_mut()[at..at + data.len()].copy_from_slice(data)
+        }
+        Buffer::Guest {
+            request,
+            offset: at,
+        } => buffers[request.slot()][at..at + data.len()].copy_from_slice(data),
+    }
+}
+
 fn perform(
     engine: &mut fvd_core::engine::Engine<Vec<u8>>,
     storage: &mut MemStorage,
@@ -276,24 +312,10 @@ fn perform(
         Op::Read { offset, len, into } => {
             let mut data = vec![0u8; len];
             storage.read_at(file, offset, &mut data).unwrap();
-            match into {
-                Buffer::Engine { offset: at } => {
-                    engine.memory_mut()[at..at + len].copy_from_slice(&data)
-                }
-                Buffer::Guest {
-                    request,
-                    offset: at,
-                } => buffers[request.slot()][at..at + len].copy_from_slice(&data),
-            }
+            put_at(engine, buffers, into, &data);
         }
         Op::Write { offset, len, from } => {
-            let data = match from {
-                Buffer::Engine { offset: at } => engine.memory()[at..at + len].to_vec(),
-                Buffer::Guest {
-                    request,
-                    offset: at,
-                } => buffers[request.slot()][at..at + len].to_vec(),
-            };
+            let data = bytes_at(engine, buffers, from, len);
             storage.write_at(file, offset, &data).unwrap();
         }
         Op::ZeroBuffer { into, len } => {
@@ -312,22 +334,8 @@ fn perform(
         Op::SetLength { len } => storage.set_len(file, len).unwrap(),
         // Copy-on-read hands the guest its part of a fill's cluster.
         Op::Copy { from, into, len } => {
-            let data = match from {
-                Buffer::Engine { offset: at } => engine.memory()[at..at + len].to_vec(),
-                Buffer::Guest {
-                    request,
-                    offset: at,
-                } => buffers[request.slot()][at..at + len].to_vec(),
-            };
-            match into {
-                Buffer::Engine { offset: at } => {
-                    engine.memory_mut()[at..at + len].copy_from_slice(&data)
-                }
-                Buffer::Guest {
-                    request,
-                    offset: at,
-                } => buffers[request.slot()][at..at + len].copy_from_slice(&data),
-            }
+            let data = bytes_at(engine, buffers, from, len);
+            put_at(engine, buffers, into, &data);
         }
     }
     engine.complete(command.id, Ok(()));
